@@ -1,0 +1,30 @@
+"""fsllm: turn any decoder-only LLM into a classifier by releasing its global features.
+
+The public API is small; everything else lives in one module per concern:
+``attention`` (the released mask), ``heads`` (pooling, RMSNorm+SwiGLU head),
+``modeling`` (the FS models), ``backbones`` (loading models), ``data`` (readers and
+the data set catalogue), ``tokenization``, ``training``, ``metrics``, ``inference``
+and ``cli``.
+"""
+
+from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer
+from .config import FSConfig
+from .errors import DataError, FSLLMError, MissingPackageError, ModelFolderError
+from .modeling import FSForSequenceClassification, FSForTokenClassification, FSModel, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "DataError",
+    "FSConfig",
+    "FSForSequenceClassification",
+    "FSForTokenClassification",
+    "FSLLMError",
+    "FSModel",
+    "MissingPackageError",
+    "ModelFolderError",
+    "load_backbone",
+    "load_model",
+    "load_tokenizer",
+]

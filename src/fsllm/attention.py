@@ -1,0 +1,238 @@
+"""Global feature release: the attention mask of an FS model.
+
+For a query at position i and a key at position j the FS attention adds
+
+    -lambda * max(0, j - i)
+
+to the attention logit before the softmax (a weight ``exp(-lambda d)`` on future
+keys at distance ``d``); past and current keys are untouched and padding keys are
+always masked. ``bidirectional`` is lambda = 0, ``causal`` is the unchanged model.
+
+How it plugs into transformers (5.x) without touching a modeling file:
+
+* ``AttentionMaskInterface``: the mask builder registered under ``fsllm_<impl>``
+  returns only the *key padding* ``[B, 1, 1, K]`` (or ``None``). The model calls it
+  once per forward, as it does for its own masks.
+* ``AttentionInterface``: the attention function registered under ``fsllm_<impl>``
+  receives that padding mask, builds the mask of its own layer (causal,
+  bidirectional or decayed, with the layer's sliding window) and calls the
+  backbone's own kernel: transformers' ``sdpa`` or the modeling file's
+  ``eager_attention_forward``.
+* Which layer gets which mode, and the (possibly learnable) lambdas, travel with
+  the forward call as the keyword argument ``fs_attention`` (an ``FSAttentionState``),
+  which every current decoder passes down to its attention function. Calling the
+  backbone without it gives the plain causal model, so the same weights still
+  generate text.
+
+Why not zero out the mask (LS-LLaMA, BiLLM): an all-zero mask lets real tokens
+attend to padding, so a prediction depends on what else is in the batch.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .errors import FSLLMError
+
+PREFIX = "fsllm_"
+#: backbone attention implementations that FS attention can wrap
+SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+@dataclass
+class FSAttentionState:
+    """Per-forward description of the released mask, passed as ``fs_attention=``.
+
+    ``layer_modes[i]`` is ``"causal"``, ``"bidirectional"`` or ``"decay"`` for layer i;
+    ``lambdas[i]`` (a tensor, possibly requiring grad) is layer i's decay rate.
+    Masks are built once per forward and shared by all layers that need the same one.
+    """
+
+    layer_modes: list[str]
+    lambdas: torch.Tensor | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def mode(self, layer_idx: int | None) -> str:
+        if layer_idx is None:
+            return self.layer_modes[0]
+        return self.layer_modes[layer_idx]
+
+
+def _structure(q_len: int, k_len: int, mode: str, window: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allowed pattern ``[Q, K]`` (bool) ignoring padding, and the distance ``j - i`` (long)."""
+    i = torch.arange(k_len - q_len, k_len, device=device)[:, None]  # queries are the last q_len positions
+    j = torch.arange(k_len, device=device)[None, :]
+    d = j - i
+    if mode == "causal":
+        allowed = d <= 0
+        if window:
+            allowed = allowed & (-d < window)
+    else:
+        allowed = torch.ones_like(d, dtype=torch.bool)
+        if window:
+            allowed = d.abs() < window
+    return allowed, d
+
+
+def layer_mask(
+    state: FSAttentionState,
+    layer_idx: int | None,
+    key_padding: torch.Tensor | None,
+    q_len: int,
+    k_len: int,
+    window: int | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    want_float: bool,
+) -> tuple[torch.Tensor | None, bool]:
+    """The mask of one layer and whether SDPA may use its ``is_causal`` fast path.
+
+    Returns a bool mask (True = attend) when ``want_float`` is False and the mode
+    has no bias, else an additive float mask (0 = attend, dtype min = masked).
+    ``None`` means "no mask": full attention, or causal with ``is_causal=True``.
+    """
+    mode = state.mode(layer_idx)
+    has_padding = key_padding is not None
+    if not has_padding and not window and mode in ("bidirectional", "causal") and not want_float:
+        return None, mode == "causal"
+    if mode == "decay" and state.lambdas is None:
+        raise FSLLMError("decay attention needs lambdas in FSAttentionState")
+
+    key = (mode, window, q_len, k_len, want_float or mode == "decay")
+    if mode != "decay" or not state.lambdas.requires_grad:
+        key = key + (layer_idx if mode == "decay" else None,)
+        cached = state._cache.get(key)
+        if cached is not None:
+            return cached, False
+
+    allowed, d = _structure(q_len, k_len, mode, window, device)
+    allowed = allowed[None, None]  # [1, 1, Q, K]
+    if has_padding and mode == "bidirectional" and not window:
+        allowed = key_padding  # [B, 1, 1, K]: every row keeps its sequence's real keys
+    elif has_padding:
+        # A padding query that would see no key at all attends to itself, so no row
+        # of the softmax is empty (an empty row gives NaN, and NaN * 0 still leaks
+        # into real rows through the value matmul of the next layer).
+        eye = (d == 0)[None, None]
+        allowed = allowed & (key_padding | eye)
+    if mode != "decay" and not want_float:
+        mask = allowed
+    else:
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        if mode == "decay":
+            lam = state.lambdas[layer_idx if layer_idx is not None else 0].to(dtype)
+            mask = mask - lam * d.clamp(min=0).to(dtype)[None, None]
+    if mode != "decay" or not state.lambdas.requires_grad:
+        state._cache[key] = mask
+    return mask, False
+
+
+def _eager_of(module: torch.nn.Module) -> Callable:
+    """The backbone's own eager attention, from its modeling module."""
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise FSLLMError(
+            f"{type(module).__module__} has no eager_attention_forward; use attn_implementation='sdpa'"
+        )
+    return fn
+
+
+def _make_attention(base: str) -> Callable:
+    def fs_attention_forward(module, query, key, value, attention_mask, **kwargs):
+        state: FSAttentionState | None = kwargs.pop("fs_attention", None)
+        if state is None:  # called without FS state: behave as the unchanged causal model
+            state = FSAttentionState(layer_modes=["causal"])
+            layer_idx = None
+        else:
+            layer_idx = getattr(module, "layer_idx", None)
+        window = kwargs.get("sliding_window")
+        if window is None:
+            window = getattr(module, "sliding_window", None)
+        q_len, k_len = query.shape[2], key.shape[2]
+        if window is not None and window >= max(q_len, k_len):
+            window = None  # the window covers the whole sequence
+        mask, use_is_causal = layer_mask(
+            state,
+            layer_idx,
+            attention_mask,
+            q_len,
+            k_len,
+            window,
+            query.dtype,
+            query.device,
+            want_float=(base == "eager"),
+        )
+        if base == "eager":
+            return _eager_of(module)(module, query, key, value, mask, **kwargs)
+        kwargs["is_causal"] = use_is_causal
+        return ALL_ATTENTION_FUNCTIONS[base](module, query, key, value, mask, **kwargs)
+
+    fs_attention_forward.__name__ = f"fsllm_{base}_attention_forward"
+    return fs_attention_forward
+
+
+def key_padding_mask(
+    batch_size: int,
+    q_length: int | None = None,
+    kv_length: int | None = None,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Callable | None = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor | None:
+    """Mask builder registered with ``AttentionMaskInterface``: key padding only.
+
+    Returns ``[B, 1, 1, K]`` bool (True = real token) or ``None`` without padding;
+    the per-layer pattern is added by the attention function, which knows its layer.
+    Sequences that are entirely padding are treated as all-real so no softmax row
+    is empty.
+    """
+    if attention_mask is None:
+        return None
+    pad = attention_mask.to(torch.bool)
+    if pad.shape[-1] != kv_length:
+        pad = pad[:, kv_offset : kv_offset + kv_length]
+    if bool(pad.all()):
+        return None
+    empty = ~pad.any(dim=-1, keepdim=True)
+    pad = pad | empty
+    return pad[:, None, None, :]
+
+
+def register() -> None:
+    """Register ``fsllm_sdpa`` and ``fsllm_eager`` with transformers (idempotent)."""
+    for base in SUPPORTED_IMPLEMENTATIONS:
+        name = PREFIX + base
+        if name not in AttentionInterface._global_mapping:
+            AttentionInterface.register(name, _make_attention(base))
+            AttentionMaskInterface.register(name, key_padding_mask)
+
+
+def fs_implementation_name(current: str | None) -> str:
+    """The registered FS name wrapping the backbone's current attention implementation."""
+    current = current or "sdpa"
+    if current.startswith(PREFIX):
+        return current
+    if current not in SUPPORTED_IMPLEMENTATIONS:
+        raise FSLLMError(
+            f"FS attention wraps {', '.join(SUPPORTED_IMPLEMENTATIONS)}; the backbone uses {current!r}. "
+            "Load it with attn_implementation='sdpa'."
+        )
+    return PREFIX + current
+
+
+def base_implementation_name(current: str) -> str:
+    """Inverse of ``fs_implementation_name``."""
+    return current[len(PREFIX) :] if current.startswith(PREFIX) else current
+
+
+register()

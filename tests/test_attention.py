@@ -1,0 +1,233 @@
+"""The released mask: causal / bidirectional / decay semantics, padding, fs_layers.
+
+Each test runs for every supported family and for the backbone's eager and sdpa
+attention, on tiny random models built from configs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AttentionInterface
+
+from conftest import VOCAB, tiny_backbone
+from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
+from fsllm.backbones import decoder_layers
+
+L = 12  # longer than the sliding windows (5) of the mistral and gemma3 tiny configs
+
+
+def token_model(family, impl, layers=2, **cfg):
+    cfg.setdefault("use_lora", False)
+    cfg.setdefault("head_dropout", 0.0)
+    return FSForTokenClassification(tiny_backbone(family, impl, layers), 3, FSConfig(**cfg)).eval()
+
+
+def ids(n=L, seed=1, batch=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, n), generator=g)
+
+
+def perturb_at(x, j):
+    y = x.clone()
+    y[:, j] = 3 + (y[:, j] - 3 + 17) % (VOCAB - 3)
+    return y
+
+
+@torch.no_grad()
+def test_causal_ignores_future_bidirectional_sees_it(family, impl):
+    x = ids()
+    j = L - 2
+    causal = token_model(family, impl, attention="causal")
+    a, b = causal(x).logits, causal(perturb_at(x, j)).logits
+    torch.testing.assert_close(a[:, :j], b[:, :j], atol=1e-6, rtol=0)
+
+    bidir = token_model(family, impl, attention="bidirectional")
+    a, b = bidir(x).logits, bidir(perturb_at(x, j)).logits
+    # the token right before j sees it in every family (also through a sliding window)
+    assert (a[:, j - 1] - b[:, j - 1]).abs().max() > 1e-4
+
+
+@torch.no_grad()
+def test_causal_mode_equals_unchanged_backbone(family, impl):
+    """FS causal reproduces the model's own (transformers) causal attention, sliding windows included."""
+    bb = tiny_backbone(family, impl)
+    reference = copy.deepcopy(bb)
+    x = ids(batch=2)
+    mask = torch.ones_like(x)
+    mask[1, -3:] = 0  # right padding keeps positions, so the stock model is a fair reference
+    expected = reference(input_ids=x, attention_mask=mask).last_hidden_state
+    fs = FSForTokenClassification(bb, 3, FSConfig(attention="causal", use_lora=False)).eval()
+    got = fs.encode(x, mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_decay_limits(family, impl):
+    x = ids(batch=2)
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0  # left padding in one row
+    real = mask.bool()
+    bidir = token_model(family, impl, attention="bidirectional")(x, mask).logits
+    decay0 = token_model(family, impl, attention="decay", decay_lambda=0.0)(x, mask).logits
+    torch.testing.assert_close(decay0[real], bidir[real], atol=1e-5, rtol=0)
+
+    causal = token_model(family, impl, attention="causal")(x, mask).logits
+    decay30 = token_model(family, impl, attention="decay", decay_lambda=30.0)(x, mask).logits
+    torch.testing.assert_close(decay30[real], causal[real], atol=1e-4, rtol=0)
+
+    decay1 = token_model(family, impl, attention="decay", decay_lambda=1.0)(x, mask).logits
+    assert (decay1[real] - causal[real]).abs().max() > 1e-4
+    assert (decay1[real] - bidir[real]).abs().max() > 1e-4
+
+
+def _repeat_kv(t, n):
+    return t if n == 1 else t.repeat_interleave(n, dim=1)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.7])
+@torch.no_grad()
+def test_decay_matches_reference_attention(family, impl, lam, monkeypatch):
+    """One layer: the attention output equals softmax(q k^T * s - lam * max(0, j - i) + pad) v written out here."""
+    model = token_model(family, impl, layers=1, attention="decay", decay_lambda=lam)
+    name = model.config._attn_implementation
+    inner = AttentionInterface._global_mapping[name]
+    seen = {}
+
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        out, w = inner(module, query, key, value, attention_mask, **kwargs)
+        seen.update(q=query, k=key, v=value, scaling=kwargs["scaling"], out=out, module=module, kw=kwargs)
+        return out, w
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, name, capture)
+    x = ids(batch=2)
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0  # left padding
+    model(x, mask)
+
+    q, k, v = seen["q"], seen["k"], seen["v"]
+    groups = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    scores = (q @ k.transpose(-1, -2)) * seen["scaling"]
+    i = torch.arange(L)[:, None]
+    j = torch.arange(L)[None, :]
+    bias = -lam * (j - i).clamp(min=0).float()
+    window = getattr(seen["module"], "sliding_window", None) or seen["kw"].get("sliding_window")
+    allowed = torch.ones(L, L, dtype=torch.bool)
+    if window:
+        allowed = (j - i).abs() < window
+    allowed = allowed[None, None] & mask.bool()[:, None, None, :]
+    scores = scores + bias
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    expected = (probs @ v).transpose(1, 2)  # [B, L, H, D] like the kernels' output
+    real = mask.bool()
+    torch.testing.assert_close(seen["out"][real], expected[real], atol=2e-5, rtol=1e-4)
+
+
+MODES = [
+    dict(attention="causal"),
+    dict(attention="bidirectional"),
+    dict(attention="decay", decay_lambda=0.5),
+]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m["attention"])
+@pytest.mark.parametrize("pooling", ["mean", "max", "last", "first"])
+@torch.no_grad()
+def test_sequence_logits_do_not_depend_on_padding(family, impl, mode, pooling):
+    model = FSForSequenceClassification(
+        tiny_backbone(family, impl), 3, FSConfig(pooling=pooling, use_lora=False, head_dropout=0.0, **mode)
+    ).eval()
+    short = ids(7, seed=2)
+    alone = model(short).logits
+    longer = ids(L, seed=3, batch=2)
+    for side in ("left", "right"):
+        batch = torch.zeros(3, L, dtype=torch.long)
+        mask = torch.zeros(3, L, dtype=torch.long)
+        batch[:2], mask[:2] = longer, 1
+        if side == "left":
+            batch[2, -7:], mask[2, -7:] = short[0], 1
+        else:
+            batch[2, :7], mask[2, :7] = short[0], 1
+        got = model(batch, mask).logits[2:3]
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=0, msg=f"{side} padding")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m["attention"])
+@torch.no_grad()
+def test_token_logits_do_not_depend_on_padding(family, impl, mode):
+    model = token_model(family, impl, **mode)
+    short = ids(7, seed=2)
+    alone = model(short).logits
+    for side in ("left", "right"):
+        batch = torch.full((2, L), 0, dtype=torch.long)
+        mask = torch.zeros(2, L, dtype=torch.long)
+        batch[0], mask[0] = ids(L, seed=4)[0], 1
+        sl = slice(L - 7, L) if side == "left" else slice(0, 7)
+        batch[1, sl], mask[1, sl] = short[0], 1
+        got = model(batch, mask).logits[1, sl]
+        torch.testing.assert_close(got, alone[0], atol=1e-5, rtol=0, msg=f"{side} padding")
+
+
+def _layer_outputs(model, x):
+    outs = []
+    hooks = [
+        layer.register_forward_hook(lambda m, i, o: outs.append(o[0] if isinstance(o, tuple) else o))
+        for layer in decoder_layers(model.backbone)
+    ]
+    try:
+        model.encode(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outs
+
+
+@pytest.mark.parametrize("spec,expected", [("last:1", [2]), ([0], [0]), ("first:2", [0, 1])])
+@torch.no_grad()
+def test_fs_layers_only_chosen_layers_see_the_future(family, impl, spec, expected):
+    model = token_model(family, impl, layers=3, attention="bidirectional", fs_layers=spec)
+    assert model.fs_layer_ids == expected
+    x = ids()
+    j = L - 2
+    a, b = _layer_outputs(model, x), _layer_outputs(model, perturb_at(x, j))
+    first_fs = expected[0]
+    for layer in range(3):
+        changed = (a[layer][:, j - 1] - b[layer][:, j - 1]).abs().max().item() > 1e-5
+        # a layer's output at j-1 depends on token j once any layer up to it is FS
+        assert changed == (layer >= first_fs), (layer, changed)
+
+
+def test_fs_config_validation():
+    with pytest.raises(ValueError, match="attention"):
+        FSConfig(attention="sideways")
+    with pytest.raises(ValueError, match="fs_layers"):
+        FSConfig(fs_layers="middle:3")
+    with pytest.raises(ValueError, match="learnable_lambda"):
+        FSConfig(learnable_lambda=True)
+    assert FSConfig(fs_layers="last:8").resolve_layers(30) == list(range(22, 30))
+    assert FSConfig(fs_layers=[-1, 0]).resolve_layers(4) == [0, 3]
+    with pytest.raises(ValueError, match="out of range"):
+        FSConfig(fs_layers=[7]).resolve_layers(4)
+    c = FSConfig(attention="decay", decay_lambda=0.3, learnable_lambda=True, fs_layers=[1, 2])
+    assert FSConfig.from_json(c.to_json()) == c
+
+
+def test_left_padding_does_not_shift_positions():
+    """RoPE positions count real tokens only: the first real token is position 0 whatever the padding."""
+    model = token_model("llama", "sdpa")
+    seen = {}
+    hook = model.backbone.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(pos=kwargs["position_ids"].clone()), with_kwargs=True
+    )
+    x = ids(5, batch=2)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        model(x, mask)
+    hook.remove()
+    assert seen["pos"][0, 2:].tolist() == [0, 1, 2]
+    assert seen["pos"][1, :4].tolist() == [0, 1, 2, 3]

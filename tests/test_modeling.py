@@ -1,0 +1,184 @@
+"""FS models: trainable parameters, save/load, merged export, learning, the packaged SmolLM2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import VOCAB, tiny_backbone
+from fsllm import (
+    FSConfig,
+    FSForSequenceClassification,
+    FSForTokenClassification,
+    ModelFolderError,
+    load_model,
+)
+from fsllm.backbones import default_lora_targets
+
+
+def batch(n=4, length=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, VOCAB, (n, length), generator=g)
+    mask = torch.ones_like(x)
+    mask[1, -3:] = 0
+    mask[2, :2] = 0
+    return x, mask
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [FSConfig(), FSConfig(attention="decay", decay_lambda=0.2, learnable_lambda=True), FSConfig(head="linear")],
+    ids=["default", "learnable-lambda", "linear-head"],
+)
+def test_only_lora_head_and_lambda_are_trainable(family, cfg):
+    model = FSForSequenceClassification(tiny_backbone(family), 3, cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable, "nothing to train"
+    for name in trainable:
+        assert "lora_" in name or name.startswith("head.") or name == "fs_lambda_raw", name
+    assert any("lora_A" in n for n in trainable)
+    assert any(n.startswith("head.") for n in trainable)
+    assert ("fs_lambda_raw" in trainable) == cfg.learnable_lambda
+    # every projection of every decoder layer is adapted, nothing outside them
+    adapted = {n.split(".lora_A")[0].split(".")[-1] for n in trainable if "lora_A" in n}
+    assert adapted == set(default_lora_targets(tiny_backbone(family)))
+    t, total = model.trainable_parameters()
+    assert 0 < t < total
+
+
+def test_lora_targets_follow_architecture():
+    assert default_lora_targets(tiny_backbone("llama")) == [
+        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"
+    ]
+    assert default_lora_targets(tiny_backbone("phi3")) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
+
+
+def _train_a_bit(model, x, mask, labels, steps=3):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    model.train()
+    for _ in range(steps):
+        loss = model(x, mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+@pytest.mark.parametrize("cls", [FSForSequenceClassification, FSForTokenClassification])
+def test_save_load_identical_logits_without_backbone_weights(tmp_path, cls, monkeypatch):
+    bb_dir = tmp_path / "backbone"
+    tiny_backbone("qwen2").save_pretrained(bb_dir)
+    cfg = FSConfig(attention="decay", decay_lambda=0.3, learnable_lambda=True)
+    model = cls.from_backbone(str(bb_dir), num_labels=3, fs_config=cfg, id2label={0: "a", 1: "b", 2: "c"})
+    x, mask = batch()
+    labels = torch.tensor([0, 1, 2, 1]) if cls is FSForSequenceClassification else torch.randint(0, 3, x.shape)
+    _train_a_bit(model, x, mask, labels)  # so LoRA B, head and lambda are not at their init values
+    with torch.no_grad():
+        before = model(x, mask).logits
+    out = tmp_path / "saved"
+    model.save_pretrained(out)
+
+    meta = json.loads((out / "fsllm_config.json").read_text())
+    assert meta["backbone"] == str(bb_dir) and meta["id2label"]["2"] == "c"
+    backbone_keys = 0
+    for f in out.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as sf:
+            for key in sf.keys():
+                assert "lora_" in key or key.startswith("head.") or key == "fs_lambda_raw", key
+                backbone_keys += 0
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    backbone_size = sum(f.stat().st_size for f in bb_dir.rglob("*.safetensors"))
+    assert size < backbone_size
+
+    loaded = load_model(out).eval()
+    assert type(loaded) is cls and loaded.id2label == model.id2label
+    with torch.no_grad():
+        after = loaded(x, mask).logits
+    torch.testing.assert_close(after, before, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.fs_lambdas, model.fs_lambdas)
+
+    merged = tmp_path / "merged"
+    model.save_pretrained(merged, merged=True)
+    assert (merged / "backbone" / "model.safetensors").is_file()
+    # the merged folder stands alone: the original backbone can disappear
+    for f in bb_dir.iterdir():
+        f.unlink()
+    standalone = load_model(merged).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(standalone(x, mask).logits, before, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_and_corrupt_model_folders(tmp_path):
+    with pytest.raises(ModelFolderError, match="no such model folder"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(ModelFolderError, match="not an fsllm model folder"):
+        load_model(tmp_path)
+    (tmp_path / "fsllm_config.json").write_text("{not json")
+    with pytest.raises(ModelFolderError, match="corrupt"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("cls", [FSForSequenceClassification, FSForTokenClassification])
+def test_a_few_steps_lower_the_loss(cls):
+    torch.manual_seed(0)
+    model = cls(tiny_backbone("llama"), 3, FSConfig(lora_dropout=0.0, head_dropout=0.0))
+    x, mask = batch(8, seed=5)
+    labels = torch.arange(8) % 3 if cls is FSForSequenceClassification else x % 3
+    with torch.no_grad():
+        start = model(x, mask, labels=labels).loss.item()
+    _train_a_bit(model, x, mask, labels, steps=15)
+    with torch.no_grad():
+        end = model(x, mask, labels=labels).loss.item()
+    assert end < 0.7 * start, (start, end)
+
+
+def test_learnable_lambda_gets_gradient_and_stays_non_negative():
+    model = FSForTokenClassification(
+        tiny_backbone("llama"), 3, FSConfig(attention="decay", decay_lambda=0.5, learnable_lambda=True)
+    )
+    torch.testing.assert_close(model.fs_lambdas, torch.full((2,), 0.5))
+    x, mask = batch()
+    model(x, mask, labels=x % 3).loss.backward()
+    assert model.fs_lambda_raw.grad is not None and model.fs_lambda_raw.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.fs_lambda_raw.fill_(-50.0)
+    assert (model.fs_lambdas >= 0).all()
+
+
+def test_token_labels_minus_100_are_ignored():
+    model = FSForTokenClassification(tiny_backbone("llama"), 3, FSConfig(head_dropout=0.0)).eval()
+    x, mask = batch()
+    labels = x % 3
+    ignored = labels.clone()
+    ignored[:, 4:] = -100
+    with torch.no_grad():
+        logits = model(x, mask).logits
+        loss = model(x, mask, labels=ignored).loss
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(-1, 3), labels[:, :4].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_packaged_smollm2_loads_and_predicts(tmp_path):
+    """The packaged SmolLM2-135M converts into the cache once and an FS model on it predicts."""
+    pytest.importorskip("gguf")
+    from fsllm import load_backbone, load_tokenizer
+    from fsllm.backbones import builtin_model_path
+
+    path = builtin_model_path("smollm2-135m")
+    assert (path / "config.json").is_file()
+    tok = load_tokenizer("smollm2-135m")
+    assert tok.pad_token == "<|im_end|>"
+    backbone = load_backbone("smollm2-135m")
+    assert backbone.config.num_hidden_layers == 30 and backbone.config.hidden_size == 576
+    model = FSForSequenceClassification(backbone, 2, FSConfig()).eval()
+    enc = tok(["a wonderful, moving film", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(enc.input_ids, enc.attention_mask)
+    assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
+    # the sentence alone gives the same logits as inside the padded batch
+    alone = tok(["dull"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(model(alone.input_ids, alone.attention_mask).logits, out.logits[1:], atol=1e-4, rtol=0)
