@@ -70,3 +70,38 @@ def family(request):
 @pytest.fixture(params=IMPLEMENTATIONS)
 def impl(request):
     return request.param
+
+
+WORDS = (
+    "the a of to in and is was John Mary Paris London Berlin Google Apple EU German British "
+    "film movie good bad great awful loved hated plot actors boring moving visited lives works "
+    "for with at on . , ! today yesterday company city river Smith Jones"
+).split()
+
+
+def build_word_tokenizer():
+    """A word-level fast tokenizer built in the test (offsets included, no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny Llama (2 layers) with its word-level tokenizer: a stand-in backbone for CLI tests."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = build_word_tokenizer()
+    cfg = _config("llama", 2)
+    cfg.vocab_size = len(tok)
+    torch.manual_seed(0)
+    transformers.LlamaModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

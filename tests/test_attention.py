@@ -10,9 +10,9 @@ import copy
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_backbone
 from transformers import AttentionInterface
 
-from conftest import VOCAB, tiny_backbone
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
 from fsllm.backbones import decoder_layers
 

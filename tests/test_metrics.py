@@ -12,7 +12,12 @@ from seqeval.metrics import precision_score as seqeval_precision
 from seqeval.scheme import IOB2
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from fsllm.metrics import METRIC_NAMES, classification_metrics, ner_metrics, primary_metric
+from fsllm.metrics import (
+    METRIC_NAMES,
+    classification_metrics,
+    ner_metrics,
+    primary_metric,
+)
 
 approx = pytest.approx
 

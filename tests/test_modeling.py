@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import VOCAB, tiny_backbone
 from safetensors import safe_open
 
-from conftest import VOCAB, tiny_backbone
 from fsllm import (
     FSConfig,
     FSForSequenceClassification,

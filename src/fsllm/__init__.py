@@ -10,7 +10,12 @@ and ``cli``.
 from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer
 from .config import FSConfig
 from .errors import DataError, FSLLMError, MissingPackageError, ModelFolderError
-from .modeling import FSForSequenceClassification, FSForTokenClassification, FSModel, load_model
+from .modeling import (
+    FSForSequenceClassification,
+    FSForTokenClassification,
+    FSModel,
+    load_model,
+)
 
 __version__ = "0.1.0"
 

@@ -82,7 +82,11 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], labels:
       ``labels``: the label list; ``n_examples``.
     Undefined ratios (a label never predicted / never gold) are 0.
     """
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     y_true = [str(y) for y in y_true]
     y_pred = [str(y) for y in y_pred]

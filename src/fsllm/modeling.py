@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,18 @@ from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import (
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 from . import attention as fs_attention
-from .backbones import base_model_of, decoder_layers, default_lora_targets, load_backbone
+from .backbones import (
+    base_model_of,
+    decoder_layers,
+    default_lora_targets,
+    load_backbone,
+)
 from .config import FSConfig
 from .errors import ModelFolderError
 from .heads import ClassificationHead, pool
@@ -99,7 +108,10 @@ class FSModel(nn.Module):
                 target_modules=targets,
                 bias="none",
             )
-            base = get_peft_model(base, lora)
+            with warnings.catch_warnings():
+                # PEFT calls a transformers property deprecated in 5.x; not actionable for users
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                base = get_peft_model(base, lora)
         self.backbone = base
         hidden = base.config.hidden_size
         self.head = ClassificationHead(
@@ -259,20 +271,24 @@ class FSModel(nn.Module):
             else:
                 bb = backbone
             model = model_cls(bb, meta["num_labels"], fs_config, id2label, meta["label2id"], meta["backbone"])
-            if isinstance(model.backbone, PeftModel):
-                try:
-                    weights = load_peft_weights(str(folder), device="cpu")
-                except Exception as e:  # noqa: BLE001 - any failure here means a broken folder
-                    raise ModelFolderError(f"{folder}: cannot read the LoRA adapter: {e}".splitlines()[0]) from e
-                result = set_peft_model_state_dict(model.backbone, weights)
-                if getattr(result, "unexpected_keys", None):
-                    raise ModelFolderError(f"{folder}: adapter has unexpected keys {result.unexpected_keys[:3]}")
-        model.load_trainable_state(folder)
+        model.load_trained_weights(folder)
         return model
 
-    def load_trainable_state(self, folder: str | os.PathLike) -> None:
-        """Load the head (and learnable lambdas) from ``folder``; used by ``from_pretrained`` and resume."""
-        path = Path(folder) / HEAD_NAME
+    def load_trained_weights(self, folder: str | os.PathLike) -> None:
+        """Load what training changes (LoRA adapter, head, learnable lambdas) from a saved folder.
+
+        Used by ``from_pretrained`` and by the trainer to resume a run or restore its best checkpoint.
+        """
+        folder = Path(folder)
+        if isinstance(self.backbone, PeftModel):
+            try:
+                weights = load_peft_weights(str(folder), device="cpu")
+            except Exception as e:  # noqa: BLE001 - any failure here means a broken folder
+                raise ModelFolderError(f"{folder}: cannot read the LoRA adapter: {e}".splitlines()[0]) from e
+            result = set_peft_model_state_dict(self.backbone, weights)
+            if getattr(result, "unexpected_keys", None):
+                raise ModelFolderError(f"{folder}: adapter has unexpected keys {result.unexpected_keys[:3]}")
+        path = folder / HEAD_NAME
         try:
             state = load_file(str(path))
         except Exception as e:  # noqa: BLE001

@@ -3,7 +3,14 @@
 See ``docs/datasets.md`` for the catalogue and the rules each loader applies.
 """
 
-from .catalog import CONLL2003_TAGS, HUB_DIR_ENV, ONTONOTES5_TAGS, list_datasets, load_any, load_named
+from .catalog import (
+    CONLL2003_TAGS,
+    HUB_DIR_ENV,
+    ONTONOTES5_TAGS,
+    list_datasets,
+    load_any,
+    load_named,
+)
 from .readers import (
     SCHEMES,
     TaskData,

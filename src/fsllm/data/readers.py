@@ -50,7 +50,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from fsllm.errors import DataError, FSLLMError
 
@@ -64,6 +64,8 @@ __all__ = [
     "split_deterministic",
     "convert_to_iob2",
     "is_saved_dataset",
+    "build_task_data",
+    "table_format",
     "SCHEMES",
 ]
 
@@ -540,7 +542,6 @@ def is_saved_dataset(path: str | os.PathLike) -> bool:
 
 def _sequence_dataset(rows: list[dict]):
     import datasets
-
     import pyarrow as pa
     from datasets.table import InMemoryTable
 
@@ -555,7 +556,6 @@ def _sequence_dataset(rows: list[dict]):
 
 def _token_dataset(rows: list[dict]):
     import datasets
-
     import pyarrow as pa
     from datasets.table import InMemoryTable
 
@@ -687,8 +687,8 @@ def load_hf(
                 names_out = names
             elif label_names is not None:
                 names_out = list(label_names)
-            texts = ds[tcol]
-            labs = ds[lcol]
+            cols_d = ds.select_columns([tcol, lcol]).to_dict()  # far faster than iterating ds[col]
+            texts, labs = cols_d[tcol], cols_d[lcol]
             unl = [i for i, v in enumerate(labs) if v is None or (isinstance(v, int) and v < 0)]
             if unl and len(unl) == len(labs):
                 notes.append(f"split {sname!r} dropped (unlabelled)")
@@ -720,8 +720,8 @@ def load_hf(
                 names_out = names
             elif label_names is not None:
                 names_out = list(label_names)
-            toks = ds[tcol]
-            raw = ds[gcol]
+            cols_d = ds.select_columns([tcol, gcol]).to_dict()
+            toks, raw = cols_d[tcol], cols_d[gcol]
             tag_strs = []
             for i, seq in enumerate(raw):
                 if len(seq) != len(toks[i]):

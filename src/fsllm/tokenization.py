@@ -1,0 +1,161 @@
+"""From words and texts to model inputs, and from token predictions back to words.
+
+NER: the words of a sentence are joined with single spaces and tokenised once
+with character offsets; each sub-token is mapped to the word that contains it.
+The first sub-token of a word carries the word's label, the others ``-100``.
+Sentences longer than ``max_length`` are split into overlapping windows so no
+word loses its prediction; at prediction time a word takes its label from the
+window where it sits farthest from an edge (the most context on both sides).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from .errors import DataError
+
+_WORD_RE = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]", re.UNICODE)
+
+
+def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """Split raw text into words and punctuation with character offsets (for ``fsllm predict``)."""
+    words, spans = [], []
+    for m in _WORD_RE.finditer(text):
+        words.append(m.group())
+        spans.append((m.start(), m.end()))
+    return words, spans
+
+
+def join_words(words: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Join words with single spaces; return the text and each word's character span."""
+    spans, pos = [], 0
+    for w in words:
+        spans.append((pos, pos + len(w)))
+        pos += len(w) + 1
+    return " ".join(words), spans
+
+
+def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The BOS id if this tokenizer adds one by default (Llama-2 does, SmolLM2 does not)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    ids = tokenizer("a")["input_ids"]
+    return [bos] if ids and ids[0] == bos else []
+
+
+@dataclass
+class TokenFeatures:
+    """Sub-token encoding of one sentence: ids, the word of each sub-token (or -1), and window starts."""
+
+    input_ids: list[int]
+    word_ids: list[int]  # -1 for special tokens
+    first_subtoken: list[bool]
+
+
+def encode_words(
+    words: list[str], tokenizer: PreTrainedTokenizerBase, spans: list[tuple[int, int]] | None = None, text: str | None = None
+) -> TokenFeatures:
+    """Tokenise a list of words once, mapping each sub-token to its word by character offsets."""
+    if text is None or spans is None:
+        text, spans = join_words(words)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    owner = [-1] * (len(text) + 1)
+    for w, (s, e) in enumerate(spans):
+        for c in range(s, e):
+            owner[c] = w
+    word_ids, first = [], []
+    seen: set[int] = set()
+    for s, e in enc["offset_mapping"]:
+        w = -1
+        for c in range(s, e):  # skip a leading space that byte-level BPE folds into the token
+            if owner[c] >= 0:
+                w = owner[c]
+                break
+        word_ids.append(w)
+        first.append(w >= 0 and w not in seen)
+        if w >= 0:
+            seen.add(w)
+    missing = set(range(len(words))) - seen
+    if missing:
+        raise DataError(f"the tokenizer produced no sub-token for word(s) {sorted(missing)[:5]} of {words[:10]}")
+    return TokenFeatures(list(enc["input_ids"]), word_ids, first)
+
+
+def windows(n: int, max_len: int, stride: int) -> list[tuple[int, int]]:
+    """Token windows ``[start, end)`` covering ``n`` tokens, consecutive ones overlapping by ``stride``."""
+    if n <= max_len:
+        return [(0, n)]
+    if stride >= max_len:
+        raise ValueError("stride must be smaller than max_length")
+    out, start = [], 0
+    while True:
+        end = min(start + max_len, n)
+        out.append((start, end))
+        if end == n:
+            return out
+        start = end - stride
+
+
+def token_classification_features(
+    words: list[str],
+    tags: list[str] | None,
+    tokenizer: PreTrainedTokenizerBase,
+    label2id: dict[str, int] | None,
+    max_length: int,
+    stride: int | None = None,
+) -> list[dict]:
+    """Model inputs for one sentence: one dict per window with ``input_ids``, ``attention_mask``,
+    ``labels`` (when tags are given) and ``word_ids`` (kept for mapping predictions back)."""
+    feats = encode_words(words, tokenizer)
+    prefix = _bos_prefix(tokenizer)
+    budget = max_length - len(prefix)
+    stride = stride if stride is not None else budget // 4
+    out = []
+    for s, e in windows(len(feats.input_ids), budget, stride):
+        ids = prefix + feats.input_ids[s:e]
+        wids = [-1] * len(prefix) + feats.word_ids[s:e]
+        item = {"input_ids": ids, "attention_mask": [1] * len(ids), "word_ids": wids, "window": (s, e)}
+        if tags is not None:
+            labels = [-100] * len(prefix)
+            for k in range(s, e):
+                labels.append(label2id[tags[feats.word_ids[k]]] if feats.first_subtoken[k] else -100)
+            item["labels"] = labels
+        item["first"] = [False] * len(prefix) + feats.first_subtoken[s:e]
+        out.append(item)
+    return out
+
+
+def merge_window_predictions(n_words: int, windows_preds: list[tuple[list[int], list[bool], list]]) -> list:
+    """Pick each word's prediction from the window where its first sub-token is farthest from an edge.
+
+    ``windows_preds`` holds, per window, ``(word_ids, first_subtoken_flags, per_token_prediction)``.
+    """
+    best: list = [None] * n_words
+    best_margin = [-1] * n_words
+    for word_ids, first, preds in windows_preds:
+        n = len(word_ids)
+        for k, (w, f) in enumerate(zip(word_ids, first)):
+            if w < 0 or not f:
+                continue
+            margin = min(k, n - 1 - k)
+            if margin > best_margin[w]:
+                best_margin[w], best[w] = margin, preds[k]
+    # A word whose first sub-token fell in a window only as a continuation still has its
+    # first sub-token in another window (windows cover every token), so no None remains.
+    return best
+
+
+def sequence_features(
+    text: str, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> tuple[dict, bool]:
+    """Input ids for one text truncated at ``max_length``, and whether it was truncated."""
+    enc = tokenizer(text, truncation=False)
+    ids = enc["input_ids"]
+    truncated = len(ids) > max_length
+    if truncated:
+        ids = ids[:max_length]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids)}, truncated

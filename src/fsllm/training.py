@@ -1,0 +1,457 @@
+"""Training: data -> features -> HF ``Trainer`` around an FS model -> one run folder.
+
+We use the stock ``Trainer`` / ``TrainingArguments`` (so ``torchrun`` and
+``accelerate launch`` give DDP without code changes, and resume, seeding,
+schedulers and logging are the ones users know) and override only what an FS
+model needs:
+
+* saving/loading checkpoints writes the LoRA adapter and head, not the 135M+
+  frozen backbone weights (``_save``, ``_load_from_checkpoint``, ``_load_best_model``);
+* evaluation is the same word-level code path as ``fsllm eval`` (windows merged,
+  strict span F1), not a token-level approximation (``evaluate``).
+
+A run folder holds ``config.json``, ``checkpoints/``, ``model/`` (the best
+checkpoint by the dev metric), ``metrics.json`` (dev and test), per-example
+predictions, ``train_log.jsonl`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import datasets
+import torch
+from transformers import (
+    DataCollatorForTokenClassification,
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_pt_utils import (
+    LengthGroupedSampler,
+    get_length_grouped_indices,
+)
+
+from .backbones import load_tokenizer
+from .config import FSConfig
+from .data import load_any
+from .errors import DataError, FSLLMError
+from .inference import evaluate_examples
+from .metrics import primary_metric
+from .modeling import FSForSequenceClassification, FSForTokenClassification, FSModel
+from .plots import plot_confusion, plot_training
+from .tokenization import sequence_features, token_classification_features
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as ``config.json`` in the run folder (``--resume`` reads it back).
+
+    Defaults are the paper's (lr 2e-4, batch 16, LoRA 8/32/0.1) except where CPU time
+    forces a choice: ``epochs=1`` and the sizes of the subsets.
+    """
+
+    data: str = "conll2003"
+    model: str = "smollm2-135m"
+    output_dir: str | None = None
+    task: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    repair_tags: bool = False
+    fs: FSConfig = field(default_factory=FSConfig)
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_length: int = 128
+    train_subset: int | None = None
+    dev_subset: int | None = None
+    test_subset: int | None = None
+    eval_steps: int | None = None  # None: evaluate on dev at the end of each epoch
+    save_total_limit: int | None = 2
+    early_stopping_patience: int | None = None
+    seed: int = 42
+    attn_implementation: str = "sdpa"
+    logging_steps: int = 10
+    evaluate_test: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["fs"] = self.fs.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        fs = FSConfig.from_dict(d.pop("fs", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise FSLLMError(f"unknown training options {sorted(unknown)}")
+        return cls(fs=fs, **d)
+
+
+@dataclass
+class RunResult:
+    """What ``train`` returns: where the run lives and what it measured."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    plots: list[Path]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+
+# ---------------------------------------------------------------------------------- labels
+
+
+def build_label_maps(task: str, train: Sequence[dict], label_names: list[str] | None) -> dict[int, str]:
+    """Label map from the training split (and the data set's canonical order when it has one).
+
+    For NER every entity type seen in training gets both its B- and I- tag, so a small
+    training subset that happens to lack, say, ``I-MISC`` still covers the dev split.
+    """
+    if task == "token":
+        types = sorted({t.split("-", 1)[1] for ex in train for t in ex["tags"] if t != "O"})
+        tags = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+        if label_names:
+            tags = [t for t in label_names if t in tags] + [t for t in tags if t not in label_names]
+        return dict(enumerate(tags))
+    seen = {ex["label"] for ex in train}
+    names = [n for n in (label_names or []) if n in seen] + sorted(seen - set(label_names or []))
+    return dict(enumerate(names))
+
+
+def check_labels(task: str, split: str, examples: Sequence[dict], label2id: dict[str, int]) -> None:
+    """An unknown label outside training is an error, with the split, example and known labels."""
+    for n, ex in enumerate(examples):
+        values = ex["tags"] if task == "token" else [ex["label"]]
+        for v in values:
+            if v not in label2id:
+                raise DataError(
+                    f"{split} example {n}: label {v!r} never occurs in the training split "
+                    f"(training labels: {sorted(label2id)})"
+                )
+
+
+# ---------------------------------------------------------------------------------- features
+
+
+def make_features(
+    task: str, examples: Sequence[dict], tokenizer, label2id: dict[str, int], max_length: int
+) -> tuple[list[dict], int]:
+    """Model inputs for training; returns the features and the number of truncated/windowed examples."""
+    feats: list[dict] = []
+    altered = 0
+    for ex in examples:
+        if task == "token":
+            windows = token_classification_features(ex["tokens"], ex["tags"], tokenizer, label2id, max_length)
+            altered += len(windows) > 1
+            feats.extend({k: w[k] for k in ("input_ids", "attention_mask", "labels")} for w in windows)
+        else:
+            f, truncated = sequence_features(ex["text"], tokenizer, max_length)
+            altered += truncated
+            f["labels"] = label2id[ex["label"]]
+            feats.append(f)
+    return feats, altered
+
+
+def _subset(examples: list[dict], n: int | None, seed: int) -> list[dict]:
+    if n is None or n >= len(examples):
+        return examples
+    idx = list(range(len(examples)))
+    random.Random(seed).shuffle(idx)
+    return [examples[i] for i in sorted(idx[:n])]
+
+
+# ---------------------------------------------------------------------------------- trainer
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Append every log record to ``train_log.jsonl`` as it happens (survives a crash)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class EvaluateAtEndCallback(TrainerCallback):
+    """Evaluate and checkpoint at the last step too, so the final weights compete for "best on dev"
+    (with step-based evaluation, a run whose length is not a multiple of ``eval_steps`` would skip them)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and args.eval_strategy != "no":
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from ``seed + epoch`` alone.
+
+    The stock sampler draws from the global RNG, whose state at the start of an epoch
+    is not what a resumed run restores (it restores the state of the checkpoint, mid
+    epoch), so a resumed run would see other batches than the uninterrupted one.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=g))
+
+
+class FSTrainer(Trainer):
+    """``Trainer`` that saves only what training changes and evaluates at the word level."""
+
+    def __init__(self, *args, fs_eval: tuple | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fs_eval = fs_eval  # (tokenizer, dev examples, max_length, batch size)
+
+    def _get_train_sampler(self, train_dataset=None):
+        ds = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length" or ds is None:
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(x) for x in ds["input_ids"]]
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return EpochSeededLengthGroupedSampler(batch, lengths, self.args.data_seed or self.args.seed)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.model.save_pretrained(output_dir, tokenizer=None)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        (model or self.model).load_trained_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        logger.info("best dev checkpoint: %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self.model.load_trained_weights(self.state.best_model_checkpoint)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        if self.fs_eval is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        tokenizer, examples, max_length, batch_size = self.fs_eval
+        start = time.time()
+        metrics, _ = evaluate_examples(self.model, tokenizer, examples, max_length, batch_size, progress="dev")
+        out = {f"{metric_key_prefix}_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        out[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
+        self.log(out)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, out)
+        return out
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records written after ``step`` (the killed run went on past its last checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """Newest ``checkpoint-N`` whose trainer state and weights were fully written.
+
+    A run killed while writing a checkpoint leaves one without ``trainer_state.json``
+    (written last); resuming skips it instead of failing on it.
+    """
+    if not folder.is_dir():
+        return None
+    found = []
+    for d in folder.iterdir():
+        if d.name.startswith("checkpoint-") and d.name[11:].isdigit():
+            if (d / "trainer_state.json").is_file() and (d / "fsllm_head.safetensors").is_file():
+                found.append((int(d.name[11:]), d))
+    return str(max(found)[1]) if found else None
+
+
+# ---------------------------------------------------------------------------------- entry point
+
+
+def _default_run_dir(cfg: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = Path(str(cfg.data)).name.replace("/", "_")
+    return Path("runs") / f"{name}-{cfg.fs.attention}-{stamp}"
+
+
+def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks: Sequence[TrainerCallback] = (), **overrides: Any) -> RunResult:
+    """Train, select on dev, evaluate on test, and write a run folder.
+
+    ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
+    ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
+    from that run's last complete checkpoint with its saved configuration.
+    """
+    if resume:
+        out = overrides.get("output_dir") or (config.output_dir if config else None)
+        if not out:
+            raise FSLLMError("--resume needs the run folder (--output)")
+        saved = Path(out) / "config.json"
+        if not saved.is_file():
+            raise FSLLMError(f"{out}: nothing to resume (no config.json)")
+        config = TrainConfig.from_dict(json.loads(saved.read_text()))
+    else:
+        config = config or TrainConfig()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+    cfg = config
+    run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
+    cfg.output_dir = str(run_dir)
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    set_seed(cfg.seed)
+
+    # ---- data
+    data = load_any(cfg.data, task=cfg.task, text_column=cfg.text_column, label_column=cfg.label_column, repair=cfg.repair_tags)
+    task = data.task
+    splits = {name: list(ds) for name, ds in data.splits.items()}
+    if "train" not in splits or not splits["train"]:
+        raise DataError(f"{cfg.data}: no training examples")
+    train_ex = _subset(splits["train"], cfg.train_subset, cfg.seed)
+    dev_ex = _subset(splits.get("validation", []), cfg.dev_subset, cfg.seed)
+    test_ex = _subset(splits.get("test", []), cfg.test_subset, cfg.seed)
+    id2label = build_label_maps(task, train_ex, data.label_names)
+    label2id = {v: k for k, v in id2label.items()}
+    for split, exs in (("dev", dev_ex), ("test", test_ex)):
+        check_labels(task, split, exs, label2id)
+    logger.info("data: %s train / %s dev / %s test (%s)", len(train_ex), len(dev_ex), len(test_ex), data.source)
+
+    # ---- model
+    tokenizer = load_tokenizer(cfg.model)
+    model_cls = FSForTokenClassification if task == "token" else FSForSequenceClassification
+    model: FSModel = model_cls.from_backbone(
+        cfg.model, num_labels=len(id2label), fs_config=cfg.fs, id2label=id2label, label2id=label2id,
+        attn_implementation=cfg.attn_implementation,
+    )
+    trainable, total = model.trainable_parameters()
+
+    feats, altered = make_features(task, train_ex, tokenizer, label2id, cfg.max_length)
+    if altered:
+        what = "split into overlapping windows" if task == "token" else "truncated"
+        logger.warning("%d of %d training examples longer than %d tokens were %s", altered, len(train_ex), cfg.max_length, what)
+    train_ds = datasets.Dataset.from_list(feats)
+    dev_ds = datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length)[0]) if dev_ex else None
+    collator = (
+        DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=None)
+        if task == "token"
+        else DataCollatorWithPadding(tokenizer)
+    )
+
+    metric = primary_metric(task)
+    has_dev = bool(dev_ex)
+    strategy = "no" if not has_dev else ("steps" if cfg.eval_steps else "epoch")
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of the total steps
+        eval_strategy=strategy,
+        eval_steps=cfg.eval_steps,
+        save_strategy=strategy if has_dev else "epoch",
+        save_steps=cfg.eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=has_dev,
+        metric_for_best_model=metric if has_dev else None,
+        greater_is_better=True,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        train_sampling_strategy="group_by_length",
+        report_to="none",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+    cbs = [JsonlLogCallback(run_dir / "train_log.jsonl"), EvaluateAtEndCallback(), *callbacks]
+    if cfg.early_stopping_patience and has_dev:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = FSTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=cbs,
+        fs_eval=(tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
+    )
+    checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
+    if resume:
+        _truncate_log(run_dir / "train_log.jsonl", int(Path(checkpoint).name[11:]) if checkpoint else 0)
+        if checkpoint is None:
+            logger.warning("%s: no complete checkpoint yet; starting from the beginning", run_dir)
+        else:
+            logger.info("resuming from %s", checkpoint)
+    t0 = time.time()
+    train_out = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.time() - t0
+
+    # ---- final model (best on dev), evaluation, artefacts
+    model.save_pretrained(run_dir / "model", tokenizer=tokenizer)
+    metrics: dict[str, Any] = {
+        "task": task,
+        "data": cfg.data,
+        "data_source": data.source,
+        "primary_metric": metric,
+        "sizes": {"train": len(train_ex), "dev": len(dev_ex), "test": len(test_ex)},
+        "train_examples_altered": altered,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train": {
+            "steps": trainer.state.global_step,
+            "seconds": round(train_seconds, 1),
+            "loss": train_out.training_loss,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_dev_metric": trainer.state.best_metric,
+        },
+    }
+    plots: list[Path] = []
+    for split, exs in (("dev", dev_ex), ("test", test_ex if cfg.evaluate_test else [])):
+        if not exs:
+            continue
+        m, records = evaluate_examples(model, tokenizer, exs, cfg.max_length, cfg.eval_batch_size, progress=split)
+        metrics[split] = m
+        with (run_dir / f"predictions_{split}.jsonl").open("w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        cm = m.get("confusion_matrix")
+        labels = m.get("labels") or m.get("confusion_labels")
+        if cm and labels:
+            plots.append(plot_confusion(cm, labels, run_dir / "plots" / f"confusion_{split}.png", title=f"{split} confusion matrix"))
+    plots = plot_training(trainer.state.log_history, run_dir / "plots", metric) + plots
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return RunResult(run_dir, metrics, plots)

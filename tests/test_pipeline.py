@@ -1,0 +1,352 @@
+"""The pipeline end to end on a tiny model: alignment and windows, the CLI, bad input, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_word_tokenizer
+
+from fsllm.cli import main
+from fsllm.inference import entities_from_tags
+from fsllm.tokenization import (
+    merge_window_predictions,
+    split_words,
+    token_classification_features,
+    windows,
+)
+
+CONLL_TRAIN = """-DOCSTART- -X- -X- O
+
+John NNP B-NP B-PER
+Smith NNP I-NP I-PER
+visited VBD B-VP O
+Paris NNP B-NP B-LOC
+. . O O
+
+Mary NNP B-NP B-PER
+works VBZ B-VP O
+for IN B-PP O
+Google NNP B-NP B-ORG
+. . O O
+
+the DT B-NP O
+EU NNP I-NP B-ORG
+loved VBD B-VP O
+London NNP B-NP B-LOC
+"""
+
+CONLL_DEV = """Jones NNP B-NP B-PER
+lives VBZ B-VP O
+in IN B-PP O
+Berlin NNP B-NP B-LOC
+"""
+
+SENTIMENT_ROWS = [
+    ("a great moving film", "positive"),
+    ("boring plot and awful actors", "negative"),
+    ("loved the movie", "positive"),
+    ("hated the film", "negative"),
+    ("good actors , great plot", "positive"),
+    ("bad movie , boring", "negative"),
+]
+
+
+def write_conll_dir(root: Path) -> Path:
+    d = root / "ner"
+    d.mkdir()
+    (d / "train.txt").write_text(CONLL_TRAIN * 3)
+    (d / "dev.txt").write_text(CONLL_DEV)
+    (d / "test.txt").write_text(CONLL_DEV + "\n" + CONLL_TRAIN.split("\n\n")[1])
+    return d
+
+
+def write_csv_dir(root: Path) -> Path:
+    d = root / "sent"
+    d.mkdir()
+    for split, rows in (("train", SENTIMENT_ROWS * 3), ("dev", SENTIMENT_ROWS[:2]), ("test", SENTIMENT_ROWS[2:])):
+        lines = ["text,label"] + [f'"{t}",{y}' for t, y in rows]
+        (d / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+# ------------------------------------------------------------------ alignment and windows
+
+
+def test_windows_overlap_and_cover():
+    assert windows(3, 4, 1) == [(0, 3)]
+    assert windows(10, 4, 1) == [(0, 4), (3, 7), (6, 10)]
+    assert windows(8, 4, 2) == [(0, 4), (2, 6), (4, 8)]
+    with pytest.raises(ValueError):
+        windows(10, 4, 4)
+
+
+def test_first_subtoken_carries_the_label_real_bpe_tokenizer():
+    """With SmolLM2's byte-level BPE: one label per word, on its first sub-token; sub-tokens rebuild each word."""
+    from fsllm import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    words = ["Nadim", "Ladki", "visited", "Zaragoza", "'s", "U.N.", "office", "."]
+    tags = ["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG", "O", "O"]
+    label2id = {"O": 0, "B-PER": 1, "I-PER": 2, "B-LOC": 3, "B-ORG": 4}
+    (feat,) = token_classification_features(words, tags, tok, label2id, max_length=64)
+    labelled = [(k, lab) for k, lab in enumerate(feat["labels"]) if lab != -100]
+    assert [lab for _, lab in labelled] == [label2id[t] for t in tags]
+    # the sub-tokens of each word decode back to that word
+    for w, word in enumerate(words):
+        pieces = [feat["input_ids"][k] for k, wid in enumerate(feat["word_ids"]) if wid == w]
+        assert tok.decode(pieces).strip() == word
+        first = next(k for k, wid in enumerate(feat["word_ids"]) if wid == w)
+        assert feat["labels"][first] == label2id[tags[w]]
+    assert sum(1 for wid in feat["word_ids"] if wid >= 0) > len(words)  # some words really are split
+
+
+def test_long_sentence_becomes_windows_and_every_word_keeps_a_prediction():
+    tok = build_word_tokenizer()
+    words = ("John visited Paris and London with Mary today . " * 4).split()
+    tags = ["B-PER" if w in ("John", "Mary") else "B-LOC" if w in ("Paris", "London") else "O" for w in words]
+    label2id = {"O": 0, "B-PER": 1, "B-LOC": 2}
+    feats = token_classification_features(words, tags, tok, label2id, max_length=10, stride=3)
+    assert len(feats) > 1 and all(len(f["input_ids"]) <= 10 for f in feats)
+    # every word is labelled in at least one window
+    covered = {w for f in feats for w, lab in zip(f["word_ids"], f["labels"]) if lab != -100}
+    assert covered == set(range(len(words)))
+    # a "prediction" equal to the word index shows which window each word was taken from
+    merged = merge_window_predictions(len(words), [(f["word_ids"], f["first"], f["word_ids"]) for f in feats])
+    assert merged == list(range(len(words)))
+
+
+def test_merge_prefers_the_window_with_more_context():
+    # word 2 is at the edge (position 2 of 3) of window A and in the middle of window B
+    a = ([0, 1, 2], [True, True, True], ["a0", "a1", "a2"])
+    b = ([1, 2, 3, 4], [True, True, True, True], ["b1", "b2", "b3", "b4"])
+    assert merge_window_predictions(5, [a, b]) == ["a0", "a1", "b2", "b3", "b4"]
+
+
+def test_entities_map_back_to_character_offsets():
+    text = "John Smith visited New York ."
+    words, spans = split_words(text)
+    assert words == ["John", "Smith", "visited", "New", "York", "."]
+    ents = entities_from_tags(["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"], [0.9, 0.7, 1, 0.8, 0.6, 1], spans, text)
+    assert ents == [
+        {"entity_group": "PER", "score": pytest.approx(0.8), "word": "John Smith", "start": 0, "end": 10},
+        {"entity_group": "LOC", "score": pytest.approx(0.7), "word": "New York", "start": 19, "end": 27},
+    ]
+
+
+# ------------------------------------------------------------------ the CLI end to end
+
+
+def run_cli(args, capsys):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_token_task_end_to_end(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    data = write_conll_dir(tmp_path)
+    run = tmp_path / "run"
+    rc, out, err = run_cli(
+        ["train", "--data", data, "--model", tiny_model_dir, "--output", run, "--max-steps", 4, "--batch-size", 4,
+         "--eval-steps", 2, "--lr", "5e-3"], capsys)
+    assert rc == 0, err
+    assert "test f1:" in out and f"run folder: {run}" in out
+    for name in ("config.json", "metrics.json", "train_log.jsonl", "predictions_test.jsonl", "predictions_dev.jsonl",
+                 "model/fsllm_config.json", "model/adapter_model.safetensors", "plots/loss.png", "plots/dev_f1.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "token" and 0 <= metrics["test"]["f1"] <= 1
+    assert set(metrics["test"]["per_type"]) <= {"PER", "LOC", "ORG"}
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert any("eval_f1" in r for r in log) and any("loss" in r for r in log)
+    preds = [json.loads(line) for line in (run / "predictions_test.jsonl").read_text().splitlines()]
+    assert preds[0]["tokens"] == ["Jones", "lives", "in", "Berlin"] and len(preds[0]["pred"]) == 4
+
+    rc, out, err = run_cli(["eval", run, "--data", data, "--split", "test"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["f1"] == pytest.approx(metrics["test"]["f1"])
+
+    rc, out, err = run_cli(["predict", run, "John visited Paris .", "Mary works for Google"], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in rows] == ["John visited Paris .", "Mary works for Google"]
+    for r in rows:
+        for e in r["entities"]:
+            assert set(e) == {"entity_group", "score", "word", "start", "end"}
+            assert r["text"][e["start"]:e["end"]] == e["word"]
+
+    texts = tmp_path / "in.txt"
+    texts.write_text("John visited Paris .\n\nMary works for Google\n")
+    rc, out_file, err = run_cli(["predict", run, "--file", texts], capsys)
+    assert rc == 0 and out_file == out
+
+    monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": type("B", (), {"read": lambda self: texts.read_bytes()})()})())
+    rc, out_stdin, err = run_cli(["predict", run], capsys)
+    assert rc == 0 and out_stdin == out
+
+
+def test_cli_sequence_task_end_to_end(tmp_path, tiny_model_dir, capsys):
+    data = write_csv_dir(tmp_path)
+    run = tmp_path / "run"
+    rc, out, err = run_cli(
+        ["train", "--data", data, "--model", tiny_model_dir, "--output", run, "--epochs", 2, "--batch-size", 4,
+         "--pooling", "last", "--attention", "decay", "--decay-lambda", "0.5"], capsys)
+    assert rc == 0, err
+    assert "test accuracy:" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["labels"] == ["negative", "positive"]
+    assert (run / "plots" / "confusion_test.png").is_file()
+    saved = json.loads((run / "model" / "fsllm_config.json").read_text())
+    assert saved["fs_config"]["attention"] == "decay" and saved["fs_config"]["pooling"] == "last"
+    rc, out, err = run_cli(["predict", run, "a great film", "boring plot"], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert all(r["label"] in ("negative", "positive") and 0.5 <= r["score"] <= 1 for r in rows)
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+
+def one_line_error(args, capsys):
+    rc, out, err = run_cli(args, capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("fsllm: error:")]
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir, capsys):
+    base = ["train", "--model", tiny_model_dir, "--max-steps", 1, "--batch-size", 2]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.txt").write_text("John B-PER\nSmith\n")
+    msg = one_line_error(base + ["--data", bad, "--output", tmp_path / "r1"], capsys)
+    assert "train.txt:2" in msg
+
+    cols = tmp_path / "cols"
+    cols.mkdir()
+    (cols / "train.csv").write_text("sentence,label\nhello,positive\n")
+    msg = one_line_error(base + ["--data", cols, "--output", tmp_path / "r2"], capsys)
+    assert "train.csv" in msg and "text" in msg
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.csv").write_text("")
+    msg = one_line_error(base + ["--data", empty, "--output", tmp_path / "r3"], capsys)
+    assert "train.csv" in msg and "empty" in msg.lower()
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "train.csv").write_text('text,label\nfine,positive\n"  ",negative\n')
+    msg = one_line_error(base + ["--data", blank, "--output", tmp_path / "r4"], capsys)
+    assert "train.csv:3" in msg
+
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "train.csv").write_bytes(b"text,label\ngood,positive\nbad \xff\xfe,negative\n")
+    msg = one_line_error(base + ["--data", binary, "--output", tmp_path / "r5"], capsys)
+    assert "train.csv:3" in msg and "UTF-8" in msg
+
+    unknown = write_csv_dir(tmp_path)
+    (unknown / "dev.csv").write_text("text,label\nso so,neutral\n")
+    msg = one_line_error(base + ["--data", unknown, "--output", tmp_path / "r6"], capsys)
+    assert "'neutral'" in msg and "dev" in msg
+
+    msg = one_line_error(["predict", tmp_path / "no-such-run", "hello"], capsys)
+    assert "no such model folder" in msg
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "fsllm_config.json").write_text("{oops")
+    msg = one_line_error(["predict", corrupt, "hello"], capsys)
+    assert "corrupt" in msg
+
+    msg = one_line_error(["train", "--data", "no-such-dataset", "--output", tmp_path / "r7"], capsys)
+    assert "conll2003" in msg  # lists the catalogue
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, tiny_model_dir, capsys):
+    data = write_csv_dir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    msg = one_line_error(["train", "--data", data, "--model", tiny_model_dir, "--output", run], capsys)
+    assert "--resume" in msg
+    assert (run / "metrics.json").read_text() == "{}"
+
+
+# ------------------------------------------------------------------ kill and resume
+
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from transformers import TrainerCallback
+    from fsllm.training import train
+
+    class Slow(TrainerCallback):  # gives the test time to kill the run between steps
+        def on_step_end(self, args, state, control, **kw):
+            time.sleep(float(sys.argv[3]))
+
+    train(data=sys.argv[1], model=sys.argv[2], output_dir=sys.argv[4], max_steps=10, eval_steps=2, batch_size=4,
+          learning_rate=5e-3, seed=7, save_total_limit=None, logging_steps=1, callbacks=[Slow()])
+    """
+)
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_model_dir):
+    from fsllm.training import train
+
+    data = write_conll_dir(tmp_path)
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(data), str(tiny_model_dir), "0.4", str(killed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    target = killed / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 240
+    while not target.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert target.is_file(), "the run never reached checkpoint-4"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+
+    resumed = train(resume=True, output_dir=str(killed))
+    full = subprocess.run(
+        [sys.executable, str(script), str(data), str(tiny_model_dir), "0", str(tmp_path / "full")],
+        capture_output=True, text=True, env=env,
+    )
+    assert full.returncode == 0, full.stderr[-2000:]
+    expected = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert resumed.metrics["train"]["steps"] == expected["train"]["steps"] == 10
+    for split in ("dev", "test"):
+        for key in ("f1", "precision", "recall", "token_accuracy"):
+            assert resumed.metrics[split][key] == pytest.approx(expected[split][key], abs=1e-9), (split, key)
+    assert resumed.metrics["train"]["best_dev_metric"] == pytest.approx(expected["train"]["best_dev_metric"])
+    # the last checkpoint's weights agree (the tiny model's F1 alone could agree by chance)
+    from safetensors.torch import load_file
+
+    last = Path("checkpoints") / "checkpoint-10"
+    for name in ("adapter_model.safetensors", "fsllm_head.safetensors"):
+        got, want = load_file(str(killed / last / name)), load_file(str(tmp_path / "full" / last / name))
+        assert got.keys() == want.keys()
+        for k in want:
+            assert torch.allclose(got[k], want[k], atol=1e-6), (name, k)
+    # the training log reads like one run: each step once, same losses
+    def losses(run):
+        rows = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], round(r["loss"], 6)) for r in rows if "loss" in r]
+
+    assert losses(killed) == losses(tmp_path / "full")
