@@ -155,7 +155,7 @@ def test_cli_token_task_end_to_end(tmp_path, tiny_model_dir, capsys, monkeypatch
     data = write_conll_dir(tmp_path)
     run = tmp_path / "run"
     rc, out, err = run_cli(
-        ["train", "--data", data, "--model", tiny_model_dir, "--output", run, "--max-steps", 4, "--batch-size", 4,
+        ["train", "--data", data, "--model", tiny_model_dir, "--output", run, "--max-steps", 5, "--batch-size", 4,
          "--eval-steps", 2, "--lr", "5e-3"], capsys)
     assert rc == 0, err
     assert "test f1:" in out and f"run folder: {run}" in out
@@ -166,7 +166,9 @@ def test_cli_token_task_end_to_end(tmp_path, tiny_model_dir, capsys, monkeypatch
     assert metrics["task"] == "token" and 0 <= metrics["test"]["f1"] <= 1
     assert set(metrics["test"]["per_type"]) <= {"PER", "LOC", "ORG"}
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    assert any("eval_f1" in r for r in log) and any("loss" in r for r in log)
+    assert any("loss" in r for r in log)
+    # dev is evaluated every 2 steps and at the last step, which then competes for "best"
+    assert [r["step"] for r in log if "eval_f1" in r] == [2, 4, 5]
     preds = [json.loads(line) for line in (run / "predictions_test.jsonl").read_text().splitlines()]
     assert preds[0]["tokens"] == ["Jones", "lives", "in", "Berlin"] and len(preds[0]["pred"]) == 4
 

@@ -19,6 +19,24 @@ from .modeling import (
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "train": ("training", "train"),
+    "TrainConfig": ("training", "TrainConfig"),
+    "RunResult": ("training", "RunResult"),
+    "Predictor": ("inference", "Predictor"),
+}
+
+
+def __getattr__(name: str):
+    # The pipeline pulls in datasets, matplotlib and the Trainer: load it on first use only.
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BUILTIN_MODELS",
     "DataError",
@@ -28,8 +46,12 @@ __all__ = [
     "FSLLMError",
     "FSModel",
     "MissingPackageError",
+    "Predictor",
+    "RunResult",
+    "TrainConfig",
     "ModelFolderError",
     "load_backbone",
     "load_model",
     "load_tokenizer",
+    "train",
 ]

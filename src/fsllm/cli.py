@@ -16,7 +16,11 @@ from typing import Sequence
 
 from .errors import FSLLMError
 
-MAIN_JOB = dict(data="conll2003", train_subset=1000, dev_subset=500, eval_steps=32, epochs=1.0)
+#: ``fsllm train`` with no --data: FS-SmolLM2 on CoNLL-2003, sized to finish in minutes on a
+#: 2-core CPU. lr 1e-3 rather than the paper's 2e-4: at this scale (a 135M backbone, 63 steps
+#: an epoch) it reached dev F1 0.54 / 0.66 / 0.78 after epochs 1 / 2 / 3, where 2e-4 reached
+#: 0.04 after one epoch (measured on the dev split, never on test).
+MAIN_JOB = dict(data="conll2003", train_subset=1000, dev_subset=500, eval_steps=48, epochs=3.0, learning_rate=1e-3)
 
 
 def _add_fs_options(p: argparse.ArgumentParser) -> None:
@@ -59,9 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train, select on dev, evaluate on test, write a run folder",
-                       description="Train an FS model. With no options: the main job (FS-SmolLM2 on 1,000 CoNLL-2003 "
-                                   "training sentences, dev subset of 500 for checkpoint choice, full test split).")
-    t.add_argument("--data", default=MAIN_JOB["data"], help="catalogue name (fsllm datasets), folder, file, or hub id (default conll2003)")
+                       description="Train an FS model. Without --data: the main job, FS-SmolLM2 on 1,000 CoNLL-2003 "
+                                   "training sentences for 3 epochs at lr 1e-3, dev subset of 500 for checkpoint choice "
+                                   "(evaluated every 48 steps), full test split. Other defaults are the paper's "
+                                   "(lr 2e-4, batch 16, LoRA 8/32/0.1), 1 epoch.")
+    t.add_argument("--data", default=None, help="catalogue name (fsllm datasets), folder, file, or hub id "
+                   "(default: the main job, conll2003 with the settings in the description)")
     t.add_argument("--model", default="smollm2-135m", help="backbone: built-in name (fsllm models), folder or hub id")
     t.add_argument("--output", "-o", default=None, help="run folder (default runs/<data>-<attention>-<time>)")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --output from its last checkpoint")
@@ -69,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text-column", default=None)
     t.add_argument("--label-column", default=None)
     t.add_argument("--repair-tags", action="store_true", help="repair invalid IOB sequences instead of failing")
-    t.add_argument("--epochs", type=float, default=MAIN_JOB["epochs"])
+    t.add_argument("--epochs", type=float, default=None, help="default 1")
     t.add_argument("--max-steps", type=int, default=-1)
     t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--lr", type=float, default=None, help="default 2e-4 (the paper's); 1e-3 does better for small backbones")
     t.add_argument("--max-length", type=int, default=128, help="tokens per input (NER: longer sentences become windows)")
     t.add_argument("--train-subset", type=int, default=None, help="use N training examples (seeded sample)")
     t.add_argument("--dev-subset", type=int, default=None)
@@ -131,17 +138,19 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume:
         result = train(resume=True, output_dir=a.output)
     else:
+        preset = MAIN_JOB if a.data is None else {}
+        chosen = {
+            "data": a.data, "epochs": a.epochs, "learning_rate": a.lr, "train_subset": a.train_subset,
+            "dev_subset": a.dev_subset, "eval_steps": a.eval_steps,
+        }
+        picked = {**preset, **{k: v for k, v in chosen.items() if v is not None}}
         cfg = TrainConfig(
-            data=a.data, model=a.model, output_dir=a.output, task=a.task, text_column=a.text_column,
-            label_column=a.label_column, repair_tags=a.repair_tags, fs=_fs_config(a), epochs=a.epochs,
-            max_steps=a.max_steps, batch_size=a.batch_size, learning_rate=a.lr, max_length=a.max_length,
-            train_subset=a.train_subset, dev_subset=a.dev_subset, test_subset=a.test_subset,
-            eval_steps=a.eval_steps, early_stopping_patience=a.early_stopping, seed=a.seed,
+            **picked, model=a.model, output_dir=a.output, task=a.task, text_column=a.text_column,
+            label_column=a.label_column, repair_tags=a.repair_tags, fs=_fs_config(a),
+            max_steps=a.max_steps, batch_size=a.batch_size, max_length=a.max_length,
+            test_subset=a.test_subset, early_stopping_patience=a.early_stopping, seed=a.seed,
             attn_implementation=a.attn_implementation, evaluate_test=not a.no_test,
         )
-        if a.data == MAIN_JOB["data"] and a.train_subset is None and a.dev_subset is None and a.eval_steps is None:
-            # the built-in default job, sized to finish in minutes on a 2-core CPU
-            cfg.train_subset, cfg.dev_subset, cfg.eval_steps = MAIN_JOB["train_subset"], MAIN_JOB["dev_subset"], MAIN_JOB["eval_steps"]
         result = train(cfg)
     m = result.metrics
     key = m["primary_metric"]

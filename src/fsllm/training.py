@@ -89,6 +89,8 @@ class TrainConfig:
     attn_implementation: str = "sdpa"
     logging_steps: int = 10
     evaluate_test: bool = True
+    group_by_length: bool = True  # batches of similar length: little padding
+    pad_to_length: int | None = None  # pad every batch to this length (the LS-LLaMA/BiLLM recipe); None = dynamic
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -201,7 +203,8 @@ class EvaluateAtEndCallback(TrainerCallback):
     (with step-based evaluation, a run whose length is not a multiple of ``eval_steps`` would skip them)."""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps and args.eval_strategy != "no":
+        last = state.global_step >= state.max_steps
+        if last and args.eval_strategy == "steps" and state.global_step % args.eval_steps != 0:
             control.should_evaluate = True
             control.should_save = True
         return control
@@ -359,11 +362,14 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         logger.warning("%d of %d training examples longer than %d tokens were %s", altered, len(train_ex), cfg.max_length, what)
     train_ds = datasets.Dataset.from_list(feats)
     dev_ds = datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length)[0]) if dev_ex else None
-    collator = (
-        DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=None)
-        if task == "token"
-        else DataCollatorWithPadding(tokenizer)
-    )
+    if cfg.pad_to_length:
+        collator = (
+            DataCollatorForTokenClassification(tokenizer, padding="max_length", max_length=cfg.pad_to_length)
+            if task == "token"
+            else DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.pad_to_length)
+        )
+    else:
+        collator = DataCollatorForTokenClassification(tokenizer) if task == "token" else DataCollatorWithPadding(tokenizer)
 
     metric = primary_metric(task)
     has_dev = bool(dev_ex)
@@ -389,7 +395,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         logging_first_step=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         report_to="none",
         dataloader_num_workers=0,
         remove_unused_columns=False,
