@@ -231,3 +231,18 @@ def test_left_padding_does_not_shift_positions():
     hook.remove()
     assert seen["pos"][0, 2:].tolist() == [0, 1, 2]
     assert seen["pos"][1, :4].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: m["attention"])
+@pytest.mark.parametrize("fam", ["llama", "gemma3"])
+@torch.no_grad()
+def test_flex_attention_matches_sdpa(fam, mode):
+    """flex_attention (block mask + score_mod, compiled: slow on CPU) gives the sdpa logits, padding included."""
+    x = ids(batch=2)
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0
+    real = mask.bool()
+    want = token_model(fam, "sdpa", **mode)(x, mask).logits
+    got = token_model(fam, "flex_attention", **mode)(x, mask).logits
+    torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)

@@ -43,7 +43,7 @@ from .errors import FSLLMError
 
 PREFIX = "fsllm_"
 #: backbone attention implementations that FS attention can wrap
-SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager")
+SUPPORTED_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention")
 
 
 @dataclass
@@ -145,6 +145,52 @@ def _eager_of(module: torch.nn.Module) -> Callable:
     return fn
 
 
+def _flex_forward(module, query, key, value, key_padding, state, layer_idx, window, scaling=None, softcap=None, **_):
+    """FS attention with ``flex_attention``: the pattern is a block mask and the decay a ``score_mod``,
+    so no ``[L, L]`` tensor is ever built (memory linear in L; the kernel skips masked blocks)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    from transformers.integrations.flex_attention import compile_friendly_flex_attention, repeat_kv
+
+    mode = state.mode(layer_idx)
+    batch, heads, q_len, _ = query.shape
+    k_len = key.shape[2]
+    offset = k_len - q_len
+    pad = key_padding[:, 0, 0, :] if key_padding is not None else None
+    cache_key = ("flex", mode, window, q_len, k_len)
+    block_mask = state._cache.get(cache_key)
+    if block_mask is None:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            qi = q_idx + offset
+            ok = kv_idx <= qi if mode == "causal" else kv_idx >= 0
+            if window:
+                ok = ok & ((qi - kv_idx < window) if mode == "causal" else ((kv_idx - qi).abs() < window))
+            if pad is not None:
+                ok = ok & pad[b, kv_idx]
+            return ok
+
+        block_mask = create_block_mask(mask_mod, batch if pad is not None else None, None, q_len, k_len, device=query.device)
+        state._cache[cache_key] = block_mask
+    lam = state.lambdas[layer_idx if layer_idx is not None else 0] if mode == "decay" else None
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if softcap is not None:
+            score = softcap * torch.tanh(score / softcap)
+        if lam is not None:
+            score = score - lam * torch.clamp(kv_idx - (q_idx + offset), min=0)
+        return score
+
+    gqa = heads & (heads - 1) == 0  # flex's GQA needs a power-of-two head count
+    if not gqa:
+        key = repeat_kv(key, heads // key.shape[1])
+        value = repeat_kv(value, heads // value.shape[1])
+    out = compile_friendly_flex_attention(
+        query, key, value, score_mod=score_mod, block_mask=block_mask, enable_gqa=gqa, scale=scaling,
+        training=module.training,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
 def _make_attention(base: str) -> Callable:
     def fs_attention_forward(module, query, key, value, attention_mask, **kwargs):
         state: FSAttentionState | None = kwargs.pop("fs_attention", None)
@@ -159,6 +205,8 @@ def _make_attention(base: str) -> Callable:
         q_len, k_len = query.shape[2], key.shape[2]
         if window is not None and window >= max(q_len, k_len):
             window = None  # the window covers the whole sequence
+        if base == "flex_attention":
+            return _flex_forward(module, query, key, value, attention_mask, state, layer_idx, window, **kwargs)
         mask, use_is_causal = layer_mask(
             state,
             layer_idx,
