@@ -16,8 +16,9 @@ How it plugs into transformers (5.x) without touching a modeling file:
 * ``AttentionInterface``: the attention function registered under ``fsllm_<impl>``
   receives that padding mask, builds the mask of its own layer (causal,
   bidirectional or decayed, with the layer's sliding window) and calls the
-  backbone's own kernel: transformers' ``sdpa`` or the modeling file's
-  ``eager_attention_forward``.
+  backbone's own kernel: transformers' ``sdpa``, the modeling file's
+  ``eager_attention_forward``, or ``flex_attention`` with a block mask and a
+  ``score_mod`` for the decay.
 * Which layer gets which mode, and the (possibly learnable) lambdas, travel with
   the forward call as the keyword argument ``fs_attention`` (an ``FSAttentionState``),
   which every current decoder passes down to its attention function. Calling the
