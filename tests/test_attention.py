@@ -246,3 +246,29 @@ def test_flex_attention_matches_sdpa(fam, mode):
     want = token_model(fam, "sdpa", **mode)(x, mask).logits
     got = token_model(fam, "flex_attention", **mode)(x, mask).logits
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
+
+
+def test_decay_masks_shared_between_layers_with_the_same_lambda():
+    """Fixed, equal lambdas give one float mask per forward; different lambdas their own bias."""
+    from fsllm.attention import FSAttentionState, layer_mask
+
+    padding = torch.tensor([[True, True, True, False]])[:, None, None, :]
+    state = FSAttentionState(["decay"] * 3, torch.tensor([0.5, 0.5, 2.0]))
+    args = (padding, 4, 4, None, torch.float32, torch.device("cpu"), True)
+    m0, _ = layer_mask(state, 0, *args)
+    m1, _ = layer_mask(state, 1, *args)
+    m2, _ = layer_mask(state, 2, *args)
+    assert m0 is m1
+    d = (torch.arange(4)[None, :] - torch.arange(4)[:, None]).clamp(min=0).float()
+    real = torch.tensor([True, True, True, False])
+    for m, lam in ((m0, 0.5), (m2, 2.0)):
+        assert m.shape == (1, 1, 4, 4)
+        # real keys: -lambda * (j - i) for future keys, 0 for past ones; the padding key masked
+        assert torch.allclose(m[0, 0][:, real], (-lam * d)[:, real])
+        assert (m[0, 0, :3, 3] < -1e30).all()
+
+    learn = torch.tensor([0.5, 0.5, 2.0], requires_grad=True)
+    state = FSAttentionState(["decay"] * 3, learn)
+    m0, _ = layer_mask(state, 0, *args)
+    m0[0, 0, 0, 1].backward()
+    assert learn.grad is not None and learn.grad[0].item() == -1.0

@@ -32,8 +32,8 @@ attend to padding, so a prediction depends on what else is in the batch.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from transformers import AttentionInterface
@@ -59,6 +59,13 @@ class FSAttentionState:
     layer_modes: list[str]
     lambdas: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False)
+    _lambda_values: list[float] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Fixed lambdas are read once, so layers with the same rate share one mask
+        # (the usual case: one float mask per forward instead of one per layer).
+        if self.lambdas is not None and not self.lambdas.requires_grad:
+            self._lambda_values = [float(v) for v in self.lambdas.detach().reshape(-1).tolist()]
 
     def mode(self, layer_idx: int | None) -> str:
         if layer_idx is None:
@@ -106,34 +113,53 @@ def layer_mask(
     if mode == "decay" and state.lambdas is None:
         raise FSLLMError("decay attention needs lambdas in FSAttentionState")
 
+    index = layer_idx if layer_idx is not None else 0
+    fixed = mode != "decay" or state._lambda_values is not None
     key = (mode, window, q_len, k_len, want_float or mode == "decay")
-    if mode != "decay" or not state.lambdas.requires_grad:
-        key = key + (layer_idx if mode == "decay" else None,)
+    if mode == "decay" and fixed:
+        key = key + (state._lambda_values[index],)
+    if fixed:
         cached = state._cache.get(key)
         if cached is not None:
             return cached, False
 
+    if mode == "decay":
+        # The additive pattern mask and the distance bias do not depend on lambda:
+        # build them once per forward, then each layer costs one fused multiply-add.
+        base_key = ("decay-base", window, q_len, k_len)
+        base = state._cache.get(base_key)
+        if base is None:
+            base = _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, True)
+            _, d = _structure(q_len, k_len, mode, window, device)
+            base = (base, d.clamp(min=0).to(dtype)[None, None])
+            state._cache[base_key] = base
+        if fixed:
+            mask = torch.add(base[0], base[1], alpha=-state._lambda_values[index])
+        else:  # learnable: keep the graph to lambda
+            mask = base[0] - state.lambdas[index].to(dtype) * base[1]
+    else:
+        mask = _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, want_float)
+    if fixed:
+        state._cache[key] = mask
+    return mask, False
+
+
+def _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, want_float) -> torch.Tensor:
+    """Which keys each query may see: bool (True = attend) or additive float (0 / dtype min)."""
     allowed, d = _structure(q_len, k_len, mode, window, device)
     allowed = allowed[None, None]  # [1, 1, Q, K]
-    if has_padding and mode == "bidirectional" and not window:
+    if key_padding is not None and mode == "bidirectional" and not window:
         allowed = key_padding  # [B, 1, 1, K]: every row keeps its sequence's real keys
-    elif has_padding:
+    elif key_padding is not None:
         # A padding query that would see no key at all attends to itself, so no row
         # of the softmax is empty (an empty row gives NaN, and NaN * 0 still leaks
         # into real rows through the value matmul of the next layer).
         eye = (d == 0)[None, None]
         allowed = allowed & (key_padding | eye)
-    if mode != "decay" and not want_float:
-        mask = allowed
-    else:
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
-        if mode == "decay":
-            lam = state.lambdas[layer_idx if layer_idx is not None else 0].to(dtype)
-            mask = mask - lam * d.clamp(min=0).to(dtype)[None, None]
-    if mode != "decay" or not state.lambdas.requires_grad:
-        state._cache[key] = mask
-    return mask, False
+    if not want_float:
+        return allowed
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 def _eager_of(module: torch.nn.Module) -> Callable:

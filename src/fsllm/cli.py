@@ -11,8 +11,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import FSLLMError
 
@@ -167,13 +167,13 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from .data import load_any
     from .inference import Predictor, evaluate_examples
-    from .training import _subset
+    from .training import seeded_subset
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True)
     data = load_any(a.data, task=pred.task, text_column=a.text_column, label_column=a.label_column)
     if a.split not in data.splits:
         raise FSLLMError(f"{a.data}: no {a.split} split (has {sorted(data.splits)})")
-    exs = _subset(list(data.splits[a.split]), a.subset, 42)
+    exs = seeded_subset(list(data.splits[a.split]), a.subset, 42)
     metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split)
     if a.output:
         with open(a.output, "w") as f:

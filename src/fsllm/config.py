@@ -98,7 +98,7 @@ class FSConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FSConfig":
+    def from_dict(cls, data: dict[str, Any]) -> FSConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -109,7 +109,7 @@ class FSConfig:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_json(cls, text_or_path: str | Path) -> "FSConfig":
+    def from_json(cls, text_or_path: str | Path) -> FSConfig:
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
         text = p.read_text() if p is not None else str(text_or_path)
         return cls.from_dict(json.loads(text))

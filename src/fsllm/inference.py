@@ -8,8 +8,9 @@ weights so a forward costs what the plain backbone costs.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -187,7 +188,7 @@ class Predictor:
             model.backbone.merge_adapter()
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> "Predictor":
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
         path = Path(path)
         model_dir = path / "model" if (path / "model" / "fsllm_config.json").is_file() else path
         model = load_model(model_dir)

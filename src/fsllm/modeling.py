@@ -128,7 +128,7 @@ class FSModel(nn.Module):
         id2label: dict[int, str] | None = None,
         label2id: dict[str, int] | None = None,
         **load_kwargs: Any,
-    ) -> "FSModel":
+    ) -> FSModel:
         """Build an FS model on a backbone: a built-in name, a local folder, a hub name or a loaded model.
 
         ``load_kwargs`` go to ``load_backbone`` (e.g. ``attn_implementation="eager"``).
@@ -249,7 +249,7 @@ class FSModel(nn.Module):
         model_directory: str | os.PathLike,
         backbone: str | PreTrainedModel | None = None,
         **load_kwargs: Any,
-    ) -> "FSModel":
+    ) -> FSModel:
         """Load a folder written by ``save_pretrained``.
 
         ``backbone`` overrides the saved reference (e.g. when the backbone moved).

@@ -22,9 +22,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import datasets
 import torch
@@ -98,7 +99,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         d = dict(d)
         fs = FSConfig.from_dict(d.pop("fs", {}))
         known = {f.name for f in dataclasses.fields(cls)}
@@ -175,7 +176,8 @@ def make_features(
     return feats, altered
 
 
-def _subset(examples: list[dict], n: int | None, seed: int) -> list[dict]:
+def seeded_subset(examples: list[dict], n: int | None, seed: int) -> list[dict]:
+    """``n`` examples drawn with ``seed``, kept in file order (the same draw for every method compared)."""
     if n is None or n >= len(examples):
         return examples
     idx = list(range(len(examples)))
@@ -338,9 +340,9 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     splits = {name: list(ds) for name, ds in data.splits.items()}
     if "train" not in splits or not splits["train"]:
         raise DataError(f"{cfg.data}: no training examples")
-    train_ex = _subset(splits["train"], cfg.train_subset, cfg.seed)
-    dev_ex = _subset(splits.get("validation", []), cfg.dev_subset, cfg.seed)
-    test_ex = _subset(splits.get("test", []), cfg.test_subset, cfg.seed)
+    train_ex = seeded_subset(splits["train"], cfg.train_subset, cfg.seed)
+    dev_ex = seeded_subset(splits.get("validation", []), cfg.dev_subset, cfg.seed)
+    test_ex = seeded_subset(splits.get("test", []), cfg.test_subset, cfg.seed)
     id2label = build_label_maps(task, train_ex, data.label_names)
     label2id = {v: k for k, v in id2label.items()}
     for split, exs in (("dev", dev_ex), ("test", test_ex)):

