@@ -153,6 +153,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         )
         result = train(cfg)
     m = result.metrics
+    if not m:  # not the main process of a multi-process run: process 0 reports
+        return 0
     key = m["primary_metric"]
     for split in ("dev", "test"):
         if split in m:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -326,12 +327,18 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         if overrides:
             config = dataclasses.replace(config, **overrides)
     cfg = config
+    # Under torchrun / accelerate launch every process runs this function; process 0 alone
+    # writes the run folder, and the Trainer (DDP) keeps the processes' weights in step.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
+        raise FSLLMError("with several processes, pass --output (each process must name the same run folder)")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
     cfg.output_dir = str(run_dir)
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if main_process:
+        if not resume and run_dir.exists() and any(run_dir.iterdir()):
+            raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     set_seed(cfg.seed)
 
     # ---- data
@@ -402,6 +409,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         dataloader_num_workers=0,
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
+        # every trainable parameter gets a gradient, except the lambdas of causal layers
+        ddp_find_unused_parameters=bool(cfg.fs.learnable_lambda),
         disable_tqdm=False,
     )
     cbs = [JsonlLogCallback(run_dir / "train_log.jsonl"), EvaluateAtEndCallback(), *callbacks]
@@ -418,7 +427,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         fs_eval=(tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
     )
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
-    if resume:
+    if resume and main_process:
         _truncate_log(run_dir / "train_log.jsonl", int(Path(checkpoint).name[11:]) if checkpoint else 0)
         if checkpoint is None:
             logger.warning("%s: no complete checkpoint yet; starting from the beginning", run_dir)
@@ -427,6 +436,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     t0 = time.time()
     train_out = trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.time() - t0
+    if not main_process:
+        return RunResult(run_dir, {}, [])
 
     # ---- final model (best on dev), evaluation, artefacts
     model.save_pretrained(run_dir / "model", tokenizer=tokenizer)
