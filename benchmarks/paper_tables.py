@@ -118,7 +118,7 @@ TABLE_ROWS: dict[str, list[Row]] = {
 #: a cell of (table, row) with the same settings as a cell of another (table, row): reuse its JSON
 ALIASES = {("ablation", "fs-swiglu-mean"): ("rt-polarity", "fs-bidirectional")}
 
-# The paper's numbers (LLaMA-2-7B backbone unless noted; SPEC.md), for context only: other
+# The paper's numbers (LLaMA-2-7B backbone unless noted; Chen et al. 2026, results tables), for context only: other
 # backbone, other (analogous) data sets, other training sizes.
 PAPER_DATA = {"ner": "CoNLL-2003", "rt-polarity": "SST-2", "rt-5": "SST-5", "bbc-news": "AGNews", "tweets-3": "Twitter-Fin",
               "ablation": "SST-2"}
@@ -435,7 +435,10 @@ def fs_train_config(cell: Cell, budget: Budget, run_dir: Path):
 def fsllm_command(cfg) -> str:
     """The ``fsllm train`` command equivalent to an FS cell's ``TrainConfig``."""
     fs = cfg.fs
-    parts = ["fsllm", "train", "--data", cfg.data, "--model", cfg.model, "--output", cfg.output_dir,
+    out = Path(cfg.output_dir)
+    if out.is_absolute() and out.is_relative_to(REPO):
+        out = out.relative_to(REPO)  # commands in the results read the same on every checkout
+    parts = ["fsllm", "train", "--data", cfg.data, "--model", cfg.model, "--output", str(out),
              "--epochs", f"{cfg.epochs:g}", "--batch-size", str(cfg.batch_size), "--lr", f"{cfg.learning_rate:g}",
              "--max-length", str(cfg.max_length), "--train-subset", str(cfg.train_subset), "--seed", str(cfg.seed),
              "--attention", fs.attention, "--pooling", fs.pooling, "--head", fs.head]

@@ -373,3 +373,40 @@ def test_torchrun_two_processes_share_the_data_and_write_one_run(tmp_path, tiny_
     assert [(r["step"], r["epoch"]) for r in evals] == [(3, 1.0), (6, 2.0)]  # logged once, by process 0
     assert proc.stdout.count("test f1:") == 1
     assert (run / "model" / "fsllm_head.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ mixed precision
+
+
+def test_bf16_training_runs_under_autocast_and_rejects_bad_precisions(tmp_path, tiny_model_dir):
+    """precision="bf16" trains under bf16 autocast (the backbone's projections compute in bf16) while
+    the trained weights stay fp32; unknown precisions and fp16 without a GPU are clear errors."""
+    from transformers import TrainerCallback
+
+    from fsllm.errors import FSLLMError
+    from fsllm.training import train
+
+    data = write_csv_dir(tmp_path)
+    seen: set[torch.dtype] = set()
+
+    class WatchDtypes(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            lin = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
+            lin.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype) if mod.training else None)
+
+    result = train(
+        data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "bf16"), max_steps=2, batch_size=4,
+        precision="bf16", evaluate_test=False, callbacks=[WatchDtypes()],
+    )
+    assert seen == {torch.bfloat16}
+    assert json.loads((result.run_dir / "config.json").read_text())["precision"] == "bf16"
+    from safetensors.torch import load_file
+
+    head = load_file(str(result.model_dir / "fsllm_head.safetensors"))
+    assert {t.dtype for t in head.values()} == {torch.float32}
+
+    with pytest.raises(FSLLMError, match="precision 'fp8'"):
+        train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "x"), precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(FSLLMError, match="fp16 needs a CUDA GPU"):
+            train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "y"), precision="fp16")

@@ -87,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-steps", type=int, default=None, help="evaluate on dev every N steps (default: each epoch)")
     t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE evaluations without dev gain")
     t.add_argument("--seed", type=int, default=42)
-    t.add_argument("--attn-implementation", choices=["sdpa", "eager"], default="sdpa")
+    t.add_argument("--attn-implementation", choices=["sdpa", "eager", "flex_attention"], default="sdpa",
+                   help="the backbone's attention kernel that FS attention wraps (flex_attention: GPU)")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="mixed precision for training (bf16 on GPUs or CPUs with AMX/AVX512-BF16; fp16: GPU only)")
     t.add_argument("--no-test", action="store_true", help="do not touch the test split")
     _add_fs_options(t)
 
@@ -149,7 +152,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             label_column=a.label_column, repair_tags=a.repair_tags, fs=_fs_config(a),
             max_steps=a.max_steps, batch_size=a.batch_size, max_length=a.max_length,
             test_subset=a.test_subset, early_stopping_patience=a.early_stopping, seed=a.seed,
-            attn_implementation=a.attn_implementation, evaluate_test=not a.no_test,
+            attn_implementation=a.attn_implementation, precision=a.precision, evaluate_test=not a.no_test,
         )
         result = train(cfg)
     m = result.metrics

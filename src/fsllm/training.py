@@ -57,6 +57,9 @@ from .tokenization import sequence_features, token_classification_features
 logger = logging.getLogger(__name__)
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; saved as ``config.json`` in the run folder (``--resume`` reads it back).
@@ -89,6 +92,10 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     seed: int = 42
     attn_implementation: str = "sdpa"
+    # "bf16" / "fp16": mixed precision (autocast; weights and LoRA stay fp32) through the Trainer.
+    # bf16 is the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware
+    # (AMX / AVX512-BF16), and fp16 needs a GPU. Evaluation and prediction run in fp32.
+    precision: str = "fp32"
     logging_steps: int = 10
     evaluate_test: bool = True
     group_by_length: bool = True  # batches of similar length: little padding
@@ -327,6 +334,10 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         if overrides:
             config = dataclasses.replace(config, **overrides)
     cfg = config
+    if cfg.precision not in PRECISIONS:
+        raise FSLLMError(f"precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if cfg.precision == "fp16" and not torch.cuda.is_available():
+        raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     # Under torchrun / accelerate launch every process runs this function; process 0 alone
     # writes the run folder, and the Trainer (DDP) keeps the processes' weights in step.
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -409,6 +420,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         dataloader_num_workers=0,
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.precision == "bf16",
+        fp16=cfg.precision == "fp16",
         # every trainable parameter gets a gradient, except the lambdas of causal layers
         ddp_find_unused_parameters=bool(cfg.fs.learnable_lambda),
         disable_tqdm=False,
