@@ -371,6 +371,15 @@ def machine_info() -> dict:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    try:  # the code that produced a cell
+        import subprocess
+
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True, text=True)
+        if rev.returncode == 0:
+            info["fsllm_commit"] = rev.stdout.strip() + ("+dirty-src" if dirty.stdout.strip() else "")
+    except OSError:
+        pass
     return info
 
 

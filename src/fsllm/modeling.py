@@ -38,6 +38,7 @@ from .backbones import (
 )
 from .config import FSConfig
 from .errors import ModelFolderError
+from .fast_dropout import use_fast_lora_dropout
 from .heads import ClassificationHead, pool
 
 CONFIG_NAME = "fsllm_config.json"
@@ -112,6 +113,8 @@ class FSModel(nn.Module):
                 # PEFT calls a transformers property deprecated in 5.x; not actionable for users
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 base = get_peft_model(base, lora)
+            # PEFT's per-projection dropout is ~30% of a CPU training step; same statistics, cheaper masks
+            use_fast_lora_dropout(base)
         self.backbone = base
         hidden = base.config.hidden_size
         self.head = ClassificationHead(
