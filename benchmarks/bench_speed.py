@@ -515,6 +515,19 @@ def part_overhead(ctx: Ctx) -> None:
     ctx.results.save()
 
 
+def _src_tree() -> str | None:
+    """Git hash of the ``src/`` tree (``+dirty`` with uncommitted changes); None outside a checkout."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        tree = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD:src"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "src"], capture_output=True, text=True)
+    except OSError:
+        return None
+    if tree.returncode != 0:
+        return None
+    return tree.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def part_train(ctx: Ctx) -> None:
     from transformers import TrainerCallback
 
@@ -576,10 +589,11 @@ def part_train(ctx: Ctx) -> None:
         "epochs": 1,
         "learning_rate": a.lr,
         "max_steps": a.train_max_steps,
+        "src_tree": _src_tree(),
     }
-    # One run per (recipe, seed), kept under "by_seed"; a rerun with the same setup reuses the
-    # finished runs of unchanged recipes, so seeds or recipes can be added later without redoing
-    # the others.
+    # One run per (recipe, seed), kept under "by_seed"; a rerun with the same setup (and the same
+    # fsllm source tree) reuses the finished runs of unchanged recipes, so seeds or recipes can be
+    # added later without redoing the others, and a code change invalidates them all.
     old = res.get("setup", {})
     same = {k: v for k, v in old.items() if k not in ("seed", "seeds", "recipes")} == setup
     old_recipes = old.get("recipes", {})
