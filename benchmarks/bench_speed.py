@@ -604,13 +604,6 @@ def part_train(ctx: Ctx) -> None:
             for k, v in res.get("by_seed", {}).items()
             if k.split("/")[0] in recipes and old_recipes.get(k.split("/")[0]) == recipes[k.split("/")[0]]
         }
-        if not res.get("by_seed") and res.get("runs") and "seed" in old:
-            # results written before runs were kept per seed: one run per recipe at old["seed"]
-            by_seed = {
-                f"{k}/s{old['seed']}": {**v, "seed": old["seed"]}
-                for k, v in res["runs"].items()
-                if k in recipes and old_recipes.get(k) == recipes[k]
-            }
     res["setup"] = {**setup, "recipes": recipes, "seeds": a.train_seeds}
     res["by_seed"] = by_seed
     for seed in a.train_seeds:
@@ -939,13 +932,9 @@ def part_flops(ctx: Ctx) -> None:
     # every adapted projection (7 per layer), and torch's CPU RNG is slow. Time the same step with
     # those dropouts replaced by identities (interleaved with the normal step) to put a number on it.
     no_drop = build_model("fs-bidirectional", ctx.id2label)
-    replaced = 0
-    for mod in no_drop.modules():
-        drops = getattr(mod, "lora_dropout", None)
-        if isinstance(drops, torch.nn.ModuleDict):
-            for k in list(drops.keys()):
-                drops[k] = torch.nn.Identity()
-                replaced += 1
+    from fsllm.fast_dropout import replace_lora_dropout
+
+    replaced = replace_lora_dropout(no_drop, lambda d: torch.nn.Identity())
     tt = time_round_robin(
         {"lora_dropout_0.1": lambda: train_step(model, batch), "no_lora_dropout": lambda m=no_drop: train_step(m, batch)},
         a.repeats,

@@ -17,6 +17,8 @@ and resumable. On other devices it is plain ``F.dropout`` (fast there already).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -66,15 +68,24 @@ class FastDropout(nn.Module):
         return f"p={self.p}"
 
 
-def use_fast_lora_dropout(model: nn.Module) -> int:
-    """Replace the ``nn.Dropout`` of every PEFT LoRA layer in ``model`` by ``FastDropout``; returns how many."""
+def replace_lora_dropout(model: nn.Module, make: Callable[[nn.Module], nn.Module | None]) -> int:
+    """Replace each dropout of every PEFT LoRA layer in ``model`` by ``make(dropout)`` (``None``
+    keeps it); returns how many were replaced."""
     replaced = 0
     for module in model.modules():
         drops = getattr(module, "lora_dropout", None)
         if not isinstance(drops, nn.ModuleDict):
             continue
         for name, drop in list(drops.items()):
-            if isinstance(drop, nn.Dropout) and drop.p > 0:
-                drops[name] = FastDropout(drop.p)
+            new = make(drop)
+            if new is not None:
+                drops[name] = new
                 replaced += 1
     return replaced
+
+
+def use_fast_lora_dropout(model: nn.Module) -> int:
+    """Replace the ``nn.Dropout`` of every PEFT LoRA layer in ``model`` by ``FastDropout``; returns how many."""
+    return replace_lora_dropout(
+        model, lambda d: FastDropout(d.p) if isinstance(d, nn.Dropout) and d.p > 0 else None
+    )
