@@ -7,6 +7,7 @@ attention, on tiny random models built from configs.
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -233,8 +234,12 @@ def test_left_padding_does_not_shift_positions():
     assert seen["pos"][1, :4].tolist() == [0, 1, 2, 3]
 
 
+# lambda = 10: keys more than 5 positions ahead fall outside flex's decay horizon and are skipped
+FLEX_MODES = [*MODES, dict(attention="decay", decay_lambda=10.0)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", MODES, ids=lambda m: m["attention"])
+@pytest.mark.parametrize("mode", FLEX_MODES, ids=lambda m: f"{m['attention']}-{m.get('decay_lambda', '')}")
 @pytest.mark.parametrize("fam", ["llama", "gemma3"])
 @torch.no_grad()
 def test_flex_attention_matches_sdpa(fam, mode):
@@ -246,6 +251,18 @@ def test_flex_attention_matches_sdpa(fam, mode):
     want = token_model(fam, "sdpa", **mode)(x, mask).logits
     got = token_model(fam, "flex_attention", **mode)(x, mask).logits
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
+
+
+def test_decay_horizon():
+    """Flex skips future keys whose bias is below -DECAY_HORIZON_BIAS; no horizon when nothing is skipped."""
+    from fsllm.attention import DECAY_HORIZON_BIAS, decay_horizon
+
+    assert decay_horizon(0.0, 8192) is None  # bidirectional: every key counts
+    assert decay_horizon(0.5, 8192) == int(DECAY_HORIZON_BIAS / 0.5)
+    assert decay_horizon(0.5, 64) is None  # the horizon is past the last key
+    h = decay_horizon(2.0, 4096)
+    assert 2.0 * h <= DECAY_HORIZON_BIAS < 2.0 * (h + 1)
+    assert math.exp(-DECAY_HORIZON_BIAS) < 1e-20  # negligible next to any kept key at fp32
 
 
 def test_decay_masks_shared_between_layers_with_the_same_lambda():

@@ -172,9 +172,27 @@ def _eager_of(module: torch.nn.Module) -> Callable:
     return fn
 
 
+#: Future keys whose decay bias ``-lambda * d`` is below ``-DECAY_HORIZON_BIAS`` are skipped by
+#: the flex kernel (whole blocks of them are never computed). Their weight is at most
+#: ``exp(-50) ~ 2e-22`` times that of a key with the same logit, far below fp32 resolution
+#: unless such a key's logit beats every kept key's by more than ~34 nats. This turns decay
+#: attention into "causal plus a band of 50 / lambda future keys": for lambda > 0 its cost
+#: approaches the causal kernel's at long sequence lengths instead of full attention's.
+DECAY_HORIZON_BIAS = 50.0
+
+
+def decay_horizon(lam: float, k_len: int) -> int | None:
+    """Largest future distance the flex path computes for decay rate ``lam`` (``None``: all)."""
+    if lam <= 0:
+        return None
+    horizon = int(DECAY_HORIZON_BIAS / lam)
+    return horizon if horizon < k_len else None
+
+
 def _flex_forward(module, query, key, value, key_padding, state, layer_idx, window, scaling=None, softcap=None, **_):
     """FS attention with ``flex_attention``: the pattern is a block mask and the decay a ``score_mod``,
-    so no ``[L, L]`` tensor is ever built (memory linear in L; the kernel skips masked blocks)."""
+    so no ``[L, L]`` tensor is ever built (memory linear in L; the kernel skips masked blocks,
+    and for decay the blocks beyond ``decay_horizon``)."""
     from torch.nn.attention.flex_attention import create_block_mask
     from transformers.integrations.flex_attention import compile_friendly_flex_attention, repeat_kv
 
@@ -183,22 +201,42 @@ def _flex_forward(module, query, key, value, key_padding, state, layer_idx, wind
     k_len = key.shape[2]
     offset = k_len - q_len
     pad = key_padding[:, 0, 0, :] if key_padding is not None else None
-    cache_key = ("flex", mode, window, q_len, k_len)
-    block_mask = state._cache.get(cache_key)
-    if block_mask is None:
+    index = layer_idx if layer_idx is not None else 0
+    lam = state.lambdas[index] if mode == "decay" else None
+    horizon = None
+    if lam is not None:
+        # Fixed rates were read to the host once per forward; a learnable one costs one sync per layer.
+        value_now = state._lambda_values[index] if state._lambda_values is not None else float(lam.detach())
+        horizon = decay_horizon(value_now, k_len)
+    cache_key = ("flex", mode, window, q_len, k_len, horizon)
+    if cache_key in state._cache:
+        block_mask = state._cache[cache_key]
+    elif pad is None and mode != "causal" and not window and horizon is None:
+        block_mask = state._cache[cache_key] = None  # full attention: no mask at all
+    else:
 
         def mask_mod(b, h, q_idx, kv_idx):
             qi = q_idx + offset
             ok = kv_idx <= qi if mode == "causal" else kv_idx >= 0
             if window:
                 ok = ok & ((qi - kv_idx < window) if mode == "causal" else ((kv_idx - qi).abs() < window))
+            if horizon is not None:
+                ok = ok & (kv_idx - qi <= horizon)
             if pad is not None:
                 ok = ok & pad[b, kv_idx]
             return ok
 
-        block_mask = create_block_mask(mask_mod, batch if pad is not None else None, None, q_len, k_len, device=query.device)
+        block_mask = create_block_mask(
+            mask_mod,
+            batch if pad is not None else None,
+            None,
+            q_len,
+            k_len,
+            device=query.device,
+            # compiled on GPU so the mask is built block by block, never as a dense [Q, K] tensor
+            _compile=query.is_cuda,
+        )
         state._cache[cache_key] = block_mask
-    lam = state.lambdas[layer_idx if layer_idx is not None else 0] if mode == "decay" else None
 
     def score_mod(score, b, h, q_idx, kv_idx):
         if softcap is not None:
