@@ -533,6 +533,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
     run_dir = run_dir_of(runs, cell.table, cell.id)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    machine = machine_info()  # at the start: the commit whose code this cell runs
     row = cell.row
     extras: dict[str, Any] = {}
     if row.kind == "fs":
@@ -587,7 +588,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
         "run_dir": os.path.relpath(run_dir, REPO) if str(run_dir).startswith(str(REPO)) else str(run_dir),
         "command": command,
         "cell_command": cell_command(cell, budget, out, runs),
-        "machine": machine_info(),
+        "machine": machine,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         **{k: v for k, v in extras.items() if v is not None},
     }
