@@ -46,6 +46,8 @@ from pathlib import Path
 import torch
 import transformers
 
+from fsllm.attention import DECAY_HORIZON_BIAS as DEFAULT_HORIZON_BIAS
+
 SHAPES = {
     # Llama-3.2-1B: 16 layers, hidden 2048, 32 query / 8 key-value heads of 64, MLP 8192
     "llama-1b": dict(
@@ -122,7 +124,7 @@ def set_variant(model, name: str) -> None:
     model._layer_modes = [mode] * model.num_layers
     model._base_model().set_attn_implementation(fa.PREFIX + impl)
     # decay-flex-full: a bias threshold no key reaches, so the horizon never cuts
-    fa.DECAY_HORIZON_BIAS = 50.0 if horizon else 1e12
+    fa.DECAY_HORIZON_BIAS = DEFAULT_HORIZON_BIAS if horizon else 1e12
 
 
 def step(model, batch) -> None:
