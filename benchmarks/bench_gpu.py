@@ -165,6 +165,7 @@ def agreement(model, names: list[str], batch) -> dict:
         if a in logits and b in logits:
             diff = (logits[a] - logits[b]).abs().max().item()
             out[f"{a} vs {b}"] = {"max_abs": round(diff, 5), "relative": round(diff / logits[b].abs().max().item(), 5)}
+    set_variant(model, REFERENCE)  # leaves the library's horizon as it was
     return out
 
 
@@ -244,6 +245,7 @@ def measure(model, names: list[str], batch, repeats: int, warmup: int) -> dict:
             "step_max_ms": round(1000 * ts[-1], 3),
             "peak_step_mib": round(peak[n], 1),
         }
+    set_variant(model, REFERENCE)
     ref = out.get(REFERENCE, {})
     for n in live:
         if "step_median_ms" in ref:
