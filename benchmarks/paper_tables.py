@@ -845,14 +845,18 @@ def write_report(out: Path, seeds: Sequence[int]) -> Path:
         for s in sorted(settings):
             lines.append(f"- `{s}`")
         lines.append("")
-    machines = {json.dumps(r.get("machine"), sort_keys=True) for recs in all_recs.values() for r in recs if r.get("machine")}
+    # one line per machine set-up; the commits that ran on it (each cell JSON has its own) listed after it
+    machines: dict[str, set[str]] = {}
+    recorded = [r["machine"] for recs in all_recs.values() for r in recs if r.get("machine")]
+    for d in recorded or [machine_info()]:
+        line = (f"{d.get('cpu')}, {d.get('cores')} cores ({d.get('torch_threads')} torch threads)"
+                + (f", GPU {d['gpu']}" if d.get("gpu") else "")
+                + f"; Python {d.get('python')}, torch {d.get('torch')}, transformers {d.get('transformers')}, "
+                f"peft {d.get('peft')}; {d.get('platform')}")
+        machines.setdefault(line, set()).update([d["fsllm_commit"]] if d.get("fsllm_commit") else [])
     lines += ["Machine(s) the cells ran on:", ""]
-    for m in sorted(machines) or [json.dumps(machine_info(), sort_keys=True)]:
-        d = json.loads(m)
-        lines.append(f"- {d.get('cpu')}, {d.get('cores')} cores ({d.get('torch_threads')} torch threads)"
-                     + (f", GPU {d['gpu']}" if d.get("gpu") else "")
-                     + f"; Python {d.get('python')}, torch {d.get('torch')}, transformers {d.get('transformers')}, "
-                     f"peft {d.get('peft')}; {d.get('platform')}")
+    for line, commits in sorted(machines.items()):
+        lines.append(f"- {line}" + (f" (fsllm commits {', '.join(sorted(commits))})" if commits else ""))
     lines.append("")
     total = sum((r.get("cell_seconds") or 0) for recs in all_recs.values() for r in recs)
     lines += [f"Total compute in finished cells: {total / 3600:.1f} h.", ""]
