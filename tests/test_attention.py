@@ -234,17 +234,21 @@ def test_left_padding_does_not_shift_positions():
     assert seen["pos"][1, :4].tolist() == [0, 1, 2, 3]
 
 
-# lambda = 10: keys more than 5 positions ahead fall outside flex's decay horizon and are skipped
-FLEX_MODES = [*MODES, dict(attention="decay", decay_lambda=10.0)]
+# lambda = 1 over 64 tokens with 4-key horizon blocks: keys more than 52 positions ahead are skipped,
+# while the nearer ones (weights e^-1 .. e^-52) must all be kept
+FLEX_MODES = [*MODES, dict(attention="decay", decay_lambda=1.0, horizon_block=4, seq_len=64)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", FLEX_MODES, ids=lambda m: f"{m['attention']}-{m.get('decay_lambda', '')}")
+@pytest.mark.parametrize("mode", FLEX_MODES, ids=lambda m: f"{m['attention']}{'-horizon' if 'horizon_block' in m else ''}")
 @pytest.mark.parametrize("fam", ["llama", "gemma3"])
 @torch.no_grad()
-def test_flex_attention_matches_sdpa(fam, mode):
+def test_flex_attention_matches_sdpa(fam, mode, monkeypatch):
     """flex_attention (block mask + score_mod, compiled: slow on CPU) gives the sdpa logits, padding included."""
-    x = ids(batch=2)
+    mode = dict(mode)
+    if "horizon_block" in mode:  # a horizon shorter than the test sequence, so keys are really skipped
+        monkeypatch.setattr("fsllm.attention.DECAY_HORIZON_BLOCK", mode.pop("horizon_block"))
+    x = ids(mode.pop("seq_len", L), batch=2)
     mask = torch.ones_like(x)
     mask[0, :4] = 0
     real = mask.bool()
@@ -253,15 +257,43 @@ def test_flex_attention_matches_sdpa(fam, mode):
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
+@torch.no_grad()
+def test_flex_decay_skips_exactly_the_keys_beyond_the_horizon(monkeypatch):
+    """With a small horizon bias (6) the skipped keys matter, so flex must equal a softmax reference
+    that drops exactly the keys more than ``decay_horizon`` positions ahead (here 8) and no others."""
+    from types import SimpleNamespace
+
+    import fsllm.attention as fa
+
+    monkeypatch.setattr(fa, "DECAY_HORIZON_BIAS", 6.0)
+    monkeypatch.setattr(fa, "DECAY_HORIZON_BLOCK", 4)
+    lam, n = 1.0, 40
+    horizon = fa.decay_horizon(lam, n)
+    assert horizon == 8
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, 8, generator=g) for _ in range(3))
+    state = fa.FSAttentionState(["decay"], torch.tensor([lam]))
+    got, _ = fa._flex_forward(SimpleNamespace(training=False), q, k, v, None, state, 0, None, scaling=0.5)
+    d = (torch.arange(n)[None, :] - torch.arange(n)[:, None]).float()
+    scores = q @ k.transpose(-1, -2) * 0.5 - lam * d.clamp(min=0)
+    scores = scores.masked_fill(d > horizon, float("-inf"))
+    want = (scores.softmax(-1) @ v).transpose(1, 2)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_decay_horizon():
     """Flex skips future keys whose bias is below -DECAY_HORIZON_BIAS; no horizon when nothing is skipped."""
-    from fsllm.attention import DECAY_HORIZON_BIAS, decay_horizon
+    from fsllm.attention import DECAY_HORIZON_BIAS, DECAY_HORIZON_BLOCK, decay_horizon
 
     assert decay_horizon(0.0, 8192) is None  # bidirectional: every key counts
-    assert decay_horizon(0.5, 8192) == int(DECAY_HORIZON_BIAS / 0.5)
-    assert decay_horizon(0.5, 64) is None  # the horizon is past the last key
-    h = decay_horizon(2.0, 4096)
-    assert 2.0 * h <= DECAY_HORIZON_BIAS < 2.0 * (h + 1)
+    assert decay_horizon(0.5, 8192) == 128  # 50 / 0.5 = 100 keys, rounded up to a 128-key block
+    assert decay_horizon(0.1, 8192) == 512  # 500 keys -> 4 blocks
+    assert decay_horizon(0.5, 128) is None  # the horizon reaches the last key: nothing to skip
+    for lam in (0.05, 0.3, 1.0, 2.0, 7.0):
+        h = decay_horizon(lam, 1 << 20)
+        assert h % DECAY_HORIZON_BLOCK == 0
+        assert lam * h >= DECAY_HORIZON_BIAS > lam * (h - DECAY_HORIZON_BLOCK)  # keeps every key above -50
     assert math.exp(-DECAY_HORIZON_BIAS) < 1e-20  # negligible next to any kept key at fp32
 
 

@@ -18,7 +18,8 @@ How it plugs into transformers (5.x) without touching a modeling file:
   bidirectional or decayed, with the layer's sliding window) and calls the
   backbone's own kernel: transformers' ``sdpa``, the modeling file's
   ``eager_attention_forward``, or ``flex_attention`` with a block mask and a
-  ``score_mod`` for the decay.
+  ``score_mod`` for the decay (the block mask also skips future keys beyond the decay
+  horizon, where the weight is below e^-50: see ``decay_horizon``).
 * Which layer gets which mode, and the (possibly learnable) lambdas, travel with
   the forward call as the keyword argument ``fs_attention`` (an ``FSAttentionState``),
   which every current decoder passes down to its attention function. Calling the
@@ -31,6 +32,7 @@ attend to padding, so a prediction depends on what else is in the batch.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,13 +181,22 @@ def _eager_of(module: torch.nn.Module) -> Callable:
 #: attention into "causal plus a band of 50 / lambda future keys": for lambda > 0 its cost
 #: approaches the causal kernel's at long sequence lengths instead of full attention's.
 DECAY_HORIZON_BIAS = 50.0
+#: the horizon is rounded up to whole blocks of flex's default block size: the kernel skips whole
+#: blocks anyway, and a learnable lambda then changes the block mask (and what it compiles) only
+#: when its horizon crosses a block boundary, not at every step
+DECAY_HORIZON_BLOCK = 128
 
 
 def decay_horizon(lam: float, k_len: int) -> int | None:
-    """Largest future distance the flex path computes for decay rate ``lam`` (``None``: all)."""
+    """Largest future distance the flex path computes for decay rate ``lam`` (``None``: all).
+
+    At least ``DECAY_HORIZON_BIAS / lam`` (every key with a bias of -50 or more is kept), rounded
+    up to a multiple of ``DECAY_HORIZON_BLOCK``.
+    """
     if lam <= 0:
         return None
-    horizon = int(DECAY_HORIZON_BIAS / lam)
+    blocks = math.ceil(DECAY_HORIZON_BIAS / lam / DECAY_HORIZON_BLOCK)
+    horizon = blocks * DECAY_HORIZON_BLOCK
     return horizon if horizon < k_len else None
 
 
