@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE evaluations without dev gain")
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--attn-implementation", choices=["sdpa", "eager", "flex_attention"], default="sdpa",
-                   help="the backbone's attention kernel that FS attention wraps (flex_attention: GPU)")
+                   help="the backbone's attention kernel that FS attention wraps (flex_attention: GPU; for "
+                   "--attention decay on long inputs it builds no L x L mask and skips far-future keys)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="mixed precision for training (bf16 on GPUs or CPUs with AMX/AVX512-BF16; fp16: GPU only)")
     t.add_argument("--no-test", action="store_true", help="do not touch the test split")
