@@ -262,7 +262,7 @@ def markdown(data: dict) -> str:
         f"Command: `{data['command']}`  ",
         f"Machine: {m['gpu']}, torch {m['torch']} (CUDA {m['cuda']}), transformers {m['transformers']}; "
         f"{data['started']}  ",
-        f"Step: forward + backward of FSForTokenClassification, LoRA r=8 on every projection, bf16 weights, "
+        f"Step: {data.get('step', 'forward + backward')} of FSForTokenClassification, LoRA r=8 on every projection, bf16 weights, "
         f"batch 1, decay lambda = {data['lambda']} (flex horizon {data['horizon']} keys). Median of "
         f"{data['repeats']} steps after {data['warmup']} warmup steps; memory: the step's peak above the "
         f"allocation before it. Flex kernels: {data.get('flex_shapes', 'static')}.",
@@ -361,6 +361,8 @@ def main(argv=None) -> int:
             "python": platform.python_version(),
         },
         "flex_shapes": "dynamic after the first length" if a.dynamic else "static (compiled per length)",
+        # flex has no backward on a CPU, so the CPU smoke run times forwards (see step())
+        "step": "forward + backward" if device == "cuda" else "forward only",
         "lambda": a.lam,
         "horizon": decay_horizon(a.lam, 1 << 30),
         "repeats": a.repeats,
