@@ -184,6 +184,19 @@ def make_features(
     return feats, altered
 
 
+def make_collator(task: str, tokenizer, pad_to_length: int | None = None):
+    """Batch collator: pads each batch to its longest example, or every batch to ``pad_to_length``.
+
+    Fixed-length padding is the LS-LLaMA/BiLLM recipe, kept for the speed benchmark. Since FS
+    attention masks padding keys and the loss ignores padded positions, both give the same loss
+    and gradients; dynamic padding only computes less.
+    """
+    kw = dict(padding="max_length", max_length=pad_to_length) if pad_to_length else {}
+    if task == "token":
+        return DataCollatorForTokenClassification(tokenizer, **kw)
+    return DataCollatorWithPadding(tokenizer, **kw)
+
+
 def seeded_subset(examples: list[dict], n: int | None, seed: int) -> list[dict]:
     """``n`` examples drawn with ``seed``, kept in file order (the same draw for every method compared)."""
     if n is None or n >= len(examples):
@@ -382,14 +395,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         logger.warning("%d of %d training examples longer than %d tokens were %s", altered, len(train_ex), cfg.max_length, what)
     train_ds = datasets.Dataset.from_list(feats)
     dev_ds = datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length)[0]) if dev_ex else None
-    if cfg.pad_to_length:
-        collator = (
-            DataCollatorForTokenClassification(tokenizer, padding="max_length", max_length=cfg.pad_to_length)
-            if task == "token"
-            else DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.pad_to_length)
-        )
-    else:
-        collator = DataCollatorForTokenClassification(tokenizer) if task == "token" else DataCollatorWithPadding(tokenizer)
+    collator = make_collator(task, tokenizer, cfg.pad_to_length)
 
     metric = primary_metric(task)
     has_dev = bool(dev_ex)
