@@ -61,6 +61,8 @@ TRAIN_RECIPES = {
     "fsllm": dict(batch_size=16),  # defaults: dynamic padding, length-grouped batches, max_length 128
     "fsllm_b8": dict(batch_size=8),
     "fsllm_b8_shuffled": dict(batch_size=8, group_by_length=False),
+    # length-grouped like fsllm_b8, each token weighted the same whatever batch it falls in
+    "fsllm_b8_balanced": dict(batch_size=8, length_balanced_loss=True),
     "ls_llama_billm": dict(batch_size=8, group_by_length=False, pad_to_length=64, max_length=64),
 }
 
@@ -1110,9 +1112,8 @@ def markdown_summary(data: dict) -> str:
                 f"{r['padded_tokens_per_s']} | {r['dev_f1']:.4f}{std} | {r.get('dev_f1_by_seed', '-')} | "
                 f"{r['in_loop_dev_evals']} |"
             )
-        for name in ("fsllm", "fsllm_b8", "fsllm_b8_shuffled"):
-            if f"speedup_{name}_vs_ls" in tr:
-                lines.append(f"- {name} vs LS-LLaMA/BiLLM: {tr[f'speedup_{name}_vs_ls']}")
+        for key in [k for k in tr if k.startswith("speedup_")]:
+            lines.append(f"- {key[len('speedup_'):-len('_vs_ls')]} vs LS-LLaMA/BiLLM: {tr[key]}")
         for name, c in tr.get("targets", {}).items():
             lines.append(f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}")
         lines.append("")

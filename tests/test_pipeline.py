@@ -457,3 +457,48 @@ def test_fixed_length_padding_gives_the_same_loss_and_gradients_as_dynamic_paddi
     for n in dyn_grads:
         torch.testing.assert_close(fix_grads[n], dyn_grads[n], rtol=1e-4, atol=1e-6, msg=n)
     assert any(g.abs().sum() > 0 for g in dyn_grads.values())
+
+
+def test_length_balanced_loss_weighs_every_token_the_same(tmp_path, tiny_model_dir, monkeypatch):
+    """With ``length_balanced_loss`` a batch's training loss is the sum of its token losses over the
+    average batch's token count (so a short batch weighs less), not the mean over its own tokens;
+    evaluation keeps the plain mean, and ``train`` wires the average batch's count in."""
+    from transformers import TrainingArguments
+
+    from fsllm.training import FSTrainer, tokens_per_batch, train
+
+    feats = [{"labels": [-100, 1, 0, -100]}, {"labels": [2, 2, 2, 2, 2, -100]}, {"labels": [-100]}]
+    assert tokens_per_batch(feats, 4) == 4 * 7 / 3
+
+    tok = build_word_tokenizer()
+    cfg = _config("llama", 2)
+    cfg.vocab_size = len(tok)
+    torch.manual_seed(0)
+    model = FSForTokenClassification(transformers.LlamaModel(cfg), 3, FSConfig(lora_dropout=0.0, head_dropout=0.0))
+    x = torch.randint(4, len(tok), (2, 6))
+    labels = x % 3
+    labels[0, 4:] = -100
+    labels[1, 1:] = -100  # 5 labelled tokens in this batch
+    inputs = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels}
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none")
+    trainer = FSTrainer(model=model, args=args, tokens_per_batch=20.0)
+    with torch.no_grad():
+        logits = model.eval()(**inputs).logits
+        token_sum = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1), reduction="sum")
+        torch.testing.assert_close(trainer.compute_loss(model, inputs), token_sum / 5)  # eval: the mean
+        torch.testing.assert_close(trainer.compute_loss(model.train(), inputs), token_sum / 20)
+
+    seen = []
+    original = FSTrainer.compute_loss
+
+    def spy(self, *a, **k):
+        seen.append(self.tokens_per_batch)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(FSTrainer, "compute_loss", spy)
+    data = write_conll_dir(tmp_path)
+    for balanced in (True, False):
+        seen.clear()
+        train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / f"run-{balanced}"), max_steps=1,
+              batch_size=2, length_balanced_loss=balanced, evaluate_test=False)
+        assert seen and all((v is not None and v > 0) if balanced else v is None for v in seen), (balanced, seen)

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="mixed precision for training (bf16 on GPUs or CPUs with AMX/AVX512-BF16; fp16: GPU only)")
     t.add_argument("--no-test", action="store_true", help="do not touch the test split")
+    t.add_argument("--length-balanced-loss", action="store_true",
+                   help="NER: weigh every labelled token the same in length-grouped batches "
+                        "(each batch's loss scaled by its token count over the average batch's)")
     _add_fs_options(t)
 
     e = sub.add_parser("eval", help="evaluate a trained model on a data split")
@@ -154,6 +157,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             max_steps=a.max_steps, batch_size=a.batch_size, max_length=a.max_length,
             test_subset=a.test_subset, early_stopping_patience=a.early_stopping, seed=a.seed,
             attn_implementation=a.attn_implementation, precision=a.precision, evaluate_test=not a.no_test,
+            length_balanced_loss=a.length_balanced_loss,
         )
         result = train(cfg)
     m = result.metrics

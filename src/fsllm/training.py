@@ -100,6 +100,12 @@ class TrainConfig:
     evaluate_test: bool = True
     group_by_length: bool = True  # batches of similar length: little padding
     pad_to_length: int | None = None  # pad every batch to this length (the LS-LLaMA/BiLLM recipe); None = dynamic
+    # Token tasks: the loss of a batch is the mean over its labelled tokens, so with length-grouped
+    # batches a token of a short sentence weighs as much as a whole long sentence's worth of tokens
+    # (a batch of eight 3-token headlines counts as much as one of eight 40-token sentences). True
+    # scales each batch's loss by its labelled tokens over the average batch's, so every token weighs
+    # the same wherever it falls, as with random batches (see ``FSTrainer.compute_loss``).
+    length_balanced_loss: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -197,6 +203,12 @@ def make_collator(task: str, tokenizer, pad_to_length: int | None = None):
     return DataCollatorWithPadding(tokenizer, **kw)
 
 
+def tokens_per_batch(features: Sequence[dict], batch_size: int) -> float:
+    """Labelled tokens (labels other than -100) in an average batch of ``batch_size`` features."""
+    labelled = sum(sum(1 for y in f["labels"] if y != -100) for f in features)
+    return batch_size * labelled / max(1, len(features))
+
+
 def seeded_subset(examples: list[dict], n: int | None, seed: int) -> list[dict]:
     """``n`` examples drawn with ``seed``, kept in file order (the same draw for every method compared)."""
     if n is None or n >= len(examples):
@@ -257,9 +269,18 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 class FSTrainer(Trainer):
     """``Trainer`` that saves only what training changes and evaluates at the word level."""
 
-    def __init__(self, *args, fs_eval: tuple | None = None, **kwargs):
+    def __init__(self, *args, fs_eval: tuple | None = None, tokens_per_batch: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fs_eval = fs_eval  # (tokenizer, dev examples, max_length, batch size)
+        # labelled tokens in an average training batch: set for a length-balanced token loss
+        self.tokens_per_batch = tokens_per_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.tokens_per_batch and model.training:
+            # mean over this batch's labelled tokens -> sum over them / the average batch's count
+            loss = loss * ((inputs["labels"] != -100).sum() / self.tokens_per_batch)
+        return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
@@ -444,6 +465,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         processing_class=tokenizer,
         callbacks=cbs,
         fs_eval=(tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
+        tokens_per_batch=tokens_per_batch(feats, cfg.batch_size) if cfg.length_balanced_loss and task == "token" else None,
     )
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
     if resume and main_process:
