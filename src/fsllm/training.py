@@ -417,6 +417,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     train_ds = datasets.Dataset.from_list(feats)
     dev_ds = datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length)[0]) if dev_ex else None
     collator = make_collator(task, tokenizer, cfg.pad_to_length)
+    if cfg.length_balanced_loss and task != "token":
+        logger.warning("length_balanced_loss weighs the tokens of token tasks; a %s task has one label per example, ignored", task)
 
     metric = primary_metric(task)
     has_dev = bool(dev_ex)
