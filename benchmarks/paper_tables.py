@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -347,6 +348,22 @@ def split_info(dataset: str) -> tuple[int, int, int]:
 # ================================================================================ running a cell
 
 
+@functools.cache
+def code_commit() -> str | None:
+    """The commit of the code this process runs, read once when it starts (``main`` calls it before
+    any cell): a long run keeps the fsllm it imported even if the checkout moves on meanwhile."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True, text=True)
+    except OSError:
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("+dirty-src" if dirty.stdout.strip() else "")
+
+
 def machine_info() -> dict:
     import peft
     import torch
@@ -371,15 +388,9 @@ def machine_info() -> dict:
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    try:  # the code that produced a cell
-        import subprocess
-
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True, text=True)
-        if rev.returncode == 0:
-            info["fsllm_commit"] = rev.stdout.strip() + ("+dirty-src" if dirty.stdout.strip() else "")
-    except OSError:
-        pass
+    commit = code_commit()
+    if commit:
+        info["fsllm_commit"] = commit
     return info
 
 
@@ -927,6 +938,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = write_report(a.out, a.seeds)
         print(f"wrote {path}")
         return 0
+    code_commit()  # pin the commit of the code this process imports, before any cell runs
     budget = budget_from(a)
     cost = CostModel(step_s=a.step_seconds, conll_test_s=a.test_eval_seconds)
     dataset = TABLE_DATA[a.table]
