@@ -94,14 +94,20 @@ def build_word_tokenizer():
     )
 
 
+def word_llama(seed: int = 0):
+    """A tiny random Llama (2 layers) sized to the word-level tokenizer: ``(tokenizer, model)``."""
+    tok = build_word_tokenizer()
+    cfg = _config("llama", 2)
+    cfg.vocab_size = len(tok)
+    torch.manual_seed(seed)
+    return tok, transformers.LlamaModel(cfg)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny Llama (2 layers) with its word-level tokenizer: a stand-in backbone for CLI tests."""
     out = tmp_path_factory.mktemp("tiny-llama")
-    tok = build_word_tokenizer()
-    cfg = _config("llama", 2)
-    cfg.vocab_size = len(tok)
-    torch.manual_seed(0)
-    transformers.LlamaModel(cfg).save_pretrained(out)
+    tok, model = word_llama()
+    model.save_pretrained(out)
     tok.save_pretrained(out)
     return out

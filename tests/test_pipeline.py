@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
-from conftest import _config, build_word_tokenizer
+from conftest import build_word_tokenizer, word_llama
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
 from fsllm.cli import main
@@ -423,11 +422,7 @@ def test_fixed_length_padding_gives_the_same_loss_and_gradients_as_dynamic_paddi
     """The LS-LLaMA/BiLLM recipe pads every batch to 64 tokens; fsllm pads to the longest example.
     With padding keys masked and padded positions out of the loss, the two recipes are the same
     estimator (only cheaper), so the speed benchmark's dev-F1 differences between them are noise."""
-    tok = build_word_tokenizer()
-    cfg = _config("llama", 2)
-    cfg.vocab_size = len(tok)
-    torch.manual_seed(0)
-    backbone = transformers.LlamaModel(cfg)
+    tok, backbone = word_llama()
     fs = FSConfig(lora_dropout=0.0, head_dropout=0.0)
     if task == "token":
         examples = [
@@ -473,11 +468,8 @@ def test_length_balanced_loss_weighs_every_token_the_same(tmp_path, tiny_model_d
     feats = [{"labels": [-100, 1, 0, -100]}, {"labels": [2, 2, 2, 2, 2, -100]}, {"labels": [-100]}]
     assert tokens_per_batch(feats, 4) == 4 * 7 / 3
 
-    tok = build_word_tokenizer()
-    cfg = _config("llama", 2)
-    cfg.vocab_size = len(tok)
-    torch.manual_seed(0)
-    model = FSForTokenClassification(transformers.LlamaModel(cfg), 3, FSConfig(lora_dropout=0.0, head_dropout=0.0))
+    tok, backbone = word_llama()
+    model = FSForTokenClassification(backbone, 3, FSConfig(lora_dropout=0.0, head_dropout=0.0))
     x = torch.randint(4, len(tok), (2, 6))
     labels = x % 3
     labels[0, 4:] = -100

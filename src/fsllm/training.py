@@ -417,7 +417,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     train_ds = datasets.Dataset.from_list(feats)
     dev_ds = datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length)[0]) if dev_ex else None
     collator = make_collator(task, tokenizer, cfg.pad_to_length)
-    if cfg.length_balanced_loss and task != "token":
+    balanced = cfg.length_balanced_loss and task == "token"
+    if cfg.length_balanced_loss and not balanced:
         logger.warning("length_balanced_loss weighs the tokens of token tasks; a %s task has one label per example, ignored", task)
 
     metric = primary_metric(task)
@@ -467,7 +468,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         processing_class=tokenizer,
         callbacks=cbs,
         fs_eval=(tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
-        tokens_per_batch=tokens_per_batch(feats, cfg.batch_size) if cfg.length_balanced_loss and task == "token" else None,
+        tokens_per_batch=tokens_per_batch(feats, cfg.batch_size) if balanced else None,
     )
     checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
     if resume and main_process:
