@@ -109,9 +109,7 @@ def build(shape: str, layers: int | None, lam: float, device: str):
             backbone = LlamaModel(config)
     finally:
         torch.set_default_dtype(torch.float32)
-    model = FSForTokenClassification(
-        backbone, NUM_LABELS, FSConfig(attention="decay", decay_lambda=lam)
-    ).to(device)
+    model = FSForTokenClassification.from_backbone(backbone, num_labels=NUM_LABELS, fs_config=FSConfig(attention="decay", decay_lambda=lam)).to(device)
     model.train()
     return model, config
 

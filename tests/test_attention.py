@@ -23,7 +23,7 @@ L = 12  # longer than the sliding windows (5) of the mistral and gemma3 tiny con
 def token_model(family, impl, layers=2, **cfg):
     cfg.setdefault("use_lora", False)
     cfg.setdefault("head_dropout", 0.0)
-    return FSForTokenClassification(tiny_backbone(family, impl, layers), 3, FSConfig(**cfg)).eval()
+    return FSForTokenClassification.from_backbone(tiny_backbone(family, impl, layers), num_labels=3, fs_config=FSConfig(**cfg)).eval()
 
 
 def ids(n=L, seed=1, batch=1):
@@ -60,7 +60,7 @@ def test_causal_mode_equals_unchanged_backbone(family, impl):
     mask = torch.ones_like(x)
     mask[1, -3:] = 0  # right padding keeps positions, so the stock model is a fair reference
     expected = reference(input_ids=x, attention_mask=mask).last_hidden_state
-    fs = FSForTokenClassification(bb, 3, FSConfig(attention="causal", use_lora=False)).eval()
+    fs = FSForTokenClassification.from_backbone(bb, num_labels=3, fs_config=FSConfig(attention="causal", use_lora=False)).eval()
     got = fs.encode(x, mask)
     real = mask.bool()
     torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
@@ -140,9 +140,7 @@ MODES = [
 @pytest.mark.parametrize("pooling", ["mean", "max", "last", "first"])
 @torch.no_grad()
 def test_sequence_logits_do_not_depend_on_padding(family, impl, mode, pooling):
-    model = FSForSequenceClassification(
-        tiny_backbone(family, impl), 3, FSConfig(pooling=pooling, use_lora=False, head_dropout=0.0, **mode)
-    ).eval()
+    model = FSForSequenceClassification.from_backbone(tiny_backbone(family, impl), num_labels=3, fs_config=FSConfig(pooling=pooling, use_lora=False, head_dropout=0.0, **mode)).eval()
     short = ids(7, seed=2)
     alone = model(short).logits
     longer = ids(L, seed=3, batch=2)

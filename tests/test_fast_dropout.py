@@ -64,7 +64,7 @@ def test_eval_zero_p_and_seed():
 
 
 def test_fs_models_use_it_in_every_lora_layer_and_nothing_else_changes():
-    model = FSForTokenClassification(tiny_backbone("llama"), 3, FSConfig(lora_dropout=0.1))
+    model = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=FSConfig(lora_dropout=0.1))
     drops = [d for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), nn.ModuleDict)
              for d in m.lora_dropout.values()]
     assert drops and all(isinstance(d, FastDropout) and d.p == 0.1 for d in drops)
@@ -74,5 +74,5 @@ def test_fs_models_use_it_in_every_lora_layer_and_nothing_else_changes():
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, model(x).logits)
-    no_drop = FSForTokenClassification(tiny_backbone("llama"), 3, FSConfig(lora_dropout=0.0))
+    no_drop = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=FSConfig(lora_dropout=0.0))
     assert model.trainable_parameters() == no_drop.trainable_parameters()

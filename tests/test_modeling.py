@@ -34,7 +34,7 @@ def batch(n=4, length=9, seed=0):
     ids=["default", "learnable-lambda", "linear-head"],
 )
 def test_only_lora_head_and_lambda_are_trainable(family, cfg):
-    model = FSForSequenceClassification(tiny_backbone(family), 3, cfg)
+    model = FSForSequenceClassification.from_backbone(tiny_backbone(family), num_labels=3, fs_config=cfg)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable, "nothing to train"
     for name in trainable:
@@ -81,14 +81,13 @@ def test_save_load_identical_logits_without_backbone_weights(tmp_path, cls, monk
     out = tmp_path / "saved"
     model.save_pretrained(out)
 
-    meta = json.loads((out / "fsllm_config.json").read_text())
-    assert meta["backbone"] == str(bb_dir) and meta["id2label"]["2"] == "c"
-    backbone_keys = 0
-    for f in out.glob("*.safetensors"):
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["model_type"] == "fsllm" and meta["task"] == cls.task
+    assert meta["backbone"] == str(bb_dir.resolve()) and meta["id2label"]["2"] == "c"
+    for f in out.rglob("*.safetensors"):
         with safe_open(str(f), "pt") as sf:
             for key in sf.keys():
                 assert "lora_" in key or key.startswith("head.") or key == "fs_lambda_raw", key
-                backbone_keys += 0
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     backbone_size = sum(f.stat().st_size for f in bb_dir.rglob("*.safetensors"))
     assert size < backbone_size
@@ -102,7 +101,7 @@ def test_save_load_identical_logits_without_backbone_weights(tmp_path, cls, monk
 
     merged = tmp_path / "merged"
     model.save_pretrained(merged, merged=True)
-    assert (merged / "backbone" / "model.safetensors").is_file()
+    assert (merged / "model.safetensors").is_file() and json.loads((merged / "config.json").read_text())["merged"]
     # the merged folder stands alone: the original backbone can disappear
     for f in bb_dir.iterdir():
         f.unlink()
@@ -116,15 +115,18 @@ def test_missing_and_corrupt_model_folders(tmp_path):
         load_model(tmp_path / "nope")
     with pytest.raises(ModelFolderError, match="not an fsllm model folder"):
         load_model(tmp_path)
-    (tmp_path / "fsllm_config.json").write_text("{not json")
+    (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelFolderError, match="corrupt"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ModelFolderError, match="not an fsllm model folder.*'llama'"):
         load_model(tmp_path)
 
 
 @pytest.mark.parametrize("cls", [FSForSequenceClassification, FSForTokenClassification])
 def test_a_few_steps_lower_the_loss(cls):
     torch.manual_seed(0)
-    model = cls(tiny_backbone("llama"), 3, FSConfig(lora_dropout=0.0, head_dropout=0.0))
+    model = cls.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=FSConfig(lora_dropout=0.0, head_dropout=0.0))
     x, mask = batch(8, seed=5)
     labels = torch.arange(8) % 3 if cls is FSForSequenceClassification else x % 3
     with torch.no_grad():
@@ -136,9 +138,7 @@ def test_a_few_steps_lower_the_loss(cls):
 
 
 def test_learnable_lambda_gets_gradient_and_stays_non_negative():
-    model = FSForTokenClassification(
-        tiny_backbone("llama"), 3, FSConfig(attention="decay", decay_lambda=0.5, learnable_lambda=True)
-    )
+    model = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=FSConfig(attention="decay", decay_lambda=0.5, learnable_lambda=True))
     torch.testing.assert_close(model.fs_lambdas, torch.full((2,), 0.5))
     x, mask = batch()
     model(x, mask, labels=x % 3).loss.backward()
@@ -149,7 +149,7 @@ def test_learnable_lambda_gets_gradient_and_stays_non_negative():
 
 
 def test_token_labels_minus_100_are_ignored():
-    model = FSForTokenClassification(tiny_backbone("llama"), 3, FSConfig(head_dropout=0.0)).eval()
+    model = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=FSConfig(head_dropout=0.0)).eval()
     x, mask = batch()
     labels = x % 3
     ignored = labels.clone()
@@ -173,7 +173,7 @@ def test_packaged_smollm2_loads_and_predicts(tmp_path):
     assert tok.pad_token == "<|im_end|>"
     backbone = load_backbone("smollm2-135m")
     assert backbone.config.num_hidden_layers == 30 and backbone.config.hidden_size == 576
-    model = FSForSequenceClassification(backbone, 2, FSConfig()).eval()
+    model = FSForSequenceClassification.from_backbone(backbone, num_labels=2, fs_config=FSConfig()).eval()
     enc = tok(["a wonderful, moving film", "dull"], padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model(enc.input_ids, enc.attention_mask)

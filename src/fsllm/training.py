@@ -5,8 +5,9 @@ We use the stock ``Trainer`` / ``TrainingArguments`` (so ``torchrun`` and
 schedulers and logging are the ones users know) and override only what an FS
 model needs:
 
-* saving/loading checkpoints writes the LoRA adapter and head, not the 135M+
-  frozen backbone weights (``_save``, ``_load_from_checkpoint``, ``_load_best_model``);
+* a checkpoint is the model's small folder (LoRA adapter and head, not the 135M+ frozen
+  backbone weights), which the stock ``_save`` writes through ``save_pretrained`` but the
+  stock loaders do not read (``_load_from_checkpoint``, ``_load_best_model``);
 * evaluation is the same word-level code path as ``fsllm eval`` (windows merged,
   strict span F1), not a token-level approximation (``evaluate``).
 
@@ -50,7 +51,8 @@ from .data import load_any
 from .errors import DataError, FSLLMError
 from .inference import evaluate_examples
 from .metrics import primary_metric
-from .modeling import FSForSequenceClassification, FSForTokenClassification, FSModel
+from .model_card import model_card_text
+from .modeling import HEAD_NAME, MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
 from .plots import plot_confusion, plot_training
 from .tokenization import sequence_features, token_classification_features
 
@@ -290,11 +292,6 @@ class FSTrainer(Trainer):
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return EpochSeededLengthGroupedSampler(batch, lengths, self.args.data_seed or self.args.seed)
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        output_dir = output_dir or self.args.output_dir
-        if self.args.should_save:
-            self.model.save_pretrained(output_dir, tokenizer=None)
-
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         (model or self.model).load_trained_weights(resume_from_checkpoint)
 
@@ -334,7 +331,7 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     found = []
     for d in folder.iterdir():
         if d.name.startswith("checkpoint-") and d.name[11:].isdigit():
-            if (d / "trainer_state.json").is_file() and (d / "fsllm_head.safetensors").is_file():
+            if (d / "trainer_state.json").is_file() and (d / HEAD_NAME).is_file():
                 found.append((int(d.name[11:]), d))
     return str(max(found)[1]) if found else None
 
@@ -516,5 +513,6 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         if cm and labels:
             plots.append(plot_confusion(cm, labels, run_dir / "plots" / f"confusion_{split}.png", title=f"{split} confusion matrix"))
     plots = plot_training(trainer.state.log_history, run_dir / "plots", metric) + plots
+    (run_dir / "model" / MODEL_CARD_NAME).write_text(model_card_text(model, metrics, dataset=str(cfg.data)))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return RunResult(run_dir, metrics, plots)
