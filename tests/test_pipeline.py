@@ -166,6 +166,8 @@ def test_cli_token_task_end_to_end(tmp_path, tiny_model_dir, capsys, monkeypatch
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "token" and 0 <= metrics["test"]["f1"] <= 1
+    card = (run / "model" / "README.md").read_text()
+    assert "pipeline_tag: token-classification" in card and f"value: {metrics['test']['f1']}" in card
     assert set(metrics["test"]["per_type"]) <= {"PER", "LOC", "ORG"}
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in log)
