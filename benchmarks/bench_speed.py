@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
 import gc
 import json
@@ -728,29 +727,6 @@ def part_train(ctx: Ctx) -> None:
     ctx.results.save()
 
 
-def _pipeline_adapter(fs_model):
-    """A ``PreTrainedModel`` that the token-classification pipeline accepts, wrapping the FS model
-    (its merged backbone with the released mask + head): same weights, same forward."""
-    from transformers import PreTrainedModel
-    from transformers.modeling_outputs import TokenClassifierOutput
-
-    class FSPipelineAdapter(PreTrainedModel):
-        base_model_prefix = "fs_model"
-        _supports_sdpa = True
-        _supports_attention_backend = True
-
-        def __init__(self, fs):
-            cfg = copy.deepcopy(fs.config)
-            cfg.id2label, cfg.label2id, cfg.num_labels = dict(fs.id2label), dict(fs.label2id), fs.num_labels
-            super().__init__(cfg)
-            self.fs_model = fs
-
-        def forward(self, input_ids=None, attention_mask=None, **_):
-            return TokenClassifierOutput(logits=self.fs_model(input_ids, attention_mask).logits)
-
-    return FSPipelineAdapter(fs_model).eval()
-
-
 def _pipeline_word_tags(entities: list[dict], words: list[str]) -> list[str | None]:
     """Word-level tags from the pipeline's per-token output (``ignore_labels=[]``): a word takes
     the tag of its first sub-token (the token holding its first character), as fsllm does."""
@@ -801,8 +777,8 @@ def part_inference(ctx: Ctx) -> None:
         "max_length": a.infer_max_length,
         "fsllm": "predict_word_tags(Predictor.model) : merged LoRA, length-sorted batches of 64, inference_mode; "
         "time includes tokenisation and word mapping",
-        "pipeline": "transformers.pipeline('token-classification', model=FSPipelineAdapter(same merged FS model), "
-        "tokenizer=same) on the words joined by spaces, ignore_labels=[], no_grad; "
+        "pipeline": "transformers.pipeline('token-classification', model=<the same model saved as a merged "
+        "folder>) on the words joined by spaces, ignore_labels=[], no_grad; "
         "time includes tokenisation and post-processing",
     }
     runs = res.setdefault("runs", {})
@@ -815,14 +791,10 @@ def part_inference(ctx: Ctx) -> None:
     runs["fsllm"] = {"seconds": round(dt, 2), "sentences_per_s": round(len(sentences) / dt, 2)}
     ctx.results.save()
 
-    adapter = _pipeline_adapter(predictor.model)
-    pipe_logger = logging.getLogger("transformers.pipelines.base")
-    level = pipe_logger.level
-    pipe_logger.setLevel(logging.CRITICAL)  # "model not supported for token-classification": it is an adapter
-    try:
-        pipe = pipeline("token-classification", model=adapter, tokenizer=ctx.tok, device="cpu")
-    finally:
-        pipe_logger.setLevel(level)
+    # The pipeline loads the FS model from a folder, as a user would; merged, as Predictor runs it.
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder, tokenizer=ctx.tok, merged=True)
+        pipe = pipeline("token-classification", model=folder, device="cpu")
     for name, kw in (("pipeline_bs1", {}), ("pipeline_bs64", {"batch_size": 64})):
         pipe([" ".join(w) for w in warm], ignore_labels=[], **kw)
         t0 = time.perf_counter()

@@ -2,13 +2,15 @@
 
 The public API is small; everything else lives in one module per concern:
 ``attention`` (the released mask), ``heads`` (pooling, RMSNorm+SwiGLU head),
-``modeling`` (the FS models), ``backbones`` (loading models), ``data`` (readers and
+``config`` (``FSConfig`` and the transformers config ``FSLLMConfig``), ``modeling`` (the FS
+models, registered with transformers' Auto classes on import), ``model_card``,
+``backbones`` (loading models), ``data`` (readers and
 the data set catalogue), ``tokenization``, ``training``, ``metrics``, ``inference``
 and ``cli``.
 """
 
 from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer
-from .config import FSConfig
+from .config import FSConfig, FSLLMConfig
 from .errors import DataError, FSLLMError, MissingPackageError, ModelFolderError
 from .modeling import (
     FSForSequenceClassification,
@@ -41,6 +43,7 @@ __all__ = [
     "BUILTIN_MODELS",
     "DataError",
     "FSConfig",
+    "FSLLMConfig",
     "FSForSequenceClassification",
     "FSForTokenClassification",
     "FSLLMError",
