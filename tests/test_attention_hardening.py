@@ -1,0 +1,141 @@
+"""Hardening of the released mask: caches and generation through a wrapped backbone, backbones that are
+bidirectional by config, layers that never get the FS state, mask caching, bidirectional windows, flex
+recompiles. Tiny random models built from configs, as in ``test_attention.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+from conftest import VOCAB, _config, tiny_backbone
+from transformers import DynamicCache
+
+from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
+
+
+def causal_lm(impl: str = "sdpa", family: str = "llama", layers: int = 2, seed: int = 0):
+    """A tiny random causal LM (``LlamaForCausalLM`` and friends) from a config."""
+    torch.manual_seed(seed)
+    cfg = _config(family, layers)
+    return transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation=impl, dtype=torch.float32).eval()
+
+
+def wrapped_and_reference(impl: str, family: str = "llama"):
+    """``(lm, reference)``: an LM whose decoder an FS model wraps (LoRA included), and a copy never wrapped."""
+    lm = causal_lm(impl, family)
+    reference = copy.deepcopy(lm)
+    fs = FSForSequenceClassification.from_backbone(lm, num_labels=2)
+    fs.eval()
+    assert lm.config._attn_implementation == f"fsllm_{impl}"
+    return lm, reference
+
+
+def prompts(padded: bool):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(3, VOCAB, (2, 6), generator=g)
+    mask = torch.ones_like(x)
+    if padded:  # left padding, as generate wants for decoder-only models
+        x[1, :2] = 0
+        mask[1, :2] = 0
+    return x, mask
+
+
+# ------------------------------------------------------------------ 1. static-cache generation
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@torch.no_grad()
+def test_static_cache_generation_through_wrapped_backbone_equals_unwrapped(impl, padded):
+    """``generate(cache_implementation="static")`` on the LM an FS model wraps: the same tokens and logits as
+    the LM never wrapped (the static cache's keys run past the queries: free slots must stay masked)."""
+    lm, reference = wrapped_and_reference(impl)
+    x, mask = prompts(padded)
+    kw = dict(
+        max_new_tokens=6, do_sample=False, cache_implementation="static", return_dict_in_generate=True,
+        output_logits=True, pad_token_id=0,
+    )
+    want = reference.generate(input_ids=x, attention_mask=mask, **kw)
+    got = lm.generate(input_ids=x, attention_mask=mask, **kw)
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.sequences, want.sequences)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@torch.no_grad()
+def test_dynamic_cache_generation_through_wrapped_backbone_equals_unwrapped(impl):
+    lm, reference = wrapped_and_reference(impl, family="mistral")  # sliding window 5 < 12 tokens
+    x, mask = prompts(True)
+    kw = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True, output_logits=True, pad_token_id=0)
+    want = reference.generate(input_ids=x, attention_mask=mask, **kw)
+    got = lm.generate(input_ids=x, attention_mask=mask, **kw)
+    torch.testing.assert_close(torch.stack(got.logits), torch.stack(want.logits), atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.sequences, want.sequences)
+
+
+# ------------------------------------------------------------------ 2. is_causal only when exact
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@torch.no_grad()
+def test_multi_token_continuation_from_a_cache_equals_unwrapped(impl, family):
+    """Several new tokens in one forward after a DynamicCache prefix (no padding): queries are the last keys,
+    so SDPA's top-left-aligned ``is_causal`` would let them see too little; logits must equal the unwrapped LM."""
+    lm, reference = wrapped_and_reference(impl, family)
+    g = torch.Generator().manual_seed(7)
+    prefix, more = torch.randint(3, VOCAB, (2, 5), generator=g), torch.randint(3, VOCAB, (2, 4), generator=g)
+    outs = []
+    for model in (reference, lm):
+        cache = DynamicCache(config=model.config)
+        model(input_ids=prefix, past_key_values=cache, use_cache=True)
+        outs.append(model(input_ids=more, past_key_values=cache, use_cache=True).logits)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+
+
+def test_is_causal_fast_path_only_for_a_square_block_from_key_zero():
+    from fsllm.attention import FSAttentionState, layer_mask
+
+    state = FSAttentionState(["causal"])
+    cpu = torch.device("cpu")
+    assert layer_mask(state, 0, None, 4, 4, None, torch.float32, cpu, False) == (None, True)
+    assert layer_mask(state, 0, None, 1, 9, None, torch.float32, cpu, False) == (None, False)  # decoding
+    mask, is_causal = layer_mask(state, 0, None, 3, 7, None, torch.float32, cpu, False)
+    assert not is_causal
+    i, j = torch.arange(4, 7)[:, None], torch.arange(7)[None, :]
+    assert torch.equal(mask.reshape(3, 7), j <= i)
+
+
+# ------------------------------------------------------------------ 6. the mask cache and padding
+
+
+@torch.no_grad()
+def test_reused_state_follows_the_padding_of_each_batch():
+    """One FSAttentionState for two batches of the same shape and different padding: each gets its own mask."""
+    from fsllm.attention import FSAttentionState, layer_mask
+
+    cpu = torch.device("cpu")
+    state = FSAttentionState(["bidirectional"])
+    a = torch.tensor([[True, True, True, False]])[:, None, None, :]
+    b = torch.tensor([[True, False, False, False]])[:, None, None, :]
+    args = (4, 4, 3, torch.float32, cpu, True)  # window 3: a real [Q, K] pattern
+    ma, _ = layer_mask(state, 0, a, *args)
+    mb, _ = layer_mask(state, 0, b, *args)
+    want_b, _ = layer_mask(FSAttentionState(["bidirectional"]), 0, b, *args)
+    assert torch.equal(mb, want_b)
+    assert not torch.equal(ma, mb)
+
+    bb = tiny_backbone("llama", "sdpa")
+    fs = FSForTokenClassification(bb, 2, FSConfig(use_lora=False)).eval()
+    x = torch.randint(3, VOCAB, (2, 8), generator=torch.Generator().manual_seed(3))
+    masks = [torch.ones_like(x), torch.ones_like(x)]
+    masks[0][0, -2:] = 0
+    masks[1][1, -5:] = 0
+    shared = FSAttentionState(fs._layer_modes)
+    for m in masks:
+        got = bb(input_ids=x, attention_mask=m, fs_attention=shared).last_hidden_state
+        want = bb(input_ids=x, attention_mask=m, fs_attention=FSAttentionState(fs._layer_modes)).last_hidden_state
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
