@@ -14,6 +14,7 @@ from conftest import VOCAB, _config, tiny_backbone
 from transformers import DynamicCache
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
+from fsllm.errors import FSLLMError
 
 
 def causal_lm(impl: str = "sdpa", family: str = "llama", layers: int = 2, seed: int = 0):
@@ -139,3 +140,44 @@ def test_reused_state_follows_the_padding_of_each_batch():
         got = bb(input_ids=x, attention_mask=m, fs_attention=shared).last_hidden_state
         want = bb(input_ids=x, attention_mask=m, fs_attention=FSAttentionState(fs._layer_modes)).last_hidden_state
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------ 5. a layer that never gets the state
+
+
+class DropsKwargs(torch.nn.Module):
+    """A decoder-layer wrapper that passes the documented arguments on and drops ``**kwargs``."""
+
+    def __init__(self, layer: torch.nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, position_ids=None, **_):
+        return self.layer(
+            hidden_states, attention_mask=attention_mask, position_embeddings=position_embeddings,
+            position_ids=position_ids,
+        )
+
+
+@torch.no_grad()
+def test_a_layer_that_never_receives_the_state_is_an_error():
+    bb = tiny_backbone("llama", "sdpa", layers=3)
+    fs = FSForTokenClassification(bb, 2, FSConfig(use_lora=False)).eval()
+    x = torch.randint(3, VOCAB, (1, 8), generator=torch.Generator().manual_seed(3))
+    fs(x)  # every layer receives it
+    bb.layers[1] = DropsKwargs(bb.layers[1])
+    with pytest.raises(FSLLMError, match=r"LlamaModel: decoder layer\(s\) \[1\] \(DropsKwargs\) never received"):
+        fs(x)
+
+
+def test_check_complete_counts_the_layers_that_consulted_the_state():
+    from fsllm.attention import FSAttentionState
+
+    state = FSAttentionState(["bidirectional"] * 3)
+    for i in (0, 2):
+        state.consult(i)
+    with pytest.raises(FSLLMError, match=r"Arch: decoder layer\(s\) \[1\] never received"):
+        state.check_complete(3, "Arch")
+    for i in range(3):
+        state.consult(i)
+    state.check_complete(3, "Arch")

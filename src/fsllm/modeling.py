@@ -169,6 +169,8 @@ class FSModel(nn.Module):
             use_cache=False,
             fs_attention=state,
         )
+        # a layer that never saw the state computed causal attention: fail rather than train on it
+        state.check_complete(decoder_layers(self.backbone), type(self._base_model()).__name__)
         return out.last_hidden_state
 
     # ------------------------------------------------------------------ parameters
