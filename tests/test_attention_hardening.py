@@ -181,3 +181,69 @@ def test_check_complete_counts_the_layers_that_consulted_the_state():
     for i in range(3):
         state.consult(i)
     state.check_complete(3, "Arch")
+
+
+# ------------------------------------------------------------------ 4. backbones bidirectional by config
+
+
+def bidirectional_backbone(kind: str, impl: str):
+    torch.manual_seed(0)
+    if kind == "gemma3-bidirectional":
+        cfg = _config("gemma3", 2)
+        # the config halves the window it is given (w // 2 + 1), as it is saved: rebuild it from the dict
+        cfg = transformers.Gemma3TextConfig(**{**cfg.to_dict(), "sliding_window": 8, "use_bidirectional_attention": True})
+    else:
+        cfg = _config(kind.split("-")[0], 2)
+        cfg.is_causal = False
+    return transformers.AutoModel.from_config(cfg, attn_implementation=impl, dtype=torch.float32).eval()
+
+
+BIDIRECTIONAL_BY_CONFIG = ["gemma3-bidirectional", "llama-is_causal_false", "mistral-is_causal_false"]
+
+
+@pytest.mark.parametrize("kind", BIDIRECTIONAL_BY_CONFIG)
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@torch.no_grad()
+def test_backbone_bidirectional_by_config_stays_bidirectional(kind, impl):
+    """For a backbone bidirectional by its own config, fsllm's ``causal`` mode and calls without FS state are
+    that backbone unchanged (windows included), not a causal model."""
+    bb = bidirectional_backbone(kind, impl)
+    reference = copy.deepcopy(bb)
+    x = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(x)
+    mask[1, -3:] = 0  # right padding: the positions of the real tokens are the same for every caller
+    real = mask.bool()
+    want = reference(input_ids=x, attention_mask=mask).last_hidden_state
+    fs = FSForTokenClassification(bb, 2, FSConfig(attention="causal", use_lora=False)).eval()
+    torch.testing.assert_close(fs.encode(x, mask)[real], want[real], atol=1e-5, rtol=1e-5)
+    no_state = bb(input_ids=x, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(no_state[real], want[real], atol=1e-5, rtol=1e-5)
+
+
+def test_mask_overlays_fs_attention_cannot_reproduce_are_refused():
+    from transformers.masking_utils import create_causal_mask
+
+    bb = tiny_backbone("llama", "sdpa")
+    FSForTokenClassification(bb, 2, FSConfig(use_lora=False))
+    embeds = torch.zeros(1, 6, 32)
+    with pytest.raises(FSLLMError, match="or_mask_function"):
+        create_causal_mask(
+            config=bb.config, inputs_embeds=embeds, attention_mask=torch.ones(1, 6, dtype=torch.long), cache=None,
+            or_mask_function=lambda b, h, q, kv: kv < 2,
+        )
+    # packed sequences: position ids that restart, no attention mask
+    packed = torch.tensor([[0, 1, 2, 0, 1, 2]])
+    with pytest.raises(FSLLMError, match="packed sequences"):
+        bb(input_ids=torch.full((1, 6), 5), position_ids=packed, use_cache=False)
+
+
+def test_check_backbone_refuses_what_fs_attention_cannot_express():
+    from fsllm.attention import check_backbone
+
+    assert check_backbone(tiny_backbone("gemma3").config) == "causal"
+    for kind in BIDIRECTIONAL_BY_CONFIG:
+        assert check_backbone(bidirectional_backbone(kind, "sdpa").config) == "bidirectional"
+    cfg = _config("llama", 2)
+    cfg.layer_types = ["full_attention", "linear_attention"]
+    with pytest.raises(FSLLMError, match="linear_attention"):
+        check_backbone(cfg)

@@ -8,6 +8,16 @@ to the attention logit before the softmax (a weight ``exp(-lambda d)`` on future
 keys at distance ``d``); past and current keys are untouched and padding keys are
 always masked. ``bidirectional`` is lambda = 0, ``causal`` is the unchanged model.
 
+``causal`` means *the backbone's own attention*: for a backbone that is bidirectional by
+its config (``is_causal=False``, or Gemma 3's ``use_bidirectional_attention=True``) it is
+that bidirectional attention with the backbone's own window, as is a call without FS
+state; ``decay`` still adds the decay to its future keys (so a large lambda gives a
+causal model, not that backbone). ``check_backbone`` tells which one a config is, and
+refuses what this file cannot express (chunked or linear attention layers); mask
+overlays transformers asks for at run time that it cannot reproduce (packed sequences,
+``or_mask_function`` / ``and_mask_function``) are refused with an ``FSLLMError`` instead
+of being dropped.
+
 How it plugs into transformers (5.x) without touching a modeling file:
 
 * ``AttentionMaskInterface``: the mask builder registered under ``fsllm_<impl>``
@@ -22,9 +32,11 @@ How it plugs into transformers (5.x) without touching a modeling file:
   horizon, where the weight is below e^-50: see ``decay_horizon``).
 * Which layer gets which mode, and the (possibly learnable) lambdas, travel with
   the forward call as the keyword argument ``fs_attention`` (an ``FSAttentionState``),
-  which every current decoder passes down to its attention function. Calling the
-  backbone without it gives the plain causal model, so the same weights still
-  generate text.
+  which every current decoder passes down to its attention function (a layer that never
+  receives it is caught by ``FSAttentionState.check_complete``). Calling the backbone
+  without it gives the unchanged model, so the same weights still generate text, with
+  any cache: queries are placed by the cache's offsets (``key_padding_mask``), not
+  assumed to be the last keys.
 
 Why not zero out the mask (LS-LLaMA, BiLLM): an all-zero mask lets real tokens
 attend to padding, so a prediction depends on what else is in the batch.
