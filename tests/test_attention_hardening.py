@@ -247,3 +247,72 @@ def test_check_backbone_refuses_what_fs_attention_cannot_express():
     cfg.layer_types = ["full_attention", "linear_attention"]
     with pytest.raises(FSLLMError, match="linear_attention"):
         check_backbone(cfg)
+
+
+# ------------------------------------------------------------------ 7. bidirectional sliding windows
+
+
+def window_reference(q, k, v, window: int, padding: torch.Tensor, scaling: float):
+    """softmax attention written out: key j is seen from query i iff |i - j| < window and j is real."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    n = q.shape[2]
+    d = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+    allowed = (d.abs() < window)[None, None] & padding[:, None, None, :]
+    scores = (q @ k.transpose(-1, -2) * scaling).masked_fill(~allowed, float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@torch.no_grad()
+def test_bidirectional_window_keeps_the_trained_past_and_as_many_future_keys(impl, monkeypatch):
+    """A causal window w (w - 1 past keys) becomes |i - j| < w: 2w - 1 keys, the trained past left whole."""
+    from transformers import AttentionInterface
+
+    model = FSForTokenClassification(
+        tiny_backbone("mistral", impl, layers=1), 3, FSConfig(attention="bidirectional", use_lora=False)
+    ).eval()
+    name = model.config._attn_implementation
+    inner = AttentionInterface._global_mapping[name]
+    seen = {}
+
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        out, w = inner(module, query, key, value, attention_mask, **kwargs)
+        seen.update(q=query, k=key, v=value, scaling=kwargs["scaling"], out=out)
+        return out, w
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, name, capture)
+    x = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0
+    model(x, mask)
+    window = model.config.sliding_window
+    assert window == 5
+    want = window_reference(seen["q"], seen["k"], seen["v"], window, mask.bool(), seen["scaling"])
+    real = mask.bool()
+    torch.testing.assert_close(seen["out"][real], want[real], atol=2e-5, rtol=1e-4)
+
+    from fsllm.attention import FSAttentionState, layer_mask
+
+    pattern, _ = layer_mask(FSAttentionState(["bidirectional"]), 0, real[:1, None, None, :], 12, 12, window,
+                            torch.float32, torch.device("cpu"), False)
+    assert pattern[0, 0].sum(-1).max().item() == 2 * window - 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["bidirectional", "decay"])
+@torch.no_grad()
+def test_flex_bidirectional_window_matches_the_reference(mode):
+    """The flex path keeps the same |i - j| < w window as eager/sdpa (lambda 0: decay is bidirectional)."""
+    from types import SimpleNamespace
+
+    from fsllm.attention import FSAttentionState, _flex_forward
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 24, 8, generator=g) for _ in range(3))
+    padding = torch.ones(2, 24, dtype=torch.bool)
+    padding[1, :5] = False
+    state = FSAttentionState([mode], torch.tensor([0.0]) if mode == "decay" else None)
+    got, _ = _flex_forward(SimpleNamespace(training=False), q, k, v, padding[:, None, None, :], state, 0, 5, scaling=0.5)
+    want = window_reference(q, k, v, 5, padding, 0.5)
+    torch.testing.assert_close(got[padding], want[padding], atol=1e-5, rtol=1e-5)
