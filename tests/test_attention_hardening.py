@@ -316,3 +316,88 @@ def test_flex_bidirectional_window_matches_the_reference(mode):
     got, _ = _flex_forward(SimpleNamespace(training=False), q, k, v, padding[:, None, None, :], state, 0, 5, scaling=0.5)
     want = window_reference(q, k, v, 5, padding, 0.5)
     torch.testing.assert_close(got[padding], want[padding], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ 8. validation: one clear line
+
+
+def test_fs_config_refuses_values_that_break_the_forward():
+    from fsllm import ConfigError
+
+    for lam in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="decay_lambda must be a finite number"):
+            FSConfig(attention="decay", decay_lambda=lam)
+    for field_name in ("lora_r", "lora_alpha"):
+        for value in (0, -8):
+            with pytest.raises(ValueError, match=f"{field_name} must be > 0"):
+                FSConfig(**{field_name: value})
+    with pytest.raises(ValueError, match=r"duplicate layer \[0\]"):
+        FSConfig(fs_layers=[0, -2]).resolve_layers(2)
+    with pytest.raises(ValueError, match="out of range"):
+        FSConfig(fs_layers=[0, 2]).resolve_layers(2)
+    assert FSConfig(fs_layers=[-1, 0]).resolve_layers(2) == [0, 1]
+
+
+def test_train_config_validates_before_anything_runs():
+    from fsllm import ConfigError
+    from fsllm.training import TrainConfig
+
+    bad = [
+        dict(epochs=-1), dict(epochs=0), dict(epochs=float("nan")), dict(batch_size=0), dict(eval_batch_size=-2),
+        dict(learning_rate=0), dict(learning_rate=-1e-3), dict(precision="fp8"), dict(max_steps=0),
+        dict(max_length=0), dict(train_subset=0), dict(eval_steps=0), dict(warmup_ratio=1.5),
+        dict(attn_implementation="flash_attention_9"),
+    ]
+    for kw in bad:
+        with pytest.raises(ConfigError, match=next(iter(kw))):
+            TrainConfig(**kw)
+    TrainConfig(epochs=-1, max_steps=5)  # max_steps decides: epochs are ignored
+
+
+def test_load_backbone_refuses_bad_attention_implementations_with_one_line(tiny_model_dir, monkeypatch):
+    from fsllm import load_backbone
+
+    with pytest.raises(FSLLMError, match="'flash_attention_9': FS attention wraps sdpa, eager, flex_attention"):
+        load_backbone(str(tiny_model_dir), attn_implementation="flash_attention_9")
+    monkeypatch.setattr(transformers.LlamaPreTrainedModel, "_supports_flex_attn", False)
+    with pytest.raises(FSLLMError, match="attn_implementation='flex_attention'") as e:
+        load_backbone(str(tiny_model_dir), attn_implementation="flex_attention")
+    assert "\n" not in str(e.value)
+
+
+def write_tiny_csv(folder):
+    folder.mkdir()
+    rows = "text,label\n" + "".join(f"{t},{lab}\n" for t, lab in [("good film", "pos"), ("bad plot", "neg")] * 4)
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.csv").write_text(rows)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--epochs", "-1"], "epochs must be > 0"),
+        (["--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--lr", "0"], "learning_rate must be > 0"),
+        (["--max-steps", "0"], "max_steps must be > 0"),
+        (["--attention", "decay", "--decay-lambda", "inf"], "decay_lambda must be a finite number"),
+        (["--lora-r", "0"], "lora_r must be > 0"),
+        (["--lora-alpha", "-4"], "lora_alpha must be > 0"),
+        (["--fs-layers", "0,-2"], "duplicate layer"),
+    ],
+)
+def test_cli_train_refuses_bad_options_before_writing_anything(tmp_path, tiny_model_dir, capsys, args, message):
+    from fsllm.cli import main
+
+    data = write_tiny_csv(tmp_path / "data")
+    run = tmp_path / "run"
+    default_runs = tmp_path / "cwd"
+    default_runs.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(default_runs)  # a run without --output would land in ./runs
+        rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("fsllm: error: ") and message in err[0], err
+    assert not run.exists()
+    assert not any(default_runs.iterdir())

@@ -9,7 +9,7 @@ and ``cli``.
 
 from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer
 from .config import FSConfig
-from .errors import DataError, FSLLMError, MissingPackageError, ModelFolderError
+from .errors import ConfigError, DataError, FSLLMError, MissingPackageError, ModelFolderError
 from .modeling import (
     FSForSequenceClassification,
     FSForTokenClassification,
@@ -39,6 +39,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BUILTIN_MODELS",
+    "ConfigError",
     "DataError",
     "FSConfig",
     "FSForSequenceClassification",
