@@ -49,11 +49,12 @@ def prompts(padded: bool):
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3"])  # full, sliding, and mixed layers
 @torch.no_grad()
-def test_static_cache_generation_through_wrapped_backbone_equals_unwrapped(impl, padded):
+def test_static_cache_generation_through_wrapped_backbone_equals_unwrapped(family, impl, padded):
     """``generate(cache_implementation="static")`` on the LM an FS model wraps: the same tokens and logits as
     the LM never wrapped (the static cache's keys run past the queries: free slots must stay masked)."""
-    lm, reference = wrapped_and_reference(impl)
+    lm, reference = wrapped_and_reference(impl, family)
     x, mask = prompts(padded)
     kw = dict(
         max_new_tokens=6, do_sample=False, cache_implementation="static", return_dict_in_generate=True,
@@ -401,3 +402,36 @@ def test_cli_train_refuses_bad_options_before_writing_anything(tmp_path, tiny_mo
     assert len(err) == 1 and err[0].startswith("fsllm: error: ") and message in err[0], err
     assert not run.exists()
     assert not any(default_runs.iterdir())
+
+
+# ------------------------------------------------------------------ 9. flex_attention recompiles
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_flex_variants_reuse_compiled_kernels():
+    """Modes, windows, lambdas, query offsets and lengths change tensors captured by the flex closures, not
+    the compiled code: a handful of graphs in all (first call, the unmasked full-attention call, the switch to
+    dynamic shapes), where capturing Python numbers compiled one per variant (8 here: torch's recompile limit)."""
+    from types import SimpleNamespace
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from fsllm.attention import FSAttentionState, _flex_forward
+
+    torch._dynamo.reset()
+    counters.clear()
+    g = torch.Generator().manual_seed(0)
+    variants = [  # mode, keys, window, lambda, queries (fewer: the last ones, as when continuing from a cache)
+        ("causal", 32, None, None, 32), ("causal", 32, 5, None, 32), ("causal", 32, 7, None, 32),
+        ("bidirectional", 32, 5, None, 32), ("decay", 32, None, 0.5, 32), ("decay", 32, None, 1.0, 32),
+        ("causal", 48, 5, None, 48), ("bidirectional", 48, 9, None, 48), ("decay", 48, 5, 0.3, 48),
+        ("causal", 40, 6, None, 40), ("causal", 40, None, None, 24), ("decay", 40, 3, 2.0, 17),
+    ]
+    for mode, n, window, lam, q_len in variants:
+        q = torch.randn(1, 2, q_len, 8, generator=g)
+        k, v = torch.randn(1, 2, n, 8, generator=g), torch.randn(1, 2, n, 8, generator=g)
+        state = FSAttentionState([mode], torch.tensor([lam]) if lam is not None else None)
+        _flex_forward(SimpleNamespace(training=False), q, k, v, None, state, 0, window, scaling=0.5)
+    assert counters["stats"]["unique_graphs"] <= 3, dict(counters["stats"])

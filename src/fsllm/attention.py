@@ -352,12 +352,13 @@ def _flex_forward(
         )
         state.store(cache_key, key_padding, (block_mask,))
 
+    # one score_mod for every mode (a zero rate without decay: same kernel, one multiply-add more)
+    rate = lam if lam is not None else torch.zeros((), dtype=torch.float32, device=query.device)
+
     def score_mod(score, b, h, q_idx, kv_idx):
         if softcap is not None:
             score = softcap * torch.tanh(score / softcap)
-        if lam is not None:
-            score = score - lam * torch.clamp(kv_idx - (q_idx + params[0]), min=0)
-        return score
+        return score - rate * torch.clamp(kv_idx - (q_idx + params[0]), min=0)
 
     gqa = heads & (heads - 1) == 0  # flex's GQA needs a power-of-two head count
     if not gqa:
