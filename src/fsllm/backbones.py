@@ -155,8 +155,13 @@ def load_backbone(
 def backbone_num_layers(name_or_path: str) -> int | None:
     """The decoder layer count from the backbone's config alone (``None`` if it cannot be read here:
     loading the backbone later reports why), so a run can check ``fs_layers`` before it writes anything."""
+    if name_or_path in BUILTIN_MODELS:  # read a converted copy, never convert here
+        folder = cache_dir() / "models" / name_or_path
+        if not (folder / ".complete").is_file():
+            return None
+        name_or_path = str(folder)
     try:
-        cfg = AutoConfig.from_pretrained(resolve_backbone_path(name_or_path))
+        cfg = AutoConfig.from_pretrained(name_or_path)
     except Exception:  # noqa: BLE001 - any failure is reported by load_backbone
         return None
     n = getattr(cfg, "num_hidden_layers", None)

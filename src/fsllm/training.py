@@ -408,9 +408,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         if overrides:
             config = dataclasses.replace(config, **overrides)
     cfg = config
-    # fs_layers are checked against the backbone's layer count (its config alone) before anything is written
-    num_layers = backbone_num_layers(cfg.model)
-    if num_layers is not None:
+    # explicit fs_layers are checked against the backbone's layer count (its config alone) before anything is written
+    if isinstance(cfg.fs.fs_layers, list) and (num_layers := backbone_num_layers(cfg.model)) is not None:
         cfg.fs.resolve_layers(num_layers)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
