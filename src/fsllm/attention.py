@@ -38,6 +38,10 @@ How it plugs into transformers (5.x) without touching a modeling file:
   any cache: queries are placed by the cache's offsets (``key_padding_mask``), not
   assumed to be the last keys.
 
+Sliding windows: a layer trained with the causal window ``w`` (``w - 1`` past keys) keeps
+``|i - j| < w`` in the released modes, i.e. its whole trained past plus as many future keys
+(why not transformers' halved bidirectional window: see ``_structure``).
+
 Why not zero out the mask (LS-LLaMA, BiLLM): an all-zero mask lets real tokens
 attend to padding, so a prediction depends on what else is in the batch.
 """

@@ -28,7 +28,9 @@ class FSConfig:
 
     Attributes:
         attention: ``"bidirectional"`` (every token sees every real token; the paper's
-            main setting), ``"causal"`` (the backbone unchanged: the "w/o FS" ablation) or
+            main setting), ``"causal"`` (the backbone unchanged: the "w/o FS" ablation; for a
+            backbone bidirectional by its own config, e.g. Gemma 3 with
+            ``use_bidirectional_attention=True``, that bidirectional attention) or
             ``"decay"`` (future keys at distance d get ``-decay_lambda * d`` added to their
             attention logit, i.e. weight ``exp(-lambda d)``).
         decay_lambda: lambda of ``decay`` mode (0 = bidirectional, large = causal).
