@@ -94,7 +94,7 @@ def _repeat_kv(t, n):
 def test_decay_matches_reference_attention(family, impl, lam, monkeypatch):
     """One layer: the attention output equals softmax(q k^T * s - lam * max(0, j - i) + pad) v written out here."""
     model = token_model(family, impl, layers=1, attention="decay", decay_lambda=lam)
-    name = model.config._attn_implementation
+    name = model.config.decoder_config._attn_implementation
     inner = AttentionInterface._global_mapping[name]
     seen = {}
 

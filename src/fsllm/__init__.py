@@ -11,7 +11,7 @@ and ``cli``.
 
 from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer
 from .config import FSConfig, FSLLMConfig
-from .errors import DataError, FSLLMError, MissingPackageError, ModelFolderError
+from .errors import ConfigError, DataError, FSLLMError, MissingPackageError, ModelFolderError
 from .modeling import (
     FSForSequenceClassification,
     FSForTokenClassification,
@@ -41,6 +41,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "BUILTIN_MODELS",
+    "ConfigError",
     "DataError",
     "FSConfig",
     "FSLLMConfig",

@@ -8,6 +8,16 @@ to the attention logit before the softmax (a weight ``exp(-lambda d)`` on future
 keys at distance ``d``); past and current keys are untouched and padding keys are
 always masked. ``bidirectional`` is lambda = 0, ``causal`` is the unchanged model.
 
+``causal`` means *the backbone's own attention*: for a backbone that is bidirectional by
+its config (``is_causal=False``, or Gemma 3's ``use_bidirectional_attention=True``) it is
+that bidirectional attention with the backbone's own window, as is a call without FS
+state; ``decay`` still adds the decay to its future keys (so a large lambda gives a
+causal model, not that backbone). ``check_backbone`` tells which one a config is, and
+refuses what this file cannot express (chunked or linear attention layers); mask
+overlays transformers asks for at run time that it cannot reproduce (packed sequences,
+``or_mask_function`` / ``and_mask_function``) are refused with an ``FSLLMError`` instead
+of being dropped.
+
 How it plugs into transformers (5.x) without touching a modeling file:
 
 * ``AttentionMaskInterface``: the mask builder registered under ``fsllm_<impl>``
@@ -22,9 +32,15 @@ How it plugs into transformers (5.x) without touching a modeling file:
   horizon, where the weight is below e^-50: see ``decay_horizon``).
 * Which layer gets which mode, and the (possibly learnable) lambdas, travel with
   the forward call as the keyword argument ``fs_attention`` (an ``FSAttentionState``),
-  which every current decoder passes down to its attention function. Calling the
-  backbone without it gives the plain causal model, so the same weights still
-  generate text.
+  which every current decoder passes down to its attention function (a layer that never
+  receives it is caught by ``FSAttentionState.check_complete``). Calling the backbone
+  without it gives the unchanged model, so the same weights still generate text, with
+  any cache: queries are placed by the cache's offsets (``key_padding_mask``), not
+  assumed to be the last keys.
+
+Sliding windows: a layer trained with the causal window ``w`` (``w - 1`` past keys) keeps
+``|i - j| < w`` in the released modes, i.e. its whole trained past plus as many future keys
+(why not transformers' halved bidirectional window: see ``_structure``).
 
 Why not zero out the mask (LS-LLaMA, BiLLM): an all-zero mask lets real tokens
 attend to padding, so a prediction depends on what else is in the batch.
@@ -34,7 +50,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -56,12 +72,22 @@ class FSAttentionState:
     ``layer_modes[i]`` is ``"causal"``, ``"bidirectional"`` or ``"decay"`` for layer i;
     ``lambdas[i]`` (a tensor, possibly requiring grad) is layer i's decay rate.
     Masks are built once per forward and shared by all layers that need the same one.
+
+    The mask cache is keyed by the shapes, the query offset *and the identity of the key
+    padding tensor* (the mask builder makes a new one per forward, and the cache keeps a
+    reference to it, so an id is never reused while its entry lives). Reusing one state for
+    several forwards is therefore correct, only without sharing masks between them.
+
+    Every layer that consults the state is recorded, so ``check_complete`` can tell, after
+    the backbone's forward, whether some layer never received it (and silently computed the
+    backbone's own attention).
     """
 
     layer_modes: list[str]
     lambdas: torch.Tensor | None = None
     _cache: dict = field(default_factory=dict, repr=False)
     _lambda_values: list[float] | None = field(default=None, repr=False)
+    _served: set = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         # Fixed lambdas are read once, so layers with the same rate share one mask
@@ -71,13 +97,70 @@ class FSAttentionState:
 
     def mode(self, layer_idx: int | None) -> str:
         if layer_idx is None:
+            if len(set(self.layer_modes)) > 1:
+                raise FSLLMError("an attention module without layer_idx cannot get a per-layer FS mode (fs_layers)")
             return self.layer_modes[0]
         return self.layer_modes[layer_idx]
 
+    def consult(self, layer_idx: int | None) -> str:
+        """The mode of a layer, recording that the layer received the state."""
+        self._served.add(layer_idx)
+        return self.mode(layer_idx)
 
-def _structure(q_len: int, k_len: int, mode: str, window: int | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Allowed pattern ``[Q, K]`` (bool) ignoring padding, and the distance ``j - i`` (long)."""
-    i = torch.arange(k_len - q_len, k_len, device=device)[:, None]  # queries are the last q_len positions
+    def check_complete(
+        self,
+        layers: int | Sequence[torch.nn.Module],
+        arch: str,
+        layer_list: Callable[[], Sequence[torch.nn.Module]] | None = None,
+    ) -> None:
+        """Raise ``FSLLMError`` if some decoder layer never consulted this state during the forward.
+
+        ``layers`` is the number of decoder layers or the layers themselves (then the error names
+        their class; ``layer_list`` gives them only when an error is raised, which keeps the check
+        free on every forward). Such a layer was called through a module that drops ``**kwargs`` (a wrapper,
+        a custom decoder layer), so it computed the backbone's own (causal) attention while the
+        FS model believes it is released. Clears the record, so the state can be checked again
+        after another forward.
+        """
+        n = layers if isinstance(layers, int) else len(layers)
+        served, self._served = self._served, set()
+        if None in served:  # attention modules without layer_idx: nothing to check per layer
+            return
+        missing = [i for i in range(n) if i not in served]
+        if missing:
+            if layer_list is not None:
+                layers = layer_list()
+            names = "" if isinstance(layers, int) else f" ({', '.join(sorted({type(layers[i]).__name__ for i in missing}))})"
+            raise FSLLMError(
+                f"{arch}: decoder layer(s) {missing}{names} never received the FS attention state, so they "
+                "computed the backbone's own causal attention; a module on their path drops **kwargs "
+                "(fs_attention must reach the attention function)"
+            )
+
+    def cached(self, key: tuple, padding: torch.Tensor | None):
+        """The cached value for ``key`` if it was built for this very padding tensor, else ``None``."""
+        entry = self._cache.get(key)
+        if entry is not None and entry[0] is padding:
+            return entry[1]
+        return None
+
+    def store(self, key: tuple, padding: torch.Tensor | None, value):
+        self._cache[key] = (padding, value)
+        return value
+
+
+def _structure(
+    q_len: int, k_len: int, mode: str, window: int | None, device, q_start: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allowed pattern ``[Q, K]`` (bool) ignoring padding, and the distance ``j - i`` (long).
+
+    Query ``n`` sits at key index ``q_start + n``; by default the queries are the last ``q_len``
+    keys (no cache, or a dynamic cache), but with a static cache the keys run on past the
+    queries (free slots), so the offset must come from the cache (see ``key_padding_mask``).
+    """
+    if q_start is None:
+        q_start = k_len - q_len
+    i = torch.arange(q_start, q_start + q_len, device=device)[:, None]
     j = torch.arange(k_len, device=device)[None, :]
     d = j - i
     if mode == "causal":
@@ -85,6 +168,14 @@ def _structure(q_len: int, k_len: int, mode: str, window: int | None, device) ->
         if window:
             allowed = allowed & (-d < window)
     else:
+        # Bidirectional window: |i - j| < w, i.e. the w - 1 past keys the backbone was trained
+        # with plus as many future keys (2w - 1 in all). Transformers' own bidirectional Gemma 3
+        # halves the window instead (w // 2 + 1 each side, about w keys in all), which keeps
+        # the cost of the causal window but takes away half of the past context a causally
+        # trained layer relies on. Keeping the trained past intact is what makes decay mode
+        # interpolate between the two: lambda -> infinity gives back exactly the causal window.
+        # A backbone trained bidirectionally carries its own (already halved) window in its
+        # config, which is used as is.
         allowed = torch.ones_like(d, dtype=torch.bool)
         if window:
             allowed = d.abs() < window
@@ -101,54 +192,65 @@ def layer_mask(
     dtype: torch.dtype,
     device: torch.device,
     want_float: bool,
+    mode: str | None = None,
+    q_start: int | None = None,
 ) -> tuple[torch.Tensor | None, bool]:
     """The mask of one layer and whether SDPA may use its ``is_causal`` fast path.
 
     Returns a bool mask (True = attend) when ``want_float`` is False and the mode
     has no bias, else an additive float mask (0 = attend, dtype min = masked).
     ``None`` means "no mask": full attention, or causal with ``is_causal=True``.
+    ``mode`` overrides the state's mode of the layer; ``q_start`` is the key index of the
+    first query (default: the queries are the last ``q_len`` keys).
     """
-    mode = state.mode(layer_idx)
+    mode = mode or state.mode(layer_idx)
+    if q_start is None:
+        q_start = k_len - q_len
     has_padding = key_padding is not None
     if not has_padding and not window and mode in ("bidirectional", "causal") and not want_float:
-        return None, mode == "causal"
+        if mode == "bidirectional":
+            return None, False
+        # SDPA aligns is_causal to the top-left corner: exact only for a square block from key 0.
+        if q_start == 0 and q_len == k_len:
+            return None, True
+        if q_len == 1 and q_start == k_len - 1:  # one decoding query at the end sees every key
+            return None, False
     if mode == "decay" and state.lambdas is None:
         raise FSLLMError("decay attention needs lambdas in FSAttentionState")
 
     index = layer_idx if layer_idx is not None else 0
     fixed = mode != "decay" or state._lambda_values is not None
-    key = (mode, window, q_len, k_len, want_float or mode == "decay")
+    key = (mode, window, q_len, k_len, q_start, want_float or mode == "decay")
     if mode == "decay" and fixed:
         key = key + (state._lambda_values[index],)
     if fixed:
-        cached = state._cache.get(key)
+        cached = state.cached(key, key_padding)
         if cached is not None:
             return cached, False
 
     if mode == "decay":
         # The additive pattern mask and the distance bias do not depend on lambda:
         # build them once per forward, then each layer costs one fused multiply-add.
-        base_key = ("decay-base", window, q_len, k_len)
-        base = state._cache.get(base_key)
+        base_key = ("decay-base", window, q_len, k_len, q_start)
+        base = state.cached(base_key, key_padding)
         if base is None:
-            base = _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, True)
-            _, d = _structure(q_len, k_len, mode, window, device)
-            base = (base, d.clamp(min=0).to(dtype)[None, None])
-            state._cache[base_key] = base
+            pattern = _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, True, q_start)
+            _, d = _structure(q_len, k_len, mode, window, device, q_start)
+            base = state.store(base_key, key_padding, (pattern, d.clamp(min=0).to(dtype)[None, None]))
         if fixed:
             mask = torch.add(base[0], base[1], alpha=-state._lambda_values[index])
         else:  # learnable: keep the graph to lambda
             mask = base[0] - state.lambdas[index].to(dtype) * base[1]
     else:
-        mask = _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, want_float)
+        mask = _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, want_float, q_start)
     if fixed:
-        state._cache[key] = mask
+        state.store(key, key_padding, mask)
     return mask, False
 
 
-def _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, want_float) -> torch.Tensor:
+def _pattern_mask(mode, key_padding, q_len, k_len, window, dtype, device, want_float, q_start=None) -> torch.Tensor:
     """Which keys each query may see: bool (True = attend) or additive float (0 / dtype min)."""
-    allowed, d = _structure(q_len, k_len, mode, window, device)
+    allowed, d = _structure(q_len, k_len, mode, window, device, q_start)
     allowed = allowed[None, None]  # [1, 1, Q, K]
     if key_padding is not None and mode == "bidirectional" and not window:
         allowed = key_padding  # [B, 1, 1, K]: every row keeps its sequence's real keys
@@ -200,17 +302,26 @@ def decay_horizon(lam: float, k_len: int) -> int | None:
     return horizon if horizon < k_len else None
 
 
-def _flex_forward(module, query, key, value, key_padding, state, layer_idx, window, scaling=None, softcap=None, **_):
+def _flex_forward(
+    module, query, key, value, key_padding, state, layer_idx, window, scaling=None, softcap=None, mode=None,
+    q_start=None, **_,
+):
     """FS attention with ``flex_attention``: the pattern is a block mask and the decay a ``score_mod``,
     so no ``[L, L]`` tensor is ever built (memory linear in L; the kernel skips masked blocks,
-    and for decay the blocks beyond ``decay_horizon``)."""
+    and for decay the blocks beyond ``decay_horizon``).
+
+    The closures capture tensors only (offset, causality, window, horizon, lambda), never Python
+    numbers: dynamo guards on a captured number's value, so each mode, window, offset or horizon
+    would compile its own kernel (and a few runs hit torch's recompile limit); a captured tensor
+    is guarded by its shape and dtype only, so every variant reuses the same compiled kernels.
+    """
     from torch.nn.attention.flex_attention import create_block_mask
     from transformers.integrations.flex_attention import compile_friendly_flex_attention, repeat_kv
 
-    mode = state.mode(layer_idx)
+    mode = mode or state.mode(layer_idx)
     batch, heads, q_len, _ = query.shape
     k_len = key.shape[2]
-    offset = k_len - q_len
+    offset = k_len - q_len if q_start is None else q_start
     pad = key_padding[:, 0, 0, :] if key_padding is not None else None
     index = layer_idx if layer_idx is not None else 0
     lam = state.lambdas[index] if mode == "decay" else None
@@ -219,20 +330,24 @@ def _flex_forward(module, query, key, value, key_padding, state, layer_idx, wind
         # Fixed rates were read to the host once per forward; a learnable one costs one sync per layer.
         value_now = state._lambda_values[index] if state._lambda_values is not None else float(lam.detach())
         horizon = decay_horizon(value_now, k_len)
-    cache_key = ("flex", mode, window, q_len, k_len, horizon)
-    if cache_key in state._cache:
-        block_mask = state._cache[cache_key]
+    beyond = q_len + k_len + 1  # farther than any two positions: "no limit"
+    # offset of the first query, causal flag, window, horizon
+    params = torch.tensor(
+        [offset, mode == "causal", window or beyond, beyond if horizon is None else horizon],
+        dtype=torch.long,
+        device=query.device,
+    )
+    cache_key = ("flex", mode, window, q_len, k_len, offset, horizon)
+    cached = state.cached(cache_key, key_padding)
+    if cached is not None:
+        block_mask = cached[0]
     elif pad is None and mode != "causal" and not window and horizon is None:
-        block_mask = state._cache[cache_key] = None  # full attention: no mask at all
+        block_mask = state.store(cache_key, key_padding, (None,))[0]  # full attention: no mask at all
     else:
 
         def mask_mod(b, h, q_idx, kv_idx):
-            qi = q_idx + offset
-            ok = kv_idx <= qi if mode == "causal" else kv_idx >= 0
-            if window:
-                ok = ok & ((qi - kv_idx < window) if mode == "causal" else ((kv_idx - qi).abs() < window))
-            if horizon is not None:
-                ok = ok & (kv_idx - qi <= horizon)
+            d = kv_idx - (q_idx + params[0])
+            ok = ((d <= 0) | (params[1] == 0)) & (d.abs() < params[2]) & (d <= params[3])
             if pad is not None:
                 ok = ok & pad[b, kv_idx]
             return ok
@@ -247,14 +362,15 @@ def _flex_forward(module, query, key, value, key_padding, state, layer_idx, wind
             # compiled on GPU so the mask is built block by block, never as a dense [Q, K] tensor
             _compile=query.is_cuda,
         )
-        state._cache[cache_key] = block_mask
+        state.store(cache_key, key_padding, (block_mask,))
+
+    # one score_mod for every mode (a zero rate without decay: same kernel, one multiply-add more)
+    rate = lam if lam is not None else torch.zeros((), dtype=torch.float32, device=query.device)
 
     def score_mod(score, b, h, q_idx, kv_idx):
         if softcap is not None:
             score = softcap * torch.tanh(score / softcap)
-        if lam is not None:
-            score = score - lam * torch.clamp(kv_idx - (q_idx + offset), min=0)
-        return score
+        return score - rate * torch.clamp(kv_idx - (q_idx + params[0]), min=0)
 
     gqa = heads & (heads - 1) == 0  # flex's GQA needs a power-of-two head count
     if not gqa:
@@ -267,22 +383,72 @@ def _flex_forward(module, query, key, value, key_padding, state, layer_idx, wind
     return out.transpose(1, 2).contiguous(), None
 
 
+def _config_of(module: torch.nn.Module):
+    return getattr(module, "config", None)
+
+
+def backbone_is_bidirectional(config) -> bool:
+    """Whether the backbone attends bidirectionally by its own config.
+
+    Transformers has two switches: ``is_causal=False`` on any config (``create_causal_mask`` then
+    builds a bidirectional mask) and Gemma 3's ``use_bidirectional_attention=True``.
+    """
+    return getattr(config, "is_causal", True) is False or bool(getattr(config, "use_bidirectional_attention", False))
+
+
+def _native_mode(module: torch.nn.Module) -> str:
+    """The attention the unchanged backbone computes in this layer: ``"causal"`` or ``"bidirectional"``."""
+    if backbone_is_bidirectional(_config_of(module)) or getattr(module, "is_causal", True) is False:
+        return "bidirectional"
+    return "causal"
+
+
+def _layer_window(module: torch.nn.Module, kwargs: dict) -> int | None:
+    """The layer's sliding window in this file's convention: ``|i - j| < window`` is kept."""
+    window = kwargs.get("sliding_window")
+    if window is None:
+        window = getattr(module, "sliding_window", None)
+    config = _config_of(module)
+    if window and getattr(config, "is_causal", True) is False and not getattr(config, "use_bidirectional_attention", False):
+        # transformers' ``sliding_window_bidirectional_overlay`` keeps |i - j| <= window (inclusive),
+        # Gemma 3's bidirectional overlay |i - j| < window: keep each backbone's own
+        window = window + 1
+    return window
+
+
+#: the query offset the mask builder attaches to the key padding it returns (see ``key_padding_mask``)
+_Q_START = "fsllm_q_start"
+
+
 def _make_attention(base: str) -> Callable:
     def fs_attention_forward(module, query, key, value, attention_mask, **kwargs):
         state: FSAttentionState | None = kwargs.pop("fs_attention", None)
-        if state is None:  # called without FS state: behave as the unchanged causal model
-            state = FSAttentionState(layer_modes=["causal"])
+        native = _native_mode(module)
+        if state is None:  # called without FS state: behave as the unchanged model
+            state = FSAttentionState(layer_modes=[native])
             layer_idx = None
+            mode = native
         else:
             layer_idx = getattr(module, "layer_idx", None)
-        window = kwargs.get("sliding_window")
-        if window is None:
-            window = getattr(module, "sliding_window", None)
+            mode = state.consult(layer_idx)
+            if mode == "causal":  # "causal" is the backbone unchanged (bidirectional if it is by config)
+                mode = native
+        if attention_mask is not None and (
+            attention_mask.dtype != torch.bool or attention_mask.dim() != 4 or attention_mask.shape[2] != 1
+        ):
+            raise FSLLMError(
+                f"FS attention takes the 2D padding attention_mask, got a prepared mask of shape "
+                f"{tuple(attention_mask.shape)} ({attention_mask.dtype})"
+            )
+        window = _layer_window(module, kwargs)
         q_len, k_len = query.shape[2], key.shape[2]
+        q_start = getattr(attention_mask, _Q_START, k_len - q_len) if attention_mask is not None else k_len - q_len
         if window is not None and window >= max(q_len, k_len):
             window = None  # the window covers the whole sequence
         if base == "flex_attention":
-            return _flex_forward(module, query, key, value, attention_mask, state, layer_idx, window, **kwargs)
+            return _flex_forward(
+                module, query, key, value, attention_mask, state, layer_idx, window, mode=mode, q_start=q_start, **kwargs
+            )
         mask, use_is_causal = layer_mask(
             state,
             layer_idx,
@@ -293,6 +459,8 @@ def _make_attention(base: str) -> Callable:
             query.dtype,
             query.device,
             want_float=(base == "eager"),
+            mode=mode,
+            q_start=q_start,
         )
         if base == "eager":
             return _eager_of(module)(module, query, key, value, mask, **kwargs)
@@ -303,33 +471,121 @@ def _make_attention(base: str) -> Callable:
     return fs_attention_forward
 
 
+#: the building blocks of transformers' own mask functions that FS attention reproduces
+#: (causal or bidirectional, with or without a sliding window, padding)
+_STANDARD_MASK_PARTS = frozenset(
+    {
+        "causal_mask_function",
+        "bidirectional_mask_function",
+        "sliding_window_overlay.<locals>.inner_mask",
+        "sliding_window_bidirectional_overlay.<locals>.inner_mask",
+        "padding_mask_function.<locals>.inner_mask",
+        "and_masks.<locals>.and_mask",
+        "or_masks.<locals>.or_mask",
+        "add_offsets_to_mask_function.<locals>.inner_mask",
+    }
+)
+
+
+def _mask_function_parts(fn: Callable, out: set[str] | None = None) -> set[str]:
+    """Qualified names of the functions a transformers mask function is composed of (walks closures)."""
+    out = set() if out is None else out
+    out.add(getattr(fn, "__qualname__", type(fn).__name__))
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            content = cell.cell_contents
+        except ValueError:  # empty cell
+            continue
+        items = content if isinstance(content, (tuple, list)) else (content,)
+        for item in items:
+            if callable(item) and not isinstance(item, (torch.Tensor, type)):
+                _mask_function_parts(item, out)
+    return out
+
+
+def _check_mask_function(mask_function: Callable, config) -> None:
+    """Refuse mask overlays FS attention cannot reproduce (they would be silently dropped)."""
+    if backbone_is_bidirectional(config):
+        return  # the backbone's own bidirectional overlays (Gemma 3): reproduced by the bidirectional mode
+    unknown = _mask_function_parts(mask_function) - _STANDARD_MASK_PARTS
+    if unknown:
+        raise FSLLMError(
+            "FS attention builds causal, bidirectional and sliding-window masks with key padding only; this "
+            f"forward asks for other mask overlays ({', '.join(sorted(unknown))}: packed sequences, "
+            "or_mask_function / and_mask_function or chunked attention), which it cannot reproduce. "
+            "Pass an attention_mask and one sequence per row."
+        )
+
+
 def key_padding_mask(
     batch_size: int,
     q_length: int | None = None,
     kv_length: int | None = None,
-    q_offset: int = 0,
-    kv_offset: int = 0,
+    q_offset: int | torch.Tensor = 0,
+    kv_offset: int | torch.Tensor = 0,
     mask_function: Callable | None = None,
     attention_mask: torch.Tensor | None = None,
+    config=None,
     **kwargs,
 ) -> torch.Tensor | None:
     """Mask builder registered with ``AttentionMaskInterface``: key padding only.
 
-    Returns ``[B, 1, 1, K]`` bool (True = real token) or ``None`` without padding;
-    the per-layer pattern is added by the attention function, which knows its layer.
-    Sequences that are entirely padding are treated as all-real so no softmax row
-    is empty.
+    Returns ``[B, 1, 1, K]`` bool (True = real key) or ``None``: no padding and the queries
+    are the last ``q_length`` keys (no cache, or a dynamic cache). The per-layer pattern is
+    added by the attention function, which knows its layer. Key ``k`` is position
+    ``kv_offset + k``; the queries start at position ``q_offset``. The returned tensor carries
+    the key index of the first query (``q_offset - kv_offset``) as the attribute
+    ``fsllm_q_start``, because with a static cache the keys run on past the queries: keys
+    after the last query are free cache slots and are masked here, and the 2D attention mask
+    then covers fewer than ``kv_length`` keys (it is extended with padding, as transformers'
+    ``prepare_padding_mask`` does). Sequences that are entirely padding are treated as
+    all-real so no softmax row is empty.
     """
-    if attention_mask is None:
-        return None
-    pad = attention_mask.to(torch.bool)
-    if pad.shape[-1] != kv_length:
+    if mask_function is not None:
+        _check_mask_function(mask_function, config)
+    q_length = q_length if q_length is not None else kv_length
+    kv_length = kv_length if kv_length is not None else q_length
+    # One host read per forward (a static cache keeps its offsets as tensors)
+    kv_offset = int(kv_offset)
+    q_start = int(q_offset) - kv_offset
+    device = attention_mask.device if attention_mask is not None else kwargs.get("device")
+    pad = None
+    if attention_mask is not None:
+        pad = attention_mask.to(torch.bool)
+        if (missing := kv_offset + kv_length - pad.shape[-1]) > 0:
+            pad = torch.nn.functional.pad(pad, (0, missing), value=False)
         pad = pad[:, kv_offset : kv_offset + kv_length]
-    if bool(pad.all()):
+    if q_start + q_length < kv_length:  # keys after the last query: not written yet
+        written = torch.arange(kv_length, device=device) < q_start + q_length
+        pad = written[None].expand(batch_size, -1) if pad is None else pad & written
+    if pad is None:
+        return None
+    if q_start == kv_length - q_length and bool(pad.all()):
         return None
     empty = ~pad.any(dim=-1, keepdim=True)
-    pad = pad | empty
-    return pad[:, None, None, :]
+    pad = (pad | empty)[:, None, None, :]
+    setattr(pad, _Q_START, q_start)
+    return pad
+
+
+def check_backbone(config) -> str:
+    """Check at wrap time that FS attention can express the backbone's attention; return its own pattern.
+
+    Returns ``"bidirectional"`` for a backbone that is bidirectional by its config (``is_causal=False``,
+    Gemma 3's ``use_bidirectional_attention=True``; for it fsllm's ``causal`` mode is that bidirectional
+    attention), else ``"causal"``. Raises ``FSLLMError`` for encoder-decoders, chunked attention and
+    layer types other than full and sliding-window attention.
+    """
+    arch = (getattr(config, "architectures", None) or [getattr(config, "model_type", type(config).__name__)])[0]
+    if getattr(config, "is_encoder_decoder", False):
+        raise FSLLMError(f"{arch}: an encoder-decoder; FS attention wraps decoder-only backbones")
+    if getattr(config, "attention_chunk_size", None):
+        raise FSLLMError(f"{arch}: chunked attention (attention_chunk_size) is not supported by FS attention")
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    unknown = layer_types - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise FSLLMError(f"{arch}: layer types {sorted(unknown)} are not supported by FS attention")
+    return "bidirectional" if backbone_is_bidirectional(config) else "causal"
 
 
 def register() -> None:

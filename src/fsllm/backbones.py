@@ -131,6 +131,12 @@ def load_backbone(
     Hugging Face folder or a hub name. Only the decoder stack is loaded: the LM
     head is dead weight for classification (and for SmolLM2 it is tied anyway).
     """
+    from .attention import SUPPORTED_IMPLEMENTATIONS
+
+    if attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
+        raise FSLLMError(
+            f"attn_implementation {attn_implementation!r}: FS attention wraps {', '.join(SUPPORTED_IMPLEMENTATIONS)}"
+        )
     path = resolve_backbone_path(name_or_path)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise FSLLMError(f"{path}: not a model folder (no config.json)")
@@ -138,8 +144,30 @@ def load_backbone(
         model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=dtype, **kwargs)
     except OSError as e:
         raise FSLLMError(f"cannot load backbone {name_or_path!r}: {e}".splitlines()[0]) from e
+    except (ValueError, ImportError) as e:
+        # transformers' refusals of an attention implementation the model or the install lacks
+        raise FSLLMError(
+            f"cannot load backbone {name_or_path!r} with attn_implementation={attn_implementation!r}: "
+            + (str(e).strip().splitlines() or [type(e).__name__])[0]
+        ) from e
     model.config._name_or_path = name_or_path
     return model
+
+
+def backbone_num_layers(name_or_path: str) -> int | None:
+    """The decoder layer count from the backbone's config alone (``None`` if it cannot be read here:
+    loading the backbone later reports why), so a run can check ``fs_layers`` before it writes anything."""
+    if name_or_path in BUILTIN_MODELS:  # read a converted copy, never convert here
+        folder = cache_dir() / "models" / name_or_path
+        if not (folder / ".complete").is_file():
+            return None
+        name_or_path = str(folder)
+    try:
+        cfg = AutoConfig.from_pretrained(name_or_path)
+    except Exception:  # noqa: BLE001 - any failure is reported by load_backbone
+        return None
+    n = getattr(cfg, "num_hidden_layers", None)
+    return n if isinstance(n, int) else None
 
 
 def load_tokenizer(name_or_path: str = "smollm2-135m", **kwargs) -> PreTrainedTokenizerBase:

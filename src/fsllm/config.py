@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+
+from .errors import ConfigError
 
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
 TASKS = ("sequence", "token")
@@ -36,7 +39,9 @@ class FSConfig:
 
     Attributes:
         attention: ``"bidirectional"`` (every token sees every real token; the paper's
-            main setting), ``"causal"`` (the backbone unchanged: the "w/o FS" ablation) or
+            main setting), ``"causal"`` (the backbone unchanged: the "w/o FS" ablation; for a
+            backbone bidirectional by its own config, e.g. Gemma 3 with
+            ``use_bidirectional_attention=True``, that bidirectional attention) or
             ``"decay"`` (future keys at distance d get ``-decay_lambda * d`` added to their
             attention logit, i.e. weight ``exp(-lambda d)``).
         decay_lambda: lambda of ``decay`` mode (0 = bidirectional, large = causal).
@@ -72,23 +77,30 @@ class FSConfig:
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+            raise ConfigError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.decay_lambda < 0:
-            raise ValueError(f"decay_lambda must be >= 0, got {self.decay_lambda}")
+            raise ConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        if not isinstance(self.decay_lambda, (int, float)) or not math.isfinite(self.decay_lambda) or self.decay_lambda < 0:
+            # inf would give inf * 0 = NaN on the current key, NaN every logit
+            raise ConfigError(f"decay_lambda must be a finite number >= 0, got {self.decay_lambda}")
+        for name in ("lora_r", "lora_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if self.head_hidden_size is not None and not (isinstance(self.head_hidden_size, int) and self.head_hidden_size > 0):
+            raise ConfigError(f"head_hidden_size must be a positive int, got {self.head_hidden_size!r}")
         if self.learnable_lambda and self.attention != "decay":
-            raise ValueError("learnable_lambda needs attention='decay'")
+            raise ConfigError("learnable_lambda needs attention='decay'")
         if not 0 <= self.head_dropout < 1 or not 0 <= self.lora_dropout < 1:
-            raise ValueError("dropouts must be in [0, 1)")
+            raise ConfigError("dropouts must be in [0, 1)")
         if isinstance(self.fs_layers, str) and self.fs_layers != "all":
             if not re.fullmatch(r"(last|first):\d+", self.fs_layers):
-                raise ValueError(f"fs_layers must be 'all', 'last:N', 'first:N' or a list of ints, got {self.fs_layers!r}")
+                raise ConfigError(f"fs_layers must be 'all', 'last:N', 'first:N' or a list of ints, got {self.fs_layers!r}")
         elif isinstance(self.fs_layers, (list, tuple)):
             if not all(isinstance(i, int) for i in self.fs_layers):
-                raise ValueError(f"fs_layers list must hold ints, got {self.fs_layers!r}")
+                raise ConfigError(f"fs_layers list must hold ints, got {self.fs_layers!r}")
             self.fs_layers = list(self.fs_layers)
 
     def resolve_layers(self, num_layers: int) -> list[int]:
@@ -100,10 +112,14 @@ class FSConfig:
             side, n = spec.split(":")
             n = min(int(n), num_layers)
             return list(range(num_layers - n, num_layers)) if side == "last" else list(range(n))
-        out = sorted({i % num_layers for i in spec if -num_layers <= i < num_layers})
-        if len(out) != len(set(spec)):
-            raise ValueError(f"fs_layers {spec} out of range for a {num_layers}-layer backbone")
-        return out
+        outside = [i for i in spec if not -num_layers <= i < num_layers]
+        if outside:
+            raise ConfigError(f"fs_layers {spec}: {outside} out of range for a {num_layers}-layer backbone")
+        resolved = [i % num_layers for i in spec]
+        duplicates = sorted({i for i in resolved if resolved.count(i) > 1})
+        if duplicates:
+            raise ConfigError(f"fs_layers {spec}: duplicate layer {duplicates} (negative indices count from the end)")
+        return sorted(resolved)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,7 +129,7 @@ class FSConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown FSConfig fields: {sorted(unknown)}")
+            raise ConfigError(f"unknown FSConfig fields: {sorted(unknown)}")
         return cls(**data)
 
     def to_json(self) -> str:

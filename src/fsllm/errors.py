@@ -29,3 +29,8 @@ class MissingPackageError(FSLLMError):
 
 class ModelFolderError(FSLLMError):
     """A saved fsllm model or run folder is missing, incomplete or corrupt."""
+
+
+class ConfigError(FSLLMError, ValueError):
+    """A bad configuration value (``FSConfig``, ``TrainConfig``): a ``ValueError`` where it is written,
+    one line from the CLI."""

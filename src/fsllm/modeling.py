@@ -114,20 +114,16 @@ class FSModel(PreTrainedModel):
         if config.label2id is None:
             config.label2id = {v: k for k, v in config.id2label.items()}
 
-        preloaded = backbone is not None
         if backbone is None:
             impl = config.decoder_config._attn_implementation or config.backbone_attn_implementation
             backbone = AutoModel.from_config(config.decoder_config, attn_implementation=fs_attention.base_implementation_name(impl))
         base = base_model_of(backbone)
+        fs_attention.check_backbone(base.config)  # refuse what FS attention cannot express, at wrap time
         config.decoder_config = base.config
         config.backbone_attn_implementation = fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa")
         # Causal mode goes through the same wrapper too, so padding is handled the
         # same way in every mode (and fs_layers can mix modes).
         base.set_attn_implementation(fs_attention.fs_implementation_name(config.backbone_attn_implementation))
-        if preloaded:
-            # its weights are the pretrained ones: post_init must not initialise them again
-            for module in base.modules():
-                module._is_hf_initialized = True
         self.num_layers = len(decoder_layers(base))
         self.fs_layer_ids = fs_config.resolve_layers(self.num_layers)
         modes = ["causal"] * self.num_layers
@@ -161,6 +157,12 @@ class FSModel(PreTrainedModel):
                 base = get_peft_model(base, lora)
             # PEFT's per-projection dropout dominates a CPU step; same statistics, cheaper masks
             use_fast_lora_dropout(base)
+        if next(base.parameters()).device.type != "meta":
+            # The backbone holds its weights (pretrained, or initialised by its own from_config) and LoRA
+            # its PEFT init (B = 0): post_init must not initialise them again (the backbone's _init_weights
+            # would draw LoRA B from a normal, so the untrained model would no longer be the backbone).
+            for module in base.modules():
+                module._is_hf_initialized = True
         self.backbone = base
         self.head = ClassificationHead(
             base.config.hidden_size if not isinstance(base, PeftModel) else base.get_base_model().config.hidden_size,
@@ -210,12 +212,15 @@ class FSModel(PreTrainedModel):
         else:
             ref = base_model_of(backbone).config._name_or_path
         base = base_model_of(backbone)
+        impl = fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa")
         config = FSLLMConfig(
             task=cls.task,
             fs=(fs_config or FSConfig()).to_dict(),
             backbone=portable_backbone_ref(ref) if ref else None,
             decoder_config=base.config,
-            backbone_attn_implementation=fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa"),
+            backbone_attn_implementation=impl,
+            # a config sets its implementation on its sub-configs: left unset, it would reset the backbone's
+            attn_implementation=impl,
             id2label=id2label,
             label2id=label2id or {v: k for k, v in id2label.items()},
         )
@@ -260,6 +265,8 @@ class FSModel(PreTrainedModel):
             use_cache=False,
             fs_attention=state,
         )
+        # a layer that never saw the state computed causal attention: fail rather than train on it
+        state.check_complete(self.num_layers, type(self._base_model()).__name__, lambda: decoder_layers(self.backbone))
         return out.last_hidden_state
 
     # ------------------------------------------------------------------ parameters

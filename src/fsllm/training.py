@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -45,10 +46,11 @@ from transformers.trainer_pt_utils import (
     get_length_grouped_indices,
 )
 
-from .backbones import load_tokenizer
+from .attention import SUPPORTED_IMPLEMENTATIONS
+from .backbones import backbone_num_layers, load_tokenizer
 from .config import FSConfig
 from .data import load_any
-from .errors import DataError, FSLLMError
+from .errors import ConfigError, DataError, FSLLMError
 from .inference import evaluate_examples
 from .metrics import primary_metric
 from .model_card import model_card_text
@@ -109,6 +111,36 @@ class TrainConfig:
     # the same wherever it falls, as with random batches (see ``FSTrainer.compute_loss``).
     length_balanced_loss: bool = False
 
+    def __post_init__(self) -> None:
+        # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
+        # steps and then score dev and test as if it had trained).
+        if not isinstance(self.fs, FSConfig):
+            raise ConfigError(f"fs must be an FSConfig, got {type(self.fs).__name__}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attn_implementation {self.attn_implementation!r}: choose one of {', '.join(SUPPORTED_IMPLEMENTATIONS)}"
+            )
+        if not (_is_int(self.max_steps) and (self.max_steps > 0 or self.max_steps == -1)):
+            raise ConfigError(f"max_steps must be > 0 (or -1: train for epochs), got {self.max_steps!r}")
+        if self.max_steps == -1 and not (_is_number(self.epochs) and math.isfinite(self.epochs) and self.epochs > 0):
+            raise ConfigError(f"epochs must be > 0 (unless max_steps > 0), got {self.epochs!r}")
+        if not (_is_number(self.learning_rate) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not (_is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        for name in ("batch_size", "eval_batch_size", "max_length", "logging_steps"):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("train_subset", "dev_subset", "test_subset", "eval_steps", "save_total_limit",
+                     "early_stopping_patience", "pad_to_length"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["fs"] = self.fs.to_dict()
@@ -123,6 +155,14 @@ class TrainConfig:
         if unknown:
             raise FSLLMError(f"unknown training options {sorted(unknown)}")
         return cls(fs=fs, **d)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -365,8 +405,9 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         if overrides:
             config = dataclasses.replace(config, **overrides)
     cfg = config
-    if cfg.precision not in PRECISIONS:
-        raise FSLLMError(f"precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    # explicit fs_layers are checked against the backbone's layer count (its config alone) before anything is written
+    if isinstance(cfg.fs.fs_layers, list) and (num_layers := backbone_num_layers(cfg.model)) is not None:
+        cfg.fs.resolve_layers(num_layers)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     # Under torchrun / accelerate launch every process runs this function; process 0 alone
