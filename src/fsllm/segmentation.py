@@ -82,7 +82,7 @@ _SHADOW_TOKEN = regex.compile(
     rf"""
       [{_ONE}{_EMO}]
     | (?:\p{{L}}\.){{2,}}                                   # initialisms: U.S. e.g. a.m.
-    | (?P<abbr>\p{{L}}+)\.(?!{_W})                          # Mr. Inc. J. (checked below)
+    | (?P<abbr>\p{{L}}+)\.(?!{_W}|\.)                       # Mr. Inc. J. (checked below)
     | {_APOS}(?i:s|re|ll|d|m|ve)(?!{_W})                    # a clitic written apart: Suisse 's
     | {_W}+(?:(?:[-'’/&.]|(?<=\d)[,:](?=\d)){_W}+)*        # words, numbers, hyphenated words
     | \.{{2,}} | -{{2,}}                                    # ... and --
