@@ -113,13 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("texts", nargs="*", help="texts to classify (default: read lines from --file or stdin)")
     pr.add_argument("--file", "-f", default=None, help="a file with one text per line")
     pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--pre-split", action="store_true",
+                    help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
+                         'segmenter for Chinese or Thai); out: the object plus "tags" and "entities"')
 
     sub.add_parser("datasets", help="list the built-in data sets")
     sub.add_parser("models", help="list the built-in backbones")
     return p
 
 
-def _read_lines(path: str | None) -> list[str]:
+def _read_lines(path: str | None, keep_numbers: bool = False) -> list:
     if path is None:
         raw = sys.stdin.buffer.read()
         name = "<stdin>"
@@ -136,7 +139,38 @@ def _read_lines(path: str | None) -> list[str]:
         from .errors import DataError
 
         raise DataError("not valid UTF-8", name, line) from None
+    if keep_numbers:
+        return [(name, n, ln) for n, ln in enumerate(text.split("\n"), start=1) if ln.strip()]
     return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def _pre_split_inputs(a: argparse.Namespace) -> list[dict]:
+    """``--pre-split`` inputs: one JSON object with a ``tokens`` list per argument or line.
+
+    JSON rather than whitespace-separated words so that a word may itself hold a space and other
+    fields (an id) travel through to the output; errors name the file (or argument) and line.
+    """
+    from .errors import DataError
+
+    if a.texts:
+        items = [("argument", n, t) for n, t in enumerate(a.texts, start=1)]
+    else:
+        items = _read_lines(a.file, keep_numbers=True)
+    out = []
+    for name, n, line in items:
+        where = (f"argument {n}", None) if name == "argument" else (name, n)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f'--pre-split: invalid JSON ({e.msg}); expected {{"tokens": [...]}}', *where) from None
+        toks = obj.get("tokens") if isinstance(obj, dict) else None
+        if not isinstance(toks, list) or not toks:
+            raise DataError('--pre-split: expected a JSON object with a non-empty "tokens" list', *where)
+        bad = [k for k, t in enumerate(toks) if not isinstance(t, str) or not t.strip()]
+        if bad:
+            raise DataError(f"--pre-split: token {bad[0] + 1} ({toks[bad[0]]!r}) is not a non-empty string", *where)
+        out.append(obj)
+    return out
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -197,6 +231,18 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from .inference import Predictor
 
+    if a.pre_split:
+        objs = _pre_split_inputs(a)
+        if not objs:
+            raise FSLLMError("no input (give JSON objects as arguments, with --file, or on stdin)")
+        pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size)
+        if pred.task != "token":
+            raise FSLLMError(f"--pre-split applies to NER models; {a.model} is a sequence classifier")
+        results = pred.predict(words=[o["tokens"] for o in objs], progress="predict" if len(objs) > 200 else False)
+        for o, r in zip(objs, results):
+            out = {**o, "tags": r["tags"], "entities": r["entities"]}
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        return 0
     texts = a.texts or _read_lines(a.file)
     if not texts:
         raise FSLLMError("no input texts (give them as arguments, with --file, or on stdin)")
@@ -232,7 +278,13 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "datas
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, extra = parser.parse_known_args(argv)
+    if extra and a.command == "predict" and not any(x.startswith("-") for x in extra):
+        # argparse gives the texts of `predict RUN --pre-split TEXT...` (texts after an option) back
+        # as unknown: they are texts all the same
+        a.texts = list(a.texts) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if a.command is None:
         parser.print_help()
         return 2
