@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained model on a data split")
     e.add_argument("model", help="run folder or saved model folder")
-    e.add_argument("--data", required=True, help="catalogue name, folder, file or hub id")
-    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--data", required=True, help="catalogue name, folder, hub id, or one labelled file "
+                   "(.conll/.txt, .csv/.tsv/.jsonl/.json), which is scored whole")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                   help="split of a data set or folder (default test); not used for a single file")
     e.add_argument("--text-column", default=None)
     e.add_argument("--label-column", default=None)
     e.add_argument("--subset", type=int, default=None)
@@ -209,15 +211,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .data import load_any
+    from .data import load_eval_split
     from .inference import Predictor, evaluate_examples
     from .training import seeded_subset
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True)
-    data = load_any(a.data, task=pred.task, text_column=a.text_column, label_column=a.label_column)
-    if a.split not in data.splits:
-        raise FSLLMError(f"{a.data}: no {a.split} split (has {sorted(data.splits)})")
-    exs = seeded_subset(list(data.splits[a.split]), a.subset, 42)
+    rows, _source = load_eval_split(a.data, a.split, task=pred.task, text_column=a.text_column,
+                                    label_column=a.label_column, labels=pred.model.label2id)
+    exs = seeded_subset(rows, a.subset, 42)
     metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split)
     if a.output:
         with open(a.output, "w") as f:

@@ -274,6 +274,7 @@ def read_conll(
     token_col: int = 0,
     tag_col: int = -1,
     stats: dict | None = None,
+    keep_lines: bool = False,
 ) -> list[dict]:
     """Read a CoNLL-style file into ``[{"tokens": [...], "tags": [...]}]`` with IOB2 tags.
 
@@ -281,7 +282,8 @@ def read_conll(
     any whitespace.  Lines whose first column is ``-DOCSTART-`` are skipped and end the current
     sentence; blank (whitespace-only) lines separate sentences.  ``stats`` (a dict), when given,
     receives ``scheme`` (the scheme used, auto-detected or given), ``repairs``, ``sentences`` and
-    ``tokens``.
+    ``tokens``. ``keep_lines=True`` adds ``"lines"``, each token's line number, so that a later
+    check (a label the model does not know) can point at the line as the reader's own errors do.
     """
     p = str(path)
     _norm_scheme(scheme)
@@ -346,6 +348,8 @@ def read_conll(
             sentences=len(sentences),
             tokens=sum(len(s[0]) for s in sentences),
         )
+    if keep_lines:
+        return [{"tokens": s[0], "tags": t, "lines": s[2]} for s, t in zip(sentences, tags)]
     return [{"tokens": s[0], "tags": t} for s, t in zip(sentences, tags)]
 
 
@@ -366,6 +370,7 @@ def read_table(
     text_column: str = "text",
     label_column: str | None = "label",
     fmt: str | None = None,
+    keep_lines: bool = False,
 ) -> list[dict]:
     """Read CSV, TSV or JSON lines into ``[{"text": str, "label": str}]``.
 
@@ -376,7 +381,8 @@ def read_table(
     lines; the line reported is where the row starts, the header being line 1).  TSV is read
     one row per physical line with no quoting (``csv.QUOTE_NONE``), so quotes stay in the text.
     Labels are converted with ``str``.  ``label_column=None`` reads unlabelled text (no
-    ``label`` key).
+    ``label`` key).  ``keep_lines=True`` adds ``"line"`` (the row's first line; for a JSON array
+    ``None`` and ``"record"``, its index) so later checks can name the place.
     """
     p = str(path)
     if fmt is None:
@@ -420,6 +426,10 @@ def read_table(
             if lab is None or (isinstance(lab, str) and not lab.strip()):
                 raise DataError(f"{rec_note}empty label in column {label_column!r}", p, loc.get("line"))
             item["label"] = lab.strip() if isinstance(lab, str) else str(lab)
+        if keep_lines:
+            item["line"] = loc.get("line")
+            if not isinstance(where, int):
+                item["record"] = int(str(where).split()[-1])
         out.append(item)
     if not out:
         raise DataError("no rows found (only a header)" if fmt in ("csv", "tsv") else "no records found", p)
