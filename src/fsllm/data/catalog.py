@@ -29,6 +29,7 @@ from .readers import (
     load_hf,
     read_conll,
     read_table,
+    show,
     split_deterministic,
     table_format,
 )
@@ -556,10 +557,10 @@ def _check_known(rows: list[dict], task: str, labels: set[str] | list[str], path
         if task == "token":
             for t, line in zip(r["tags"], r["lines"]):
                 if t not in known:
-                    raise DataError(f"unknown label {t!r}: the model knows {shown}", path, line)
+                    raise DataError(f"unknown label {show(t)}: the model knows {shown}", path, line)
         elif r["label"] not in known:
             rec = f"record {r['record']}: " if r.get("record") is not None else ""
-            raise DataError(f"{rec}unknown label {r['label']!r}: the model knows {shown}", path, r.get("line"))
+            raise DataError(f"{rec}unknown label {show(r['label'])}: the model knows {shown}", path, r.get("line"))
 
 
 def load_eval_split(
