@@ -124,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_lines(path: str | None, keep_numbers: bool = False) -> list:
+def _read_lines(path: str | None) -> list[tuple[str, int, str]]:
+    """Non-blank lines of ``path`` (or stdin) as ``(name, line number, text)``.
+
+    Decoded like the data readers (a BOM selects UTF-8/16/32; control characters and bad bytes
+    are an error at their line) and split at LF, CRLF or CR only, so the numbers in errors are
+    the ones an editor shows.
+    """
+    from .data.readers import decode_text, split_lines
+
     if path is None:
         raw = sys.stdin.buffer.read()
         name = "<stdin>"
@@ -134,16 +142,8 @@ def _read_lines(path: str | None, keep_numbers: bool = False) -> list:
         except OSError as e:
             raise FSLLMError(f"{path}: {e.strerror}") from None
         name = path
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        from .errors import DataError
-
-        raise DataError("not valid UTF-8", name, line) from None
-    if keep_numbers:
-        return [(name, n, ln) for n, ln in enumerate(text.split("\n"), start=1) if ln.strip()]
-    return [ln for ln in text.splitlines() if ln.strip()]
+    text = decode_text(raw, name)
+    return [(name, n, ln) for n, ln in enumerate(split_lines(text), start=1) if ln.strip()]
 
 
 def _pre_split_inputs(a: argparse.Namespace) -> list[dict]:
@@ -157,7 +157,7 @@ def _pre_split_inputs(a: argparse.Namespace) -> list[dict]:
     if a.texts:
         items = [("argument", n, t) for n, t in enumerate(a.texts, start=1)]
     else:
-        items = _read_lines(a.file, keep_numbers=True)
+        items = _read_lines(a.file)
     out = []
     for name, n, line in items:
         where = (f"argument {n}", None) if name == "argument" else (name, n)
@@ -244,10 +244,21 @@ def cmd_predict(a: argparse.Namespace) -> int:
             out = {**o, "tags": r["tags"], "entities": r["entities"]}
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         return 0
-    texts = a.texts or _read_lines(a.file)
+    from .errors import DataError
+    from .segmentation import segment
+
+    items = [("argument", n, t) for n, t in enumerate(a.texts, start=1)] if a.texts else _read_lines(a.file)
+    texts = [t for _, _, t in items]
     if not texts:
         raise FSLLMError("no input texts (give them as arguments, with --file, or on stdin)")
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size)
+    for name, n, t in items:
+        # checked here, not only in predict, to name the file and line
+        where = (f"argument {n}", None) if name == "argument" else (name, n)
+        if not t.strip():
+            raise DataError("empty text", *where)
+        if pred.task == "token" and not segment(t):
+            raise DataError("no words in the text (only invisible or control characters)", *where)
     results = pred.predict(texts, progress="predict" if len(texts) > 200 else False)
     for text, r in zip(texts, results):
         out = {"text": text, **r} if isinstance(r, dict) else {"text": text, "entities": r}
