@@ -310,3 +310,23 @@ def test_predict_bad_inputs_one_line(tmp_path, tiny_ner_model_dir, capsys):
     f = write(tmp_path, "x.txt", b"ok\n\xff\xfeok\n")
     assert one_error(["predict", tiny_ner_model_dir, "--file", f], capsys).startswith(f"fsllm: error: {f}:2: not valid UTF-8")
     assert "argument 2: empty text" in one_error(["predict", tiny_ner_model_dir, "John", "  "], capsys)
+
+
+# ------------------------------------------------------------------ saved Hugging Face data sets
+
+
+def test_saved_dataset_empty_tokens_and_labels(tmp_path):
+    import datasets
+
+    from fsllm.data import load_hf
+
+    datasets.disable_progress_bars()
+    tok = datasets.Dataset.from_dict({"tokens": [["John", "lives"], ["Mary", " "]], "ner_tags": [["B-PER", "O"], ["B-PER", "O"]]})
+    tok.save_to_disk(str(tmp_path / "tok"))
+    with pytest.raises(DataError, match=r"split 'train' example 1: token 1 is empty") as ei:
+        load_hf(tmp_path / "tok")
+    assert str(ei.value).startswith(f"{tmp_path / 'tok'}: ")
+    seq = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": ["positive", ""]})
+    seq.save_to_disk(str(tmp_path / "seq"))
+    with pytest.raises(DataError, match=r"split 'train' example 1: empty label"):
+        load_hf(tmp_path / "seq")

@@ -805,6 +805,8 @@ def load_hf(
                 raise DataError(f"split {sname!r} example {unl[0]}: missing label ({labs[unl[0]]!r})", name)
             out = []
             for i, (t, v) in enumerate(zip(texts, labs)):
+                if isinstance(v, str) and not v.strip():
+                    raise DataError(f"split {sname!r} example {i}: empty label", name)
                 if isinstance(v, bool) or not isinstance(v, int) or names is None:
                     lab = str(v)
                 else:
@@ -851,6 +853,10 @@ def load_hf(
             conv = convert_to_iob2(tag_strs, scheme=scheme, repair=repair, stats=st, where=f"{name} [{sname}]")
             if st.get("repairs"):
                 notes.append(f"{st['repairs']} tag(s) repaired in {sname!r}")
+            for i, t in enumerate(toks):
+                empty = next((j for j, x in enumerate(t) if x is None or not str(x).strip()), None)
+                if empty is not None:  # it would get no sub-token, and fail far from here
+                    raise DataError(f"split {sname!r} example {i}: token {empty} is empty ({t[empty]!r})", name)
             rows[sname] = [{"tokens": [str(x) for x in t], "tags": g} for t, g in zip(toks, conv)]
 
     if "validation" not in rows and carve_validation and "train" in rows:
