@@ -7,6 +7,7 @@ starting ``path:line:`` where a line can be named, and through the CLI exit stat
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -143,9 +144,11 @@ def test_json_array_in_utf16(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
 def test_tables_long_text(tmp_path, fmt):
+    limit = csv.field_size_limit()
     for n in (100_000, 300_000):  # csv's own field limit is 131,072 characters
         rows = [{"text": "y" * n, "label": "positive"}]
         assert read_table(write(tmp_path, f"t.{fmt}", table(fmt, rows))) == rows
+        assert csv.field_size_limit() == limit  # the process-wide limit is restored
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])

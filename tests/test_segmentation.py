@@ -65,6 +65,8 @@ def test_clitics_are_split_like_the_treebank(text, expected):
         ("(Reuters) - \"yes\", he said; ok?!", ["(", "Reuters", ")", "-", '"', "yes", '"', ",", "he", "said", ";", "ok", "?", "!"]),
         # a period after an ordinary word ends a sentence, mid-text too
         ("He lives in Paris. She works.", ["He", "lives", "in", "Paris", ".", "She", "works", "."]),
+        ("I said no. No. 1 and Vol. 2 of the U.S.-based Acme Corp.'s", ["I", "said", "no", ".", "No.", "1", "and", "Vol.",
+                                                                         "2", "of", "the", "U.S.-based", "Acme", "Corp.", "'s"]),
         ("1,2", ["1,2"]),
         ("a,b", ["a", ",", "b"]),
     ],

@@ -35,8 +35,9 @@ Design (:func:`segment`):
 
    * clitics are split off: ``'s 're 'll 'd 'm 've`` and ``n't`` (``don't`` -> ``do n't``,
      ``can't`` -> ``ca n't`` as in the Treebank); ``’`` counts as an apostrophe;
-   * kept whole: initialisms (``U.S.``, ``e.g.``), single capital initials (``J.``), a short list
-     of title and company abbreviations (``Mr.``, ``Inc.``; :data:`ABBREVIATIONS`), numbers with
+   * kept whole: initialisms (``U.S.``, ``e.g.``, ``U.S.-based``), single capital initials (``J.``),
+     a short list of title and company abbreviations (``Mr.``, ``Inc.``; :data:`ABBREVIATIONS`;
+     ``No.`` only before a number, :data:`NUMBER_ABBREVIATIONS`), numbers with
      separators (``3.5``, ``1,000``, ``10:30``, ``1996-08-22``), hyphenated words and scores
      (``Smith-Jones``, ``1-0``), ``AT&T``, ``and/or``, ``O'Neill``, and runs ``...`` / ``--``;
    * any other punctuation or symbol is a word of its own; a sentence-final period is split off.
@@ -55,15 +56,17 @@ from dataclasses import dataclass
 
 import regex
 
-__all__ = ["Word", "segment", "split_words", "ABBREVIATIONS"]
+__all__ = ["Word", "segment", "split_words", "ABBREVIATIONS", "NUMBER_ABBREVIATIONS"]
 
 #: Abbreviations whose period belongs to the word (compared without the period, case-insensitive).
 #: Only the frequent titles, company suffixes and months of news text: a period after any other
 #: word is split off, which is what a model trained on CoNLL needs at a sentence end.
 ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st jr sr gen col lt sgt capt gov sen rep rev hon mt ft inc ltd corp co bros "
-    "plc vs etc jan feb mar apr jun jul aug sep sept oct nov dec no nos vol pp approx est".split()
+    "plc vs etc jan feb mar apr jun jul aug sep sept oct nov dec approx est".split()
 )
+#: Abbreviations only before a number (``No. 1``, ``Vol. 2``): ``no.`` at a sentence end is a word.
+NUMBER_ABBREVIATIONS = frozenset("no nos vol pp fig".split())
 
 _SPACE = regex.compile(r"[\s\p{Cc}]")
 _INVISIBLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
@@ -81,7 +84,7 @@ _APOS = "['’]"
 _SHADOW_TOKEN = regex.compile(
     rf"""
       [{_ONE}{_EMO}]
-    | (?:\p{{L}}\.){{2,}}                                   # initialisms: U.S. e.g. a.m.
+    | (?:\p{{L}}\.){{2,}}(?:-{_W}+)*                          # initialisms: U.S. e.g. a.m. U.S.-based
     | (?P<abbr>\p{{L}}+)\.(?!{_W}|\.)                       # Mr. Inc. J. (checked below)
     | {_APOS}(?i:s|re|ll|d|m|ve)(?!{_W})                    # a clitic written apart: Suisse 's
     | {_W}+(?:(?:[-'’/&.]|(?<=\d)[,:](?=\d)){_W}+)*        # words, numbers, hyphenated words
@@ -90,6 +93,7 @@ _SHADOW_TOKEN = regex.compile(
     """,
     regex.VERBOSE,
 )
+_NUMBER_AHEAD = regex.compile(r" *\d")
 _CLITIC = regex.compile(rf"(?i)^(.+?)(n{_APOS}t|{_APOS}(?:s|re|ll|d|m|ve))$")
 
 
@@ -154,7 +158,9 @@ def segment(text: str) -> list[Word]:
             continue
         if m.group("abbr") is not None:
             ab = m.group("abbr")
-            if not (ab.lower() in ABBREVIATIONS or (len(ab) == 1 and ab.isupper())):
+            before_number = _NUMBER_AHEAD.match(sh, j) is not None
+            known = ab.lower() in ABBREVIATIONS or (ab.lower() in NUMBER_ABBREVIATIONS and before_number)
+            if not (known or (len(ab) == 1 and ab.isupper())):
                 add(i, j - 1)  # an ordinary word: the period after it is its own word
                 add(j - 1, j)
                 continue
