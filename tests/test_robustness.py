@@ -92,7 +92,9 @@ def test_conll_without_sentences(tmp_path, data, line):
 @pytest.mark.parametrize("ctrl, col", [("\x00", 3), ("\x07", 3), ("\x1b", 3), ("\x0b", 3), ("\x7f", 3)])
 def test_conll_control_characters(tmp_path, ctrl, col):
     # \x0b and \x1c.. are white space to str.split(): they would silently split a token
-    expect_one_line(write(tmp_path, "c.conll", f"John B-PER\nPa{ctrl}ris B-LOC\n"), 2, f"U+{ord(ctrl):04X}", f"column {col}")
+    expect_one_line(
+        write(tmp_path, "c.conll", f"John B-PER\nPa{ctrl}ris B-LOC\n"), 2, f"U+{ord(ctrl):04X}", f"column {col}"
+    )
 
 
 def test_utf16_without_bom_is_named(tmp_path):
@@ -182,8 +184,9 @@ def test_csv_quoted_newline_is_one_row_and_later_lines_count_physically(tmp_path
 
 
 def test_csv_broken_quotes(tmp_path):
-    expect_one_line(write(tmp_path, "u.csv", 'text,label\ngood,positive\n"never closed,negative\nmore,x\n'), 3,
-                    "never closed")
+    expect_one_line(
+        write(tmp_path, "u.csv", 'text,label\ngood,positive\n"never closed,negative\nmore,x\n'), 3, "never closed"
+    )
     # a quote in the middle of a quoted field would silently glue text together
     expect_one_line(write(tmp_path, "s.csv", 'text,label\n"ab"cd,positive\n'), 2, "malformed CSV")
     # quotes inside an unquoted field are text
@@ -193,23 +196,39 @@ def test_csv_broken_quotes(tmp_path):
 @pytest.mark.parametrize("fmt", ["csv", "tsv"])
 def test_duplicate_column_names(tmp_path, fmt):
     sep = "," if fmt == "csv" else "\t"
-    expect_one_line(write(tmp_path, f"d.{fmt}", sep.join(["text", "label", "label"]) + "\n" + sep.join(["a", "x", "y"]) + "\n"),
-                    1, "'label' occurs more than once")
-    expect_one_line(write(tmp_path, f"t.{fmt}", sep.join(["text", "text", "label"]) + "\n" + sep.join(["a", "b", "y"]) + "\n"),
-                    1, "'text' occurs more than once")
+    expect_one_line(
+        write(tmp_path, f"d.{fmt}", sep.join(["text", "label", "label"]) + "\n" + sep.join(["a", "x", "y"]) + "\n"),
+        1,
+        "'label' occurs more than once",
+    )
+    expect_one_line(
+        write(tmp_path, f"t.{fmt}", sep.join(["text", "text", "label"]) + "\n" + sep.join(["a", "b", "y"]) + "\n"),
+        1,
+        "'text' occurs more than once",
+    )
     # a repeated column that is not read is harmless
-    p = write(tmp_path, f"n.{fmt}", sep.join(["note", "text", "note", "label"]) + "\n" + sep.join(["1", "a", "2", "y"]) + "\n")
+    p = write(
+        tmp_path, f"n.{fmt}", sep.join(["note", "text", "note", "label"]) + "\n" + sep.join(["1", "a", "2", "y"]) + "\n"
+    )
     assert read_table(p) == [{"text": "a", "label": "y"}]
 
 
 def test_json_duplicate_keys_and_non_scalar_values(tmp_path):
-    expect_one_line(write(tmp_path, "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "x", "label": "y"}\n'),
-                    2, "'label' occurs more than once")
-    expect_one_line(write(tmp_path, "d.json", '[{"text": "a", "label": "x", "label": "y"}]'), None,
-                    "record 0: column 'label' occurs more than once")
+    expect_one_line(
+        write(tmp_path, "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "x", "label": "y"}\n'),
+        2,
+        "'label' occurs more than once",
+    )
+    expect_one_line(
+        write(tmp_path, "d.json", '[{"text": "a", "label": "x", "label": "y"}]'),
+        None,
+        "record 0: column 'label' occurs more than once",
+    )
     expect_one_line(write(tmp_path, "l.jsonl", '{"text": "a", "label": ["x"]}\n'), 1, "JSON array")
     expect_one_line(write(tmp_path, "o.jsonl", '{"text": {"t": 1}, "label": "x"}\n'), 1, "JSON object")
-    expect_one_line(write(tmp_path, "n.jsonl", '{"text": "a", "label": NaN}\n'), 1, "empty label")  # pandas' missing value
+    expect_one_line(
+        write(tmp_path, "n.jsonl", '{"text": "a", "label": NaN}\n'), 1, "empty label"
+    )  # pandas' missing value
 
 
 # ------------------------------------------------------------------ through the CLI
@@ -244,8 +263,8 @@ def test_eval_on_bad_files_one_line_and_nothing_written(tmp_path, tiny_ner_model
 @pytest.mark.parametrize(
     "data",
     [
-        'text,label,label\na,positive,negative\n',
-        'text,label\ngood,positive\nbad,\n',
+        "text,label,label\na,positive,negative\n",
+        "text,label\ngood,positive\nbad,\n",
         'text,label\n"open,positive\n',
     ],
 )
@@ -311,7 +330,9 @@ def test_predict_bad_inputs_one_line(tmp_path, tiny_ner_model_dir, capsys):
     f = write(tmp_path, "b.txt", "\n \n\r\n")
     assert "no input texts" in one_error(["predict", tiny_ner_model_dir, "--file", f], capsys)
     f = write(tmp_path, "x.txt", b"ok\n\xff\xfeok\n")
-    assert one_error(["predict", tiny_ner_model_dir, "--file", f], capsys).startswith(f"fsllm: error: {f}:2: not valid UTF-8")
+    assert one_error(["predict", tiny_ner_model_dir, "--file", f], capsys).startswith(
+        f"fsllm: error: {f}:2: not valid UTF-8"
+    )
     assert "argument 2: empty text" in one_error(["predict", tiny_ner_model_dir, "John", "  "], capsys)
 
 
@@ -324,7 +345,9 @@ def test_saved_dataset_empty_tokens_and_labels(tmp_path):
     from fsllm.data import load_hf
 
     datasets.disable_progress_bars()
-    tok = datasets.Dataset.from_dict({"tokens": [["John", "lives"], ["Mary", " "]], "ner_tags": [["B-PER", "O"], ["B-PER", "O"]]})
+    tok = datasets.Dataset.from_dict(
+        {"tokens": [["John", "lives"], ["Mary", " "]], "ner_tags": [["B-PER", "O"], ["B-PER", "O"]]}
+    )
     tok.save_to_disk(str(tmp_path / "tok"))
     with pytest.raises(DataError, match=r"split 'train' example 1: token 1 is empty") as ei:
         load_hf(tmp_path / "tok")

@@ -205,7 +205,11 @@ class Predictor:
         return self.model.task
 
     def predict(
-        self, texts: Iterable[str] | None = None, progress: bool | str = False, *, words: Iterable[Sequence[str]] | None = None
+        self,
+        texts: Iterable[str] | None = None,
+        progress: bool | str = False,
+        *,
+        words: Iterable[Sequence[str]] | None = None,
     ) -> list:
         """Sequence tasks: ``{"label", "score"}`` per text. Token tasks: a list of entity spans per text.
 
@@ -259,7 +263,9 @@ class Predictor:
             for k, w in enumerate(ws):
                 if not isinstance(w, str) or not w.strip():
                     raise DataError(f"input {n + 1}: word {k + 1} is {w!r}; words must be non-empty strings")
-        tags, scores, _ = predict_word_tags(self.model, self.tokenizer, sentences, self.max_length, self.batch_size, progress)
+        tags, scores, _ = predict_word_tags(
+            self.model, self.tokenizer, sentences, self.max_length, self.batch_size, progress
+        )
         out = []
         for ws, tg, sc in zip(sentences, tags, scores):
             text, spans = join_words(ws)

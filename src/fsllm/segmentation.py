@@ -40,6 +40,9 @@ Design (:func:`segment`):
      ``No.`` only before a number, :data:`NUMBER_ABBREVIATIONS`), numbers with
      separators (``3.5``, ``1,000``, ``10:30``, ``1996-08-22``), hyphenated words and scores
      (``Smith-Jones``, ``1-0``), ``AT&T``, ``and/or``, ``O'Neill``, and runs ``...`` / ``--``;
+   * a list item's number at the start of a line keeps its period (``1. Smith``), as do ``.496``
+     and currencies such as ``C$``, ``US$``, and ``+`` stays on a number (``+44``), as in
+     CoNLL-2003's tables and results;
    * any other punctuation or symbol is a word of its own; a sentence-final period is split off.
 
 Every word satisfies ``text[start:end] == word.text``. The model, however, is fed
@@ -69,6 +72,7 @@ ABBREVIATIONS = frozenset(
 NUMBER_ABBREVIATIONS = frozenset("no nos vol pp fig".split())
 
 _SPACE = regex.compile(r"[\s\p{Cc}]")
+_LINE_BREAK = regex.compile(r"[\n\r\v\f\x85\u2028\u2029]")
 _INVISIBLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
 _ALL_INVISIBLE = regex.compile(r"\p{Default_Ignorable_Code_Point}+")
 _NO_SPACE_SCRIPT = regex.compile(
@@ -85,15 +89,19 @@ _SHADOW_TOKEN = regex.compile(
     rf"""
       [{_ONE}{_EMO}]
     | (?:\p{{L}}\.){{2,}}(?:-{_W}+)*                          # initialisms: U.S. e.g. a.m. U.S.-based
+    | (?<![^\n])\d{{1,3}}\.(?=[ ])                            # a list item's number at a line start: 1. Smith
+    | \.\d+                                                # .496 (a batting average)
+    | \p{{Lu}}{{1,2}}\$                                       # currencies: C$ US$ HK$
     | (?P<abbr>\p{{L}}+)\.(?!{_W}|\.)                       # Mr. Inc. J. (checked below)
     | {_APOS}(?i:s|re|ll|d|m|ve)(?!{_W})                    # a clitic written apart: Suisse 's
-    | {_W}+(?:(?:[-'’/&.]|(?<=\d)[,:](?=\d)){_W}+)*        # words, numbers, hyphenated words
+    | (?:(?<![^ \n])\+(?=\d))?                                # +44, +0.5: a plus sign before a number stays
+      {_W}+(?:(?:[-'’/&.]|(?<=\d)[,:](?=\d)){_W}+)*        # words, numbers, hyphenated words
     | \.{{2,}} | -{{2,}}                                    # ... and --
-    | [^ ]                                                  # any other mark: a word of its own
+    | [^ \n]                                                # any other mark: a word of its own
     """,
     regex.VERBOSE,
 )
-_NUMBER_AHEAD = regex.compile(r" *\d")
+_NUMBER_AHEAD = regex.compile(r"[ \n]*\d")
 _CLITIC = regex.compile(rf"(?i)^(.+?)(n{_APOS}t|{_APOS}(?:s|re|ll|d|m|ve))$")
 
 
@@ -108,10 +116,10 @@ class Word:
 
 
 def _cluster_class(cluster: str) -> str:
-    """``" "`` separator, ``""`` transparent, a placeholder, or the cluster's base character."""
+    """``" "``/``"\\n"`` separator, ``""`` transparent, a placeholder, or the cluster's base character."""
     base = cluster[0]
     if _SPACE.match(base):
-        return " "
+        return "\n" if _LINE_BREAK.search(cluster) else " "
     if _ALL_INVISIBLE.fullmatch(cluster):
         return ""
     if _EMOJI.search(cluster):
@@ -154,7 +162,7 @@ def segment(text: str) -> list[Word]:
 
     for m in _SHADOW_TOKEN.finditer(sh):
         i, j = m.span()
-        if sh[i] == " ":
+        if sh[i] in " \n":
             continue
         if m.group("abbr") is not None:
             ab = m.group("abbr")

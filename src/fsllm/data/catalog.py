@@ -34,7 +34,9 @@ from .readers import (
     table_format,
 )
 
-__all__ = ["list_datasets", "load_named", "load_any", "load_eval_split", "HUB_DIR_ENV", "ONTONOTES5_TAGS", "CONLL2003_TAGS"]
+__all__ = [
+    "list_datasets", "load_named", "load_any", "load_eval_split", "HUB_DIR_ENV", "ONTONOTES5_TAGS", "CONLL2003_TAGS",
+]
 
 HUB_DIR_ENV = "FSLLM_HUB_DIR"
 SEED = 0
@@ -601,7 +603,8 @@ def load_eval_split(
                         str(p),
                     )
                 if split not in found:
-                    raise DataError(f"no {split} file; split files found: {', '.join(f.name for f in found.values())}", str(p))
+                    names = ", ".join(f.name for f in found.values())
+                    raise DataError(f"no {split} file; split files found: {names}", str(p))
                 files = {split: found[split]}
     if files is None:
         data = load_any(spec, task=task, text_column=text_column, label_column=label_column)

@@ -303,7 +303,9 @@ def convert_to_iob2(
         for ti, tag in enumerate(seq):
             p = _parse_tag(str(tag))
             if p is None:
-                raise DataError(f"sequence {si}, token {ti}: tag {show(tag)} does not match O or B-/I-/E-/S-/L-/U-TYPE", where)
+                raise DataError(
+                    f"sequence {si}, token {ti}: tag {show(tag)} does not match O or B-/I-/E-/S-/L-/U-TYPE", where
+                )
             row.append(p)
         parsed.append(row)
 
