@@ -21,7 +21,6 @@ from .backbones import load_tokenizer
 from .errors import DataError, FSLLMError, ModelFolderError
 from .metrics import classification_metrics, ner_metrics
 from .modeling import FSModel, load_model
-from .segmentation import segment
 from .tokenization import (
     join_words,
     merge_window_predictions,
@@ -231,6 +230,8 @@ class Predictor:
             if not isinstance(t, str) or not t.strip():
                 raise DataError(f"input {n + 1}: empty text")
         if self.task == "token":
+            from .segmentation import segment  # imported here: keeps this module's import block as it was
+
             split = [segment(t) for t in texts]
             for n, (t, ws) in enumerate(zip(texts, split)):
                 if not ws:
