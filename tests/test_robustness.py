@@ -356,3 +356,20 @@ def test_saved_dataset_empty_tokens_and_labels(tmp_path):
     seq.save_to_disk(str(tmp_path / "seq"))
     with pytest.raises(DataError, match=r"split 'train' example 1: empty label"):
         load_hf(tmp_path / "seq")
+
+
+@pytest.mark.parametrize(
+    "name, data, where",
+    [
+        ("train.conll", "John B-PER\nPa\x07ris B-LOC\n", ":2:"),
+        ("train.conll", "-DOCSTART- -X- O\n", ":"),
+        ("train.csv", "text,label,label\na,x,y\n", ":1:"),
+        ("train.csv", CONLL_OK.encode("utf-16-le"), ":1:"),
+    ],
+)
+def test_train_on_bad_files_leaves_no_run_folder(tmp_path, tiny_model_dir, capsys, name, data, where):
+    f = write(tmp_path, name, data)
+    run = tmp_path / "run"
+    msg = one_error(["train", "--data", f, "--model", tiny_model_dir, "--output", run, "--max-steps", 1], capsys)
+    assert msg.startswith(f"fsllm: error: {f}{where}"), msg
+    assert not run.exists()  # so the corrected command can be rerun as is
