@@ -149,6 +149,18 @@ def test_conll2003_validation_sentences_round_trip():
     assert same / len(sents) >= 0.99, same / len(sents)
 
 
+def test_the_ascii_shortcut_gives_what_the_cluster_loop_gives(monkeypatch):
+    import fsllm.segmentation as seg
+
+    text = "\n".join(CONLL_SENTENCES) + " a\r\nb\x07c\x0bd\x1fe\x7ff\tg  h\x0c1. i\x0b2. j\r3. k\x1c4. l"
+    assert text.isascii()
+    fast = seg.segment(text)
+    real = seg._shadow
+    monkeypatch.setattr(seg, "_shadow", lambda t: real(t, ascii_fast=False))
+    assert seg.segment(text) == fast
+    assert [w.text for w in fast if w.text[0].isdigit()][-4:] == ["1.", "2.", "3.", "4"]
+
+
 def test_split_words_gives_words_and_spans():
     text = "Suisse's bank"
     ws, spans = split_words(text)

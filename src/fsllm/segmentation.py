@@ -54,7 +54,9 @@ characters inside an emoji cluster (ZWJ, VS16) are part of the emoji and are kep
 
 from __future__ import annotations
 
+import functools
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import regex
@@ -71,6 +73,7 @@ ABBREVIATIONS = frozenset(
 #: Abbreviations only before a number (``No. 1``, ``Vol. 2``): ``no.`` at a sentence end is a word.
 NUMBER_ABBREVIATIONS = frozenset("no nos vol pp fig".split())
 
+_GRAPHEME = regex.compile(r"\X")
 _SPACE = regex.compile(r"[\s\p{Cc}]")
 _LINE_BREAK = regex.compile(r"[\n\r\v\f\x85\u2028\u2029]")
 _INVISIBLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")
@@ -115,6 +118,7 @@ class Word:
     form: str
 
 
+@functools.lru_cache(maxsize=8192)  # a text repeats few distinct clusters: classify each once
 def _cluster_class(cluster: str) -> str:
     """``" "``/``"\\n"`` separator, ``""`` transparent, a placeholder, or the cluster's base character."""
     base = cluster[0]
@@ -130,16 +134,28 @@ def _cluster_class(cluster: str) -> str:
 
 
 def _form(piece: str, emoji: bool) -> str:
+    if piece.isascii():  # no combining marks, nothing invisible: the common case, kept cheap
+        return piece
     return unicodedata.normalize("NFC", piece if emoji else _INVISIBLE.sub("", piece))
 
 
-def segment(text: str) -> list[Word]:
-    """Words of ``text`` with exact character offsets (module docstring: the rules and why)."""
+# ASCII text: every character is its own cluster and none is invisible, an emoji or of a script
+# without spaces, so the shadow is a translation (the same result as the cluster loop, faster).
+_ASCII_SHADOW = {
+    c: ("\n" if chr(c) in "\n\r\v\f" else " ") for c in range(128) if chr(c).isspace() or c < 32 or c == 127
+}
+
+
+def _shadow(text: str, ascii_fast: bool = True) -> tuple[str, Sequence[int], Sequence[int], Sequence[bool]]:
+    """The shadow string and, per shadow character, its cluster's start, end and emoji flag."""
+    if ascii_fast and text.isascii():
+        n = len(text)
+        return text.translate(_ASCII_SHADOW), range(n), range(1, n + 1), bytes(n)
     shadow: list[str] = []
-    starts: list[int] = []  # character span of each shadow character's cluster
+    starts: list[int] = []
     ends: list[int] = []
     emoji: list[bool] = []
-    for m in regex.finditer(r"\X", text):
+    for m in _GRAPHEME.finditer(text):
         cls = _cluster_class(m.group())
         if cls == "":
             continue  # transparent: left out of the shadow, so it neither splits nor forms a word
@@ -147,7 +163,12 @@ def segment(text: str) -> list[Word]:
         starts.append(m.start())
         ends.append(m.end())
         emoji.append(cls == _EMO)
-    sh = "".join(shadow)
+    return "".join(shadow), starts, ends, emoji
+
+
+def segment(text: str) -> list[Word]:
+    """Words of ``text`` with exact character offsets (module docstring: the rules and why)."""
+    sh, starts, ends, emoji = _shadow(text)
     words: list[Word] = []
 
     def add(i: int, j: int) -> None:  # shadow characters [i, j)
