@@ -111,3 +111,31 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+
+
+def save_tiny_fs_model(out, backbone_dir, task: str = "token", labels: list[str] | None = None):
+    """An untrained FS model on the tiny backbone, saved as ``fsllm train`` saves one (no training:
+    prediction and evaluation only need a loadable folder with a label map)."""
+    from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
+
+    labels = labels or (NER_LABELS if task == "token" else ["negative", "positive"])
+    cls = FSForTokenClassification if task == "token" else FSForSequenceClassification
+    torch.manual_seed(0)
+    model = cls.from_backbone(str(backbone_dir), fs_config=FSConfig(), id2label=dict(enumerate(labels)))
+    model.save_pretrained(out, tokenizer=build_word_tokenizer())
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_model_dir(tmp_path_factory, tiny_model_dir):
+    """A saved (untrained) FS token-classification model with the labels ``NER_LABELS``."""
+    return save_tiny_fs_model(tmp_path_factory.mktemp("tiny-ner"), tiny_model_dir, "token")
+
+
+@pytest.fixture(scope="session")
+def tiny_seq_model_dir(tmp_path_factory, tiny_model_dir):
+    """A saved (untrained) FS sequence classifier with the labels negative / positive."""
+    return save_tiny_fs_model(tmp_path_factory.mktemp("tiny-seq"), tiny_model_dir, "sequence")

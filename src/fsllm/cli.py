@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained model on a data split")
     e.add_argument("model", help="run folder or saved model folder")
-    e.add_argument("--data", required=True, help="catalogue name, folder, file or hub id")
-    e.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    e.add_argument("--data", required=True, help="catalogue name, folder, hub id, or one labelled file "
+                   "(.conll/.txt, .csv/.tsv/.jsonl/.json), which is scored whole")
+    e.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                   help="split of a data set or folder (default test); not used for a single file")
     e.add_argument("--text-column", default=None)
     e.add_argument("--label-column", default=None)
     e.add_argument("--subset", type=int, default=None)
@@ -113,13 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("texts", nargs="*", help="texts to classify (default: read lines from --file or stdin)")
     pr.add_argument("--file", "-f", default=None, help="a file with one text per line")
     pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--pre-split", action="store_true",
+                    help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
+                         'segmenter for Chinese or Thai); out: the object plus "tags" and "entities"')
 
     sub.add_parser("datasets", help="list the built-in data sets")
     sub.add_parser("models", help="list the built-in backbones")
     return p
 
 
-def _read_lines(path: str | None) -> list[str]:
+def _read_lines(path: str | None) -> list[tuple[str, int, str]]:
+    """Non-blank lines of ``path`` (or stdin) as ``(name, line number, text)``.
+
+    Decoded like the data readers (a BOM selects UTF-8/16/32; control characters and bad bytes
+    are an error at their line) and split at LF, CRLF or CR only, so the numbers in errors are
+    the ones an editor shows.
+    """
+    from .data.readers import decode_text, split_lines
+
     if path is None:
         raw = sys.stdin.buffer.read()
         name = "<stdin>"
@@ -129,14 +142,37 @@ def _read_lines(path: str | None) -> list[str]:
         except OSError as e:
             raise FSLLMError(f"{path}: {e.strerror}") from None
         name = path
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        from .errors import DataError
+    text = decode_text(raw, name)
+    return [(name, n, ln) for n, ln in enumerate(split_lines(text), start=1) if ln.strip()]
 
-        raise DataError("not valid UTF-8", name, line) from None
-    return [ln for ln in text.splitlines() if ln.strip()]
+
+def _pre_split_inputs(a: argparse.Namespace) -> list[dict]:
+    """``--pre-split`` inputs: one JSON object with a ``tokens`` list per argument or line.
+
+    JSON rather than whitespace-separated words so that a word may itself hold a space and other
+    fields (an id) travel through to the output; errors name the file (or argument) and line.
+    """
+    from .errors import DataError
+
+    if a.texts:
+        items = [("argument", n, t) for n, t in enumerate(a.texts, start=1)]
+    else:
+        items = _read_lines(a.file)
+    out = []
+    for name, n, line in items:
+        where = (f"argument {n}", None) if name == "argument" else (name, n)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f'--pre-split: invalid JSON ({e.msg}); expected {{"tokens": [...]}}', *where) from None
+        toks = obj.get("tokens") if isinstance(obj, dict) else None
+        if not isinstance(toks, list) or not toks:
+            raise DataError('--pre-split: expected a JSON object with a non-empty "tokens" list', *where)
+        bad = [k for k, t in enumerate(toks) if not isinstance(t, str) or not t.strip()]
+        if bad:
+            raise DataError(f"--pre-split: token {bad[0] + 1} ({toks[bad[0]]!r}) is not a non-empty string", *where)
+        out.append(obj)
+    return out
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -175,15 +211,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .data import load_any
+    from .data import load_eval_split
     from .inference import Predictor, evaluate_examples
     from .training import seeded_subset
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True)
-    data = load_any(a.data, task=pred.task, text_column=a.text_column, label_column=a.label_column)
-    if a.split not in data.splits:
-        raise FSLLMError(f"{a.data}: no {a.split} split (has {sorted(data.splits)})")
-    exs = seeded_subset(list(data.splits[a.split]), a.subset, 42)
+    rows, _source = load_eval_split(a.data, a.split, task=pred.task, text_column=a.text_column,
+                                    label_column=a.label_column, labels=pred.model.label2id)
+    exs = seeded_subset(rows, a.subset, 42)
     metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split)
     if a.output:
         with open(a.output, "w") as f:
@@ -197,10 +232,33 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_predict(a: argparse.Namespace) -> int:
     from .inference import Predictor
 
-    texts = a.texts or _read_lines(a.file)
+    if a.pre_split:
+        objs = _pre_split_inputs(a)
+        if not objs:
+            raise FSLLMError("no input (give JSON objects as arguments, with --file, or on stdin)")
+        pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size)
+        if pred.task != "token":
+            raise FSLLMError(f"--pre-split applies to NER models; {a.model} is a sequence classifier")
+        results = pred.predict(words=[o["tokens"] for o in objs], progress="predict" if len(objs) > 200 else False)
+        for o, r in zip(objs, results):
+            out = {**o, "tags": r["tags"], "entities": r["entities"]}
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        return 0
+    from .errors import DataError
+    from .segmentation import segment
+
+    items = [("argument", n, t) for n, t in enumerate(a.texts, start=1)] if a.texts else _read_lines(a.file)
+    texts = [t for _, _, t in items]
     if not texts:
         raise FSLLMError("no input texts (give them as arguments, with --file, or on stdin)")
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size)
+    for name, n, t in items:
+        # checked here, not only in predict, to name the file and line
+        where = (f"argument {n}", None) if name == "argument" else (name, n)
+        if not t.strip():
+            raise DataError("empty text", *where)
+        if pred.task == "token" and not segment(t):
+            raise DataError("no words in the text (only invisible or control characters)", *where)
     results = pred.predict(texts, progress="predict" if len(texts) > 200 else False)
     for text, r in zip(texts, results):
         out = {"text": text, **r} if isinstance(r, dict) else {"text": text, "entities": r}
@@ -232,7 +290,13 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "datas
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    a, extra = parser.parse_known_args(argv)
+    if extra and a.command == "predict" and not any(x.startswith("-") for x in extra):
+        # argparse gives the texts of `predict RUN --pre-split TEXT...` (texts after an option) back
+        # as unknown: they are texts all the same
+        a.texts = list(a.texts) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if a.command is None:
         parser.print_help()
         return 2

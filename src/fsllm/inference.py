@@ -18,16 +18,16 @@ from peft import PeftModel
 from tqdm.auto import tqdm
 
 from .backbones import load_tokenizer
-from .errors import DataError, ModelFolderError
+from .errors import DataError, FSLLMError, ModelFolderError
 from .metrics import classification_metrics, ner_metrics
 from .modeling import CONFIG_NAME, FSModel, load_model
 
 #: the best model's folder inside a training run folder
 RUN_MODEL_DIR = "model"
 from .tokenization import (
+    join_words,
     merge_window_predictions,
     sequence_features,
-    split_words,
     token_classification_features,
 )
 
@@ -206,24 +206,75 @@ class Predictor:
     def task(self) -> str:
         return self.model.task
 
-    def predict(self, texts: Iterable[str], progress: bool | str = False) -> list:
-        """Sequence tasks: ``{"label", "score"}`` per text. Token tasks: a list of entity spans per text."""
+    def predict(
+        self,
+        texts: Iterable[str] | None = None,
+        progress: bool | str = False,
+        *,
+        words: Iterable[Sequence[str]] | None = None,
+    ) -> list:
+        """Sequence tasks: ``{"label", "score"}`` per text. Token tasks: a list of entity spans per text.
+
+        Raw texts are cut into words by :func:`fsllm.segmentation.segment` (Penn Treebank-style,
+        Unicode-aware; the model reads each word's normalised ``form``, the spans point into the
+        original text). ``words=`` (token tasks only, instead of ``texts``) takes sentences that are
+        already split, e.g. by a dictionary segmenter or from a CoNLL file; each result is then
+        ``{"tokens", "tags", "scores", "entities"}`` with the entities' offsets into
+        ``" ".join(tokens)``, the text the model reads.
+        """
+        if words is not None:
+            if texts is not None:
+                raise FSLLMError("give either texts or words=, not both")
+            return self._predict_words(words, progress)
+        if texts is None:
+            raise FSLLMError("no texts given")
         texts = list(texts)
         for n, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise DataError(f"input {n + 1}: empty text")
         if self.task == "token":
-            split = [split_words(t) for t in texts]
+            from .segmentation import segment  # imported here: keeps this module's import block as it was
+
+            split = [segment(t) for t in texts]
+            for n, (t, ws) in enumerate(zip(texts, split)):
+                if not ws:
+                    raise DataError(f"input {n + 1}: no words in {t[:40]!r} (only invisible or control characters)")
             tags, scores, _ = predict_word_tags(
-                self.model, self.tokenizer, [w for w, _ in split], self.max_length, self.batch_size, progress
+                self.model, self.tokenizer, [[w.form for w in ws] for ws in split], self.max_length, self.batch_size,
+                progress,
             )
-            return [entities_from_tags(tg, sc, sp, t) for tg, sc, (_, sp), t in zip(tags, scores, split, texts)]
+            return [
+                entities_from_tags(tg, sc, [(w.start, w.end) for w in ws], t)
+                for tg, sc, ws, t in zip(tags, scores, split, texts)
+            ]
         feats = [sequence_features(t, self.tokenizer, self.max_length)[0] for t in texts]
         logits = batched_logits(self.model, feats, self.batch_size, self.tokenizer.pad_token_id or 0, progress)
         out = []
         for lg in logits:
             p = _softmax(lg)
             out.append({"label": self.model.id2label[int(p.argmax())], "score": float(p.max())})
+        return out
+
+
+    def _predict_words(self, words: Iterable[Sequence[str]], progress: bool | str) -> list[dict]:
+        """Tags for pre-split sentences (see :meth:`predict`); bad input is a DataError naming the sentence."""
+        if self.task != "token":
+            raise FSLLMError("words= (pre-split input) applies to token-classification (NER) models only")
+        sentences = [list(ws) if not isinstance(ws, str) else None for ws in words]
+        for n, ws in enumerate(sentences):
+            if not ws:
+                raise DataError(f"input {n + 1}: expected a non-empty list of words")
+            for k, w in enumerate(ws):
+                if not isinstance(w, str) or not w.strip():
+                    raise DataError(f"input {n + 1}: word {k + 1} is {w!r}; words must be non-empty strings")
+        tags, scores, _ = predict_word_tags(
+            self.model, self.tokenizer, sentences, self.max_length, self.batch_size, progress
+        )
+        out = []
+        for ws, tg, sc in zip(sentences, tags, scores):
+            text, spans = join_words(ws)
+            out.append({"tokens": ws, "tags": tg, "scores": [round(x, 4) for x in sc],
+                        "entities": entities_from_tags(tg, sc, spans, text)})
         return out
 
 

@@ -10,23 +10,12 @@ window where it sits farthest from an edge (the most context on both sides).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
 from .errors import DataError
-
-_WORD_RE = re.compile(r"\w+(?:[-'’]\w+)*|[^\w\s]", re.UNICODE)
-
-
-def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
-    """Split raw text into words and punctuation with character offsets (for ``fsllm predict``)."""
-    words, spans = [], []
-    for m in _WORD_RE.finditer(text):
-        words.append(m.group())
-        spans.append((m.start(), m.end()))
-    return words, spans
+from .segmentation import split_words  # noqa: F401  (re-exported: raw text -> words lives there)
 
 
 def join_words(words: list[str]) -> tuple[str, list[tuple[int, int]]]:

@@ -417,11 +417,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         raise FSLLMError("with several processes, pass --output (each process must name the same run folder)")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
     cfg.output_dir = str(run_dir)
-    if main_process:
-        if not resume and run_dir.exists() and any(run_dir.iterdir()):
-            raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    if main_process and not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
     set_seed(cfg.seed)
 
     # ---- data
@@ -458,6 +455,12 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     balanced = cfg.length_balanced_loss and task == "token"
     if cfg.length_balanced_loss and not balanced:
         logger.warning("length_balanced_loss weighs the tokens of token tasks; a %s task has one label per example, ignored", task)
+
+    # The run folder is written only now that the data and the model have loaded: a bad file or
+    # model name leaves nothing behind (a half-made folder would refuse the corrected rerun).
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     metric = primary_metric(task)
     has_dev = bool(dev_ex)

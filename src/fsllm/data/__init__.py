@@ -9,6 +9,7 @@ from .catalog import (
     ONTONOTES5_TAGS,
     list_datasets,
     load_any,
+    load_eval_split,
     load_named,
 )
 from .readers import (
@@ -34,6 +35,7 @@ __all__ = [
     "list_datasets",
     "load_named",
     "load_any",
+    "load_eval_split",
     "HUB_DIR_ENV",
     "ONTONOTES5_TAGS",
     "CONLL2003_TAGS",

@@ -29,11 +29,14 @@ from .readers import (
     load_hf,
     read_conll,
     read_table,
+    show,
     split_deterministic,
     table_format,
 )
 
-__all__ = ["list_datasets", "load_named", "load_any", "HUB_DIR_ENV", "ONTONOTES5_TAGS", "CONLL2003_TAGS"]
+__all__ = [
+    "list_datasets", "load_named", "load_any", "load_eval_split", "HUB_DIR_ENV", "ONTONOTES5_TAGS", "CONLL2003_TAGS",
+]
 
 HUB_DIR_ENV = "FSLLM_HUB_DIR"
 SEED = 0
@@ -529,3 +532,99 @@ def load_any(
                 f"{e} (no local file or folder {s!r} either); catalogue names: {', '.join(catalogue_names())}"
             ) from None
     raise _unknown(s, " (no such file or folder)" if ("/" in s or os.sep in s or s.startswith(".")) else "")
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation data
+# --------------------------------------------------------------------------------------------
+
+
+def _split_files(p: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for f in sorted(p.iterdir()):
+        split = _SPLIT_STEMS.get(f.stem.lower())
+        if split is None or not f.is_file() or _file_task(f) is None:
+            continue
+        if split in found:
+            raise DataError(f"two files for the {split} split: {found[split].name} and {f.name}", str(p))
+        found[split] = f
+    return found
+
+
+def _check_known(rows: list[dict], task: str, labels: set[str] | list[str], path: str) -> None:
+    """A gold label the model was not trained on would only ever count as an error: say where it is."""
+    known = set(labels)
+    shown = ", ".join(sorted(known)[:20]) + (" ..." if len(known) > 20 else "")
+    for r in rows:
+        if task == "token":
+            for t, line in zip(r["tags"], r["lines"]):
+                if t not in known:
+                    raise DataError(f"unknown label {show(t)}: the model knows {shown}", path, line)
+        elif r["label"] not in known:
+            rec = f"record {r['record']}: " if r.get("record") is not None else ""
+            raise DataError(f"{rec}unknown label {show(r['label'])}: the model knows {shown}", path, r.get("line"))
+
+
+def load_eval_split(
+    spec: str | os.PathLike,
+    split: str = "test",
+    task: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    labels: set[str] | list[str] | None = None,
+) -> tuple[list[dict], str]:
+    """The labelled examples ``fsllm eval`` scores, and a note on where they came from.
+
+    Scoring a trained model on new annotated data must not go through :func:`load_any`: that
+    reads a single file as a *training* set (and carves a validation split out of it) and wants a
+    ``train.*`` file in a folder. Here
+
+    * a single file (CoNLL or table) is the evaluation set as a whole (``split`` is not used);
+    * a folder without ``train.*`` gives the ``dev.*``/``test.*``... file of ``split``;
+    * anything else (catalogue names, ``save_to_disk`` folders, folders with ``train.*``, hub
+      ids) is loaded by :func:`load_any` as before and ``split`` is taken from it.
+
+    With ``labels`` (the model's label map), a label outside it in a file read here is a
+    :class:`DataError` naming the label, the file and the line; the examples returned then
+    carry their line numbers (``lines`` / ``line``), which evaluation ignores.
+    """
+    p = Path(str(spec)).expanduser()
+    files: dict[str, Path] | None = None
+    if str(spec) not in _BY_NAME and not is_saved_dataset(p):
+        if p.is_file():
+            files = {split: p}
+        elif p.is_dir():
+            found = _split_files(p)
+            if "train" not in found:
+                if not found:
+                    listing = ", ".join(sorted(x.name for x in p.iterdir())[:20]) or "(empty)"
+                    raise DataError(
+                        f"no split files (expected dev.*/test.*, e.g. test.conll or test.csv); found: {listing}",
+                        str(p),
+                    )
+                if split not in found:
+                    names = ", ".join(f.name for f in found.values())
+                    raise DataError(f"no {split} file; split files found: {names}", str(p))
+                files = {split: found[split]}
+    if files is None:
+        data = load_any(spec, task=task, text_column=text_column, label_column=label_column)
+        if split not in data.splits:
+            raise FSLLMError(f"{spec}: no {split} split (has {sorted(data.splits)})")
+        return list(data.splits[split]), data.source
+    (f,) = files.values()
+    ftask = _file_task(f)
+    if ftask is None:
+        raise DataError("unknown file type; use .conll/.txt (CoNLL) or .csv/.tsv/.jsonl/.json", str(f))
+    if task is not None and task != ftask:
+        raise DataError(
+            f"the model is a {task} classifier but the file is "
+            + ("CoNLL (token task)" if ftask == "token" else "a table (sequence task)"),
+            str(f),
+        )
+    if ftask == "token":
+        rows = read_conll(f, keep_lines=True)
+    else:
+        rows = read_table(f, text_column=text_column or "text", label_column=label_column or "label", keep_lines=True)
+    if labels is not None:
+        _check_known(rows, ftask, labels, str(f))
+    return rows, f"file {f} (all {len(rows)} examples)"

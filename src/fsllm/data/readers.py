@@ -67,6 +67,8 @@ __all__ = [
     "is_saved_dataset",
     "build_task_data",
     "table_format",
+    "decode_text",
+    "split_lines",
     "SCHEMES",
 ]
 
@@ -97,8 +99,72 @@ class TaskData:
 # --------------------------------------------------------------------------------------------
 
 
+# Byte-order marks, longest first (the UTF-32 LE mark starts with the UTF-16 LE one).
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xef\xbb\xbf", "utf-8-sig"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# C0 controls other than tab, LF and CR, and DEL: no text format fsllm reads has them, so one is a
+# sign of a binary file or of UTF-16 read as UTF-8 (every other byte NUL), not of data.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``repr`` of a piece of the input, cut to ``limit`` characters: an error stays one short line
+    even when the offending line is 100,000 characters long."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 5] + "...'" + f" ({len(str(value)):,} characters)"
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines of ``text`` split at LF, CRLF or a lone CR, as editors number them.
+
+    ``str.split("\\n")`` would leave a file with old Mac line ends (CR only) as one line, whose
+    whitespace-separated fields then silently turn into one token and one tag.
+    """
+    return _LINE_BREAK.split(text)
+
+
+def decode_text(raw: bytes, p: str) -> str:
+    """Decode a data file: a byte-order mark selects UTF-8/16/32 (and is dropped), else UTF-8.
+
+    UTF-16 with a BOM is what Windows tools write as "Unicode" text, and it is unambiguous, so it
+    is read rather than refused. Invalid bytes and control characters raise a DataError with
+    their line and column.
+    """
+    enc = next((e for bom, e in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        text = raw.decode(enc)
+    except UnicodeDecodeError as e:
+        before = raw[: e.start].decode(enc, errors="replace")
+        line = len(split_lines(before))
+        col = len(split_lines(before)[-1]) + 1
+        name = "UTF-8" if enc.startswith("utf-8") else enc.upper()
+        raise DataError(
+            f"not valid {name} (byte 0x{raw[e.start]:02x} at column {col}); re-save the file as UTF-8", p, line
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    m = _CONTROL.search(text)
+    if m is not None:
+        before = split_lines(text[: m.start()])
+        hint = (
+            "; UTF-16 without a byte-order mark? re-save the file as UTF-8"
+            if m.group() == "\x00"
+            else "; a binary file, or a control character to remove"
+        )
+        raise DataError(
+            f"control character U+{ord(m.group()):04X} at column {len(before[-1]) + 1}{hint}", p, len(before)
+        )
+    return text
+
+
 def _read_text(path: str | os.PathLike) -> str:
-    """Read ``path`` as UTF-8 (a BOM is dropped); bad bytes -> DataError with their line."""
+    """Read ``path`` as text (:func:`decode_text`); a missing file or a folder -> DataError."""
     p = str(path)
     try:
         raw = Path(p).read_bytes()
@@ -106,19 +172,9 @@ def _read_text(path: str | os.PathLike) -> str:
         raise DataError("file not found", p) from None
     except IsADirectoryError:
         raise DataError("is a folder, expected a file", p) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col}); re-save the file as UTF-8",
-            p,
-            line,
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return text
+    except OSError as e:
+        raise DataError(f"cannot read: {e.strerror}", p) from None
+    return decode_text(raw, p)
 
 
 def _parse_tag(tag: str) -> tuple[str, str | None] | None:
@@ -247,7 +303,9 @@ def convert_to_iob2(
         for ti, tag in enumerate(seq):
             p = _parse_tag(str(tag))
             if p is None:
-                raise DataError(f"sequence {si}, token {ti}: tag {tag!r} does not match O or B-/I-/E-/S-/L-/U-TYPE", where)
+                raise DataError(
+                    f"sequence {si}, token {ti}: tag {show(tag)} does not match O or B-/I-/E-/S-/L-/U-TYPE", where
+                )
             row.append(p)
         parsed.append(row)
 
@@ -274,6 +332,7 @@ def read_conll(
     token_col: int = 0,
     tag_col: int = -1,
     stats: dict | None = None,
+    keep_lines: bool = False,
 ) -> list[dict]:
     """Read a CoNLL-style file into ``[{"tokens": [...], "tags": [...]}]`` with IOB2 tags.
 
@@ -281,7 +340,8 @@ def read_conll(
     any whitespace.  Lines whose first column is ``-DOCSTART-`` are skipped and end the current
     sentence; blank (whitespace-only) lines separate sentences.  ``stats`` (a dict), when given,
     receives ``scheme`` (the scheme used, auto-detected or given), ``repairs``, ``sentences`` and
-    ``tokens``.
+    ``tokens``. ``keep_lines=True`` adds ``"lines"``, each token's line number, so that a later
+    check (a label the model does not know) can point at the line as the reader's own errors do.
     """
     p = str(path)
     _norm_scheme(scheme)
@@ -300,8 +360,7 @@ def read_conll(
             sentences.append((toks, parsed, lines))
         toks, parsed, lines = [], [], []
 
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
+    for lineno, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             flush()
             continue
@@ -315,7 +374,7 @@ def read_conll(
             continue
         if len(fields) < 2:
             raise DataError(
-                f"expected at least 2 columns (token ... tag), found 1: {line.strip()!r}", p, lineno
+                f"expected at least 2 columns (token ... tag), found 1: {show(line.strip())}", p, lineno
             )
         try:
             token, tag = fields[token_col], fields[tag_col]
@@ -325,7 +384,7 @@ def read_conll(
             ) from None
         pt = _parse_tag(tag)
         if pt is None:
-            raise DataError(f"tag {tag!r} does not match O or B-/I-/E-/S-/L-/U-TYPE", p, lineno)
+            raise DataError(f"tag {show(tag)} does not match O or B-/I-/E-/S-/L-/U-TYPE", p, lineno)
         toks.append(token)
         parsed.append(pt)
         lines.append(lineno)
@@ -346,6 +405,8 @@ def read_conll(
             sentences=len(sentences),
             tokens=sum(len(s[0]) for s in sentences),
         )
+    if keep_lines:
+        return [{"tokens": s[0], "tags": t, "lines": s[2]} for s, t in zip(sentences, tags)]
     return [{"tokens": s[0], "tags": t} for s, t in zip(sentences, tags)]
 
 
@@ -366,6 +427,7 @@ def read_table(
     text_column: str = "text",
     label_column: str | None = "label",
     fmt: str | None = None,
+    keep_lines: bool = False,
 ) -> list[dict]:
     """Read CSV, TSV or JSON lines into ``[{"text": str, "label": str}]``.
 
@@ -376,7 +438,8 @@ def read_table(
     lines; the line reported is where the row starts, the header being line 1).  TSV is read
     one row per physical line with no quoting (``csv.QUOTE_NONE``), so quotes stay in the text.
     Labels are converted with ``str``.  ``label_column=None`` reads unlabelled text (no
-    ``label`` key).
+    ``label`` key).  ``keep_lines=True`` adds ``"line"`` (the row's first line; for a JSON array
+    ``None`` and ``"record"``, its index) so later checks can name the place.
     """
     p = str(path)
     if fmt is None:
@@ -404,33 +467,69 @@ def read_table(
         loc = {"line": where} if isinstance(where, int) else {}
         rec_note = "" if isinstance(where, int) or where is None else f"{where}: "
         for col in (text_column, label_column):
+            if col is not None and (keys.count(col) > 1 or col in getattr(rec, "repeated", ())):
+                # csv/json keep one of the values silently: which one was meant is unknowable
+                raise DataError(
+                    f"{rec_note}column {col!r} occurs more than once; rename or remove the extra one",
+                    p,
+                    header_line if header_line is not None else loc.get("line"),
+                )
             if col is not None and col not in rec:
                 line = header_line if header_line is not None else loc.get("line")
                 raise DataError(
-                    f"{rec_note}column {col!r} not found; columns found: {', '.join(repr(k) for k in keys)}",
+                    f"{rec_note}column {col!r} not found; columns found: {', '.join(show(k, 40) for k in keys[:20])}",
                     p,
                     line,
                 )
         value = rec[text_column]
-        if value is None or not str(value).strip():
+        for col in (text_column, label_column):
+            v = rec.get(col) if col is not None else None
+            if isinstance(v, (list, dict)):
+                raise DataError(
+                    f"{rec_note}column {col!r} holds a JSON {'array' if isinstance(v, list) else 'object'}; "
+                    "expected a string or a number",
+                    p,
+                    loc.get("line"),
+                )
+        if value is None or _is_nan(value) or not str(value).strip():
             raise DataError(f"{rec_note}empty text in column {text_column!r}", p, loc.get("line"))
         item = {"text": str(value)}
         if label_column is not None:
             lab = rec[label_column]
-            if lab is None or (isinstance(lab, str) and not lab.strip()):
+            if lab is None or _is_nan(lab) or (isinstance(lab, str) and not lab.strip()):
                 raise DataError(f"{rec_note}empty label in column {label_column!r}", p, loc.get("line"))
             item["label"] = lab.strip() if isinstance(lab, str) else str(lab)
+        if keep_lines:
+            item["line"] = loc.get("line")
+            if not isinstance(where, int):
+                item["record"] = int(str(where).split()[-1])
         out.append(item)
     if not out:
         raise DataError("no rows found (only a header)" if fmt in ("csv", "tsv") else "no records found", p)
     return out
 
 
+def _is_nan(v: Any) -> bool:
+    """JSON ``NaN`` (pandas writes missing values so): a missing value, not the label "nan"."""
+    return isinstance(v, float) and math.isnan(v)
+
+
 def _iter_delimited(text: str, p: str, fmt: str):
+    # strict: a stray quote (``"abc"def``) or a quote never closed is an error, not silently
+    # merged text; the field limit (128 KiB by default) is raised so a long text is no error.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))
+    try:
+        yield from _iter_rows(text, p, fmt)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _iter_rows(text: str, p: str, fmt: str):
     if fmt == "csv":
-        reader = csv.reader(io.StringIO(text, newline=""))
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     else:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
     header: list[str] | None = None
     last_end = 0
     try:
@@ -451,15 +550,25 @@ def _iter_delimited(text: str, p: str, fmt: str):
                 )
             yield start, dict(zip(header, row)), header
     except csv.Error as e:
-        raise DataError(f"malformed {fmt.upper()}: {e}", p, reader.line_num) from None
+        hint = " (a quoted field is never closed?)" if "end of data" in str(e) else ""
+        raise DataError(f"malformed {fmt.upper()}: {e}{hint}", p, last_end + 1) from None
     if header is None:  # pragma: no cover - text.strip() was non-empty
         raise DataError("empty file", p)
+
+
+class _Record(dict):
+    """A JSON object that remembers its repeated keys (``json`` silently keeps the last value)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__(pairs)
+        seen: set[str] = set()
+        self.repeated = {k for k, _ in pairs if k in seen or seen.add(k)}
 
 
 def _iter_json(text: str, p: str, fmt: str):
     if fmt == "json" and text.lstrip().startswith("["):
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_Record)
         except json.JSONDecodeError as e:
             raise DataError(f"invalid JSON: {e.msg}", p, e.lineno) from None
         for i, rec in enumerate(data):
@@ -467,11 +576,11 @@ def _iter_json(text: str, p: str, fmt: str):
                 raise DataError(f"record {i}: expected a JSON object, found {type(rec).__name__}", p)
             yield f"record {i}", rec, list(rec)
         return
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    for lineno, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line, object_pairs_hook=_Record)
         except json.JSONDecodeError as e:
             raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", p, lineno) from None
         if not isinstance(rec, dict):
@@ -698,6 +807,8 @@ def load_hf(
                 raise DataError(f"split {sname!r} example {unl[0]}: missing label ({labs[unl[0]]!r})", name)
             out = []
             for i, (t, v) in enumerate(zip(texts, labs)):
+                if isinstance(v, str) and not v.strip():
+                    raise DataError(f"split {sname!r} example {i}: empty label", name)
                 if isinstance(v, bool) or not isinstance(v, int) or names is None:
                     lab = str(v)
                 else:
@@ -744,6 +855,10 @@ def load_hf(
             conv = convert_to_iob2(tag_strs, scheme=scheme, repair=repair, stats=st, where=f"{name} [{sname}]")
             if st.get("repairs"):
                 notes.append(f"{st['repairs']} tag(s) repaired in {sname!r}")
+            for i, t in enumerate(toks):
+                empty = next((j for j, x in enumerate(t) if x is None or not str(x).strip()), None)
+                if empty is not None:  # it would get no sub-token, and fail far from here
+                    raise DataError(f"split {sname!r} example {i}: token {empty} is empty ({t[empty]!r})", name)
             rows[sname] = [{"tokens": [str(x) for x in t], "tags": g} for t, g in zip(toks, conv)]
 
     if "validation" not in rows and carve_validation and "train" in rows:
