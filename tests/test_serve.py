@@ -347,6 +347,25 @@ def test_batcher_respects_max_batch_size_and_fails_only_the_bad_item():
     assert max(seen) <= 4 and sum(seen) == 10 and len(seen) == 3
 
 
+def test_batcher_waits_only_for_requests_on_their_way():
+    """A lone text goes at once, not after max_wait_ms; an announced request is waited for and joins the batch."""
+    seen: list[int] = []
+    b = DynamicBatcher(lambda ps: (seen.append(len(ps)), ps)[1], max_batch_size=8, max_wait_ms=3000, max_queue=8)
+    b.start()
+    try:
+        t0 = time.monotonic()
+        assert b.submit(["alone"])[0].result(10) == "alone"
+        assert time.monotonic() - t0 < 1.5, "a lone request waited for max_wait_ms"
+        b.announce()
+        first = b.submit(["a"])
+        time.sleep(0.3)  # the worker waits: one more request was announced
+        second = b.submit(["b", "c"], announced=True)
+        assert [f.result(10) for f in first + second] == ["a", "b", "c"]
+        assert seen == [1, 3]
+    finally:
+        b.stop(10)
+
+
 # -------------------------------------------------------------------------------------- the CLI process
 
 

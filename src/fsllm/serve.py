@@ -9,8 +9,10 @@ How a request flows, and why:
   is answered at once (422 / 413) and never takes a place in the queue.
 * Each text becomes one item in a bounded queue (``max_queue`` texts). A full queue answers 503 with
   ``Retry-After`` instead of letting latency grow without bound: a load balancer can then try a replica.
-* One worker thread takes up to ``max_batch_size`` texts, waiting at most ``max_wait_ms`` after the oldest
-  one arrived, runs the model once and resolves each text's future. One thread, because a forward already
+* One worker thread takes up to ``max_batch_size`` texts, runs the model once and resolves each text's
+  future. Before a forward it waits for more texts at most ``max_wait_ms`` after the oldest one arrived,
+  and only while other requests are already being read and tokenised: a lone request is not delayed
+  for company that is not coming, and texts that queued up during the last forward go at once. One thread, because a forward already
   uses every core (two concurrent forwards only fight over them) and torch releases the GIL while it
   computes, so the event loop keeps accepting requests meanwhile. FS models mask padding keys and pool
   over real tokens only, so a text's answer does not depend on what it was batched with.
@@ -116,6 +118,7 @@ class DynamicBatcher:
         self._items: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._stopping = False
+        self._arriving = 0  # requests announced (being read, tokenised) but not submitted yet
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -140,9 +143,24 @@ class DynamicBatcher:
     def depth(self) -> int:
         return len(self._items)
 
-    def submit(self, payloads: Sequence[Any]) -> list[Future]:
+    def announce(self) -> None:
+        """A request is on its way: a forward about to start may wait (``max_wait_ms`` at most) for it."""
+        with self._cond:
+            self._arriving += 1
+
+    def withdraw(self) -> None:
+        """An announced request will not be submitted (it failed validation)."""
+        with self._cond:
+            self._arriving = max(0, self._arriving - 1)
+            self._cond.notify_all()
+
+    def submit(self, payloads: Sequence[Any], announced: bool = False) -> list[Future]:
+        """Queue a request's payloads (all or none); ``announced``: it was announced with :meth:`announce`."""
         items = [_Item(p) for p in payloads]
         with self._cond:
+            if announced:
+                self._arriving = max(0, self._arriving - 1)
+                self._cond.notify_all()
             if self._stopping or not self.alive:
                 raise QueueFull("the server is shutting down")
             if len(self._items) + len(items) > self.max_queue:
@@ -159,7 +177,7 @@ class DynamicBatcher:
                 self._cond.wait()
             # Wait from the oldest text's arrival: texts that queued up during the last forward go at once.
             deadline = self._items[0].enqueued + self.max_wait
-            while len(self._items) < self.max_batch_size and not self._stopping:
+            while len(self._items) < self.max_batch_size and self._arriving > 0 and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -492,20 +510,26 @@ def create_app(
     async def _predict(req: PredictRequest, want: str | None = None) -> JSONResponse:
         if want is not None and task != want:
             raise ServeError(424, f"this model is a {task} classifier; use POST /predict", "backend")
-        texts, is_batch = parse_inputs(req.inputs)
-        if len(texts) > max_queue:
-            raise ServeError(413, f"batch of {len(texts)} inputs is larger than the server's queue ({max_queue}); "
-                                  "split it")
-        if task == "sequence":
-            def encode() -> list[list[int]]:
-                return [encode_sequence(predictor.tokenizer, t, predictor.max_length, bool(req.truncate),
-                                        req.truncation_direction, n) for n, t in enumerate(texts)]
-
-            payloads: list[Any] = encode() if sum(map(len, texts)) < _THREADPOOL_CHARS else await run_in_threadpool(encode)
-        else:
-            payloads = texts
+        batcher.announce()
         try:
-            futures = batcher.submit(payloads)
+            texts, is_batch = parse_inputs(req.inputs)
+            if len(texts) > max_queue:
+                raise ServeError(413, f"batch of {len(texts)} inputs is larger than the server's queue ({max_queue}); "
+                                      "split it")
+            if task == "sequence":
+                def encode() -> list[list[int]]:
+                    return [encode_sequence(predictor.tokenizer, t, predictor.max_length, bool(req.truncate),
+                                            req.truncation_direction, n) for n, t in enumerate(texts)]
+
+                big = sum(map(len, texts)) >= _THREADPOOL_CHARS
+                payloads: list[Any] = await run_in_threadpool(encode) if big else encode()
+            else:
+                payloads = texts
+        except BaseException:
+            batcher.withdraw()
+            raise
+        try:
+            futures = batcher.submit(payloads, announced=True)
         except QueueFull as e:
             raise ServeError(503, f"model is overloaded: {e}", "overloaded", {"Retry-After": "1"}) from None
         try:
@@ -614,5 +638,7 @@ def serve(
         })
         if "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores instead of each taking all
             os.environ.setdefault(ENV_TORCH_THREADS, str(max(1, (os.cpu_count() or 1) // workers)))
-        uvicorn.run("fsllm.serve:app_from_env", factory=True, workers=workers, **common)
+        # Each process loads the model before it reports ready; uvicorn's default 5 s for that restarts
+        # workers in a loop while a large model is still loading.
+        uvicorn.run("fsllm.serve:app_from_env", factory=True, workers=workers, timeout_worker_healthcheck=600, **common)
     return 0
