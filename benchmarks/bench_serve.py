@@ -35,6 +35,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     answers_c1: dict[str, list[Any]] = {}
     for server in ("baseline", "fsllm"):  # one server at a time: they would compete for the CPUs
         cmd, port = servers[server]
-        proc = start(cmd, port, out_dir / f".{name}.{server}.log")
+        proc = start(cmd, port, Path(tempfile.gettempdir()) / f"bench_serve-{name}-{server}.log")
         url = f"http://127.0.0.1:{port}"
         try:
             import httpx
