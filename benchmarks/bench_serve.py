@@ -118,11 +118,12 @@ def build_baseline(folder: str) -> tuple[str, Callable[[str], Any]]:
 
     predictor = Predictor.from_pretrained(folder)
     adapter = _pipeline_adapter(predictor.model)
+    device = next(predictor.model.parameters()).device  # where fsllm serve's Predictor runs it too
     if predictor.task == "token":
-        pipe = pipeline("token-classification", model=adapter, tokenizer=predictor.tokenizer, device="cpu",
+        pipe = pipeline("token-classification", model=adapter, tokenizer=predictor.tokenizer, device=device,
                         aggregation_strategy="simple")
     else:
-        pipe = pipeline("text-classification", model=adapter, tokenizer=predictor.tokenizer, device="cpu", top_k=None)
+        pipe = pipeline("text-classification", model=adapter, tokenizer=predictor.tokenizer, device=device, top_k=None)
     return predictor.task, pipe
 
 
