@@ -316,6 +316,10 @@ def test_health_info_and_prometheus_metrics(seq_server):
         assert info["max_input_length"] == 12 and info["max_batch_size"] == 8 and info["model_id"] == "tiny-seq"
         assert info["transformers_version"] == transformers.__version__ and info["torch_version"] == torch.__version__
         assert {"fsllm_version", "backbone", "model_type", "max_queue"} <= set(info)
+        schema = c.get("/openapi.json").json()  # the OpenAPI page documents the request schema
+        assert {"/predict", "/ner", "/health", "/info", "/metrics"} <= set(schema["paths"])
+        assert {"inputs", "raw_scores", "truncate", "truncation_direction"} <= set(
+            schema["components"]["schemas"]["PredictRequest"]["properties"])
         r = c.get("/metrics")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
