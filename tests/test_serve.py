@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -238,6 +239,29 @@ def test_full_queue_answers_503_with_retry_after_then_recovers(seq_predictor):
         assert len(queued.result().json()) == 3
         assert c.post("/predict", json={"inputs": "one more"}).status_code == 200
         assert 'fsllm_requests_total{route="/predict",status="503"} 1' in c.get("/metrics").text
+
+
+def test_backend_failures_answer_500_json_and_the_server_keeps_serving(seq_predictor):
+    app = create_app(seq_predictor, max_batch_size=4, max_wait_ms=0)
+    batcher = app.state.batcher
+    real = batcher.run_batch
+    failures = iter([RuntimeError("device lost"), [np.full(3, np.nan)]])
+
+    def flaky(payloads):
+        f = next(failures, None)
+        if f is None:
+            return real(payloads)
+        if isinstance(f, Exception):
+            raise f
+        return f
+
+    batcher.run_batch = flaky
+    with LiveServer(app) as s, httpx.Client(base_url=s.url, timeout=TIMEOUT) as c:
+        for needle in ("device lost", "non-finite"):
+            r = c.post("/predict", json={"inputs": "good film"})
+            assert r.status_code == 500 and r.json()["error_type"] == "backend" and needle in r.json()["error"], r.text
+        assert c.post("/predict", json={"inputs": "good film"}).status_code == 200
+        assert c.get("/health").status_code == 200
 
 
 def test_concurrent_requests_are_batched_and_answer_as_each_text_alone(seq_server, seq_predictor):

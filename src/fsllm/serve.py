@@ -370,6 +370,8 @@ def encode_sequence(
 def label_scores(logits: np.ndarray, id2label: dict[int, str], raw_scores: bool) -> list[dict]:
     """Every label with its score, best first (TEI's order): softmax probabilities, or the logits."""
     x = np.asarray(logits, dtype=np.float64)
+    if not np.isfinite(x).all():  # TEI answers this as a backend error too; NaN is not valid JSON
+        raise ServeError(500, "the model returned a non-finite score", "backend")
     if not raw_scores:
         e = np.exp(x - x.max())
         x = e / e.sum()
