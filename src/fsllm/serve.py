@@ -455,6 +455,8 @@ def create_app(
         "max_wait_ms": max_wait_ms,
         "max_queue": max_queue,
         "max_client_batch_size": max_queue,
+        "model_dtype": str(next(predictor.model.parameters()).dtype).removeprefix("torch."),
+        "device": str(next(predictor.model.parameters()).device),
         "backbone": getattr(predictor.model, "backbone_ref", None)
         or getattr(getattr(predictor.model, "config", None), "_name_or_path", None),
         **_versions(),
@@ -503,6 +505,10 @@ def create_app(
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
         return _error_response(422, "malformed request: " + "; ".join(parts), "validation")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, e: Exception):  # anything else still answers in TEI's error shape
+        return _error_response(500, f"internal error: {type(e).__name__}: {e}", "backend")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, e: StarletteHTTPException):
