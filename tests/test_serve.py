@@ -37,31 +37,30 @@ TIMEOUT = httpx.Timeout(30.0)
 
 
 def _save(model, tok, out: Path) -> Path:
-    model.save_pretrained(out, tokenizer=tok, merged=True)
+    model.save_pretrained(out, tokenizer=tok, merged=True)  # merged: the tiny backbone has no hub name to refer to
     return out
 
 
-@pytest.fixture(scope="module")
-def seq_dir(tmp_path_factory) -> Path:
-    tok, backbone = word_llama(seed=3)
-    model = FSForSequenceClassification(backbone, 3, FSConfig(lora_dropout=0.0, head_dropout=0.0), id2label=SEQ_LABELS)
-    with torch.no_grad():  # a random head scores every text about 1/3 each: spread the logits so labels differ
-        for p in model.parameters():
-            if p.requires_grad:
-                p.mul_(2.0)
-    return _save(model, tok, tmp_path_factory.mktemp("seq"))
-
-
-@pytest.fixture(scope="module")
-def ner_dir(tmp_path_factory) -> Path:
-    tok, backbone = word_llama(seed=4)
-    model = FSForTokenClassification(backbone, len(NER_LABELS), FSConfig(lora_dropout=0.0, head_dropout=0.0),
-                                     id2label=NER_LABELS)
+def _tiny_model_dir(cls, id2label: dict[int, str], seed: int, out: Path) -> Path:
+    """A saved tiny FS model (word-level tokenizer, 2-layer Llama) whose trainable weights are scaled up:
+    a random head scores every text about 1/n per label, too flat to tell a wrong label order."""
+    tok, backbone = word_llama(seed=seed)
+    model = cls(backbone, len(id2label), FSConfig(lora_dropout=0.0, head_dropout=0.0), id2label=id2label)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.mul_(2.0)
-    return _save(model, tok, tmp_path_factory.mktemp("ner"))
+    return _save(model, tok, out)
+
+
+@pytest.fixture(scope="module")
+def seq_dir(tmp_path_factory) -> Path:
+    return _tiny_model_dir(FSForSequenceClassification, SEQ_LABELS, 3, tmp_path_factory.mktemp("seq"))
+
+
+@pytest.fixture(scope="module")
+def ner_dir(tmp_path_factory) -> Path:
+    return _tiny_model_dir(FSForTokenClassification, NER_LABELS, 4, tmp_path_factory.mktemp("ner"))
 
 
 class LiveServer:

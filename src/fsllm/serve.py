@@ -434,7 +434,7 @@ def create_app(
 
     if isinstance(predictor_or_path, (str, os.PathLike)):
         model_id = model_id or str(predictor_or_path)
-        predictor = Predictor.from_pretrained(predictor_or_path, batch_size=max_batch_size)
+        predictor = Predictor.from_pretrained(predictor_or_path)
     else:
         predictor = predictor_or_path
     task = predictor.task
