@@ -102,31 +102,36 @@ def _pipeline_adapter(fs_model):
     return FSPipelineAdapter(fs_model).eval()
 
 
-def build_baseline(folder: str) -> tuple[str, Callable[[str], Any]]:
-    """The baseline's model call: ``(task, fn)`` where ``fn(text)`` runs the pipeline once.
+def build_baseline(folder: str, how: str = "adapter") -> tuple[str, Callable[[str], Any]]:
+    """The baseline's model call: ``(task, fn)`` where ``fn(text)`` runs a ``transformers.pipeline`` once.
 
-    THE SWITCH: once ``transformers.pipeline`` loads fsllm folders natively, replace the body by
-
-        task = json.loads((Path(folder) / "config.json").read_text())...  # or ask the loaded model
-        pipe = pipeline("text-classification", model=folder, top_k=None)        # sequence models
-        pipe = pipeline("token-classification", model=folder, aggregation_strategy="simple")  # NER
-
-    Until then the pipeline gets the same FS model (loaded with ``Predictor``, LoRA merged) behind
-    a thin ``PreTrainedModel`` adapter, so the pipeline code path (pre/post-processing, one forward
-    per call) is the real one.
+    THE SWITCH (``--baseline``): ``"native"`` is ``pipeline(task, model=folder)``, for fsllm versions
+    whose model folders the pipelines load by themselves (FS models registered with the Auto classes).
+    ``"adapter"`` (the default until then) loads the same FS model with ``Predictor`` (LoRA merged) and
+    hands it to the pipeline behind a thin ``PreTrainedModel`` adapter, so the pipeline's own code path
+    (pre/post-processing, one forward per call) is the one measured either way.
     """
     from transformers import pipeline
 
+    kind = {"sequence": ("text-classification", {"top_k": None}),
+            "token": ("token-classification", {"aggregation_strategy": "simple"})}
+    if how == "native":
+        from transformers import AutoConfig
+
+        import fsllm  # noqa: F401  registers the FS models with the Auto classes
+
+        model_dir = Path(folder) / "model" if (Path(folder) / "model").is_dir() else Path(folder)  # a run folder
+        task = AutoConfig.from_pretrained(model_dir).task
+        name, kw = kind[task]
+        return task, pipeline(name, model=str(model_dir), **kw)
+    if how != "adapter":
+        raise ValueError(f"--baseline: 'adapter' or 'native', not {how!r}")
     from fsllm.inference import Predictor
 
     predictor = Predictor.from_pretrained(folder)
-    adapter = _pipeline_adapter(predictor.model)
     device = next(predictor.model.parameters()).device  # where fsllm serve's Predictor runs it too
-    if predictor.task == "token":
-        pipe = pipeline("token-classification", model=adapter, tokenizer=predictor.tokenizer, device=device,
-                        aggregation_strategy="simple")
-    else:
-        pipe = pipeline("text-classification", model=adapter, tokenizer=predictor.tokenizer, device=device, top_k=None)
+    name, kw = kind[predictor.task]
+    pipe = pipeline(name, model=_pipeline_adapter(predictor.model), tokenizer=predictor.tokenizer, device=device, **kw)
     return predictor.task, pipe
 
 
@@ -143,13 +148,13 @@ class BaselineRequest(BaseModel):
     inputs: str
 
 
-def baseline_app(folder: str):
+def baseline_app(folder: str, how: str = "adapter"):
     """POST /predict ``{"inputs": text}`` -> the pipeline's answer for that text (one call per request)."""
     import threading
 
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
-    task, pipe = build_baseline(folder)
+    task, pipe = build_baseline(folder, how)
     lock = threading.Lock()  # pipelines are not thread-safe; one call at a time, as a plain server does
 
     app = FastAPI()
@@ -316,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     p.add_argument("--name", default=None, help="results file stem (default: the model folder's name)")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results" / "serve"))
+    p.add_argument("--baseline", choices=["adapter", "native"], default="adapter",
+                   help="how the baseline builds its pipeline (build_baseline): 'native' = pipeline(task, model=folder)")
     p.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)  # internal: run the baseline
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.baseline_server:
         import uvicorn
 
-        uvicorn.run(baseline_app(a.model), host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
+        uvicorn.run(baseline_app(a.model, a.baseline), host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
         return 0
 
     import torch
@@ -338,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     servers = {
         "baseline": ([py, str(Path(__file__).resolve()), "--model", a.model, "--baseline-server", "--port",
-                      str(base_port)], base_port),
+                      str(base_port), "--baseline", a.baseline], base_port),
         "fsllm": ([py, "-m", "fsllm.cli", "serve", a.model, "--port", str(fs_port), "--log-level", "warning",
                    "--max-batch-size", str(a.max_batch_size), "--max-wait-ms", str(a.max_wait_ms),
                    "--max-queue", str(max(256, 2 * max(levels)))], fs_port),
@@ -346,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "name": name, "model": a.model, "requests_per_level": a.requests, "distinct_texts": len(texts), "tol": a.tol,
         "fsllm_serve": {"max_batch_size": a.max_batch_size, "max_wait_ms": a.max_wait_ms},
-        "baseline": "FastAPI + transformers.pipeline, one pipeline call per request (build_baseline)",
+        "baseline": f"FastAPI + transformers.pipeline, one pipeline call per request (build_baseline, {a.baseline})",
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                     "torch": torch.__version__, "transformers": transformers.__version__,
                     "python": platform.python_version(), "platform": platform.platform()},

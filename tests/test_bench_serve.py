@@ -43,6 +43,24 @@ def test_baseline_pipeline_answers_as_fsllm_serve(tmp_path):
     json.dumps(ents)  # what the baseline endpoint sends
 
 
+def test_native_pipeline_baseline_answers_as_fsllm_serve(tmp_path):
+    """``--baseline native``: ``pipeline(task, model=folder)`` itself, where fsllm folders load that way."""
+    from transformers import AutoConfig
+
+    seq = _tiny_model_dir(FSForSequenceClassification, SEQ_LABELS, 3, tmp_path / "seq")
+    try:
+        AutoConfig.from_pretrained(seq)
+    except (OSError, ValueError, KeyError):
+        pytest.skip("this fsllm's model folders do not load with the Auto classes")
+    task, pipe = bench_serve.build_baseline(str(seq), "native")
+    _, adapter = bench_serve.build_baseline(str(seq), "adapter")
+    assert task == "sequence"
+    for text in TEXTS:
+        native, ours = bench_serve._plain(pipe(text)), bench_serve._plain(adapter(text))
+        native, ours = (x[0] if isinstance(x[0], list) else x for x in (native, ours))
+        assert bench_serve.same_answer(native, ours, "sequence", 1e-5), (native, ours)
+
+
 def test_same_answer_tells_equal_from_different():
     a = [{"label": "pos", "score": 0.7}, {"label": "neg", "score": 0.3}]
     assert bench_serve.same_answer(a, [{"label": "pos", "score": 0.70001}, {"label": "neg", "score": 0.29999}],

@@ -45,7 +45,7 @@ def _tiny_model_dir(cls, id2label: dict[int, str], seed: int, out: Path) -> Path
     """A saved tiny FS model (word-level tokenizer, 2-layer Llama) whose trainable weights are scaled up:
     a random head scores every text about 1/n per label, too flat to tell a wrong label order."""
     tok, backbone = word_llama(seed=seed)
-    model = cls(backbone, len(id2label), FSConfig(lora_dropout=0.0, head_dropout=0.0), id2label=id2label)
+    model = cls.from_backbone(backbone, fs_config=FSConfig(lora_dropout=0.0, head_dropout=0.0), id2label=id2label)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
@@ -410,10 +410,11 @@ def slow_seq_dir(tmp_path_factory) -> Path:
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                                    pad_token_id=0, bos_token_id=1, eos_token_id=2)
     torch.manual_seed(0)
-    model = FSForSequenceClassification(transformers.LlamaModel(cfg), 3, FSConfig(), id2label=SEQ_LABELS)
-    out = _save(model, tok, tmp_path_factory.mktemp("slow"))
-    (out / "config.json").write_text(json.dumps({"max_length": 300}))  # what a run folder records
-    return out
+    model = FSForSequenceClassification.from_backbone(transformers.LlamaModel(cfg), id2label=SEQ_LABELS)
+    run = tmp_path_factory.mktemp("slow-run")  # a run folder: the model under model/, the max length in config.json
+    _save(model, tok, run / "model")
+    (run / "config.json").write_text(json.dumps({"max_length": 300}))
+    return run
 
 
 def _start_cli(model_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
