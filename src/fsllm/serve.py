@@ -5,17 +5,19 @@ give the OpenAPI page (``/docs``) for free; a hand-rolled ``http.server`` would 
 
 How a request flows, and why:
 
-* The body is validated and (sequence tasks) tokenised on the event loop, so a bad or over-long input
-  is answered at once (422 / 413) and never takes a place in the queue.
+* The body is validated and (sequence tasks) tokenised before it is queued (large bodies in a thread,
+  off the event loop), so a bad or over-long input is answered at once (422 / 413) and never takes a
+  place in the queue.
 * Each text becomes one item in a bounded queue (``max_queue`` texts). A full queue answers 503 with
   ``Retry-After`` instead of letting latency grow without bound: a load balancer can then try a replica.
 * One worker thread takes up to ``max_batch_size`` texts, runs the model once and resolves each text's
   future. Before a forward it waits for more texts at most ``max_wait_ms`` after the oldest one arrived,
   and only while other requests are already being read and tokenised: a lone request is not delayed
-  for company that is not coming, and texts that queued up during the last forward go at once. One thread, because a forward already
-  uses every core (two concurrent forwards only fight over them) and torch releases the GIL while it
-  computes, so the event loop keeps accepting requests meanwhile. FS models mask padding keys and pool
-  over real tokens only, so a text's answer does not depend on what it was batched with.
+  for company that is not coming, and texts that queued up during the last forward go at once.
+  One thread, because a forward already uses every core (two concurrent forwards only fight over
+  them) and torch releases the GIL while it computes, so the event loop keeps accepting requests
+  meanwhile. FS models mask padding keys and pool over real tokens only, so a text's answer does not
+  depend on what it was batched with.
 * NER texts go through ``Predictor.predict``, the raw-text path of ``fsllm predict``: words are split
   with character offsets and a text longer than the model's input length is split into overlapping
   windows (never truncated), so entities carry offsets into the text that was sent.
