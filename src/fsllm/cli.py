@@ -1,4 +1,4 @@
-"""The ``fsllm`` command line: train, eval, predict, datasets, models.
+"""The ``fsllm`` command line: train, eval, predict, serve, datasets, models.
 
 Errors on bad input print one line (``fsllm: error: ...``) and exit with status 2;
 ``--debug`` shows the full traceback instead.
@@ -118,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--pre-split", action="store_true",
                     help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
                          'segmenter for Chinese or Thai); out: the object plus "tags" and "entities"')
+
+    sv = sub.add_parser("serve", help="HTTP server: TEI-compatible POST /predict (NER: entities), dynamic batching",
+                        description="Serve a trained model over HTTP (FastAPI + uvicorn). POST /predict takes TEI's "
+                                    "request schema; token models answer entities (also on POST /ner). GET /health, "
+                                    "/info, /metrics (Prometheus), /docs (OpenAPI). See docs/serving.md.")
+    sv.add_argument("model", help="run folder or saved model folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--max-batch-size", type=int, default=32, help="most texts in one forward (default 32)")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="longest wait for more texts after the first before a forward starts (default 5)")
+    sv.add_argument("--max-queue", type=int, default=256,
+                    help="texts waiting at most; beyond, requests get 503 + Retry-After (default 256)")
+    sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy (default 1)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
     sub.add_parser("datasets", help="list the built-in data sets")
     sub.add_parser("models", help="list the built-in backbones")
@@ -266,6 +281,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(a.model, host=a.host, port=a.port, max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms,
+                 max_queue=a.max_queue, workers=a.workers, log_level=a.log_level)
+
+
 def cmd_datasets(_: argparse.Namespace) -> int:
     from .data import list_datasets
 
@@ -285,7 +307,7 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "datasets": cmd_datasets, "models": cmd_models}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "serve": cmd_serve, "datasets": cmd_datasets, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,72 @@
+"""The serving load test: its baseline endpoint's model call answers what fsllm serve answers, its
+answer comparison tells equal answers from different ones, and (slow) a whole run writes its results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import bench_serve  # noqa: E402
+from test_serve import NER_LABELS, SEQ_LABELS, _tiny_model_dir  # noqa: E402
+
+from fsllm import FSForSequenceClassification, FSForTokenClassification  # noqa: E402
+from fsllm.inference import Predictor, batched_logits  # noqa: E402
+from fsllm.serve import label_scores  # noqa: E402
+
+TEXTS = ["John Smith visited Paris .", "a great moving film", "Mary works for Google in London today"]
+
+
+def test_baseline_pipeline_answers_as_fsllm_serve(tmp_path):
+    seq = _tiny_model_dir(FSForSequenceClassification, SEQ_LABELS, 3, tmp_path / "seq")
+    task, pipe = bench_serve.build_baseline(str(seq))
+    predictor = Predictor.from_pretrained(seq)
+    assert task == "sequence"
+    for text in TEXTS:
+        ids = predictor.tokenizer(text)["input_ids"]
+        (logits,) = batched_logits(predictor.model, [{"input_ids": ids, "attention_mask": [1] * len(ids)}])
+        ours = label_scores(logits, predictor.model.id2label, raw_scores=False)
+        theirs = bench_serve._plain(pipe(text))
+        theirs = theirs[0] if isinstance(theirs[0], list) else theirs
+        assert bench_serve.same_answer(ours, theirs, "sequence", 1e-5), (ours, theirs)
+
+    ner = _tiny_model_dir(FSForTokenClassification, NER_LABELS, 4, tmp_path / "ner")
+    task, pipe = bench_serve.build_baseline(str(ner))
+    assert task == "token"
+    ents = bench_serve._plain(pipe(TEXTS[0]))
+    assert all(set(e) >= {"entity_group", "score", "word", "start", "end"} and isinstance(e["score"], float)
+               for e in ents)
+    json.dumps(ents)  # what the baseline endpoint sends
+
+
+def test_same_answer_tells_equal_from_different():
+    a = [{"label": "pos", "score": 0.7}, {"label": "neg", "score": 0.3}]
+    assert bench_serve.same_answer(a, [{"label": "pos", "score": 0.70001}, {"label": "neg", "score": 0.29999}],
+                                   "sequence", 1e-4)
+    assert not bench_serve.same_answer(a, [{"label": "neg", "score": 0.7}, {"label": "pos", "score": 0.3}],
+                                       "sequence", 1e-4)
+    assert not bench_serve.same_answer(a, [{"label": "pos", "score": 0.6}, {"label": "neg", "score": 0.4}],
+                                       "sequence", 1e-4)
+    assert not bench_serve.same_answer(a, "error text", "sequence", 1e-4)
+    e = [{"entity_group": "PER", "score": 0.9, "word": "John", "start": 0, "end": 4}]
+    assert bench_serve.same_answer(e, [dict(e[0], word=" John")], "token", 1e-4)
+    assert not bench_serve.same_answer(e, [dict(e[0], end=10, word="John Smith")], "token", 1e-4)
+    assert not bench_serve.same_answer(e, [], "token", 1e-4)
+
+
+@pytest.mark.slow
+def test_a_short_run_writes_json_and_markdown(tmp_path):
+    seq = _tiny_model_dir(FSForSequenceClassification, SEQ_LABELS, 3, tmp_path / "seq")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    assert bench_serve.main(["--model", str(seq), "--levels", "1,2", "--requests", "6", "--texts", str(texts),
+                             "--name", "smoke", "--out-dir", str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "smoke.json").read_text())
+    assert res["identical_outputs"] and res["exit_status"]["fsllm"] == 0  # plain uvicorn (baseline) dies by the signal
+    assert [(r["server"], r["concurrency"], r["correct"], r["errors"]) for r in res["levels"]] == [
+        ("baseline", 1, 6, 0), ("baseline", 2, 6, 0), ("fsllm", 1, 6, 0), ("fsllm", 2, 6, 0)]
+    assert "| fsllm | 2 |" in (tmp_path / "out" / "smoke.md").read_text()

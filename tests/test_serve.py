@@ -1,0 +1,487 @@
+"""``fsllm serve`` end to end: a real uvicorn server on a loopback port, real HTTP (httpx), tiny saved models.
+
+Every request loop here is bounded in count and time; no test touches the network beyond 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import transformers
+import uvicorn
+from conftest import WORDS, build_word_tokenizer, word_llama
+
+from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
+from fsllm.inference import Predictor
+from fsllm.serve import DynamicBatcher, create_app
+
+SEQ_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+NER_LABELS = dict(enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]))
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TIMEOUT = httpx.Timeout(30.0)
+
+
+def _save(model, tok, out: Path) -> Path:
+    model.save_pretrained(out, tokenizer=tok, merged=True)  # merged: the tiny backbone has no hub name to refer to
+    return out
+
+
+def _tiny_model_dir(cls, id2label: dict[int, str], seed: int, out: Path) -> Path:
+    """A saved tiny FS model (word-level tokenizer, 2-layer Llama) whose trainable weights are scaled up:
+    a random head scores every text about 1/n per label, too flat to tell a wrong label order."""
+    tok, backbone = word_llama(seed=seed)
+    model = cls.from_backbone(backbone, fs_config=FSConfig(lora_dropout=0.0, head_dropout=0.0), id2label=id2label)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.mul_(2.0)
+    return _save(model, tok, out)
+
+
+@pytest.fixture(scope="module")
+def seq_dir(tmp_path_factory) -> Path:
+    return _tiny_model_dir(FSForSequenceClassification, SEQ_LABELS, 3, tmp_path_factory.mktemp("seq"))
+
+
+@pytest.fixture(scope="module")
+def ner_dir(tmp_path_factory) -> Path:
+    return _tiny_model_dir(FSForTokenClassification, NER_LABELS, 4, tmp_path_factory.mktemp("ner"))
+
+
+class LiveServer:
+    """uvicorn serving ``app`` in a thread on a free loopback port (the socket is bound here, port 0)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+def sentences(n: int, seed: int, lo: int = 2, hi: int = 9) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def seq_predictor(seq_dir) -> Predictor:
+    return Predictor.from_pretrained(seq_dir, max_length=12)
+
+
+@pytest.fixture(scope="module")
+def seq_server(seq_predictor):
+    app = create_app(seq_predictor, max_batch_size=8, max_wait_ms=20, max_queue=64, model_id="tiny-seq")
+    with LiveServer(app) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def ner_predictor(ner_dir) -> Predictor:
+    return Predictor.from_pretrained(ner_dir, max_length=8)  # short: a 20-word text takes several windows
+
+
+@pytest.fixture(scope="module")
+def ner_server(ner_predictor):
+    with LiveServer(create_app(ner_predictor, max_batch_size=8, max_wait_ms=5, model_id="tiny-ner")) as s:
+        yield s
+
+
+def _probs_alone(predictor: Predictor, text: str) -> dict[str, float]:
+    """A text's label probabilities from the model directly, one text per forward."""
+    ids = predictor.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        logits = predictor.model(ids, torch.ones_like(ids)).logits[0].float()
+    probs = torch.softmax(logits, -1)
+    return {predictor.model.id2label[i]: float(p) for i, p in enumerate(probs)}
+
+
+# ------------------------------------------------------------------------------------------ sequence tasks
+
+
+def test_predict_answers_teis_schema_for_single_and_batch_inputs(seq_server, seq_predictor):
+    """All labels, best first, softmax scores equal to the model's; a batch answers a list per input in
+    order, in the flat form and in TEI's ``[[text], ...]`` form; ``/`` answers like ``/predict``."""
+    texts = sentences(5, seed=1)
+    with httpx.Client(base_url=seq_server.url, timeout=TIMEOUT) as c:
+        r = c.post("/predict", json={"inputs": texts[0]})
+        assert r.status_code == 200, r.text
+        one = r.json()
+        assert sorted(d["label"] for d in one) == sorted(SEQ_LABELS.values()) and all(a["score"] >= b["score"] for a, b in zip(one, one[1:]))
+        assert math.isclose(sum(d["score"] for d in one), 1.0, abs_tol=1e-5)
+        want = _probs_alone(seq_predictor, texts[0])
+        assert all(abs(d["score"] - want[d["label"]]) < 1e-5 for d in one)
+        assert one[0]["label"] == seq_predictor.predict([texts[0]])[0]["label"]
+
+        flat = c.post("/predict", json={"inputs": texts}).json()
+        tei = c.post("/predict", json={"inputs": [[t] for t in texts]}).json()
+        root = c.post("/", json={"inputs": texts}).json()
+        assert len(flat) == len(texts)
+        for t, got, got_tei, got_root in zip(texts, flat, tei, root):
+            want = _probs_alone(seq_predictor, t)
+            for answer in (got, got_tei, got_root):
+                assert {d["label"]: round(d["score"], 5) for d in answer} == {k: round(v, 5) for k, v in want.items()}
+
+        raw = c.post("/predict", json={"inputs": texts[1], "raw_scores": True}).json()
+        logits = torch.tensor([d["score"] for d in raw])
+        assert [d["label"] for d in raw] == [d["label"] for d in c.post("/predict", json={"inputs": texts[1]}).json()]
+        assert abs(float(logits.sum()) - 1.0) > 1e-3  # logits, not probabilities
+        want = _probs_alone(seq_predictor, texts[1])
+        assert all(abs(float(p) - want[d["label"]]) < 1e-5 for p, d in zip(torch.softmax(logits, 0), raw))
+        assert c.get("/").json() == {"status": "ok"}
+
+
+def test_huggingface_hub_inference_client_works_unchanged(seq_server, ner_server, seq_predictor, ner_predictor):
+    """``InferenceClient(model=<TEI URL>)`` posts ``{"inputs", "parameters"}`` to the root URL."""
+    hub = pytest.importorskip("huggingface_hub")
+    text = "John visited Paris with Mary"
+    top = hub.InferenceClient(model=seq_server.url, token="unused-local").text_classification(text)
+    # with TEI's single-input answer the client returns the best label (as it does against TEI)
+    best = max(_probs_alone(seq_predictor, text).items(), key=lambda kv: kv[1])
+    assert top.label == best[0] and abs(top.score - best[1]) < 1e-5
+    ents = hub.InferenceClient(model=ner_server.url, token="unused-local").token_classification(text)
+    assert [(e.entity_group, e.word, e.start, e.end) for e in ents] == [
+        (e["entity_group"], e["word"], e["start"], e["end"]) for e in ner_predictor.predict([text])[0]]
+
+
+def test_errors_have_teis_shape_and_the_server_keeps_serving(seq_server, seq_predictor):
+    """422 for malformed bodies, empty input and text pairs; 413 over the max input length unless truncate."""
+    long_words = ("the film was good and the actors were great and the plot moving " * 2).split()
+    long_text = " ".join(long_words)  # 26 words, word-level tokenizer: 26 tokens > max_length 12
+    with httpx.Client(base_url=seq_server.url, timeout=TIMEOUT) as c:
+        cases = [
+            (c.post("/predict", content=b"{not json", headers={"content-type": "application/json"}), 422, None),
+            (c.post("/predict", json={"text": "x"}), 422, "inputs"),
+            (c.post("/predict", json={"inputs": 5}), 422, None),
+            (c.post("/predict", json={"inputs": []}), 422, "empty"),
+            (c.post("/predict", json={"inputs": "   "}), 422, "empty"),
+            (c.post("/predict", json={"inputs": [["good film", "bad film"]]}), 422, "pair"),
+            (c.post("/predict", json={"inputs": ["good", ["a", "b", "c"]]}), 422, None),
+            (c.post("/predict", json={"inputs": "good", "truncation_direction": "Middle"}), 422, None),
+            (c.post("/predict", json={"inputs": ["good", long_text]}), 413, "max input length"),
+            (c.post("/ner", json={"inputs": "good"}), 424, "/predict"),
+            (c.get("/nope"), 404, None),
+        ]
+        for r, status, needle in cases:
+            assert r.status_code == status, (r.status_code, r.text)
+            body = r.json()
+            assert set(body) == {"error", "error_type"} and body["error"], body
+            if needle:
+                assert needle in body["error"], body
+
+        for direction, kept in (("Right", long_words[:12]), ("left", long_words[-12:])):
+            r = c.post("/predict", json={"inputs": long_text, "truncate": True, "truncation_direction": direction})
+            assert r.status_code == 200, r.text
+            want = _probs_alone(seq_predictor, " ".join(kept))
+            assert all(abs(d["score"] - want[d["label"]]) < 1e-5 for d in r.json()), direction
+        assert c.post("/predict", json={"inputs": "a good film"}).status_code == 200
+
+
+def test_full_queue_answers_503_with_retry_after_then_recovers(seq_predictor):
+    """With the batch worker held, the queue fills; the request beyond gets 503 + Retry-After, those
+    queued are answered once the worker runs again, and so are new requests."""
+    app = create_app(seq_predictor, max_batch_size=2, max_wait_ms=0, max_queue=3)
+    batcher = app.state.batcher
+    release, entered = threading.Event(), threading.Event()
+    real = batcher.run_batch
+
+    def held(payloads):
+        entered.set()
+        assert release.wait(30)
+        return real(payloads)
+
+    batcher.run_batch = held
+    with LiveServer(app) as s, httpx.Client(base_url=s.url, timeout=TIMEOUT) as c, ThreadPoolExecutor(4) as pool:
+        first = pool.submit(c.post, "/predict", json={"inputs": ["good film", "bad film"]})  # taken by the worker
+        assert entered.wait(10)
+        queued = pool.submit(c.post, "/predict", json={"inputs": ["a", "great", "plot"]})  # fills the queue (3)
+        deadline = time.monotonic() + 10
+        while batcher.depth() < 3:
+            assert time.monotonic() < deadline, "the second request never queued"
+            time.sleep(0.01)
+        r = c.post("/predict", json={"inputs": "one more"})
+        assert r.status_code == 503 and r.headers.get("retry-after") == "1", r.text
+        assert r.json()["error_type"] == "overloaded"
+        assert c.post("/predict", json={"inputs": ["w"] * 4}).status_code == 413  # never fits the queue
+        release.set()
+        assert first.result(30).status_code == 200 and queued.result(30).status_code == 200
+        assert len(queued.result().json()) == 3
+        assert c.post("/predict", json={"inputs": "one more"}).status_code == 200
+        assert 'fsllm_requests_total{route="/predict",status="503"} 1' in c.get("/metrics").text
+
+
+def test_backend_failures_answer_500_json_and_the_server_keeps_serving(seq_predictor):
+    app = create_app(seq_predictor, max_batch_size=4, max_wait_ms=0)
+    batcher = app.state.batcher
+    real = batcher.run_batch
+    failures = iter([RuntimeError("device lost"), [np.full(3, np.nan)]])
+
+    def flaky(payloads):
+        f = next(failures, None)
+        if f is None:
+            return real(payloads)
+        if isinstance(f, Exception):
+            raise f
+        return f
+
+    batcher.run_batch = flaky
+    with LiveServer(app) as s, httpx.Client(base_url=s.url, timeout=TIMEOUT) as c:
+        for needle in ("device lost", "non-finite"):
+            r = c.post("/predict", json={"inputs": "good film"})
+            assert r.status_code == 500 and r.json()["error_type"] == "backend" and needle in r.json()["error"], r.text
+        assert c.post("/predict", json={"inputs": "good film"}).status_code == 200
+        assert c.get("/health").status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_answer_as_each_text_alone(seq_server, seq_predictor):
+    """8 threads x 12 requests (single texts and small batches): every score equals the text's score
+    computed alone to 1e-5, and the server did group texts of different requests into one forward."""
+    pool_texts = sentences(40, seed=7, lo=1, hi=12)
+    alone = {t: _probs_alone(seq_predictor, t) for t in pool_texts}
+    with httpx.Client(base_url=seq_server.url, timeout=TIMEOUT) as c:
+        before = _batch_stats(c.get("/metrics").text)
+
+    def client(k: int) -> int:
+        rng = random.Random(k)
+        checked = 0
+        with httpx.Client(base_url=seq_server.url, timeout=TIMEOUT) as c:
+            for _ in range(12):
+                chosen = rng.sample(pool_texts, rng.choice([1, 1, 2, 3]))
+                inputs = chosen[0] if len(chosen) == 1 and rng.random() < 0.5 else chosen
+                r = c.post("/predict", json={"inputs": inputs})
+                assert r.status_code == 200, r.text
+                answers = [r.json()] if isinstance(inputs, str) else r.json()
+                for t, answer in zip(chosen, answers, strict=True):
+                    for d in answer:
+                        assert abs(d["score"] - alone[t][d["label"]]) < 1e-5, (t, d, alone[t])
+                    checked += 1
+        return checked
+
+    with ThreadPoolExecutor(8) as pool:
+        checked = sum(pool.map(client, range(8), timeout=120))
+    assert checked >= 96
+    with httpx.Client(base_url=seq_server.url, timeout=TIMEOUT) as c:
+        after = _batch_stats(c.get("/metrics").text)
+    texts, forwards = after[0] - before[0], after[1] - before[1]
+    assert texts == checked and forwards < texts, (texts, forwards)  # some forward held several requests' texts
+
+
+def _batch_stats(metrics: str) -> tuple[float, float]:
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
+    return float(values["fsllm_batch_size_sum"]), float(values["fsllm_batch_size_count"])
+
+
+# -------------------------------------------------------------------------------------------------- NER
+
+
+def test_ner_answers_pipeline_entities_with_offsets_and_windows_long_texts(ner_server, ner_predictor):
+    """Token models answer ``{entity_group, score, word, start, end}`` per input on /predict and /ner,
+    the same as ``Predictor.predict``; a text far over the max input length is windowed, not truncated."""
+    texts = ["John Smith visited Paris .", "  Mary works for Google in  London today !"]
+    long_text = " ".join(sentences(6, seed=5, lo=4, hi=6))  # > 20 words, max_length 8
+    with httpx.Client(base_url=ner_server.url, timeout=TIMEOUT) as c:
+        single = c.post("/ner", json={"inputs": texts[0]})
+        assert single.status_code == 200, single.text
+        assert single.json() == ner_predictor.predict([texts[0]])[0]
+        batch = c.post("/predict", json={"inputs": texts + [long_text]}).json()
+        want = ner_predictor.predict(texts + [long_text])
+        assert len(batch) == 3
+        for t, got, exp in zip(texts + [long_text], batch, want):
+            assert [(e["entity_group"], e["word"], e["start"], e["end"]) for e in got] == [
+                (e["entity_group"], e["word"], e["start"], e["end"]) for e in exp]
+            assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(got, exp))
+            assert all(t[e["start"] : e["end"]] == e["word"] and set(e) == {"entity_group", "score", "word", "start", "end"}
+                       for e in got)
+        assert any(e["start"] > len(" ".join(long_text.split()[:8])) for e in batch[2]), "entities past the first window"
+        assert c.post("/predict", json={"inputs": long_text}).status_code == 200  # no 413 for NER
+
+
+# ------------------------------------------------------------------------------------------ health & co
+
+
+def test_health_info_and_prometheus_metrics(seq_server):
+    with httpx.Client(base_url=seq_server.url, timeout=TIMEOUT) as c:
+        assert c.get("/health").json() == {"status": "ok"}
+        c.post("/predict", json={"inputs": "good film"})
+        c.post("/predict", json={"inputs": []})
+        info = c.get("/info").json()
+        assert info["task"] == "sequence" and info["labels"] == list(SEQ_LABELS.values())
+        assert info["max_input_length"] == 12 and info["max_batch_size"] == 8 and info["model_id"] == "tiny-seq"
+        assert info["transformers_version"] == transformers.__version__ and info["torch_version"] == torch.__version__
+        assert {"fsllm_version", "backbone", "model_type", "max_queue"} <= set(info)
+        schema = c.get("/openapi.json").json()  # the OpenAPI page documents the request schema
+        assert {"/predict", "/ner", "/health", "/info", "/metrics"} <= set(schema["paths"])
+        assert {"inputs", "raw_scores", "truncate", "truncation_direction"} <= set(
+            schema["components"]["schemas"]["PredictRequest"]["properties"])
+        r = c.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'fsllm_requests_total{route="/predict",status="200"}' in text
+    assert 'fsllm_requests_total{route="/predict",status="422"}' in text
+    assert 'fsllm_request_duration_seconds_bucket{route="/predict",le="+Inf"}' in text
+    assert 'fsllm_batch_size_bucket{le="1"}' in text and "fsllm_queue_depth 0" in text
+    for line in text.splitlines():  # every sample line is `name{labels} number`
+        if line and not line.startswith("#"):
+            float(line.rsplit(" ", 1)[1])
+
+
+def test_batcher_respects_max_batch_size_and_fails_only_the_bad_item():
+    seen: list[int] = []
+
+    def run(payloads):
+        seen.append(len(payloads))
+        return [ValueError("bad") if p == "bad" else p * 2 for p in payloads]
+
+    b = DynamicBatcher(run, max_batch_size=4, max_wait_ms=50, max_queue=20)
+    b.start()
+    try:
+        futures = b.submit(list(range(9)) + ["bad"])
+        assert [f.result(10) for f in futures[:9]] == [2 * i for i in range(9)]
+        with pytest.raises(ValueError):
+            futures[9].result(10)
+    finally:
+        b.stop(10)
+    assert max(seen) <= 4 and sum(seen) == 10 and len(seen) == 3
+
+
+def test_batcher_waits_only_for_requests_on_their_way():
+    """A lone text goes at once, not after max_wait_ms; an announced request is waited for and joins the batch."""
+    seen: list[int] = []
+    b = DynamicBatcher(lambda ps: (seen.append(len(ps)), ps)[1], max_batch_size=8, max_wait_ms=3000, max_queue=8)
+    b.start()
+    try:
+        t0 = time.monotonic()
+        assert b.submit(["alone"])[0].result(10) == "alone"
+        assert time.monotonic() - t0 < 1.5, "a lone request waited for max_wait_ms"
+        b.announce()
+        first = b.submit(["a"])
+        time.sleep(0.3)  # the worker waits: one more request was announced
+        second = b.submit(["b", "c"], announced=True)
+        assert [f.result(10) for f in first + second] == ["a", "b", "c"]
+        assert seen == [1, 3]
+    finally:
+        b.stop(10)
+
+
+# -------------------------------------------------------------------------------------- the CLI process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slow_seq_dir(tmp_path_factory) -> Path:
+    """A sequence model wide enough that a 64 x 250-token request takes a few seconds on one CPU thread."""
+    tok = build_word_tokenizer()
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = FSForSequenceClassification.from_backbone(transformers.LlamaModel(cfg), id2label=SEQ_LABELS)
+    run = tmp_path_factory.mktemp("slow-run")  # a run folder: the model under model/, the max length in config.json
+    _save(model, tok, run / "model")
+    (run / "config.json").write_text(json.dumps({"max_length": 300}))
+    return run
+
+
+def _start_cli(model_dir: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """``fsllm serve`` as its own process; returns once /health answers 200 (bounded wait)."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fsllm.cli", "serve", str(model_dir), "--port", str(port), "--log-level", "warning",
+         *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"fsllm serve exited with {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("fsllm serve did not come up")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_sigterm_lets_the_in_flight_request_finish_and_exits_0(slow_seq_dir):
+    proc, url = _start_cli(slow_seq_dir)
+    try:
+        big = [" ".join(random.Random(i).choice(WORDS) for _ in range(250)) for i in range(64)]
+        with ThreadPoolExecutor(1) as pool:
+            fut = pool.submit(httpx.post, url + "/predict", json={"inputs": big}, timeout=120)
+            deadline = time.monotonic() + 30
+            while "fsllm_requests_in_flight 2" not in httpx.get(url + "/metrics", timeout=5).text:  # it + /metrics
+                assert time.monotonic() < deadline and not fut.done(), "the big request was never in flight"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            assert not fut.done()  # the signal came while the request was being answered
+            r = fut.result(120)
+        assert r.status_code == 200, r.text
+        assert len(r.json()) == 64 and all(len(a) == 3 for a in r.json())
+        assert proc.wait(60) == 0, proc.stdout.read().decode()[-2000:]
+    finally:
+        _stop(proc)
+
+
+def test_workers_run_processes_that_load_the_model_and_stop_on_sigterm(seq_dir):
+    """``--workers 2``: each process loads the model named in the environment and serves the same answers."""
+    proc, url = _start_cli(seq_dir, "--workers", "2", "--max-batch-size", "4")
+    try:
+        predictor = Predictor.from_pretrained(seq_dir)
+        texts = sentences(6, seed=11)
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+            info = c.get("/info").json()
+            assert info["model_id"] == str(seq_dir) and info["max_batch_size"] == 4
+            for _ in range(3):  # new connections: the requests may land on either process
+                got = httpx.post(url + "/predict", json={"inputs": texts}, timeout=TIMEOUT).json()
+                for t, answer in zip(texts, got, strict=True):
+                    want = _probs_alone(predictor, t)
+                    assert all(abs(d["score"] - want[d["label"]]) < 1e-5 for d in answer)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, proc.stdout.read().decode()[-2000:]
+    finally:
+        _stop(proc)
