@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {
         "name": name, "model": a.model, "requests_per_level": a.requests, "distinct_texts": len(texts), "tol": a.tol,
         "fsllm_serve": {"max_batch_size": a.max_batch_size, "max_wait_ms": a.max_wait_ms},
-        "baseline": f"FastAPI + transformers.pipeline, one pipeline call per request (build_baseline: pipeline(task, model=folder))",
+        "baseline": "FastAPI + transformers.pipeline, one pipeline call per request (build_baseline: pipeline(task, model=folder))",
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
                     "torch": torch.__version__, "transformers": transformers.__version__,
                     "python": platform.python_version(), "platform": platform.platform()},
