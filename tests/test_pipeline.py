@@ -308,6 +308,54 @@ TRAIN_SCRIPT = textwrap.dedent(
 )
 
 
+REPORT_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import fsllm.training as training
+    from fsllm.training import train
+
+    evaluate = training.evaluate_examples
+
+    def slow_evaluate(*args, **kwargs):  # the final report takes long enough to be killed in it
+        out = evaluate(*args, **kwargs)
+        if kwargs.get("progress") == "test":
+            time.sleep(30)
+        return out
+
+    training.evaluate_examples = slow_evaluate
+    train(data=sys.argv[1], model=sys.argv[2], output_dir=sys.argv[3], max_steps=4, batch_size=4,
+          learning_rate=5e-3, seed=7)
+    """
+)
+
+
+def test_run_killed_during_its_report_leaves_whole_files_and_resumes(tmp_path, tiny_model_dir):
+    """Every file of the report is whole or absent after a kill, and --resume writes the report."""
+    from fsllm.training import train
+
+    data = write_conll_dir(tmp_path)
+    script = tmp_path / "report.py"
+    script.write_text(REPORT_SCRIPT)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(script), str(data), str(tiny_model_dir), str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    target = run / "predictions_dev.jsonl"  # written before the (slowed) test evaluation
+    deadline = time.time() + 240
+    while not target.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert target.is_file(), "the run never reached its report"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "metrics.json").exists() and not (run / "predictions_test.jsonl").exists()
+    assert [json.loads(line)["tokens"] for line in target.read_text().splitlines()]  # whole lines
+    assert (run / "model" / "config.json").is_file() and not list(run.glob(".*"))  # no temporaries left
+
+    resumed = train(resume=True, output_dir=str(run))
+    assert json.loads((run / "metrics.json").read_text())["test"]["f1"] == resumed.metrics["test"]["f1"]
+    assert len((run / "predictions_test.jsonl").read_text().splitlines()) == resumed.metrics["sizes"]["test"]
+
+
 def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_model_dir):
     from fsllm.training import train
 

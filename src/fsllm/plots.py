@@ -20,6 +20,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from . import atomic
+
 __all__ = ["plot_confusion", "plot_curves", "plot_training"]
 
 _DPI = 120
@@ -33,8 +35,8 @@ def _new_figure(width: float = 6.4, height: float = 4.0) -> Figure:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight")
     fig.clear()
     return path
 

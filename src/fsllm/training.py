@@ -46,6 +46,7 @@ from transformers.trainer_pt_utils import (
     get_length_grouped_indices,
 )
 
+from . import atomic
 from .attention import SUPPORTED_IMPLEMENTATIONS
 from .backbones import backbone_num_layers, load_tokenizer
 from .config import FSConfig
@@ -357,7 +358,7 @@ def _truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    atomic.write_lines(path, keep)
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:
@@ -460,7 +461,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     # model name leaves nothing behind (a half-made folder would refuse the corrected rerun).
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        atomic.write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
 
     metric = primary_metric(task)
     has_dev = bool(dev_ex)
@@ -524,8 +525,10 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     if not main_process:
         return RunResult(run_dir, {}, [])
 
-    # ---- final model (best on dev), evaluation, artefacts
-    model.save_pretrained(run_dir / "model", tokenizer=tokenizer)
+    # ---- final model (best on dev), evaluation, artefacts; each written atomically, so a run killed
+    # here leaves complete files (old or new) and --resume writes the report again
+    with atomic.replacing_dir(run_dir / "model") as tmp:
+        model.save_pretrained(tmp, tokenizer=tokenizer)
     metrics: dict[str, Any] = {
         "task": task,
         "data": cfg.data,
@@ -549,14 +552,12 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
             continue
         m, records = evaluate_examples(model, tokenizer, exs, cfg.max_length, cfg.eval_batch_size, progress=split)
         metrics[split] = m
-        with (run_dir / f"predictions_{split}.jsonl").open("w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        atomic.write_lines(run_dir / f"predictions_{split}.jsonl", [json.dumps(r) for r in records])
         cm = m.get("confusion_matrix")
         labels = m.get("labels") or m.get("confusion_labels")
         if cm and labels:
             plots.append(plot_confusion(cm, labels, run_dir / "plots" / f"confusion_{split}.png", title=f"{split} confusion matrix"))
     plots = plot_training(trainer.state.log_history, run_dir / "plots", metric) + plots
-    (run_dir / "model" / MODEL_CARD_NAME).write_text(model_card_text(model, metrics, dataset=str(cfg.data)))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic.write_text(run_dir / "model" / MODEL_CARD_NAME, model_card_text(model, metrics, dataset=str(cfg.data)))
+    atomic.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     return RunResult(run_dir, metrics, plots)
