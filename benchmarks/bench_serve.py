@@ -64,6 +64,14 @@ _TEMPLATES = [
 ]
 
 
+def test_texts(data: str, n: int) -> list[str]:
+    """The first ``n`` texts of a data set's test split; NER sentences are their words joined by spaces."""
+    from fsllm.data import load_any
+
+    split = list(load_any(data).splits["test"])[:n]
+    return [" ".join(ex["tokens"]) if "tokens" in ex else ex["text"] for ex in split]
+
+
 def default_texts(n: int = 64, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     out = []
@@ -275,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", default="1,4,16,64", help="concurrency levels (default 1,4,16,64)")
     p.add_argument("--requests", type=int, default=200, help="requests per server and level (default 200)")
     p.add_argument("--texts", default=None, help="a file with one text per line (default: built-in sentences)")
+    p.add_argument("--data", default=None,
+                   help="use the first --num-texts texts of this data set's test split (NER: words joined by spaces)")
+    p.add_argument("--num-texts", type=int, default=256, help="with --data (default 256)")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--tol", type=float, default=1e-4, help="score tolerance for 'correct' (default 1e-4)")
@@ -295,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     levels = [int(x) for x in a.levels.split(",")]
-    texts = [ln for ln in Path(a.texts).read_text().splitlines() if ln.strip()] if a.texts else default_texts()
+    if a.data:
+        texts = test_texts(a.data, a.num_texts)
+    elif a.texts:
+        texts = [ln for ln in Path(a.texts).read_text().splitlines() if ln.strip()]
+    else:
+        texts = default_texts()
     name = a.name or Path(a.model).resolve().name
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
