@@ -182,3 +182,13 @@ def test_packaged_smollm2_loads_and_predicts(tmp_path):
     alone = tok(["dull"], return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(model(alone.input_ids, alone.attention_mask).logits, out.logits[1:], atol=1e-4, rtol=0)
+
+
+def test_lora_starts_as_peft_initialises_it():
+    """B = 0 at init (PEFT's rule), so an untrained FS model computes what its backbone computes;
+    ``post_init`` must not draw LoRA weights again from the backbone's initialiser."""
+    model = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(bool((p == 0).all()) for p in lora_b)
+    lora_a = [p for n, p in model.named_parameters() if "lora_A" in n]
+    assert all(float(p.abs().sum()) > 0 for p in lora_a)

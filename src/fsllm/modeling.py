@@ -165,7 +165,7 @@ class FSModel(PreTrainedModel):
                 module._is_hf_initialized = True
         self.backbone = base
         self.head = ClassificationHead(
-            base.config.hidden_size if not isinstance(base, PeftModel) else base.get_base_model().config.hidden_size,
+            config.decoder_config.hidden_size,
             self.num_labels,
             kind=fs_config.head,
             hidden=fs_config.head_hidden_size,
