@@ -21,15 +21,16 @@ from .backbones import load_tokenizer
 from .errors import DataError, FSLLMError, ModelFolderError
 from .metrics import classification_metrics, ner_metrics
 from .modeling import CONFIG_NAME, FSModel, load_model
-
-#: the best model's folder inside a training run folder
-RUN_MODEL_DIR = "model"
+from .segmentation import segment
 from .tokenization import (
     join_words,
     merge_window_predictions,
     sequence_features,
     token_classification_features,
 )
+
+#: the best model's folder inside a training run folder
+RUN_MODEL_DIR = "model"
 
 
 def batched_logits(
@@ -233,8 +234,6 @@ class Predictor:
             if not isinstance(t, str) or not t.strip():
                 raise DataError(f"input {n + 1}: empty text")
         if self.task == "token":
-            from .segmentation import segment  # imported here: keeps this module's import block as it was
-
             split = [segment(t) for t in texts]
             for n, (t, ws) in enumerate(zip(texts, split)):
                 if not ws:
