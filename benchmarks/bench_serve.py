@@ -182,15 +182,16 @@ def stop(proc: subprocess.Popen) -> int | None:
 
 
 def same_answer(got: Any, want: Any, task: str, tol: float) -> bool:
-    """Labels equal and scores within ``tol``; NER: the same spans and types (the pipeline's ``word``
-    is decoded from sub-tokens, fsllm's is the text slice, so words are compared stripped)."""
+    """Labels equal and scores within ``tol``; NER: the same spans, types and words once the spaces
+    that the pipeline's byte-level BPE tokens carry are dropped (``parity.pipeline_entity_key``)."""
+    from parity import pipeline_entity_key
+
     try:
         if task == "token":
             if len(got) != len(want):
                 return False
             return all(
-                (g["entity_group"], g["start"], g["end"]) == (w["entity_group"], w["start"], w["end"])
-                and str(g["word"]).strip() == str(w["word"]).strip() and abs(g["score"] - w["score"]) <= tol
+                pipeline_entity_key(g) == pipeline_entity_key(w) and abs(g["score"] - w["score"]) <= tol
                 for g, w in zip(got, want)
             )
         g = {d["label"]: d["score"] for d in got}

@@ -61,7 +61,7 @@ def round_trip(folder: Path, predictor: Predictor, texts: list[str]) -> dict:
     return out
 
 
-def _pipeline_key(e: dict) -> tuple:
+def pipeline_entity_key(e: dict) -> tuple:
     """An entity of the pipeline without the spaces that byte-level BPE tokens carry.
 
     With such tokenizers (SmolLM2, GPT-2, Llama 3) the pipeline's ``word`` is the decoded tokens,
@@ -90,7 +90,7 @@ def ner_parity(folder: Path, predictor: Predictor, sentences: list[list[str]]) -
     too_long = sum(len(predictor.tokenizer(" ".join(w))["input_ids"]) > predictor.max_length for w in sentences)
     same, max_score_diff, examples = 0, 0.0, []
     for n, (a, b) in enumerate(zip(theirs, ours)):
-        key_a = [_pipeline_key(e) for e in a]
+        key_a = [pipeline_entity_key(e) for e in a]
         key_b = [(e["entity_group"], e["start"], e["end"], e["word"]) for e in b]
         if key_a == key_b:
             same += 1
