@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import build_word_tokenizer
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+# benchmarks/ for the scripts, tests/ for the library tests' helpers (``conftest``, ``test_serve``)
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 import baselines as B
 import paper_tables as P
+from conftest import build_word_tokenizer
 
 
 @pytest.fixture(autouse=True)
