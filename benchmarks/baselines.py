@@ -498,6 +498,33 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
     )
 
 
+def select_on_dev_trainer(
+    model, run_dir: Path, feats: Sequence[dict], collator: Callable, dev_eval: Callable, *, has_dev: bool, metric: str,
+    epochs: float, batch_size: int, lr: float, seed: int, evals_per_epoch: int, max_steps: int = -1,
+):
+    """The trainer of every trained baseline: trains on ``feats``, scores the model with ``dev_eval``
+    ``evals_per_epoch`` times per epoch and at the end, keeps the best weights by ``metric`` and logs
+    to ``train_log.jsonl`` in the format of FS runs."""
+    import datasets
+
+    from fsllm.training import JsonlLogCallback
+
+    train_ds = datasets.Dataset.from_list(list(feats))
+    Trainer, EvalAtEnd = _make_trainer_cls()
+    return Trainer(
+        model=model,
+        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
+                            has_dev=has_dev),
+        train_dataset=train_ds,
+        eval_dataset=train_ds if has_dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
+        data_collator=collator,
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
+        dev_eval=dev_eval,
+        metric=metric,
+    )
+
+
 def eval_steps_for(n_train: int, batch_size: int, evals_per_epoch: int) -> int:
     """Steps between dev evaluations for ``evals_per_epoch`` per epoch (1: at each epoch end).
 
@@ -637,13 +664,11 @@ def run_instruction_tuning(
 ) -> dict:
     """LoRA-tune the causal LM to write the answer after the zero-shot prompt; select on dev by
     the zero-shot scoring (accuracy of likelihood scoring, or span F1 of generated entity lists)."""
-    import datasets
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
     from fsllm.backbones import default_lora_targets
     from fsllm.metrics import primary_metric
-    from fsllm.training import JsonlLogCallback
 
     run_dir = _prep_dir(run_dir)
     set_seed(seed)
@@ -660,19 +685,10 @@ def run_instruction_tuning(
         return evaluate_scoring(m, tok, spec, sp.task, sp.dev, sp.labels, max_length, eval_batch_size, max_new_tokens,
                                 progress="dev")[0]
 
-    train_ds = datasets.Dataset.from_list(feats)
-    Trainer, EvalAtEnd = _make_trainer_cls()
-    trainer = Trainer(
-        model=model,
-        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
-                            has_dev=bool(sp.dev)),
-        train_dataset=train_ds,
-        eval_dataset=train_ds if sp.dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
-        data_collator=right_padding_collator("token", tok),  # prompt + answer tokens, labels -100 on the prompt
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
-        dev_eval=dev_eval,
-        metric=metric,
+    trainer = select_on_dev_trainer(
+        model, run_dir, feats, right_padding_collator("token", tok),  # prompt + answer tokens, labels -100 on the prompt
+        dev_eval, has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps,
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "instruction-tuned",
@@ -832,7 +848,6 @@ def run_encoder(
     """Full fine-tuning of an encoder with a token/sequence classification head, selected on dev.
     NER uses ``ner_max_length`` (default 512, the encoders' limit) so no CoNLL word loses its
     prediction; sequence tasks truncate to ``max_length`` like the FS models."""
-    import datasets
     from transformers import (
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -841,7 +856,6 @@ def run_encoder(
     )
 
     from fsllm.metrics import primary_metric
-    from fsllm.training import JsonlLogCallback
 
     run_dir = _prep_dir(run_dir)
     set_seed(seed)
@@ -862,19 +876,11 @@ def run_encoder(
             feats.append(f)
 
     metric = primary_metric(sp.task)
-    train_ds = datasets.Dataset.from_list(feats)
-    Trainer, EvalAtEnd = _make_trainer_cls()
-    trainer = Trainer(
-        model=model,
-        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
-                            has_dev=bool(sp.dev)),
-        train_dataset=train_ds,
-        eval_dataset=train_ds if sp.dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
-        data_collator=right_padding_collator(sp.task, tok),
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
-        dev_eval=lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size)[0],
-        metric=metric,
+    trainer = select_on_dev_trainer(
+        model, run_dir, feats, right_padding_collator(sp.task, tok),
+        lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size)[0],
+        has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps,
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
