@@ -345,7 +345,7 @@ def main(argv=None) -> int:
         "benchmark": "bench_gpu",
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
+        "machine": {  # with a GPU, machine_info's gpu, gpu_memory_gib and cuda replace these CPU values
             "gpu": f"none (CPU: {common.cpu_model()})",
             "gpu_memory_gib": None,
             "cuda": torch.version.cuda,
