@@ -16,7 +16,7 @@ Every ``run_*`` function uses the same training/dev/test subsets as ``fsllm.trai
 (``dev``, ``test``, ``train``).
 
 The helpers (prompt rendering, the answer parser, the label-word scorer, the instruction
-data builder) are small and tested in ``tests/test_baselines.py`` on tiny random models.
+data builder) are small and tested in ``benchmarks/tests/test_baselines.py`` on tiny random models.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import write_json
 
 logger = logging.getLogger("paper.baselines")
 
@@ -407,16 +407,16 @@ def instruction_examples(tokenizer, spec: PromptSpec, task: str, examples: Seque
     return feats, {"texts_truncated": cut_text, "answers_truncated": cut_answer}
 
 
-def pad_batch(features: Sequence[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad ``input_ids``/``attention_mask``/``labels`` (labels with -100)."""
-    width = max(len(f["input_ids"]) for f in features)
-    out = {"input_ids": [], "attention_mask": [], "labels": []}
-    for f in features:
-        n = width - len(f["input_ids"])
-        out["input_ids"].append(list(f["input_ids"]) + [pad_id] * n)
-        out["attention_mask"].append(list(f["attention_mask"]) + [0] * n)
-        out["labels"].append(list(f["labels"]) + [-100] * n)
-    return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+def right_padding_collator(task: str, tokenizer):
+    """fsllm's training collator (``make_collator``), padding on the right whatever the tokenizer's default.
+
+    The baselines' models take their positions from the token order, not from the attention mask
+    (unlike FS models), so a left-padded training batch would shift every position.
+    """
+    from fsllm.training import make_collator
+
+    tokenizer.padding_side = "right"
+    return make_collator(task, tokenizer)
 
 
 # ============================================================================ training with dev selection
@@ -498,6 +498,33 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
     )
 
 
+def select_on_dev_trainer(
+    model, run_dir: Path, feats: Sequence[dict], collator: Callable, dev_eval: Callable, *, has_dev: bool, metric: str,
+    epochs: float, batch_size: int, lr: float, seed: int, evals_per_epoch: int, max_steps: int = -1,
+):
+    """The trainer of every trained baseline: trains on ``feats``, scores the model with ``dev_eval``
+    ``evals_per_epoch`` times per epoch and at the end, keeps the best weights by ``metric`` and logs
+    to ``train_log.jsonl`` in the format of FS runs."""
+    import datasets
+
+    from fsllm.training import JsonlLogCallback
+
+    train_ds = datasets.Dataset.from_list(list(feats))
+    Trainer, EvalAtEnd = _make_trainer_cls()
+    return Trainer(
+        model=model,
+        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                            eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
+                            has_dev=has_dev),
+        train_dataset=train_ds,
+        eval_dataset=train_ds if has_dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
+        data_collator=collator,
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
+        dev_eval=dev_eval,
+        metric=metric,
+    )
+
+
 def eval_steps_for(n_train: int, batch_size: int, evals_per_epoch: int) -> int:
     """Steps between dev evaluations for ``evals_per_epoch`` per epoch (1: at each epoch end).
 
@@ -556,6 +583,44 @@ def _strip(m: dict | None) -> dict | None:
     return {k: v for k, v in m.items() if k not in ("confusion_matrix",)}
 
 
+def train_with_selection(trainer) -> dict[str, Any]:
+    """Train, restore the weights of the best dev evaluation; the ``trainable_params`` and ``train``
+    entries of the run's metrics."""
+    t0 = time.time()
+    out = trainer.train()
+    seconds = time.time() - t0
+    trainer.restore_best()
+    best = trainer.best
+    return {
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "train": {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
+                  "best_step": best[1] if best else None, "best_dev_metric": best[0] if best else None},
+    }
+
+
+def finish_run(run_dir: Path, metrics: dict[str, Any], splits: Sequence[tuple[str, Sequence[dict]]],
+               evaluate: Callable[[str, Sequence[dict]], tuple[dict, list[dict]]], trainer=None) -> dict[str, Any]:
+    """Score ``splits`` (each ``(name, examples)``; empty ones are skipped) with ``evaluate(name, examples)``, write
+    ``predictions_<split>.jsonl`` and ``metrics.json``; the end of every baseline run.
+
+    With a ``trainer`` that selected on dev, the selected evaluation is the dev result (scoring is
+    deterministic: the same weights are not scored on dev again).
+    """
+    if trainer is not None and trainer.best is not None:
+        metrics["dev"] = _strip(trainer.best[3])
+        splits = [(name, exs) for name, exs in splits if name != "dev"]
+    for split, exs in splits:
+        if not exs:
+            continue
+        t0 = time.time()
+        m, rec = evaluate(split, exs)
+        m["seconds"] = round(time.time() - t0, 1)
+        metrics[split] = _strip(m)
+        _write_records(run_dir / f"predictions_{split}.jsonl", rec)
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
 # ============================================================================ zero-shot and instruction tuning
 
 
@@ -583,16 +648,11 @@ def run_zero_shot(
                                "prompt": spec.instruction, "chat_template": uses_chat(tok),
                                "sizes": {"train": 0, "dev": len(sp.dev) if evaluate_dev else 0, "test": len(sp.test)},
                                "train": {"steps": 0, "seconds": 0.0}}
-    for split, exs in (("dev", sp.dev if evaluate_dev else []), ("test", sp.test)):
-        if not exs:
-            continue
-        t0 = time.time()
-        m, rec = evaluate_scoring(model, tok, spec, sp.task, exs, sp.labels, max_length, batch_size, max_new_tokens, progress=split)
-        m["seconds"] = round(time.time() - t0, 1)
-        metrics[split] = _strip(m)
-        _write_records(run_dir / f"predictions_{split}.jsonl", rec)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return finish_run(
+        run_dir, metrics, (("dev", sp.dev if evaluate_dev else []), ("test", sp.test)),
+        lambda split, exs: evaluate_scoring(model, tok, spec, sp.task, exs, sp.labels, max_length, batch_size,
+                                            max_new_tokens, progress=split),
+    )
 
 
 def run_instruction_tuning(
@@ -604,13 +664,11 @@ def run_instruction_tuning(
 ) -> dict:
     """LoRA-tune the causal LM to write the answer after the zero-shot prompt; select on dev by
     the zero-shot scoring (accuracy of likelihood scoring, or span F1 of generated entity lists)."""
-    import datasets
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
     from fsllm.backbones import default_lora_targets
     from fsllm.metrics import primary_metric
-    from fsllm.training import JsonlLogCallback
 
     run_dir = _prep_dir(run_dir)
     set_seed(seed)
@@ -621,53 +679,29 @@ def run_instruction_tuning(
                       target_modules=default_lora_targets(model), task_type="CAUSAL_LM")
     model = get_peft_model(model, lcfg)
     feats, cuts = instruction_examples(tok, spec, sp.task, sp.train, max_length, max_new_tokens if sp.task == "token" else None)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     metric = primary_metric(sp.task)
 
     def dev_eval(m):
         return evaluate_scoring(m, tok, spec, sp.task, sp.dev, sp.labels, max_length, eval_batch_size, max_new_tokens,
                                 progress="dev")[0]
 
-    train_ds = datasets.Dataset.from_list(feats)
-    Trainer, EvalAtEnd = _make_trainer_cls()
-    trainer = Trainer(
-        model=model,
-        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
-                            has_dev=bool(sp.dev)),
-        train_dataset=train_ds,
-        eval_dataset=train_ds if sp.dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
-        data_collator=lambda fs: pad_batch(fs, pad),
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
-        dev_eval=dev_eval,
-        metric=metric,
+    trainer = select_on_dev_trainer(
+        model, run_dir, feats, right_padding_collator("token", tok),  # prompt + answer tokens, labels -100 on the prompt
+        dev_eval, has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps,
     )
-    t0 = time.time()
-    out = trainer.train()
-    seconds = time.time() - t0
-    trainer.restore_best()
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "instruction-tuned",
         "prompt": spec.instruction, "chat_template": uses_chat(tok), "primary_metric": metric,
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)}, **cuts,
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train": {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
-                  "best_step": trainer.best[1] if trainer.best else None,
-                  "best_dev_metric": trainer.best[0] if trainer.best else None},
+        **train_with_selection(trainer),
     }
-    if trainer.best is not None:  # the selected weights were scored on dev already (deterministic): not again
-        metrics["dev"] = _strip(trainer.best[3])
-    for split, exs in (("dev", sp.dev if trainer.best is None else []), ("test", sp.test)):
-        if not exs:
-            continue
-        t1 = time.time()
-        m, rec = evaluate_scoring(model, tok, spec, sp.task, exs, sp.labels, max_length, eval_batch_size, max_new_tokens,
-                                  progress=split)
-        m["seconds"] = round(time.time() - t1, 1)
-        metrics[split] = _strip(m)
-        _write_records(run_dir / f"predictions_{split}.jsonl", rec)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return finish_run(
+        run_dir, metrics, (("dev", sp.dev), ("test", sp.test)),
+        lambda split, exs: evaluate_scoring(model, tok, spec, sp.task, exs, sp.labels, max_length, eval_batch_size,
+                                            max_new_tokens, progress=split),
+        trainer,
+    )
 
 
 # ============================================================================ encoders
@@ -770,31 +804,9 @@ def encoder_token_features(tokenizer, words: Sequence[str], tags: Sequence[str] 
     return f, first
 
 
-@torch.inference_mode()
-def _encoder_logits(model, feats: Sequence[dict], pad_id: int, batch_size: int) -> list[np.ndarray]:
-    order = sorted(range(len(feats)), key=lambda i: len(feats[i]["input_ids"]))
-    out: list = [None] * len(feats)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        width = max(len(feats[i]["input_ids"]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, i in enumerate(idx):
-            n = len(feats[i]["input_ids"])
-            ids[r, :n] = torch.tensor(feats[i]["input_ids"])
-            mask[r, :n] = 1
-        lg = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
-        for r, i in enumerate(idx):
-            out[i] = lg[r] if lg.ndim == 2 else lg[r, : len(feats[i]["input_ids"])]
-    model.train(was_training)
-    return out
-
-
 def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
                      batch_size: int = 64) -> tuple[dict, list[dict]]:
+    from fsllm.inference import batched_logits
     from fsllm.metrics import classification_metrics, ner_metrics
 
     pad = tokenizer.pad_token_id or 0
@@ -804,7 +816,7 @@ def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labe
             f, first = encoder_token_features(tokenizer, ex["tokens"], None, None, max_length)
             feats.append(f)
             firsts.append(first)
-        logits = _encoder_logits(model, feats, pad, batch_size)
+        logits = batched_logits(model, feats, batch_size, pad)
         preds, lost = [], 0
         for lg, first in zip(logits, firsts):
             tags = []
@@ -820,7 +832,7 @@ def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labe
         recs = [{"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p} for ex, p in zip(examples, preds)]
         return m, recs
     feats = [dict(tokenizer(ex["text"], truncation=True, max_length=max_length)) for ex in examples]
-    logits = _encoder_logits(model, feats, pad, batch_size)
+    logits = batched_logits(model, feats, batch_size, pad)
     preds = [labels[int(lg.argmax())] for lg in logits]
     m = classification_metrics([ex["label"] for ex in examples], preds, list(labels))
     recs = [{"text": ex["text"], "label": ex["label"], "pred": p} for ex, p in zip(examples, preds)]
@@ -836,7 +848,6 @@ def run_encoder(
     """Full fine-tuning of an encoder with a token/sequence classification head, selected on dev.
     NER uses ``ner_max_length`` (default 512, the encoders' limit) so no CoNLL word loses its
     prediction; sequence tasks truncate to ``max_length`` like the FS models."""
-    import datasets
     from transformers import (
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -845,7 +856,6 @@ def run_encoder(
     )
 
     from fsllm.metrics import primary_metric
-    from fsllm.training import JsonlLogCallback
 
     run_dir = _prep_dir(run_dir)
     set_seed(seed)
@@ -864,68 +874,22 @@ def run_encoder(
             f = dict(tok(ex["text"], truncation=True, max_length=length))
             f["labels"] = label2id[ex["label"]]
             feats.append(f)
-    pad = tok.pad_token_id or 0
-
-    def collate(fs):
-        width = max(len(f["input_ids"]) for f in fs)
-        ids = torch.full((len(fs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(fs), width), dtype=torch.long)
-        lab = torch.full((len(fs), width), -100, dtype=torch.long) if sp.task == "token" else torch.zeros(len(fs), dtype=torch.long)
-        for r, f in enumerate(fs):
-            n = len(f["input_ids"])
-            ids[r, :n] = torch.tensor(f["input_ids"])
-            mask[r, :n] = 1
-            if sp.task == "token":
-                lab[r, :n] = torch.tensor(f["labels"])
-            else:
-                lab[r] = f["labels"]
-        return {"input_ids": ids, "attention_mask": mask, "labels": lab}
 
     metric = primary_metric(sp.task)
-    train_ds = datasets.Dataset.from_list(feats)
-    Trainer, EvalAtEnd = _make_trainer_cls()
-    trainer = Trainer(
-        model=model,
-        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                            eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
-                            has_dev=bool(sp.dev)),
-        train_dataset=train_ds,
-        eval_dataset=train_ds if sp.dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
-        data_collator=collate,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
-        dev_eval=lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size)[0],
-        metric=metric,
+    trainer = select_on_dev_trainer(
+        model, run_dir, feats, right_padding_collator(sp.task, tok),
+        lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size)[0],
+        has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps,
     )
-    t0 = time.time()
-    out = trainer.train()
-    seconds = time.time() - t0
-    trainer.restore_best()
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
         "primary_metric": metric, "max_length": length,
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "train": {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
-                  "best_step": trainer.best[1] if trainer.best else None,
-                  "best_dev_metric": trainer.best[0] if trainer.best else None},
+        **train_with_selection(trainer),
     }
-    if trainer.best is not None:  # the selected weights were scored on dev already (deterministic): not again
-        metrics["dev"] = _strip(trainer.best[3])
-    for split, exs in (("dev", sp.dev if trainer.best is None else []), ("test", sp.test)):
-        if not exs:
-            continue
-        t1 = time.time()
-        m, rec = evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size)
-        m["seconds"] = round(time.time() - t1, 1)
-        metrics[split] = _strip(m)
-        _write_records(run_dir / f"predictions_{split}.jsonl", rec)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
-
-
-def git_describe() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return None
+    return finish_run(
+        run_dir, metrics, (("dev", sp.dev), ("test", sp.test)),
+        lambda split, exs: evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size),
+        trainer,
+    )

@@ -36,15 +36,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import math
 import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import common
 import torch
-import transformers
 
 from fsllm.attention import DECAY_HORIZON_BIAS as DEFAULT_HORIZON_BIAS
 
@@ -116,13 +116,10 @@ def build(shape: str, layers: int | None, lam: float, device: str):
 
 def set_variant(model, name: str) -> None:
     """Switch every layer's FS mode and the attention implementation in place (same weights)."""
-    import fsllm.attention as fa
-
     mode, impl, horizon = VARIANTS[name]
-    model._layer_modes = [mode] * model.num_layers
-    model._base_model().set_attn_implementation(fa.PREFIX + impl)
-    # decay-flex-full: a bias threshold no key reaches, so the horizon never cuts
-    fa.DECAY_HORIZON_BIAS = DEFAULT_HORIZON_BIAS if horizon else 1e12
+    # decay-flex-full: no horizon threshold, so flex computes every future key
+    model.set_attention(mode=mode, layers="all", implementation=impl,
+                        decay_horizon_bias=DEFAULT_HORIZON_BIAS if horizon else math.inf)
 
 
 def step(model, batch) -> None:
@@ -163,7 +160,7 @@ def agreement(model, names: list[str], batch) -> dict:
         if a in logits and b in logits:
             diff = (logits[a] - logits[b]).abs().max().item()
             out[f"{a} vs {b}"] = {"max_abs": round(diff, 5), "relative": round(diff / logits[b].abs().max().item(), 5)}
-    set_variant(model, REFERENCE)  # leaves the library's horizon as it was
+    set_variant(model, REFERENCE)
     return out
 
 
@@ -348,15 +345,11 @@ def main(argv=None) -> int:
         "benchmark": "bench_gpu",
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "gpu": torch.cuda.get_device_name() if device == "cuda" else f"none (CPU: {platform.processor()})",
-            "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-            if device == "cuda"
-            else None,
-            "torch": torch.__version__,
+        "machine": {  # with a GPU, machine_info's gpu, gpu_memory_gib and cuda replace these CPU values
+            "gpu": f"none (CPU: {common.cpu_model()})",
+            "gpu_memory_gib": None,
             "cuda": torch.version.cuda,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
+            **common.machine_info(),
         },
         "flex_shapes": "dynamic after the first length" if a.dynamic else "static (compiled per length)",
         # flex has no backward on a CPU, so the CPU smoke run times forwards (see step())
@@ -395,12 +388,12 @@ def main(argv=None) -> int:
             if a.profile and L == max(lengths) and batch["input_ids"].is_cuda:
                 data.setdefault("profile", {})[shape] = {"tokens": L, **profile(model, names, batch)}
                 print(shape, "profile", json.dumps(data["profile"][shape]), flush=True)
-            a.out.write_text(json.dumps(data, indent=1))
+            common.write_json(a.out, data, indent=1)
         del model
         if device == "cuda":
             torch.cuda.empty_cache()
     data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    a.out.write_text(json.dumps(data, indent=1))
+    common.write_json(a.out, data, indent=1)
     a.out.with_suffix(".md").write_text(markdown(data) + "\n")
     print(markdown(data))
     return 0

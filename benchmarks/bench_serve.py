@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import random
 import signal
 import socket
@@ -44,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import common
 from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,9 +302,6 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(baseline_app(a.model), host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
         return 0
 
-    import torch
-    import transformers
-
     levels = [int(x) for x in a.levels.split(",")]
     if a.data:
         texts = test_texts(a.data, a.num_texts)
@@ -329,9 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "name": name, "model": a.model, "requests_per_level": a.requests, "distinct_texts": len(texts), "tol": a.tol,
         "fsllm_serve": {"max_batch_size": a.max_batch_size, "max_wait_ms": a.max_wait_ms},
         "baseline": "FastAPI + transformers.pipeline, one pipeline call per request (build_baseline: pipeline(task, model=folder))",
-        "machine": {"cpus": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-                    "torch": torch.__version__, "transformers": transformers.__version__,
-                    "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), **common.machine_info()},
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "levels": [],
     }
@@ -368,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     by = {(r["server"], r["concurrency"]): r["requests_per_s"] for r in res["levels"]}
     res["speedup_requests_per_s"] = {
         c: round(by[("fsllm", c)] / by[("baseline", c)], 2) for c in levels if by.get(("baseline", c))}
-    (out_dir / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    common.write_json(out_dir / f"{name}.json", res, newline=True)
     (out_dir / f"{name}.md").write_text(markdown(res))
     print(markdown(res))
     print(f"wrote {out_dir / (name + '.json')} and {out_dir / (name + '.md')}")

@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -41,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
 
 PARTS = ("overhead", "train", "inference", "flops", "scaling")
@@ -147,38 +147,6 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def machine_info(threads: int) -> dict:
-    import peft
-    import transformers
-
-    cpu = "unknown"
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError):
-        mem_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    return {
-        "cpu_model": cpu,
-        "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "fma")) or f in ("f16c",)),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "torch_threads": threads,
-        "memory_gb": mem_gb,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "platform": platform.platform(),
-    }
-
-
 class Results:
     """The JSON results file, rewritten atomically after every update."""
 
@@ -196,10 +164,7 @@ class Results:
         return self.data["parts"].setdefault(name, {})
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=_json_default))
-        os.replace(tmp, self.path)
+        common.write_json(self.path, self.data, default=_json_default)
 
 
 def _json_default(o):
@@ -260,26 +225,14 @@ def build_model(kind: str, id2label: dict[int, str]):
     return model
 
 
-def collate(feats: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Dynamic right padding to the longest feature (what fsllm's training collator does)."""
-    width = max(len(f["input_ids"]) for f in feats)
-    ids = torch.full((len(feats), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(feats), width), dtype=torch.long)
-    labels = torch.full((len(feats), width), -100, dtype=torch.long)
-    for r, f in enumerate(feats):
-        n = len(f["input_ids"])
-        ids[r, :n] = torch.tensor(f["input_ids"])
-        mask[r, :n] = 1
-        if "labels" in f:
-            labels[r, :n] = torch.tensor(f["labels"])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 def conll_batch(examples: list[dict], tok, label2id: dict[str, int], max_length: int = 128) -> dict[str, torch.Tensor]:
+    """A training batch of CoNLL sentences (each one's first window), padded as fsllm's trainer pads."""
     from fsllm.tokenization import token_classification_features
+    from fsllm.training import make_collator
 
+    keep = ("input_ids", "attention_mask", "labels")
     feats = [token_classification_features(ex["tokens"], ex["tags"], tok, label2id, max_length)[0] for ex in examples]
-    return collate(feats, tok.pad_token_id or 0)
+    return dict(make_collator("token", tok)([{k: f[k] for k in keep} for f in feats]))
 
 
 def synthetic_batch(length: int, num_labels: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -301,34 +254,33 @@ def train_step(model, batch: dict[str, torch.Tensor]) -> None:
 
 
 @contextlib.contextmanager
-def record_masks():
-    """Record every attention mask built during a forward: fsllm's per-layer masks (returned by
-    ``fsllm.attention.layer_mask``) and the model-level mask of ``create_causal_mask`` (HF's own
-    causal mask for the plain baseline; for FS models the key-padding mask that fsllm registers
-    with ``AttentionMaskInterface``, ``None`` without padding). Patches the module attributes for
-    the duration only; nothing in ``src/`` changes."""
-    import transformers.models.llama.modeling_llama as ml
-
-    import fsllm.attention as fa
+def record_masks(model):
+    """Record every attention mask ``model`` builds during a forward: the model-level mask its
+    decoder layers receive (HF's own causal mask for the plain baseline; for FS models the
+    key-padding mask that fsllm registers with ``AttentionMaskInterface``, ``None`` without padding)
+    and, for FS models, each layer's own mask (``FSModel.observe_masks``). Forward pre-hooks and the
+    library's observer only: nothing is patched."""
+    from fsllm import FSModel
+    from fsllm.backbones import decoder_layers
 
     layer: dict[int, torch.Tensor] = {}
     model_level: dict[int, torch.Tensor] = {}
+    # "create_causal_mask": model-level masks built, one per forward (a decoder without sliding windows)
     calls = {"layer_mask": 0, "create_causal_mask": 0}
-    orig_fs, orig_hf = fa.layer_mask, ml.create_causal_mask
 
-    def fs_wrapper(*a, **k):
-        mask, is_causal = orig_fs(*a, **k)
+    def on_layer_mask(layer_idx, mask):
         calls["layer_mask"] += 1
         if mask is not None:
             layer.setdefault(id(mask), mask)
-        return mask, is_causal
 
-    def hf_wrapper(*a, **k):
-        mask = orig_hf(*a, **k)
-        calls["create_causal_mask"] += 1
-        if isinstance(mask, torch.Tensor):
-            model_level.setdefault(id(mask), mask)
-        return mask
+    def on_decoder_layer(index):
+        def hook(module, args, kwargs):
+            calls["create_causal_mask"] += index == 0
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor):
+                model_level.setdefault(id(mask), mask)
+
+        return hook
 
     def describe(masks: list[torch.Tensor]) -> dict:
         return {
@@ -337,12 +289,16 @@ def record_masks():
             "shapes": sorted({f"{list(m.shape)} {str(m.dtype).replace('torch.', '')}" for m in masks}),
         }
 
-    fa.layer_mask, ml.create_causal_mask = fs_wrapper, hf_wrapper
+    hooks = [
+        m.register_forward_pre_hook(on_decoder_layer(i), with_kwargs=True) for i, m in enumerate(decoder_layers(model))
+    ]
     out: dict[str, Any] = {}
     try:
-        yield out
+        with model.observe_masks(on_layer_mask) if isinstance(model, FSModel) else contextlib.nullcontext():
+            yield out
     finally:
-        fa.layer_mask, ml.create_causal_mask = orig_fs, orig_hf
+        for h in hooks:
+            h.remove()
         masks = list(layer.values()) + list(model_level.values())
         out.update(
             calls=calls,
@@ -355,7 +311,7 @@ def record_masks():
 
 def mask_census(model, batch) -> dict:
     """What masks one forward builds (shapes, dtypes, bytes), measured on a no-grad forward."""
-    with record_masks() as rec, torch.no_grad():
+    with record_masks(model) as rec, torch.no_grad():
         model(**{k: v for k, v in batch.items() if k != "labels"})
     return rec
 
@@ -529,19 +485,6 @@ def part_overhead(ctx: Ctx) -> None:
     ctx.results.save()
 
 
-def _src_tree() -> str | None:
-    """Git hash of the ``src/`` tree (``+dirty`` with uncommitted changes); None outside a checkout."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        tree = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD:src"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "src"], capture_output=True, text=True)
-    except OSError:
-        return None
-    if tree.returncode != 0:
-        return None
-    return tree.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
-
-
 def part_train(ctx: Ctx) -> None:
     from transformers import TrainerCallback
 
@@ -592,7 +535,7 @@ def part_train(ctx: Ctx) -> None:
         "epochs": 1,
         "learning_rate": a.lr,
         "max_steps": a.train_max_steps,
-        "src_tree": _src_tree(),
+        "src_tree": common.src_tree(),
     }
     # One run per (recipe, seed), kept under "by_seed"; a rerun with the same setup (and the same
     # fsllm source tree) reuses the finished runs of unchanged recipes, so seeds or recipes can be
@@ -1279,7 +1222,7 @@ def main(argv=None) -> int:
         "smoke": a.smoke,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if argv is None else " ".join(argv),
-        "machine": machine_info(a.threads),
+        "machine": common.machine_info(),
         "fsllm": fsllm.__version__,
         "backbone": BACKBONE,
         "args": {k: v for k, v in vars(a).items() if k not in ("memory_worker", "out")},
@@ -1316,7 +1259,7 @@ def main(argv=None) -> int:
                 "meta": {
                     "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                     "command": results.data["command"],
-                    "machine": machine_info(a.threads),
+                    "machine": common.machine_info(),
                     "load_average_start": [round(x, 2) for x in os.getloadavg()],
                     "args": {k: v for k, v in vars(a).items() if k not in ("memory_worker", "out")},
                 },

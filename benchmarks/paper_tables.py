@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -42,6 +41,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import baselines
+import common
+from common import write_json
 
 logger = logging.getLogger("paper")
 
@@ -352,42 +353,18 @@ def split_info(dataset: str) -> tuple[int, int, int]:
 def code_commit() -> str | None:
     """The commit of the code this process runs, read once when it starts (``main`` calls it before
     any cell): a long run keeps the fsllm it imported even if the checkout moves on meanwhile."""
-    import subprocess
-
-    try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True, text=True)
-    except OSError:
-        return None
-    if rev.returncode != 0:
-        return None
-    return rev.stdout.strip() + ("+dirty-src" if dirty.stdout.strip() else "")
+    return common.git_commit()
 
 
 def machine_info() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
+    """The machine of a cell, in the keys the report reads (``cpu``, ``cores``, ...)."""
+    m = common.machine_info()
     info = {
-        "cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "peft": peft.__version__,
+        "cpu": m["cpu_model"], "cores": m["usable_cpus"], "torch_threads": m["torch_threads"], "platform": m["platform"],
+        "python": m["python"], "torch": m["torch"], "transformers": m["transformers"], "peft": m["peft"],
     }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+    if "gpu" in m:
+        info["gpu"] = m["gpu"]
     commit = code_commit()
     if commit:
         info["fsllm_commit"] = commit
@@ -480,15 +457,11 @@ def fsllm_command(cfg) -> str:
 
 
 def _learned_lambdas(model_dir: Path) -> list[float] | None:
-    f = model_dir / "fsllm_head.safetensors"
-    if not f.is_file():
-        return None
-    import torch.nn.functional as F
-    from safetensors.torch import load_file
+    """The lambdas a learnable-lambda run learned, rounded for the cell JSON (``None`` for other runs)."""
+    from fsllm.modeling import learned_lambdas
 
-    state = load_file(str(f))
-    raw = state.get("fs_lambda_raw")
-    return None if raw is None else [round(float(x), 4) for x in F.softplus(raw)]
+    lambdas = learned_lambdas(model_dir)
+    return None if lambdas is None else [round(x, 4) for x in lambdas]
 
 
 def run_fs(cell: Cell, budget: Budget, run_dir: Path) -> tuple[dict, dict]:
@@ -608,14 +581,6 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
             record[k] = metrics[k]
     write_json(cell_path(out, cell.table, cell.id), record)
     return record
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write atomically (a kill mid-write never leaves a half JSON that would be taken as done)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def try_reuse(cell: Cell, budget: Budget, out: Path) -> bool:

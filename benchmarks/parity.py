@@ -19,13 +19,11 @@ Results go to a JSON file and a short markdown summary next to it.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, pipeline
 
@@ -33,13 +31,6 @@ from fsllm import load_model
 from fsllm.data import load_any
 from fsllm.inference import Predictor, entities_from_tags, predict_word_tags
 from fsllm.tokenization import join_words, sequence_features
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def round_trip(folder: Path, predictor: Predictor, texts: list[str]) -> dict:
@@ -143,8 +134,8 @@ def main() -> None:
         "command": "python benchmarks/parity.py " + " ".join(
             [str(a.model), "--data", a.data, "--out", str(a.out)] + (["--subset", str(a.subset)] if a.subset else [])
         ),
-        "commit": _commit(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "commit": common.git_commit(mark_dirty=False) or "unknown",
+        "machine": f"{common.cpu_model()}, {torch.get_num_threads()} torch threads",
         "model": str(a.model),
         "data": a.data,
     }
@@ -154,8 +145,7 @@ def main() -> None:
         result["ner"] = ner_parity(a.model, predictor, [list(ex["tokens"]) for ex in test])
     else:
         result["sequence"] = sequence_parity(a.model, predictor, texts)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    common.write_json(a.out, result, newline=True)
     lines = [f"# pipeline() and Auto classes vs fsllm on {a.data} (test)", "", f"`{result['command']}`", "",
              f"commit {result['commit']}; {result['machine']}", ""]
     rt = result["round_trip"]

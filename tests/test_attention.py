@@ -319,3 +319,33 @@ def test_decay_masks_shared_between_layers_with_the_same_lambda():
     m0, _ = layer_mask(state, 0, *args)
     m0[0, 0, 0, 1].backward()
     assert learn.grad is not None and learn.grad[0].item() == -1.0
+
+
+def test_decay_horizon_bias_is_a_parameter_of_the_call_and_of_the_state():
+    """The horizon threshold travels with the call (``bias``) or the forward's state, not a module global."""
+    from fsllm.attention import DECAY_HORIZON_BIAS, FSAttentionState, decay_horizon
+
+    assert decay_horizon(0.5, 8192, DECAY_HORIZON_BIAS) == decay_horizon(0.5, 8192) == 128
+    assert decay_horizon(0.5, 8192, 200.0) == 512  # 400 keys -> 4 blocks
+    assert decay_horizon(0.5, 8192, math.inf) is None  # no threshold: every future key is computed
+    assert FSAttentionState(["decay"]).decay_horizon_bias is None  # None: the library's default
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@torch.no_grad()
+def test_mask_observer_sees_every_layer_mask(impl):
+    """The observer is called once per layer with the mask that layer attends with."""
+    from fsllm.attention import FSAttentionState
+
+    model = token_model("llama", impl, layers=3, attention="decay", decay_lambda=0.5, fs_layers="last:2")
+    seen = []
+    state = FSAttentionState(model.layer_modes, model.fs_lambdas, mask_observer=lambda i, m: seen.append((i, m)))
+    x = ids(batch=2)
+    pad = torch.ones_like(x)
+    pad[1, -3:] = 0
+    model.backbone(input_ids=x, attention_mask=pad, fs_attention=state)
+    assert [i for i, _ in seen] == [0, 1, 2]
+    causal, decay1, decay2 = (m for _, m in seen)
+    assert decay1 is decay2  # one lambda: one float mask shared by the two decay layers
+    assert decay1.dtype == torch.float32 and decay1.shape == (2, 1, L, L)
+    assert causal is not None and causal is not decay1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from fsllm import (
     load_model,
 )
 from fsllm.backbones import default_lora_targets
+from fsllm.errors import ConfigError
+from fsllm.modeling import learned_lambdas
 
 
 def batch(n=4, length=9, seed=0):
@@ -192,3 +195,66 @@ def test_lora_starts_as_peft_initialises_it():
     assert lora_b and all(bool((p == 0).all()) for p in lora_b)
     lora_a = [p for n, p in model.named_parameters() if "lora_A" in n]
     assert all(float(p.abs().sum()) > 0 for p in lora_a)
+
+@torch.no_grad()
+def test_set_attention_switches_modes_layers_and_kernel_in_place():
+    """One set of weights, several attention variants: each switch gives the model built that way."""
+    model = FSForTokenClassification.from_backbone(
+        tiny_backbone("llama", layers=3), num_labels=3, fs_config=FSConfig(attention="decay", decay_lambda=0.5)
+    ).eval()
+    x, mask = batch()
+    decay = model(x, mask).logits
+    model.set_attention(mode="causal")
+    assert model.layer_modes == ["causal"] * 3
+    causal = model(x, mask).logits
+    model.set_attention(mode="bidirectional", layers="last:1", implementation="eager")
+    assert model.layer_modes == ["causal", "causal", "bidirectional"] and model.fs_layer_ids == [2]
+    assert model.base_attn_implementation == "eager"
+    last = model(x, mask).logits
+    model.set_attention(mode="decay", layers="all", implementation="sdpa")
+    torch.testing.assert_close(model(x, mask).logits, decay)
+    # the same weights built as a causal model, and as bidirectional in the last layer
+    for cfg, want in ((FSConfig(attention="causal"), causal), (FSConfig(fs_layers="last:1"), last)):
+        other = FSForTokenClassification.from_backbone(tiny_backbone("llama", layers=3), num_labels=3, fs_config=cfg)
+        other.eval()
+        other.backbone.load_state_dict(model.backbone.state_dict())
+        other.head.load_state_dict(model.head.state_dict())
+        torch.testing.assert_close(other(x, mask).logits, want, atol=1e-5, rtol=1e-5)
+    model.set_attention(decay_horizon_bias=math.inf)
+    assert model.decay_horizon_bias == math.inf
+    with pytest.raises(ConfigError):
+        model.set_attention(mode="sideways")
+    with pytest.raises(ConfigError):
+        model.set_attention(decay_horizon_bias=0.0)
+    plain = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3)
+    with pytest.raises(ConfigError):  # built without lambdas
+        plain.set_attention(mode="decay")
+
+
+@torch.no_grad()
+def test_observe_masks_reports_each_layer_within_the_block_only():
+    model = FSForTokenClassification.from_backbone(tiny_backbone("llama", layers=3), num_labels=3).eval()
+    x, mask = batch()
+    seen = []
+    with model.observe_masks(lambda i, m: seen.append(i)):
+        model(x, mask)
+    assert seen == [0, 1, 2]
+    model(x, mask)
+    assert seen == [0, 1, 2]  # the observer is gone after the block
+
+
+def test_learned_lambdas_read_from_small_and_merged_folders(tmp_path):
+    cfg = FSConfig(attention="decay", decay_lambda=0.5, learnable_lambda=True)
+    model = FSForSequenceClassification.from_backbone(tiny_backbone("llama"), num_labels=2, fs_config=cfg)
+    with torch.no_grad():
+        model.fs_lambda_raw.copy_(torch.tensor([0.3, -1.0]))
+    model.save_pretrained(tmp_path / "small")
+    model.save_pretrained(tmp_path / "merged", merged=True)
+    want = model.fs_lambdas.tolist()
+    assert learned_lambdas(tmp_path / "small") == pytest.approx(want)
+    assert learned_lambdas(tmp_path / "merged") == pytest.approx(want)
+    fixed = FSForSequenceClassification.from_backbone(tiny_backbone("llama"), num_labels=2,
+                                                      fs_config=FSConfig(attention="decay", decay_lambda=0.5))
+    fixed.save_pretrained(tmp_path / "fixed")
+    assert learned_lambdas(tmp_path / "fixed") is None  # fixed rates are the config's, not learned
+    assert learned_lambdas(tmp_path / "nothing") is None

@@ -81,10 +81,23 @@ class FSAttentionState:
     Every layer that consults the state is recorded, so ``check_complete`` can tell, after
     the backbone's forward, whether some layer never received it (and silently computed the
     backbone's own attention).
+
+    ``decay_horizon_bias`` is the flex path's decay horizon for this forward (see
+    ``decay_horizon``): ``None`` is the library's ``DECAY_HORIZON_BIAS``, ``math.inf`` computes
+    every future key. It travels with the forward, like the modes, so comparing horizons needs
+    no change to module state.
+
+    ``mask_observer``, when set, is called as ``mask_observer(layer_idx, mask)`` with the dense
+    mask each layer of the SDPA and eager paths attends with (``None``: no mask, e.g. causal
+    SDPA through ``is_causal``; shared masks come again, the same tensor). It lets a caller see
+    what masks a forward builds (their number, shapes and bytes) without wrapping this module's
+    functions; the flex path builds block masks and does not call it.
     """
 
     layer_modes: list[str]
     lambdas: torch.Tensor | None = None
+    decay_horizon_bias: float | None = None
+    mask_observer: Callable[[int | None, torch.Tensor | None], None] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
     _lambda_values: list[float] | None = field(default=None, repr=False)
     _served: set = field(default_factory=set, repr=False)
@@ -289,15 +302,18 @@ DECAY_HORIZON_BIAS = 50.0
 DECAY_HORIZON_BLOCK = 128
 
 
-def decay_horizon(lam: float, k_len: int) -> int | None:
+def decay_horizon(lam: float, k_len: int, bias: float | None = None) -> int | None:
     """Largest future distance the flex path computes for decay rate ``lam`` (``None``: all).
 
-    At least ``DECAY_HORIZON_BIAS / lam`` (every key with a bias of -50 or more is kept), rounded
-    up to a multiple of ``DECAY_HORIZON_BLOCK``.
+    At least ``bias / lam`` (every key with a decay bias of ``-bias`` or more is kept), rounded
+    up to a multiple of ``DECAY_HORIZON_BLOCK``. ``bias`` defaults to ``DECAY_HORIZON_BIAS`` (read
+    at the call, not at import); ``math.inf`` keeps every key.
     """
-    if lam <= 0:
+    if bias is None:
+        bias = DECAY_HORIZON_BIAS
+    if lam <= 0 or math.isinf(bias):
         return None
-    blocks = math.ceil(DECAY_HORIZON_BIAS / lam / DECAY_HORIZON_BLOCK)
+    blocks = math.ceil(bias / lam / DECAY_HORIZON_BLOCK)
     horizon = blocks * DECAY_HORIZON_BLOCK
     return horizon if horizon < k_len else None
 
@@ -329,7 +345,7 @@ def _flex_forward(
     if lam is not None:
         # Fixed rates were read to the host once per forward; a learnable one costs one sync per layer.
         value_now = state._lambda_values[index] if state._lambda_values is not None else float(lam.detach())
-        horizon = decay_horizon(value_now, k_len)
+        horizon = decay_horizon(value_now, k_len, state.decay_horizon_bias)
     beyond = q_len + k_len + 1  # farther than any two positions: "no limit"
     # offset of the first query, causal flag, window, horizon
     params = torch.tensor(
@@ -462,6 +478,8 @@ def _make_attention(base: str) -> Callable:
             mode=mode,
             q_start=q_start,
         )
+        if state.mask_observer is not None:
+            state.mask_observer(layer_idx, mask)
         if base == "eager":
             return _eager_of(module)(module, query, key, value, mask, **kwargs)
         kwargs["is_causal"] = use_is_causal

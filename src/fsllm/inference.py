@@ -34,13 +34,18 @@ RUN_MODEL_DIR = "model"
 
 
 def batched_logits(
-    model: FSModel,
+    model: torch.nn.Module,
     features: Sequence[dict],
     batch_size: int = 64,
     pad_id: int = 0,
     progress: bool | str = False,
 ) -> list[np.ndarray]:
-    """Logits for each feature (``[num_labels]`` or ``[len, num_labels]``), in the input order."""
+    """Logits for each feature (``[num_labels]`` or ``[len, num_labels]``), in the input order.
+
+    ``model`` is an FS model or any classifier called as ``model(input_ids=..., attention_mask=...)``
+    whose output has ``.logits`` (e.g. an ``AutoModelFor*Classification``), so baselines are scored
+    by this same loop (right padding, batches sorted by length).
+    """
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out: list[np.ndarray | None] = [None] * len(features)
     device = next(model.parameters()).device
@@ -59,7 +64,7 @@ def batched_logits(
                 n = len(features[i]["input_ids"])
                 ids[r, :n] = torch.tensor(features[i]["input_ids"])
                 mask[r, :n] = 1
-            logits = model(ids.to(device), mask.to(device)).logits.float().cpu().numpy()
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
             for r, i in enumerate(idx):
                 n = len(features[i]["input_ids"])
                 out[i] = logits[r] if logits.ndim == 2 else logits[r, :n]

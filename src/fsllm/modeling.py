@@ -20,11 +20,13 @@ A folder comes in two kinds:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +57,8 @@ from .backbones import (
     default_lora_targets,
     load_backbone,
 )
-from .config import FSConfig, FSLLMConfig
-from .errors import ModelFolderError
+from .config import ATTENTION_MODES, FSConfig, FSLLMConfig
+from .errors import ConfigError, ModelFolderError
 from .fast_dropout import use_fast_lora_dropout
 from .heads import ClassificationHead, pool
 
@@ -130,6 +132,9 @@ class FSModel(PreTrainedModel):
         for i in self.fs_layer_ids:
             modes[i] = fs_config.attention
         self._layer_modes = modes
+        # run-time attention settings that are not saved (see set_attention and observe_masks)
+        self.decay_horizon_bias: float | None = None
+        self._mask_observer: Callable[[int | None, torch.Tensor | None], None] | None = None
 
         dtype = next(base.parameters()).dtype
         if fs_config.attention == "decay":
@@ -257,7 +262,12 @@ class FSModel(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         # Positions count real tokens only, so left padding does not shift RoPE.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        state = fs_attention.FSAttentionState(self._layer_modes, self.fs_lambdas)
+        state = fs_attention.FSAttentionState(
+            self._layer_modes,
+            self.fs_lambdas,
+            decay_horizon_bias=self.decay_horizon_bias,
+            mask_observer=self._mask_observer,
+        )
         out = self.backbone(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -268,6 +278,65 @@ class FSModel(PreTrainedModel):
         # a layer that never saw the state computed causal attention: fail rather than train on it
         state.check_complete(self.num_layers, type(self._base_model()).__name__, lambda: decoder_layers(self.backbone))
         return out.last_hidden_state
+
+    # ------------------------------------------------------------------ run-time attention
+    def set_attention(
+        self,
+        mode: str | None = None,
+        layers: str | list[int] | None = None,
+        implementation: str | None = None,
+        decay_horizon_bias: float | None = None,
+    ) -> None:
+        """Switch the attention of this model in place, on the same weights.
+
+        Comparing attention variants (benchmarks, ablations at inference) on one set of weights
+        would otherwise mean rebuilding the model per variant. ``mode`` (``"bidirectional"``,
+        ``"causal"`` or ``"decay"``) goes to ``layers`` (``FSConfig.fs_layers``' forms: ``"all"``,
+        ``"last:N"``, ``"first:N"`` or indices), every other layer becomes causal; ``None`` keeps
+        the current mode or layers. ``implementation`` is the backbone kernel FS attention wraps
+        (``"sdpa"``, ``"eager"``, ``"flex_attention"``). ``decay_horizon_bias`` is the flex
+        path's decay horizon (``attention.decay_horizon``; ``math.inf``: every future key), and
+        ``None`` keeps the current one.
+
+        Only the forward changes: ``save_pretrained`` writes the attention the model was built
+        with (its parameters, e.g. a decay model's lambdas, are those of that configuration), so
+        switch back, or rebuild the model, before saving a variant. Decay needs lambdas: a model
+        built without ``attention="decay"`` has none.
+        """
+        if mode is not None and mode not in ATTENTION_MODES:
+            raise ConfigError(f"attention must be one of {ATTENTION_MODES}, got {mode!r}")
+        if mode == "decay" and self.fs_lambdas is None:
+            raise ConfigError("decay attention needs lambdas: build the model with FSConfig(attention='decay')")
+        if decay_horizon_bias is not None and not decay_horizon_bias > 0:
+            raise ConfigError(f"decay_horizon_bias must be > 0 (math.inf: no horizon), got {decay_horizon_bias!r}")
+        if mode is not None or layers is not None:
+            current = next((m for m in self._layer_modes if m != "causal"), self.fs_config.attention)
+            ids = self.fs_layer_ids if layers is None else FSConfig(fs_layers=layers).resolve_layers(self.num_layers)
+            modes = ["causal"] * self.num_layers
+            for i in ids:
+                modes[i] = mode or current
+            self.fs_layer_ids, self._layer_modes = ids, modes
+        if implementation is not None:
+            name = fs_attention.fs_implementation_name(implementation)
+            self._base_model().set_attn_implementation(name)
+            self.config.backbone_attn_implementation = fs_attention.base_implementation_name(name)
+        if decay_horizon_bias is not None:
+            self.decay_horizon_bias = decay_horizon_bias
+
+    @property
+    def layer_modes(self) -> list[str]:
+        """The attention mode of each decoder layer in the forward (a copy)."""
+        return list(self._layer_modes)
+
+    @contextlib.contextmanager
+    def observe_masks(self, observer: Callable[[int | None, torch.Tensor | None], None]) -> Iterator[None]:
+        """Within the block, every forward calls ``observer(layer_idx, mask)`` per layer (see
+        ``FSAttentionState.mask_observer``): the way to count or measure the masks a forward builds."""
+        previous, self._mask_observer = self._mask_observer, observer
+        try:
+            yield
+        finally:
+            self._mask_observer = previous
 
     # ------------------------------------------------------------------ parameters
     def trainable_parameters(self) -> tuple[int, int]:
@@ -556,6 +625,21 @@ def load_config(folder: str | os.PathLike) -> FSLLMConfig:
         return FSLLMConfig.from_pretrained(str(folder))
     except (ValueError, TypeError, KeyError) as e:
         raise ModelFolderError(f"{path}: {e}".splitlines()[0]) from e
+
+
+def learned_lambdas(folder: str | os.PathLike) -> list[float] | None:
+    """The learned per-layer decay rates saved in a model folder (small or merged), read without
+    loading the backbone; ``None`` unless the model was trained with ``learnable_lambda``.
+
+    A reader of results (e.g. a table of what each run learned) needs these numbers only; loading
+    the model for ``fs_lambdas`` would load the whole backbone for them.
+    """
+    folder = Path(folder)
+    for name in (HEAD_NAME, "model.safetensors"):
+        if (folder / name).is_file():
+            raw = load_file(str(folder / name)).get("fs_lambda_raw")
+            return None if raw is None else [float(x) for x in F.softplus(raw.float())]
+    return None
 
 
 def load_model(folder: str | os.PathLike, **kwargs: Any) -> FSModel:

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import build_word_tokenizer
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
+# benchmarks/ for the scripts, tests/ for the library tests' helpers (``conftest``, ``test_serve``)
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 import baselines as B
 import paper_tables as P
+from conftest import build_word_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +149,7 @@ def test_instruction_example_masks_the_prompt():
     assert ex["input_ids"] == [5, 6, 7, 8, 9, 2]
     assert ex["labels"] == [-100, -100, -100, 8, 9, 2]
     assert ex["attention_mask"] == [1] * 6
-    batch = B.pad_batch([ex, B.build_instruction_example([5], [8, 2])], pad_id=0)
+    batch = B.right_padding_collator("token", build_word_tokenizer())([ex, B.build_instruction_example([5], [8, 2])])
     assert batch["input_ids"].tolist()[1] == [5, 8, 2, 0, 0, 0]
     assert batch["labels"].tolist()[1] == [-100, 8, 2, -100, -100, -100]
     assert batch["attention_mask"].tolist()[1] == [1, 1, 1, 0, 0, 0]

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+# benchmarks/ for the scripts, tests/ for the library tests' helpers (``conftest``, ``test_serve``)
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 import bench_serve  # noqa: E402
 from test_serve import NER_LABELS, SEQ_LABELS, _tiny_model_dir  # noqa: E402
