@@ -413,6 +413,13 @@ def test_cli_text_pairs_end_to_end_and_served(tmp_path, tiny_model_dir, tiny_seq
     assert [r["score"] for r in as_tuples] == pytest.approx([r["score"] for r in rows])
     with pytest.raises(DataError, match="trained on text pairs"):
         pred.predict(["a single text"])
+    # pipeline() users join the pair with the EOS token themselves (its own pair encoding has no separator)
+    from transformers import pipeline
+
+    clf = pipeline("text-classification", model=str(run / "model"))
+    theirs = clf([f"{a}{pred.tokenizer.eos_token}{b}" for a, b, _ in PAIR_ROWS])
+    assert [r["label"] for r in theirs] == [r["label"] for r in as_tuples]
+    assert [r["score"] for r in theirs] == pytest.approx([r["score"] for r in as_tuples], abs=1e-5)
 
     # the server: TEI's [[a, b], ...] rows for a pair model; single texts refused, and pairs for a single-text model
     with TestClient(create_app(pred, max_batch_size=4, max_wait_ms=1)) as c:
