@@ -394,6 +394,12 @@ def test_cli_text_pairs_end_to_end_and_served(tmp_path, tiny_model_dir, tiny_seq
     assert json.loads((run / "model" / "config.json").read_text())["text_pair"] is True
     records = [json.loads(ln) for ln in (run / "predictions_test.jsonl").read_text().splitlines()]
     assert records[0]["text_pair"] == PAIR_ROWS[2][1]
+    rc, out, err = run_cli(["eval", run, "--data", data / "test.jsonl", "--text-column", "premise",
+                            "--text-pair-column", "hypothesis"], capsys)
+    assert rc == 0, err
+    test_metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert json.loads(out)["accuracy"] == test_metrics["accuracy"] and json.loads(out)["loss"] == pytest.approx(
+        test_metrics["loss"], abs=1e-6)
 
     # fsllm predict: JSON objects, extra fields kept; a plain line is an error naming it
     inputs = tmp_path / "in.jsonl"
@@ -454,6 +460,10 @@ def test_text_pair_regression_from_python(tmp_path, tiny_model_dir):
     pred = Predictor.from_pretrained(result.run_dir)
     values = pred.predict([(a, b) for a, b, _ in PAIR_ROWS])
     assert all(set(v) == {"value"} and np.isfinite(v["value"]) for v in values)
+    with pytest.raises(FSLLMError, match="selection_metric 'micro_f1'.*spearman"):
+        train(TrainConfig(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "run3"),
+                          text_column="premise", text_pair_column="hypothesis", problem_type="regression",
+                          max_steps=1, selection_metric="micro_f1"))
     with pytest.raises(FSLLMError, match="threshold_per_label"):
         train(TrainConfig(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "run2"),
                           text_column="premise", text_pair_column="hypothesis", problem_type="regression",

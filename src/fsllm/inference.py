@@ -330,6 +330,8 @@ class Predictor:
         for n, t in enumerate(text_pairs or []):
             if not isinstance(t, str) or not t.strip():
                 raise DataError(f"input {n + 1}: empty text_pair")
+        if text_pairs is not None and self.task == "token":
+            raise FSLLMError("text pairs apply to sequence models; this is a token-classification (NER) model")
         if self.task == "token":
             from .segmentation import segment  # imported here: keeps this module's import block as it was
 

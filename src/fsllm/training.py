@@ -519,8 +519,10 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         raise ConfigError("threshold_per_label applies to multi-label classification only")
     metric = cfg.selection_metric or primary_metric(task, problem_type)
     kind = "multi_label" if problem_type == "multi_label_classification" else problem_type or task
-    if metric not in METRIC_NAMES.get(kind, ()) and metric != "loss":
-        raise ConfigError(f"selection_metric {metric!r}: a {kind} model reports {', '.join(METRIC_NAMES[kind])}")
+    # evaluation reports a loss for (multi-label) classification, not for regression or NER
+    allowed = METRIC_NAMES[kind] + (("loss",) if kind in ("sequence", "multi_label") else ())
+    if metric not in allowed:
+        raise ConfigError(f"selection_metric {metric!r}: a {kind} model reports {', '.join(allowed)}")
     splits = {name: list(ds) for name, ds in data.splits.items()}
     if "train" not in splits or not splits["train"]:
         raise DataError(f"{cfg.data}: no training examples")
