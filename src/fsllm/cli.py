@@ -38,6 +38,18 @@ def _add_fs_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-targets", default=None, help="comma-separated module names (default: all attention and MLP projections)")
 
 
+def _add_problem_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--problem-type", default=None,
+                   choices=["single_label_classification", "multi_label_classification", "regression"],
+                   help="what the label column holds (default: one label; a catalogue entry brings its own)")
+    g.add_argument("--multi-label", dest="problem_type", action="store_const", const="multi_label_classification",
+                   help="several labels per text: a JSON list, or separated by --label-separator in CSV/TSV")
+    g.add_argument("--regression", dest="problem_type", action="store_const", const="regression",
+                   help="a numeric target per text (MSE on targets standardised on train)")
+    p.add_argument("--label-separator", default="|", help="between the labels of a multi-label CSV/TSV cell (default |)")
+
+
 def _fs_config(a: argparse.Namespace):
     from .config import FSConfig
 
@@ -74,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --output from its last checkpoint")
     t.add_argument("--task", choices=["sequence", "token"], default=None, help="only needed for ambiguous files")
     t.add_argument("--text-column", default=None)
+    t.add_argument("--text-pair-column", default=None,
+                   help="a second text column: train on text pairs (read as text + EOS + text_pair)")
     t.add_argument("--label-column", default=None)
+    _add_problem_options(t)
+    t.add_argument("--threshold-per-label", action="store_true",
+                   help="multi-label: choose a decision threshold per label on dev (default: one global threshold)")
+    t.add_argument("--selection-metric", default=None,
+                   help="dev metric picking the best checkpoint (default: accuracy / f1 / micro_f1 / spearman; "
+                        "regression: rmse or mae select the lowest)")
     t.add_argument("--repair-tags", action="store_true", help="repair invalid IOB sequences instead of failing")
     t.add_argument("--epochs", type=float, default=None, help="default 1")
     t.add_argument("--max-steps", type=int, default=-1)
@@ -105,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", choices=["train", "validation", "test"],
                    help="split of a data set or folder (default test); not used for a single file")
     e.add_argument("--text-column", default=None)
+    e.add_argument("--text-pair-column", default=None, help="pair models: the second text's column (default text_pair)")
     e.add_argument("--label-column", default=None)
+    e.add_argument("--label-separator", default="|", help="multi-label CSV/TSV: between the labels of a cell (default |)")
     e.add_argument("--subset", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--output", "-o", default=None, help="write predictions JSONL here")
@@ -113,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin); JSON lines out")
     pr.add_argument("model", help="run folder or saved model folder")
     pr.add_argument("texts", nargs="*", help="texts to classify (default: read lines from --file or stdin)")
-    pr.add_argument("--file", "-f", default=None, help="a file with one text per line")
+    pr.add_argument("--file", "-f", default=None, help="a file with one text per line (pair models: one JSON object "
+                    '{"text": ..., "text_pair": ...} per line)')
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--pre-split", action="store_true",
                     help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
@@ -190,6 +213,30 @@ def _pre_split_inputs(a: argparse.Namespace) -> list[dict]:
     return out
 
 
+def _pair_inputs(items: list[tuple[str, int, str]]) -> list[dict]:
+    """Inputs of a pair model: one JSON object ``{"text": ..., "text_pair": ...}`` per argument or line.
+
+    JSON because no character is safe to split a line at (a tab or a ``|`` may be in either text);
+    other fields (an id) travel through to the output. Errors name the file (or argument) and line.
+    """
+    from .errors import DataError
+
+    out = []
+    for name, n, line in items:
+        where = (f"argument {n}", None) if name == "argument" else (name, n)
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise DataError('this model reads text pairs: give one JSON object {"text": ..., "text_pair": ...}', *where)
+        for key in ("text", "text_pair"):
+            if not isinstance(obj.get(key), str) or not obj[key].strip():
+                raise DataError(f'pair input: "{key}" must be a non-empty string', *where)
+        out.append(obj)
+    return out
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
@@ -205,6 +252,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig(
             **picked, model=a.model, output_dir=a.output, task=a.task, text_column=a.text_column,
             label_column=a.label_column, repair_tags=a.repair_tags, fs=_fs_config(a),
+            text_pair_column=a.text_pair_column, problem_type=a.problem_type, label_separator=a.label_separator,
+            threshold_per_label=a.threshold_per_label, selection_metric=a.selection_metric,
             max_steps=a.max_steps, batch_size=a.batch_size, max_length=a.max_length,
             test_subset=a.test_subset, early_stopping_patience=a.early_stopping, seed=a.seed,
             attn_implementation=a.attn_implementation, precision=a.precision, evaluate_test=not a.no_test,
@@ -231,8 +280,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .training import seeded_subset
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True)
+    config = pred.model.config
+    pair_column = a.text_pair_column or ("text_pair" if getattr(config, "text_pair", False) else None)
     rows, _source = load_eval_split(a.data, a.split, task=pred.task, text_column=a.text_column,
-                                    label_column=a.label_column, labels=pred.model.label2id)
+                                    label_column=a.label_column, labels=pred.model.label2id,
+                                    problem_type=getattr(config, "problem_type", None) if pred.task == "sequence" else None,
+                                    text_pair_column=pair_column, label_separator=a.label_separator)
     exs = seeded_subset(rows, a.subset, 42)
     metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split)
     if a.output:
@@ -267,6 +320,12 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if not texts:
         raise FSLLMError("no input texts (give them as arguments, with --file, or on stdin)")
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size)
+    if pred.task == "sequence" and getattr(pred.model.config, "text_pair", False):
+        pairs = _pair_inputs(items)
+        results = pred.predict([(x["text"], x["text_pair"]) for x in pairs], progress="predict" if len(pairs) > 200 else False)
+        for obj, r in zip(pairs, results):
+            sys.stdout.write(json.dumps({**obj, **r}, ensure_ascii=False) + "\n")
+        return 0
     for name, n, t in items:
         # checked here, not only in predict, to name the file and line
         where = (f"argument {n}", None) if name == "argument" else (name, n)

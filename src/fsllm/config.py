@@ -31,6 +31,7 @@ ATTENTION_MODES = ("bidirectional", "causal", "decay")
 TASKS = ("sequence", "token")
 POOLINGS = ("mean", "max", "last", "first")
 HEADS = ("swiglu", "linear")
+PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
 
 
 @dataclass
@@ -159,6 +160,19 @@ class FSLLMConfig(PreTrainedConfig):
             or ``flex_attention``).
         merged: the folder holds the whole model with LoRA merged into the backbone weights
             (``model.safetensors``), instead of a LoRA adapter and a backbone reference.
+        problem_type: the standard transformers field: ``"single_label_classification"`` (softmax +
+            cross-entropy; ``None`` means the same), ``"multi_label_classification"`` (one sigmoid per
+            label, binary cross-entropy) or ``"regression"`` (``num_labels=1``, MSE). ``pipeline()``
+            reads it to pick softmax, sigmoid or the raw value.
+        multi_label_threshold: multi-label only: a label is predicted when its sigmoid is at least this
+            (chosen on dev by ``fsllm train``; kept here so every reader of the folder applies the same one).
+        label_thresholds: multi-label only, optional: one threshold per label name (``--threshold-per-label``),
+            overriding ``multi_label_threshold`` for the labels it names.
+        target_mean, target_std: regression only: training targets are standardised with these (the
+            training split's mean and standard deviation) and ``forward`` maps the head's output back, so
+            the logits are in the data's own units for every caller, ``pipeline()`` included.
+        text_pair: the model was trained on text pairs (``text`` + ``text_pair``, see
+            ``fsllm.tokenization.pair_features``); predicting it needs pairs and vice versa.
     """
 
     model_type = "fsllm"
@@ -171,12 +185,29 @@ class FSLLMConfig(PreTrainedConfig):
     backbone_attn_implementation: str = "sdpa"
     merged: bool = False
     fsllm_format: int = 2
+    multi_label_threshold: float = 0.5
+    label_thresholds: dict | None = None
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    text_pair: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         self.fs = FSConfig.from_dict(self.fs or {}).to_dict()  # validated, every field present
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
+        if self.problem_type is not None and self.task != "sequence":
+            raise ValueError(f"problem_type {self.problem_type!r} applies to sequence models only")
+        if not (isinstance(self.target_std, (int, float)) and math.isfinite(self.target_std) and self.target_std > 0):
+            raise ValueError(f"target_std must be a finite number > 0, got {self.target_std!r}")
+        if not 0 < float(self.multi_label_threshold) < 1:
+            raise ValueError(f"multi_label_threshold must be in (0, 1), got {self.multi_label_threshold!r}")
+
+    def threshold_of(self, label: str) -> float:
+        """The decision threshold of one label of a multi-label model (its own one, else the global one)."""
+        return float((self.label_thresholds or {}).get(label, self.multi_label_threshold))
 
     @property
     def fs_config(self) -> FSConfig:

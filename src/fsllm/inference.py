@@ -19,12 +19,13 @@ from tqdm.auto import tqdm
 
 from .backbones import load_tokenizer
 from .errors import DataError, FSLLMError, ModelFolderError
-from .metrics import classification_metrics, ner_metrics
+from .metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
 from .modeling import CONFIG_NAME, FSModel, load_model
 from .segmentation import segment
 from .tokenization import (
     join_words,
     merge_window_predictions,
+    pair_features,
     sequence_features,
     token_classification_features,
 )
@@ -132,6 +133,59 @@ def predict_word_tags(
     return tags, scores, logits
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def example_features(model: FSModel, tokenizer, examples: Sequence[dict], max_length: int) -> list[dict]:
+    """Inputs of sequence examples (``{"text"}``, or ``{"text", "text_pair"}`` for a pair model).
+
+    A pair model given single texts, or a single-text model given pairs, is an error: it would
+    read inputs shaped unlike anything it was trained on and answer without a complaint.
+    """
+    paired = bool(getattr(model.config, "text_pair", False))
+    feats = []
+    for n, ex in enumerate(examples):
+        second = ex.get("text_pair")
+        if paired and second is None:
+            raise DataError(f"input {n + 1}: this model was trained on text pairs; give text and text_pair")
+        if not paired and second is not None:
+            raise DataError(f"input {n + 1}: this model reads single texts, not pairs (it was not trained on pairs)")
+        if paired:
+            feats.append(pair_features(ex["text"], second, tokenizer, max_length)[0])
+        else:
+            feats.append(sequence_features(ex["text"], tokenizer, max_length)[0])
+    return feats
+
+
+def sequence_probabilities(model: FSModel, tokenizer, examples: Sequence[dict], max_length: int,
+                           batch_size: int = 64, progress: bool | str = False) -> list[np.ndarray]:
+    """Per example: softmax probabilities (single label), sigmoids (multi-label) or the value (regression)."""
+    feats = example_features(model, tokenizer, examples, max_length)
+    logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    return [scores_of(model.config, lg) for lg in logits]
+
+
+def scores_of(config, logits: np.ndarray) -> np.ndarray:
+    """What a sequence model's logits mean for its ``problem_type``: softmax, sigmoid, or the value itself."""
+    problem = getattr(config, "problem_type", None)
+    if problem == "multi_label_classification":
+        return _sigmoid(np.asarray(logits, dtype=np.float64))
+    if problem == "regression":
+        return np.asarray(logits, dtype=np.float64)
+    return _softmax(np.asarray(logits, dtype=np.float64))
+
+
+def labels_over_threshold(config, probs: np.ndarray) -> list[dict]:
+    """A multi-label prediction: every label whose sigmoid reaches its threshold, with its score, best first."""
+    out = []
+    for k in np.argsort(-probs, kind="stable"):
+        name = config.id2label[int(k)]
+        if probs[k] >= config.threshold_of(name):
+            out.append({"label": name, "score": float(probs[k])})
+    return out
+
+
 def evaluate_examples(
     model: FSModel,
     tokenizer,
@@ -161,22 +215,49 @@ def evaluate_examples(
         return metrics, records
 
     labels = [model.id2label[i] for i in range(model.num_labels)]
+    problem = model.config.problem_type
+    if problem == "regression":
+        values = [float(v[0]) for v in sequence_probabilities(model, tokenizer, examples, max_length, batch_size, progress)]
+        metrics = regression_metrics([float(ex["label"]) for ex in examples], values)
+        records = [_record(ex, {"pred": round(v, 4)}) for ex, v in zip(examples, values)]
+        return metrics, records
+    if problem == "multi_label_classification":
+        for n, ex in enumerate(examples):
+            unknown = [lab for lab in ex["label"] if lab not in model.label2id]
+            if unknown:
+                raise DataError(f"example {n}: unknown label {unknown[0]!r} (model labels: {labels})")
+        probs = sequence_probabilities(model, tokenizer, examples, max_length, batch_size, progress)
+        preds = [labels_over_threshold(model.config, p) for p in probs]
+        metrics = multilabel_metrics([list(ex["label"]) for ex in examples], [[x["label"] for x in p] for p in preds],
+                                     labels)
+        gold = np.array([[float(lab in ex["label"]) for lab in labels] for ex in examples])
+        pr = np.clip(np.stack(probs), 1e-12, 1 - 1e-12)
+        metrics["loss"] = float(-(gold * np.log(pr) + (1 - gold) * np.log(1 - pr)).mean())
+        records = [
+            _record(ex, {"pred": [x["label"] for x in p], "score": [round(x["score"], 4) for x in p]})
+            for ex, p in zip(examples, preds)
+        ]
+        return metrics, records
     for n, ex in enumerate(examples):
         if ex["label"] not in model.label2id:
             raise DataError(f"example {n}: unknown label {ex['label']!r} (model labels: {labels})")
-    feats = [sequence_features(ex["text"], tokenizer, max_length)[0] for ex in examples]
-    logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
-    probs = [_softmax(lg) for lg in logits]
+    probs = sequence_probabilities(model, tokenizer, examples, max_length, batch_size, progress)
     preds = [labels[int(p.argmax())] for p in probs]
     metrics = classification_metrics([ex["label"] for ex in examples], preds, labels)
     gold_ids = np.array([model.label2id[ex["label"]] for ex in examples])
     p = np.stack(probs) if probs else np.zeros((0, len(labels)))
     metrics["loss"] = float(-np.log(np.clip(p[np.arange(len(gold_ids)), gold_ids], 1e-12, None)).mean()) if len(p) else 0.0
-    records = [
-        {"text": ex["text"], "label": ex["label"], "pred": pr, "score": round(float(pp.max()), 4)}
-        for ex, pr, pp in zip(examples, preds, probs)
-    ]
+    records = [_record(ex, {"pred": pr, "score": round(float(pp.max()), 4)}) for ex, pr, pp in zip(examples, preds, probs)]
     return metrics, records
+
+
+def _record(ex: dict, pred: dict) -> dict:
+    """A per-example prediction record: the input (text, pair), the gold label, and what was predicted."""
+    out = {"text": ex["text"]}
+    if ex.get("text_pair") is not None:
+        out["text_pair"] = ex["text_pair"]
+    out["label"] = list(ex["label"]) if isinstance(ex["label"], list) else ex["label"]
+    return {**out, **pred}
 
 
 class Predictor:
@@ -218,8 +299,13 @@ class Predictor:
         progress: bool | str = False,
         *,
         words: Iterable[Sequence[str]] | None = None,
+        text_pairs: Iterable[str] | None = None,
     ) -> list:
-        """Sequence tasks: ``{"label", "score"}`` per text. Token tasks: a list of entity spans per text.
+        """Sequence tasks: ``{"label", "score"}`` per text (multi-label: ``{"labels": [...]}``, regression:
+        ``{"value"}``, see :meth:`result_of`). Token tasks: a list of entity spans per text.
+
+        Pair models take ``text_pairs=`` (one second text per text) or ``texts`` as ``(text, text_pair)``
+        tuples.
 
         Raw texts are cut into words by :func:`fsllm.segmentation.segment` (Penn Treebank-style,
         Unicode-aware; the model reads each word's normalised ``form``, the spans point into the
@@ -229,15 +315,29 @@ class Predictor:
         ``" ".join(tokens)``, the text the model reads.
         """
         if words is not None:
-            if texts is not None:
+            if texts is not None or text_pairs is not None:
                 raise FSLLMError("give either texts or words=, not both")
             return self._predict_words(words, progress)
         if texts is None:
             raise FSLLMError("no texts given")
         texts = list(texts)
+        if text_pairs is not None:
+            text_pairs = list(text_pairs)
+            if len(text_pairs) != len(texts):
+                raise DataError(f"{len(texts)} texts but {len(text_pairs)} text_pairs")
+        elif texts and all(isinstance(t, (tuple, list)) for t in texts):
+            bad = next((n for n, t in enumerate(texts) if len(t) != 2), None)
+            if bad is not None:
+                raise DataError(f"input {bad + 1}: a pair is (text, text_pair), got {len(texts[bad])} items")
+            texts, text_pairs = [t[0] for t in texts], [t[1] for t in texts]
         for n, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise DataError(f"input {n + 1}: empty text")
+        for n, t in enumerate(text_pairs or []):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"input {n + 1}: empty text_pair")
+        if text_pairs is not None and self.task == "token":
+            raise FSLLMError("text pairs apply to sequence models; this is a token-classification (NER) model")
         if self.task == "token":
             split = [segment(t) for t in texts]
             for n, (t, ws) in enumerate(zip(texts, split)):
@@ -251,13 +351,21 @@ class Predictor:
                 entities_from_tags(tg, sc, [(w.start, w.end) for w in ws], t)
                 for tg, sc, ws, t in zip(tags, scores, split, texts)
             ]
-        feats = [sequence_features(t, self.tokenizer, self.max_length)[0] for t in texts]
-        logits = batched_logits(self.model, feats, self.batch_size, self.tokenizer.pad_token_id or 0, progress)
-        out = []
-        for lg in logits:
-            p = _softmax(lg)
-            out.append({"label": self.model.id2label[int(p.argmax())], "score": float(p.max())})
-        return out
+        examples = [{"text": t} if text_pairs is None else {"text": t, "text_pair": b}
+                    for t, b in zip(texts, text_pairs or texts)]
+        probs = sequence_probabilities(self.model, self.tokenizer, examples, self.max_length, self.batch_size, progress)
+        return [self.result_of(p) for p in probs]
+
+    def result_of(self, scores: np.ndarray) -> dict:
+        """One sequence prediction from :func:`scores_of`: ``{"label", "score"}`` (single label),
+        ``{"labels": [{"label", "score"}, ...]}`` (multi-label: every label over its threshold, best
+        first, possibly none) or ``{"value"}`` (regression, in the data's units)."""
+        config = self.model.config
+        if config.problem_type == "regression":
+            return {"value": float(scores[0])}
+        if config.problem_type == "multi_label_classification":
+            return {"labels": labels_over_threshold(config, scores)}
+        return {"label": self.model.id2label[int(scores.argmax())], "score": float(scores.max())}
 
 
     def _predict_words(self, words: Iterable[Sequence[str]], progress: bool | str) -> list[dict]:

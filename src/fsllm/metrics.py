@@ -22,9 +22,12 @@ from collections.abc import Sequence
 
 __all__ = [
     "METRIC_NAMES",
+    "LOWER_IS_BETTER",
     "classification_metrics",
+    "multilabel_metrics",
     "ner_metrics",
     "primary_metric",
+    "regression_metrics",
 ]
 
 #: Scalar (float) keys of the dicts returned for each task; the non-scalar keys
@@ -50,16 +53,117 @@ METRIC_NAMES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+METRIC_NAMES["multi_label"] = (
+    "micro_precision", "micro_recall", "micro_f1", "macro_precision", "macro_recall", "macro_f1",
+    "samples_precision", "samples_recall", "samples_f1", "subset_accuracy",
+)  # fmt: skip
+METRIC_NAMES["regression"] = ("pearson", "spearman", "rmse", "mae")
+
 _PRIMARY = {"sequence": "accuracy", "token": "f1"}
+_PRIMARY_OF_PROBLEM = {"multi_label_classification": "micro_f1", "regression": "spearman"}
+#: metrics for which a smaller value is better (checkpoint selection must know)
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "loss"})
 
 
-def primary_metric(task: str) -> str:
+def primary_metric(task: str, problem_type: str | None = None) -> str:
     """The headline metric of a task: ``"accuracy"`` for ``"sequence"``, ``"f1"`` (entity-level
-    micro F1) for ``"token"``. Raises ``ValueError`` for any other task name."""
+    micro F1) for ``"token"``; for sequence models with a ``problem_type``, ``"micro_f1"``
+    (multi-label) or ``"spearman"`` (regression: rank agreement does not depend on the scale the
+    model happens to predict in). Raises ``ValueError`` for any other task name."""
+    if task == "sequence" and problem_type in _PRIMARY_OF_PROBLEM:
+        return _PRIMARY_OF_PROBLEM[problem_type]
     try:
         return _PRIMARY[task]
     except KeyError:
         raise ValueError(f"unknown task {task!r}: expected one of {sorted(_PRIMARY)}") from None
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def multilabel_metrics(y_true: Sequence[Sequence[str]], y_pred: Sequence[Sequence[str]], labels: Sequence[str]) -> dict:
+    """Metrics of multi-label classification: each example has a *set* of gold and predicted labels.
+
+    Returns ``micro_*`` (over every (example, label) decision), ``macro_*`` (the unweighted mean over
+    ``labels``), ``samples_*`` (per example, then averaged; an example with no gold and no predicted
+    label counts as perfect, as scikit-learn's ``zero_division=1`` there would not for the others, so
+    that choice is made here explicitly), ``subset_accuracy`` (the predicted set equals the gold set),
+    ``per_label`` (``{label: {"precision", "recall", "f1", "support"}}``), ``labels`` and
+    ``n_examples``. Labels outside ``labels`` are a ``ValueError``.
+    """
+    labels = [str(x) for x in labels]
+    index = {lab: k for k, lab in enumerate(labels)}
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} examples but y_pred has {len(y_pred)}")
+    if not y_true:
+        raise ValueError("no examples to evaluate")
+    for name, ys in (("y_true", y_true), ("y_pred", y_pred)):
+        for i, y in enumerate(ys):
+            bad = [v for v in y if str(v) not in index]
+            if bad:
+                raise ValueError(f"{name}[{i}] has {bad[0]!r}, not one of the labels {labels}")
+    sets = [({str(v) for v in t}, {str(v) for v in p}) for t, p in zip(y_true, y_pred)]
+    tp = [0] * len(labels)
+    fp = [0] * len(labels)
+    fn = [0] * len(labels)
+    for t, p in sets:
+        for lab in t & p:
+            tp[index[lab]] += 1
+        for lab in p - t:
+            fp[index[lab]] += 1
+        for lab in t - p:
+            fn[index[lab]] += 1
+
+    def prf(a: int, b: int, c: int) -> tuple[float, float, float]:
+        pr = a / (a + b) if a + b else 0.0
+        rc = a / (a + c) if a + c else 0.0
+        return pr, rc, (2 * pr * rc / (pr + rc) if pr + rc else 0.0)
+
+    out: dict = {}
+    out["micro_precision"], out["micro_recall"], out["micro_f1"] = prf(sum(tp), sum(fp), sum(fn))
+    per = {lab: prf(tp[k], fp[k], fn[k]) for k, lab in enumerate(labels)}
+    for j, key in enumerate(("precision", "recall", "f1")):
+        out[f"macro_{key}"] = sum(v[j] for v in per.values()) / len(labels) if labels else 0.0
+    samples = []
+    for t, p in sets:
+        samples.append((1.0, 1.0, 1.0) if not t and not p else prf(len(t & p), len(p - t), len(t - p)))
+    for j, key in enumerate(("precision", "recall", "f1")):
+        out[f"samples_{key}"] = sum(v[j] for v in samples) / len(samples)
+    out["subset_accuracy"] = sum(t == p for t, p in sets) / len(sets)
+    out["per_label"] = {
+        lab: {"precision": per[lab][0], "recall": per[lab][1], "f1": per[lab][2], "support": tp[k] + fn[k]}
+        for k, lab in enumerate(labels)
+    }
+    out["labels"] = labels
+    out["n_examples"] = len(sets)
+    return out
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict:
+    """``pearson``, ``spearman`` (0.0 when either side is constant: undefined, and no signal),
+    ``rmse``, ``mae`` and ``n_examples`` of numeric predictions."""
+    import numpy as np
+    from scipy.stats import pearsonr, spearmanr
+
+    t = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} values but y_pred has {p.size}")
+    if not t.size:
+        raise ValueError("no examples to evaluate")
+    if not (np.isfinite(t).all() and np.isfinite(p).all()):
+        raise ValueError("non-finite value among the targets or predictions")
+    varied = t.size > 1 and np.ptp(t) > 0 and np.ptp(p) > 0
+    return {
+        "pearson": float(pearsonr(t, p)[0]) if varied else 0.0,
+        "spearman": float(spearmanr(t, p)[0]) if varied else 0.0,
+        "rmse": float(np.sqrt(np.mean((t - p) ** 2))),
+        "mae": float(np.mean(np.abs(t - p))),
+        "n_examples": int(t.size),
+    }
 
 
 # --------------------------------------------------------------------------- classification

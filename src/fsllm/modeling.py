@@ -196,11 +196,13 @@ class FSModel(PreTrainedModel):
         fs_config: FSConfig | None = None,
         id2label: dict[int, str] | None = None,
         label2id: dict[str, int] | None = None,
+        problem_type: str | None = None,
         **load_kwargs: Any,
     ) -> FSModel:
         """Build an FS model on a backbone: a built-in name, a local folder, a hub name or a loaded model.
 
-        ``load_kwargs`` go to ``load_backbone`` (e.g. ``attn_implementation="eager"``).
+        ``problem_type`` is the config's (``"multi_label_classification"``, ``"regression"``; ``None``:
+        single label). ``load_kwargs`` go to ``load_backbone`` (e.g. ``attn_implementation="eager"``).
         """
         if cls.task == "":
             raise TypeError("use FSForSequenceClassification or FSForTokenClassification")
@@ -228,6 +230,7 @@ class FSModel(PreTrainedModel):
             attn_implementation=impl,
             id2label=id2label,
             label2id=label2id or {v: k for k, v in id2label.items()},
+            problem_type=problem_type,
         )
         return cls(config, backbone=backbone)
 
@@ -532,7 +535,11 @@ class FSModel(PreTrainedModel):
 
 
 class FSForSequenceClassification(FSModel):
-    """Sentence-level classification: released attention -> pooling -> head."""
+    """Sentence-level classification: released attention -> pooling -> head.
+
+    ``config.problem_type`` picks the loss: cross-entropy (single label), binary cross-entropy over
+    multi-hot ``labels`` (multi-label), or MSE on standardised targets (regression, ``num_labels=1``).
+    """
 
     task = "sequence"
 
@@ -547,7 +554,21 @@ class FSForSequenceClassification(FSModel):
             attention_mask = torch.ones_like(input_ids)
         hidden = self.encode(input_ids, attention_mask)
         logits = self.head(pool(hidden, attention_mask, self.fs_config.pooling))
-        loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
+        problem = self.config.problem_type
+        loss = None
+        if problem == "regression":
+            # The head learns the standardised target (a unit-scale output suits its initialisation
+            # and the learning rate whatever the data's units); the logits are mapped back here, not
+            # by the caller, so pipeline() and every other reader get values in the data's units.
+            mean, std = float(self.config.target_mean), float(self.config.target_std)
+            z = logits.float()
+            if labels is not None:
+                loss = F.mse_loss(z.squeeze(-1), (labels.float().reshape(-1) - mean) / std)
+            logits = (z * std + mean).to(logits.dtype)
+        elif labels is not None and problem == "multi_label_classification":
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        elif labels is not None:
+            loss = F.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 

@@ -305,7 +305,7 @@ class PredictRequest(BaseModel):
 
     inputs: str | list[str | list[str]] = Field(
         description="A text, a batch of texts ``[text, ...]``, or TEI's batch form ``[[text], [text_a, text_b], ...]`` "
-        "(two-element rows are text pairs, which fsllm models do not support yet).",
+        "(two-element rows are text pairs, for models trained on pairs; they must then send pairs only).",
         examples=["John lives in Paris.", [["a great film"], ["a boring plot"]]],
     )
     raw_scores: bool = Field(False, description="return the logits instead of softmax probabilities")
@@ -318,32 +318,60 @@ class PredictRequest(BaseModel):
         return v.capitalize() if isinstance(v, str) else v
 
 
-def parse_inputs(inputs: str | list[str | list[str]]) -> tuple[list[str], bool]:
+def parse_inputs(
+    inputs: str | list[str | list[str]], pairs: bool = False
+) -> tuple[list[str | tuple[str, str]], bool]:
     """The texts of a request and whether it was a batch.
 
-    This is the one place where text pairs are recognised: when pair models exist, return the pairs
-    here (e.g. as tuples) and encode them in :func:`encode_sequence`.
+    TEI's batch rows are ``[text]`` or ``[text_a, text_b]`` (a pair). With ``pairs`` (a model trained on
+    text pairs) every input must be a pair and comes back as a ``(text, text_pair)`` tuple; otherwise a
+    pair is a 422 that says why, since a model that never saw pairs would answer one without meaning.
     """
     if isinstance(inputs, str):
         rows: list[str | list[str]] = [inputs]
         batch = False
     else:
         rows, batch = list(inputs), True
+        if pairs and len(rows) == 2 and all(isinstance(r, str) for r in rows):
+            # TEI's single pair: ``"inputs": ["text_a", "text_b"]``
+            rows, batch = [list(rows)], False
     if not rows:
         raise ServeError(422, "`inputs` cannot be empty")
-    texts = []
+    texts: list[str | tuple[str, str]] = []
     for n, row in enumerate(rows):
         if isinstance(row, list):
             if len(row) == 2:
-                raise ServeError(422, f"input {n}: text pairs [text_a, text_b] are not supported by this model yet; "
-                                      "send single texts")
+                if not pairs:
+                    raise ServeError(422, f"input {n}: this model was not trained on text pairs; send single texts "
+                                          "([text] rows), or serve a model trained with --text-pair-column")
+                a, b = row
+                if not a.strip() or not b.strip():
+                    raise ServeError(422, f"input {n}: empty text in the pair")
+                texts.append((a, b))
+                continue
             if len(row) != 1:
-                raise ServeError(422, f"input {n}: a batch row must be [text] (got {len(row)} strings)")
+                raise ServeError(422, f"input {n}: a batch row must be [text] or [text_a, text_b] (got {len(row)} strings)")
             row = row[0]
+        if pairs:
+            raise ServeError(422, f"input {n}: this model reads text pairs; send [text_a, text_b] rows")
         if not row.strip():
             raise ServeError(422, f"input {n}: empty text")
         texts.append(row)
     return texts, batch
+
+
+def encode_pair(tokenizer, pair: tuple[str, str], max_length: int, truncate: bool, index: int = 0) -> list[int]:
+    """Input ids of a text pair as the model was trained on them (``fsllm.tokenization.pair_ids``);
+    over ``max_length`` is a 413 unless ``truncate`` (then cut longest-first, as in training)."""
+    from .tokenization import pair_ids
+
+    ids, _ = pair_ids(pair[0], pair[1], tokenizer)
+    if len(ids) <= max_length:
+        return ids
+    if not truncate:
+        raise ServeError(413, f"input {index}: {len(ids)} tokens, more than the model's max input length "
+                              f"{max_length}; send truncate=true to cut it")
+    return pair_ids(pair[0], pair[1], tokenizer, max_length)[0]
 
 
 def encode_sequence(
@@ -369,11 +397,24 @@ def encode_sequence(
     return prefix + body + suffix
 
 
-def label_scores(logits: np.ndarray, id2label: dict[int, str], raw_scores: bool) -> list[dict]:
-    """Every label with its score, best first (TEI's order): softmax probabilities, or the logits."""
+def label_scores(logits: np.ndarray, id2label: dict[int, str], raw_scores: bool, config: Any = None) -> list[dict]:
+    """Every label with its score, best first (TEI's order): softmax probabilities, or the logits.
+
+    With the model's ``config``: a regression model answers ``[{"label", "score": value}]`` (the value
+    in the data's units, as TEI answers a one-output model); a multi-label model answers every label
+    whose sigmoid reaches its threshold (the config's, chosen on dev), best first, or, with
+    ``raw_scores``, every label's logit.
+    """
     x = np.asarray(logits, dtype=np.float64)
     if not np.isfinite(x).all():  # TEI answers this as a backend error too; NaN is not valid JSON
         raise ServeError(500, "the model returned a non-finite score", "backend")
+    problem = getattr(config, "problem_type", None)
+    if problem == "regression":
+        return [{"label": id2label[0], "score": float(x[0])}]
+    if problem == "multi_label_classification" and not raw_scores:
+        from .inference import labels_over_threshold, scores_of
+
+        return labels_over_threshold(config, scores_of(config, x))
     if not raw_scores:
         e = np.exp(x - x.max())
         x = e / e.sum()
@@ -440,6 +481,7 @@ def create_app(
     else:
         predictor = predictor_or_path
     task = predictor.task
+    paired = task == "sequence" and bool(getattr(predictor.model.config, "text_pair", False))
     id2label = {int(k): v for k, v in predictor.model.id2label.items()}
     metrics = Metrics()
     batcher = DynamicBatcher(_run_batch_fn(predictor, max_batch_size), max_batch_size, max_wait_ms, max_queue,
@@ -451,6 +493,8 @@ def create_app(
         "model_type": {"classifier" if task == "sequence" else "token_classifier": {
             "id2label": {str(k): v for k, v in id2label.items()}, "label2id": {v: k for k, v in id2label.items()}}},
         "labels": [id2label[i] for i in sorted(id2label)],
+        "problem_type": getattr(predictor.model.config, "problem_type", None) if task == "sequence" else None,
+        "text_pairs": paired,
         "max_input_length": predictor.max_length,
         "truncation": "413 unless truncate=true" if task == "sequence" else "none: long texts are split into windows",
         "max_batch_size": max_batch_size,
@@ -522,16 +566,19 @@ def create_app(
             raise ServeError(424, f"this model is a {task} classifier; use POST /predict", "backend")
         batcher.announce()
         try:
-            texts, is_batch = parse_inputs(req.inputs)
+            texts, is_batch = parse_inputs(req.inputs, pairs=paired)
             if len(texts) > max_queue:
                 raise ServeError(413, f"batch of {len(texts)} inputs is larger than the server's queue ({max_queue}); "
                                       "split it")
             if task == "sequence":
                 def encode() -> list[list[int]]:
+                    if paired:
+                        return [encode_pair(predictor.tokenizer, t, predictor.max_length, bool(req.truncate), n)
+                                for n, t in enumerate(texts)]
                     return [encode_sequence(predictor.tokenizer, t, predictor.max_length, bool(req.truncate),
                                             req.truncation_direction, n) for n, t in enumerate(texts)]
 
-                big = sum(map(len, texts)) >= _THREADPOOL_CHARS
+                big = sum(len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in texts) >= _THREADPOOL_CHARS
                 payloads: list[Any] = await run_in_threadpool(encode) if big else encode()
             else:
                 payloads = texts
@@ -549,7 +596,7 @@ def create_app(
         except Exception as e:  # any failure of the forward is the backend's
             raise ServeError(500, f"inference failed: {type(e).__name__}: {e}", "backend") from e
         if task == "sequence":
-            results = [label_scores(lg, id2label, req.raw_scores) for lg in results]
+            results = [label_scores(lg, id2label, req.raw_scores, predictor.model.config) for lg in results]
         return JSONResponse(results if is_batch else results[0])
 
     ok = {200: {"description": "sequence model: `[{label, score}, ...]` per input (all labels, best first); "

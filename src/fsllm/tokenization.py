@@ -148,3 +148,59 @@ def sequence_features(
     if truncated:
         ids = ids[:max_length]
     return {"input_ids": ids, "attention_mask": [1] * len(ids)}, truncated
+
+
+def pair_separator_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The token put between the two texts of a pair: the tokenizer's EOS (else its SEP).
+
+    Why not the tokenizer's own pair template: decoder tokenizers mostly have none that separates
+    (SmolLM2's, Qwen's, GPT-2's simply concatenate the two texts, so "a film" + "it is good" would
+    read as one sentence), and those that have one differ per family (Llama repeats BOS). EOS is the
+    one boundary every decoder was trained on ("a text ends here"), so ``text + EOS + text_pair``
+    is the same rule for every backbone, at training, ``fsllm predict`` and ``fsllm serve``.
+    """
+    for tid in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if tid is not None:
+            return int(tid)
+    raise DataError("text pairs need a tokenizer with an EOS (or SEP) token to separate the two texts")
+
+
+def pair_ids(
+    text: str, text_pair: str, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None
+) -> tuple[list[int], bool]:
+    """Input ids of a text pair, ``text`` (with the tokenizer's usual special tokens, e.g. a BOS)
+    ``+ EOS +`` ``text_pair`` (none), and whether it was truncated.
+
+    Over ``max_length``, tokens are cut from the end of the longer of the two texts, one at a time
+    (``truncation="longest_first"``), so neither side is lost whole and the separator stays.
+    """
+    first = list(tokenizer(text)["input_ids"])
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # the specials around ``text`` (a BOS; an EOS for tokenizers that add one) stay where they are
+    head = next((k for k in range(len(first) - len(plain) + 1) if first[k : k + len(plain)] == plain), None)
+    prefix, suffix = (first[:head], first[head + len(plain) :]) if head is not None else ([], [])
+    if head is None:
+        plain = first
+    sep = [] if suffix and suffix[-1] == pair_separator_id(tokenizer) else [pair_separator_id(tokenizer)]
+    second = list(tokenizer(text_pair, add_special_tokens=False)["input_ids"])
+    fixed = len(prefix) + len(suffix) + len(sep)
+    truncated = False
+    if max_length is not None and fixed + len(plain) + len(second) > max_length:
+        truncated = True
+        budget = max(2, max_length - fixed)
+        while len(plain) + len(second) > budget:
+            if len(plain) >= len(second) and len(plain) > 1:
+                plain.pop()
+            elif len(second) > 1:
+                second.pop()
+            else:
+                break
+    return prefix + plain + suffix + sep + second, truncated
+
+
+def pair_features(
+    text: str, text_pair: str, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> tuple[dict, bool]:
+    """Model inputs of one text pair (see :func:`pair_ids`) and whether it was truncated."""
+    ids, truncated = pair_ids(text, text_pair, tokenizer, max_length)
+    return {"input_ids": ids, "attention_mask": [1] * len(ids)}, truncated

@@ -53,16 +53,19 @@ from .config import FSConfig
 from .data import load_any
 from .errors import ConfigError, DataError, FSLLMError
 from .inference import evaluate_examples
-from .metrics import primary_metric
+from .metrics import LOWER_IS_BETTER, METRIC_NAMES, multilabel_metrics, primary_metric
 from .model_card import model_card_text
 from .modeling import HEAD_NAME, MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
 from .plots import plot_confusion, plot_training
-from .tokenization import sequence_features, token_classification_features
+from .tokenization import pair_features, sequence_features, token_classification_features
 
 logger = logging.getLogger(__name__)
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+#: thresholds tried when choosing a multi-label decision threshold on dev
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
 @dataclass
@@ -79,6 +82,17 @@ class TrainConfig:
     task: str | None = None
     text_column: str | None = None
     label_column: str | None = None
+    # a second text column: the model reads ``text + EOS + text_pair`` (see tokenization.pair_ids)
+    text_pair_column: str | None = None
+    # None: the data's own (single label for files; rt-score is regression); or one of
+    # "single_label_classification", "multi_label_classification", "regression"
+    problem_type: str | None = None
+    label_separator: str = "|"  # between the labels of a multi-label CSV/TSV cell
+    # multi-label: choose one decision threshold per label on dev, not only the global one
+    threshold_per_label: bool = False
+    # the dev metric that picks the best checkpoint; None: the task's (accuracy / f1 / micro_f1 /
+    # spearman); "rmse" (or "mae") for regression selects the lowest
+    selection_metric: str | None = None
     repair_tags: bool = False
     fs: FSConfig = field(default_factory=FSConfig)
     epochs: float = 1.0
@@ -117,6 +131,10 @@ class TrainConfig:
         # steps and then score dev and test as if it had trained).
         if not isinstance(self.fs, FSConfig):
             raise ConfigError(f"fs must be an FSConfig, got {type(self.fs).__name__}")
+        if self.problem_type not in (None, *PROBLEM_TYPES):
+            raise ConfigError(f"problem_type {self.problem_type!r}: choose one of {', '.join(PROBLEM_TYPES)}")
+        if not isinstance(self.label_separator, str) or not self.label_separator:
+            raise ConfigError("label_separator must be a non-empty string")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
@@ -182,12 +200,21 @@ class RunResult:
 # ---------------------------------------------------------------------------------- labels
 
 
-def build_label_maps(task: str, train: Sequence[dict], label_names: list[str] | None) -> dict[int, str]:
+def build_label_maps(
+    task: str, train: Sequence[dict], label_names: list[str] | None, problem_type: str | None = None
+) -> dict[int, str]:
     """Label map from the training split (and the data set's canonical order when it has one).
 
     For NER every entity type seen in training gets both its B- and I- tag, so a small
     training subset that happens to lack, say, ``I-MISC`` still covers the dev split.
+    Multi-label: every label of any training example; regression: one output, ``"score"``.
     """
+    if problem_type == "regression":
+        return {0: "score"}
+    if problem_type == "multi_label_classification":
+        seen_multi = {lab for ex in train for lab in ex["label"]}
+        names = [n for n in (label_names or []) if n in seen_multi] + sorted(seen_multi - set(label_names or []))
+        return dict(enumerate(names))
     if task == "token":
         types = sorted({t.split("-", 1)[1] for ex in train for t in ex["tags"] if t != "O"})
         tags = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
@@ -202,7 +229,9 @@ def build_label_maps(task: str, train: Sequence[dict], label_names: list[str] | 
 def check_labels(task: str, split: str, examples: Sequence[dict], label2id: dict[str, int]) -> None:
     """An unknown label outside training is an error, with the split, example and known labels."""
     for n, ex in enumerate(examples):
-        values = ex["tags"] if task == "token" else [ex["label"]]
+        if isinstance(ex.get("label"), float):
+            continue  # a regression target: any number goes
+        values = ex["tags"] if task == "token" else ex["label"] if isinstance(ex["label"], list) else [ex["label"]]
         for v in values:
             if v not in label2id:
                 raise DataError(
@@ -215,9 +244,14 @@ def check_labels(task: str, split: str, examples: Sequence[dict], label2id: dict
 
 
 def make_features(
-    task: str, examples: Sequence[dict], tokenizer, label2id: dict[str, int], max_length: int
+    task: str, examples: Sequence[dict], tokenizer, label2id: dict[str, int], max_length: int,
+    problem_type: str | None = None,
 ) -> tuple[list[dict], int]:
-    """Model inputs for training; returns the features and the number of truncated/windowed examples."""
+    """Model inputs for training; returns the features and the number of truncated/windowed examples.
+
+    ``labels`` is the label id (single label), a multi-hot float vector (multi-label) or the raw
+    target (regression: the model standardises it). An example with ``text_pair`` is a pair.
+    """
     feats: list[dict] = []
     altered = 0
     for ex in examples:
@@ -226,9 +260,20 @@ def make_features(
             altered += len(windows) > 1
             feats.extend({k: w[k] for k in ("input_ids", "attention_mask", "labels")} for w in windows)
         else:
-            f, truncated = sequence_features(ex["text"], tokenizer, max_length)
+            if ex.get("text_pair") is not None:
+                f, truncated = pair_features(ex["text"], ex["text_pair"], tokenizer, max_length)
+            else:
+                f, truncated = sequence_features(ex["text"], tokenizer, max_length)
             altered += truncated
-            f["labels"] = label2id[ex["label"]]
+            if problem_type == "regression":
+                f["labels"] = float(ex["label"])
+            elif problem_type == "multi_label_classification":
+                hot = [0.0] * len(label2id)
+                for lab in ex["label"]:
+                    hot[label2id[lab]] = 1.0
+                f["labels"] = hot
+            else:
+                f["labels"] = label2id[ex["label"]]
             feats.append(f)
     return feats, altered
 
@@ -259,6 +304,50 @@ def seeded_subset(examples: list[dict], n: int | None, seed: int) -> list[dict]:
     idx = list(range(len(examples)))
     random.Random(seed).shuffle(idx)
     return [examples[i] for i in sorted(idx[:n])]
+
+
+def choose_thresholds(
+    model: FSModel, tokenizer, dev: Sequence[dict], max_length: int, batch_size: int, per_label: bool = False
+) -> dict[str, Any]:
+    """Choose the multi-label decision threshold(s) on dev and store them in ``model.config``.
+
+    The global threshold is the one of :data:`THRESHOLD_GRID` with the best dev micro F1 (ties: the
+    one closest to 0.5, the untuned default). With ``per_label`` each label then gets the grid value
+    with the best F1 *of that label* (same tie rule); a label absent from dev keeps the global one,
+    as there is nothing to tune it on. Stored in the config (``multi_label_threshold``,
+    ``label_thresholds``), the thresholds travel with the folder, so ``fsllm predict``, the server and
+    anyone who reads the config apply the same decision. Dev scores after this are optimistic (tuned
+    on dev); test scores are not.
+    """
+    from .inference import sequence_probabilities
+
+    labels = [model.id2label[i] for i in range(model.num_labels)]
+    probs = sequence_probabilities(model, tokenizer, dev, max_length, batch_size)
+    gold = [list(ex["label"]) for ex in dev]
+
+    def decide(th: list[float]) -> list[list[str]]:
+        return [[lab for k, lab in enumerate(labels) if p[k] >= th[k]] for p in probs]
+
+    def best(score) -> float:
+        return max(THRESHOLD_GRID, key=lambda t: (round(score(t), 12), -abs(t - 0.5)))
+
+    glob = best(lambda t: multilabel_metrics(gold, decide([t] * len(labels)), labels)["micro_f1"])
+    model.config.multi_label_threshold = float(glob)
+    model.config.label_thresholds = None
+    if per_label:
+        chosen: dict[str, float] = {}
+        for k, lab in enumerate(labels):
+            if not any(lab in g for g in gold):
+                continue
+            th = [glob] * len(labels)
+
+            def f1_of(t: float, k: int = k, lab: str = lab, th: list[float] = th) -> float:
+                th[k] = t
+                return multilabel_metrics(gold, decide(th), labels)["per_label"][lab]["f1"]
+
+            chosen[lab] = float(best(f1_of))
+        model.config.label_thresholds = chosen
+    return {"global": model.config.multi_label_threshold, "per_label": model.config.label_thresholds}
 
 
 # ---------------------------------------------------------------------------------- trainer
@@ -423,15 +512,25 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     set_seed(cfg.seed)
 
     # ---- data
-    data = load_any(cfg.data, task=cfg.task, text_column=cfg.text_column, label_column=cfg.label_column, repair=cfg.repair_tags)
+    data = load_any(cfg.data, task=cfg.task, text_column=cfg.text_column, label_column=cfg.label_column, repair=cfg.repair_tags,
+                    problem_type=cfg.problem_type, text_pair_column=cfg.text_pair_column, label_separator=cfg.label_separator)
     task = data.task
+    problem_type = data.problem_type if cfg.problem_type in (None, "single_label_classification") else cfg.problem_type
+    if cfg.threshold_per_label and problem_type != "multi_label_classification":
+        raise ConfigError("threshold_per_label applies to multi-label classification only")
+    metric = cfg.selection_metric or primary_metric(task, problem_type)
+    kind = "multi_label" if problem_type == "multi_label_classification" else problem_type or task
+    # evaluation reports a loss for (multi-label) classification, not for regression or NER
+    allowed = METRIC_NAMES[kind] + (("loss",) if kind in ("sequence", "multi_label") else ())
+    if metric not in allowed:
+        raise ConfigError(f"selection_metric {metric!r}: a {kind} model reports {', '.join(allowed)}")
     splits = {name: list(ds) for name, ds in data.splits.items()}
     if "train" not in splits or not splits["train"]:
         raise DataError(f"{cfg.data}: no training examples")
     train_ex = seeded_subset(splits["train"], cfg.train_subset, cfg.seed)
     dev_ex = seeded_subset(splits.get("validation", []), cfg.dev_subset, cfg.seed)
     test_ex = seeded_subset(splits.get("test", []), cfg.test_subset, cfg.seed)
-    id2label = build_label_maps(task, train_ex, data.label_names)
+    id2label = build_label_maps(task, train_ex, data.label_names, problem_type)
     label2id = {v: k for k, v in id2label.items()}
     for split, exs in (("dev", dev_ex), ("test", test_ex)):
         check_labels(task, split, exs, label2id)
@@ -442,16 +541,24 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     model_cls = FSForTokenClassification if task == "token" else FSForSequenceClassification
     model: FSModel = model_cls.from_backbone(
         cfg.model, num_labels=len(id2label), fs_config=cfg.fs, id2label=id2label, label2id=label2id,
-        attn_implementation=cfg.attn_implementation,
+        attn_implementation=cfg.attn_implementation, problem_type=problem_type,
     )
+    model.config.text_pair = bool(cfg.text_pair_column)
+    if problem_type == "regression":
+        # standardised on train only: dev and test must not shape what the model is fitted to
+        targets = torch.tensor([float(ex["label"]) for ex in train_ex], dtype=torch.float64)
+        std = float(targets.std()) if len(targets) > 1 else 0.0
+        model.config.target_mean = float(targets.mean())
+        model.config.target_std = std if math.isfinite(std) and std > 0 else 1.0
     trainable, total = model.trainable_parameters()
 
-    feats, altered = make_features(task, train_ex, tokenizer, label2id, cfg.max_length)
+    feats, altered = make_features(task, train_ex, tokenizer, label2id, cfg.max_length, problem_type)
     if altered:
         what = "split into overlapping windows" if task == "token" else "truncated"
         logger.warning("%d of %d training examples longer than %d tokens were %s", altered, len(train_ex), cfg.max_length, what)
     train_ds = datasets.Dataset.from_list(feats)
-    dev_ds = datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length)[0]) if dev_ex else None
+    dev_ds = (datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length, problem_type)[0])
+              if dev_ex else None)
     collator = make_collator(task, tokenizer, cfg.pad_to_length)
     balanced = cfg.length_balanced_loss and task == "token"
     if cfg.length_balanced_loss and not balanced:
@@ -463,7 +570,6 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
 
-    metric = primary_metric(task)
     has_dev = bool(dev_ex)
     strategy = "no" if not has_dev else ("steps" if cfg.eval_steps else "epoch")
     args = TrainingArguments(
@@ -482,7 +588,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         save_total_limit=cfg.save_total_limit,
         load_best_model_at_end=has_dev,
         metric_for_best_model=metric if has_dev else None,
-        greater_is_better=True,
+        greater_is_better=metric not in LOWER_IS_BETTER,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         seed=cfg.seed,
@@ -527,10 +633,14 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
 
     # ---- final model (best on dev), evaluation, artefacts; each written atomically, so a run killed
     # here leaves complete files (old or new) and --resume writes the report again
+    thresholds = None
+    if problem_type == "multi_label_classification" and dev_ex:
+        thresholds = choose_thresholds(model, tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size, cfg.threshold_per_label)
     with atomic.replacing_dir(run_dir / "model") as tmp:
         model.save_pretrained(tmp, tokenizer=tokenizer)
     metrics: dict[str, Any] = {
         "task": task,
+        "problem_type": problem_type,
         "data": cfg.data,
         "data_source": data.source,
         "primary_metric": metric,
@@ -546,6 +656,10 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
             "best_dev_metric": trainer.state.best_metric,
         },
     }
+    if problem_type == "regression":
+        metrics["target_mean"], metrics["target_std"] = model.config.target_mean, model.config.target_std
+    if thresholds is not None:
+        metrics["thresholds"] = thresholds
     plots: list[Path] = []
     for split, exs in (("dev", dev_ex), ("test", test_ex if cfg.evaluate_test else [])):
         if not exs:

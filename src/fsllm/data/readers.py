@@ -76,6 +76,9 @@ SCHEMES = ("auto", "iob1", "iob2", "bio", "bioes", "iobes", "bilou")
 _SCHEME_ALIASES = {"bio": "iob2", "iobes": "bioes"}
 _TAG_RE = re.compile(r"^([BIESLU])-(\S+)$")
 _VALIDATION_NAMES = ("validation", "dev", "valid", "val")
+#: what separates the labels of a multi-label CSV/TSV cell (``"sports|politics"``)
+DEFAULT_LABEL_SEPARATOR = "|"
+LABEL_KINDS = ("single", "multi", "number")
 
 
 @dataclass
@@ -83,7 +86,8 @@ class TaskData:
     """A loaded data set.
 
     ``task`` is ``"sequence"`` (columns ``text``, ``label``) or ``"token"`` (columns ``tokens``,
-    ``tags`` in IOB2).  Labels and tags are strings.  ``label_names`` is the canonical label
+    ``tags`` in IOB2).  Labels and tags are strings (a list of strings for multi-label data, a float
+    for regression; pairs add a ``text_pair`` column).  ``label_names`` is the canonical label
     order when the source defines one, else ``None``.  ``source`` says where the data came from
     and how splits were made.
     """
@@ -92,6 +96,8 @@ class TaskData:
     splits: Any  # datasets.DatasetDict
     label_names: list[str] | None
     source: str
+    #: ``None`` (single label), ``"multi_label_classification"`` or ``"regression"``
+    problem_type: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,8 +434,18 @@ def read_table(
     label_column: str | None = "label",
     fmt: str | None = None,
     keep_lines: bool = False,
+    *,
+    text_pair_column: str | None = None,
+    label_kind: str = "single",
+    label_separator: str = DEFAULT_LABEL_SEPARATOR,
 ) -> list[dict]:
     """Read CSV, TSV or JSON lines into ``[{"text": str, "label": str}]``.
+
+    ``text_pair_column`` adds ``"text_pair"`` (the second text of a pair, e.g. a hypothesis).
+    ``label_kind`` says what the label column holds: ``"single"`` (one label, a string), ``"multi"``
+    (several labels: a JSON list of strings, or one string cut at ``label_separator``, ``|`` by
+    default, the form a CSV/TSV cell can hold; an empty list is allowed: no label applies) or
+    ``"number"`` (a regression target, a float).
 
     ``fmt`` is ``"csv"``, ``"tsv"``, ``"jsonl"`` or ``"json"``; by default it comes from the
     extension (``.csv``, ``.tsv``/``.tab``, ``.jsonl``/``.ndjson``, ``.json``).  ``.json`` files
@@ -462,11 +478,13 @@ def read_table(
         records = _iter_json(text, p, fmt)
         header_line = None
 
+    if label_kind not in LABEL_KINDS:
+        raise FSLLMError(f"label_kind must be one of {LABEL_KINDS}, got {label_kind!r}")
     out: list[dict] = []
     for where, rec, keys in records:
         loc = {"line": where} if isinstance(where, int) else {}
         rec_note = "" if isinstance(where, int) or where is None else f"{where}: "
-        for col in (text_column, label_column):
+        for col in (text_column, text_pair_column, label_column):
             if col is not None and (keys.count(col) > 1 or col in getattr(rec, "repeated", ())):
                 # csv/json keep one of the values silently: which one was meant is unknowable
                 raise DataError(
@@ -482,8 +500,10 @@ def read_table(
                     line,
                 )
         value = rec[text_column]
-        for col in (text_column, label_column):
+        for col in (text_column, text_pair_column, label_column):
             v = rec.get(col) if col is not None else None
+            if col == label_column and label_kind == "multi" and isinstance(v, list):
+                continue
             if isinstance(v, (list, dict)):
                 raise DataError(
                     f"{rec_note}column {col!r} holds a JSON {'array' if isinstance(v, list) else 'object'}; "
@@ -494,11 +514,14 @@ def read_table(
         if value is None or _is_nan(value) or not str(value).strip():
             raise DataError(f"{rec_note}empty text in column {text_column!r}", p, loc.get("line"))
         item = {"text": str(value)}
+        if text_pair_column is not None:
+            second = rec[text_pair_column]
+            if second is None or _is_nan(second) or not str(second).strip():
+                raise DataError(f"{rec_note}empty text in column {text_pair_column!r}", p, loc.get("line"))
+            item["text_pair"] = str(second)
         if label_column is not None:
-            lab = rec[label_column]
-            if lab is None or _is_nan(lab) or (isinstance(lab, str) and not lab.strip()):
-                raise DataError(f"{rec_note}empty label in column {label_column!r}", p, loc.get("line"))
-            item["label"] = lab.strip() if isinstance(lab, str) else str(lab)
+            item["label"] = _parse_label(rec[label_column], label_kind, label_separator,
+                                         f"{rec_note}column {label_column!r}", p, loc.get("line"))
         if keep_lines:
             item["line"] = loc.get("line")
             if not isinstance(where, int):
@@ -507,6 +530,34 @@ def read_table(
     if not out:
         raise DataError("no rows found (only a header)" if fmt in ("csv", "tsv") else "no records found", p)
     return out
+
+
+def _parse_label(lab: Any, kind: str, separator: str, where: str, p: str, line: int | None) -> Any:
+    """One cell of the label column as ``kind`` wants it; a bad value is a DataError at its line."""
+    if kind == "multi":
+        if isinstance(lab, list):
+            bad = [v for v in lab if not isinstance(v, (str, int)) or isinstance(v, bool) or not str(v).strip()]
+            if bad:
+                raise DataError(f"{where}: label list holds {show(bad[0])}; expected non-empty strings", p, line)
+            parts = [str(v).strip() for v in lab]
+        elif lab is None or _is_nan(lab):
+            raise DataError(f"{where}: empty label (write [] or an empty cell for 'no label applies')", p, line)
+        else:
+            parts = [x.strip() for x in str(lab).split(separator)] if str(lab).strip() else []
+            if any(not x for x in parts):
+                raise DataError(f"{where}: empty label between separators {separator!r} in {show(lab)}", p, line)
+        return sorted(set(parts), key=parts.index)  # each label once, in the order written
+    if lab is None or _is_nan(lab) or (isinstance(lab, str) and not lab.strip()):
+        raise DataError(f"{where}: empty label", p, line)
+    if kind == "number":
+        try:
+            value = float(lab) if not isinstance(lab, bool) else math.nan
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            raise DataError(f"{where}: target {show(lab)} is not a finite number", p, line)
+        return value
+    return lab.strip() if isinstance(lab, str) else str(lab)
 
 
 def _is_nan(v: Any) -> bool:
@@ -655,13 +706,14 @@ def _sequence_dataset(rows: list[dict]):
     import pyarrow as pa
     from datasets.table import InMemoryTable
 
-    table = pa.table(
-        {
-            "text": pa.array([r["text"] for r in rows], type=pa.string()),
-            "label": pa.array([r["label"] for r in rows], type=pa.string()),
-        }
-    )
-    return datasets.Dataset(InMemoryTable(table))
+    # the label's type follows the rows: a string, a list of strings (multi-label) or a float
+    first = rows[0]["label"] if rows else ""
+    kind = pa.list_(pa.string()) if isinstance(first, list) else pa.float64() if isinstance(first, float) else pa.string()
+    cols = {"text": pa.array([r["text"] for r in rows], type=pa.string())}
+    if rows and "text_pair" in rows[0]:
+        cols["text_pair"] = pa.array([r["text_pair"] for r in rows], type=pa.string())
+    cols["label"] = pa.array([r["label"] for r in rows], type=kind)
+    return datasets.Dataset(InMemoryTable(pa.table(cols)))
 
 
 def _token_dataset(rows: list[dict]):
@@ -681,14 +733,15 @@ def _token_dataset(rows: list[dict]):
 
 
 def build_task_data(
-    task: str, split_rows: dict[str, list[dict]], label_names: list[str] | None, source: str
+    task: str, split_rows: dict[str, list[dict]], label_names: list[str] | None, source: str,
+    problem_type: str | None = None,
 ) -> TaskData:
     """Wrap ``{"train": rows, ...}`` (reader output) into a :class:`TaskData`."""
     import datasets
 
     make = _sequence_dataset if task == "sequence" else _token_dataset
     dd = datasets.DatasetDict({k: make(v) for k, v in split_rows.items() if v})
-    return TaskData(task=task, splits=dd, label_names=label_names, source=source)
+    return TaskData(task=task, splits=dd, label_names=label_names, source=source, problem_type=problem_type)
 
 
 _TEXT_CANDIDATES = ("text", "sentence", "content", "document", "review")
