@@ -68,6 +68,8 @@ import json, os, sys
 from transformers import TrainerCallback
 from fsllm.training import train
 
+seen = {"rank": int(os.environ["RANK"])}
+
 
 class Probe(TrainerCallback):
     """What the Trainer's accelerator made of the launch: distributed type and sharding."""
@@ -76,21 +78,20 @@ class Probe(TrainerCallback):
         from accelerate.state import AcceleratorState
         from torch.distributed.tensor import DTensor
 
-        st = AcceleratorState()
         layer = next(m for n, m in model.named_modules() if n.endswith("layers.0"))
-        # one file per process: two processes printing to one pipe can interleave their lines
-        path = os.path.join(os.environ["PROBE_DIR"], f"rank{os.environ['RANK']}.json")
-        with open(path, "w") as f:
-            json.dump({
-            "rank": int(os.environ["RANK"]),
-            "distributed_type": str(st.distributed_type),
-            "fsdp_env": os.environ.get("ACCELERATE_USE_FSDP"),
-            "sharded_params": sum(isinstance(p, DTensor) for p in model.parameters()),
-            "layer_class": type(layer).__name__,
-            }, f)
+        seen.update(
+            distributed_type=str(AcceleratorState().distributed_type),
+            fsdp_env=os.environ.get("ACCELERATE_USE_FSDP"),
+            sharded_params=sum(isinstance(p, DTensor) for p in model.parameters()),
+            layer_class=type(layer).__name__,
+        )
 
 
-train(data=sys.argv[1], model=sys.argv[2], output_dir=sys.argv[3], epochs=2, batch_size=2, callbacks=[Probe()])
+result = train(data=sys.argv[1], model=sys.argv[2], output_dir=sys.argv[3], epochs=2, batch_size=2, callbacks=[Probe()])
+seen["wrote_report"] = bool(result.metrics)  # process 0 alone evaluates and writes the run's files
+# one file per process: two processes printing to one pipe can interleave their lines
+with open(os.path.join(os.environ["PROBE_DIR"], f"rank{seen['rank']}.json"), "w") as f:
+    json.dump(seen, f)
 '''
 
 
@@ -113,6 +114,7 @@ def test_accelerate_launch_with_the_fsdp_config_trains_on_cpu_as_ddp(tmp_path, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     probes = sorted((json.loads(f.read_text()) for f in probe_dir.iterdir()), key=lambda p: p["rank"])
     assert [p["rank"] for p in probes] == [0, 1]
+    assert [p["wrote_report"] for p in probes] == [True, False]
     for p in probes:
         assert p["fsdp_env"] == "true"  # the launcher did ask for FSDP ...
         # ... but on CPU the accelerator is MULTI_CPU (DDP over gloo): nothing is sharded
