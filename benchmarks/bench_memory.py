@@ -142,7 +142,7 @@ def worker(spec: dict) -> dict:
     torch.manual_seed(SEED)
     model = FSForTokenClassification.from_backbone(BACKBONE, num_labels=NUM_LABELS)
     if spec["checkpointing"]:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()  # what TrainingArguments(gradient_checkpointing=True) calls
     model.train()
     layers = model._base_model().layers
     enabled = [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers]
@@ -186,10 +186,11 @@ def worker(spec: dict) -> dict:
     }
 
 
-def run_cell(spec: dict, workdir: Path) -> dict:
+def run_cell(spec: dict, workdir: Path, env: dict[str, str]) -> dict:
     spec_path = workdir / f"spec-{spec['length']}-{int(spec['checkpointing'])}.json"
     spec_path.write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_worker", str(spec_path)], capture_output=True, text=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", str(spec_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {spec} failed:\n{proc.stderr[-3000:]}")
     for line in reversed(proc.stdout.splitlines()):
@@ -226,7 +227,8 @@ def markdown(data: dict) -> str:
         f"transformers {data['machine']['transformers']}, peft {data['machine']['peft']}.",
         "",
         f"{data['setup']['model']}; batch 1, random ids, no padding; one zero_grad + forward + backward, fp32. "
-        "Step peak = VmHWM during the step − VmRSS before it (each cell in a fresh process; see bench_memory.py).",
+        "Step peak = VmHWM during the step − VmRSS before it (each cell in a fresh process; see bench_memory.py). "
+        f"glibc mmap threshold: {data['setup']['malloc_mmap_threshold']}.",
         "",
         "| tokens | checkpointing | layers checkpointed | RSS before step (MB) | step peak (MB) | saving | loss | max |Δgrad| vs off |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -253,12 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default="512,2048", help="comma-separated sequence lengths")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count())
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory.json"))
+    p.add_argument("--mmap-threshold", type=int, default=None,
+                   help="glibc M_MMAP_THRESHOLD in bytes for the workers (MALLOC_MMAP_THRESHOLD_). By default glibc "
+                        "raises it up to 32 MB as large blocks are freed, so tensors below that come from the heap, "
+                        "whose freed pages stay resident: the peak then includes heap fragmentation. 65536 sends "
+                        "every tensor above 64 kB to its own mmap, so the peak is close to the live tensors.")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._worker:
         print("@@RESULT " + json.dumps(worker(json.loads(Path(a._worker).read_text()))), flush=True)
         return 0
     lengths = [int(x) for x in a.lengths.split(",")]
+    env = dict(os.environ)
+    if a.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(a.mmap_threshold)
     data: dict = {
         "command": "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": git_commit(),
@@ -270,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": 1,
             "dtype": "float32",
             "seed": SEED,
+            "malloc_mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic, up to 32 MB)"),
         },
         "cells": {},
         "comparisons": {},
@@ -283,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             for gc_on in (False, True):
                 paths[gc_on] = str(work / f"grads-{L}-{int(gc_on)}.pt")
                 spec = {"length": L, "checkpointing": gc_on, "threads": a.threads, "grads_path": paths[gc_on]}
-                cell = run_cell(spec, work)
+                cell = run_cell(spec, work, env)
                 data["cells"][f"{L}-{'on' if gc_on else 'off'}"] = cell
                 print(f"{L} tokens, checkpointing {'on ' if gc_on else 'off'}: step peak {cell['step_peak_mb']} MB", flush=True)
             data["comparisons"][str(L)] = compare(paths[False], paths[True])
