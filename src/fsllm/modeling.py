@@ -352,10 +352,19 @@ class FSModel(PreTrainedModel):
         trainable, total = self.trainable_parameters()
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Passed to the backbone, non-reentrant (the frozen embeddings give no input that requires grad)."""
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """Passed to the backbone, non-reentrant (the frozen embeddings give no input that requires grad).
+
+        ``kwargs`` (``every_n_layers``, ``offload``) are those of ``activation_checkpointing_enable``:
+        the Trainer of transformers >= 5 calls that, and it hands them to this override; without
+        them ``TrainingArguments(gradient_checkpointing=True)`` failed with a TypeError.
+        """
         base = self._base_model()
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False})
+        ckpt_kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs, **kwargs)
+        else:  # transformers before activation_checkpointing_enable
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs, **kwargs)
 
     def _base_model(self) -> PreTrainedModel:
         return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone

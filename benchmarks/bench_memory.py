@@ -1,0 +1,310 @@
+#!/usr/bin/env python
+"""Peak memory of one training step with and without gradient checkpointing (CPU, fp32).
+
+    python benchmarks/bench_memory.py [--lengths 512,2048] [--out benchmarks/results/memory.json]
+
+The packaged SmolLM2-135M as ``FSForTokenClassification`` (9 labels, FSConfig defaults: bidirectional
+attention, LoRA 8/32/0.1), batch 1, random token ids without padding. Every (length, checkpointing)
+cell runs in its own fresh Python process, so no cell inherits another's heap.
+
+Method (the one ``bench_speed.py`` uses, see benchmarks/README.md "Memory"): load the model, run
+one warmup step (the mmapped safetensors weights page in, first-call allocations happen), free
+the gradients, ``gc.collect()`` + ``malloc_trim(0)`` so RSS is live memory, read VmRSS, reset the
+kernel's high-water mark (``echo 5 > /proc/self/clear_refs``), run the measured step and report
+``VmHWM - VmRSS before``. Why not ``ru_maxrss`` minus the RSS after load: the weights are mmapped
+and enter RSS only when the first forward touches them, so that difference mostly counts the
+weights paging in, and ``ru_maxrss`` cannot be reset. ``tracemalloc`` sees only Python's allocator,
+not tensor storage. The step is zero_grad + forward with loss + backward (no optimizer step: its
+state is the same with and without checkpointing).
+
+Each worker also saves the loss and the trainable parameters' gradients of the measured step
+(seeded, so LoRA dropout draws the same masks); the parent compares them between the two
+settings at each length: checkpointing must change memory, not the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+BACKBONE = "smollm2-135m"
+NUM_LABELS = 9  # CoNLL-2003's IOB2 tags
+SEED = 0
+GRAD_TOLERANCE = 1e-5
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- memory helpers
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS") / 1024
+
+
+def peak_rss_mb() -> float:
+    return _status_kb("VmHWM") / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_memory() -> None:
+    """Collect garbage and give glibc's free pages back to the OS, so RSS counts live memory only."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def machine_info(threads: int) -> dict:
+    import peft
+    import transformers
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gb = None
+    with contextlib.suppress(OSError, ValueError):
+        mem_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
+    return {
+        "cpu_model": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "torch_threads": threads,
+        "memory_gb": mem_gb,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def git_commit() -> str | None:
+    """HEAD of this checkout, ``+dirty`` with uncommitted changes under src/ or benchmarks/."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "benchmarks/bench_memory.py"],
+            capture_output=True, text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def train_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(SEED)  # the same dropout masks in every cell: gradients are comparable
+    out = model(**batch)
+    out.loss.backward()
+    return out.loss.detach()
+
+
+def worker(spec: dict) -> dict:
+    """One cell in a fresh process: load, warm up, measure one step, save loss and gradients."""
+    from fsllm import FSForTokenClassification
+
+    torch.set_num_threads(spec["threads"])
+    rss_start = rss_mb()
+    torch.manual_seed(SEED)
+    model = FSForTokenClassification.from_backbone(BACKBONE, num_labels=NUM_LABELS)
+    if spec["checkpointing"]:
+        model.activation_checkpointing_enable()  # what TrainingArguments(gradient_checkpointing=True) calls
+    model.train()
+    layers = model._base_model().layers
+    enabled = [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers]
+    release_free_memory()
+    rss_loaded = rss_mb()
+    g = torch.Generator().manual_seed(SEED + spec["length"])
+    ids = torch.randint(0, model.config.decoder_config.vocab_size, (1, spec["length"]), generator=g)
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.randint(0, NUM_LABELS, (1, spec["length"]), generator=g),
+    }
+    train_step(model, batch)  # warmup: weights page in, first-call allocations, thread pools
+    model.zero_grad(set_to_none=True)
+    release_free_memory()
+    base = rss_mb()
+    peak_before = peak_rss_mb()
+    ok = reset_peak_rss()
+    t0 = time.perf_counter()
+    loss = train_step(model, batch)
+    seconds = time.perf_counter() - t0
+    peak = peak_rss_mb()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    torch.save({"loss": loss, "grads": grads}, spec["grads_path"])
+    return {
+        "length": spec["length"],
+        "checkpointing": spec["checkpointing"],
+        "layers_with_checkpointing": sum(enabled),
+        "layers": len(enabled),
+        "rss_at_start_mb": round(rss_start, 1),
+        "rss_after_load_mb": round(rss_loaded, 1),
+        "peak_load_and_warmup_mb": round(peak_before, 1),
+        "rss_before_step_mb": round(base, 1),
+        "peak_rss_mb": round(peak, 1),
+        "step_peak_mb": round(peak - base, 1),
+        "peak_reset": ok,
+        "method": "VmHWM after reset via /proc/self/clear_refs" if ok else "VmHWM without reset (includes load+warmup)",
+        "loss": float(loss),
+        "trainable_tensors_with_grad": len(grads),
+        "step_seconds_not_a_result": round(seconds, 2),  # the machine may be loaded: not a timing result
+    }
+
+
+def run_cell(spec: dict, workdir: Path, env: dict[str, str]) -> dict:
+    spec_path = workdir / f"spec-{spec['length']}-{int(spec['checkpointing'])}.json"
+    spec_path.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", str(spec_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {spec} failed:\n{proc.stderr[-3000:]}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("@@RESULT "):
+            return json.loads(line[len("@@RESULT "):])
+    raise RuntimeError(f"worker {spec} printed no result:\n{proc.stdout[-2000:]}")
+
+
+def compare(a_path: str, b_path: str) -> dict:
+    """Loss and gradient differences between the two settings at one length."""
+    a, b = torch.load(a_path), torch.load(b_path)
+    assert a["grads"].keys() == b["grads"].keys(), "different parameters got gradients"
+    diffs = {n: (a["grads"][n] - b["grads"][n]).abs().max().item() for n in a["grads"]}
+    scale = max(t.abs().max().item() for t in a["grads"].values())
+    worst = max(diffs, key=diffs.get)
+    return {
+        "loss_abs_diff": abs(a["loss"].item() - b["loss"].item()),
+        "grad_max_abs_diff": diffs[worst],
+        "grad_max_abs": scale,
+        "worst_tensor": worst,
+        "tensors_compared": len(diffs),
+        "tolerance": GRAD_TOLERANCE,
+        "same": abs(a["loss"].item() - b["loss"].item()) <= GRAD_TOLERANCE and diffs[worst] <= GRAD_TOLERANCE,
+    }
+
+
+def markdown(data: dict) -> str:
+    lines = [
+        "# Peak training-step memory with and without gradient checkpointing",
+        "",
+        f"`{data['command']}` at commit `{data['commit']}`, {data['started']}.",
+        f"Machine: {data['machine']['cpu_model']}, {data['machine']['usable_cpus']} CPUs, "
+        f"{data['machine']['torch_threads']} torch threads, torch {data['machine']['torch']}, "
+        f"transformers {data['machine']['transformers']}, peft {data['machine']['peft']}.",
+        "",
+        f"{data['setup']['model']}; batch 1, random ids, no padding; one zero_grad + forward + backward, fp32. "
+        "Step peak = VmHWM during the step − VmRSS before it (each cell in a fresh process; see bench_memory.py). "
+        f"glibc mmap threshold: {data['setup']['malloc_mmap_threshold']}.",
+        "",
+        "| tokens | checkpointing | layers checkpointed | RSS before step (MB) | step peak (MB) | saving | loss | max |Δgrad| vs off |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for L in data["setup"]["lengths"]:
+        off = data["cells"][f"{L}-off"]
+        on = data["cells"][f"{L}-on"]
+        cmp_ = data["comparisons"][str(L)]
+        for cell in (off, on):
+            saving = "" if not cell["checkpointing"] else f"{1 - cell['step_peak_mb'] / off['step_peak_mb']:.0%}"
+            delta = "" if not cell["checkpointing"] else f"{cmp_['grad_max_abs_diff']:.1e}"
+            lines.append(
+                f"| {L} | {'on' if cell['checkpointing'] else 'off'} | {cell['layers_with_checkpointing']}/{cell['layers']} "
+                f"| {cell['rss_before_step_mb']:.0f} | {cell['step_peak_mb']:.0f} | {saving} | {cell['loss']:.6f} | {delta} |"
+            )
+    lines += ["", "Same loss and gradients (≤ 1e-5) with and without checkpointing: "
+              + ", ".join(f"{L} tokens: {'yes' if data['comparisons'][str(L)]['same'] else 'NO'}" for L in data["setup"]["lengths"]),
+              "", "Step times are not reported: the machine was shared."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--lengths", default="512,2048", help="comma-separated sequence lengths")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count())
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory.json"))
+    p.add_argument("--mmap-threshold", type=int, default=None,
+                   help="glibc M_MMAP_THRESHOLD in bytes for the workers (MALLOC_MMAP_THRESHOLD_). By default glibc "
+                        "raises it up to 32 MB as large blocks are freed, so tensors below that come from the heap, "
+                        "whose freed pages stay resident: the peak then includes heap fragmentation. 65536 sends "
+                        "every tensor above 64 kB to its own mmap, so the peak is close to the live tensors.")
+    p.add_argument("--_worker", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._worker:
+        print("@@RESULT " + json.dumps(worker(json.loads(Path(a._worker).read_text()))), flush=True)
+        return 0
+    lengths = [int(x) for x in a.lengths.split(",")]
+    env = dict(os.environ)
+    if a.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(a.mmap_threshold)
+    data: dict = {
+        "command": "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "commit": git_commit(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": machine_info(a.threads),
+        "setup": {
+            "model": f"FSForTokenClassification.from_backbone({BACKBONE!r}, num_labels={NUM_LABELS}) (FSConfig defaults)",
+            "lengths": lengths,
+            "batch_size": 1,
+            "dtype": "float32",
+            "seed": SEED,
+            "malloc_mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic, up to 32 MB)"),
+        },
+        "cells": {},
+        "comparisons": {},
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for L in lengths:
+            paths = {}
+            for gc_on in (False, True):
+                paths[gc_on] = str(work / f"grads-{L}-{int(gc_on)}.pt")
+                spec = {"length": L, "checkpointing": gc_on, "threads": a.threads, "grads_path": paths[gc_on]}
+                cell = run_cell(spec, work, env)
+                data["cells"][f"{L}-{'on' if gc_on else 'off'}"] = cell
+                print(f"{L} tokens, checkpointing {'on ' if gc_on else 'off'}: step peak {cell['step_peak_mb']} MB", flush=True)
+            data["comparisons"][str(L)] = compare(paths[False], paths[True])
+            out.write_text(json.dumps(data, indent=2))
+    out.write_text(json.dumps(data, indent=2))
+    md = markdown(data)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    return 0 if all(c["same"] for c in data["comparisons"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Beyond one process: the accelerate FSDP config, FSDP2 sharding of an FS model over gloo on CPU.
+
+What these tests establish (details in docs/scaling.md):
+
+* ``docs/accelerate_fsdp2.yaml`` is a valid accelerate config that ``accelerate launch`` turns into
+  the FSDP2 environment (parsed here with accelerate's own launcher code; no process is started).
+* On a CPU, ``accelerate launch`` with that config trains an FS model, but *as DDP over gloo*:
+  accelerate switches to FSDP only for accelerator device types (``MULTI_GPU``, ``MULTI_XPU`` ...),
+  never for ``MULTI_CPU``, so the model is not sharded. The slow test pins that down.
+* FSDP2 itself (``torch.distributed.fsdp.fully_shard``) does shard an FS model over gloo on CPU and
+  gives the unsharded model's loss and gradients; ``FSModel.save_pretrained`` of a sharded model
+  does not work yet (strict xfail: it turns into a failure the day it is fixed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_pipeline import write_conll_dir
+
+REPO = Path(__file__).resolve().parent.parent
+FSDP_YAML = REPO / "docs" / "accelerate_fsdp2.yaml"
+TESTS = Path(__file__).resolve().parent
+
+
+def _env() -> dict[str, str]:
+    src = str(REPO / "src")
+    path = os.environ.get("PYTHONPATH")
+    return dict(
+        os.environ,
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=src + (os.pathsep + path if path else ""),
+    )
+
+
+def test_accelerate_fsdp_config_parses_into_the_fsdp2_environment():
+    """accelerate reads the documented config as FSDP2 with one shard unit per decoder layer."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import DistributedType, prepare_multi_gpu_env
+
+    cfg = load_config_from_file(str(FSDP_YAML))
+    assert cfg.distributed_type == DistributedType.FSDP
+    assert cfg.fsdp_config["fsdp_version"] == 2
+    assert cfg.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+    parser = launch_command_parser()
+    args = parser.parse_args(["--config_file", str(FSDP_YAML), "--num_processes", "2", "-m", "fsllm.cli", "train"])
+    args, _, _ = _validate_launch_command(args)
+    assert args.use_fsdp and not args.cpu and args.num_processes == 2
+    env = prepare_multi_gpu_env(args)
+    assert env["ACCELERATE_USE_FSDP"] == "true"
+    assert env["FSDP_VERSION"] == "2"
+    assert env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "LlamaDecoderLayer"
+    assert env["FSDP_STATE_DICT_TYPE"] == "FULL_STATE_DICT"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"  # precision comes from fsllm's --precision
+
+
+_PROBE = '''
+import json, os, sys
+from transformers import TrainerCallback
+from fsllm.training import train
+
+seen = {"rank": int(os.environ["RANK"])}
+
+
+class Probe(TrainerCallback):
+    """What the Trainer's accelerator made of the launch: distributed type and sharding."""
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from accelerate.state import AcceleratorState
+        from torch.distributed.tensor import DTensor
+
+        layer = next(m for n, m in model.named_modules() if n.endswith("layers.0"))
+        seen.update(
+            distributed_type=str(AcceleratorState().distributed_type),
+            fsdp_env=os.environ.get("ACCELERATE_USE_FSDP"),
+            sharded_params=sum(isinstance(p, DTensor) for p in model.parameters()),
+            layer_class=type(layer).__name__,
+        )
+
+
+result = train(data=sys.argv[1], model=sys.argv[2], output_dir=sys.argv[3], epochs=2, batch_size=2, callbacks=[Probe()])
+seen["wrote_report"] = bool(result.metrics)  # process 0 alone evaluates and writes the run's files
+# one file per process: two processes printing to one pipe can interleave their lines
+with open(os.path.join(os.environ["PROBE_DIR"], f"rank{seen['rank']}.json"), "w") as f:
+    json.dump(seen, f)
+'''
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_fsdp_config_trains_on_cpu_as_ddp(tmp_path, tiny_model_dir):
+    """Two CPU processes under ``accelerate launch --config_file docs/accelerate_fsdp2.yaml``: the run
+    trains, process 0 writes one run folder whose model loads and predicts, and the processes run
+    as DDP over gloo (accelerate does not apply FSDP on CPU; see the module docstring). ~40 s."""
+    data = write_conll_dir(tmp_path)
+    run = tmp_path / "run"
+    script = tmp_path / "probe.py"
+    script.write_text(_PROBE)
+    probe_dir = tmp_path / "probes"
+    probe_dir.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_YAML), "--num_processes", "2",
+         str(script), str(data), str(tiny_model_dir), str(run)],
+        capture_output=True, text=True, env=dict(_env(), PROBE_DIR=str(probe_dir)), timeout=600, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probes = sorted((json.loads(f.read_text()) for f in probe_dir.iterdir()), key=lambda p: p["rank"])
+    assert [p["rank"] for p in probes] == [0, 1]
+    assert [p["wrote_report"] for p in probes] == [True, False]
+    for p in probes:
+        assert p["fsdp_env"] == "true"  # the launcher did ask for FSDP ...
+        # ... but on CPU the accelerator is MULTI_CPU (DDP over gloo): nothing is sharded
+        assert p["distributed_type"] == "DistributedType.MULTI_CPU"
+        assert p["sharded_params"] == 0 and p["layer_class"] == "LlamaDecoderLayer"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 6  # 9 sentences, 2 per process and step, 2 processes, 2 epochs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ner", "probe.py", "probes", "run"]  # one run folder
+
+    from fsllm import Predictor
+
+    predictor = Predictor.from_pretrained(run)
+    out = predictor.predict(words=[["John", "visited", "Paris", "."]])
+    assert len(out) == 1 and len(out[0]["tags"]) == 4
+
+
+_SHARD = '''
+import json, sys
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+
+sys.path.insert(0, sys.argv[1])
+from conftest import word_llama
+from fsllm import FSForTokenClassification
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+
+
+def model():
+    torch.manual_seed(0)
+    return FSForTokenClassification.from_backbone(word_llama()[1], num_labels=3).train()
+
+
+def step(m, ids, labels):
+    torch.manual_seed(1)  # the same LoRA dropout masks in both models
+    out = m(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    out.loss.backward()
+    return out.loss.detach()
+
+
+g = torch.Generator().manual_seed(rank)  # each process its own batch, as under DDP
+ids = torch.randint(4, 40, (2, 9), generator=g)
+labels = torch.randint(0, 3, (2, 9), generator=g)
+
+sharded = model()
+for layer in sharded._base_model().layers:
+    fully_shard(layer)
+fully_shard(sharded)
+loss = step(sharded, ids, labels)
+
+# reference: the unsharded model on this process's batch; FSDP averages the gradients over processes
+plain = model()
+ref_loss = step(plain, ids, labels)
+ref = {n: p.grad.clone() for n, p in plain.named_parameters() if p.requires_grad}
+for g_ in ref.values():
+    dist.all_reduce(g_)
+    g_ /= dist.get_world_size()
+from torch.distributed.tensor import DTensor
+got = {n: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+       for n, p in sharded.named_parameters() if p.requires_grad}
+layer_cls = type(sharded._base_model().layers[0]).__name__
+result = {
+    "rank": rank,
+    "layer_class": layer_cls,
+    "sharded_params": sum(isinstance(p, DTensor) for p in sharded.parameters()),
+    "loss_diff": abs(loss.item() - ref_loss.item()),
+    "same_names": sorted(got) == sorted(ref),
+    "grad_max_diff": max((got[n] - ref[n]).abs().max().item() for n in ref),
+}
+try:
+    sharded.save_pretrained(sys.argv[2], is_main_process=rank == 0)
+    result["save"] = "ok"
+except Exception as e:
+    result["save"] = f"{type(e).__name__}: {e}"
+with open(f"{sys.argv[3]}/rank{rank}.json", "w") as f:  # a file per process: printed lines can interleave
+    json.dump(result, f)
+dist.destroy_process_group()
+'''
+
+
+@pytest.fixture(scope="module")
+def fsdp2_run(tmp_path_factory) -> list[dict]:
+    """One ``torchrun`` of two gloo processes sharding a tiny FS model with FSDP2 (~15 s)."""
+    tmp = tmp_path_factory.mktemp("fsdp2")
+    script = tmp / "shard.py"
+    script.write_text(textwrap.dedent(_SHARD))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(TESTS), str(tmp / "saved"), str(tmp)],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = [json.loads((tmp / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(r["rank"] for r in out) == [0, 1]
+    return out
+
+
+def test_fsdp2_shards_an_fs_model_over_gloo_with_the_same_loss_and_gradients(fsdp2_run):
+    """FSDP2 on CPU: the decoder layers become FSDP units, and one step gives the unsharded model's
+    loss and the process-averaged gradients (what DDP would give)."""
+    for r in fsdp2_run:
+        assert r["layer_class"] == "FSDPLlamaDecoderLayer"
+        assert r["sharded_params"] > 0
+        assert r["same_names"]
+        assert r["loss_diff"] < 1e-6
+        assert r["grad_max_diff"] < 1e-6
+
+
+@pytest.mark.xfail(strict=True, reason="save_pretrained writes the local DTensor shards; a sharded model must "
+                                       "gather its trainable state first (not implemented)")
+def test_save_pretrained_of_an_fsdp2_sharded_model(fsdp2_run):
+    rank0 = next(r for r in fsdp2_run if r["rank"] == 0)
+    assert rank0["save"] == "ok", rank0["save"]
