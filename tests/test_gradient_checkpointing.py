@@ -104,3 +104,21 @@ def test_training_arguments_gradient_checkpointing_checkpoints_every_layer_and_k
     assert any("lora_A" in n for n in on.grads) and any(n.startswith("head.") for n in on.grads)
     for name, g in off.grads.items():
         torch.testing.assert_close(on.grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_train_config_gradient_checkpointing_reaches_the_backbone(tmp_path, tiny_model_dir):
+    """``fsllm train --gradient-checkpointing`` / ``TrainConfig(gradient_checkpointing=True)``."""
+    from fsllm.training import train
+
+    data = tmp_path / "ner"
+    data.mkdir()
+    text = "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(words, tags)) for words, tags in SENTENCES) + "\n"
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text(text)
+    flags = {}
+    for on in (False, True):
+        cap = Capture()
+        train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / f"run{int(on)}"), max_steps=1,
+              batch_size=4, gradient_checkpointing=on, callbacks=[cap])
+        flags[on] = cap.flags
+    assert flags == {False: [False, False], True: [True, True]}

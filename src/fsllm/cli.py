@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="mixed precision for training (bf16 on GPUs or CPUs with AMX/AVX512-BF16; fp16: GPU only)")
     t.add_argument("--no-test", action="store_true", help="do not touch the test split")
+    t.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute layer activations in backward: same result, much less memory (docs/scaling.md)")
     t.add_argument("--length-balanced-loss", action="store_true",
                    help="NER: weigh every labelled token the same in length-grouped batches "
                         "(each batch's loss scaled by its token count over the average batch's)")
@@ -257,7 +259,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             max_steps=a.max_steps, batch_size=a.batch_size, max_length=a.max_length,
             test_subset=a.test_subset, early_stopping_patience=a.early_stopping, seed=a.seed,
             attn_implementation=a.attn_implementation, precision=a.precision, evaluate_test=not a.no_test,
-            length_balanced_loss=a.length_balanced_loss,
+            length_balanced_loss=a.length_balanced_loss, gradient_checkpointing=a.gradient_checkpointing,
         )
         result = train(cfg)
     m = result.metrics

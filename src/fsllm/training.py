@@ -125,6 +125,9 @@ class TrainConfig:
     # scales each batch's loss by its labelled tokens over the average batch's, so every token weighs
     # the same wherever it falls, as with random batches (see ``FSTrainer.compute_loss``).
     length_balanced_loss: bool = False
+    # recompute each decoder layer's activations during backward instead of keeping them: the same
+    # loss and gradients for a second forward per layer, much less memory on long inputs
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
@@ -602,6 +605,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         fp16=cfg.precision == "fp16",
         # every trainable parameter gets a gradient, except the lambdas of causal layers
         ddp_find_unused_parameters=bool(cfg.fs.learnable_lambda),
+        gradient_checkpointing=cfg.gradient_checkpointing,
         disable_tqdm=False,
     )
     cbs = [JsonlLogCallback(run_dir / "train_log.jsonl"), EvaluateAtEndCallback(), *callbacks]
