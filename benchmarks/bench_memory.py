@@ -25,18 +25,15 @@ settings at each length: checkpointing must change memory, not the numbers.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 
 BACKBONE = "smollm2-135m"
@@ -47,79 +44,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- memory helpers
-
-
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def rss_mb() -> float:
-    return _status_kb("VmRSS") / 1024
-
-
-def peak_rss_mb() -> float:
-    return _status_kb("VmHWM") / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel refuses."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def release_free_memory() -> None:
-    """Collect garbage and give glibc's free pages back to the OS, so RSS counts live memory only."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def machine_info(threads: int) -> dict:
-    import peft
-    import transformers
-
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError):
-        mem_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    return {
-        "cpu_model": cpu,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "torch_threads": threads,
-        "memory_gb": mem_gb,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def git_commit() -> str | None:
-    """HEAD of this checkout, ``+dirty`` with uncommitted changes under src/ or benchmarks/."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "benchmarks/bench_memory.py"],
-            capture_output=True, text=True,
-        )
-    except OSError:
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip()[:12] + ("+dirty" if dirty.stdout.strip() else "")
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -138,7 +62,7 @@ def worker(spec: dict) -> dict:
     from fsllm import FSForTokenClassification
 
     torch.set_num_threads(spec["threads"])
-    rss_start = rss_mb()
+    rss_start = common.rss_mb()
     torch.manual_seed(SEED)
     model = FSForTokenClassification.from_backbone(BACKBONE, num_labels=NUM_LABELS)
     if spec["checkpointing"]:
@@ -146,8 +70,8 @@ def worker(spec: dict) -> dict:
     model.train()
     layers = model._base_model().layers
     enabled = [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers]
-    release_free_memory()
-    rss_loaded = rss_mb()
+    common.release_free_memory()
+    rss_loaded = common.rss_mb()
     g = torch.Generator().manual_seed(SEED + spec["length"])
     ids = torch.randint(0, model.config.decoder_config.vocab_size, (1, spec["length"]), generator=g)
     batch = {
@@ -157,14 +81,14 @@ def worker(spec: dict) -> dict:
     }
     train_step(model, batch)  # warmup: weights page in, first-call allocations, thread pools
     model.zero_grad(set_to_none=True)
-    release_free_memory()
-    base = rss_mb()
-    peak_before = peak_rss_mb()
-    ok = reset_peak_rss()
+    common.release_free_memory()
+    base = common.rss_mb()
+    peak_before = common.peak_rss_mb()
+    ok = common.reset_peak_rss()
     t0 = time.perf_counter()
     loss = train_step(model, batch)
     seconds = time.perf_counter() - t0
-    peak = peak_rss_mb()
+    peak = common.peak_rss_mb()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
     torch.save({"loss": loss, "grads": grads}, spec["grads_path"])
     return {
@@ -271,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         env["MALLOC_MMAP_THRESHOLD_"] = str(a.mmap_threshold)
     data: dict = {
         "command": "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "commit": git_commit(),
+        "commit": common.git_commit(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": machine_info(a.threads),
+        "machine": {**common.machine_info(), "torch_threads": a.threads},  # what each worker runs with
         "setup": {
             "model": f"FSForTokenClassification.from_backbone({BACKBONE!r}, num_labels={NUM_LABELS}) (FSConfig defaults)",
             "lengths": lengths,
@@ -298,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                 data["cells"][f"{L}-{'on' if gc_on else 'off'}"] = cell
                 print(f"{L} tokens, checkpointing {'on ' if gc_on else 'off'}: step peak {cell['step_peak_mb']} MB", flush=True)
             data["comparisons"][str(L)] = compare(paths[False], paths[True])
-            out.write_text(json.dumps(data, indent=2))
-    out.write_text(json.dumps(data, indent=2))
+            common.write_json(out, data)
+    common.write_json(out, data)
     md = markdown(data)
     out.with_suffix(".md").write_text(md)
     print(md)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import logging
 import math
@@ -114,37 +112,6 @@ def time_round_robin(fns: dict[str, Callable[[], Any]], repeats: int, warmup: in
             fns[n]()
             samples[n].append(time.perf_counter() - t0)
     return {n: Timing(s) for n, s in samples.items()}
-
-
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def rss_mb() -> float:
-    return _status_kb("VmRSS") / 1024
-
-
-def peak_rss_mb() -> float:
-    return _status_kb("VmHWM") / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (VmHWM) to the current RSS (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def release_free_memory() -> None:
-    """Collect garbage and hand glibc's free pages back to the OS, so RSS is live memory."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Results:
@@ -325,10 +292,10 @@ def worker_memory(spec: dict) -> dict:
     Peak step memory = VmHWM during the measured steps - VmRSS just before them."""
     torch.set_num_threads(spec["threads"])
     id2label = {int(k): v for k, v in spec["id2label"].items()}
-    rss_start = rss_mb()
+    rss_start = common.rss_mb()
     model = build_model(spec["kind"], id2label)
-    release_free_memory()
-    rss_loaded = rss_mb()
+    common.release_free_memory()
+    rss_loaded = common.rss_mb()
     batches = torch.load(spec["batches"]) if "batches" in spec else None
     results = []
     peak_load_warmup = 0.0
@@ -339,13 +306,13 @@ def worker_memory(spec: dict) -> dict:
             batch = synthetic_batch(int(item), len(id2label), spec["vocab"])
         train_step(model, batch)  # warmup: first-call allocations, autograd and thread pools
         model.zero_grad(set_to_none=True)
-        release_free_memory()
-        base = rss_mb()
-        peak_load_warmup = max(peak_load_warmup, peak_rss_mb())
-        ok = reset_peak_rss()
+        common.release_free_memory()
+        base = common.rss_mb()
+        peak_load_warmup = max(peak_load_warmup, common.peak_rss_mb())
+        ok = common.reset_peak_rss()
         for _ in range(spec["steps"]):
             train_step(model, batch)
-        peak = peak_rss_mb()
+        peak = common.peak_rss_mb()
         results.append(
             {
                 "item": item,
@@ -450,7 +417,7 @@ def part_overhead(ctx: Ctx) -> None:
     res["tokens_per_s"] = {k: round(real / t.median, 1) for k, t in timings.items()}
     ctx.results.save()
     del models
-    release_free_memory()
+    common.release_free_memory()
 
     batch_path = ctx.workdir / "overhead_batch.pt"
     torch.save({"overhead": batch}, batch_path)
@@ -944,7 +911,7 @@ def part_scaling(ctx: Ctx) -> None:
         rows[str(L)] = row
         ctx.results.save()
     del models
-    release_free_memory()
+    common.release_free_memory()
     for k in kinds:
         spec = {"kind": k, "threads": a.threads, "id2label": ctx.id2label, "items": lengths, "steps": 1, "vocab": vocab}
         w = measure_memory(spec, ctx.workdir)
@@ -1274,7 +1241,7 @@ def main(argv=None) -> int:
                 failed.append(name)
             results.part(name)["meta"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
             results.save()
-            release_free_memory()
+            common.release_free_memory()
     finally:
         shutil.rmtree(ctx.workdir, ignore_errors=True)
     results.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")

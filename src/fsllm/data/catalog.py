@@ -565,14 +565,7 @@ def load_any(
         return load_hf(p, task=task, text_column=text_column, label_column=label_column,
                        tokens_column=tokens_column, tags_column=tags_column, scheme=scheme, repair=repair)
     if p.is_dir():
-        found: dict[str, Path] = {}
-        for f in sorted(p.iterdir()):
-            split = _SPLIT_STEMS.get(f.stem.lower())
-            if split is None or not f.is_file() or _file_task(f) is None:
-                continue
-            if split in found:
-                raise DataError(f"two files for the {split} split: {found[split].name} and {f.name}", str(p))
-            found[split] = f
+        found = _split_files(p)
         if "train" not in found:
             listing = ", ".join(sorted(x.name for x in p.iterdir())[:20]) or "(empty)"
             raise DataError(
@@ -608,6 +601,7 @@ def load_any(
 
 
 def _split_files(p: Path) -> dict[str, Path]:
+    """The ``train.*`` / ``dev.*`` / ``test.*`` data files of a folder, by split; two for one split is an error."""
     found: dict[str, Path] = {}
     for f in sorted(p.iterdir()):
         split = _SPLIT_STEMS.get(f.stem.lower())
