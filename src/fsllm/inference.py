@@ -50,8 +50,11 @@ def batched_logits(
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out: list[np.ndarray | None] = [None] * len(features)
     device = next(model.parameters()).device
+    # Module.train()/eval() walk every submodule (~2,500 with LoRA on a 30-layer model, ~25 ms):
+    # switch only when needed, since a served or predicting model is already in eval mode.
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     starts = range(0, len(order), batch_size)
     if progress:
         starts = tqdm(starts, desc=progress if isinstance(progress, str) else "predict", unit="batch", leave=False)
@@ -69,7 +72,8 @@ def batched_logits(
             for r, i in enumerate(idx):
                 n = len(features[i]["input_ids"])
                 out[i] = logits[r] if logits.ndim == 2 else logits[r, :n]
-    model.train(was_training)
+    if was_training:
+        model.train()
     return out  # type: ignore[return-value]
 
 
