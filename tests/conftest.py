@@ -139,3 +139,14 @@ def tiny_ner_model_dir(tmp_path_factory, tiny_model_dir):
 def tiny_seq_model_dir(tmp_path_factory, tiny_model_dir):
     """A saved (untrained) FS sequence classifier with the labels negative / positive."""
     return save_tiny_fs_model(tmp_path_factory.mktemp("tiny-seq"), tiny_model_dir, "sequence")
+
+
+def write_file(tmp_path, name: str, data: str | bytes):
+    """``tmp_path / name`` holding ``data`` exactly as given: bytes as they are, text as UTF-8 with
+    its line ends untouched (the readers' tests feed CRLF, lone CR and BOMs on purpose)."""
+    p = tmp_path / name
+    if isinstance(data, bytes):
+        p.write_bytes(data)
+    else:
+        p.write_text(data, encoding="utf-8", newline="")
+    return p

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from conftest import write_file as write
 
 from fsllm.data import (
     convert_to_iob2,
@@ -22,15 +23,6 @@ from fsllm.data import (
 from fsllm.errors import DataError, FSLLMError
 
 datasets.disable_progress_bars()
-
-
-def write(tmp_path: Path, name: str, text: str | bytes) -> Path:
-    p = tmp_path / name
-    if isinstance(text, bytes):
-        p.write_bytes(text)
-    else:
-        p.write_text(text, encoding="utf-8", newline="")
-    return p
 
 
 def conll(*sentences: list[tuple[str, str]], docstart: bool = False, final_blank: bool = True) -> str:

@@ -308,6 +308,16 @@ TRAIN_SCRIPT = textwrap.dedent(
 )
 
 
+def kill_once_written(proc: subprocess.Popen, target: Path, never: str, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` as soon as ``target`` exists (polled; bounded by ``timeout`` seconds)."""
+    deadline = time.time() + timeout
+    while not target.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert target.is_file(), never
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 REPORT_SCRIPT = textwrap.dedent(
     """
     import sys, time
@@ -341,12 +351,7 @@ def test_run_killed_during_its_report_leaves_whole_files_and_resumes(tmp_path, t
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
     target = run / "predictions_dev.jsonl"  # written before the (slowed) test evaluation
-    deadline = time.time() + 240
-    while not target.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert target.is_file(), "the run never reached its report"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_written(proc, target, "the run never reached its report")
     assert not (run / "metrics.json").exists() and not (run / "predictions_test.jsonl").exists()
     assert [json.loads(line)["tokens"] for line in target.read_text().splitlines()]  # whole lines
     assert (run / "model" / "config.json").is_file() and not list(run.glob(".*"))  # no temporaries left
@@ -370,12 +375,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_model_dir):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     target = killed / "checkpoints" / "checkpoint-4" / "trainer_state.json"
-    deadline = time.time() + 240
-    while not target.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert target.is_file(), "the run never reached checkpoint-4"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_written(proc, target, "the run never reached checkpoint-4")
     assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
 
     resumed = train(resume=True, output_dir=str(killed))

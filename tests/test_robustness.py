@@ -12,21 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_file as write
 
 from fsllm.cli import main
 from fsllm.data import read_conll, read_table
 from fsllm.errors import DataError
 
 LONG = "x" * 100_000
-
-
-def write(tmp_path: Path, name: str, data: str | bytes) -> Path:
-    p = tmp_path / name
-    if isinstance(data, bytes):
-        p.write_bytes(data)
-    else:
-        p.write_text(data, encoding="utf-8", newline="")
-    return p
 
 
 def read(path: Path):
