@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import FSLLMError
+from .inference import labels_over_threshold, scores_of
 
 #: Environment variables read by :func:`app_from_env` (how ``--workers N`` hands options to each process).
 ENV_MODEL = "FSLLM_SERVE_MODEL"
@@ -412,12 +413,9 @@ def label_scores(logits: np.ndarray, id2label: dict[int, str], raw_scores: bool,
     if problem == "regression":
         return [{"label": id2label[0], "score": float(x[0])}]
     if problem == "multi_label_classification" and not raw_scores:
-        from .inference import labels_over_threshold, scores_of
-
         return labels_over_threshold(config, scores_of(config, x))
     if not raw_scores:
-        e = np.exp(x - x.max())
-        x = e / e.sum()
+        x = scores_of(config, x)  # softmax: what fsllm predict and pipeline() report
     order = np.argsort(-x, kind="stable")
     return [{"label": id2label[int(i)], "score": float(x[i])} for i in order]
 
