@@ -9,6 +9,15 @@
   selected on dev by the same scoring as zero-shot; then scored like zero-shot.
 * encoders (``minilm``, ``mpnet``): full fine-tuning with ``AutoModelFor{Token,Sequence}
   Classification`` (NER: first sub-token of each word carries its label), selected on dev.
+* ``hf-native``: the commodity path for a bidirectional decoder classifier, the backbone's own
+  ``AutoModelFor{Token,Sequence}Classification`` with ``config.is_causal = False`` and PEFT LoRA
+  (fsllm's rank, alpha, dropout and target projections; the ``score`` head trained in full via
+  ``modules_to_save``); HF's last-non-pad-token pooling for sequences; fsllm's tokenisation, so
+  the inputs and labelled sub-tokens are the FS model's.
+
+Every trained baseline can defer its test evaluation (``evaluate_test=False``: the selected
+weights are saved under ``RUN/model`` and ``score_saved_test`` scores them later), which is how
+a learning-rate grid scores the test split once, for the configuration dev chose.
 
 Every ``run_*`` function uses the same training/dev/test subsets as ``fsllm.training.train``
 (``fsllm.training.seeded_subset`` with the same seed), writes a run folder (``metrics.json``,
@@ -442,10 +451,12 @@ def _make_trainer_cls():
         """``Trainer`` whose evaluation is a function of the model (the same scoring as the final
         evaluation) and which keeps, in memory, the trainable weights of the best dev evaluation."""
 
-        def __init__(self, *args, dev_eval: Callable, metric: str, **kwargs):
+        def __init__(self, *args, dev_eval: Callable, metric: str, patience: int | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.dev_eval = dev_eval
             self.metric = metric
+            self.patience = patience  # stop after this many evaluations without a new best (None: never)
+            self.since_best = 0
             self.best: tuple[float, int, dict, dict] | None = None  # score, step, weights, dev metrics
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -457,8 +468,13 @@ def _make_trainer_cls():
             if self.best is None or score > self.best[0]:
                 snap = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
                 self.best = (score, self.state.global_step, snap, m)
+                self.since_best = 0
+            else:
+                self.since_best += 1
             self.log(out)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, out)
+            if self.patience is not None and self.since_best >= self.patience:
+                self.control.should_training_stop = True
             return out
 
         def restore_best(self) -> None:
@@ -501,10 +517,12 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
 def select_on_dev_trainer(
     model, run_dir: Path, feats: Sequence[dict], collator: Callable, dev_eval: Callable, *, has_dev: bool, metric: str,
     epochs: float, batch_size: int, lr: float, seed: int, evals_per_epoch: int, max_steps: int = -1,
+    patience: int | None = None,
 ):
     """The trainer of every trained baseline: trains on ``feats``, scores the model with ``dev_eval``
-    ``evals_per_epoch`` times per epoch and at the end, keeps the best weights by ``metric`` and logs
-    to ``train_log.jsonl`` in the format of FS runs."""
+    ``evals_per_epoch`` times per epoch and at the end, keeps the best weights by ``metric`` (stopping
+    after ``patience`` evaluations without a new best, as FS runs' ``early_stopping_patience``) and
+    logs to ``train_log.jsonl`` in the format of FS runs."""
     import datasets
 
     from fsllm.training import JsonlLogCallback
@@ -522,6 +540,7 @@ def select_on_dev_trainer(
         callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
         dev_eval=dev_eval,
         metric=metric,
+        patience=patience,
     )
 
 
@@ -563,7 +582,7 @@ def load_splits(data: str, train_subset: int | None, dev_subset: int | None, tes
     return Splits(td.task, train, dev, test, labels, td.source)
 
 
-def _write_records(path: Path, records: Sequence[dict]) -> None:
+def write_records(path: Path, records: Sequence[dict]) -> None:
     with path.open("w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
@@ -616,7 +635,7 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], splits: Sequence[tuple[st
         m, rec = evaluate(split, exs)
         m["seconds"] = round(time.time() - t0, 1)
         metrics[split] = _strip(m)
-        _write_records(run_dir / f"predictions_{split}.jsonl", rec)
+        write_records(run_dir / f"predictions_{split}.jsonl", rec)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -843,7 +862,7 @@ def run_encoder(
     data: str, run_dir: Path, model_dir: str | Path, *, train_subset: int | None = 1000, dev_subset: int | None = 1000,
     test_subset: int | None = None, seed: int = 0, epochs: float = 3.0, lr: float = 5e-5, batch_size: int = 16,
     max_length: int = 128, ner_max_length: int = 512, evals_per_epoch: int = 1, eval_batch_size: int = 64,
-    max_steps: int = -1,
+    max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True,
 ) -> dict:
     """Full fine-tuning of an encoder with a token/sequence classification head, selected on dev.
     NER uses ``ner_max_length`` (default 512, the encoders' limit) so no CoNLL word loses its
@@ -880,7 +899,7 @@ def run_encoder(
         model, run_dir, feats, right_padding_collator(sp.task, tok),
         lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        evals_per_epoch=evals_per_epoch, max_steps=max_steps,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
@@ -888,8 +907,141 @@ def run_encoder(
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
         **train_with_selection(trainer),
     }
+    if not evaluate_test:
+        model.save_pretrained(run_dir / SAVED_MODEL)
+        tok.save_pretrained(run_dir / SAVED_MODEL)
     return finish_run(
-        run_dir, metrics, (("dev", sp.dev), ("test", sp.test)),
+        run_dir, metrics, (("dev", sp.dev), ("test", sp.test if evaluate_test else [])),
         lambda split, exs: evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size),
         trainer,
     )
+
+
+# ============================================================================ hf-native: the commodity path
+
+#: where a run that defers its test evaluation keeps the selected weights
+SAVED_MODEL = "model"
+
+
+def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer, adapter: str | Path | None = None,
+                   lora_r: int = 8, lora_alpha: int = 32, lora_dropout: float = 0.1):
+    """``AutoModelFor{Token,Sequence}Classification`` of the backbone with ``config.is_causal = False``
+    (transformers >= 5.2: bidirectional attention, padding keys still masked), wrapped in PEFT LoRA on
+    fsllm's default targets with the ``score`` head in ``modules_to_save``; with ``adapter``, the saved
+    adapter of a finished run instead of a fresh one."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from fsllm.backbones import default_lora_targets, resolve_backbone_path
+
+    path = resolve_backbone_path(model_name)
+    id2label = dict(enumerate(labels))
+    config = AutoConfig.from_pretrained(path, num_labels=len(labels), id2label=id2label,
+                                        label2id={v: k for k, v in id2label.items()})
+    config.is_causal = False
+    config.pad_token_id = tokenizer.pad_token_id  # HF pools the last token that is not padding
+    cls = AutoModelForTokenClassification if task == "token" else AutoModelForSequenceClassification
+    model = cls.from_pretrained(path, config=config, dtype=torch.float32, attn_implementation="sdpa")
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, str(adapter))
+    lcfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                      target_modules=default_lora_targets(model), modules_to_save=["score"],
+                      task_type="TOKEN_CLS" if task == "token" else "SEQ_CLS")
+    return get_peft_model(model, lcfg)
+
+
+def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
+                        batch_size: int = 64) -> tuple[dict, list[dict]]:
+    """Metrics and records of a decoder classifier fed fsllm's features (words by offsets, first
+    sub-token labels, windows), read by fsllm's own word-tag and probability functions."""
+    from fsllm.inference import predict_word_tags, sequence_probabilities
+    from fsllm.metrics import classification_metrics, ner_metrics
+
+    if task == "token":
+        preds, _, _ = predict_word_tags(model, tokenizer, [ex["tokens"] for ex in examples], max_length, batch_size)
+        m = ner_metrics([list(ex["tags"]) for ex in examples], preds)
+        recs = [{"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p} for ex, p in zip(examples, preds)]
+        return m, recs
+    probs = sequence_probabilities(model, tokenizer, examples, max_length, batch_size)
+    preds = [labels[int(p.argmax())] for p in probs]
+    m = classification_metrics([ex["label"] for ex in examples], preds, list(labels))
+    recs = [{"text": ex["text"], "label": ex["label"], "pred": p} for ex, p in zip(examples, preds)]
+    return m, recs
+
+
+def run_hf_native(
+    data: str, run_dir: Path, *, model_name: str = "smollm2-135m", train_subset: int | None = 1000,
+    dev_subset: int | None = 1000, test_subset: int | None = None, seed: int = 0, epochs: float = 3.0,
+    lr: float = 1e-3, batch_size: int = 16, max_length: int = 128, evals_per_epoch: int = 1,
+    eval_batch_size: int = 64, max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True,
+) -> dict:
+    """Train the ``hf-native`` row: what a user gets from transformers + PEFT alone (see the module doc),
+    with the FS rows' data, subsets, tokenisation, budget and dev selection."""
+    from transformers import set_seed
+
+    from fsllm.backbones import load_tokenizer
+    from fsllm.metrics import primary_metric
+    from fsllm.training import make_features
+
+    run_dir = _prep_dir(run_dir)
+    set_seed(seed)
+    sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
+    tok = load_tokenizer(model_name)
+    model = load_hf_native(model_name, sp.task, sp.labels, tok)
+    label2id = {v: k for k, v in enumerate(sp.labels)}
+    feats, _ = make_features(sp.task, sp.train, tok, label2id, max_length)
+    metric = primary_metric(sp.task)
+    trainer = select_on_dev_trainer(
+        model, run_dir, feats, right_padding_collator(sp.task, tok),
+        lambda m: evaluate_classifier(m, tok, sp.task, sp.dev, sp.labels, max_length, eval_batch_size)[0],
+        has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
+    )
+    metrics: dict[str, Any] = {
+        "task": sp.task, "data": data, "data_source": sp.source, "method": "hf-native", "backbone": model_name,
+        "labels": list(sp.labels), "primary_metric": metric, "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
+        **train_with_selection(trainer),
+    }
+    if not evaluate_test:
+        model.save_pretrained(run_dir / SAVED_MODEL)
+    return finish_run(
+        run_dir, metrics, (("dev", sp.dev), ("test", sp.test if evaluate_test else [])),
+        lambda split, exs: evaluate_classifier(model, tok, sp.task, exs, sp.labels, max_length, eval_batch_size),
+        trainer,
+    )
+
+
+def score_saved_test(kind: str, data: str, run_dir: Path, *, model_name: str = "smollm2-135m",
+                     test_subset: int | None = None, seed: int = 0, max_length: int = 128,
+                     ner_max_length: int = 512, batch_size: int = 64) -> dict:
+    """Score the test split with the weights a run saved when it deferred its test evaluation
+    (``kind`` "hf-native" or "encoder"); adds ``test`` to its ``metrics.json`` and returns the metrics."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+    from fsllm.backbones import load_tokenizer
+
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    sp = load_splits(data, 0, 0, test_subset, seed)
+    saved = run_dir / SAVED_MODEL
+    t0 = time.time()
+    if kind == "hf-native":
+        labels = metrics["labels"]  # the training subset's label map, not the full split's
+        tok = load_tokenizer(model_name)
+        model = load_hf_native(model_name, sp.task, labels, tok, adapter=saved).eval()
+        m, recs = evaluate_classifier(model, tok, sp.task, sp.test, labels, max_length, batch_size)
+    elif kind == "encoder":
+        tok = AutoTokenizer.from_pretrained(str(saved))
+        cls = AutoModelForTokenClassification if sp.task == "token" else AutoModelForSequenceClassification
+        model = cls.from_pretrained(str(saved)).eval()
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        m, recs = evaluate_encoder(model, tok, sp.task, sp.test, labels, metrics.get("max_length", max_length),
+                                   batch_size)
+    else:
+        raise ValueError(f"score_saved_test: unknown kind {kind!r}")
+    m["seconds"] = round(time.time() - t0, 1)
+    metrics["test"] = _strip(m)
+    metrics.setdefault("sizes", {})["test"] = len(sp.test)
+    write_records(run_dir / "predictions_test.jsonl", recs)
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics

