@@ -562,8 +562,15 @@ class Splits:
     train: list[dict]
     dev: list[dict]
     test: list[dict]
-    labels: list[str]  # class names, or IOB2 tags for NER
+    labels: list[str]  # class names, or IOB2 tags for NER ("score" for regression)
     source: str
+    problem_type: str | None = None  # None (one label), or "regression"
+
+
+def standardiser(sp: Splits) -> tuple[float, float]:
+    """Mean and standard deviation of a regression training split (what FS runs standardise with)."""
+    ys = np.array([float(ex["label"]) for ex in sp.train])
+    return float(ys.mean()), float(ys.std()) or 1.0
 
 
 def load_splits(data: str, train_subset: int | None, dev_subset: int | None, test_subset: int | None, seed: int) -> Splits:
@@ -577,9 +584,9 @@ def load_splits(data: str, train_subset: int | None, dev_subset: int | None, tes
     dev = seeded_subset(splits.get("validation", []), dev_subset, seed)
     test = seeded_subset(splits.get("test", []), test_subset, seed)
     # zero-shot has no training subset: its label set is the full training split's
-    id2label = build_label_maps(td.task, train or splits["train"], td.label_names)
+    id2label = build_label_maps(td.task, train or splits["train"], td.label_names, td.problem_type)
     labels = [id2label[i] for i in range(len(id2label))]
-    return Splits(td.task, train, dev, test, labels, td.source)
+    return Splits(td.task, train, dev, test, labels, td.source, td.problem_type)
 
 
 def write_records(path: Path, records: Sequence[dict]) -> None:
@@ -824,9 +831,11 @@ def encoder_token_features(tokenizer, words: Sequence[str], tags: Sequence[str] 
 
 
 def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
-                     batch_size: int = 64) -> tuple[dict, list[dict]]:
+                     batch_size: int = 64, target: tuple[float, float] | None = None) -> tuple[dict, list[dict]]:
+    """Metrics and records of an encoder; ``target`` = (mean, std): a regression model whose output is
+    the standardised target, mapped back to the data's units before scoring."""
     from fsllm.inference import batched_logits
-    from fsllm.metrics import classification_metrics, ner_metrics
+    from fsllm.metrics import classification_metrics, ner_metrics, regression_metrics
 
     pad = tokenizer.pad_token_id or 0
     if task == "token":
@@ -852,6 +861,11 @@ def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labe
         return m, recs
     feats = [dict(tokenizer(ex["text"], truncation=True, max_length=max_length)) for ex in examples]
     logits = batched_logits(model, feats, batch_size, pad)
+    if target is not None:
+        values = [float(lg[0]) * target[1] + target[0] for lg in logits]
+        m = regression_metrics([float(ex["label"]) for ex in examples], values)
+        recs = [{"text": ex["text"], "label": ex["label"], "pred": round(v, 4)} for ex, v in zip(examples, values)]
+        return m, recs
     preds = [labels[int(lg.argmax())] for lg in logits]
     m = classification_metrics([ex["label"] for ex in examples], preds, list(labels))
     recs = [{"text": ex["text"], "label": ex["label"], "pred": p} for ex, p in zip(examples, preds)]
@@ -866,7 +880,9 @@ def run_encoder(
 ) -> dict:
     """Full fine-tuning of an encoder with a token/sequence classification head, selected on dev.
     NER uses ``ner_max_length`` (default 512, the encoders' limit) so no CoNLL word loses its
-    prediction; sequence tasks truncate to ``max_length`` like the FS models."""
+    prediction; sequence tasks truncate to ``max_length`` like the FS models. Regression data
+    (``rt-score``) gets one output trained with MSE on targets standardised on train, as FS runs do,
+    and is selected on dev Spearman."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -883,7 +899,10 @@ def run_encoder(
     id2label = dict(enumerate(sp.labels))
     label2id = {v: k for k, v in id2label.items()}
     cls = AutoModelForTokenClassification if sp.task == "token" else AutoModelForSequenceClassification
-    model = cls.from_pretrained(str(model_dir), num_labels=len(sp.labels), id2label=id2label, label2id=label2id)
+    regression = sp.problem_type == "regression"
+    extra = {"problem_type": "regression"} if regression else {}
+    model = cls.from_pretrained(str(model_dir), num_labels=len(sp.labels), id2label=id2label, label2id=label2id, **extra)
+    target = standardiser(sp) if regression else None
     length = min(ner_max_length if sp.task == "token" else max_length, getattr(tok, "model_max_length", 512) or 512)
     if sp.task == "token":
         feats = [encoder_token_features(tok, ex["tokens"], ex["tags"], label2id, length)[0] for ex in sp.train]
@@ -891,19 +910,19 @@ def run_encoder(
         feats = []
         for ex in sp.train:
             f = dict(tok(ex["text"], truncation=True, max_length=length))
-            f["labels"] = label2id[ex["label"]]
+            f["labels"] = (float(ex["label"]) - target[0]) / target[1] if target else label2id[ex["label"]]
             feats.append(f)
 
-    metric = primary_metric(sp.task)
+    metric = primary_metric(sp.task, sp.problem_type)
     trainer = select_on_dev_trainer(
         model, run_dir, feats, right_padding_collator(sp.task, tok),
-        lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size)[0],
+        lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size, target)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
-        "primary_metric": metric, "max_length": length,
+        "primary_metric": metric, "max_length": length, **({"target_mean_std": list(target)} if target else {}),
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
         **train_with_selection(trainer),
     }
@@ -912,7 +931,7 @@ def run_encoder(
         tok.save_pretrained(run_dir / SAVED_MODEL)
     return finish_run(
         run_dir, metrics, (("dev", sp.dev), ("test", sp.test if evaluate_test else [])),
-        lambda split, exs: evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size),
+        lambda split, exs: evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size, target),
         trainer,
     )
 
@@ -1035,8 +1054,9 @@ def score_saved_test(kind: str, data: str, run_dir: Path, *, model_name: str = "
         cls = AutoModelForTokenClassification if sp.task == "token" else AutoModelForSequenceClassification
         model = cls.from_pretrained(str(saved)).eval()
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        target = tuple(metrics["target_mean_std"]) if "target_mean_std" in metrics else None
         m, recs = evaluate_encoder(model, tok, sp.task, sp.test, labels, metrics.get("max_length", max_length),
-                                   batch_size)
+                                   batch_size, target)
     else:
         raise ValueError(f"score_saved_test: unknown kind {kind!r}")
     m["seconds"] = round(time.time() - t0, 1)
