@@ -451,13 +451,36 @@ def _make_trainer_cls():
         """``Trainer`` whose evaluation is a function of the model (the same scoring as the final
         evaluation) and which keeps, in memory, the trainable weights of the best dev evaluation."""
 
-        def __init__(self, *args, dev_eval: Callable, metric: str, patience: int | None = None, **kwargs):
+        def __init__(self, *args, dev_eval: Callable, metric: str, patience: int | None = None,
+                     state_dir: Path | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.dev_eval = dev_eval
             self.metric = metric
             self.patience = patience  # stop after this many evaluations without a new best (None: never)
             self.since_best = 0
-            self.best: tuple[float, int, dict, dict] | None = None  # score, step, weights, dev metrics
+            self.best: tuple[float, int, dict | None, dict] | None = None  # score, step, weights, dev metrics
+            self.state_dir = state_dir  # where the selection is kept for a resumed run (None: memory only)
+            self.history: list[list[float]] = []
+
+        def restore_selection(self, step: int) -> None:
+            """The selection of an interrupted run, up to the checkpoint it resumes from (``step``).
+
+            Evaluations after the checkpoint are dropped: training replays them. A best one among
+            them is dropped too, its weights come back when the replay reaches it again."""
+            assert self.state_dir is not None
+            path = self.state_dir / SELECTION
+            self.history = [h for h in json.loads(path.read_text()) if h[0] <= step] if path.is_file() else []
+            if not self.history:
+                return
+            k = max(range(len(self.history)), key=lambda i: (self.history[i][1], -i))
+            score, at = self.history[k][1], int(self.history[k][0])
+            self.since_best = len(self.history) - 1 - k
+            saved = torch.load(self.state_dir / SELECTION_BEST, weights_only=False) \
+                if (self.state_dir / SELECTION_BEST).is_file() else None
+            if saved is not None and saved["step"] == at:
+                self.best = (score, at, saved["weights"], saved["metrics"])
+            else:
+                self.best = (score, at, None, {})
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
             start = time.time()
@@ -465,12 +488,20 @@ def _make_trainer_cls():
             out = {f"{metric_key_prefix}_{k}": v for k, v in _numeric(m).items()}
             out[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
             score = out[f"{metric_key_prefix}_{self.metric}"]
-            if self.best is None or score > self.best[0]:
+            step = self.state.global_step
+            if self.best is None or score > self.best[0] or (self.best[1] == step and self.best[2] is None):
                 snap = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-                self.best = (score, self.state.global_step, snap, m)
+                self.best = (score, step, snap, m)
                 self.since_best = 0
+                if self.state_dir is not None:
+                    tmp = self.state_dir / (SELECTION_BEST + ".tmp")
+                    torch.save({"step": step, "weights": snap, "metrics": m}, tmp)
+                    os.replace(tmp, self.state_dir / SELECTION_BEST)
             else:
                 self.since_best += 1
+            self.history = [h for h in self.history if h[0] != step] + [[step, score]]
+            if self.state_dir is not None:
+                write_json(self.state_dir / SELECTION, self.history)
             self.log(out)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, out)
             if self.patience is not None and self.since_best >= self.patience:
@@ -480,6 +511,8 @@ def _make_trainer_cls():
         def restore_best(self) -> None:
             if self.best is None:
                 return
+            if self.best[2] is None:
+                raise RuntimeError(f"the weights of the best evaluation (step {self.best[1]}) were not replayed")
             params = dict(self.model.named_parameters())
             with torch.no_grad():
                 for n, v in self.best[2].items():
@@ -489,8 +522,13 @@ def _make_trainer_cls():
 
 
 def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, seed: int, eval_steps: int | None,
-                   max_steps: int = -1, has_dev: bool = True):
+                   max_steps: int = -1, has_dev: bool = True, checkpoints: bool = False):
+    """The baselines' ``TrainingArguments``; with ``checkpoints``, one checkpoint is kept, written after
+    each dev evaluation, for a run that may have to resume."""
     from transformers import TrainingArguments
+
+    save = dict(save_strategy="steps", save_steps=eval_steps, save_total_limit=1) if checkpoints and eval_steps \
+        else dict(save_strategy="no")
 
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -500,7 +538,7 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
         learning_rate=lr,
         eval_strategy="no" if not has_dev else ("steps" if eval_steps else "epoch"),
         eval_steps=eval_steps,
-        save_strategy="no",
+        **save,
         logging_steps=10,
         logging_first_step=True,
         seed=seed,
@@ -517,12 +555,13 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
 def select_on_dev_trainer(
     model, run_dir: Path, feats: Sequence[dict], collator: Callable, dev_eval: Callable, *, has_dev: bool, metric: str,
     epochs: float, batch_size: int, lr: float, seed: int, evals_per_epoch: int, max_steps: int = -1,
-    patience: int | None = None,
+    patience: int | None = None, resumable: bool = False,
 ):
     """The trainer of every trained baseline: trains on ``feats``, scores the model with ``dev_eval``
     ``evals_per_epoch`` times per epoch and at the end, keeps the best weights by ``metric`` (stopping
     after ``patience`` evaluations without a new best, as FS runs' ``early_stopping_patience``) and
-    logs to ``train_log.jsonl`` in the format of FS runs."""
+    logs to ``train_log.jsonl`` in the format of FS runs. ``resumable``: checkpoints and the selection
+    are kept in ``run_dir`` so that ``train_with_selection(trainer, resume_from=...)`` can continue."""
     import datasets
 
     from fsllm.training import JsonlLogCallback
@@ -533,7 +572,7 @@ def select_on_dev_trainer(
         model=model,
         args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                             eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
-                            has_dev=has_dev),
+                            has_dev=has_dev, checkpoints=resumable),
         train_dataset=train_ds,
         eval_dataset=train_ds if has_dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
         data_collator=collator,
@@ -541,6 +580,7 @@ def select_on_dev_trainer(
         dev_eval=dev_eval,
         metric=metric,
         patience=patience,
+        state_dir=Path(run_dir) if resumable else None,
     )
 
 
@@ -597,10 +637,33 @@ def write_records(path: Path, records: Sequence[dict]) -> None:
 
 def _prep_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    if run_dir.exists():  # an interrupted baseline run: baselines do not resume, they start over
+    if run_dir.exists():  # an interrupted run of a baseline that does not resume: start over
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     return run_dir
+
+
+RUN_SETTINGS = "run_settings.json"  # what a resumable baseline run was started with
+SELECTION = "selection.json"  # the dev evaluations so far: [[step, score], ...]
+SELECTION_BEST = "selection_best.pt"  # the trainable weights of the best one
+
+
+def resumable_dir(run_dir: Path, settings: dict) -> tuple[Path, str | None]:
+    """A run folder that continues an interrupted run with the same ``settings`` from its last
+    checkpoint (returned, or ``None``), and starts over otherwise: long baselines (hf-native at
+    4,000 sentences, the encoders on the full training set) outlive a working session."""
+    run_dir = Path(run_dir)
+    settings = json.loads(json.dumps(settings))
+    saved = run_dir / RUN_SETTINGS
+    if saved.is_file() and json.loads(saved.read_text()) == settings and not (run_dir / "metrics.json").exists():
+        ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1]))
+        complete = [d for d in ckpts if (d / "trainer_state.json").is_file()]
+        if complete:
+            logger.info("%s: resuming from %s", run_dir, complete[-1].name)
+            return run_dir, str(complete[-1])
+    _prep_dir(run_dir)
+    write_json(saved, settings)
+    return run_dir, None
 
 
 def _strip(m: dict | None) -> dict | None:
@@ -609,19 +672,33 @@ def _strip(m: dict | None) -> dict | None:
     return {k: v for k, v in m.items() if k not in ("confusion_matrix",)}
 
 
-def train_with_selection(trainer) -> dict[str, Any]:
-    """Train, restore the weights of the best dev evaluation; the ``trainable_params`` and ``train``
-    entries of the run's metrics."""
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log lines after ``step`` (a resumed run writes them again)."""
+    if path.is_file():
+        keep = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= step]
+        path.write_text("".join(x + "\n" for x in keep))
+
+
+def train_with_selection(trainer, resume_from: str | None = None) -> dict[str, Any]:
+    """Train (or continue from the checkpoint ``resume_from``), restore the weights of the best dev
+    evaluation; the ``trainable_params`` and ``train`` entries of the run's metrics."""
     t0 = time.time()
-    out = trainer.train()
+    if resume_from:
+        step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
+        trainer.restore_selection(step)
+        _truncate_log(Path(trainer.state_dir) / "train_log.jsonl", step)
+    out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.time() - t0
     trainer.restore_best()
     best = trainer.best
-    return {
-        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        "train": {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
-                  "best_step": best[1] if best else None, "best_dev_metric": best[0] if best else None},
-    }
+    if trainer.state_dir is not None:  # training is over: what a resume needed goes
+        shutil.rmtree(Path(trainer.args.output_dir), ignore_errors=True)
+        (Path(trainer.state_dir) / SELECTION_BEST).unlink(missing_ok=True)
+    train = {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
+             "best_step": best[1] if best else None, "best_dev_metric": best[0] if best else None}
+    if resume_from:  # seconds and loss then cover the resumed part only
+        train["resumed_from_step"] = step
+    return {"trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad), "train": train}
 
 
 def finish_run(run_dir: Path, metrics: dict[str, Any], splits: Sequence[tuple[str, Sequence[dict]]],
@@ -892,7 +969,11 @@ def run_encoder(
 
     from fsllm.metrics import primary_metric
 
-    run_dir = _prep_dir(run_dir)
+    run_dir, resume_from = resumable_dir(run_dir, dict(
+        method="encoder", data=data, model_dir=str(model_dir), train_subset=train_subset, dev_subset=dev_subset,
+        test_subset=test_subset, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+        ner_max_length=ner_max_length, evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
+        evaluate_test=evaluate_test))
     set_seed(seed)
     sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -918,13 +999,13 @@ def run_encoder(
         model, run_dir, feats, right_padding_collator(sp.task, tok),
         lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size, target)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, resumable=True,
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
         "primary_metric": metric, "max_length": length, **({"target_mean_std": list(target)} if target else {}),
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
-        **train_with_selection(trainer),
+        **train_with_selection(trainer, resume_from),
     }
     if not evaluate_test:
         model.save_pretrained(run_dir / SAVED_MODEL)
@@ -1002,7 +1083,10 @@ def run_hf_native(
     from fsllm.metrics import primary_metric
     from fsllm.training import make_features
 
-    run_dir = _prep_dir(run_dir)
+    run_dir, resume_from = resumable_dir(run_dir, dict(
+        method="hf-native", data=data, model_name=model_name, train_subset=train_subset, dev_subset=dev_subset,
+        test_subset=test_subset, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, evaluate_test=evaluate_test))
     set_seed(seed)
     sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
     tok = load_tokenizer(model_name)
@@ -1014,12 +1098,12 @@ def run_hf_native(
         model, run_dir, feats, right_padding_collator(sp.task, tok),
         lambda m: evaluate_classifier(m, tok, sp.task, sp.dev, sp.labels, max_length, eval_batch_size)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, resumable=True,
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "hf-native", "backbone": model_name,
         "labels": list(sp.labels), "primary_metric": metric, "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
-        **train_with_selection(trainer),
+        **train_with_selection(trainer, resume_from),
     }
     if not evaluate_test:
         model.save_pretrained(run_dir / SAVED_MODEL)

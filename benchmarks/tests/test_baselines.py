@@ -432,3 +432,37 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
         "hf-native__n1000__s0", "hf-native__n1000__s1", "hf-native__n4000__s0"}
     cmd = P.cell_command(cells["hf-native__n1000__s1"], budget, out, runs)
     assert "--lr-grid 0.0002,0.0005,0.001" in cmd and "--grid-seed 0" in cmd and "--patience 2" in cmd
+
+
+def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    model_dir = _tiny_llm_dir(tmp_path)
+    data = str(_ner_data(tmp_path))
+    kw = dict(model_name=str(model_dir), train_subset=6, dev_subset=4, test_subset=4, epochs=3, batch_size=2,
+              evals_per_epoch=1, lr=1e-2, evaluate_test=False)
+    whole = B.run_hf_native(data, tmp_path / "whole", **kw)
+    real_step = transformers.Trainer.training_step
+    calls = {"n": 0}
+
+    def dies_at_step_5(self, *a, **k):
+        calls["n"] += 1
+        if self.state.global_step == 4:  # after the checkpoint of the evaluation at step 3
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        B.run_hf_native(data, tmp_path / "cut", **kw)
+    assert (tmp_path / "cut" / "checkpoints" / "checkpoint-3").is_dir()
+    monkeypatch.setattr(transformers.Trainer, "training_step", real_step)
+    resumed = B.run_hf_native(data, tmp_path / "cut", **kw)
+    assert resumed["train"]["resumed_from_step"] == 3 and resumed["train"]["steps"] == whole["train"]["steps"] == 9
+    assert resumed["train"]["best_step"] == whole["train"]["best_step"] and resumed["dev"] == whole["dev"]
+    a = load_file(tmp_path / "whole" / "model" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "model" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()
+             if "eval_f1" in x]
+    assert steps == [3, 6, 9]  # the evaluations after the checkpoint are not logged twice
+    assert not (tmp_path / "cut" / "checkpoints").exists() and not (tmp_path / "cut" / B.SELECTION_BEST).exists()
