@@ -1,4 +1,4 @@
-"""The two configs of an FS model.
+"""The configs: of an FS model (``FSConfig``, ``FSLLMConfig``) and of a training run (``TrainConfig``).
 
 ``FSConfig`` is what the FS method adds to a backbone (mask, pooling, head, LoRA): a plain
 dataclass (PEFT style) so it prints, compares and round-trips through JSON; validation
@@ -10,6 +10,10 @@ saved model folder carries as its ``config.json``: the ``FSConfig``, the task, t
 in the standard ``id2label`` / ``label2id`` fields, the backbone's reference and its full
 config (so a merged folder builds without network). It is what lets ``AutoConfig``,
 ``AutoModelFor*Classification`` and ``pipeline()`` load an fsllm folder.
+
+``TrainConfig`` is everything a training run needs, saved as the run folder's ``config.json``
+(see ``fsllm.run``); the ``fsllm train`` options are generated from its fields and the
+``FSConfig``'s, so a field is the one place a setting is defined.
 """
 
 from __future__ import annotations
@@ -18,14 +22,15 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .errors import ConfigError
+from .attention import SUPPORTED_IMPLEMENTATIONS
+from .errors import ConfigError, FSLLMError
 
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
 TASKS = ("sequence", "token")
@@ -143,6 +148,134 @@ class FSConfig:
         return cls.from_dict(json.loads(text))
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+TRAIN_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as ``config.json`` in the run folder (``--resume`` reads it back).
+
+    Defaults are the paper's (lr 2e-4, batch 16, LoRA 8/32/0.1) except where CPU time
+    forces a choice: ``epochs=1`` and the sizes of the subsets.
+    """
+
+    data: str = "conll2003"
+    model: str = "smollm2-135m"
+    output_dir: str | None = None
+    task: str | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    # a second text column: the model reads ``text + EOS + text_pair`` (see tokenization.pair_ids)
+    text_pair_column: str | None = None
+    # None: the data's own (single label for files; rt-score is regression); or one of
+    # "single_label_classification", "multi_label_classification", "regression"
+    problem_type: str | None = None
+    label_separator: str = "|"  # between the labels of a multi-label CSV/TSV cell
+    # multi-label: choose one decision threshold per label on dev, not only the global one
+    threshold_per_label: bool = False
+    # the dev metric that picks the best checkpoint; None: the task's (accuracy / f1 / micro_f1 /
+    # spearman); "rmse" (or "mae") for regression selects the lowest
+    selection_metric: str | None = None
+    repair_tags: bool = False
+    fs: FSConfig = field(default_factory=FSConfig)
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_length: int = 128
+    train_subset: int | None = None
+    dev_subset: int | None = None
+    test_subset: int | None = None
+    eval_steps: int | None = None  # None: evaluate on dev at the end of each epoch
+    save_total_limit: int | None = 2
+    early_stopping_patience: int | None = None
+    seed: int = 42
+    attn_implementation: str = "sdpa"
+    # "bf16" / "fp16": mixed precision (autocast; weights and LoRA stay fp32) through the Trainer.
+    # bf16 is the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware
+    # (AMX / AVX512-BF16), and fp16 needs a GPU. Evaluation and prediction run in fp32.
+    precision: str = "fp32"
+    logging_steps: int = 10
+    evaluate_test: bool = True
+    group_by_length: bool = True  # batches of similar length: little padding
+    pad_to_length: int | None = None  # pad every batch to this length (the LS-LLaMA/BiLLM recipe); None = dynamic
+    # Token tasks: the loss of a batch is the mean over its labelled tokens, so with length-grouped
+    # batches a token of a short sentence weighs as much as a whole long sentence's worth of tokens
+    # (a batch of eight 3-token headlines counts as much as one of eight 40-token sentences). True
+    # scales each batch's loss by its labelled tokens over the average batch's, so every token weighs
+    # the same wherever it falls, as with random batches (see ``FSTrainer.compute_loss``).
+    length_balanced_loss: bool = False
+    # recompute each decoder layer's activations during backward instead of keeping them: the same
+    # loss and gradients for a second forward per layer, much less memory on long inputs
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
+        # steps and then score dev and test as if it had trained).
+        if not isinstance(self.fs, FSConfig):
+            raise ConfigError(f"fs must be an FSConfig, got {type(self.fs).__name__}")
+        if self.problem_type not in (None, *TRAIN_PROBLEM_TYPES):
+            raise ConfigError(f"problem_type {self.problem_type!r}: choose one of {', '.join(TRAIN_PROBLEM_TYPES)}")
+        if not isinstance(self.label_separator, str) or not self.label_separator:
+            raise ConfigError("label_separator must be a non-empty string")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attn_implementation {self.attn_implementation!r}: choose one of {', '.join(SUPPORTED_IMPLEMENTATIONS)}"
+            )
+        if not (_is_int(self.max_steps) and (self.max_steps > 0 or self.max_steps == -1)):
+            raise ConfigError(f"max_steps must be > 0 (or -1: train for epochs), got {self.max_steps!r}")
+        if self.max_steps == -1 and not (_is_number(self.epochs) and math.isfinite(self.epochs) and self.epochs > 0):
+            raise ConfigError(f"epochs must be > 0 (unless max_steps > 0), got {self.epochs!r}")
+        if not (_is_number(self.learning_rate) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not (_is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        for name in ("batch_size", "eval_batch_size", "max_length", "logging_steps"):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("train_subset", "dev_subset", "test_subset", "eval_steps", "save_total_limit",
+                     "early_stopping_patience", "pad_to_length"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``config.json`` of a run folder holds: the run folder format, then every field."""
+        from .run import RUN_FORMAT, RUN_FORMAT_KEY
+
+        d = {RUN_FORMAT_KEY: RUN_FORMAT, **dataclasses.asdict(self)}
+        d["fs"] = self.fs.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Back from :meth:`to_dict` (or a run's ``config.json``); a format newer than this fsllm's is refused."""
+        from .run import RUN_FORMAT_KEY, check_format
+
+        check_format(d, "training configuration")
+        d = {k: v for k, v in d.items() if k != RUN_FORMAT_KEY}
+        fs = FSConfig.from_dict(d.pop("fs", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise FSLLMError(f"unknown training options {sorted(unknown)}")
+        return cls(fs=fs, **d)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class FSLLMConfig(PreTrainedConfig):

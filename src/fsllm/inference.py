@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from .backbones import load_tokenizer
 from .errors import DataError, FSLLMError, ModelFolderError
 from .metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
-from .modeling import CONFIG_NAME, FSModel, load_model
+from .modeling import FSModel, load_model
+from .run import MODEL_DIR, RunFolder
 from .segmentation import segment
 from .tokenization import (
     join_words,
@@ -30,8 +31,8 @@ from .tokenization import (
     token_classification_features,
 )
 
-#: the best model's folder inside a training run folder
-RUN_MODEL_DIR = "model"
+#: the best model's folder inside a training run folder (kept here for code that imports it from here)
+RUN_MODEL_DIR = MODEL_DIR
 
 
 def batched_logits(
@@ -284,13 +285,16 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
         path = Path(path)
-        model_dir = path / RUN_MODEL_DIR if (path / RUN_MODEL_DIR / CONFIG_NAME).is_file() else path
+        run = RunFolder(path)
+        model_dir = run.model_dir if run.has_model() else path
         model = load_model(model_dir)
         try:
             tokenizer = load_tokenizer(str(model_dir)) if (model_dir / "tokenizer_config.json").is_file() else load_tokenizer(model.backbone_ref)
         except OSError as e:
             raise ModelFolderError(f"{model_dir}: cannot load the tokenizer: {e}".splitlines()[0]) from e
-        max_length = kwargs.pop("max_length", None) or _saved_max_length(path) or 256
+        # a run folder's config.json is its TrainConfig (the model folder's own holds no max_length)
+        saved = run.load_config().max_length if model_dir != path and run.config_path.is_file() else None
+        max_length = kwargs.pop("max_length", None) or saved or 256
         return cls(model, tokenizer, max_length=max_length, **kwargs)
 
     @property
@@ -393,14 +397,3 @@ class Predictor:
                         "entities": entities_from_tags(tg, sc, spans, text)})
         return out
 
-
-def _saved_max_length(path: Path) -> int | None:
-    import json
-
-    cfg = path / "config.json"
-    if cfg.is_file():
-        try:
-            return int(json.loads(cfg.read_text()).get("max_length") or 0) or None
-        except (ValueError, json.JSONDecodeError):
-            return None
-    return None

@@ -26,7 +26,7 @@ import os
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,144 +47,26 @@ from transformers.trainer_pt_utils import (
 )
 
 from . import atomic
-from .attention import SUPPORTED_IMPLEMENTATIONS
 from .backbones import backbone_num_layers, load_tokenizer
-from .config import FSConfig
+
+# Moved to their own modules; still importable from here, where code outside the package finds them.
+from .config import PRECISIONS, FSConfig, TrainConfig  # noqa: E402, F401
+from .config import TRAIN_PROBLEM_TYPES as PROBLEM_TYPES  # noqa: E402, F401
 from .data import load_any
 from .errors import ConfigError, DataError, FSLLMError
 from .inference import evaluate_examples
 from .metrics import LOWER_IS_BETTER, METRIC_NAMES, multilabel_metrics, primary_metric
 from .model_card import model_card_text
-from .modeling import HEAD_NAME, MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
+from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
 from .plots import plot_confusion, plot_training
+from .run import RunFolder, _truncate_log, checkpoint_step, last_complete_checkpoint  # noqa: E402, F401
 from .tokenization import pair_features, sequence_features, token_classification_features
 
 logger = logging.getLogger(__name__)
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 #: thresholds tried when choosing a multi-label decision threshold on dev
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; saved as ``config.json`` in the run folder (``--resume`` reads it back).
-
-    Defaults are the paper's (lr 2e-4, batch 16, LoRA 8/32/0.1) except where CPU time
-    forces a choice: ``epochs=1`` and the sizes of the subsets.
-    """
-
-    data: str = "conll2003"
-    model: str = "smollm2-135m"
-    output_dir: str | None = None
-    task: str | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    # a second text column: the model reads ``text + EOS + text_pair`` (see tokenization.pair_ids)
-    text_pair_column: str | None = None
-    # None: the data's own (single label for files; rt-score is regression); or one of
-    # "single_label_classification", "multi_label_classification", "regression"
-    problem_type: str | None = None
-    label_separator: str = "|"  # between the labels of a multi-label CSV/TSV cell
-    # multi-label: choose one decision threshold per label on dev, not only the global one
-    threshold_per_label: bool = False
-    # the dev metric that picks the best checkpoint; None: the task's (accuracy / f1 / micro_f1 /
-    # spearman); "rmse" (or "mae") for regression selects the lowest
-    selection_metric: str | None = None
-    repair_tags: bool = False
-    fs: FSConfig = field(default_factory=FSConfig)
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_length: int = 128
-    train_subset: int | None = None
-    dev_subset: int | None = None
-    test_subset: int | None = None
-    eval_steps: int | None = None  # None: evaluate on dev at the end of each epoch
-    save_total_limit: int | None = 2
-    early_stopping_patience: int | None = None
-    seed: int = 42
-    attn_implementation: str = "sdpa"
-    # "bf16" / "fp16": mixed precision (autocast; weights and LoRA stay fp32) through the Trainer.
-    # bf16 is the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware
-    # (AMX / AVX512-BF16), and fp16 needs a GPU. Evaluation and prediction run in fp32.
-    precision: str = "fp32"
-    logging_steps: int = 10
-    evaluate_test: bool = True
-    group_by_length: bool = True  # batches of similar length: little padding
-    pad_to_length: int | None = None  # pad every batch to this length (the LS-LLaMA/BiLLM recipe); None = dynamic
-    # Token tasks: the loss of a batch is the mean over its labelled tokens, so with length-grouped
-    # batches a token of a short sentence weighs as much as a whole long sentence's worth of tokens
-    # (a batch of eight 3-token headlines counts as much as one of eight 40-token sentences). True
-    # scales each batch's loss by its labelled tokens over the average batch's, so every token weighs
-    # the same wherever it falls, as with random batches (see ``FSTrainer.compute_loss``).
-    length_balanced_loss: bool = False
-    # recompute each decoder layer's activations during backward instead of keeping them: the same
-    # loss and gradients for a second forward per layer, much less memory on long inputs
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
-        # steps and then score dev and test as if it had trained).
-        if not isinstance(self.fs, FSConfig):
-            raise ConfigError(f"fs must be an FSConfig, got {type(self.fs).__name__}")
-        if self.problem_type not in (None, *PROBLEM_TYPES):
-            raise ConfigError(f"problem_type {self.problem_type!r}: choose one of {', '.join(PROBLEM_TYPES)}")
-        if not isinstance(self.label_separator, str) or not self.label_separator:
-            raise ConfigError("label_separator must be a non-empty string")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
-            raise ConfigError(
-                f"attn_implementation {self.attn_implementation!r}: choose one of {', '.join(SUPPORTED_IMPLEMENTATIONS)}"
-            )
-        if not (_is_int(self.max_steps) and (self.max_steps > 0 or self.max_steps == -1)):
-            raise ConfigError(f"max_steps must be > 0 (or -1: train for epochs), got {self.max_steps!r}")
-        if self.max_steps == -1 and not (_is_number(self.epochs) and math.isfinite(self.epochs) and self.epochs > 0):
-            raise ConfigError(f"epochs must be > 0 (unless max_steps > 0), got {self.epochs!r}")
-        if not (_is_number(self.learning_rate) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not (_is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        for name in ("batch_size", "eval_batch_size", "max_length", "logging_steps"):
-            if not (_is_int(getattr(self, name)) and getattr(self, name) > 0):
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("train_subset", "dev_subset", "test_subset", "eval_steps", "save_total_limit",
-                     "early_stopping_patience", "pad_to_length"):
-            value = getattr(self, name)
-            if value is not None and not (_is_int(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["fs"] = self.fs.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        fs = FSConfig.from_dict(d.pop("fs", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise FSLLMError(f"unknown training options {sorted(unknown)}")
-        return cls(fs=fs, **d)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -197,7 +79,7 @@ class RunResult:
 
     @property
     def model_dir(self) -> Path:
-        return self.run_dir / "model"
+        return RunFolder(self.run_dir).model_dir
 
 
 # ---------------------------------------------------------------------------------- labels
@@ -445,30 +327,6 @@ class FSTrainer(Trainer):
         return out
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records written after ``step`` (the killed run went on past its last checkpoint)."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic.write_lines(path, keep)
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """Newest ``checkpoint-N`` whose trainer state and weights were fully written.
-
-    A run killed while writing a checkpoint leaves one without ``trainer_state.json``
-    (written last); resuming skips it instead of failing on it.
-    """
-    if not folder.is_dir():
-        return None
-    found = []
-    for d in folder.iterdir():
-        if d.name.startswith("checkpoint-") and d.name[11:].isdigit():
-            if (d / "trainer_state.json").is_file() and (d / HEAD_NAME).is_file():
-                found.append((int(d.name[11:]), d))
-    return str(max(found)[1]) if found else None
-
-
 # ---------------------------------------------------------------------------------- entry point
 
 
@@ -489,10 +347,10 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         out = overrides.get("output_dir") or (config.output_dir if config else None)
         if not out:
             raise FSLLMError("--resume needs the run folder (--output)")
-        saved = Path(out) / "config.json"
-        if not saved.is_file():
-            raise FSLLMError(f"{out}: nothing to resume (no config.json)")
-        config = TrainConfig.from_dict(json.loads(saved.read_text()))
+        folder = RunFolder(Path(out))
+        if not folder.config_path.is_file():
+            raise FSLLMError(f"{out}: nothing to resume (no {folder.config_path.name})")
+        config = folder.load_config()
     else:
         config = config or TrainConfig()
         if overrides:
@@ -510,7 +368,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         raise FSLLMError("with several processes, pass --output (each process must name the same run folder)")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
     cfg.output_dir = str(run_dir)
-    if main_process and not resume and run_dir.exists() and any(run_dir.iterdir()):
+    folder = RunFolder(run_dir)
+    if main_process and not resume and folder.holds_files():
         raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
     set_seed(cfg.seed)
 
@@ -571,12 +430,12 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     # model name leaves nothing behind (a half-made folder would refuse the corrected rerun).
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
+        folder.save_config(cfg)
 
     has_dev = bool(dev_ex)
     strategy = "no" if not has_dev else ("steps" if cfg.eval_steps else "epoch")
     args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(folder.checkpoints_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
@@ -608,7 +467,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         gradient_checkpointing=cfg.gradient_checkpointing,
         disable_tqdm=False,
     )
-    cbs = [JsonlLogCallback(run_dir / "train_log.jsonl"), EvaluateAtEndCallback(), *callbacks]
+    cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), *callbacks]
     if cfg.early_stopping_patience and has_dev:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = FSTrainer(
@@ -622,9 +481,9 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         fs_eval=(tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
         tokens_per_batch=tokens_per_batch(feats, cfg.batch_size) if balanced else None,
     )
-    checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
+    checkpoint = folder.last_complete_checkpoint() if resume else None
     if resume and main_process:
-        _truncate_log(run_dir / "train_log.jsonl", int(Path(checkpoint).name[11:]) if checkpoint else 0)
+        folder.truncate_log(checkpoint_step(checkpoint) if checkpoint else 0)
         if checkpoint is None:
             logger.warning("%s: no complete checkpoint yet; starting from the beginning", run_dir)
         else:
@@ -640,7 +499,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     thresholds = None
     if problem_type == "multi_label_classification" and dev_ex:
         thresholds = choose_thresholds(model, tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size, cfg.threshold_per_label)
-    with atomic.replacing_dir(run_dir / "model") as tmp:
+    with atomic.replacing_dir(folder.model_dir) as tmp:
         model.save_pretrained(tmp, tokenizer=tokenizer)
     metrics: dict[str, Any] = {
         "task": task,
@@ -670,12 +529,12 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
             continue
         m, records = evaluate_examples(model, tokenizer, exs, cfg.max_length, cfg.eval_batch_size, progress=split)
         metrics[split] = m
-        atomic.write_lines(run_dir / f"predictions_{split}.jsonl", [json.dumps(r) for r in records])
+        folder.write_predictions(split, records)
         cm = m.get("confusion_matrix")
         labels = m.get("labels") or m.get("confusion_labels")
         if cm and labels:
-            plots.append(plot_confusion(cm, labels, run_dir / "plots" / f"confusion_{split}.png", title=f"{split} confusion matrix"))
-    plots = plot_training(trainer.state.log_history, run_dir / "plots", metric) + plots
-    atomic.write_text(run_dir / "model" / MODEL_CARD_NAME, model_card_text(model, metrics, dataset=str(cfg.data)))
-    atomic.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+            plots.append(plot_confusion(cm, labels, folder.plots_dir / f"confusion_{split}.png", title=f"{split} confusion matrix"))
+    plots = plot_training(trainer.state.log_history, folder.plots_dir, metric) + plots
+    atomic.write_text(folder.model_dir / MODEL_CARD_NAME, model_card_text(model, metrics, dataset=str(cfg.data)))
+    folder.write_metrics(metrics)
     return RunResult(run_dir, metrics, plots)
