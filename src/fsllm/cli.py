@@ -277,18 +277,17 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .data import load_eval_split
-    from .inference import Predictor, evaluate_examples
-    from .training import seeded_subset
+    from .evaluation import evaluate_examples
+    from .inference import Predictor
+    from .prepare import eval_examples
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True)
     config = pred.model.config
     pair_column = a.text_pair_column or ("text_pair" if getattr(config, "text_pair", False) else None)
-    rows, _source = load_eval_split(a.data, a.split, task=pred.task, text_column=a.text_column,
-                                    label_column=a.label_column, labels=pred.model.label2id,
-                                    problem_type=getattr(config, "problem_type", None) if pred.task == "sequence" else None,
-                                    text_pair_column=pair_column, label_separator=a.label_separator)
-    exs = seeded_subset(rows, a.subset, 42)
+    exs = eval_examples(a.data, a.split, a.subset, task=pred.task, text_column=a.text_column,
+                        label_column=a.label_column, labels=pred.model.label2id,
+                        problem_type=getattr(config, "problem_type", None) if pred.task == "sequence" else None,
+                        text_pair_column=pair_column, label_separator=a.label_separator)
     metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split)
     if a.output:
         with open(a.output, "w") as f:

@@ -1,4 +1,8 @@
-"""Training: data -> features -> HF ``Trainer`` around an FS model -> one run folder.
+"""Training: configuration -> data -> model -> HF ``Trainer`` around an FS model -> report, in one run folder.
+
+``train`` composes one function per stage: :func:`resolve_config`, :func:`fsllm.prepare.prepare_data`
+and :func:`~fsllm.prepare.prepare_features`, :func:`build_model`, :func:`build_trainer` and
+:func:`fit`, :func:`write_report`. The run folder's layout is :mod:`fsllm.run`'s.
 
 We use the stock ``Trainer`` / ``TrainingArguments`` (so ``torchrun`` and
 ``accelerate launch`` give DDP without code changes, and resume, seeding,
@@ -10,10 +14,6 @@ model needs:
   stock loaders do not read (``_load_from_checkpoint``, ``_load_best_model``);
 * evaluation is the same word-level code path as ``fsllm eval`` (windows merged,
   strict span F1), not a token-level approximation (``evaluate``).
-
-A run folder holds ``config.json``, ``checkpoints/``, ``model/`` (the best
-checkpoint by the dev metric), ``metrics.json`` (dev and test), per-example
-predictions, ``train_log.jsonl`` and ``plots/``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,14 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
 from transformers import (
-    DataCollatorForTokenClassification,
-    DataCollatorWithPadding,
     EarlyStoppingCallback,
     Trainer,
     TrainerCallback,
@@ -48,22 +44,31 @@ from transformers.trainer_pt_utils import (
 
 from . import atomic
 from .backbones import backbone_num_layers, load_tokenizer
-
-# Moved to their own modules; still importable from here, where code outside the package finds them.
-from .config import PRECISIONS, FSConfig, TrainConfig  # noqa: E402, F401
-from .config import TRAIN_PROBLEM_TYPES as PROBLEM_TYPES  # noqa: E402, F401
-from .data import load_any
-from .errors import ConfigError, DataError, FSLLMError
-from .inference import evaluate_examples
-from .metrics import LOWER_IS_BETTER, METRIC_NAMES, multilabel_metrics, primary_metric
+from .config import TrainConfig
+from .errors import FSLLMError
+from .evaluation import evaluate_examples
+from .metrics import LOWER_IS_BETTER, multilabel_metrics
 from .model_card import model_card_text
 from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
 from .plots import plot_confusion, plot_training
-from .run import RunFolder, _truncate_log, checkpoint_step, last_complete_checkpoint  # noqa: E402, F401
-from .tokenization import pair_features, sequence_features, token_classification_features
+from .prepare import Features, PreparedData, prepare_data, prepare_features
+from .run import RunFolder, checkpoint_step
 
 logger = logging.getLogger(__name__)
 
+# Moved to their own modules (config, prepare, run); still importable from here, where code outside
+# the package (the benchmarks, users' scripts) imports them from.
+from .config import PRECISIONS, FSConfig  # noqa: E402, F401
+from .config import TRAIN_PROBLEM_TYPES as PROBLEM_TYPES  # noqa: E402, F401
+from .prepare import (  # noqa: E402, F401
+    build_label_maps,
+    check_labels,
+    make_collator,
+    make_features,
+    seeded_subset,
+    tokens_per_batch,
+)
+from .run import _truncate_log, last_complete_checkpoint  # noqa: E402, F401
 
 #: thresholds tried when choosing a multi-label decision threshold on dev
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
@@ -80,115 +85,6 @@ class RunResult:
     @property
     def model_dir(self) -> Path:
         return RunFolder(self.run_dir).model_dir
-
-
-# ---------------------------------------------------------------------------------- labels
-
-
-def build_label_maps(
-    task: str, train: Sequence[dict], label_names: list[str] | None, problem_type: str | None = None
-) -> dict[int, str]:
-    """Label map from the training split (and the data set's canonical order when it has one).
-
-    For NER every entity type seen in training gets both its B- and I- tag, so a small
-    training subset that happens to lack, say, ``I-MISC`` still covers the dev split.
-    Multi-label: every label of any training example; regression: one output, ``"score"``.
-    """
-    if problem_type == "regression":
-        return {0: "score"}
-    if problem_type == "multi_label_classification":
-        seen_multi = {lab for ex in train for lab in ex["label"]}
-        names = [n for n in (label_names or []) if n in seen_multi] + sorted(seen_multi - set(label_names or []))
-        return dict(enumerate(names))
-    if task == "token":
-        types = sorted({t.split("-", 1)[1] for ex in train for t in ex["tags"] if t != "O"})
-        tags = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
-        if label_names:
-            tags = [t for t in label_names if t in tags] + [t for t in tags if t not in label_names]
-        return dict(enumerate(tags))
-    seen = {ex["label"] for ex in train}
-    names = [n for n in (label_names or []) if n in seen] + sorted(seen - set(label_names or []))
-    return dict(enumerate(names))
-
-
-def check_labels(task: str, split: str, examples: Sequence[dict], label2id: dict[str, int]) -> None:
-    """An unknown label outside training is an error, with the split, example and known labels."""
-    for n, ex in enumerate(examples):
-        if isinstance(ex.get("label"), float):
-            continue  # a regression target: any number goes
-        values = ex["tags"] if task == "token" else ex["label"] if isinstance(ex["label"], list) else [ex["label"]]
-        for v in values:
-            if v not in label2id:
-                raise DataError(
-                    f"{split} example {n}: label {v!r} never occurs in the training split "
-                    f"(training labels: {sorted(label2id)})"
-                )
-
-
-# ---------------------------------------------------------------------------------- features
-
-
-def make_features(
-    task: str, examples: Sequence[dict], tokenizer, label2id: dict[str, int], max_length: int,
-    problem_type: str | None = None,
-) -> tuple[list[dict], int]:
-    """Model inputs for training; returns the features and the number of truncated/windowed examples.
-
-    ``labels`` is the label id (single label), a multi-hot float vector (multi-label) or the raw
-    target (regression: the model standardises it). An example with ``text_pair`` is a pair.
-    """
-    feats: list[dict] = []
-    altered = 0
-    for ex in examples:
-        if task == "token":
-            windows = token_classification_features(ex["tokens"], ex["tags"], tokenizer, label2id, max_length)
-            altered += len(windows) > 1
-            feats.extend({k: w[k] for k in ("input_ids", "attention_mask", "labels")} for w in windows)
-        else:
-            if ex.get("text_pair") is not None:
-                f, truncated = pair_features(ex["text"], ex["text_pair"], tokenizer, max_length)
-            else:
-                f, truncated = sequence_features(ex["text"], tokenizer, max_length)
-            altered += truncated
-            if problem_type == "regression":
-                f["labels"] = float(ex["label"])
-            elif problem_type == "multi_label_classification":
-                hot = [0.0] * len(label2id)
-                for lab in ex["label"]:
-                    hot[label2id[lab]] = 1.0
-                f["labels"] = hot
-            else:
-                f["labels"] = label2id[ex["label"]]
-            feats.append(f)
-    return feats, altered
-
-
-def make_collator(task: str, tokenizer, pad_to_length: int | None = None):
-    """Batch collator: pads each batch to its longest example, or every batch to ``pad_to_length``.
-
-    Fixed-length padding is the LS-LLaMA/BiLLM recipe, kept for the speed benchmark. Since FS
-    attention masks padding keys and the loss ignores padded positions, both give the same loss
-    and gradients; dynamic padding only computes less.
-    """
-    kw = dict(padding="max_length", max_length=pad_to_length) if pad_to_length else {}
-    if task == "token":
-        return DataCollatorForTokenClassification(tokenizer, **kw)
-    return DataCollatorWithPadding(tokenizer, **kw)
-
-
-def tokens_per_batch(features: Sequence[dict], batch_size: int) -> float:
-    """Labelled tokens (labels other than -100) in an average batch of ``batch_size`` features."""
-    labelled = sum(sum(1 for y in f["labels"] if y != -100) for f in features)
-    return batch_size * labelled / max(1, len(features))
-
-
-def seeded_subset(examples: list[dict], n: int | None, seed: int) -> list[dict]:
-    """``n`` examples drawn with ``seed``, kept in file order (the same draw for every method compared)."""
-    if n is None or n >= len(examples):
-        return examples
-    idx = list(range(len(examples)))
-    random.Random(seed).shuffle(idx)
-    return [examples[i] for i in sorted(idx[:n])]
 
 
 def choose_thresholds(
@@ -286,7 +182,7 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 class FSTrainer(Trainer):
     """``Trainer`` that saves only what training changes and evaluates at the word level."""
 
-    def __init__(self, *args, fs_eval: tuple | None = None, tokens_per_batch: float | None = None, **kwargs):
+    def __init__(self, *args, fs_eval: tuple | None = None, tokens_per_batch: float | None = None, **kwargs):  # noqa: F811 (the re-exported function of that name is not used here)
         super().__init__(*args, **kwargs)
         self.fs_eval = fs_eval  # (tokenizer, dev examples, max_length, batch size)
         # labelled tokens in an average training batch: set for a length-balanced token loss
@@ -327,7 +223,7 @@ class FSTrainer(Trainer):
         return out
 
 
-# ---------------------------------------------------------------------------------- entry point
+# ---------------------------------------------------------------------------------- stages
 
 
 def _default_run_dir(cfg: TrainConfig) -> Path:
@@ -336,12 +232,16 @@ def _default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{name}-{cfg.fs.attention}-{stamp}"
 
 
-def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks: Sequence[TrainerCallback] = (), **overrides: Any) -> RunResult:
-    """Train, select on dev, evaluate on test, and write a run folder.
+def _is_main_process() -> bool:
+    """Under torchrun / accelerate launch every process runs ``train``; process 0 alone writes the run
+    folder, and the Trainer (DDP) keeps the processes' weights in step."""
+    return int(os.environ.get("RANK", "0")) == 0
 
-    ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
-    ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
-    from that run's last complete checkpoint with its saved configuration.
+
+def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, RunFolder]:
+    """The configuration to train with and its run folder, every check done before anything is written.
+
+    Resuming reads the run's own ``config.json``, so the continued run is the one that was started.
     """
     if resume:
         out = overrides.get("output_dir") or (config.output_dir if config else None)
@@ -350,91 +250,51 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         folder = RunFolder(Path(out))
         if not folder.config_path.is_file():
             raise FSLLMError(f"{out}: nothing to resume (no {folder.config_path.name})")
-        config = folder.load_config()
+        cfg = folder.load_config()
     else:
-        config = config or TrainConfig()
+        cfg = config or TrainConfig()
         if overrides:
-            config = dataclasses.replace(config, **overrides)
-    cfg = config
+            cfg = dataclasses.replace(cfg, **overrides)
     # explicit fs_layers are checked against the backbone's layer count (its config alone) before anything is written
     if isinstance(cfg.fs.fs_layers, list) and (num_layers := backbone_num_layers(cfg.model)) is not None:
         cfg.fs.resolve_layers(num_layers)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
-    # Under torchrun / accelerate launch every process runs this function; process 0 alone
-    # writes the run folder, and the Trainer (DDP) keeps the processes' weights in step.
-    main_process = int(os.environ.get("RANK", "0")) == 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
         raise FSLLMError("with several processes, pass --output (each process must name the same run folder)")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
     cfg.output_dir = str(run_dir)
     folder = RunFolder(run_dir)
-    if main_process and not resume and folder.holds_files():
+    if _is_main_process() and not resume and folder.holds_files():
         raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
-    set_seed(cfg.seed)
+    return cfg, folder
 
-    # ---- data
-    data = load_any(cfg.data, task=cfg.task, text_column=cfg.text_column, label_column=cfg.label_column, repair=cfg.repair_tags,
-                    problem_type=cfg.problem_type, text_pair_column=cfg.text_pair_column, label_separator=cfg.label_separator)
-    task = data.task
-    problem_type = data.problem_type if cfg.problem_type in (None, "single_label_classification") else cfg.problem_type
-    if cfg.threshold_per_label and problem_type != "multi_label_classification":
-        raise ConfigError("threshold_per_label applies to multi-label classification only")
-    metric = cfg.selection_metric or primary_metric(task, problem_type)
-    kind = "multi_label" if problem_type == "multi_label_classification" else problem_type or task
-    # evaluation reports a loss for (multi-label) classification, not for regression or NER
-    allowed = METRIC_NAMES[kind] + (("loss",) if kind in ("sequence", "multi_label") else ())
-    if metric not in allowed:
-        raise ConfigError(f"selection_metric {metric!r}: a {kind} model reports {', '.join(allowed)}")
-    splits = {name: list(ds) for name, ds in data.splits.items()}
-    if "train" not in splits or not splits["train"]:
-        raise DataError(f"{cfg.data}: no training examples")
-    train_ex = seeded_subset(splits["train"], cfg.train_subset, cfg.seed)
-    dev_ex = seeded_subset(splits.get("validation", []), cfg.dev_subset, cfg.seed)
-    test_ex = seeded_subset(splits.get("test", []), cfg.test_subset, cfg.seed)
-    id2label = build_label_maps(task, train_ex, data.label_names, problem_type)
-    label2id = {v: k for k, v in id2label.items()}
-    for split, exs in (("dev", dev_ex), ("test", test_ex)):
-        check_labels(task, split, exs, label2id)
-    logger.info("data: %s train / %s dev / %s test (%s)", len(train_ex), len(dev_ex), len(test_ex), data.source)
 
-    # ---- model
+def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
+    """The FS model on its backbone with the run's label maps, and the backbone's tokenizer.
+
+    Regression targets are standardised with the training split's mean and deviation alone: dev and
+    test must not shape what the model is fitted to.
+    """
     tokenizer = load_tokenizer(cfg.model)
-    model_cls = FSForTokenClassification if task == "token" else FSForSequenceClassification
+    model_cls = FSForTokenClassification if data.task == "token" else FSForSequenceClassification
     model: FSModel = model_cls.from_backbone(
-        cfg.model, num_labels=len(id2label), fs_config=cfg.fs, id2label=id2label, label2id=label2id,
-        attn_implementation=cfg.attn_implementation, problem_type=problem_type,
+        cfg.model, num_labels=len(data.id2label), fs_config=cfg.fs, id2label=data.id2label, label2id=data.label2id,
+        attn_implementation=cfg.attn_implementation, problem_type=data.problem_type,
     )
     model.config.text_pair = bool(cfg.text_pair_column)
-    if problem_type == "regression":
-        # standardised on train only: dev and test must not shape what the model is fitted to
-        targets = torch.tensor([float(ex["label"]) for ex in train_ex], dtype=torch.float64)
+    if data.problem_type == "regression":
+        targets = torch.tensor([float(ex["label"]) for ex in data.train], dtype=torch.float64)
         std = float(targets.std()) if len(targets) > 1 else 0.0
         model.config.target_mean = float(targets.mean())
         model.config.target_std = std if math.isfinite(std) and std > 0 else 1.0
-    trainable, total = model.trainable_parameters()
+    return model, tokenizer
 
-    feats, altered = make_features(task, train_ex, tokenizer, label2id, cfg.max_length, problem_type)
-    if altered:
-        what = "split into overlapping windows" if task == "token" else "truncated"
-        logger.warning("%d of %d training examples longer than %d tokens were %s", altered, len(train_ex), cfg.max_length, what)
-    train_ds = datasets.Dataset.from_list(feats)
-    dev_ds = (datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length, problem_type)[0])
-              if dev_ex else None)
-    collator = make_collator(task, tokenizer, cfg.pad_to_length)
-    balanced = cfg.length_balanced_loss and task == "token"
-    if cfg.length_balanced_loss and not balanced:
-        logger.warning("length_balanced_loss weighs the tokens of token tasks; a %s task has one label per example, ignored", task)
 
-    # The run folder is written only now that the data and the model have loaded: a bad file or
-    # model name leaves nothing behind (a half-made folder would refuse the corrected rerun).
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        folder.save_config(cfg)
-
-    has_dev = bool(dev_ex)
+def training_arguments(cfg: TrainConfig, folder: RunFolder, metric: str, has_dev: bool) -> TrainingArguments:
+    """The stock ``TrainingArguments`` for a run: every Trainer setting the ``TrainConfig`` decides."""
     strategy = "no" if not has_dev else ("steps" if cfg.eval_steps else "epoch")
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(folder.checkpoints_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -467,48 +327,72 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         gradient_checkpointing=cfg.gradient_checkpointing,
         disable_tqdm=False,
     )
+
+
+def build_trainer(
+    cfg: TrainConfig, folder: RunFolder, model: FSModel, tokenizer, data: PreparedData, features: Features,
+    callbacks: Sequence[TrainerCallback],
+) -> FSTrainer:
+    """The ``FSTrainer`` with the run's callbacks: the log written as training goes, a last evaluation at
+    the final step, early stopping when asked for (and there is a dev split to stop on)."""
+    has_dev = bool(data.dev)
     cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), *callbacks]
     if cfg.early_stopping_patience and has_dev:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = FSTrainer(
+    return FSTrainer(
         model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=dev_ds,
-        data_collator=collator,
+        args=training_arguments(cfg, folder, data.metric, has_dev),
+        train_dataset=features.train,
+        eval_dataset=features.dev,
+        data_collator=features.collator,
         processing_class=tokenizer,
         callbacks=cbs,
-        fs_eval=(tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
-        tokens_per_batch=tokens_per_batch(feats, cfg.batch_size) if balanced else None,
+        fs_eval=(tokenizer, data.dev, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
+        tokens_per_batch=features.tokens_per_batch,
     )
+
+
+def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, float]:
+    """Run the Trainer (from the last complete checkpoint when resuming); the output and seconds taken.
+
+    A resumed run drops the log records its killed predecessor wrote after that checkpoint, so the log
+    reads as one uninterrupted run.
+    """
     checkpoint = folder.last_complete_checkpoint() if resume else None
-    if resume and main_process:
+    if resume and _is_main_process():
         folder.truncate_log(checkpoint_step(checkpoint) if checkpoint else 0)
         if checkpoint is None:
-            logger.warning("%s: no complete checkpoint yet; starting from the beginning", run_dir)
+            logger.warning("%s: no complete checkpoint yet; starting from the beginning", folder.path)
         else:
             logger.info("resuming from %s", checkpoint)
     t0 = time.time()
-    train_out = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.time() - t0
-    if not main_process:
-        return RunResult(run_dir, {}, [])
+    out = trainer.train(resume_from_checkpoint=checkpoint)
+    return out, time.time() - t0
 
-    # ---- final model (best on dev), evaluation, artefacts; each written atomically, so a run killed
-    # here leaves complete files (old or new) and --resume writes the report again
+
+def write_report(
+    cfg: TrainConfig, folder: RunFolder, model: FSModel, tokenizer, data: PreparedData, features: Features,
+    trainer: FSTrainer, train_out: Any, train_seconds: float,
+) -> RunResult:
+    """Save the final model (best on dev), evaluate dev and test, write metrics, predictions and plots.
+
+    Each file is written atomically, so a run killed here leaves complete files (old or new) and
+    ``--resume`` writes the report again.
+    """
     thresholds = None
-    if problem_type == "multi_label_classification" and dev_ex:
-        thresholds = choose_thresholds(model, tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size, cfg.threshold_per_label)
+    if data.problem_type == "multi_label_classification" and data.dev:
+        thresholds = choose_thresholds(model, tokenizer, data.dev, cfg.max_length, cfg.eval_batch_size, cfg.threshold_per_label)
     with atomic.replacing_dir(folder.model_dir) as tmp:
         model.save_pretrained(tmp, tokenizer=tokenizer)
+    trainable, total = model.trainable_parameters()
     metrics: dict[str, Any] = {
-        "task": task,
-        "problem_type": problem_type,
+        "task": data.task,
+        "problem_type": data.problem_type,
         "data": cfg.data,
         "data_source": data.source,
-        "primary_metric": metric,
-        "sizes": {"train": len(train_ex), "dev": len(dev_ex), "test": len(test_ex)},
-        "train_examples_altered": altered,
+        "primary_metric": data.metric,
+        "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
+        "train_examples_altered": features.altered,
         "trainable_params": trainable,
         "total_params": total,
         "train": {
@@ -519,12 +403,12 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
             "best_dev_metric": trainer.state.best_metric,
         },
     }
-    if problem_type == "regression":
+    if data.problem_type == "regression":
         metrics["target_mean"], metrics["target_std"] = model.config.target_mean, model.config.target_std
     if thresholds is not None:
         metrics["thresholds"] = thresholds
     plots: list[Path] = []
-    for split, exs in (("dev", dev_ex), ("test", test_ex if cfg.evaluate_test else [])):
+    for split, exs in (("dev", data.dev), ("test", data.test if cfg.evaluate_test else [])):
         if not exs:
             continue
         m, records = evaluate_examples(model, tokenizer, exs, cfg.max_length, cfg.eval_batch_size, progress=split)
@@ -534,7 +418,34 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         labels = m.get("labels") or m.get("confusion_labels")
         if cm and labels:
             plots.append(plot_confusion(cm, labels, folder.plots_dir / f"confusion_{split}.png", title=f"{split} confusion matrix"))
-    plots = plot_training(trainer.state.log_history, folder.plots_dir, metric) + plots
+    plots = plot_training(trainer.state.log_history, folder.plots_dir, data.metric) + plots
     atomic.write_text(folder.model_dir / MODEL_CARD_NAME, model_card_text(model, metrics, dataset=str(cfg.data)))
     folder.write_metrics(metrics)
-    return RunResult(run_dir, metrics, plots)
+    return RunResult(folder.path, metrics, plots)
+
+
+# ---------------------------------------------------------------------------------- entry point
+
+
+def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks: Sequence[TrainerCallback] = (), **overrides: Any) -> RunResult:
+    """Train, select on dev, evaluate on test, and write a run folder.
+
+    ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
+    ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
+    from that run's last complete checkpoint with its saved configuration.
+    """
+    cfg, folder = resolve_config(config, resume, overrides)
+    set_seed(cfg.seed)
+    data = prepare_data(cfg)
+    model, tokenizer = build_model(cfg, data)
+    features = prepare_features(cfg, data, tokenizer)
+    # The run folder is written only now that the data and the model have loaded: a bad file or
+    # model name leaves nothing behind (a half-made folder would refuse the corrected rerun).
+    if _is_main_process():
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.save_config(cfg)
+    trainer = build_trainer(cfg, folder, model, tokenizer, data, features, callbacks)
+    train_out, seconds = fit(trainer, folder, resume)
+    if not _is_main_process():
+        return RunResult(folder.path, {}, [])
+    return write_report(cfg, folder, model, tokenizer, data, features, trainer, train_out, seconds)
