@@ -39,47 +39,68 @@ HEADS = ("swiglu", "linear")
 PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
 
 
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **cli: Any) -> Any:
+    """A dataclass field whose ``metadata`` carries its help text and command-line details.
+
+    The field is the one place a setting is described: ``fsllm train`` builds its options from
+    these (``flags``: other option names; ``choices``; ``negative``: a flag that sets a bool to
+    False; ``shortcuts``: flags that set a given value; ``parse``: text -> value; ``metavar``).
+    """
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_fs_layers(text: str) -> str | list[int]:
+    """``fs_layers`` from the command line: ``all``, ``last:N``, ``first:N`` or comma-separated indices."""
+    if text == "all" or ":" in text:
+        return text
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected 'all', 'last:N', 'first:N' or integers, got {text!r}") from None
+
+
+def parse_names(text: str) -> list[str]:
+    """A comma-separated list of names."""
+    return [x for x in text.split(",") if x]
+
+
 @dataclass
 class FSConfig:
-    """How to release global features and classify.
+    """How to release global features and classify (every field's meaning is its ``help``)."""
 
-    Attributes:
-        attention: ``"bidirectional"`` (every token sees every real token; the paper's
-            main setting), ``"causal"`` (the backbone unchanged: the "w/o FS" ablation; for a
-            backbone bidirectional by its own config, e.g. Gemma 3 with
-            ``use_bidirectional_attention=True``, that bidirectional attention) or
-            ``"decay"`` (future keys at distance d get ``-decay_lambda * d`` added to their
-            attention logit, i.e. weight ``exp(-lambda d)``).
-        decay_lambda: lambda of ``decay`` mode (0 = bidirectional, large = causal).
-        learnable_lambda: train one lambda per FS layer with the head, initialised at
-            ``decay_lambda`` and kept >= 0 (stored as softplus of a free parameter).
-        fs_layers: decoder layers that get the released mask; the others stay causal.
-            ``None``/``"all"`` for all, a list of indices (negative ones count from the
-            end), or ``"last:N"`` / ``"first:N"``.
-        pooling: sequence tasks only: ``mean`` over real tokens, ``max``, ``last`` real
-            token (whatever the padding side), ``first`` real token.
-        head: ``swiglu`` (RMSNorm -> SwiGLU FFN -> linear) or ``linear`` (RMSNorm -> linear).
-        head_hidden_size: inner size of the SwiGLU FFN (default: backbone hidden size).
-        head_dropout: dropout before the final linear map.
-        lora_r, lora_alpha, lora_dropout: LoRA settings (paper: 8, 32, 0.1).
-        lora_target_modules: Linear module names to adapt; default (``None``) is every
-            Linear inside the decoder layers (attention and MLP projections).
-        use_lora: ``False`` trains the head only (a frozen backbone probe).
-    """
-
-    attention: str = "bidirectional"
-    decay_lambda: float = 0.0
-    learnable_lambda: bool = False
-    fs_layers: Any = None
-    pooling: str = "mean"
-    head: str = "swiglu"
-    head_hidden_size: int | None = None
-    head_dropout: float = 0.1
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    lora_target_modules: list[str] | None = None
-    use_lora: bool = True
+    attention: str = setting(
+        "bidirectional",
+        "released mask: 'bidirectional' (every token sees every real token; the paper's main setting), "
+        "'causal' (the backbone unchanged: the 'w/o FS' ablation; for a backbone bidirectional by its own "
+        "config, e.g. Gemma 3 with use_bidirectional_attention=True, that bidirectional attention) or 'decay' "
+        "(future keys at distance d get -decay_lambda * d added to their attention logit, i.e. weight exp(-lambda d))",
+        choices=ATTENTION_MODES)
+    decay_lambda: float = setting(0.0, "lambda of attention 'decay' (0 = bidirectional, large = causal)")
+    learnable_lambda: bool = setting(
+        False, "decay only: train one lambda per FS layer with the head, initialised at decay_lambda and kept >= 0 "
+        "(stored as softplus of a free parameter)")
+    fs_layers: str | list[int] | None = setting(
+        None, "decoder layers that get the released mask; the others stay causal: 'all' (default), a list of "
+        "indices (negative ones count from the end; on the command line comma-separated), 'last:N' or 'first:N'",
+        parse=parse_fs_layers)
+    pooling: str = setting(
+        "mean", "sequence tasks only: 'mean' over real tokens, 'max', 'last' real token (whatever the padding "
+        "side), 'first' real token", choices=POOLINGS)
+    head: str = setting("swiglu", "'swiglu' (RMSNorm -> SwiGLU FFN -> linear) or 'linear' (RMSNorm -> linear)",
+                        choices=HEADS)
+    head_hidden_size: int | None = setting(None, "inner size of the SwiGLU FFN (default: the backbone's hidden size)")
+    head_dropout: float = setting(0.1, "dropout before the head's final linear map")
+    lora_r: int = setting(8, "LoRA rank (the paper's: 8)")
+    lora_alpha: int = setting(32, "LoRA alpha (the paper's: 32)")
+    lora_dropout: float = setting(0.1, "LoRA dropout (the paper's: 0.1)")
+    lora_target_modules: list[str] | None = setting(
+        None, "Linear module names to adapt, comma-separated on the command line (default: every Linear inside the "
+        "decoder layers, i.e. the attention and MLP projections; never the head)",
+        flags=("--lora-targets",), parse=parse_names)
+    use_lora: bool = setting(True, "adapt the backbone with LoRA; off (--no-use-lora): train the head only, a frozen backbone probe")
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -154,64 +175,75 @@ TRAIN_PROBLEM_TYPES = ("single_label_classification", "multi_label_classificatio
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; saved as ``config.json`` in the run folder (``--resume`` reads it back).
+    """Everything a run needs; saved as ``config.json`` in the run folder (``--resume`` and
+    ``fsllm train --config`` read it back). Every field's meaning is its ``help``.
 
     Defaults are the paper's (lr 2e-4, batch 16, LoRA 8/32/0.1) except where CPU time
     forces a choice: ``epochs=1`` and the sizes of the subsets.
     """
 
-    data: str = "conll2003"
-    model: str = "smollm2-135m"
-    output_dir: str | None = None
-    task: str | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    # a second text column: the model reads ``text + EOS + text_pair`` (see tokenization.pair_ids)
-    text_pair_column: str | None = None
-    # None: the data's own (single label for files; rt-score is regression); or one of
-    # "single_label_classification", "multi_label_classification", "regression"
-    problem_type: str | None = None
-    label_separator: str = "|"  # between the labels of a multi-label CSV/TSV cell
-    # multi-label: choose one decision threshold per label on dev, not only the global one
-    threshold_per_label: bool = False
-    # the dev metric that picks the best checkpoint; None: the task's (accuracy / f1 / micro_f1 /
-    # spearman); "rmse" (or "mae") for regression selects the lowest
-    selection_metric: str | None = None
-    repair_tags: bool = False
-    fs: FSConfig = field(default_factory=FSConfig)
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_length: int = 128
-    train_subset: int | None = None
-    dev_subset: int | None = None
-    test_subset: int | None = None
-    eval_steps: int | None = None  # None: evaluate on dev at the end of each epoch
-    save_total_limit: int | None = 2
-    early_stopping_patience: int | None = None
-    seed: int = 42
-    attn_implementation: str = "sdpa"
-    # "bf16" / "fp16": mixed precision (autocast; weights and LoRA stay fp32) through the Trainer.
-    # bf16 is the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware
-    # (AMX / AVX512-BF16), and fp16 needs a GPU. Evaluation and prediction run in fp32.
-    precision: str = "fp32"
-    logging_steps: int = 10
-    evaluate_test: bool = True
-    group_by_length: bool = True  # batches of similar length: little padding
-    pad_to_length: int | None = None  # pad every batch to this length (the LS-LLaMA/BiLLM recipe); None = dynamic
-    # Token tasks: the loss of a batch is the mean over its labelled tokens, so with length-grouped
-    # batches a token of a short sentence weighs as much as a whole long sentence's worth of tokens
-    # (a batch of eight 3-token headlines counts as much as one of eight 40-token sentences). True
-    # scales each batch's loss by its labelled tokens over the average batch's, so every token weighs
-    # the same wherever it falls, as with random batches (see ``FSTrainer.compute_loss``).
-    length_balanced_loss: bool = False
-    # recompute each decoder layer's activations during backward instead of keeping them: the same
-    # loss and gradients for a second forward per layer, much less memory on long inputs
-    gradient_checkpointing: bool = False
+    data: str = setting(
+        "conll2003", "catalogue name (fsllm datasets), folder, file, or hub id (default: conll2003; fsllm train without "
+        "--data or --config runs the main job, see the description)")
+    model: str = setting("smollm2-135m", "backbone: built-in name (fsllm models), folder or hub id")
+    output_dir: str | None = setting(None, "run folder (default runs/<data>-<attention>-<time>)", flags=("--output", "-o"))
+    task: str | None = setting(None, "'sequence' or 'token'; only needed for ambiguous files", choices=TASKS)
+    text_column: str | None = setting(None, "the text column of a table (default: found by name)")
+    label_column: str | None = setting(None, "the label column of a table (default: found by name)")
+    text_pair_column: str | None = setting(
+        None, "a second text column: train on text pairs, read as text + EOS + text_pair (see tokenization.pair_ids)")
+    problem_type: str | None = setting(
+        None, "what the label column holds (default: the data's own: one label for files; a catalogue entry such as "
+        "rt-score brings its own)", choices=TRAIN_PROBLEM_TYPES,
+        shortcuts=(("--multi-label", "multi_label_classification",
+                    "several labels per text: a JSON list, or separated by --label-separator in CSV/TSV"),
+                   ("--regression", "regression", "a numeric target per text (MSE on targets standardised on train)")))
+    label_separator: str = setting("|", "between the labels of a multi-label CSV/TSV cell")
+    threshold_per_label: bool = setting(
+        False, "multi-label: choose a decision threshold per label on dev, not only the global one")
+    selection_metric: str | None = setting(
+        None, "the dev metric that picks the best checkpoint (default: the task's: accuracy / f1 / micro_f1 / "
+        "spearman); 'rmse' or 'mae' for regression select the lowest")
+    repair_tags: bool = setting(False, "repair invalid IOB sequences instead of failing")
+    fs: FSConfig = setting(help="the FS model: mask, pooling, head, LoRA", factory=FSConfig)
+    epochs: float = setting(1.0, "training epochs (may be fractional; ignored when max_steps > 0)")
+    max_steps: int = setting(-1, "train for this many steps (-1: train for epochs)")
+    batch_size: int = setting(16, "training batch size per device (the paper's: 16)")
+    eval_batch_size: int = setting(64, "batch size of evaluation and prediction")
+    learning_rate: float = setting(2e-4, "peak learning rate (the paper's: 2e-4)", flags=("--lr",))
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.0, "share of the training steps spent warming the learning rate up, in [0, 1)")
+    max_length: int = setting(128, "tokens per input (NER: longer sentences become overlapping windows)")
+    train_subset: int | None = setting(None, "use N training examples (a seeded sample, the same for every method)")
+    dev_subset: int | None = setting(None, "use N dev examples (seeded sample)")
+    test_subset: int | None = setting(None, "use N test examples (seeded sample)")
+    eval_steps: int | None = setting(None, "evaluate on dev (and checkpoint) every N steps (default: each epoch)")
+    save_total_limit: int | None = setting(2, "checkpoints kept (the best one always among them); none: keep all")
+    early_stopping_patience: int | None = setting(
+        None, "stop after PATIENCE dev evaluations without gain", flags=("--early-stopping",), metavar="PATIENCE")
+    seed: int = setting(42, "seed of the subsets, the initialisation and the batch order")
+    attn_implementation: str = setting(
+        "sdpa", "the backbone's attention kernel that FS attention wraps (flex_attention: GPU; for attention decay "
+        "on long inputs it builds no L x L mask and skips far-future keys)", choices=SUPPORTED_IMPLEMENTATIONS)
+    precision: str = setting(
+        "fp32", "'bf16' / 'fp16': mixed precision through the Trainer (autocast; weights and LoRA stay fp32). bf16 is "
+        "the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware (AMX / AVX512-BF16); fp16 "
+        "needs a GPU. Evaluation and prediction run in fp32", choices=PRECISIONS)
+    logging_steps: int = setting(10, "log the training loss every N steps (train_log.jsonl)")
+    evaluate_test: bool = setting(True, "evaluate the final model on the test split (--no-test: do not touch it)",
+                                  negative=("--no-test",))
+    group_by_length: bool = setting(True, "batches of examples of similar length: little padding")
+    pad_to_length: int | None = setting(
+        None, "pad every batch to this length (the LS-LLaMA/BiLLM recipe, for the speed benchmark; default: pad "
+        "each batch to its longest example)")
+    length_balanced_loss: bool = setting(
+        False, "token tasks: the loss of a batch is the mean over its labelled tokens, so with length-grouped "
+        "batches a token of a short sentence weighs more than one of a long sentence. This scales each batch's loss "
+        "by its labelled tokens over the average batch's, so every token weighs the same wherever it falls, as with "
+        "random batches (see FSTrainer.compute_loss)")
+    gradient_checkpointing: bool = setting(
+        False, "recompute each decoder layer's activations during backward instead of keeping them: the same loss "
+        "and gradients for a second forward per layer, much less memory on long inputs (docs/scaling.md)")
 
     def __post_init__(self) -> None:
         # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero

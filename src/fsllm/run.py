@@ -91,6 +91,28 @@ def _truncate_log(path: Path, step: int) -> None:
     atomic.write_lines(path, keep)
 
 
+def load_config_file(path: str | Path, where: str | Path | None = None) -> TrainConfig:
+    """A ``TrainConfig`` from a JSON file: a run's ``config.json`` or any subset of its fields (the rest
+    default). Its format is checked; every error is one line naming ``where`` (default: the file)."""
+    from .config import TrainConfig
+
+    path = Path(path)
+    where = path if where is None else where
+    try:
+        saved = json.loads(path.read_text())
+    except OSError as e:
+        raise FSLLMError(f"{path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FSLLMError(f"{path}: not a readable training configuration ({e})".splitlines()[0]) from None
+    if not isinstance(saved, dict):
+        raise FSLLMError(f"{path}: a training configuration is a JSON object")
+    check_format(saved, where)
+    try:
+        return TrainConfig.from_dict(saved)
+    except FSLLMError as e:
+        raise FSLLMError(f"{path}: {e}") from None
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """One run folder: the paths inside it and the reads and writes of its files."""
@@ -143,28 +165,11 @@ class RunFolder:
         """Write ``config.json`` (with the format version: :meth:`TrainConfig.to_dict` includes it)."""
         atomic.write_text(self.config_path, json.dumps(cfg.to_dict(), indent=2))
 
-    def read_config_dict(self) -> dict[str, Any]:
-        """The raw saved configuration, its format checked; a one-line error naming the folder otherwise."""
-        if not self.config_path.is_file():
-            raise FSLLMError(f"{self.path}: not a run folder (no {CONFIG_FILE})")
-        try:
-            saved = json.loads(self.config_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FSLLMError(f"{self.config_path}: unreadable run configuration ({e})".splitlines()[0]) from None
-        if not isinstance(saved, dict):
-            raise FSLLMError(f"{self.config_path}: a run configuration is a JSON object")
-        check_format(saved, self.path)
-        return saved
-
     def load_config(self) -> TrainConfig:
         """The run's ``TrainConfig`` as saved."""
-        from .config import TrainConfig
-
-        saved = self.read_config_dict()
-        try:
-            return TrainConfig.from_dict(saved)
-        except FSLLMError as e:
-            raise FSLLMError(f"{self.config_path}: {e}") from None
+        if not self.config_path.is_file():
+            raise FSLLMError(f"{self.path}: not a run folder (no {CONFIG_FILE})")
+        return load_config_file(self.config_path, where=self.path)
 
     # ---- checkpoints
 
