@@ -44,7 +44,8 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any 
 
     The field is the one place a setting is described: ``fsllm train`` builds its options from
     these (``flags``: other option names; ``choices``; ``negative``: a flag that sets a bool to
-    False; ``shortcuts``: flags that set a given value; ``parse``: text -> value; ``metavar``).
+    False; ``shortcuts``: flags that set a given value; ``parse``: text -> value; ``metavar``),
+    and ``trainer`` names the ``TrainingArguments`` that take a ``TrainConfig`` value as it is.
     """
     meta = {"help": help, **cli}
     if factory is not None:
@@ -206,22 +207,22 @@ class TrainConfig:
         "spearman); 'rmse' or 'mae' for regression select the lowest")
     repair_tags: bool = setting(False, "repair invalid IOB sequences instead of failing")
     fs: FSConfig = setting(help="the FS model: mask, pooling, head, LoRA", factory=FSConfig)
-    epochs: float = setting(1.0, "training epochs (may be fractional; ignored when max_steps > 0)")
-    max_steps: int = setting(-1, "train for this many steps (-1: train for epochs)")
-    batch_size: int = setting(16, "training batch size per device (the paper's: 16)")
-    eval_batch_size: int = setting(64, "batch size of evaluation and prediction")
-    learning_rate: float = setting(2e-4, "peak learning rate (the paper's: 2e-4)", flags=("--lr",))
-    weight_decay: float = setting(0.0, "AdamW weight decay")
+    epochs: float = setting(1.0, "training epochs (may be fractional; ignored when max_steps > 0)", trainer=("num_train_epochs",))
+    max_steps: int = setting(-1, "train for this many steps (-1: train for epochs)", trainer=("max_steps",))
+    batch_size: int = setting(16, "training batch size per device (the paper's: 16)", trainer=("per_device_train_batch_size",))
+    eval_batch_size: int = setting(64, "batch size of evaluation and prediction", trainer=("per_device_eval_batch_size",))
+    learning_rate: float = setting(2e-4, "peak learning rate (the paper's: 2e-4)", flags=("--lr",), trainer=("learning_rate",))
+    weight_decay: float = setting(0.0, "AdamW weight decay", trainer=("weight_decay",))
     warmup_ratio: float = setting(0.0, "share of the training steps spent warming the learning rate up, in [0, 1)")
     max_length: int = setting(128, "tokens per input (NER: longer sentences become overlapping windows)")
     train_subset: int | None = setting(None, "use N training examples (a seeded sample, the same for every method)")
     dev_subset: int | None = setting(None, "use N dev examples (seeded sample)")
     test_subset: int | None = setting(None, "use N test examples (seeded sample)")
-    eval_steps: int | None = setting(None, "evaluate on dev (and checkpoint) every N steps (default: each epoch)")
-    save_total_limit: int | None = setting(2, "checkpoints kept (the best one always among them); none: keep all")
+    eval_steps: int | None = setting(None, "evaluate on dev (and checkpoint) every N steps (default: each epoch)", trainer=("eval_steps", "save_steps"))
+    save_total_limit: int | None = setting(2, "checkpoints kept (the best one always among them); none: keep all", trainer=("save_total_limit",))
     early_stopping_patience: int | None = setting(
         None, "stop after PATIENCE dev evaluations without gain", flags=("--early-stopping",), metavar="PATIENCE")
-    seed: int = setting(42, "seed of the subsets, the initialisation and the batch order")
+    seed: int = setting(42, "seed of the subsets, the initialisation and the batch order", trainer=("seed", "data_seed"))
     attn_implementation: str = setting(
         "sdpa", "the backbone's attention kernel that FS attention wraps (flex_attention: GPU; for attention decay "
         "on long inputs it builds no L x L mask and skips far-future keys)", choices=SUPPORTED_IMPLEMENTATIONS)
@@ -229,7 +230,7 @@ class TrainConfig:
         "fp32", "'bf16' / 'fp16': mixed precision through the Trainer (autocast; weights and LoRA stay fp32). bf16 is "
         "the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware (AMX / AVX512-BF16); fp16 "
         "needs a GPU. Evaluation and prediction run in fp32", choices=PRECISIONS)
-    logging_steps: int = setting(10, "log the training loss every N steps (train_log.jsonl)")
+    logging_steps: int = setting(10, "log the training loss every N steps (train_log.jsonl)", trainer=("logging_steps",))
     evaluate_test: bool = setting(True, "evaluate the final model on the test split (--no-test: do not touch it)",
                                   negative=("--no-test",))
     group_by_length: bool = setting(True, "batches of examples of similar length: little padding")
@@ -243,7 +244,8 @@ class TrainConfig:
         "random batches (see FSTrainer.compute_loss)")
     gradient_checkpointing: bool = setting(
         False, "recompute each decoder layer's activations during backward instead of keeping them: the same loss "
-        "and gradients for a second forward per layer, much less memory on long inputs (docs/scaling.md)")
+        "and gradients for a second forward per layer, much less memory on long inputs (docs/scaling.md)",
+        trainer=("gradient_checkpointing",))
 
     def __post_init__(self) -> None:
         # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero

@@ -294,27 +294,18 @@ def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
 def training_arguments(cfg: TrainConfig, folder: RunFolder, metric: str, has_dev: bool) -> TrainingArguments:
     """The stock ``TrainingArguments`` for a run: every Trainer setting the ``TrainConfig`` decides."""
     strategy = "no" if not has_dev else ("steps" if cfg.eval_steps else "epoch")
+    # fields marked trainer=(...) go to those arguments unchanged: a new one needs no edit here
+    passed = {arg: getattr(cfg, f.name) for f in dataclasses.fields(cfg) for arg in f.metadata.get("trainer", ())}
     return TrainingArguments(
         output_dir=str(folder.checkpoints_dir),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
+        **passed,
         warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of the total steps
         eval_strategy=strategy,
-        eval_steps=cfg.eval_steps,
         save_strategy=strategy if has_dev else "epoch",
-        save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit,
         load_best_model_at_end=has_dev,
         metric_for_best_model=metric if has_dev else None,
         greater_is_better=metric not in LOWER_IS_BETTER,
-        logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         report_to="none",
         dataloader_num_workers=0,
@@ -324,7 +315,6 @@ def training_arguments(cfg: TrainConfig, folder: RunFolder, metric: str, has_dev
         fp16=cfg.precision == "fp16",
         # every trainable parameter gets a gradient, except the lambdas of causal layers
         ddp_find_unused_parameters=bool(cfg.fs.learnable_lambda),
-        gradient_checkpointing=cfg.gradient_checkpointing,
         disable_tqdm=False,
     )
 
