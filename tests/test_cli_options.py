@@ -97,3 +97,31 @@ def test_a_run_is_repeated_from_its_config_json(tmp_path, tiny_model_dir, capsys
     assert second.pop("output_dir") == str(again) and first.pop("output_dir") == str(run)
     assert first == second
     assert json.loads((again / "metrics.json").read_text())["train"]["steps"] == 2
+
+
+def test_lr_scheduler_type_is_set_from_the_cli_saved_and_read_back_by_resume(tmp_path, tiny_model_dir, capsys):
+    from transformers import TrainerCallback
+
+    from fsllm.errors import ConfigError
+    from fsllm.training import train
+
+    with pytest.raises(ConfigError, match="cosine"):
+        TrainConfig(lr_scheduler_type="sideways")
+    data = write_csv_dir(tmp_path)
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "-o", str(run), "--max-steps", "3",
+               "--batch-size", "2", "--lr", "5e-3", "--logging-steps", "1", "--lr-scheduler-type", "constant"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["lr_scheduler_type"] == "constant"
+    rates = [r["learning_rate"] for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())
+             if "learning_rate" in r]
+    assert len(rates) >= 3 and set(rates) == {5e-3}  # linear would decay towards 0
+
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(str(args.lr_scheduler_type.value))
+
+    train(resume=True, output_dir=str(run), callbacks=[Spy()])
+    assert seen == ["constant"]

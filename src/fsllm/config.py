@@ -28,6 +28,7 @@ from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.trainer_utils import SchedulerType
 
 from .attention import SUPPORTED_IMPLEMENTATIONS
 from .errors import ConfigError, FSLLMError
@@ -214,6 +215,9 @@ class TrainConfig:
     learning_rate: float = setting(2e-4, "peak learning rate (the paper's: 2e-4)", flags=("--lr",), trainer=("learning_rate",))
     weight_decay: float = setting(0.0, "AdamW weight decay", trainer=("weight_decay",))
     warmup_ratio: float = setting(0.0, "share of the training steps spent warming the learning rate up, in [0, 1)")
+    lr_scheduler_type: str = setting(
+        "linear", "how the learning rate moves after warm-up (transformers' schedulers: linear decay to 0, cosine, "
+        "constant, ...)", choices=tuple(t.value for t in SchedulerType), trainer=("lr_scheduler_type",))
     max_length: int = setting(128, "tokens per input (NER: longer sentences become overlapping windows)")
     train_subset: int | None = setting(None, "use N training examples (a seeded sample, the same for every method)")
     dev_subset: int | None = setting(None, "use N dev examples (seeded sample)")
@@ -272,6 +276,8 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.lr_scheduler_type not in (schedulers := [t.value for t in SchedulerType]):
+            raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r}: choose one of {', '.join(schedulers)}")
         for name in ("batch_size", "eval_batch_size", "max_length", "logging_steps"):
             if not (_is_int(getattr(self, name)) and getattr(self, name) > 0):
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
