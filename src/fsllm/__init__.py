@@ -5,8 +5,8 @@ The public API is small; everything else lives in one module per concern:
 ``config`` (``FSConfig`` and the transformers config ``FSLLMConfig``), ``modeling`` (the FS
 models, registered with transformers' Auto classes on import), ``model_card``,
 ``backbones`` (loading models), ``data`` (readers and
-the data set catalogue), ``tokenization``, ``training``, ``metrics``, ``inference``
-and ``cli``.
+the data set catalogue), ``tokenization``, ``prepare`` (data for a run), ``training``,
+``evaluation``, ``run`` (the run folder), ``metrics``, ``inference`` and ``cli``.
 """
 
 from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer

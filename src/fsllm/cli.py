@@ -7,66 +7,138 @@ Errors on bad input print one line (``fsllm: error: ...``) and exit with status 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
+from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
 from .errors import FSLLMError
 
-#: ``fsllm train`` with no --data: FS-SmolLM2 on CoNLL-2003, sized to finish in minutes on a
-#: 2-core CPU. lr 1e-3 rather than the paper's 2e-4: at this scale (a 135M backbone, 63 steps
-#: an epoch) it reached dev F1 0.54 / 0.66 / 0.78 after epochs 1 / 2 / 3, where 2e-4 reached
-#: 0.04 after one epoch (measured on the dev split, never on test).
-MAIN_JOB = dict(data="conll2003", train_subset=1000, dev_subset=500, eval_steps=48, epochs=3.0, learning_rate=1e-3)
+#: ``fsllm train`` with no --data or --config: FS-SmolLM2 on CoNLL-2003, sized to finish in minutes on a
+#: 2-core CPU. Its lr is 1e-3 rather than the paper's 2e-4: a 135M backbone trained for this few steps
+#: learns too slowly at 2e-4 (see benchmarks/results).
+MAIN_JOB_RECIPE = "main_job.json"
+
+#: where the generated options of the FS model's fields put their values in the parsed namespace
+FS_DEST = "fs."
 
 
-def _add_fs_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("FS model")
-    g.add_argument("--attention", choices=["bidirectional", "causal", "decay"], default="bidirectional",
-                   help="released mask (default: bidirectional; causal = the 'w/o FS' ablation)")
-    g.add_argument("--decay-lambda", type=float, default=0.0, help="lambda of --attention decay (weight exp(-lambda*d))")
-    g.add_argument("--learnable-lambda", action="store_true", help="learn one lambda per layer (decay only)")
-    g.add_argument("--fs-layers", default=None, help="layers with the released mask: 'all', 'last:N', 'first:N' or '0,5,7'")
-    g.add_argument("--pooling", choices=["mean", "max", "last", "first"], default="mean", help="sequence tasks (default mean)")
-    g.add_argument("--head", choices=["swiglu", "linear"], default="swiglu")
-    g.add_argument("--lora-r", type=int, default=8)
-    g.add_argument("--lora-alpha", type=int, default=32)
-    g.add_argument("--lora-dropout", type=float, default=0.1)
-    g.add_argument("--lora-targets", default=None, help="comma-separated module names (default: all attention and MLP projections)")
+def load_recipe(name: str) -> dict[str, Any]:
+    """A packaged training configuration (``fsllm/recipes/<name>``): the ``TrainConfig`` fields it sets."""
+    return json.loads(files("fsllm").joinpath("recipes", name).read_text())
 
 
-def _add_problem_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--problem-type", default=None,
-                   choices=["single_label_classification", "multi_label_classification", "regression"],
-                   help="what the label column holds (default: one label; a catalogue entry brings its own)")
-    g.add_argument("--multi-label", dest="problem_type", action="store_const", const="multi_label_classification",
-                   help="several labels per text: a JSON list, or separated by --label-separator in CSV/TSV")
-    g.add_argument("--regression", dest="problem_type", action="store_const", const="regression",
-                   help="a numeric target per text (MSE on targets standardised on train)")
-    p.add_argument("--label-separator", default="|", help="between the labels of a multi-label CSV/TSV cell (default |)")
+# The train options are generated from the dataclass fields by the small generator below rather than by
+# transformers.HfArgumentParser: it cannot nest FSConfig inside TrainConfig, and it fills in every default,
+# so it cannot tell which flags were given, which layering flags over --config and the main job needs.
 
 
-def _fs_config(a: argparse.Namespace):
-    from .config import FSConfig
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """``X | None`` -> ``(X, True)``; any other type -> ``(type, False)``."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        rest = [t for t in args if t is not type(None)]
+        return (rest[0] if len(rest) == 1 else hint), True  # a union of several: the field's parse reads it
+    return hint, False
 
-    layers = a.fs_layers
-    if layers and layers != "all" and ":" not in layers:
+
+def _converter(name: str, hint: Any, parse: Callable[[str], Any] | None) -> Callable[[str], Any]:
+    """Text -> value of a field (``none`` is None for optional ones); a bad value is an argparse error."""
+    base, optional = _optional(hint)
+    if parse is None:
+        parse = {int: int, float: float, str: str}.get(base)
+        if parse is None and typing.get_origin(base) is list:
+            from .config import parse_names as parse
+        if parse is None:
+            raise TypeError(f"no command-line reading of {name}: {hint}")  # a new field of a new type: add it here
+
+    def convert(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
         try:
-            layers = [int(x) for x in layers.split(",")]
-        except ValueError:
-            raise FSLLMError(f"--fs-layers: expected 'all', 'last:N', 'first:N' or integers, got {a.fs_layers!r}") from None
-    try:
-        return FSConfig(
-            attention=a.attention, decay_lambda=a.decay_lambda, learnable_lambda=a.learnable_lambda,
-            fs_layers=layers, pooling=a.pooling, head=a.head, lora_r=a.lora_r, lora_alpha=a.lora_alpha,
-            lora_dropout=a.lora_dropout, lora_target_modules=a.lora_targets.split(",") if a.lora_targets else None,
-        )
-    except ValueError as e:
-        raise FSLLMError(str(e)) from None
+            return parse(text)
+        except ValueError as e:
+            kind = {int: "an integer", float: "a number"}.get(base)
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}" if kind else str(e)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str, dest_prefix: str = "") -> None:
+    """One option per field of ``cls`` (``--field-name`` and the field's ``flags``), with the field's help.
+
+    Defaults are not put in the namespace (``SUPPRESS``): only the flags given appear there, so they
+    override a configuration file or recipe and nothing else. A nested dataclass field is skipped:
+    its own fields get options of their own.
+    """
+    group = parser.add_argument_group(title)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if dataclasses.is_dataclass(hints[f.name]):
+            continue
+        names = [f"--{f.name.replace('_', '-')}", *meta.get("flags", ())]
+        dest = dest_prefix + f.name
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = meta.get("help", "")
+        kwargs: dict[str, Any] = dict(dest=dest, default=argparse.SUPPRESS)
+        if hints[f.name] is bool:
+            group.add_argument(*names, action=argparse.BooleanOptionalAction,
+                               help=f"{help_text} (default: {'on' if default else 'off'})".replace("%", "%%"), **kwargs)
+            for neg in meta.get("negative", ()):
+                group.add_argument(neg, action="store_false", help=f"the same as --no-{f.name.replace('_', '-')}", **kwargs)
+            continue
+        if "default" not in help_text and default is not None:  # a help that names its default says it better
+            help_text = f"{help_text} (default: {default})"
+        kwargs.update(type=_converter(f.name, hints[f.name], meta.get("parse")), help=help_text.replace("%", "%%"),
+                      metavar=meta.get("metavar", f.name.upper()))
+        if "choices" in meta:
+            kwargs["choices"] = list(meta["choices"])
+            kwargs.pop("metavar")
+        target: Any = group
+        if meta.get("shortcuts"):
+            target = group.add_mutually_exclusive_group()
+        target.add_argument(*names, **kwargs)
+        for flag, value, what in meta.get("shortcuts", ()):
+            target.add_argument(flag, dest=dest, action="store_const", const=value, default=argparse.SUPPRESS,
+                                help=f"{what} (the same as {names[0]} {value})")
+
+
+def train_config_from_args(a: argparse.Namespace):
+    """The ``TrainConfig`` of ``fsllm train``: ``--config FILE`` (or, without --data, the main job), then
+    every flag given on top."""
+    from .config import FSConfig, TrainConfig
+    from .run import load_config_file
+
+    given = vars(a)
+    if a.config:
+        cfg = load_config_file(a.config)
+    elif "data" not in given:
+        cfg = TrainConfig.from_dict(load_recipe(MAIN_JOB_RECIPE))
+    else:
+        cfg = TrainConfig()
+    fs = {f.name: given[FS_DEST + f.name] for f in dataclasses.fields(FSConfig) if FS_DEST + f.name in given}
+    top = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given and f.name != "fs"}
+    return dataclasses.replace(cfg, fs=dataclasses.replace(cfg.fs, **fs), **top)
+
+
+def _main_job_description() -> str:
+    job = ", ".join(f"{k}={v}" for k, v in load_recipe(MAIN_JOB_RECIPE).items())
+    return (
+        "Train an FS model, select on dev, evaluate on test, write a run folder. Without --data or --config: the "
+        f"main job (fsllm/recipes/{MAIN_JOB_RECIPE}: {job}), FS-SmolLM2 on 1,000 CoNLL-2003 training sentences, "
+        "a dev subset for checkpoint choice, the full test split; its lr is 1e-3 rather than the paper's 2e-4, at "
+        "which a small backbone trained for this few steps learns too slowly. Other defaults are the paper's "
+        "(lr 2e-4, batch 16, LoRA 8/32/0.1), 1 epoch. Every option is a field of fsllm.TrainConfig or fsllm.FSConfig "
+        "and is saved in the run's config.json; --config RUN/config.json repeats a run, flags override the file."
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,50 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train, select on dev, evaluate on test, write a run folder",
-                       description="Train an FS model. Without --data: the main job, FS-SmolLM2 on 1,000 CoNLL-2003 "
-                                   "training sentences for 3 epochs at lr 1e-3, dev subset of 500 for checkpoint choice "
-                                   "(evaluated every 48 steps), full test split. Other defaults are the paper's "
-                                   "(lr 2e-4, batch 16, LoRA 8/32/0.1), 1 epoch.")
-    t.add_argument("--data", default=None, help="catalogue name (fsllm datasets), folder, file, or hub id "
-                   "(default: the main job, conll2003 with the settings in the description)")
-    t.add_argument("--model", default="smollm2-135m", help="backbone: built-in name (fsllm models), folder or hub id")
-    t.add_argument("--output", "-o", default=None, help="run folder (default runs/<data>-<attention>-<time>)")
+                       description=_main_job_description())
+    t.add_argument("--config", default=None, metavar="FILE.json",
+                   help="start from this training configuration (a run's config.json, or any of its fields); "
+                        "the flags given override it")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --output from its last checkpoint")
-    t.add_argument("--task", choices=["sequence", "token"], default=None, help="only needed for ambiguous files")
-    t.add_argument("--text-column", default=None)
-    t.add_argument("--text-pair-column", default=None,
-                   help="a second text column: train on text pairs (read as text + EOS + text_pair)")
-    t.add_argument("--label-column", default=None)
-    _add_problem_options(t)
-    t.add_argument("--threshold-per-label", action="store_true",
-                   help="multi-label: choose a decision threshold per label on dev (default: one global threshold)")
-    t.add_argument("--selection-metric", default=None,
-                   help="dev metric picking the best checkpoint (default: accuracy / f1 / micro_f1 / spearman; "
-                        "regression: rmse or mae select the lowest)")
-    t.add_argument("--repair-tags", action="store_true", help="repair invalid IOB sequences instead of failing")
-    t.add_argument("--epochs", type=float, default=None, help="default 1")
-    t.add_argument("--max-steps", type=int, default=-1)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=None, help="default 2e-4 (the paper's); 1e-3 does better for small backbones")
-    t.add_argument("--max-length", type=int, default=128, help="tokens per input (NER: longer sentences become windows)")
-    t.add_argument("--train-subset", type=int, default=None, help="use N training examples (seeded sample)")
-    t.add_argument("--dev-subset", type=int, default=None)
-    t.add_argument("--test-subset", type=int, default=None)
-    t.add_argument("--eval-steps", type=int, default=None, help="evaluate on dev every N steps (default: each epoch)")
-    t.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE", help="stop after PATIENCE evaluations without dev gain")
-    t.add_argument("--seed", type=int, default=42)
-    t.add_argument("--attn-implementation", choices=["sdpa", "eager", "flex_attention"], default="sdpa",
-                   help="the backbone's attention kernel that FS attention wraps (flex_attention: GPU; for "
-                   "--attention decay on long inputs it builds no L x L mask and skips far-future keys)")
-    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="mixed precision for training (bf16 on GPUs or CPUs with AMX/AVX512-BF16; fp16: GPU only)")
-    t.add_argument("--no-test", action="store_true", help="do not touch the test split")
-    t.add_argument("--gradient-checkpointing", action="store_true",
-                   help="recompute layer activations in backward: same result, much less memory (docs/scaling.md)")
-    t.add_argument("--length-balanced-loss", action="store_true",
-                   help="NER: weigh every labelled token the same in length-grouped batches "
-                        "(each batch's loss scaled by its token count over the average batch's)")
-    _add_fs_options(t)
+    from .config import FSConfig, TrainConfig
+
+    add_dataclass_options(t, TrainConfig, "training (fsllm.TrainConfig)")
+    add_dataclass_options(t, FSConfig, "FS model (fsllm.FSConfig)", dest_prefix=FS_DEST)
 
     e = sub.add_parser("eval", help="evaluate a trained model on a data split")
     e.add_argument("model", help="run folder or saved model folder")
@@ -240,28 +277,12 @@ def _pair_inputs(items: list[tuple[str, int, str]]) -> list[dict]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .training import TrainConfig, train
+    from .training import train
 
     if a.resume:
-        result = train(resume=True, output_dir=a.output)
+        result = train(resume=True, output_dir=getattr(a, "output_dir", None))
     else:
-        preset = MAIN_JOB if a.data is None else {}
-        chosen = {
-            "data": a.data, "epochs": a.epochs, "learning_rate": a.lr, "train_subset": a.train_subset,
-            "dev_subset": a.dev_subset, "eval_steps": a.eval_steps,
-        }
-        picked = {**preset, **{k: v for k, v in chosen.items() if v is not None}}
-        cfg = TrainConfig(
-            **picked, model=a.model, output_dir=a.output, task=a.task, text_column=a.text_column,
-            label_column=a.label_column, repair_tags=a.repair_tags, fs=_fs_config(a),
-            text_pair_column=a.text_pair_column, problem_type=a.problem_type, label_separator=a.label_separator,
-            threshold_per_label=a.threshold_per_label, selection_metric=a.selection_metric,
-            max_steps=a.max_steps, batch_size=a.batch_size, max_length=a.max_length,
-            test_subset=a.test_subset, early_stopping_patience=a.early_stopping, seed=a.seed,
-            attn_implementation=a.attn_implementation, precision=a.precision, evaluate_test=not a.no_test,
-            length_balanced_loss=a.length_balanced_loss, gradient_checkpointing=a.gradient_checkpointing,
-        )
-        result = train(cfg)
+        result = train(train_config_from_args(a))
     m = result.metrics
     if not m:  # not the main process of a multi-process run: process 0 reports
         return 0
@@ -277,18 +298,17 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .data import load_eval_split
-    from .inference import Predictor, evaluate_examples
-    from .training import seeded_subset
+    from .evaluation import evaluate_examples
+    from .inference import Predictor
+    from .prepare import eval_examples
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True)
     config = pred.model.config
     pair_column = a.text_pair_column or ("text_pair" if getattr(config, "text_pair", False) else None)
-    rows, _source = load_eval_split(a.data, a.split, task=pred.task, text_column=a.text_column,
-                                    label_column=a.label_column, labels=pred.model.label2id,
-                                    problem_type=getattr(config, "problem_type", None) if pred.task == "sequence" else None,
-                                    text_pair_column=pair_column, label_separator=a.label_separator)
-    exs = seeded_subset(rows, a.subset, 42)
+    exs = eval_examples(a.data, a.split, a.subset, task=pred.task, text_column=a.text_column,
+                        label_column=a.label_column, labels=pred.model.label2id,
+                        problem_type=getattr(config, "problem_type", None) if pred.task == "sequence" else None,
+                        text_pair_column=pair_column, label_separator=a.label_separator)
     metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split)
     if a.output:
         with open(a.output, "w") as f:

@@ -1,4 +1,4 @@
-"""The two configs of an FS model.
+"""The configs: of an FS model (``FSConfig``, ``FSLLMConfig``) and of a training run (``TrainConfig``).
 
 ``FSConfig`` is what the FS method adds to a backbone (mask, pooling, head, LoRA): a plain
 dataclass (PEFT style) so it prints, compares and round-trips through JSON; validation
@@ -10,6 +10,10 @@ saved model folder carries as its ``config.json``: the ``FSConfig``, the task, t
 in the standard ``id2label`` / ``label2id`` fields, the backbone's reference and its full
 config (so a merged folder builds without network). It is what lets ``AutoConfig``,
 ``AutoModelFor*Classification`` and ``pipeline()`` load an fsllm folder.
+
+``TrainConfig`` is everything a training run needs, saved as the run folder's ``config.json``
+(see ``fsllm.run``); the ``fsllm train`` options are generated from its fields and the
+``FSConfig``'s, so a field is the one place a setting is defined.
 """
 
 from __future__ import annotations
@@ -18,14 +22,16 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
+from transformers.trainer_utils import SchedulerType
 
-from .errors import ConfigError
+from .attention import SUPPORTED_IMPLEMENTATIONS
+from .errors import ConfigError, FSLLMError
 
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
 TASKS = ("sequence", "token")
@@ -34,47 +40,69 @@ HEADS = ("swiglu", "linear")
 PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
 
 
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **cli: Any) -> Any:
+    """A dataclass field whose ``metadata`` carries its help text and command-line details.
+
+    The field is the one place a setting is described: ``fsllm train`` builds its options from
+    these (``flags``: other option names; ``choices``; ``negative``: a flag that sets a bool to
+    False; ``shortcuts``: flags that set a given value; ``parse``: text -> value; ``metavar``),
+    and ``trainer`` names the ``TrainingArguments`` that take a ``TrainConfig`` value as it is.
+    """
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def parse_fs_layers(text: str) -> str | list[int]:
+    """``fs_layers`` from the command line: ``all``, ``last:N``, ``first:N`` or comma-separated indices."""
+    if text == "all" or ":" in text:
+        return text
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected 'all', 'last:N', 'first:N' or integers, got {text!r}") from None
+
+
+def parse_names(text: str) -> list[str]:
+    """A comma-separated list of names."""
+    return [x for x in text.split(",") if x]
+
+
 @dataclass
 class FSConfig:
-    """How to release global features and classify.
+    """How to release global features and classify (every field's meaning is its ``help``)."""
 
-    Attributes:
-        attention: ``"bidirectional"`` (every token sees every real token; the paper's
-            main setting), ``"causal"`` (the backbone unchanged: the "w/o FS" ablation; for a
-            backbone bidirectional by its own config, e.g. Gemma 3 with
-            ``use_bidirectional_attention=True``, that bidirectional attention) or
-            ``"decay"`` (future keys at distance d get ``-decay_lambda * d`` added to their
-            attention logit, i.e. weight ``exp(-lambda d)``).
-        decay_lambda: lambda of ``decay`` mode (0 = bidirectional, large = causal).
-        learnable_lambda: train one lambda per FS layer with the head, initialised at
-            ``decay_lambda`` and kept >= 0 (stored as softplus of a free parameter).
-        fs_layers: decoder layers that get the released mask; the others stay causal.
-            ``None``/``"all"`` for all, a list of indices (negative ones count from the
-            end), or ``"last:N"`` / ``"first:N"``.
-        pooling: sequence tasks only: ``mean`` over real tokens, ``max``, ``last`` real
-            token (whatever the padding side), ``first`` real token.
-        head: ``swiglu`` (RMSNorm -> SwiGLU FFN -> linear) or ``linear`` (RMSNorm -> linear).
-        head_hidden_size: inner size of the SwiGLU FFN (default: backbone hidden size).
-        head_dropout: dropout before the final linear map.
-        lora_r, lora_alpha, lora_dropout: LoRA settings (paper: 8, 32, 0.1).
-        lora_target_modules: Linear module names to adapt; default (``None``) is every
-            Linear inside the decoder layers (attention and MLP projections).
-        use_lora: ``False`` trains the head only (a frozen backbone probe).
-    """
-
-    attention: str = "bidirectional"
-    decay_lambda: float = 0.0
-    learnable_lambda: bool = False
-    fs_layers: Any = None
-    pooling: str = "mean"
-    head: str = "swiglu"
-    head_hidden_size: int | None = None
-    head_dropout: float = 0.1
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    lora_target_modules: list[str] | None = None
-    use_lora: bool = True
+    attention: str = setting(
+        "bidirectional",
+        "released mask: 'bidirectional' (every token sees every real token; the paper's main setting), "
+        "'causal' (the backbone unchanged: the 'w/o FS' ablation; for a backbone bidirectional by its own "
+        "config, e.g. Gemma 3 with use_bidirectional_attention=True, that bidirectional attention) or 'decay' "
+        "(future keys at distance d get -decay_lambda * d added to their attention logit, i.e. weight exp(-lambda d))",
+        choices=ATTENTION_MODES)
+    decay_lambda: float = setting(0.0, "lambda of attention 'decay' (0 = bidirectional, large = causal)")
+    learnable_lambda: bool = setting(
+        False, "decay only: train one lambda per FS layer with the head, initialised at decay_lambda and kept >= 0 "
+        "(stored as softplus of a free parameter)")
+    fs_layers: str | list[int] | None = setting(
+        None, "decoder layers that get the released mask; the others stay causal: 'all' (default), a list of "
+        "indices (negative ones count from the end; on the command line comma-separated), 'last:N' or 'first:N'",
+        parse=parse_fs_layers)
+    pooling: str = setting(
+        "mean", "sequence tasks only: 'mean' over real tokens, 'max', 'last' real token (whatever the padding "
+        "side), 'first' real token", choices=POOLINGS)
+    head: str = setting("swiglu", "'swiglu' (RMSNorm -> SwiGLU FFN -> linear) or 'linear' (RMSNorm -> linear)",
+                        choices=HEADS)
+    head_hidden_size: int | None = setting(None, "inner size of the SwiGLU FFN (default: the backbone's hidden size)")
+    head_dropout: float = setting(0.1, "dropout before the head's final linear map")
+    lora_r: int = setting(8, "LoRA rank (the paper's: 8)")
+    lora_alpha: int = setting(32, "LoRA alpha (the paper's: 32)")
+    lora_dropout: float = setting(0.1, "LoRA dropout (the paper's: 0.1)")
+    lora_target_modules: list[str] | None = setting(
+        None, "Linear module names to adapt, comma-separated on the command line (default: every Linear inside the "
+        "decoder layers, i.e. the attention and MLP projections; never the head)",
+        flags=("--lora-targets",), parse=parse_names)
+    use_lora: bool = setting(True, "adapt the backbone with LoRA; off (--no-use-lora): train the head only, a frozen backbone probe")
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -143,6 +171,151 @@ class FSConfig:
         return cls.from_dict(json.loads(text))
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+TRAIN_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as ``config.json`` in the run folder (``--resume`` and
+    ``fsllm train --config`` read it back). Every field's meaning is its ``help``.
+
+    Defaults are the paper's (lr 2e-4, batch 16, LoRA 8/32/0.1) except where CPU time
+    forces a choice: ``epochs=1`` and the sizes of the subsets.
+    """
+
+    data: str = setting(
+        "conll2003", "catalogue name (fsllm datasets), folder, file, or hub id (default: conll2003; fsllm train without "
+        "--data or --config runs the main job, see the description)")
+    model: str = setting("smollm2-135m", "backbone: built-in name (fsllm models), folder or hub id")
+    output_dir: str | None = setting(None, "run folder (default runs/<data>-<attention>-<time>)", flags=("--output", "-o"))
+    task: str | None = setting(None, "'sequence' or 'token'; only needed for ambiguous files", choices=TASKS)
+    text_column: str | None = setting(None, "the text column of a table (default: found by name)")
+    label_column: str | None = setting(None, "the label column of a table (default: found by name)")
+    text_pair_column: str | None = setting(
+        None, "a second text column: train on text pairs, read as text + EOS + text_pair (see tokenization.pair_ids)")
+    problem_type: str | None = setting(
+        None, "what the label column holds (default: the data's own: one label for files; a catalogue entry such as "
+        "rt-score brings its own)", choices=TRAIN_PROBLEM_TYPES,
+        shortcuts=(("--multi-label", "multi_label_classification",
+                    "several labels per text: a JSON list, or separated by --label-separator in CSV/TSV"),
+                   ("--regression", "regression", "a numeric target per text (MSE on targets standardised on train)")))
+    label_separator: str = setting("|", "between the labels of a multi-label CSV/TSV cell")
+    threshold_per_label: bool = setting(
+        False, "multi-label: choose a decision threshold per label on dev, not only the global one")
+    selection_metric: str | None = setting(
+        None, "the dev metric that picks the best checkpoint (default: the task's: accuracy / f1 / micro_f1 / "
+        "spearman); 'rmse' or 'mae' for regression select the lowest")
+    repair_tags: bool = setting(False, "repair invalid IOB sequences instead of failing")
+    fs: FSConfig = setting(help="the FS model: mask, pooling, head, LoRA", factory=FSConfig)
+    epochs: float = setting(1.0, "training epochs (may be fractional; ignored when max_steps > 0)", trainer=("num_train_epochs",))
+    max_steps: int = setting(-1, "train for this many steps (-1: train for epochs)", trainer=("max_steps",))
+    batch_size: int = setting(16, "training batch size per device (the paper's: 16)", trainer=("per_device_train_batch_size",))
+    eval_batch_size: int = setting(64, "batch size of evaluation and prediction", trainer=("per_device_eval_batch_size",))
+    learning_rate: float = setting(2e-4, "peak learning rate (the paper's: 2e-4)", flags=("--lr",), trainer=("learning_rate",))
+    weight_decay: float = setting(0.0, "AdamW weight decay", trainer=("weight_decay",))
+    warmup_ratio: float = setting(0.0, "share of the training steps spent warming the learning rate up, in [0, 1)")
+    lr_scheduler_type: str = setting(
+        "linear", "how the learning rate moves after warm-up (transformers' schedulers: linear decay to 0, cosine, "
+        "constant, ...)", choices=tuple(t.value for t in SchedulerType), trainer=("lr_scheduler_type",))
+    max_length: int = setting(128, "tokens per input (NER: longer sentences become overlapping windows)")
+    train_subset: int | None = setting(None, "use N training examples (a seeded sample, the same for every method)")
+    dev_subset: int | None = setting(None, "use N dev examples (seeded sample)")
+    test_subset: int | None = setting(None, "use N test examples (seeded sample)")
+    eval_steps: int | None = setting(None, "evaluate on dev (and checkpoint) every N steps (default: each epoch)", trainer=("eval_steps", "save_steps"))
+    save_total_limit: int | None = setting(2, "checkpoints kept (the best one always among them); none: keep all", trainer=("save_total_limit",))
+    early_stopping_patience: int | None = setting(
+        None, "stop after PATIENCE dev evaluations without gain", flags=("--early-stopping",), metavar="PATIENCE")
+    seed: int = setting(42, "seed of the subsets, the initialisation and the batch order", trainer=("seed", "data_seed"))
+    attn_implementation: str = setting(
+        "sdpa", "the backbone's attention kernel that FS attention wraps (flex_attention: GPU; for attention decay "
+        "on long inputs it builds no L x L mask and skips far-future keys)", choices=SUPPORTED_IMPLEMENTATIONS)
+    precision: str = setting(
+        "fp32", "'bf16' / 'fp16': mixed precision through the Trainer (autocast; weights and LoRA stay fp32). bf16 is "
+        "the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware (AMX / AVX512-BF16); fp16 "
+        "needs a GPU. Evaluation and prediction run in fp32", choices=PRECISIONS)
+    logging_steps: int = setting(10, "log the training loss every N steps (train_log.jsonl)", trainer=("logging_steps",))
+    evaluate_test: bool = setting(True, "evaluate the final model on the test split (--no-test: do not touch it)",
+                                  negative=("--no-test",))
+    group_by_length: bool = setting(True, "batches of examples of similar length: little padding")
+    pad_to_length: int | None = setting(
+        None, "pad every batch to this length (the LS-LLaMA/BiLLM recipe, for the speed benchmark; default: pad "
+        "each batch to its longest example)")
+    length_balanced_loss: bool = setting(
+        False, "token tasks: the loss of a batch is the mean over its labelled tokens, so with length-grouped "
+        "batches a token of a short sentence weighs more than one of a long sentence. This scales each batch's loss "
+        "by its labelled tokens over the average batch's, so every token weighs the same wherever it falls, as with "
+        "random batches (see FSTrainer.compute_loss)")
+    gradient_checkpointing: bool = setting(
+        False, "recompute each decoder layer's activations during backward instead of keeping them: the same loss "
+        "and gradients for a second forward per layer, much less memory on long inputs (docs/scaling.md)",
+        trainer=("gradient_checkpointing",))
+
+    def __post_init__(self) -> None:
+        # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
+        # steps and then score dev and test as if it had trained).
+        if not isinstance(self.fs, FSConfig):
+            raise ConfigError(f"fs must be an FSConfig, got {type(self.fs).__name__}")
+        if self.problem_type not in (None, *TRAIN_PROBLEM_TYPES):
+            raise ConfigError(f"problem_type {self.problem_type!r}: choose one of {', '.join(TRAIN_PROBLEM_TYPES)}")
+        if not isinstance(self.label_separator, str) or not self.label_separator:
+            raise ConfigError("label_separator must be a non-empty string")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"attn_implementation {self.attn_implementation!r}: choose one of {', '.join(SUPPORTED_IMPLEMENTATIONS)}"
+            )
+        if not (_is_int(self.max_steps) and (self.max_steps > 0 or self.max_steps == -1)):
+            raise ConfigError(f"max_steps must be > 0 (or -1: train for epochs), got {self.max_steps!r}")
+        if self.max_steps == -1 and not (_is_number(self.epochs) and math.isfinite(self.epochs) and self.epochs > 0):
+            raise ConfigError(f"epochs must be > 0 (unless max_steps > 0), got {self.epochs!r}")
+        if not (_is_number(self.learning_rate) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if not (_is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.lr_scheduler_type not in (schedulers := [t.value for t in SchedulerType]):
+            raise ConfigError(f"lr_scheduler_type {self.lr_scheduler_type!r}: choose one of {', '.join(schedulers)}")
+        for name in ("batch_size", "eval_batch_size", "max_length", "logging_steps"):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("train_subset", "dev_subset", "test_subset", "eval_steps", "save_total_limit",
+                     "early_stopping_patience", "pad_to_length"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``config.json`` of a run folder holds: the run folder format, then every field."""
+        from .run import RUN_FORMAT, RUN_FORMAT_KEY
+
+        d = {RUN_FORMAT_KEY: RUN_FORMAT, **dataclasses.asdict(self)}
+        d["fs"] = self.fs.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Back from :meth:`to_dict` (or a run's ``config.json``); a format newer than this fsllm's is refused."""
+        from .run import RUN_FORMAT_KEY, check_format
+
+        check_format(d, "training configuration")
+        d = {k: v for k, v in d.items() if k != RUN_FORMAT_KEY}
+        fs = FSConfig.from_dict(d.pop("fs", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise FSLLMError(f"unknown training options {sorted(unknown)}")
+        return cls(fs=fs, **d)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class FSLLMConfig(PreTrainedConfig):

@@ -1,4 +1,8 @@
-"""Training: data -> features -> HF ``Trainer`` around an FS model -> one run folder.
+"""Training: configuration -> data -> model -> HF ``Trainer`` around an FS model -> report, in one run folder.
+
+``train`` composes one function per stage: :func:`resolve_config`, :func:`fsllm.prepare.prepare_data`
+and :func:`~fsllm.prepare.prepare_features`, :func:`build_model`, :func:`build_trainer` and
+:func:`fit`, :func:`write_report`. The run folder's layout is :mod:`fsllm.run`'s.
 
 We use the stock ``Trainer`` / ``TrainingArguments`` (so ``torchrun`` and
 ``accelerate launch`` give DDP without code changes, and resume, seeding,
@@ -10,10 +14,6 @@ model needs:
   stock loaders do not read (``_load_from_checkpoint``, ``_load_best_model``);
 * evaluation is the same word-level code path as ``fsllm eval`` (windows merged,
   strict span F1), not a token-level approximation (``evaluate``).
-
-A run folder holds ``config.json``, ``checkpoints/``, ``model/`` (the best
-checkpoint by the dev metric), ``metrics.json`` (dev and test), per-example
-predictions, ``train_log.jsonl`` and ``plots/``.
 """
 
 from __future__ import annotations
@@ -23,18 +23,14 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
 from transformers import (
-    DataCollatorForTokenClassification,
-    DataCollatorWithPadding,
     EarlyStoppingCallback,
     Trainer,
     TrainerCallback,
@@ -47,144 +43,35 @@ from transformers.trainer_pt_utils import (
 )
 
 from . import atomic
-from .attention import SUPPORTED_IMPLEMENTATIONS
 from .backbones import backbone_num_layers, load_tokenizer
-from .config import FSConfig
-from .data import load_any
-from .errors import ConfigError, DataError, FSLLMError
-from .inference import evaluate_examples
-from .metrics import LOWER_IS_BETTER, METRIC_NAMES, multilabel_metrics, primary_metric
+from .config import TrainConfig
+from .errors import FSLLMError
+from .evaluation import evaluate_examples
+from .metrics import LOWER_IS_BETTER, multilabel_metrics
 from .model_card import model_card_text
-from .modeling import HEAD_NAME, MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
+from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
 from .plots import plot_confusion, plot_training
-from .tokenization import pair_features, sequence_features, token_classification_features
+from .prepare import Features, PreparedData, prepare_data, prepare_features
+from .run import RunFolder, checkpoint_step
 
 logger = logging.getLogger(__name__)
 
+# Moved to their own modules (config, prepare, run); still importable from here, where code outside
+# the package (the benchmarks, users' scripts) imports them from.
+from .config import PRECISIONS, FSConfig  # noqa: E402, F401
+from .config import TRAIN_PROBLEM_TYPES as PROBLEM_TYPES  # noqa: E402, F401
+from .prepare import (  # noqa: E402, F401
+    build_label_maps,
+    check_labels,
+    make_collator,
+    make_features,
+    seeded_subset,
+    tokens_per_batch,
+)
+from .run import _truncate_log, last_complete_checkpoint  # noqa: E402, F401
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 #: thresholds tried when choosing a multi-label decision threshold on dev
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; saved as ``config.json`` in the run folder (``--resume`` reads it back).
-
-    Defaults are the paper's (lr 2e-4, batch 16, LoRA 8/32/0.1) except where CPU time
-    forces a choice: ``epochs=1`` and the sizes of the subsets.
-    """
-
-    data: str = "conll2003"
-    model: str = "smollm2-135m"
-    output_dir: str | None = None
-    task: str | None = None
-    text_column: str | None = None
-    label_column: str | None = None
-    # a second text column: the model reads ``text + EOS + text_pair`` (see tokenization.pair_ids)
-    text_pair_column: str | None = None
-    # None: the data's own (single label for files; rt-score is regression); or one of
-    # "single_label_classification", "multi_label_classification", "regression"
-    problem_type: str | None = None
-    label_separator: str = "|"  # between the labels of a multi-label CSV/TSV cell
-    # multi-label: choose one decision threshold per label on dev, not only the global one
-    threshold_per_label: bool = False
-    # the dev metric that picks the best checkpoint; None: the task's (accuracy / f1 / micro_f1 /
-    # spearman); "rmse" (or "mae") for regression selects the lowest
-    selection_metric: str | None = None
-    repair_tags: bool = False
-    fs: FSConfig = field(default_factory=FSConfig)
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    learning_rate: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    max_length: int = 128
-    train_subset: int | None = None
-    dev_subset: int | None = None
-    test_subset: int | None = None
-    eval_steps: int | None = None  # None: evaluate on dev at the end of each epoch
-    save_total_limit: int | None = 2
-    early_stopping_patience: int | None = None
-    seed: int = 42
-    attn_implementation: str = "sdpa"
-    # "bf16" / "fp16": mixed precision (autocast; weights and LoRA stay fp32) through the Trainer.
-    # bf16 is the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware
-    # (AMX / AVX512-BF16), and fp16 needs a GPU. Evaluation and prediction run in fp32.
-    precision: str = "fp32"
-    logging_steps: int = 10
-    evaluate_test: bool = True
-    group_by_length: bool = True  # batches of similar length: little padding
-    pad_to_length: int | None = None  # pad every batch to this length (the LS-LLaMA/BiLLM recipe); None = dynamic
-    # Token tasks: the loss of a batch is the mean over its labelled tokens, so with length-grouped
-    # batches a token of a short sentence weighs as much as a whole long sentence's worth of tokens
-    # (a batch of eight 3-token headlines counts as much as one of eight 40-token sentences). True
-    # scales each batch's loss by its labelled tokens over the average batch's, so every token weighs
-    # the same wherever it falls, as with random batches (see ``FSTrainer.compute_loss``).
-    length_balanced_loss: bool = False
-    # recompute each decoder layer's activations during backward instead of keeping them: the same
-    # loss and gradients for a second forward per layer, much less memory on long inputs
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
-        # steps and then score dev and test as if it had trained).
-        if not isinstance(self.fs, FSConfig):
-            raise ConfigError(f"fs must be an FSConfig, got {type(self.fs).__name__}")
-        if self.problem_type not in (None, *PROBLEM_TYPES):
-            raise ConfigError(f"problem_type {self.problem_type!r}: choose one of {', '.join(PROBLEM_TYPES)}")
-        if not isinstance(self.label_separator, str) or not self.label_separator:
-            raise ConfigError("label_separator must be a non-empty string")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
-            raise ConfigError(
-                f"attn_implementation {self.attn_implementation!r}: choose one of {', '.join(SUPPORTED_IMPLEMENTATIONS)}"
-            )
-        if not (_is_int(self.max_steps) and (self.max_steps > 0 or self.max_steps == -1)):
-            raise ConfigError(f"max_steps must be > 0 (or -1: train for epochs), got {self.max_steps!r}")
-        if self.max_steps == -1 and not (_is_number(self.epochs) and math.isfinite(self.epochs) and self.epochs > 0):
-            raise ConfigError(f"epochs must be > 0 (unless max_steps > 0), got {self.epochs!r}")
-        if not (_is_number(self.learning_rate) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        if not (_is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        for name in ("batch_size", "eval_batch_size", "max_length", "logging_steps"):
-            if not (_is_int(getattr(self, name)) and getattr(self, name) > 0):
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("train_subset", "dev_subset", "test_subset", "eval_steps", "save_total_limit",
-                     "early_stopping_patience", "pad_to_length"):
-            value = getattr(self, name)
-            if value is not None and not (_is_int(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["fs"] = self.fs.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        fs = FSConfig.from_dict(d.pop("fs", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise FSLLMError(f"unknown training options {sorted(unknown)}")
-        return cls(fs=fs, **d)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -197,116 +84,7 @@ class RunResult:
 
     @property
     def model_dir(self) -> Path:
-        return self.run_dir / "model"
-
-
-# ---------------------------------------------------------------------------------- labels
-
-
-def build_label_maps(
-    task: str, train: Sequence[dict], label_names: list[str] | None, problem_type: str | None = None
-) -> dict[int, str]:
-    """Label map from the training split (and the data set's canonical order when it has one).
-
-    For NER every entity type seen in training gets both its B- and I- tag, so a small
-    training subset that happens to lack, say, ``I-MISC`` still covers the dev split.
-    Multi-label: every label of any training example; regression: one output, ``"score"``.
-    """
-    if problem_type == "regression":
-        return {0: "score"}
-    if problem_type == "multi_label_classification":
-        seen_multi = {lab for ex in train for lab in ex["label"]}
-        names = [n for n in (label_names or []) if n in seen_multi] + sorted(seen_multi - set(label_names or []))
-        return dict(enumerate(names))
-    if task == "token":
-        types = sorted({t.split("-", 1)[1] for ex in train for t in ex["tags"] if t != "O"})
-        tags = ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
-        if label_names:
-            tags = [t for t in label_names if t in tags] + [t for t in tags if t not in label_names]
-        return dict(enumerate(tags))
-    seen = {ex["label"] for ex in train}
-    names = [n for n in (label_names or []) if n in seen] + sorted(seen - set(label_names or []))
-    return dict(enumerate(names))
-
-
-def check_labels(task: str, split: str, examples: Sequence[dict], label2id: dict[str, int]) -> None:
-    """An unknown label outside training is an error, with the split, example and known labels."""
-    for n, ex in enumerate(examples):
-        if isinstance(ex.get("label"), float):
-            continue  # a regression target: any number goes
-        values = ex["tags"] if task == "token" else ex["label"] if isinstance(ex["label"], list) else [ex["label"]]
-        for v in values:
-            if v not in label2id:
-                raise DataError(
-                    f"{split} example {n}: label {v!r} never occurs in the training split "
-                    f"(training labels: {sorted(label2id)})"
-                )
-
-
-# ---------------------------------------------------------------------------------- features
-
-
-def make_features(
-    task: str, examples: Sequence[dict], tokenizer, label2id: dict[str, int], max_length: int,
-    problem_type: str | None = None,
-) -> tuple[list[dict], int]:
-    """Model inputs for training; returns the features and the number of truncated/windowed examples.
-
-    ``labels`` is the label id (single label), a multi-hot float vector (multi-label) or the raw
-    target (regression: the model standardises it). An example with ``text_pair`` is a pair.
-    """
-    feats: list[dict] = []
-    altered = 0
-    for ex in examples:
-        if task == "token":
-            windows = token_classification_features(ex["tokens"], ex["tags"], tokenizer, label2id, max_length)
-            altered += len(windows) > 1
-            feats.extend({k: w[k] for k in ("input_ids", "attention_mask", "labels")} for w in windows)
-        else:
-            if ex.get("text_pair") is not None:
-                f, truncated = pair_features(ex["text"], ex["text_pair"], tokenizer, max_length)
-            else:
-                f, truncated = sequence_features(ex["text"], tokenizer, max_length)
-            altered += truncated
-            if problem_type == "regression":
-                f["labels"] = float(ex["label"])
-            elif problem_type == "multi_label_classification":
-                hot = [0.0] * len(label2id)
-                for lab in ex["label"]:
-                    hot[label2id[lab]] = 1.0
-                f["labels"] = hot
-            else:
-                f["labels"] = label2id[ex["label"]]
-            feats.append(f)
-    return feats, altered
-
-
-def make_collator(task: str, tokenizer, pad_to_length: int | None = None):
-    """Batch collator: pads each batch to its longest example, or every batch to ``pad_to_length``.
-
-    Fixed-length padding is the LS-LLaMA/BiLLM recipe, kept for the speed benchmark. Since FS
-    attention masks padding keys and the loss ignores padded positions, both give the same loss
-    and gradients; dynamic padding only computes less.
-    """
-    kw = dict(padding="max_length", max_length=pad_to_length) if pad_to_length else {}
-    if task == "token":
-        return DataCollatorForTokenClassification(tokenizer, **kw)
-    return DataCollatorWithPadding(tokenizer, **kw)
-
-
-def tokens_per_batch(features: Sequence[dict], batch_size: int) -> float:
-    """Labelled tokens (labels other than -100) in an average batch of ``batch_size`` features."""
-    labelled = sum(sum(1 for y in f["labels"] if y != -100) for f in features)
-    return batch_size * labelled / max(1, len(features))
-
-
-def seeded_subset(examples: list[dict], n: int | None, seed: int) -> list[dict]:
-    """``n`` examples drawn with ``seed``, kept in file order (the same draw for every method compared)."""
-    if n is None or n >= len(examples):
-        return examples
-    idx = list(range(len(examples)))
-    random.Random(seed).shuffle(idx)
-    return [examples[i] for i in sorted(idx[:n])]
+        return RunFolder(self.run_dir).model_dir
 
 
 def choose_thresholds(
@@ -404,7 +182,7 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 class FSTrainer(Trainer):
     """``Trainer`` that saves only what training changes and evaluates at the word level."""
 
-    def __init__(self, *args, fs_eval: tuple | None = None, tokens_per_batch: float | None = None, **kwargs):
+    def __init__(self, *args, fs_eval: tuple | None = None, tokens_per_batch: float | None = None, **kwargs):  # noqa: F811 (the re-exported function of that name is not used here)
         super().__init__(*args, **kwargs)
         self.fs_eval = fs_eval  # (tokenizer, dev examples, max_length, batch size)
         # labelled tokens in an average training batch: set for a length-balanced token loss
@@ -445,31 +223,7 @@ class FSTrainer(Trainer):
         return out
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records written after ``step`` (the killed run went on past its last checkpoint)."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    atomic.write_lines(path, keep)
-
-
-def last_complete_checkpoint(folder: Path) -> str | None:
-    """Newest ``checkpoint-N`` whose trainer state and weights were fully written.
-
-    A run killed while writing a checkpoint leaves one without ``trainer_state.json``
-    (written last); resuming skips it instead of failing on it.
-    """
-    if not folder.is_dir():
-        return None
-    found = []
-    for d in folder.iterdir():
-        if d.name.startswith("checkpoint-") and d.name[11:].isdigit():
-            if (d / "trainer_state.json").is_file() and (d / HEAD_NAME).is_file():
-                found.append((int(d.name[11:]), d))
-    return str(max(found)[1]) if found else None
-
-
-# ---------------------------------------------------------------------------------- entry point
+# ---------------------------------------------------------------------------------- stages
 
 
 def _default_run_dir(cfg: TrainConfig) -> Path:
@@ -478,124 +232,80 @@ def _default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{name}-{cfg.fs.attention}-{stamp}"
 
 
-def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks: Sequence[TrainerCallback] = (), **overrides: Any) -> RunResult:
-    """Train, select on dev, evaluate on test, and write a run folder.
+def _is_main_process() -> bool:
+    """Under torchrun / accelerate launch every process runs ``train``; process 0 alone writes the run
+    folder, and the Trainer (DDP) keeps the processes' weights in step."""
+    return int(os.environ.get("RANK", "0")) == 0
 
-    ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
-    ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
-    from that run's last complete checkpoint with its saved configuration.
+
+def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, RunFolder]:
+    """The configuration to train with and its run folder, every check done before anything is written.
+
+    Resuming reads the run's own ``config.json``, so the continued run is the one that was started.
     """
     if resume:
         out = overrides.get("output_dir") or (config.output_dir if config else None)
         if not out:
             raise FSLLMError("--resume needs the run folder (--output)")
-        saved = Path(out) / "config.json"
-        if not saved.is_file():
-            raise FSLLMError(f"{out}: nothing to resume (no config.json)")
-        config = TrainConfig.from_dict(json.loads(saved.read_text()))
+        folder = RunFolder(Path(out))
+        if not folder.config_path.is_file():
+            raise FSLLMError(f"{out}: nothing to resume (no {folder.config_path.name})")
+        cfg = folder.load_config()
     else:
-        config = config or TrainConfig()
+        cfg = config or TrainConfig()
         if overrides:
-            config = dataclasses.replace(config, **overrides)
-    cfg = config
+            cfg = dataclasses.replace(cfg, **overrides)
     # explicit fs_layers are checked against the backbone's layer count (its config alone) before anything is written
     if isinstance(cfg.fs.fs_layers, list) and (num_layers := backbone_num_layers(cfg.model)) is not None:
         cfg.fs.resolve_layers(num_layers)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
-    # Under torchrun / accelerate launch every process runs this function; process 0 alone
-    # writes the run folder, and the Trainer (DDP) keeps the processes' weights in step.
-    main_process = int(os.environ.get("RANK", "0")) == 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
         raise FSLLMError("with several processes, pass --output (each process must name the same run folder)")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
     cfg.output_dir = str(run_dir)
-    if main_process and not resume and run_dir.exists() and any(run_dir.iterdir()):
+    folder = RunFolder(run_dir)
+    if _is_main_process() and not resume and folder.holds_files():
         raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
-    set_seed(cfg.seed)
+    return cfg, folder
 
-    # ---- data
-    data = load_any(cfg.data, task=cfg.task, text_column=cfg.text_column, label_column=cfg.label_column, repair=cfg.repair_tags,
-                    problem_type=cfg.problem_type, text_pair_column=cfg.text_pair_column, label_separator=cfg.label_separator)
-    task = data.task
-    problem_type = data.problem_type if cfg.problem_type in (None, "single_label_classification") else cfg.problem_type
-    if cfg.threshold_per_label and problem_type != "multi_label_classification":
-        raise ConfigError("threshold_per_label applies to multi-label classification only")
-    metric = cfg.selection_metric or primary_metric(task, problem_type)
-    kind = "multi_label" if problem_type == "multi_label_classification" else problem_type or task
-    # evaluation reports a loss for (multi-label) classification, not for regression or NER
-    allowed = METRIC_NAMES[kind] + (("loss",) if kind in ("sequence", "multi_label") else ())
-    if metric not in allowed:
-        raise ConfigError(f"selection_metric {metric!r}: a {kind} model reports {', '.join(allowed)}")
-    splits = {name: list(ds) for name, ds in data.splits.items()}
-    if "train" not in splits or not splits["train"]:
-        raise DataError(f"{cfg.data}: no training examples")
-    train_ex = seeded_subset(splits["train"], cfg.train_subset, cfg.seed)
-    dev_ex = seeded_subset(splits.get("validation", []), cfg.dev_subset, cfg.seed)
-    test_ex = seeded_subset(splits.get("test", []), cfg.test_subset, cfg.seed)
-    id2label = build_label_maps(task, train_ex, data.label_names, problem_type)
-    label2id = {v: k for k, v in id2label.items()}
-    for split, exs in (("dev", dev_ex), ("test", test_ex)):
-        check_labels(task, split, exs, label2id)
-    logger.info("data: %s train / %s dev / %s test (%s)", len(train_ex), len(dev_ex), len(test_ex), data.source)
 
-    # ---- model
+def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
+    """The FS model on its backbone with the run's label maps, and the backbone's tokenizer.
+
+    Regression targets are standardised with the training split's mean and deviation alone: dev and
+    test must not shape what the model is fitted to.
+    """
     tokenizer = load_tokenizer(cfg.model)
-    model_cls = FSForTokenClassification if task == "token" else FSForSequenceClassification
+    model_cls = FSForTokenClassification if data.task == "token" else FSForSequenceClassification
     model: FSModel = model_cls.from_backbone(
-        cfg.model, num_labels=len(id2label), fs_config=cfg.fs, id2label=id2label, label2id=label2id,
-        attn_implementation=cfg.attn_implementation, problem_type=problem_type,
+        cfg.model, num_labels=len(data.id2label), fs_config=cfg.fs, id2label=data.id2label, label2id=data.label2id,
+        attn_implementation=cfg.attn_implementation, problem_type=data.problem_type,
     )
     model.config.text_pair = bool(cfg.text_pair_column)
-    if problem_type == "regression":
-        # standardised on train only: dev and test must not shape what the model is fitted to
-        targets = torch.tensor([float(ex["label"]) for ex in train_ex], dtype=torch.float64)
+    if data.problem_type == "regression":
+        targets = torch.tensor([float(ex["label"]) for ex in data.train], dtype=torch.float64)
         std = float(targets.std()) if len(targets) > 1 else 0.0
         model.config.target_mean = float(targets.mean())
         model.config.target_std = std if math.isfinite(std) and std > 0 else 1.0
-    trainable, total = model.trainable_parameters()
+    return model, tokenizer
 
-    feats, altered = make_features(task, train_ex, tokenizer, label2id, cfg.max_length, problem_type)
-    if altered:
-        what = "split into overlapping windows" if task == "token" else "truncated"
-        logger.warning("%d of %d training examples longer than %d tokens were %s", altered, len(train_ex), cfg.max_length, what)
-    train_ds = datasets.Dataset.from_list(feats)
-    dev_ds = (datasets.Dataset.from_list(make_features(task, dev_ex, tokenizer, label2id, cfg.max_length, problem_type)[0])
-              if dev_ex else None)
-    collator = make_collator(task, tokenizer, cfg.pad_to_length)
-    balanced = cfg.length_balanced_loss and task == "token"
-    if cfg.length_balanced_loss and not balanced:
-        logger.warning("length_balanced_loss weighs the tokens of token tasks; a %s task has one label per example, ignored", task)
 
-    # The run folder is written only now that the data and the model have loaded: a bad file or
-    # model name leaves nothing behind (a half-made folder would refuse the corrected rerun).
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2))
-
-    has_dev = bool(dev_ex)
+def training_arguments(cfg: TrainConfig, folder: RunFolder, metric: str, has_dev: bool) -> TrainingArguments:
+    """The stock ``TrainingArguments`` for a run: every Trainer setting the ``TrainConfig`` decides."""
     strategy = "no" if not has_dev else ("steps" if cfg.eval_steps else "epoch")
-    args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.learning_rate,
-        weight_decay=cfg.weight_decay,
+    # fields marked trainer=(...) go to those arguments unchanged: a new one needs no edit here
+    passed = {arg: getattr(cfg, f.name) for f in dataclasses.fields(cfg) for arg in f.metadata.get("trainer", ())}
+    return TrainingArguments(
+        output_dir=str(folder.checkpoints_dir),
+        **passed,
         warmup_steps=float(cfg.warmup_ratio),  # a float in [0, 1) is a ratio of the total steps
         eval_strategy=strategy,
-        eval_steps=cfg.eval_steps,
         save_strategy=strategy if has_dev else "epoch",
-        save_steps=cfg.eval_steps,
-        save_total_limit=cfg.save_total_limit,
         load_best_model_at_end=has_dev,
         metric_for_best_model=metric if has_dev else None,
         greater_is_better=metric not in LOWER_IS_BETTER,
-        logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         report_to="none",
         dataloader_num_workers=0,
@@ -605,51 +315,74 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         fp16=cfg.precision == "fp16",
         # every trainable parameter gets a gradient, except the lambdas of causal layers
         ddp_find_unused_parameters=bool(cfg.fs.learnable_lambda),
-        gradient_checkpointing=cfg.gradient_checkpointing,
         disable_tqdm=False,
     )
-    cbs = [JsonlLogCallback(run_dir / "train_log.jsonl"), EvaluateAtEndCallback(), *callbacks]
+
+
+def build_trainer(
+    cfg: TrainConfig, folder: RunFolder, model: FSModel, tokenizer, data: PreparedData, features: Features,
+    callbacks: Sequence[TrainerCallback],
+) -> FSTrainer:
+    """The ``FSTrainer`` with the run's callbacks: the log written as training goes, a last evaluation at
+    the final step, early stopping when asked for (and there is a dev split to stop on)."""
+    has_dev = bool(data.dev)
+    cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), *callbacks]
     if cfg.early_stopping_patience and has_dev:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = FSTrainer(
+    return FSTrainer(
         model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=dev_ds,
-        data_collator=collator,
+        args=training_arguments(cfg, folder, data.metric, has_dev),
+        train_dataset=features.train,
+        eval_dataset=features.dev,
+        data_collator=features.collator,
         processing_class=tokenizer,
         callbacks=cbs,
-        fs_eval=(tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
-        tokens_per_batch=tokens_per_batch(feats, cfg.batch_size) if balanced else None,
+        fs_eval=(tokenizer, data.dev, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
+        tokens_per_batch=features.tokens_per_batch,
     )
-    checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else None
-    if resume and main_process:
-        _truncate_log(run_dir / "train_log.jsonl", int(Path(checkpoint).name[11:]) if checkpoint else 0)
+
+
+def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, float]:
+    """Run the Trainer (from the last complete checkpoint when resuming); the output and seconds taken.
+
+    A resumed run drops the log records its killed predecessor wrote after that checkpoint, so the log
+    reads as one uninterrupted run.
+    """
+    checkpoint = folder.last_complete_checkpoint() if resume else None
+    if resume and _is_main_process():
+        folder.truncate_log(checkpoint_step(checkpoint) if checkpoint else 0)
         if checkpoint is None:
-            logger.warning("%s: no complete checkpoint yet; starting from the beginning", run_dir)
+            logger.warning("%s: no complete checkpoint yet; starting from the beginning", folder.path)
         else:
             logger.info("resuming from %s", checkpoint)
     t0 = time.time()
-    train_out = trainer.train(resume_from_checkpoint=checkpoint)
-    train_seconds = time.time() - t0
-    if not main_process:
-        return RunResult(run_dir, {}, [])
+    out = trainer.train(resume_from_checkpoint=checkpoint)
+    return out, time.time() - t0
 
-    # ---- final model (best on dev), evaluation, artefacts; each written atomically, so a run killed
-    # here leaves complete files (old or new) and --resume writes the report again
+
+def write_report(
+    cfg: TrainConfig, folder: RunFolder, model: FSModel, tokenizer, data: PreparedData, features: Features,
+    trainer: FSTrainer, train_out: Any, train_seconds: float,
+) -> RunResult:
+    """Save the final model (best on dev), evaluate dev and test, write metrics, predictions and plots.
+
+    Each file is written atomically, so a run killed here leaves complete files (old or new) and
+    ``--resume`` writes the report again.
+    """
     thresholds = None
-    if problem_type == "multi_label_classification" and dev_ex:
-        thresholds = choose_thresholds(model, tokenizer, dev_ex, cfg.max_length, cfg.eval_batch_size, cfg.threshold_per_label)
-    with atomic.replacing_dir(run_dir / "model") as tmp:
+    if data.problem_type == "multi_label_classification" and data.dev:
+        thresholds = choose_thresholds(model, tokenizer, data.dev, cfg.max_length, cfg.eval_batch_size, cfg.threshold_per_label)
+    with atomic.replacing_dir(folder.model_dir) as tmp:
         model.save_pretrained(tmp, tokenizer=tokenizer)
+    trainable, total = model.trainable_parameters()
     metrics: dict[str, Any] = {
-        "task": task,
-        "problem_type": problem_type,
+        "task": data.task,
+        "problem_type": data.problem_type,
         "data": cfg.data,
         "data_source": data.source,
-        "primary_metric": metric,
-        "sizes": {"train": len(train_ex), "dev": len(dev_ex), "test": len(test_ex)},
-        "train_examples_altered": altered,
+        "primary_metric": data.metric,
+        "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
+        "train_examples_altered": features.altered,
         "trainable_params": trainable,
         "total_params": total,
         "train": {
@@ -660,22 +393,49 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
             "best_dev_metric": trainer.state.best_metric,
         },
     }
-    if problem_type == "regression":
+    if data.problem_type == "regression":
         metrics["target_mean"], metrics["target_std"] = model.config.target_mean, model.config.target_std
     if thresholds is not None:
         metrics["thresholds"] = thresholds
     plots: list[Path] = []
-    for split, exs in (("dev", dev_ex), ("test", test_ex if cfg.evaluate_test else [])):
+    for split, exs in (("dev", data.dev), ("test", data.test if cfg.evaluate_test else [])):
         if not exs:
             continue
         m, records = evaluate_examples(model, tokenizer, exs, cfg.max_length, cfg.eval_batch_size, progress=split)
         metrics[split] = m
-        atomic.write_lines(run_dir / f"predictions_{split}.jsonl", [json.dumps(r) for r in records])
+        folder.write_predictions(split, records)
         cm = m.get("confusion_matrix")
         labels = m.get("labels") or m.get("confusion_labels")
         if cm and labels:
-            plots.append(plot_confusion(cm, labels, run_dir / "plots" / f"confusion_{split}.png", title=f"{split} confusion matrix"))
-    plots = plot_training(trainer.state.log_history, run_dir / "plots", metric) + plots
-    atomic.write_text(run_dir / "model" / MODEL_CARD_NAME, model_card_text(model, metrics, dataset=str(cfg.data)))
-    atomic.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    return RunResult(run_dir, metrics, plots)
+            plots.append(plot_confusion(cm, labels, folder.plots_dir / f"confusion_{split}.png", title=f"{split} confusion matrix"))
+    plots = plot_training(trainer.state.log_history, folder.plots_dir, data.metric) + plots
+    atomic.write_text(folder.model_dir / MODEL_CARD_NAME, model_card_text(model, metrics, dataset=str(cfg.data)))
+    folder.write_metrics(metrics)
+    return RunResult(folder.path, metrics, plots)
+
+
+# ---------------------------------------------------------------------------------- entry point
+
+
+def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks: Sequence[TrainerCallback] = (), **overrides: Any) -> RunResult:
+    """Train, select on dev, evaluate on test, and write a run folder.
+
+    ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
+    ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
+    from that run's last complete checkpoint with its saved configuration.
+    """
+    cfg, folder = resolve_config(config, resume, overrides)
+    set_seed(cfg.seed)
+    data = prepare_data(cfg)
+    model, tokenizer = build_model(cfg, data)
+    features = prepare_features(cfg, data, tokenizer)
+    # The run folder is written only now that the data and the model have loaded: a bad file or
+    # model name leaves nothing behind (a half-made folder would refuse the corrected rerun).
+    if _is_main_process():
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.save_config(cfg)
+    trainer = build_trainer(cfg, folder, model, tokenizer, data, features, callbacks)
+    train_out, seconds = fit(trainer, folder, resume)
+    if not _is_main_process():
+        return RunResult(folder.path, {}, [])
+    return write_report(cfg, folder, model, tokenizer, data, features, trainer, train_out, seconds)

@@ -1,0 +1,233 @@
+"""Scoring a model: batched logits, what they mean per problem type, and metrics on labelled examples.
+
+One module shared by training (dev evaluation during training and the run's report), ``fsllm eval``
+and prediction (``fsllm.inference``), so a number in ``metrics.json`` is computed by the code that
+``fsllm eval`` runs: word-level for NER (windows merged, strict span F1), never a token-level
+approximation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import DataError
+from .metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
+from .modeling import FSModel
+from .tokenization import (
+    merge_window_predictions,
+    pair_features,
+    sequence_features,
+    token_classification_features,
+)
+
+
+def batched_logits(
+    model: torch.nn.Module,
+    features: Sequence[dict],
+    batch_size: int = 64,
+    pad_id: int = 0,
+    progress: bool | str = False,
+) -> list[np.ndarray]:
+    """Logits for each feature (``[num_labels]`` or ``[len, num_labels]``), in the input order.
+
+    ``model`` is an FS model or any classifier called as ``model(input_ids=..., attention_mask=...)``
+    whose output has ``.logits`` (e.g. an ``AutoModelFor*Classification``), so baselines are scored
+    by this same loop (right padding, batches sorted by length).
+    """
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out: list[np.ndarray | None] = [None] * len(features)
+    device = next(model.parameters()).device
+    # Module.train()/eval() walk every submodule (~2,500 with LoRA on a 30-layer model, ~25 ms):
+    # switch only when needed, since a served or predicting model is already in eval mode.
+    was_training = model.training
+    if was_training:
+        model.eval()
+    starts = range(0, len(order), batch_size)
+    if progress:
+        starts = tqdm(starts, desc=progress if isinstance(progress, str) else "predict", unit="batch", leave=False)
+    with torch.inference_mode():
+        for s in starts:
+            idx = order[s : s + batch_size]
+            width = max(len(features[i]["input_ids"]) for i in idx)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                n = len(features[i]["input_ids"])
+                ids[r, :n] = torch.tensor(features[i]["input_ids"])
+                mask[r, :n] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu().numpy()
+            for r, i in enumerate(idx):
+                n = len(features[i]["input_ids"])
+                out[i] = logits[r] if logits.ndim == 2 else logits[r, :n]
+    if was_training:
+        model.train()
+    return out  # type: ignore[return-value]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def predict_word_tags(
+    model: FSModel,
+    tokenizer,
+    sentences: Sequence[Sequence[str]],
+    max_length: int = 128,
+    batch_size: int = 64,
+    progress: bool | str = False,
+) -> tuple[list[list[str]], list[list[float]], list[np.ndarray]]:
+    """Word-level tags and scores for tokenised sentences (windows merged), plus per-feature logits.
+
+    ``model`` is an FS token model or any token classifier with ``config.id2label`` (e.g. an
+    ``AutoModelForTokenClassification``, PEFT-wrapped or not), so baselines are read the same way.
+    """
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    feats, owner = [], []
+    for n, words in enumerate(sentences):
+        for f in token_classification_features(list(words), None, tokenizer, None, max_length):
+            feats.append(f)
+            owner.append(n)
+    logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    per_sentence: list[list] = [[] for _ in sentences]
+    for f, lg, n in zip(feats, logits, owner):
+        probs = _softmax(lg)
+        preds = [(int(p.argmax()), float(p.max())) for p in probs]
+        per_sentence[n].append((f["word_ids"], f["first"], preds))
+    tags, scores = [], []
+    for n, words in enumerate(sentences):
+        merged = merge_window_predictions(len(words), per_sentence[n])
+        tags.append([id2label[p[0]] for p in merged])
+        scores.append([p[1] for p in merged])
+    return tags, scores, logits
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def example_features(model: FSModel, tokenizer, examples: Sequence[dict], max_length: int) -> list[dict]:
+    """Inputs of sequence examples (``{"text"}``, or ``{"text", "text_pair"}`` for a pair model).
+
+    A pair model given single texts, or a single-text model given pairs, is an error: it would
+    read inputs shaped unlike anything it was trained on and answer without a complaint.
+    """
+    paired = bool(getattr(model.config, "text_pair", False))
+    feats = []
+    for n, ex in enumerate(examples):
+        second = ex.get("text_pair")
+        if paired and second is None:
+            raise DataError(f"input {n + 1}: this model was trained on text pairs; give text and text_pair")
+        if not paired and second is not None:
+            raise DataError(f"input {n + 1}: this model reads single texts, not pairs (it was not trained on pairs)")
+        if paired:
+            feats.append(pair_features(ex["text"], second, tokenizer, max_length)[0])
+        else:
+            feats.append(sequence_features(ex["text"], tokenizer, max_length)[0])
+    return feats
+
+
+def sequence_probabilities(model: FSModel, tokenizer, examples: Sequence[dict], max_length: int,
+                           batch_size: int = 64, progress: bool | str = False) -> list[np.ndarray]:
+    """Per example: softmax probabilities (single label), sigmoids (multi-label) or the value (regression)."""
+    feats = example_features(model, tokenizer, examples, max_length)
+    logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    return [scores_of(model.config, lg) for lg in logits]
+
+
+def scores_of(config, logits: np.ndarray) -> np.ndarray:
+    """What a sequence model's logits mean for its ``problem_type``: softmax, sigmoid, or the value itself."""
+    problem = getattr(config, "problem_type", None)
+    if problem == "multi_label_classification":
+        return _sigmoid(np.asarray(logits, dtype=np.float64))
+    if problem == "regression":
+        return np.asarray(logits, dtype=np.float64)
+    return _softmax(np.asarray(logits, dtype=np.float64))
+
+
+def labels_over_threshold(config, probs: np.ndarray) -> list[dict]:
+    """A multi-label prediction: every label whose sigmoid reaches its threshold, with its score, best first."""
+    out = []
+    for k in np.argsort(-probs, kind="stable"):
+        name = config.id2label[int(k)]
+        if probs[k] >= config.threshold_of(name):
+            out.append({"label": name, "score": float(probs[k])})
+    return out
+
+
+def evaluate_examples(
+    model: FSModel,
+    tokenizer,
+    examples: Sequence[dict],
+    max_length: int,
+    batch_size: int = 64,
+    progress: bool | str = False,
+) -> tuple[dict, list[dict]]:
+    """Metrics and per-example predictions of ``model`` on labelled examples.
+
+    Token examples are ``{"tokens", "tags"}`` and are scored at the word level with
+    strict IOB2 span F1; sequence examples are ``{"text", "label"}``. A gold label
+    the model does not know is an error (it would silently count as wrong).
+    """
+    if model.task == "token":
+        for n, ex in enumerate(examples):
+            for t in ex["tags"]:
+                if t not in model.label2id:
+                    raise DataError(f"example {n}: unknown label {t!r} (model labels: {sorted(model.label2id)})")
+        sentences = [ex["tokens"] for ex in examples]
+        tags, scores, _ = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress)
+        metrics = ner_metrics([list(ex["tags"]) for ex in examples], tags)
+        records = [
+            {"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p, "score": [round(x, 4) for x in s]}
+            for ex, p, s in zip(examples, tags, scores)
+        ]
+        return metrics, records
+
+    labels = [model.id2label[i] for i in range(model.num_labels)]
+    problem = model.config.problem_type
+    if problem == "regression":
+        values = [float(v[0]) for v in sequence_probabilities(model, tokenizer, examples, max_length, batch_size, progress)]
+        metrics = regression_metrics([float(ex["label"]) for ex in examples], values)
+        records = [_record(ex, {"pred": round(v, 4)}) for ex, v in zip(examples, values)]
+        return metrics, records
+    if problem == "multi_label_classification":
+        for n, ex in enumerate(examples):
+            unknown = [lab for lab in ex["label"] if lab not in model.label2id]
+            if unknown:
+                raise DataError(f"example {n}: unknown label {unknown[0]!r} (model labels: {labels})")
+        probs = sequence_probabilities(model, tokenizer, examples, max_length, batch_size, progress)
+        preds = [labels_over_threshold(model.config, p) for p in probs]
+        metrics = multilabel_metrics([list(ex["label"]) for ex in examples], [[x["label"] for x in p] for p in preds],
+                                     labels)
+        gold = np.array([[float(lab in ex["label"]) for lab in labels] for ex in examples])
+        pr = np.clip(np.stack(probs), 1e-12, 1 - 1e-12)
+        metrics["loss"] = float(-(gold * np.log(pr) + (1 - gold) * np.log(1 - pr)).mean())
+        records = [
+            _record(ex, {"pred": [x["label"] for x in p], "score": [round(x["score"], 4) for x in p]})
+            for ex, p in zip(examples, preds)
+        ]
+        return metrics, records
+    for n, ex in enumerate(examples):
+        if ex["label"] not in model.label2id:
+            raise DataError(f"example {n}: unknown label {ex['label']!r} (model labels: {labels})")
+    probs = sequence_probabilities(model, tokenizer, examples, max_length, batch_size, progress)
+    preds = [labels[int(p.argmax())] for p in probs]
+    metrics = classification_metrics([ex["label"] for ex in examples], preds, labels)
+    gold_ids = np.array([model.label2id[ex["label"]] for ex in examples])
+    p = np.stack(probs) if probs else np.zeros((0, len(labels)))
+    metrics["loss"] = float(-np.log(np.clip(p[np.arange(len(gold_ids)), gold_ids], 1e-12, None)).mean()) if len(p) else 0.0
+    records = [_record(ex, {"pred": pr, "score": round(float(pp.max()), 4)}) for ex, pr, pp in zip(examples, preds, probs)]
+    return metrics, records
+
+
+def _record(ex: dict, pred: dict) -> dict:
+    """A per-example prediction record: the input (text, pair), the gold label, and what was predicted."""
+    out = {"text": ex["text"]}
+    if ex.get("text_pair") is not None:
+        out["text_pair"] = ex["text_pair"]
+    out["label"] = list(ex["label"]) if isinstance(ex["label"], list) else ex["label"]
+    return {**out, **pred}

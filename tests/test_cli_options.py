@@ -1,0 +1,127 @@
+"""``fsllm train`` options come from the TrainConfig / FSConfig fields; --config repeats a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from fsllm.cli import FS_DEST, MAIN_JOB_RECIPE, build_parser, load_recipe, main, train_config_from_args
+from fsllm.config import FSConfig, TrainConfig
+
+ROWS = [("a fine film", "positive"), ("dull and long", "negative"), ("great acting", "positive"),
+        ("a waste of time", "negative")]
+
+
+def write_csv_dir(root):
+    d = root / "data"
+    d.mkdir()
+    for split, rows in (("train", ROWS * 2), ("dev", ROWS[:2]), ("test", ROWS[2:])):
+        (d / f"{split}.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    return d
+
+
+def parse(*argv: str):
+    return build_parser().parse_args(["train", *argv])
+
+
+@pytest.mark.parametrize("cls,prefix", [(TrainConfig, ""), (FSConfig, FS_DEST)])
+def test_every_field_has_help_and_an_option(cls, prefix):
+    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    for f in dataclasses.fields(cls):
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+        if f.name == "fs":  # nested: its own fields are the FSConfig case
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in help_text, flag
+        default = f.default
+        value = {bool: None, int: "3", float: "0.5"}.get(type(default), None)
+        if isinstance(default, bool):
+            a = parse(flag if not default else "--no-" + f.name.replace("_", "-"))
+            assert getattr(a, prefix + f.name) is (not default)
+        elif "choices" in f.metadata:
+            a = parse(flag, f.metadata["choices"][-1])
+            assert getattr(a, prefix + f.name) == f.metadata["choices"][-1]
+        elif value is not None:
+            assert getattr(parse(flag, value), prefix + f.name) == type(default)(value)
+
+
+def test_without_data_the_main_job_and_flags_on_top():
+    job = load_recipe(MAIN_JOB_RECIPE)
+    cfg = train_config_from_args(parse())
+    assert {k: getattr(cfg, k) for k in job} == job
+    cfg = train_config_from_args(parse("--epochs", "1", "--attention", "causal"))
+    assert cfg.epochs == 1 and cfg.train_subset == job["train_subset"] and cfg.fs.attention == "causal"
+    assert train_config_from_args(parse("--data", "rt-polarity")) == TrainConfig(data="rt-polarity")
+
+
+def test_train_help_describes_the_main_job(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "main job" in out and "conll2003" in out and MAIN_JOB_RECIPE in out
+
+
+def test_today_flag_names_still_work():
+    cfg = train_config_from_args(parse(
+        "--data", "d", "--lr", "1e-3", "--output", "r", "--early-stopping", "2", "--no-test", "--regression",
+        "--lora-targets", "q_proj,v_proj", "--fs-layers", "0,-1", "--attention", "decay", "--decay-lambda", "0.5"))
+    assert (cfg.learning_rate, cfg.output_dir, cfg.early_stopping_patience, cfg.evaluate_test, cfg.problem_type) == (
+        1e-3, "r", 2, False, "regression")
+    assert cfg.fs.lora_target_modules == ["q_proj", "v_proj"] and cfg.fs.fs_layers == [0, -1]
+    assert (cfg.fs.attention, cfg.fs.decay_lambda) == ("decay", 0.5)
+    assert train_config_from_args(parse("--data", "d", "--multi-label")).problem_type == "multi_label_classification"
+
+
+def test_a_config_file_with_flags_on_top(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"data": "d", "epochs": 2.0, "fs": {"pooling": "max"}}))
+    cfg = train_config_from_args(parse("--config", str(f), "--epochs", "4", "--head", "linear"))
+    assert (cfg.data, cfg.epochs, cfg.fs.pooling, cfg.fs.head) == ("d", 4.0, "max", "linear")
+    f.write_text(json.dumps({"data": "d", "no_such_option": 1}))
+    with pytest.raises(Exception, match="no_such_option") as e:
+        train_config_from_args(parse("--config", str(f)))
+    assert str(f) in str(e.value)
+
+
+def test_a_run_is_repeated_from_its_config_json(tmp_path, tiny_model_dir, capsys):
+    data = write_csv_dir(tmp_path)
+    run, again = tmp_path / "run", tmp_path / "again"
+    rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "-o", str(run), "--max-steps", "2",
+               "--batch-size", "2", "--lr", "5e-3", "--pooling", "last", "--no-test"])
+    assert rc == 0, capsys.readouterr().err
+    rc = main(["train", "--config", str(run / "config.json"), "--output", str(again)])
+    assert rc == 0, capsys.readouterr().err
+    first, second = (json.loads((d / "config.json").read_text()) for d in (run, again))
+    assert second.pop("output_dir") == str(again) and first.pop("output_dir") == str(run)
+    assert first == second
+    assert json.loads((again / "metrics.json").read_text())["train"]["steps"] == 2
+
+
+def test_lr_scheduler_type_is_set_from_the_cli_saved_and_read_back_by_resume(tmp_path, tiny_model_dir, capsys):
+    from transformers import TrainerCallback
+
+    from fsllm.errors import ConfigError
+    from fsllm.training import train
+
+    with pytest.raises(ConfigError, match="cosine"):
+        TrainConfig(lr_scheduler_type="sideways")
+    data = write_csv_dir(tmp_path)
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "-o", str(run), "--max-steps", "3",
+               "--batch-size", "2", "--lr", "5e-3", "--logging-steps", "1", "--lr-scheduler-type", "constant"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["lr_scheduler_type"] == "constant"
+    rates = [r["learning_rate"] for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())
+             if "learning_rate" in r]
+    assert len(rates) >= 3 and set(rates) == {5e-3}  # linear would decay towards 0
+
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(str(args.lr_scheduler_type.value))
+
+    train(resume=True, output_dir=str(run), callbacks=[Spy()])
+    assert seen == ["constant"]
