@@ -536,28 +536,41 @@ def _learned_lambdas(model_dir: Path) -> list[float] | None:
     return None if lambdas is None else [round(x, 4) for x in lambdas]
 
 
+def same_run(run_dir: Path, cfg) -> bool:
+    """Does ``run_dir`` hold a run of ``cfg``? Compared as configurations, so a folder written before a
+    training option existed (its default then applies) still counts as the same run."""
+    from fsllm.errors import FSLLMError
+    from fsllm.training import TrainConfig
+
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (FSLLMError, TypeError, ValueError):
+        return False
+    return json.loads(json.dumps(saved.to_dict())) == json.loads(json.dumps(cfg.to_dict()))
+
+
 def run_fs(cell: Cell, budget: Budget, run_dir: Path, lr: float | None = None,
            evaluate_test: bool = True) -> tuple[dict, dict]:
     """Train (or resume, or reread) an FS cell; returns (metrics.json, extras)."""
-    from fsllm.training import TrainConfig, train
+    from fsllm.training import train
 
     cfg = fs_train_config(cell, budget, run_dir, lr, evaluate_test)
     extras = {"fsllm_command": fsllm_command(cfg)}
-    if (run_dir / "metrics.json").is_file() and (run_dir / "config.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved == json.loads(json.dumps(cfg.to_dict())):
+    if same_run(run_dir, cfg):
+        if (run_dir / "metrics.json").is_file():
             logger.info("%s: finished run folder found, reusing its metrics", run_dir)
             metrics = json.loads((run_dir / "metrics.json").read_text())
             extras["learned_lambdas"] = _learned_lambdas(run_dir / "model")
             return metrics, extras
+        logger.info("%s: resuming the interrupted run", run_dir)
+        res = train(resume=True, output_dir=str(run_dir))
+        extras["resumed"] = True
+        extras["learned_lambdas"] = _learned_lambdas(res.model_dir)
+        return res.metrics, extras
     if (run_dir / "config.json").is_file():
-        saved = json.loads((run_dir / "config.json").read_text())
-        if saved == json.loads(json.dumps(cfg.to_dict())) and not (run_dir / "metrics.json").is_file():
-            logger.info("%s: resuming the interrupted run", run_dir)
-            res = train(TrainConfig.from_dict(saved), resume=True)
-            extras["resumed"] = True
-            extras["learned_lambdas"] = _learned_lambdas(res.model_dir)
-            return res.metrics, extras
         logger.warning("%s: holds a run with other settings; starting over", run_dir)
     if run_dir.exists():
         shutil.rmtree(run_dir)

@@ -466,3 +466,17 @@ def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_p
              if "eval_f1" in x]
     assert steps == [3, 6, 9]  # the evaluations after the checkpoint are not logged twice
     assert not (tmp_path / "cut" / "checkpoints").exists() and not (tmp_path / "cut" / B.SELECTION_BEST).exists()
+
+
+def test_an_fs_run_folder_written_before_a_new_option_existed_is_still_the_same_run(tmp_path):
+    cell = next(c for c in P.plan("ner", [1000], [0], only=["fs-bidirectional"], n_train=14041))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = P.fs_train_config(cell, P.Budget(), run_dir)
+    old = cfg.to_dict()
+    old.pop("run_format"), old.pop("lr_scheduler_type")  # what fsllm wrote before these existed
+    (run_dir / "config.json").write_text(json.dumps(old))
+    assert P.same_run(run_dir, cfg)  # resumed, not deleted
+    assert not P.same_run(run_dir, P.fs_train_config(cell, P.Budget(lr=5e-4), run_dir))
+    (run_dir / "config.json").write_text("{not json")
+    assert not P.same_run(run_dir, cfg)
