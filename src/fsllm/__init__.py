@@ -9,7 +9,14 @@ the data set catalogue), ``tokenization``, ``prepare`` (data for a run), ``train
 ``evaluation``, ``run`` (the run folder), ``metrics``, ``inference`` and ``cli``.
 """
 
-from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer
+import logging as _logging
+
+# bitsandbytes, which peft imports whenever it is installed, warns on every start on CPUs with
+# AVX512-BF16 that an optional kernel from the Hub is missing; it then uses its own, so the
+# warning says nothing a user can act on. Its real errors still show.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
+from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer  # noqa: E402
 from .config import FSConfig, FSLLMConfig
 from .errors import ConfigError, DataError, FSLLMError, MissingPackageError, ModelFolderError
 from .modeling import (

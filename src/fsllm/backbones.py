@@ -118,11 +118,37 @@ def resolve_backbone_path(name_or_path: str) -> str:
     return name_or_path
 
 
+#: backbone quantisations ``load_backbone(quantize=...)`` knows: "4bit" is QLoRA's NF4
+QUANTIZATIONS = ("4bit",)
+
+
+def bnb_4bit_config():
+    """QLoRA's quantisation (Dettmers et al. 2023): NF4 weights, double-quantised scales, bf16 compute.
+
+    Needs ``bitsandbytes`` (``pip install 'fsllm[qlora]'``); its CPU backend runs 4-bit layers too,
+    so this is not GPU-only. A missing or broken install fails here, in one line.
+    """
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError, or a broken native library
+        raise FSLLMError(f"a 4-bit backbone needs bitsandbytes (pip install 'fsllm[qlora]'): {e}".splitlines()[0]) from e
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether a loaded backbone holds bitsandbytes 4-bit layers."""
+    return any(type(m).__name__ == "Linear4bit" and "bitsandbytes" in type(m).__module__ for m in model.modules())
+
+
 def load_backbone(
     name_or_path: str = "smollm2-135m",
     *,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
+    quantize: str | None = None,
     **kwargs,
 ) -> PreTrainedModel:
     """Load the base model (no LM head) of a decoder LLM.
@@ -130,6 +156,9 @@ def load_backbone(
     ``name_or_path`` is a built-in name (``fsllm models`` lists them), a local
     Hugging Face folder or a hub name. Only the decoder stack is loaded: the LM
     head is dead weight for classification (and for SmolLM2 it is tied anyway).
+    ``quantize="4bit"`` loads the decoder's Linear layers in NF4 (``bnb_4bit_config``) and prepares
+    the rest for training on them (``peft.prepare_model_for_kbit_training``: norms and embeddings
+    in fp32), so LoRA and the head train on a 4-bit backbone (QLoRA).
     """
     from .attention import SUPPORTED_IMPLEMENTATIONS
 
@@ -137,9 +166,14 @@ def load_backbone(
         raise FSLLMError(
             f"attn_implementation {attn_implementation!r}: FS attention wraps {', '.join(SUPPORTED_IMPLEMENTATIONS)}"
         )
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise FSLLMError(f"quantize {quantize!r}: choose one of {', '.join(QUANTIZATIONS)} (or none)")
     path = resolve_backbone_path(name_or_path)
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise FSLLMError(f"{path}: not a model folder (no config.json)")
+    if quantize == "4bit":
+        kwargs["quantization_config"] = bnb_4bit_config()
+        kwargs.setdefault("device_map", {"": 0} if torch.cuda.is_available() else "cpu")
     try:
         model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=dtype, **kwargs)
     except OSError as e:
@@ -151,6 +185,44 @@ def load_backbone(
             + (str(e).strip().splitlines() or [type(e).__name__])[0]
         ) from e
     model.config._name_or_path = name_or_path
+    if quantize is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # gradient checkpointing stays the run's choice (TrainConfig.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model
+
+
+def dequantized_merge(model: nn.Module) -> nn.Module:
+    """Replace every 4-bit Linear of ``model`` (bare, or the base of a LoRA layer) by an fp32
+    ``nn.Linear`` holding its dequantised weight plus the LoRA update: the weights the quantised
+    model computed with, merged (re-quantising the merged weight, PEFT's default, would add a
+    second rounding on top of the first)."""
+    from bitsandbytes.functional import dequantize_4bit
+    from peft.tuners.lora import LoraLayer
+
+    def plain(layer: nn.Module, delta: torch.Tensor | None) -> nn.Linear:
+        if getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
+            # on AVX512-BF16 CPUs an inference forward repacks the weight into a CPU layout; saving
+            # a state dict is bitsandbytes' public way back to the standard one
+            layer.state_dict()
+        w = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+        if delta is not None:
+            w = w + delta.float()
+        out = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device=w.device)
+        with torch.no_grad():
+            out.weight.copy_(w)
+            if layer.bias is not None:
+                out.bias.copy_(layer.bias.float())
+        return out.requires_grad_(False)
+
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, LoraLayer) and type(child.get_base_layer()).__name__ == "Linear4bit":
+                delta = sum(child.get_delta_weight(a) for a in child.active_adapters)
+                setattr(module, name, plain(child.get_base_layer(), delta))
+            elif type(child).__name__ == "Linear4bit" and "bitsandbytes" in type(child).__module__:
+                setattr(module, name, plain(child, None))
     return model
 
 

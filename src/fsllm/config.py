@@ -31,6 +31,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.trainer_utils import SchedulerType
 
 from .attention import SUPPORTED_IMPLEMENTATIONS
+from .backbones import QUANTIZATIONS
 from .errors import ConfigError, FSLLMError
 
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
@@ -234,6 +235,10 @@ class TrainConfig:
         "fp32", "'bf16' / 'fp16': mixed precision through the Trainer (autocast; weights and LoRA stay fp32). bf16 is "
         "the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware (AMX / AVX512-BF16); fp16 "
         "needs a GPU. Evaluation and prediction run in fp32", choices=PRECISIONS)
+    quantize: str | None = setting(
+        None, "'4bit': load the backbone in NF4 with double quantisation and bf16 compute and train LoRA and the head "
+        "on it (QLoRA; needs bitsandbytes: pip install 'fsllm[qlora]'). The saved folder stays small and loads the "
+        "backbone in 4 bits again; the merged export is dequantised", choices=QUANTIZATIONS)
     logging_steps: int = setting(10, "log the training loss every N steps (train_log.jsonl)", trainer=("logging_steps",))
     evaluate_test: bool = setting(True, "evaluate the final model on the test split (--no-test: do not touch it)",
                                   negative=("--no-test",))
@@ -260,6 +265,8 @@ class TrainConfig:
             raise ConfigError(f"problem_type {self.problem_type!r}: choose one of {', '.join(TRAIN_PROBLEM_TYPES)}")
         if not isinstance(self.label_separator, str) or not self.label_separator:
             raise ConfigError("label_separator must be a non-empty string")
+        if self.quantize is not None and self.quantize not in QUANTIZATIONS:
+            raise ConfigError(f"quantize {self.quantize!r}: choose one of {', '.join(QUANTIZATIONS)} (or none)")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
@@ -346,6 +353,8 @@ class FSLLMConfig(PreTrainedConfig):
             the logits are in the data's own units for every caller, ``pipeline()`` included.
         text_pair: the model was trained on text pairs (``text`` + ``text_pair``, see
             ``fsllm.tokenization.pair_features``); predicting it needs pairs and vice versa.
+        backbone_quantization: ``"4bit"`` when LoRA and the head were trained on an NF4 backbone
+            (``TrainConfig.quantize``): a small folder then loads its backbone in 4 bits again.
     """
 
     model_type = "fsllm"
@@ -363,6 +372,7 @@ class FSLLMConfig(PreTrainedConfig):
     target_mean: float = 0.0
     target_std: float = 1.0
     text_pair: bool = False
+    backbone_quantization: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -80,7 +80,7 @@ class ClassificationHead(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
+        x = self.norm(x.to(self.out.weight.dtype))  # a 4-bit backbone's bf16 compute meets an fp32 head
         if self.ffn is not None:
             x = self.ffn(x)
         return self.out(self.dropout(x))

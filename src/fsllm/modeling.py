@@ -55,6 +55,8 @@ from .backbones import (
     base_model_of,
     decoder_layers,
     default_lora_targets,
+    dequantized_merge,
+    is_quantized,
     load_backbone,
 )
 from .config import ATTENTION_MODES, FSConfig, FSLLMConfig
@@ -136,7 +138,8 @@ class FSModel(PreTrainedModel):
         self.decay_horizon_bias: float | None = None
         self._mask_observer: Callable[[int | None, torch.Tensor | None], None] | None = None
 
-        dtype = next(base.parameters()).dtype
+        # the head's dtype: the backbone's floating weights (a 4-bit backbone's packed ones are uint8)
+        dtype = next((p.dtype for p in base.parameters() if p.is_floating_point()), torch.float32)
         if fs_config.attention == "decay":
             init = torch.full((self.num_layers,), float(fs_config.decay_lambda), dtype=torch.float32)
             if fs_config.learnable_lambda:
@@ -219,6 +222,7 @@ class FSModel(PreTrainedModel):
         else:
             ref = base_model_of(backbone).config._name_or_path
         base = base_model_of(backbone)
+        quantized = is_quantized(base)
         impl = fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa")
         config = FSLLMConfig(
             task=cls.task,
@@ -231,6 +235,7 @@ class FSModel(PreTrainedModel):
             id2label=id2label,
             label2id=label2id or {v: k for k, v in id2label.items()},
             problem_type=problem_type,
+            backbone_quantization=load_kwargs.get("quantize") if quantized else None,
         )
         return cls(config, backbone=backbone)
 
@@ -377,9 +382,22 @@ class FSModel(PreTrainedModel):
         return state
 
     def merged_copy(self) -> FSModel:
-        """A copy with LoRA merged into the backbone weights (``config.merged`` set); ``self`` is untouched."""
+        """A copy with LoRA merged into the backbone weights (``config.merged`` set); ``self`` is untouched.
+
+        A 4-bit backbone is dequantised on the way (``backbones.dequantized_merge``): the merged
+        folder is a plain fp32 model of the weights the quantised one computed with.
+        """
         model = copy.deepcopy(self)
-        if isinstance(model.backbone, PeftModel):
+        if is_quantized(model.backbone):
+            base = dequantized_merge(model.backbone)
+            model.backbone = base.get_base_model() if isinstance(base, PeftModel) else base
+            model.backbone.hf_quantizer = None
+            model.backbone.is_quantized = False
+            for cfg in (model.backbone.config, model.config.decoder_config):
+                if hasattr(cfg, "quantization_config"):
+                    del cfg.quantization_config
+            model.config.backbone_quantization = None
+        elif isinstance(model.backbone, PeftModel):
             model.backbone = model.backbone.merge_and_unload()
         model.config.merged = True
         return model
@@ -476,8 +494,9 @@ class FSModel(PreTrainedModel):
         """Load a folder written by ``save_pretrained`` (either kind), locally or from the Hub.
 
         ``backbone`` overrides the saved reference of a small folder (e.g. when the backbone
-        moved). Other keyword arguments are those of ``PreTrainedModel.from_pretrained``
-        (``attn_implementation``, ``dtype``, ``revision``, ``cache_dir``, ``token`` ...).
+        moved). A small folder trained on a 4-bit backbone loads it in 4 bits again (``quantize=None``
+        loads it in full precision instead). Other keyword arguments are those of
+        ``PreTrainedModel.from_pretrained`` (``attn_implementation``, ``dtype``, ``revision``, ``cache_dir``, ...).
         """
         folder = _local_folder(pretrained_model_name_or_path, kwargs)
         if not isinstance(config, FSLLMConfig):
@@ -490,6 +509,7 @@ class FSModel(PreTrainedModel):
         kwargs.setdefault("attn_implementation", config.backbone_attn_implementation)
         for hub_only in ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder"):
             kwargs.pop(hub_only, None)
+        quantize = kwargs.pop("quantize", config.backbone_quantization)
         if config.merged:
             return super(FSModel, model_cls).from_pretrained(folder, *model_args, config=config, **kwargs)
         # small folder: the backbone from its reference, then the adapter and head
@@ -503,7 +523,8 @@ class FSModel(PreTrainedModel):
             ref = backbone or config.backbone
             if not ref:
                 raise ModelFolderError(f"{folder}: the config names no backbone; pass backbone=...")
-            bb = load_backbone(ref, attn_implementation=fs_attention.base_implementation_name(impl), dtype=dtype)
+            bb = load_backbone(ref, attn_implementation=fs_attention.base_implementation_name(impl), dtype=dtype,
+                               quantize=quantize)
         else:
             bb = backbone
         model = model_cls(copy.deepcopy(config), backbone=bb)

@@ -280,7 +280,7 @@ def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
     model_cls = FSForTokenClassification if data.task == "token" else FSForSequenceClassification
     model: FSModel = model_cls.from_backbone(
         cfg.model, num_labels=len(data.id2label), fs_config=cfg.fs, id2label=data.id2label, label2id=data.label2id,
-        attn_implementation=cfg.attn_implementation, problem_type=data.problem_type,
+        attn_implementation=cfg.attn_implementation, problem_type=data.problem_type, quantize=cfg.quantize,
     )
     model.config.text_pair = bool(cfg.text_pair_column)
     if data.problem_type == "regression":

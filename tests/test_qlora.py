@@ -1,0 +1,145 @@
+"""QLoRA: FS models on a 4-bit (NF4) backbone, trained, saved small and merged, and loaded back.
+
+bitsandbytes' CPU backend runs 4-bit layers, so these run on the CPU (the ``test`` extra installs
+it); the last test checks the one-line error a user without bitsandbytes gets.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+import torch
+import transformers
+from conftest import NER_LABELS, build_word_tokenizer
+from transformers import AutoModelForTokenClassification
+
+from fsllm import FSForSequenceClassification, FSForTokenClassification
+from fsllm.backbones import is_quantized, load_backbone
+from fsllm.cli import main
+from fsllm.errors import FSLLMError
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Llama whose projections bitsandbytes' CPU kernels take (sizes multiples of 32, inputs of at
+    least one 64-weight quantisation block): hidden 64, MLP 128, with the word-level tokenizer."""
+    out = tmp_path_factory.mktemp("tiny-llama-64")
+    tok = build_word_tokenizer()
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    transformers.LlamaModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _inputs():
+    tok = build_word_tokenizer()
+    batch = tok(["John visited Paris", "Mary lives in London with John"], padding=True, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def test_4bit_backbone_trains_lora_and_head_only_and_keeps_padding_exact(tiny_model_dir):
+    torch.manual_seed(0)
+    model = FSForTokenClassification.from_backbone(str(tiny_model_dir), id2label=dict(enumerate(NER_LABELS)),
+                                                   quantize="4bit")
+    assert is_quantized(model.backbone) and model.config.backbone_quantization == "4bit"
+    linear4 = [m for m in model.backbone.modules() if type(m).__name__ == "Linear4bit"]
+    assert linear4 and all(m.weight.dtype == torch.uint8 for m in linear4)  # packed NF4, not fp32
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    ids, mask = _inputs()
+    labels = torch.where(mask.bool(), 1, -100)
+    model.train()
+    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for n, p in model.named_parameters() if p.requires_grad)
+    assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    model.eval()
+    with torch.no_grad():  # the short sentence alone and padded in the batch: the same logits
+        n = int(mask[0].sum())
+        alone = model(input_ids=ids[:1, :n]).logits[0]
+        batched = model(input_ids=ids, attention_mask=mask).logits[0, :n]
+    assert (alone - batched).abs().max() < 1e-5
+
+
+def test_4bit_small_folder_reloads_in_4bit_and_merged_folder_is_dequantised(tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    model = FSForTokenClassification.from_backbone(str(tiny_model_dir), id2label=dict(enumerate(NER_LABELS)),
+                                                   quantize="4bit")
+    with torch.no_grad():  # a trained-looking adapter: LoRA B away from its zero init
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    model.eval()
+    ids, mask = _inputs()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    small, merged = tmp_path / "small", tmp_path / "merged"
+    model.save_pretrained(small)
+    model.save_pretrained(merged, merged=True)
+    assert is_quantized(model.backbone)  # the merged save worked on a copy
+    # adapter + head only: the backbone stays a reference
+    assert sorted(f.name for f in small.rglob("*.safetensors")) == ["adapter_model.safetensors", "fsllm_head.safetensors"]
+
+    loaded = AutoModelForTokenClassification.from_pretrained(small)
+    assert is_quantized(loaded.backbone)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits, want)
+
+    saved = json.loads((merged / "config.json").read_text())
+    assert saved["merged"] and saved["backbone_quantization"] is None
+    assert "quantization_config" not in saved["decoder_config"]
+    plain = AutoModelForTokenClassification.from_pretrained(merged)
+    assert not is_quantized(plain.backbone)
+    assert all(p.dtype == torch.float32 for p in plain.parameters())
+    with torch.no_grad():
+        got = plain(input_ids=ids, attention_mask=mask).logits
+    # the dequantised weights plus LoRA, in fp32, against the same weights run with bf16 compute
+    assert (got - want).abs().max() < 0.02 * want.abs().max()
+
+    # the merged weight of a projection is exactly dequant(NF4 weight) + its LoRA update
+    from bitsandbytes.functional import dequantize_4bit
+
+    lora_q = model.backbone.base_model.model.layers[0].self_attn.q_proj
+    base = lora_q.get_base_layer()
+    expected = dequantize_4bit(base.weight.data, base.weight.quant_state).float() + lora_q.get_delta_weight("default")
+    assert torch.allclose(plain.backbone.layers[0].self_attn.q_proj.weight, expected, atol=1e-6)
+
+    full = AutoModelForTokenClassification.from_pretrained(small, quantize=None)  # opt out at load time
+    assert not is_quantized(full.backbone)
+
+
+def test_train_with_quantize_4bit_from_the_cli(tmp_path, tiny_model_dir, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    rows = ["the film was good,good", "the plot was awful,bad", "loved the actors,good", "hated the film,bad"] * 3
+    for split in ("train", "dev", "test"):
+        (d / f"{split}.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(d), "--model", str(tiny_model_dir), "-o", str(run), "--epochs", "1",
+               "--batch-size", "4", "--quantize", "4bit"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert json.loads((run / "config.json").read_text())["quantize"] == "4bit"
+    loaded = FSForSequenceClassification.from_pretrained(run / "model")
+    assert is_quantized(loaded.backbone)
+    rc = main(["predict", str(run), "the film was good"])
+    assert rc == 0 and json.loads(capsys.readouterr().out.splitlines()[0])["label"] in ("good", "bad")
+
+
+def test_quantize_errors_are_one_line(tiny_model_dir, monkeypatch):
+    with pytest.raises(FSLLMError, match="quantize '8bit': choose one of 4bit"):
+        load_backbone(str(tiny_model_dir), quantize="8bit")
+    real_import = builtins.__import__
+
+    def no_bnb(name, *a, **k):
+        if name == "bitsandbytes" or name.startswith("bitsandbytes."):
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_bnb)
+    with pytest.raises(FSLLMError, match=r"needs bitsandbytes \(pip install 'fsllm\[qlora\]'\)"):
+        load_backbone(str(tiny_model_dir), quantize="4bit")
