@@ -2,11 +2,11 @@
 
 PEFT draws a fresh dropout mask on the input of every adapted projection (7 per decoder
 layer with fsllm's default targets: 210 masks per training step on SmolLM2-135M). On a CPU,
-``torch.nn.functional.dropout`` spends about 6 ns per element in ``bernoulli_`` (one call to the
-Mersenne Twister per element); the speed benchmark measured LoRA dropout at 29% of a whole
-training step. ``FastDropout`` draws one 64-bit random word per *four* elements and compares
-each 16-bit quarter with a threshold, then applies the mask with one multiply: the same inverted
-dropout, about 3x cheaper on CPU.
+``torch.nn.functional.dropout`` draws its mask with ``bernoulli_``, one call to the Mersenne
+Twister per element, which made LoRA dropout a large share of a training step (the speed
+benchmark's profile, ``benchmarks/results/speed.md``). ``FastDropout`` draws one 64-bit random
+word per *four* elements and compares each 16-bit quarter with a threshold, then applies the
+mask with one multiply: the same inverted dropout, with a quarter of the generator calls.
 
 The only difference from ``nn.Dropout(p)``: the drop probability is rounded to a multiple of
 1/65536 (p = 0.1 becomes 0.1000061), and the kept values are scaled by ``1 / (1 - p_rounded)``,
