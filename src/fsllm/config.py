@@ -172,7 +172,35 @@ class FSConfig:
         return cls.from_dict(json.loads(text))
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def native_bf16() -> str | None:
+    """Why this machine runs bf16 matmuls natively (``None``: it does not), for ``precision="auto"``.
+
+    A CUDA GPU that supports bf16, or a CPU with AMX or AVX512-BF16 (read from ``/proc/cpuinfo``);
+    elsewhere bf16 autocast is emulated and slower than fp32.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)} supports bf16" if torch.cuda.is_bf16_supported() else None
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return None
+    found = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
+    return f"the CPU has {found[0]}" if found else None
+
+
+def resolve_precision(precision: str) -> tuple[str, str]:
+    """The precision a run uses and why: ``"auto"`` becomes bf16 where ``native_bf16`` finds hardware
+    for it, fp32 elsewhere; any other value is kept."""
+    if precision != "auto":
+        return precision, "as configured"
+    why = native_bf16()
+    return ("bf16", why) if why else ("fp32", "no bf16 matmul hardware found")
 TRAIN_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
@@ -234,7 +262,8 @@ class TrainConfig:
     precision: str = setting(
         "fp32", "'bf16' / 'fp16': mixed precision through the Trainer (autocast; weights and LoRA stay fp32). bf16 is "
         "the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware (AMX / AVX512-BF16); fp16 "
-        "needs a GPU. Evaluation and prediction run in fp32", choices=PRECISIONS)
+        "needs a GPU. 'auto': bf16 where the GPU or CPU has it, else fp32 (the run prints and saves what it chose). "
+        "Evaluation and prediction run in fp32", choices=PRECISIONS)
     quantize: str | None = setting(
         None, "'4bit': load the backbone in NF4 with double quantisation and bf16 compute and train LoRA and the head "
         "on it (QLoRA; needs bitsandbytes: pip install 'fsllm[qlora]'). The saved folder stays small and loads the "

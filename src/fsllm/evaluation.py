@@ -159,6 +159,27 @@ def labels_over_threshold(config, probs: np.ndarray) -> list[dict]:
     return out
 
 
+def token_loss(examples: Sequence[dict], logits: Sequence[np.ndarray], tokenizer, label2id: dict[str, int],
+               max_length: int) -> float:
+    """The training loss on labelled sentences: cross-entropy at each word's first sub-token, averaged
+    over those tokens (windows counted as training counts them), from the logits ``predict_word_tags``
+    returned for the same sentences (its features, in its order)."""
+    total, count = 0.0, 0
+    feats = (f for ex in examples for f in token_classification_features(list(ex["tokens"]), list(ex["tags"]),
+                                                                          tokenizer, label2id, max_length))
+    for f, lg in zip(feats, logits, strict=True):
+        gold = np.array(f["labels"])
+        keep = gold != -100
+        if not keep.any():
+            continue
+        z = np.asarray(lg, dtype=np.float64)[keep]
+        logp = z - z.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        total -= float(logp[np.arange(len(z)), gold[keep]].sum())
+        count += int(keep.sum())
+    return total / count if count else 0.0
+
+
 def evaluate_examples(
     model: FSModel,
     tokenizer,
@@ -179,8 +200,9 @@ def evaluate_examples(
                 if t not in model.label2id:
                     raise DataError(f"example {n}: unknown label {t!r} (model labels: {sorted(model.label2id)})")
         sentences = [ex["tokens"] for ex in examples]
-        tags, scores, _ = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress)
+        tags, scores, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress)
         metrics = ner_metrics([list(ex["tags"]) for ex in examples], tags)
+        metrics["loss"] = token_loss(examples, logits, tokenizer, model.label2id, max_length)
         records = [
             {"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p, "score": [round(x, 4) for x in s]}
             for ex, p, s in zip(examples, tags, scores)
@@ -192,6 +214,10 @@ def evaluate_examples(
     if problem == "regression":
         values = [float(v[0]) for v in sequence_probabilities(model, tokenizer, examples, max_length, batch_size, progress)]
         metrics = regression_metrics([float(ex["label"]) for ex in examples], values)
+        # the training loss: MSE on standardised targets, so dev and train losses share a scale
+        std = float(getattr(model.config, "target_std", 1.0) or 1.0)
+        metrics["loss"] = float(np.mean([((v - float(ex["label"])) / std) ** 2 for ex, v in zip(examples, values)])) \
+            if values else 0.0
         records = [_record(ex, {"pred": round(v, 4)}) for ex, v in zip(examples, values)]
         return metrics, records
     if problem == "multi_label_classification":

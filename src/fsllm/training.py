@@ -44,7 +44,7 @@ from transformers.trainer_pt_utils import (
 
 from . import atomic
 from .backbones import backbone_num_layers, load_tokenizer
-from .config import TrainConfig
+from .config import TrainConfig, resolve_precision
 from .errors import FSLLMError
 from .evaluation import evaluate_examples
 from .metrics import LOWER_IS_BETTER, multilabel_metrics
@@ -258,6 +258,9 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
     # explicit fs_layers are checked against the backbone's layer count (its config alone) before anything is written
     if isinstance(cfg.fs.fs_layers, list) and (num_layers := backbone_num_layers(cfg.model)) is not None:
         cfg.fs.resolve_layers(num_layers)
+    if cfg.precision == "auto":  # resolved once, so config.json says what the run used
+        cfg.precision, why = resolve_precision("auto")
+        logger.warning("precision auto: %s (%s)", cfg.precision, why)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
