@@ -819,6 +819,44 @@ def _verdict(table: str, size: int, by: dict, fs_row: str, causal_rows: Sequence
     return lines
 
 
+#: rows drawn in the figure of test metric against training size (those a user chooses between)
+SIZE_FIGURE_ROWS = ("fs-bidirectional", "hf-native", "causal", "causal-last", "minilm", "mpnet")
+
+
+def size_points(recs: Sequence[dict], row: str, metric: str) -> list[tuple[int, float, float, int]]:
+    """``(size, mean, std, seeds)`` of a row's test ``metric`` per training size (std 0 for one seed)."""
+    by: dict[int, list[float]] = {}
+    for r in recs:
+        if r["method"] == row and (r.get("test") or {}).get(metric) is not None:
+            by.setdefault(r["train_size"], []).append(r["test"][metric])
+    return [(n, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for n, v in sorted(by.items())]
+
+
+def size_figure(rows: dict[str, list[tuple[int, float, float, int]]], path: Path, metric: str, title: str) -> Path:
+    """One line per row through its mean at each size, error bars of one standard deviation."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, pts in rows.items():
+        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
+                    capsize=3, label=f"{name} ({'/'.join(str(p[3]) for p in pts)} seeds)")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    sizes = sorted({p[0] for pts in rows.values() for p in pts})
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.set_xlabel("training sentences")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
 def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[int] | None = None) -> tuple[list[str], dict]:
     """Markdown lines of one table, and its dev-curve series."""
     from fsllm.plots import plot_curves
@@ -930,8 +968,9 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
                      + ", ".join(c.id for c in missing) + ".")
         lines.append("")
     # curves
-    curve_rows = {"ner": ["fs-bidirectional", "causal"], "ablation": [r.name for r in TABLE_ROWS["ablation"]]}.get(
-        table, ["fs-bidirectional", "causal-last", "causal-mean"])
+    curve_rows = {"ner": ["fs-bidirectional", "causal", "hf-native"],
+                  "ablation": [r.name for r in TABLE_ROWS["ablation"]]}.get(
+        table, ["fs-bidirectional", "causal-last", "causal-mean", "hf-native"])
     series: dict[str, list] = {}
     for row_name in curve_rows:
         for size in real_sizes:
@@ -943,6 +982,12 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
         png = Path(out) / f"dev_curves_{table}.png"
         plot_curves(series, png, xlabel="training step", ylabel=f"dev {metric}", title=f"{table}: dev {metric} vs step")
         lines += [f"![dev curves]({png.name})", ""]
+    # test metric against the training-set size, one line per row, the seeds' spread as error bars
+    sized = {name: pts for name in SIZE_FIGURE_ROWS if len(pts := size_points(recs, name, metric)) >= 2}
+    if sized:
+        png = Path(out) / f"{metric}_vs_size_{table}.png"
+        size_figure(sized, png, metric, title=f"{table}: test {metric} against training sentences")
+        lines += [f"![test {metric} against training size]({png.name})", ""]
     # commands
     cmds = sorted({r.get("command", "") for r in recs if r.get("command")})
     if cmds:
