@@ -36,6 +36,8 @@ from pathlib import Path
 import common
 import torch
 
+from fsllm.backbones import decoder_layers
+
 BACKBONE = "smollm2-135m"
 NUM_LABELS = 9  # CoNLL-2003's IOB2 tags
 SEED = 0
@@ -68,7 +70,7 @@ def worker(spec: dict) -> dict:
     if spec["checkpointing"]:
         model.activation_checkpointing_enable()  # what TrainingArguments(gradient_checkpointing=True) calls
     model.train()
-    layers = model._base_model().layers
+    layers = decoder_layers(model.backbone)
     enabled = [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers]
     common.release_free_memory()
     rss_loaded = common.rss_mb()
