@@ -1054,17 +1054,20 @@ def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[dict], l
                         batch_size: int = 64) -> tuple[dict, list[dict]]:
     """Metrics and records of a decoder classifier fed fsllm's features (words by offsets, first
     sub-token labels, windows), read by fsllm's own word-tag and probability functions."""
-    from fsllm.inference import predict_word_tags, sequence_probabilities
+    from fsllm.evaluation import predict_word_tags, sequence_probabilities, token_loss
     from fsllm.metrics import classification_metrics, ner_metrics
 
     if task == "token":
-        preds, _, _ = predict_word_tags(model, tokenizer, [ex["tokens"] for ex in examples], max_length, batch_size)
+        preds, _, logits = predict_word_tags(model, tokenizer, [ex["tokens"] for ex in examples], max_length, batch_size)
         m = ner_metrics([list(ex["tags"]) for ex in examples], preds)
+        m["loss"] = token_loss(examples, logits, tokenizer, {v: k for k, v in enumerate(labels)}, max_length)
         recs = [{"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p} for ex, p in zip(examples, preds)]
         return m, recs
     probs = sequence_probabilities(model, tokenizer, examples, max_length, batch_size)
     preds = [labels[int(p.argmax())] for p in probs]
     m = classification_metrics([ex["label"] for ex in examples], preds, list(labels))
+    gold = [labels.index(ex["label"]) for ex in examples]
+    m["loss"] = float(-np.mean([np.log(max(p[g], 1e-12)) for p, g in zip(probs, gold)])) if gold else 0.0
     recs = [{"text": ex["text"], "label": ex["label"], "pred": p} for ex, p in zip(examples, preds)]
     return m, recs
 
