@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random decoder models of every supported family, built from configs."""
+"""Shared fixtures and helpers of tests/ and tests/integration/: tiny random decoder models of every
+supported family built from configs, a word-level tokenizer, saved tiny FS models, and the small data
+folders and inputs several test modules write."""
 
 from __future__ import annotations
 
