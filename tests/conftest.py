@@ -1,8 +1,12 @@
-"""Shared fixtures: tiny random decoder models of every supported family, built from configs."""
+"""Shared fixtures and helpers of tests/ and tests/integration/: tiny random decoder models of every
+supported family built from configs, a word-level tokenizer, saved tiny FS models, and the small data
+folders and inputs several test modules write."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +154,123 @@ def write_file(tmp_path, name: str, data: str | bytes):
     else:
         p.write_text(data, encoding="utf-8", newline="")
     return p
+
+
+# ------------------------------------------------------------------ data sets written by the tests
+
+SENTIMENT_ROWS = [
+    ("a great moving film", "positive"),
+    ("boring plot and awful actors", "negative"),
+    ("loved the movie", "positive"),
+    ("hated the film", "negative"),
+    ("good actors , great plot", "positive"),
+    ("bad movie , boring", "negative"),
+]
+
+
+CONLL_TRAIN = """-DOCSTART- -X- -X- O
+
+John NNP B-NP B-PER
+Smith NNP I-NP I-PER
+visited VBD B-VP O
+Paris NNP B-NP B-LOC
+. . O O
+
+Mary NNP B-NP B-PER
+works VBZ B-VP O
+for IN B-PP O
+Google NNP B-NP B-ORG
+. . O O
+
+the DT B-NP O
+EU NNP I-NP B-ORG
+loved VBD B-VP O
+London NNP B-NP B-LOC
+"""
+
+
+CONLL_DEV = """Jones NNP B-NP B-PER
+lives VBZ B-VP O
+in IN B-PP O
+Berlin NNP B-NP B-LOC
+"""
+
+
+def write_conll_dir(root: Path) -> Path:
+    d = root / "ner"
+    d.mkdir()
+    (d / "train.txt").write_text(CONLL_TRAIN * 3)
+    (d / "dev.txt").write_text(CONLL_DEV)
+    (d / "test.txt").write_text(CONLL_DEV + "\n" + CONLL_TRAIN.split("\n\n")[1])
+    return d
+
+
+def write_csv_dir(root: Path) -> Path:
+    d = root / "sent"
+    d.mkdir()
+    for split, rows in (("train", SENTIMENT_ROWS * 3), ("dev", SENTIMENT_ROWS[:2]), ("test", SENTIMENT_ROWS[2:])):
+        lines = ["text,label"] + [f'"{t}",{y}' for t, y in rows]
+        (d / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    """``rows`` written to ``path`` as JSON lines."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+LONG = "x" * 100_000
+
+
+CONLL_OK = "John B-PER\nlives O\n\nMary B-PER\n"
+
+
+CONLL_ROWS = [{"tokens": ["John", "lives"], "tags": ["B-PER", "O"]}, {"tokens": ["Mary"], "tags": ["B-PER"]}]
+
+
+# ------------------------------------------------------------------ models with trained-looking weights
+
+def _perturb(model, scale: float = 0.05, seed: int = 0) -> None:
+    """Move every trainable weight off its initial value (LoRA B starts at zero), as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def _perturbed_seq_model(problem_type=None, num_labels=2, seed=0):
+    """A tiny sequence classifier on the word-level Llama, trainable weights moved off their start."""
+    from fsllm import FSConfig, FSForSequenceClassification
+
+    tok, backbone = word_llama(seed)
+    model = FSForSequenceClassification.from_backbone(
+        backbone, num_labels=num_labels, fs_config=FSConfig(head_dropout=0.0, lora_dropout=0.0), problem_type=problem_type
+    )
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return tok, model.eval()
+
+
+def _trained_word_models(tmp_path: Path) -> dict[str, Path]:
+    """A token and a sequence model on the tiny word-level Llama, saved with their tokenizer."""
+    from fsllm import FSForSequenceClassification, FSForTokenClassification
+
+    tok, bb = word_llama()
+    bb.save_pretrained(tmp_path / "bb")
+    tok.save_pretrained(tmp_path / "bb")
+    out = {}
+    for name, cls, labels in (
+        ("token", FSForTokenClassification, ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]),
+        ("sequence", FSForSequenceClassification, ["negative", "positive"]),
+    ):
+        torch.manual_seed(1)
+        model = cls.from_backbone(str(tmp_path / "bb"), id2label=dict(enumerate(labels)))
+        _perturb(model, scale=0.3, seed=2)
+        model.save_pretrained(tmp_path / name, tokenizer=tok)
+        out[name] = tmp_path / name
+    return out

@@ -1,29 +1,25 @@
 """Tests of fsllm.data.readers: CoNLL (tag schemes, errors), tables, splits, load_hf.
 
-All expected values are written by hand from the small inputs built here.
+All expected values are written by hand from the small inputs built here. Legal variants of each
+format (encodings, line ends, BOMs, quoting) read the same; bad files give one error naming the line.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
 
 import datasets
 import pytest
+from conftest import CONLL_OK, CONLL_ROWS, LONG, _jsonl
 from conftest import write_file as write
 
-from fsllm.data import (
-    convert_to_iob2,
-    load_hf,
-    read_conll,
-    read_table,
-    split_deterministic,
-)
+from fsllm.data import convert_to_iob2, load_hf, read_conll, read_table, split_deterministic
 from fsllm.errors import DataError, FSLLMError
 
 datasets.disable_progress_bars()
-
 
 def conll(*sentences: list[tuple[str, str]], docstart: bool = False, final_blank: bool = True) -> str:
     """Build a CoNLL text (token POS tag) from [(token, tag), ...] sentences."""
@@ -450,3 +446,256 @@ def test_load_hf_errors(tmp_path):
         load_hf(tmp_path / "ints", task="token")
     with pytest.raises(DataError, match="column 'txt' not found"):
         load_hf(tmp_path / "ints", task="sequence", text_column="txt", label_column="tags")
+
+
+# ------------------------------------------------------------------------------ legal variants of CoNLL
+
+
+def read(path: Path):
+    return read_conll(path) if path.suffix == ".conll" else read_table(path)
+
+
+def expect_one_line(path: Path, line: int | None, *words: str) -> str:
+    with pytest.raises(DataError) as ei:
+        read(path)
+    msg = str(ei.value)
+    assert msg.startswith(f"{path}:{line}: " if line is not None else f"{path}: "), msg
+    assert ei.value.line == line
+    assert "\n" not in msg and len(msg) < 400, msg[:500]
+    for w in words:
+        assert w in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("lf.conll", CONLL_OK),
+        ("crlf.conll", CONLL_OK.replace("\n", "\r\n")),
+        ("cr.conll", CONLL_OK.replace("\n", "\r")),  # old Mac line ends: was read as one line
+        ("utf16.conll", CONLL_OK.encode("utf-16")),  # with a BOM: unambiguous, so read
+        ("utf16be.conll", b"\xfe\xff" + CONLL_OK.encode("utf-16-be")),
+        ("utf32.conll", CONLL_OK.encode("utf-32")),
+        ("utf8bom.conll", b"\xef\xbb\xbf" + CONLL_OK.encode()),
+        ("blanks.conll", "\n\n  \n" + CONLL_OK.replace("\n\n", "\n\n\t\n \n") + "\n\n\n"),
+        ("docstart.conll", "-DOCSTART- -X- O\n\n" + CONLL_OK.replace("\n\n", "\n-DOCSTART- -X- O\n")),
+    ],
+)
+def test_conll_legal_variants_read_the_same(tmp_path, name, data):
+    assert read_conll(write(tmp_path, name, data)) == CONLL_ROWS
+
+
+def test_conll_long_token_and_long_bad_line(tmp_path):
+    assert read_conll(write(tmp_path, "long.conll", f"{LONG} B-PER\n"))[0]["tokens"] == [LONG]
+    msg = expect_one_line(write(tmp_path, "long1.conll", f"John B-PER\n{LONG}\n"), 2, "found 1", "100,000 characters")
+    assert LONG not in msg  # the line is cut in the message
+    expect_one_line(write(tmp_path, "longtag.conll", f"John {LONG}\n"), 1, "does not match")
+
+
+@pytest.mark.parametrize(
+    "data, line",
+    [
+        ("", None),
+        ("\n\n \t \n", None),
+        ("-DOCSTART- -X- O\n", None),
+        ("-DOCSTART- -X- O\n\n-DOCSTART- -X- O\n\n", None),
+    ],
+)
+def test_conll_without_sentences(tmp_path, data, line):
+    expect_one_line(write(tmp_path, "e.conll", data), line, "no sentences")
+
+
+@pytest.mark.parametrize("ctrl, col", [("\x00", 3), ("\x07", 3), ("\x1b", 3), ("\x0b", 3), ("\x7f", 3)])
+def test_conll_control_characters(tmp_path, ctrl, col):
+    # \x0b and \x1c.. are white space to str.split(): they would silently split a token
+    expect_one_line(
+        write(tmp_path, "c.conll", f"John B-PER\nPa{ctrl}ris B-LOC\n"), 2, f"U+{ord(ctrl):04X}", f"column {col}"
+    )
+
+
+def test_utf16_without_bom_is_named(tmp_path):
+    expect_one_line(write(tmp_path, "u.conll", CONLL_OK.encode("utf-16-le")), 1, "U+0000", "UTF-16")
+
+
+def test_utf16_bad_bytes_give_their_line(tmp_path):
+    data = "John B-PER\nlives O\n".encode("utf-16") + b"\x00\xd8\x41\x00"  # a lone high surrogate
+    expect_one_line(write(tmp_path, "s.conll", data), 3, "not valid UTF-16")
+
+
+# ------------------------------------------------------------------------------ legal variants of tables
+
+TABLES = {
+    "csv": ("text,label\n", "{t},{y}\n"),
+    "tsv": ("text\tlabel\n", "{t}\t{y}\n"),
+    "jsonl": ("", '{{"text": "{t}", "label": "{y}"}}\n'),
+}
+TABLE_ROWS = [{"text": "good film", "label": "positive"}, {"text": "bad plot", "label": "negative"}]
+
+
+def table(fmt: str, rows=TABLE_ROWS) -> str:
+    head, row = TABLES[fmt]
+    return head + "".join(row.format(t=r["text"], y=r["label"]) for r in rows)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+@pytest.mark.parametrize(
+    "variant",
+    ["lf", "crlf", "cr", "utf16", "utf8bom", "blank lines"],
+)
+def test_tables_legal_variants_read_the_same(tmp_path, fmt, variant):
+    text = table(fmt)
+    data: str | bytes = {
+        "lf": text,
+        "crlf": text.replace("\n", "\r\n"),
+        "cr": text.replace("\n", "\r"),
+        "utf16": text.encode("utf-16"),
+        "utf8bom": b"\xef\xbb\xbf" + text.encode(),
+        "blank lines": text.replace("\n", "\n\n"),
+    }[variant]
+    assert read_table(write(tmp_path, f"t.{fmt}", data)) == TABLE_ROWS
+
+
+def test_json_array_in_utf16(tmp_path):
+    p = write(tmp_path, "a.json", json.dumps(TABLE_ROWS).encode("utf-16"))
+    assert read_table(p) == TABLE_ROWS
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_tables_long_text(tmp_path, fmt):
+    limit = csv.field_size_limit()
+    for n in (100_000, 300_000):  # csv's own field limit is 131,072 characters
+        rows = [{"text": "y" * n, "label": "positive"}]
+        assert read_table(write(tmp_path, f"t.{fmt}", table(fmt, rows))) == rows
+        assert csv.field_size_limit() == limit  # the process-wide limit is restored
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_tables_empty_and_header_only(tmp_path, fmt):
+    expect_one_line(write(tmp_path, f"e.{fmt}", "\n\n \n"), None, "empty")
+    if fmt != "jsonl":
+        expect_one_line(write(tmp_path, f"h.{fmt}", TABLES[fmt][0] + "\n"), None, "only a header")
+    expect_one_line(write(tmp_path, f"d.{fmt}", "-DOCSTART-\n"), 1 if fmt == "jsonl" else None)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_tables_control_characters(tmp_path, fmt):
+    text = table(fmt).replace("bad plot", "bad\x07plot")
+    expect_one_line(write(tmp_path, f"c.{fmt}", text), 3 if fmt != "jsonl" else 2, "U+0007")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_tables_empty_label_value(tmp_path, fmt):
+    rows = [TABLE_ROWS[0], {"text": "meh", "label": ""}]
+    expect_one_line(write(tmp_path, f"l.{fmt}", table(fmt, rows)), 3 if fmt != "jsonl" else 2, "empty label")
+
+
+def test_csv_quoted_newline_is_one_row_and_later_lines_count_physically(tmp_path):
+    p = write(tmp_path, "q.csv", 'text,label\n"line one\nline two, still",positive\r\n"a\r\nb",negative\n')
+    assert read_table(p) == [
+        {"text": "line one\nline two, still", "label": "positive"},
+        {"text": "a\r\nb", "label": "negative"},
+    ]
+    p = write(tmp_path, "q2.csv", 'text,label\n"line one\nline two",positive\n"x",\n')
+    expect_one_line(p, 4, "empty label")
+
+
+def test_csv_broken_quotes(tmp_path):
+    expect_one_line(
+        write(tmp_path, "u.csv", 'text,label\ngood,positive\n"never closed,negative\nmore,x\n'), 3, "never closed"
+    )
+    # a quote in the middle of a quoted field would silently glue text together
+    expect_one_line(write(tmp_path, "s.csv", 'text,label\n"ab"cd,positive\n'), 2, "malformed CSV")
+    # quotes inside an unquoted field are text
+    assert read_table(write(tmp_path, "ok.csv", 'text,label\nsay "hi",positive\n'))[0]["text"] == 'say "hi"'
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_duplicate_column_names(tmp_path, fmt):
+    sep = "," if fmt == "csv" else "\t"
+    expect_one_line(
+        write(tmp_path, f"d.{fmt}", sep.join(["text", "label", "label"]) + "\n" + sep.join(["a", "x", "y"]) + "\n"),
+        1,
+        "'label' occurs more than once",
+    )
+    expect_one_line(
+        write(tmp_path, f"t.{fmt}", sep.join(["text", "text", "label"]) + "\n" + sep.join(["a", "b", "y"]) + "\n"),
+        1,
+        "'text' occurs more than once",
+    )
+    # a repeated column that is not read is harmless
+    p = write(
+        tmp_path, f"n.{fmt}", sep.join(["note", "text", "note", "label"]) + "\n" + sep.join(["1", "a", "2", "y"]) + "\n"
+    )
+    assert read_table(p) == [{"text": "a", "label": "y"}]
+
+
+def test_json_duplicate_keys_and_non_scalar_values(tmp_path):
+    expect_one_line(
+        write(tmp_path, "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "x", "label": "y"}\n'),
+        2,
+        "'label' occurs more than once",
+    )
+    expect_one_line(
+        write(tmp_path, "d.json", '[{"text": "a", "label": "x", "label": "y"}]'),
+        None,
+        "record 0: column 'label' occurs more than once",
+    )
+    expect_one_line(write(tmp_path, "l.jsonl", '{"text": "a", "label": ["x"]}\n'), 1, "JSON array")
+    expect_one_line(write(tmp_path, "o.jsonl", '{"text": {"t": 1}, "label": "x"}\n'), 1, "JSON object")
+    expect_one_line(
+        write(tmp_path, "n.jsonl", '{"text": "a", "label": NaN}\n'), 1, "empty label"
+    )  # pandas' missing value
+
+
+# ------------------------------------------------------------------------------ saved Hugging Face data sets
+
+
+def test_saved_dataset_empty_tokens_and_labels(tmp_path):
+    import datasets
+
+    from fsllm.data import load_hf
+
+    datasets.disable_progress_bars()
+    tok = datasets.Dataset.from_dict(
+        {"tokens": [["John", "lives"], ["Mary", " "]], "ner_tags": [["B-PER", "O"], ["B-PER", "O"]]}
+    )
+    tok.save_to_disk(str(tmp_path / "tok"))
+    with pytest.raises(DataError, match=r"split 'train' example 1: token 1 is empty") as ei:
+        load_hf(tmp_path / "tok")
+    assert str(ei.value).startswith(f"{tmp_path / 'tok'}: ")
+    seq = datasets.Dataset.from_dict({"text": ["good", "bad"], "label": ["positive", ""]})
+    seq.save_to_disk(str(tmp_path / "seq"))
+    with pytest.raises(DataError, match=r"split 'train' example 1: empty label"):
+        load_hf(tmp_path / "seq")
+
+
+# ------------------------------------------------------------------------------ multi-label, numbers, pairs
+
+
+def test_read_table_multi_label_numbers_and_pairs(tmp_path):
+    rows = read_table(_jsonl(tmp_path / "a.jsonl", [{"text": "x", "label": ["b", "a", "b"]}, {"text": "y", "label": []}]),
+                      label_kind="multi")
+    assert [r["label"] for r in rows] == [["b", "a"], []]
+    (tmp_path / "b.csv").write_text('text,label\n"x","b|a"\n"y",\n"z",c\n')
+    assert [r["label"] for r in read_table(tmp_path / "b.csv", label_kind="multi")] == [["b", "a"], [], ["c"]]
+    (tmp_path / "c.tsv").write_text("text\tlabel\nx\tb;a\n")
+    assert read_table(tmp_path / "c.tsv", label_kind="multi", label_separator=";")[0]["label"] == ["b", "a"]
+    (tmp_path / "d.csv").write_text('text,label\n"x","b||a"\n')
+    with pytest.raises(DataError, match=r"d.csv:2: .*empty label between separators"):
+        read_table(tmp_path / "d.csv", label_kind="multi")
+    # a list is still refused where one label is expected
+    with pytest.raises(DataError, match="JSON array"):
+        read_table(tmp_path / "a.jsonl")
+
+    (tmp_path / "e.csv").write_text("text,score\nx,1.5\ny,-2\nz,high\n")
+    with pytest.raises(DataError, match=r"e.csv:4: .*'high' is not a finite number"):
+        read_table(tmp_path / "e.csv", label_column="score", label_kind="number")
+    (tmp_path / "f.csv").write_text("text,score\nx,1.5\ny,-2\n")
+    assert [r["label"] for r in read_table(tmp_path / "f.csv", label_column="score", label_kind="number")] == [1.5, -2.0]
+
+    pairs = _jsonl(tmp_path / "p.jsonl", [{"premise": "a", "hypothesis": "b", "label": "yes"}])
+    assert read_table(pairs, text_column="premise", text_pair_column="hypothesis") == [
+        {"text": "a", "text_pair": "b", "label": "yes"}
+    ]
+    with pytest.raises(DataError, match="column 'hyp' not found"):
+        read_table(pairs, text_column="premise", text_pair_column="hyp")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 from seqeval.metrics import classification_report as seqeval_report
 from seqeval.metrics import f1_score as seqeval_f1
@@ -15,8 +16,10 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 from fsllm.metrics import (
     METRIC_NAMES,
     classification_metrics,
+    multilabel_metrics,
     ner_metrics,
     primary_metric,
+    regression_metrics,
 )
 
 approx = pytest.approx
@@ -272,3 +275,35 @@ def test_primary_metric_and_names():
         assert primary_metric(task) in METRIC_NAMES[task]
         for name in METRIC_NAMES[task]:
             assert type(result[name]) is float
+
+
+# --------------------------------------------------------------------------- multi-label and regression
+
+
+def test_multilabel_metrics_by_hand():
+    gold = [["a", "b"], ["a"], [], ["c"]]
+    pred = [["a"], ["a", "c"], [], ["c"]]
+    m = multilabel_metrics(gold, pred, ["a", "b", "c"])
+    # decisions: tp a=2, c=1; fp c=1; fn b=1 -> micro P 3/4, R 3/4
+    assert m["micro_precision"] == pytest.approx(0.75) and m["micro_recall"] == pytest.approx(0.75)
+    assert m["micro_f1"] == pytest.approx(0.75)
+    # per label: a (1, 1, 1), b (0, 0, 0), c (P 1/2, R 1, F 2/3)
+    assert m["per_label"]["c"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    assert m["macro_f1"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+    # samples: F1 2/3, 2/3, 1 (nothing gold, nothing predicted), 1
+    assert m["samples_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 1) / 4)
+    assert m["subset_accuracy"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="not one of the labels"):
+        multilabel_metrics([["a"]], [["z"]], ["a"])
+
+
+def test_regression_metrics_and_primary_metrics():
+    m = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 6.0])
+    assert m["rmse"] == pytest.approx(np.sqrt((0 + 1 + 1 + 4) / 4))
+    assert m["mae"] == pytest.approx(1.0)
+    assert m["spearman"] == pytest.approx(0.8)
+    assert m["pearson"] == pytest.approx(np.corrcoef([1, 2, 3, 4], [1, 3, 2, 6])[0, 1])
+    assert regression_metrics([1.0, 2.0], [5.0, 5.0])["spearman"] == 0.0  # constant prediction: no rank signal
+    assert primary_metric("sequence", "regression") == "spearman"
+    assert primary_metric("sequence", "multi_label_classification") == "micro_f1"
+    assert primary_metric("sequence") == "accuracy"

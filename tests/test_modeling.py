@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_backbone
+from conftest import VOCAB, _perturb, _perturbed_seq_model, _trained_word_models, tiny_backbone
 from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, pipeline
 
-from fsllm import (
-    FSConfig,
-    FSForSequenceClassification,
-    FSForTokenClassification,
-    ModelFolderError,
-    load_model,
-)
+from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification, ModelFolderError, load_model
 from fsllm.backbones import default_lora_targets
+from fsllm.config import FSLLMConfig
 from fsllm.errors import ConfigError
+from fsllm.inference import Predictor
 from fsllm.modeling import learned_lambdas
 
 
@@ -50,13 +49,6 @@ def test_only_lora_head_and_lambda_are_trainable(family, cfg):
     assert adapted == set(default_lora_targets(tiny_backbone(family)))
     t, total = model.trainable_parameters()
     assert 0 < t < total
-
-
-def test_lora_targets_follow_architecture():
-    assert default_lora_targets(tiny_backbone("llama")) == [
-        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"
-    ]
-    assert default_lora_targets(tiny_backbone("phi3")) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
 
 
 def _train_a_bit(model, x, mask, labels, steps=3):
@@ -258,3 +250,169 @@ def test_learned_lambdas_read_from_small_and_merged_folders(tmp_path):
     fixed.save_pretrained(tmp_path / "fixed")
     assert learned_lambdas(tmp_path / "fixed") is None  # fixed rates are the config's, not learned
     assert learned_lambdas(tmp_path / "nothing") is None
+
+
+# ------------------------------------------------------------------ the forward of each problem type
+
+
+def test_regression_forward_answers_in_data_units_and_fits_standardised_targets():
+    tok, model = _perturbed_seq_model("regression", num_labels=1)
+    ids = torch.tensor([tok("a great film")["input_ids"], tok("a boring film")["input_ids"]])
+    z = model(ids).logits.squeeze(-1).detach()  # mean 0, std 1: the head's own output
+    model.config.target_mean, model.config.target_std = 2.0, 3.0
+    out = model(ids, labels=torch.tensor([5.0, -1.0]))
+    torch.testing.assert_close(out.logits.squeeze(-1), z * 3.0 + 2.0)
+    expected = torch.mean((z - torch.tensor([(5.0 - 2.0) / 3.0, (-1.0 - 2.0) / 3.0])) ** 2)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_multi_label_forward_uses_binary_cross_entropy():
+    tok, model = _perturbed_seq_model("multi_label_classification", num_labels=3)
+    ids = torch.tensor([tok("a great film")["input_ids"]])
+    target = torch.tensor([[1.0, 0.0, 1.0]])
+    out = model(ids, labels=target)
+    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, target))
+
+
+AUTO = {FSForSequenceClassification: AutoModelForSequenceClassification, FSForTokenClassification: AutoModelForTokenClassification}
+
+
+def _batch(seed: int = 0, vocab: int = 100):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, vocab, (3, 9), generator=g)
+    mask = torch.ones_like(x)
+    mask[1, :3] = 0  # left padding
+    mask[2, 6:] = 0  # right padding
+    return x, mask
+
+
+@pytest.mark.parametrize("cls", [FSForSequenceClassification, FSForTokenClassification], ids=["sequence", "token"])
+def test_auto_classes_load_both_folder_kinds_with_identical_logits(tmp_path, monkeypatch, family, cls):
+    bb_dir = tmp_path / "backbone"
+    tiny_backbone(family).save_pretrained(bb_dir)
+    monkeypatch.chdir(tmp_path)  # a relative backbone path must still resolve from elsewhere later
+    fs = FSConfig(attention="decay", decay_lambda=0.2, learnable_lambda=True, head_dropout=0.0, lora_dropout=0.0)
+    model = cls.from_backbone("backbone", id2label={0: "a", 1: "b", 2: "c"}, fs_config=fs).eval()
+    _perturb(model)
+    x, mask = _batch()
+    with torch.no_grad():
+        before = model(x, mask).logits
+    model.save_pretrained(tmp_path / "small")
+    model.save_pretrained(tmp_path / "merged", merged=True)
+    assert not (tmp_path / "small" / "adapter_config.json").exists()  # transformers' adapter detection must not fire
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+
+    for kind in ("small", "merged"):
+        assert isinstance(AutoConfig.from_pretrained(tmp_path / kind), FSLLMConfig)
+        loaded = AUTO[cls].from_pretrained(tmp_path / kind)
+        assert type(loaded) is cls and not loaded.training
+        assert loaded.config.id2label == {0: "a", 1: "b", 2: "c"} and loaded.config.label2id["c"] == 2
+        with torch.no_grad():
+            after = loaded(x, mask).logits
+        torch.testing.assert_close(after, before, atol=1e-5, rtol=0, msg=f"{kind} folder")
+        torch.testing.assert_close(loaded.fs_lambdas, model.fs_lambdas)
+
+    # the merged folder stands alone: it builds from its own config, without the backbone's files
+    shutil.rmtree(bb_dir)
+    with torch.no_grad():
+        alone = AUTO[cls].from_pretrained(tmp_path / "merged")(x, mask).logits
+    torch.testing.assert_close(alone, before, atol=1e-5, rtol=0)
+
+
+def test_auto_class_of_the_other_task_is_refused(tmp_path):
+    model = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3)
+    model.save_pretrained(tmp_path / "m", merged=True)
+    with pytest.raises(ModelFolderError, match="holds a FSForTokenClassification, not a FSForSequenceClassification"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
+    assert type(load_model(tmp_path / "m")) is FSForTokenClassification
+
+
+def test_folder_of_an_older_fsllm_gives_a_clear_error(tmp_path):
+    (tmp_path / "fsllm_config.json").write_text("{}")
+    with pytest.raises(ModelFolderError, match="saved by fsllm 0.1"):
+        load_model(tmp_path)
+
+
+def test_merged_save_of_a_head_only_model_leaves_the_live_model_alone(tmp_path):
+    model = FSForSequenceClassification.from_backbone(
+        tiny_backbone("llama"), num_labels=2, fs_config=FSConfig(use_lora=False, head_dropout=0.0)
+    ).eval()
+    x, mask = _batch()
+    with torch.no_grad():
+        hidden = model.encode(x, mask)
+        model.save_pretrained(tmp_path / "m", merged=True)
+        torch.testing.assert_close(model.encode(x, mask), hidden, atol=0, rtol=0)
+        torch.testing.assert_close(load_model(tmp_path / "m").encode(x, mask), hidden, atol=1e-6, rtol=0)
+
+
+class _FakeHub:
+    """Stands in for the Hub API: a commit lands in a local folder laid out as the Hub cache."""
+
+    def __init__(self, cache: Path):
+        self.cache = cache
+        self.commits: list[list[str]] = []
+
+    def create_repo(self, repo_id, **_):
+        return type("Repo", (), {"repo_id": repo_id})()
+
+    def create_commit(self, repo_id, operations, **_):
+        sha = f"{len(self.commits) + 1:040d}"
+        repo = self.cache / f"models--{repo_id.replace('/', '--')}"
+        snap = repo / "snapshots" / sha
+        for op in operations:
+            dest = snap / op.path_in_repo
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(op.path_or_fileobj, dest)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(sha)
+        self.commits.append(sorted(op.path_in_repo for op in operations))
+        return sha
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["small", "merged"])
+def test_push_to_hub_and_load_by_repo_id_offline(tmp_path, monkeypatch, merged):
+    import huggingface_hub.constants
+    import transformers.utils.hub
+
+    hub = _FakeHub(tmp_path / "hub-cache")
+    real_hf_api = transformers.utils.hub.hf_api
+    monkeypatch.setattr(transformers.utils.hub, "hf_api", lambda: hub)
+    folders = _trained_word_models(tmp_path)
+    model = load_model(folders["token"])
+    tok = Predictor.from_pretrained(folders["token"]).tokenizer
+    model.push_to_hub("someone/fs-ner", tokenizer=tok, merged=merged)
+    files = hub.commits[-1]
+    assert "config.json" in files and "README.md" in files and "tokenizer.json" in files
+    assert ("model.safetensors" in files) == merged and ("adapter/adapter_model.safetensors" in files) != merged
+
+    # resolve the repo id through the Hub cache, with the network switched off
+    monkeypatch.setattr(transformers.utils.hub, "hf_api", real_hf_api)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub.cache))
+    x, mask = _batch(vocab=len(tok))
+    loaded = AutoModelForTokenClassification.from_pretrained("someone/fs-ner")
+    with torch.no_grad():
+        want = model.eval()(x, mask).logits
+        # merging LoRA rounds W + BA once in fp32; the weights here were pushed far from init (|logit| ~ 30)
+        torch.testing.assert_close(loaded(x, mask).logits, want, atol=5e-5 * float(want.abs().max()), rtol=0)
+    ner = pipeline("token-classification", model="someone/fs-ner", aggregation_strategy="first")
+    assert type(ner.model) is FSForTokenClassification
+    with pytest.raises(ModelFolderError, match="not on the Hub"):
+        load_model("someone/missing")
+
+
+def test_adapter_missing_lora_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bb = tmp_path / "bb"
+    tiny_backbone("llama").save_pretrained(bb)
+    FSForTokenClassification.from_backbone(str(bb), num_labels=3).save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "adapter" / "adapter_model.safetensors"
+    weights = load_file(str(path))
+    dropped = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(path))
+    with pytest.raises(ModelFolderError, match="adapter lacks 1 LoRA weights"):
+        load_model(tmp_path / "m")

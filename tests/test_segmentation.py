@@ -1,4 +1,4 @@
-"""Raw text -> words for NER (fsllm.segmentation) and the pre-split input of predict.
+"""Raw text -> words for NER (fsllm.segmentation).
 
 Every case checks the offsets: ``text[start:end]`` is exactly the reported word.
 """
@@ -6,16 +6,11 @@ Every case checks the offsets: ``text[start:end]`` is exactly the reported word.
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
 import unicodedata
 
 import pytest
 
-import fsllm.inference as inference
-from fsllm.cli import main
 from fsllm.data import read_conll
-from fsllm.errors import DataError, FSLLMError
-from fsllm.inference import Predictor
 from fsllm.segmentation import segment, split_words
 
 
@@ -223,73 +218,3 @@ def test_han_kana_and_thai_fall_back_to_one_word_per_character():
     assert words("กรุงเทพ") == ["ก", "รุ", "ง", "เ", "ท", "พ"]
     # Hangul is written with spaces: ordinary words
     assert words("서울에 갔다") == ["서울에", "갔다"]
-
-
-# ------------------------------------------------------------------ Predictor and CLI
-
-
-def test_predict_feeds_the_forms_and_reports_spans_in_the_original_text(tiny_ner_model_dir, monkeypatch):
-    pred = Predictor.from_pretrained(tiny_ner_model_dir)
-    seen = []
-    real = inference.predict_word_tags
-
-    def spy(model, tok, sentences, *a, **k):
-        seen.extend(list(s) for s in sentences)
-        tags, scores, logits = real(model, tok, sentences, *a, **k)
-        return [["B-PER"] * len(s) for s in sentences], scores, logits  # every word a PER: one entity
-
-    monkeypatch.setattr(inference, "predict_word_tags", spy)
-    text = unicodedata.normalize("NFD", "\ufeffJosé's Ber\u00adlin")
-    (ents,) = pred.predict([text])
-    assert seen == [["José", "'s", "Berlin"]]
-    assert [(e["start"], e["end"]) for e in ents] == [(1, 6), (6, 8), (9, 16)]
-    assert all(text[e["start"] : e["end"]] == e["word"] for e in ents)
-    with pytest.raises(DataError, match="input 1: no words"):
-        pred.predict(["\u200b\u200b"])
-
-
-def test_predict_pre_split_words(tiny_ner_model_dir, tiny_seq_model_dir):
-    pred = Predictor.from_pretrained(tiny_ner_model_dir)
-    sents = [["John", "visited", "New York"], ["东", "京"]]
-    out = pred.predict(words=sents)
-    assert [r["tokens"] for r in out] == sents
-    for r in out:
-        assert len(r["tags"]) == len(r["tokens"]) == len(r["scores"])
-        text = " ".join(r["tokens"])
-        assert all(text[e["start"] : e["end"]] == e["word"] for e in r["entities"])
-    with pytest.raises(FSLLMError, match="either texts or words"):
-        pred.predict(["a"], words=sents)
-    with pytest.raises(DataError, match="input 2: word 1"):
-        pred.predict(words=[["a"], ["", "b"]])
-    with pytest.raises(DataError, match="input 1: expected a non-empty list"):
-        pred.predict(words=["John visited"])
-    with pytest.raises(FSLLMError, match="token-classification"):
-        Predictor.from_pretrained(tiny_seq_model_dir).predict(words=sents)
-
-
-def test_cli_pre_split_json_lines(tmp_path, tiny_ner_model_dir, tiny_seq_model_dir, capsys):
-    f = tmp_path / "in.jsonl"
-    f.write_text('{"id": 7, "tokens": ["John", "visited", "Paris"]}\n\n{"tokens": ["Credit", "Suisse", "\'s"]}\n')
-    assert main(["predict", str(tiny_ner_model_dir), "--pre-split", "--file", str(f)]) == 0
-    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [r["tokens"] for r in rows] == [["John", "visited", "Paris"], ["Credit", "Suisse", "'s"]]
-    assert rows[0]["id"] == 7 and all(len(r["tags"]) == len(r["tokens"]) for r in rows)
-    # texts after the option, on the command line
-    assert main(["predict", str(tiny_ner_model_dir), "--pre-split", '{"tokens": ["a", "b"]}']) == 0
-    assert len(json.loads(capsys.readouterr().out)["tags"]) == 2
-
-    def one_error(args):
-        rc = main([str(a) for a in args])
-        err = capsys.readouterr().err
-        lines = [ln for ln in err.splitlines() if ln.startswith("fsllm: error:")]
-        assert rc == 2 and len(lines) == 1, err
-        return lines[0]
-
-    f.write_text('{"tokens": ["ok"]}\n["not", "an", "object"]\n')
-    assert f"{f}:2:" in one_error(["predict", tiny_ner_model_dir, "--pre-split", "--file", f])
-    f.write_text('{"tokens": ["ok"]}\n{"tokens": ["x", 3]}\n')
-    msg = one_error(["predict", tiny_ner_model_dir, "--pre-split", "--file", f])
-    assert f"{f}:2:" in msg and "token 2" in msg
-    f.write_text("{oops\n")
-    assert f"{f}:1: --pre-split: invalid JSON" in one_error(["predict", tiny_ner_model_dir, "--pre-split", "--file", f])
-    assert "sequence classifier" in one_error(["predict", tiny_seq_model_dir, "--pre-split", '{"tokens": ["a"]}'])

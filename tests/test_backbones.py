@@ -1,5 +1,6 @@
-"""QLoRA: FS models on a 4-bit (NF4) backbone, trained, saved small and merged, and loaded back.
+"""Backbones (fsllm.backbones): LoRA targets per architecture, and QLoRA (``quantize="4bit"``).
 
+QLoRA: FS models on a 4-bit (NF4) backbone, trained, saved small and merged, and loaded back.
 bitsandbytes' CPU backend runs 4-bit layers, so these run on the CPU (the ``test`` extra installs
 it); the last test checks the one-line error a user without bitsandbytes gets.
 """
@@ -12,13 +13,20 @@ import json
 import pytest
 import torch
 import transformers
-from conftest import NER_LABELS, build_word_tokenizer
+from conftest import NER_LABELS, build_word_tokenizer, tiny_backbone
 from transformers import AutoModelForTokenClassification
 
 from fsllm import FSForSequenceClassification, FSForTokenClassification
-from fsllm.backbones import is_quantized, load_backbone
+from fsllm.backbones import default_lora_targets, is_quantized, load_backbone
 from fsllm.cli import main
 from fsllm.errors import FSLLMError
+
+
+def test_lora_targets_follow_architecture():
+    assert default_lora_targets(tiny_backbone("llama")) == [
+        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"
+    ]
+    assert default_lora_targets(tiny_backbone("phi3")) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_pipeline import write_conll_dir
+from conftest import write_conll_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FSDP_YAML = REPO / "docs" / "accelerate_fsdp2.yaml"
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/, where conftest is
 
 
 def _env() -> dict[str, str]:
@@ -230,3 +230,24 @@ def test_fsdp2_shards_an_fs_model_over_gloo_with_the_same_loss_and_gradients(fsd
 def test_save_pretrained_of_an_fsdp2_sharded_model(fsdp2_run):
     rank0 = next(r for r in fsdp2_run if r["rank"] == 0)
     assert rank0["save"] == "ok", rank0["save"]
+
+
+def test_torchrun_two_processes_share_the_data_and_write_one_run(tmp_path, tiny_model_dir):
+    """``torchrun`` (gloo on CPU): the batches are split between the processes, process 0 writes the run."""
+    data = write_conll_dir(tmp_path)
+    run = tmp_path / "run"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "fsllm.cli", "train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run),
+         "--epochs", "2", "--batch-size", "2"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    # 9 training sentences, 2 per process and step, 2 processes: 3 steps per epoch (5 in one process)
+    assert metrics["train"]["steps"] == 6
+    evals = [r for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if "eval_f1" in r]
+    assert [(r["step"], r["epoch"]) for r in evals] == [(3, 1.0), (6, 2.0)]  # logged once, by process 0
+    assert proc.stdout.count("test f1:") == 1
+    assert (run / "model" / "fsllm_head.safetensors").is_file()

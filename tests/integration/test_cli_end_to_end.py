@@ -1,22 +1,166 @@
-"""Multi-label classification, regression and text pairs, from the readers to the CLI, the server and pipeline()."""
+"""End to end: train, evaluate, predict and serve through the CLI (and train from Python), on tiny models."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import build_word_tokenizer, word_llama
+from conftest import _jsonl, _trained_word_models, write_conll_dir, write_csv_dir
+from transformers import pipeline
 
-from fsllm import FSConfig, FSForSequenceClassification
+from fsllm import FSForSequenceClassification, FSForTokenClassification
 from fsllm.cli import main
-from fsllm.data import read_table
 from fsllm.errors import DataError, FSLLMError
 from fsllm.inference import Predictor, batched_logits
-from fsllm.metrics import multilabel_metrics, primary_metric, regression_metrics
-from fsllm.tokenization import pair_features, pair_ids
+
+# ------------------------------------------------------------------ the CLI end to end
+
+
+def run_cli(args, capsys):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_cli_token_task_end_to_end(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    data = write_conll_dir(tmp_path)
+    run = tmp_path / "run"
+    rc, out, err = run_cli(
+        ["train", "--data", data, "--model", tiny_model_dir, "--output", run, "--max-steps", 5, "--batch-size", 4,
+         "--eval-steps", 2, "--lr", "5e-3"], capsys)
+    assert rc == 0, err
+    assert "test f1:" in out and f"run folder: {run}" in out
+    for name in ("config.json", "metrics.json", "train_log.jsonl", "predictions_test.jsonl", "predictions_dev.jsonl",
+                 "model/config.json", "model/adapter/adapter_model.safetensors", "model/README.md", "plots/loss.png", "plots/dev_f1.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["task"] == "token" and 0 <= metrics["test"]["f1"] <= 1
+    card = (run / "model" / "README.md").read_text()
+    assert "pipeline_tag: token-classification" in card and f"value: {metrics['test']['f1']}" in card
+    assert set(metrics["test"]["per_type"]) <= {"PER", "LOC", "ORG"}
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert any("loss" in r for r in log)
+    # dev is evaluated every 2 steps and at the last step, which then competes for "best"
+    assert [r["step"] for r in log if "eval_f1" in r] == [2, 4, 5]
+    preds = [json.loads(line) for line in (run / "predictions_test.jsonl").read_text().splitlines()]
+    assert preds[0]["tokens"] == ["Jones", "lives", "in", "Berlin"] and len(preds[0]["pred"]) == 4
+
+    rc, out, err = run_cli(["eval", run, "--data", data, "--split", "test"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["f1"] == pytest.approx(metrics["test"]["f1"])
+
+    rc, out, err = run_cli(["predict", run, "John visited Paris .", "Mary works for Google"], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in rows] == ["John visited Paris .", "Mary works for Google"]
+    for r in rows:
+        for e in r["entities"]:
+            assert set(e) == {"entity_group", "score", "word", "start", "end"}
+            assert r["text"][e["start"]:e["end"]] == e["word"]
+
+    texts = tmp_path / "in.txt"
+    texts.write_text("John visited Paris .\n\nMary works for Google\n")
+    rc, out_file, err = run_cli(["predict", run, "--file", texts], capsys)
+    assert rc == 0 and out_file == out
+
+    monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": type("B", (), {"read": lambda self: texts.read_bytes()})()})())
+    rc, out_stdin, err = run_cli(["predict", run], capsys)
+    assert rc == 0 and out_stdin == out
+
+
+def test_cli_sequence_task_end_to_end(tmp_path, tiny_model_dir, capsys):
+    data = write_csv_dir(tmp_path)
+    run = tmp_path / "run"
+    rc, out, err = run_cli(
+        ["train", "--data", data, "--model", tiny_model_dir, "--output", run, "--epochs", 2, "--batch-size", 4,
+         "--pooling", "last", "--attention", "decay", "--decay-lambda", "0.5"], capsys)
+    assert rc == 0, err
+    assert "test accuracy:" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["labels"] == ["negative", "positive"]
+    assert (run / "plots" / "confusion_test.png").is_file()
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["model_type"] == "fsllm" and saved["architectures"] == ["FSForSequenceClassification"]
+    assert saved["fs"]["attention"] == "decay" and saved["fs"]["pooling"] == "last"
+    rc, out, err = run_cli(["predict", run, "a great film", "boring plot"], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert all(r["label"] in ("negative", "positive") and 0.5 <= r["score"] <= 1 for r in rows)
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+
+def one_line_error(args, capsys):
+    rc, out, err = run_cli(args, capsys)
+    lines = [ln for ln in err.splitlines() if ln.startswith("fsllm: error:")]
+    assert rc == 2, (rc, err)
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, tiny_model_dir, capsys):
+    base = ["train", "--model", tiny_model_dir, "--max-steps", 1, "--batch-size", 2]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train.txt").write_text("John B-PER\nSmith\n")
+    msg = one_line_error(base + ["--data", bad, "--output", tmp_path / "r1"], capsys)
+    assert "train.txt:2" in msg
+
+    cols = tmp_path / "cols"
+    cols.mkdir()
+    (cols / "train.csv").write_text("sentence,label\nhello,positive\n")
+    msg = one_line_error(base + ["--data", cols, "--output", tmp_path / "r2"], capsys)
+    assert "train.csv" in msg and "text" in msg
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train.csv").write_text("")
+    msg = one_line_error(base + ["--data", empty, "--output", tmp_path / "r3"], capsys)
+    assert "train.csv" in msg and "empty" in msg.lower()
+
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "train.csv").write_text('text,label\nfine,positive\n"  ",negative\n')
+    msg = one_line_error(base + ["--data", blank, "--output", tmp_path / "r4"], capsys)
+    assert "train.csv:3" in msg
+
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "train.csv").write_bytes(b"text,label\ngood,positive\nbad \xff\xfe,negative\n")
+    msg = one_line_error(base + ["--data", binary, "--output", tmp_path / "r5"], capsys)
+    assert "train.csv:3" in msg and "UTF-8" in msg
+
+    unknown = write_csv_dir(tmp_path)
+    (unknown / "dev.csv").write_text("text,label\nso so,neutral\n")
+    msg = one_line_error(base + ["--data", unknown, "--output", tmp_path / "r6"], capsys)
+    assert "'neutral'" in msg and "dev" in msg
+
+    msg = one_line_error(["predict", tmp_path / "no-such-run", "hello"], capsys)
+    assert "no such model folder" in msg
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{oops")
+    msg = one_line_error(["predict", corrupt, "hello"], capsys)
+    assert "corrupt" in msg
+
+    msg = one_line_error(["train", "--data", "no-such-dataset", "--output", tmp_path / "r7"], capsys)
+    assert "conll2003" in msg  # lists the catalogue
+
+
+def test_existing_run_folder_is_not_overwritten(tmp_path, tiny_model_dir, capsys):
+    data = write_csv_dir(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    msg = one_line_error(["train", "--data", data, "--model", tiny_model_dir, "--output", run], capsys)
+    assert "--resume" in msg
+    assert (run / "metrics.json").read_text() == "{}"
+
 
 MULTI_ROWS = [
     ("John visited Paris", ["person", "place"]),
@@ -38,205 +182,6 @@ PAIR_ROWS = [
     ("Mary works for Google", "Mary works for a company", "yes"),
     ("Mary works for Google", "Mary works for Apple", "no"),
 ]
-
-
-def run_cli(args, capsys):
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-# ------------------------------------------------------------------ metrics
-
-
-def test_multilabel_metrics_by_hand():
-    gold = [["a", "b"], ["a"], [], ["c"]]
-    pred = [["a"], ["a", "c"], [], ["c"]]
-    m = multilabel_metrics(gold, pred, ["a", "b", "c"])
-    # decisions: tp a=2, c=1; fp c=1; fn b=1 -> micro P 3/4, R 3/4
-    assert m["micro_precision"] == pytest.approx(0.75) and m["micro_recall"] == pytest.approx(0.75)
-    assert m["micro_f1"] == pytest.approx(0.75)
-    # per label: a (1, 1, 1), b (0, 0, 0), c (P 1/2, R 1, F 2/3)
-    assert m["per_label"]["c"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
-    assert m["macro_f1"] == pytest.approx((1 + 0 + 2 / 3) / 3)
-    # samples: F1 2/3, 2/3, 1 (nothing gold, nothing predicted), 1
-    assert m["samples_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 + 1) / 4)
-    assert m["subset_accuracy"] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="not one of the labels"):
-        multilabel_metrics([["a"]], [["z"]], ["a"])
-
-
-def test_regression_metrics_and_primary_metrics():
-    m = regression_metrics([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 6.0])
-    assert m["rmse"] == pytest.approx(np.sqrt((0 + 1 + 1 + 4) / 4))
-    assert m["mae"] == pytest.approx(1.0)
-    assert m["spearman"] == pytest.approx(0.8)
-    assert m["pearson"] == pytest.approx(np.corrcoef([1, 2, 3, 4], [1, 3, 2, 6])[0, 1])
-    assert regression_metrics([1.0, 2.0], [5.0, 5.0])["spearman"] == 0.0  # constant prediction: no rank signal
-    assert primary_metric("sequence", "regression") == "spearman"
-    assert primary_metric("sequence", "multi_label_classification") == "micro_f1"
-    assert primary_metric("sequence") == "accuracy"
-
-
-# ------------------------------------------------------------------ readers
-
-
-def test_read_table_multi_label_numbers_and_pairs(tmp_path):
-    rows = read_table(_jsonl(tmp_path / "a.jsonl", [{"text": "x", "label": ["b", "a", "b"]}, {"text": "y", "label": []}]),
-                      label_kind="multi")
-    assert [r["label"] for r in rows] == [["b", "a"], []]
-    (tmp_path / "b.csv").write_text('text,label\n"x","b|a"\n"y",\n"z",c\n')
-    assert [r["label"] for r in read_table(tmp_path / "b.csv", label_kind="multi")] == [["b", "a"], [], ["c"]]
-    (tmp_path / "c.tsv").write_text("text\tlabel\nx\tb;a\n")
-    assert read_table(tmp_path / "c.tsv", label_kind="multi", label_separator=";")[0]["label"] == ["b", "a"]
-    (tmp_path / "d.csv").write_text('text,label\n"x","b||a"\n')
-    with pytest.raises(DataError, match=r"d.csv:2: .*empty label between separators"):
-        read_table(tmp_path / "d.csv", label_kind="multi")
-    # a list is still refused where one label is expected
-    with pytest.raises(DataError, match="JSON array"):
-        read_table(tmp_path / "a.jsonl")
-
-    (tmp_path / "e.csv").write_text("text,score\nx,1.5\ny,-2\nz,high\n")
-    with pytest.raises(DataError, match=r"e.csv:4: .*'high' is not a finite number"):
-        read_table(tmp_path / "e.csv", label_column="score", label_kind="number")
-    (tmp_path / "f.csv").write_text("text,score\nx,1.5\ny,-2\n")
-    assert [r["label"] for r in read_table(tmp_path / "f.csv", label_column="score", label_kind="number")] == [1.5, -2.0]
-
-    pairs = _jsonl(tmp_path / "p.jsonl", [{"premise": "a", "hypothesis": "b", "label": "yes"}])
-    assert read_table(pairs, text_column="premise", text_pair_column="hypothesis") == [
-        {"text": "a", "text_pair": "b", "label": "yes"}
-    ]
-    with pytest.raises(DataError, match="column 'hyp' not found"):
-        read_table(pairs, text_column="premise", text_pair_column="hyp")
-
-
-# ------------------------------------------------------------------ pair encoding
-
-
-def test_pair_ids_put_eos_between_the_texts_and_truncate_longest_first():
-    tok = build_word_tokenizer()
-    a, b = "John visited Paris", "Mary lives in London"
-    ids, cut = pair_ids(a, b, tok)
-    assert not cut
-    assert ids == tok(a)["input_ids"] + [tok.eos_token_id] + tok(b, add_special_tokens=False)["input_ids"]
-    long_a = "the film was good and the actors were great and the plot moving"
-    ids, cut = pair_ids(long_a, b, tok, max_length=9)
-    assert cut and len(ids) == 9
-    sep = ids.index(tok.eos_token_id)
-    assert ids[sep + 1 :] == tok(b, add_special_tokens=False)["input_ids"]  # the short side keeps every token
-    assert ids[:sep] == tok(long_a)["input_ids"][:sep]  # the long side lost its end
-
-    # a tokenizer that adds a BOS (Llama-style): the BOS stays first, once
-    from tokenizers import processors
-
-    bos_tok = build_word_tokenizer()
-    bos_tok._tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    ids, _ = pair_ids(a, b, bos_tok, max_length=6)
-    assert ids[0] == 1 and ids.count(1) == 1 and len(ids) == 6 and ids[3 if ids[3] == 2 else 4] == 2
-
-
-def _perturbed_seq_model(problem_type=None, num_labels=2, seed=0):
-    tok, backbone = word_llama(seed)
-    model = FSForSequenceClassification.from_backbone(
-        backbone, num_labels=num_labels, fs_config=FSConfig(head_dropout=0.0, lora_dropout=0.0), problem_type=problem_type
-    )
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return tok, model.eval()
-
-
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_a_pair_alone_and_in_a_padded_batch_get_the_same_logits(side):
-    tok, model = _perturbed_seq_model()
-    short, _ = pair_features("John visited Paris", "Mary lives", tok, 64)
-    long_, _ = pair_features("the film was good and the actors were great", "the plot was boring and awful", tok, 64)
-    alone = model(torch.tensor([short["input_ids"]])).logits[0]
-    width = len(long_["input_ids"])
-    n = len(short["input_ids"])
-    ids = torch.zeros((2, width), dtype=torch.long)
-    mask = torch.zeros((2, width), dtype=torch.long)
-    ids[0] = torch.tensor(long_["input_ids"])
-    mask[0] = 1
-    if side == "right":
-        ids[1, :n], mask[1, :n] = torch.tensor(short["input_ids"]), 1
-    else:
-        ids[1, width - n :], mask[1, width - n :] = torch.tensor(short["input_ids"]), 1
-    with torch.no_grad():
-        batched = model(ids, mask).logits[1]
-    assert width > n + 3  # the batch really pads the short pair
-    torch.testing.assert_close(batched, alone.detach(), atol=1e-5, rtol=0)
-    # the same through the inference path
-    (lg_alone,), lg_batch = batched_logits(model, [short]), batched_logits(model, [long_, short])
-    np.testing.assert_allclose(lg_batch[1], lg_alone, atol=1e-5)
-
-
-# ------------------------------------------------------------------ the forward of each problem type
-
-
-def test_regression_forward_answers_in_data_units_and_fits_standardised_targets():
-    tok, model = _perturbed_seq_model("regression", num_labels=1)
-    ids = torch.tensor([tok("a great film")["input_ids"], tok("a boring film")["input_ids"]])
-    z = model(ids).logits.squeeze(-1).detach()  # mean 0, std 1: the head's own output
-    model.config.target_mean, model.config.target_std = 2.0, 3.0
-    out = model(ids, labels=torch.tensor([5.0, -1.0]))
-    torch.testing.assert_close(out.logits.squeeze(-1), z * 3.0 + 2.0)
-    expected = torch.mean((z - torch.tensor([(5.0 - 2.0) / 3.0, (-1.0 - 2.0) / 3.0])) ** 2)
-    torch.testing.assert_close(out.loss, expected)
-
-
-def test_multi_label_forward_uses_binary_cross_entropy():
-    tok, model = _perturbed_seq_model("multi_label_classification", num_labels=3)
-    ids = torch.tensor([tok("a great film")["input_ids"]])
-    target = torch.tensor([[1.0, 0.0, 1.0]])
-    out = model(ids, labels=target)
-    torch.testing.assert_close(out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, target))
-
-
-# ------------------------------------------------------------------ thresholds chosen on dev
-
-
-class _Stub:
-    """What choose_thresholds needs of a model: the label map and a config to write into."""
-
-    def __init__(self, labels):
-        from fsllm.config import FSLLMConfig
-
-        self.id2label = dict(enumerate(labels))
-        self.num_labels = len(labels)
-        self.config = FSLLMConfig(id2label=self.id2label, problem_type="multi_label_classification")
-
-
-def test_thresholds_are_chosen_on_dev_globally_and_per_label(monkeypatch):
-    from fsllm import inference
-    from fsllm.training import choose_thresholds
-
-    # label a is present when p >= 0.3; label b when p >= 0.8: no single threshold gets both right
-    probs = [np.array([0.35, 0.85]), np.array([0.32, 0.2]), np.array([0.1, 0.7]), np.array([0.2, 0.9])]
-    gold = [["a", "b"], ["a"], [], ["b"]]
-    monkeypatch.setattr(inference, "sequence_probabilities", lambda *a, **k: probs)
-    dev = [{"text": "x", "label": g} for g in gold]
-
-    model = _Stub(["a", "b"])
-    chosen = choose_thresholds(model, None, dev, 16, 8, per_label=False)
-    # global: 0.3 gets a twice and b thrice (one wrong b); 0.75..0.85 gets b twice and no a: 0.3 wins
-    assert chosen == {"global": 0.3, "per_label": None}
-    assert model.config.multi_label_threshold == 0.3 and model.config.threshold_of("b") == 0.3
-
-    model = _Stub(["a", "b"])
-    chosen = choose_thresholds(model, None, dev, 16, 8, per_label=True)
-    assert chosen["per_label"]["a"] <= 0.3 and 0.7 < chosen["per_label"]["b"] <= 0.85
-    assert model.config.threshold_of("a") == chosen["per_label"]["a"]
-    assert model.config.threshold_of("b") == chosen["per_label"]["b"]
 
 
 # ------------------------------------------------------------------ end to end: multi-label
@@ -468,3 +413,56 @@ def test_text_pair_regression_from_python(tmp_path, tiny_model_dir):
         train(TrainConfig(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "run2"),
                           text_column="premise", text_pair_column="hypothesis", problem_type="regression",
                           max_steps=1, threshold_per_label=True))
+
+
+def test_cli_pre_split_json_lines(tmp_path, tiny_ner_model_dir, tiny_seq_model_dir, capsys):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"id": 7, "tokens": ["John", "visited", "Paris"]}\n\n{"tokens": ["Credit", "Suisse", "\'s"]}\n')
+    assert main(["predict", str(tiny_ner_model_dir), "--pre-split", "--file", str(f)]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["tokens"] for r in rows] == [["John", "visited", "Paris"], ["Credit", "Suisse", "'s"]]
+    assert rows[0]["id"] == 7 and all(len(r["tags"]) == len(r["tokens"]) for r in rows)
+    # texts after the option, on the command line
+    assert main(["predict", str(tiny_ner_model_dir), "--pre-split", '{"tokens": ["a", "b"]}']) == 0
+    assert len(json.loads(capsys.readouterr().out)["tags"]) == 2
+
+    def one_error(args):
+        rc = main([str(a) for a in args])
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("fsllm: error:")]
+        assert rc == 2 and len(lines) == 1, err
+        return lines[0]
+
+    f.write_text('{"tokens": ["ok"]}\n["not", "an", "object"]\n')
+    assert f"{f}:2:" in one_error(["predict", tiny_ner_model_dir, "--pre-split", "--file", f])
+    f.write_text('{"tokens": ["ok"]}\n{"tokens": ["x", 3]}\n')
+    msg = one_error(["predict", tiny_ner_model_dir, "--pre-split", "--file", f])
+    assert f"{f}:2:" in msg and "token 2" in msg
+    f.write_text("{oops\n")
+    assert f"{f}:1: --pre-split: invalid JSON" in one_error(["predict", tiny_ner_model_dir, "--pre-split", "--file", f])
+    assert "sequence classifier" in one_error(["predict", tiny_seq_model_dir, "--pre-split", '{"tokens": ["a"]}'])
+
+
+TEXTS = ["John Smith visited Paris .", "Mary works for Google in London today", "the film was good"]
+
+
+def test_pipelines_load_the_fs_model_and_agree_with_predict(tmp_path):
+    folders = _trained_word_models(tmp_path)
+
+    ner = pipeline("token-classification", model=str(folders["token"]), aggregation_strategy="first")
+    assert type(ner.model) is FSForTokenClassification
+    ours = Predictor.from_pretrained(folders["token"]).predict(TEXTS)
+    theirs = ner(TEXTS)
+    assert sum(len(e) for e in ours) >= 3  # the comparison covers real entities
+    for a, b in zip(theirs, ours):
+        assert [(e["entity_group"], e["start"], e["end"], e["word"]) for e in a] == [
+            (e["entity_group"], e["start"], e["end"], e["word"]) for e in b
+        ]
+        assert [float(e["score"]) for e in a] == pytest.approx([e["score"] for e in b], abs=1e-5)
+
+    clf = pipeline("text-classification", model=str(folders["sequence"]))
+    assert type(clf.model) is FSForSequenceClassification
+    ours = Predictor.from_pretrained(folders["sequence"]).predict(TEXTS)
+    theirs = clf(TEXTS)
+    assert [r["label"] for r in theirs] == [r["label"] for r in ours]
+    assert [r["score"] for r in theirs] == pytest.approx([r["score"] for r in ours], abs=1e-5)

@@ -1,4 +1,5 @@
-"""``fsllm train`` options come from the TrainConfig / FSConfig fields; --config repeats a run."""
+"""``fsllm train`` options come from the TrainConfig / FSConfig fields; --config repeats a run; bad options are
+refused before anything is written."""
 
 from __future__ import annotations
 
@@ -125,3 +126,41 @@ def test_lr_scheduler_type_is_set_from_the_cli_saved_and_read_back_by_resume(tmp
 
     train(resume=True, output_dir=str(run), callbacks=[Spy()])
     assert seen == ["constant"]
+
+
+def write_tiny_csv(folder):
+    folder.mkdir()
+    rows = "text,label\n" + "".join(f"{t},{lab}\n" for t, lab in [("good film", "pos"), ("bad plot", "neg")] * 4)
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.csv").write_text(rows)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--epochs", "-1"], "epochs must be > 0"),
+        (["--batch-size", "0"], "batch_size must be a positive integer"),
+        (["--lr", "0"], "learning_rate must be > 0"),
+        (["--max-steps", "0"], "max_steps must be > 0"),
+        (["--attention", "decay", "--decay-lambda", "inf"], "decay_lambda must be a finite number"),
+        (["--lora-r", "0"], "lora_r must be > 0"),
+        (["--lora-alpha", "-4"], "lora_alpha must be > 0"),
+        (["--fs-layers", "0,-2"], "duplicate layer"),
+    ],
+)
+def test_cli_train_refuses_bad_options_before_writing_anything(tmp_path, tiny_model_dir, capsys, args, message):
+    from fsllm.cli import main
+
+    data = write_tiny_csv(tmp_path / "data")
+    run = tmp_path / "run"
+    default_runs = tmp_path / "cwd"
+    default_runs.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(default_runs)  # a run without --output would land in ./runs
+        rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("fsllm: error: ") and message in err[0], err
+    assert not run.exists()
+    assert not any(default_runs.iterdir())

@@ -1,0 +1,135 @@
+"""Training runs killed mid-way (during training, during the report) resume to the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_conll_dir
+
+# ------------------------------------------------------------------ kill and resume
+
+TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from transformers import TrainerCallback
+    from fsllm.training import train
+
+    class Slow(TrainerCallback):  # gives the test time to kill the run between steps
+        def on_step_end(self, args, state, control, **kw):
+            time.sleep(float(sys.argv[3]))
+
+    train(data=sys.argv[1], model=sys.argv[2], output_dir=sys.argv[4], max_steps=10, eval_steps=2, batch_size=4,
+          learning_rate=5e-3, seed=7, save_total_limit=None, logging_steps=1, callbacks=[Slow()])
+    """
+)
+
+
+def kill_once_written(proc: subprocess.Popen, target: Path, never: str, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` as soon as ``target`` exists (polled; bounded by ``timeout`` seconds)."""
+    deadline = time.time() + timeout
+    while not target.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert target.is_file(), never
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+REPORT_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import fsllm.training as training
+    from fsllm.training import train
+
+    evaluate = training.evaluate_examples
+
+    def slow_evaluate(*args, **kwargs):  # the final report takes long enough to be killed in it
+        out = evaluate(*args, **kwargs)
+        if kwargs.get("progress") == "test":
+            time.sleep(30)
+        return out
+
+    training.evaluate_examples = slow_evaluate
+    train(data=sys.argv[1], model=sys.argv[2], output_dir=sys.argv[3], max_steps=4, batch_size=4,
+          learning_rate=5e-3, seed=7)
+    """
+)
+
+
+def test_run_killed_during_its_report_leaves_whole_files_and_resumes(tmp_path, tiny_model_dir):
+    """Every file of the report is whole or absent after a kill, and --resume writes the report."""
+    from fsllm.training import train
+
+    data = write_conll_dir(tmp_path)
+    script = tmp_path / "report.py"
+    script.write_text(REPORT_SCRIPT)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(script), str(data), str(tiny_model_dir), str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    target = run / "predictions_dev.jsonl"  # written before the (slowed) test evaluation
+    kill_once_written(proc, target, "the run never reached its report")
+    assert not (run / "metrics.json").exists() and not (run / "predictions_test.jsonl").exists()
+    assert [json.loads(line)["tokens"] for line in target.read_text().splitlines()]  # whole lines
+    assert (run / "model" / "config.json").is_file() and not list(run.glob(".*"))  # no temporaries left
+
+    resumed = train(resume=True, output_dir=str(run))
+    assert json.loads((run / "metrics.json").read_text())["test"]["f1"] == resumed.metrics["test"]["f1"]
+    assert len((run / "predictions_test.jsonl").read_text().splitlines()) == resumed.metrics["sizes"]["test"]
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_model_dir):
+    from fsllm.training import train
+
+    data = write_conll_dir(tmp_path)
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(data), str(tiny_model_dir), "0.4", str(killed)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    target = killed / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    kill_once_written(proc, target, "the run never reached checkpoint-4")
+    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+
+    resumed = train(resume=True, output_dir=str(killed))
+    full = subprocess.run(
+        [sys.executable, str(script), str(data), str(tiny_model_dir), "0", str(tmp_path / "full")],
+        capture_output=True, text=True, env=env,
+    )
+    assert full.returncode == 0, full.stderr[-2000:]
+    expected = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert resumed.metrics["train"]["steps"] == expected["train"]["steps"] == 10
+    for split in ("dev", "test"):
+        for key in ("f1", "precision", "recall", "token_accuracy"):
+            assert resumed.metrics[split][key] == pytest.approx(expected[split][key], abs=1e-9), (split, key)
+    assert resumed.metrics["train"]["best_dev_metric"] == pytest.approx(expected["train"]["best_dev_metric"])
+    # the last checkpoint's weights agree (the tiny model's F1 alone could agree by chance)
+    from safetensors.torch import load_file
+
+    last = Path("checkpoints") / "checkpoint-10"
+    for name in ("adapter/adapter_model.safetensors", "fsllm_head.safetensors"):
+        got, want = load_file(str(killed / last / name)), load_file(str(tmp_path / "full" / last / name))
+        assert got.keys() == want.keys()
+        for k in want:
+            assert torch.allclose(got[k], want[k], atol=1e-6), (name, k)
+    # the training log reads like one run: each step once, same losses (to float noise: the two
+    # processes may sum in another order when their thread counts differ)
+    def losses(run):
+        rows = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+    got, want = losses(killed), losses(tmp_path / "full")
+    assert [step for step, _ in got] == [step for step, _ in want]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], abs=1e-5)

@@ -1,0 +1,58 @@
+"""FSConfig and TrainConfig: validation of their values, before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from fsllm import FSConfig
+
+
+def test_fs_config_validation():
+    with pytest.raises(ValueError, match="attention"):
+        FSConfig(attention="sideways")
+    with pytest.raises(ValueError, match="fs_layers"):
+        FSConfig(fs_layers="middle:3")
+    with pytest.raises(ValueError, match="learnable_lambda"):
+        FSConfig(learnable_lambda=True)
+    assert FSConfig(fs_layers="last:8").resolve_layers(30) == list(range(22, 30))
+    assert FSConfig(fs_layers=[-1, 0]).resolve_layers(4) == [0, 3]
+    with pytest.raises(ValueError, match="out of range"):
+        FSConfig(fs_layers=[7]).resolve_layers(4)
+    c = FSConfig(attention="decay", decay_lambda=0.3, learnable_lambda=True, fs_layers=[1, 2])
+    assert FSConfig.from_json(c.to_json()) == c
+
+
+# ------------------------------------------------------------------ validation: one clear line
+
+
+def test_fs_config_refuses_values_that_break_the_forward():
+    from fsllm import ConfigError
+
+    for lam in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="decay_lambda must be a finite number"):
+            FSConfig(attention="decay", decay_lambda=lam)
+    for field_name in ("lora_r", "lora_alpha"):
+        for value in (0, -8):
+            with pytest.raises(ValueError, match=f"{field_name} must be > 0"):
+                FSConfig(**{field_name: value})
+    with pytest.raises(ValueError, match=r"duplicate layer \[0\]"):
+        FSConfig(fs_layers=[0, -2]).resolve_layers(2)
+    with pytest.raises(ValueError, match="out of range"):
+        FSConfig(fs_layers=[0, 2]).resolve_layers(2)
+    assert FSConfig(fs_layers=[-1, 0]).resolve_layers(2) == [0, 1]
+
+
+def test_train_config_validates_before_anything_runs():
+    from fsllm import ConfigError
+    from fsllm.training import TrainConfig
+
+    bad = [
+        dict(epochs=-1), dict(epochs=0), dict(epochs=float("nan")), dict(batch_size=0), dict(eval_batch_size=-2),
+        dict(learning_rate=0), dict(learning_rate=-1e-3), dict(precision="fp8"), dict(max_steps=0),
+        dict(max_length=0), dict(train_subset=0), dict(eval_steps=0), dict(warmup_ratio=1.5),
+        dict(attn_implementation="flash_attention_9"),
+    ]
+    for kw in bad:
+        with pytest.raises(ConfigError, match=next(iter(kw))):
+            TrainConfig(**kw)
+    TrainConfig(epochs=-1, max_steps=5)  # max_steps decides: epochs are ignored

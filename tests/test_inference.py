@@ -1,0 +1,94 @@
+"""Predictor and the entity spans it reports: offsets, pre-split words, text pairs in padded batches."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+import pytest
+import torch
+from conftest import _perturbed_seq_model
+
+import fsllm.inference as inference
+from fsllm.errors import DataError, FSLLMError
+from fsllm.inference import Predictor, batched_logits, entities_from_tags
+from fsllm.segmentation import split_words
+from fsllm.tokenization import pair_features
+
+
+def test_entities_map_back_to_character_offsets():
+    text = "John Smith visited New York ."
+    words, spans = split_words(text)
+    assert words == ["John", "Smith", "visited", "New", "York", "."]
+    ents = entities_from_tags(["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O"], [0.9, 0.7, 1, 0.8, 0.6, 1], spans, text)
+    assert ents == [
+        {"entity_group": "PER", "score": pytest.approx(0.8), "word": "John Smith", "start": 0, "end": 10},
+        {"entity_group": "LOC", "score": pytest.approx(0.7), "word": "New York", "start": 19, "end": 27},
+    ]
+
+
+# ------------------------------------------------------------------ Predictor
+
+
+def test_predict_feeds_the_forms_and_reports_spans_in_the_original_text(tiny_ner_model_dir, monkeypatch):
+    pred = Predictor.from_pretrained(tiny_ner_model_dir)
+    seen = []
+    real = inference.predict_word_tags
+
+    def spy(model, tok, sentences, *a, **k):
+        seen.extend(list(s) for s in sentences)
+        tags, scores, logits = real(model, tok, sentences, *a, **k)
+        return [["B-PER"] * len(s) for s in sentences], scores, logits  # every word a PER: one entity
+
+    monkeypatch.setattr(inference, "predict_word_tags", spy)
+    text = unicodedata.normalize("NFD", "\ufeffJosé's Ber\u00adlin")
+    (ents,) = pred.predict([text])
+    assert seen == [["José", "'s", "Berlin"]]
+    assert [(e["start"], e["end"]) for e in ents] == [(1, 6), (6, 8), (9, 16)]
+    assert all(text[e["start"] : e["end"]] == e["word"] for e in ents)
+    with pytest.raises(DataError, match="input 1: no words"):
+        pred.predict(["\u200b\u200b"])
+
+
+def test_predict_pre_split_words(tiny_ner_model_dir, tiny_seq_model_dir):
+    pred = Predictor.from_pretrained(tiny_ner_model_dir)
+    sents = [["John", "visited", "New York"], ["东", "京"]]
+    out = pred.predict(words=sents)
+    assert [r["tokens"] for r in out] == sents
+    for r in out:
+        assert len(r["tags"]) == len(r["tokens"]) == len(r["scores"])
+        text = " ".join(r["tokens"])
+        assert all(text[e["start"] : e["end"]] == e["word"] for e in r["entities"])
+    with pytest.raises(FSLLMError, match="either texts or words"):
+        pred.predict(["a"], words=sents)
+    with pytest.raises(DataError, match="input 2: word 1"):
+        pred.predict(words=[["a"], ["", "b"]])
+    with pytest.raises(DataError, match="input 1: expected a non-empty list"):
+        pred.predict(words=["John visited"])
+    with pytest.raises(FSLLMError, match="token-classification"):
+        Predictor.from_pretrained(tiny_seq_model_dir).predict(words=sents)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_a_pair_alone_and_in_a_padded_batch_get_the_same_logits(side):
+    tok, model = _perturbed_seq_model()
+    short, _ = pair_features("John visited Paris", "Mary lives", tok, 64)
+    long_, _ = pair_features("the film was good and the actors were great", "the plot was boring and awful", tok, 64)
+    alone = model(torch.tensor([short["input_ids"]])).logits[0]
+    width = len(long_["input_ids"])
+    n = len(short["input_ids"])
+    ids = torch.zeros((2, width), dtype=torch.long)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    ids[0] = torch.tensor(long_["input_ids"])
+    mask[0] = 1
+    if side == "right":
+        ids[1, :n], mask[1, :n] = torch.tensor(short["input_ids"]), 1
+    else:
+        ids[1, width - n :], mask[1, width - n :] = torch.tensor(short["input_ids"]), 1
+    with torch.no_grad():
+        batched = model(ids, mask).logits[1]
+    assert width > n + 3  # the batch really pads the short pair
+    torch.testing.assert_close(batched, alone.detach(), atol=1e-5, rtol=0)
+    # the same through the inference path
+    (lg_alone,), lg_batch = batched_logits(model, [short]), batched_logits(model, [long_, short])
+    np.testing.assert_allclose(lg_batch[1], lg_alone, atol=1e-5)

@@ -1,0 +1,244 @@
+"""Training (fsllm.training): the Trainer subclass, the loss, thresholds chosen on dev, precision.
+
+Gradient checkpointing through the Trainer: ``TrainingArguments(gradient_checkpointing=True)``.
+The transformers 5 Trainer calls ``model.activation_checkpointing_enable(...)``, which hands
+``every_n_layers``/``offload`` to ``FSModel.gradient_checkpointing_enable`` (it overrides the
+deprecated name); the FS model passes them on to the backbone, non-reentrant. Checkpointing must
+change memory only: one optimizer step gets the same loss and gradients with and without it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from conftest import word_llama, write_conll_dir, write_csv_dir
+from transformers import TrainerCallback, TrainingArguments
+
+from fsllm import FSConfig, FSForTokenClassification
+from fsllm.training import FSTrainer, make_collator, make_features
+
+LABELS = ["O", "B-PER", "B-LOC"]
+SENTENCES = [
+    (["John", "visited", "Paris", "."], ["B-PER", "O", "B-LOC", "O"]),
+    (["Mary", "lives", "in", "London", "today", "."], ["B-PER", "O", "O", "B-LOC", "O", "O"]),
+    (["the", "film", "was", "good", "!"], ["O", "O", "O", "O", "O"]),
+    (["Smith", "works", "in", "Berlin"], ["B-PER", "O", "O", "B-LOC"]),
+]
+
+
+class Capture(TrainerCallback):
+    """Records whether each decoder layer checkpoints, how often layer 0's MLP runs forward (a
+    checkpointed layer computes it again during backward),
+    and the gradients just before the optimizer step."""
+
+    def __init__(self) -> None:
+        self.flags: list[bool] = []
+        self.mlp0_calls = 0
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        layers = model._base_model().layers
+        self.flags = [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers]
+        mlp = layers[0].mlp
+        forward = mlp.forward
+
+        def counting_forward(*a, **k):
+            self.mlp0_calls += 1
+            return forward(*a, **k)
+
+        # the instance's forward, not a forward hook: torch does not fire module hooks in the recompute
+        mlp.forward = counting_forward
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+class LossTrainer(FSTrainer):
+    losses: list[float]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self.losses.append(float((loss[0] if return_outputs else loss).detach()))
+        return loss
+
+
+def one_step(tmp_path, checkpointing: bool) -> tuple[float, Capture]:
+    tok, backbone = word_llama()
+    label2id = {lab: i for i, lab in enumerate(LABELS)}
+    torch.manual_seed(0)
+    model = FSForTokenClassification.from_backbone(backbone, id2label=dict(enumerate(LABELS)))
+    feats, _ = make_features("token", [{"tokens": w, "tags": t} for w, t in SENTENCES], tok, label2id, 32)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / f"ckpt{int(checkpointing)}"),
+        max_steps=1,
+        per_device_train_batch_size=len(feats),
+        learning_rate=1e-3,
+        gradient_checkpointing=checkpointing,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        logging_strategy="no",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        seed=0,
+        disable_tqdm=True,
+    )
+    cap = Capture()
+    trainer = LossTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(feats),
+                          data_collator=make_collator("token", tok), callbacks=[cap])
+    trainer.losses = []
+    trainer.train()
+    assert len(trainer.losses) == 1
+    return trainer.losses[0], cap
+
+
+def test_training_arguments_gradient_checkpointing_checkpoints_every_layer_and_keeps_loss_and_grads(tmp_path):
+    loss_off, off = one_step(tmp_path, checkpointing=False)
+    loss_on, on = one_step(tmp_path, checkpointing=True)
+    assert off.flags == [False, False]
+    assert on.flags == [True, True]
+    # a checkpointed layer runs its forward again during backward
+    assert (off.mlp0_calls, on.mlp0_calls) == (1, 2)
+    assert loss_on == pytest.approx(loss_off, abs=1e-6)
+    assert on.grads.keys() == off.grads.keys()
+    assert any("lora_A" in n for n in on.grads) and any(n.startswith("head.") for n in on.grads)
+    for name, g in off.grads.items():
+        torch.testing.assert_close(on.grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_train_config_gradient_checkpointing_reaches_the_backbone(tmp_path, tiny_model_dir):
+    """``fsllm train --gradient-checkpointing`` / ``TrainConfig(gradient_checkpointing=True)``."""
+    from fsllm.training import train
+
+    data = tmp_path / "ner"
+    data.mkdir()
+    text = "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(words, tags)) for words, tags in SENTENCES) + "\n"
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.txt").write_text(text)
+    flags = {}
+    for on in (False, True):
+        cap = Capture()
+        train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / f"run{int(on)}"), max_steps=1,
+              batch_size=4, gradient_checkpointing=on, callbacks=[cap])
+        flags[on] = cap.flags
+    assert flags == {False: [False, False], True: [True, True]}
+
+
+# ------------------------------------------------------------------ mixed precision
+
+
+def test_bf16_training_runs_under_autocast_and_rejects_bad_precisions(tmp_path, tiny_model_dir):
+    """precision="bf16" trains under bf16 autocast (the backbone's projections compute in bf16) while
+    the trained weights stay fp32; unknown precisions and fp16 without a GPU are clear errors."""
+    from transformers import TrainerCallback
+
+    from fsllm.errors import FSLLMError
+    from fsllm.training import train
+
+    data = write_csv_dir(tmp_path)
+    seen: set[torch.dtype] = set()
+
+    class WatchDtypes(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            lin = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
+            lin.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype) if mod.training else None)
+
+    result = train(
+        data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "bf16"), max_steps=2, batch_size=4,
+        precision="bf16", evaluate_test=False, callbacks=[WatchDtypes()],
+    )
+    assert seen == {torch.bfloat16}
+    assert json.loads((result.run_dir / "config.json").read_text())["precision"] == "bf16"
+    from safetensors.torch import load_file
+
+    head = load_file(str(result.model_dir / "fsllm_head.safetensors"))
+    assert {t.dtype for t in head.values()} == {torch.float32}
+
+    with pytest.raises(FSLLMError, match="precision 'fp8'"):
+        train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "x"), precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(FSLLMError, match="fp16 needs a CUDA GPU"):
+            train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "y"), precision="fp16")
+
+
+def test_length_balanced_loss_weighs_every_token_the_same(tmp_path, tiny_model_dir, monkeypatch):
+    """With ``length_balanced_loss`` a batch's training loss is the sum of its token losses over the
+    average batch's token count (so a short batch weighs less), not the mean over its own tokens;
+    evaluation keeps the plain mean, and ``train`` wires the average batch's count in."""
+    from transformers import TrainingArguments
+
+    from fsllm.training import FSTrainer, tokens_per_batch, train
+
+    feats = [{"labels": [-100, 1, 0, -100]}, {"labels": [2, 2, 2, 2, 2, -100]}, {"labels": [-100]}]
+    assert tokens_per_batch(feats, 4) == 4 * 7 / 3
+
+    tok, backbone = word_llama()
+    model = FSForTokenClassification.from_backbone(backbone, num_labels=3, fs_config=FSConfig(lora_dropout=0.0, head_dropout=0.0))
+    x = torch.randint(4, len(tok), (2, 6))
+    labels = x % 3
+    labels[0, 4:] = -100
+    labels[1, 1:] = -100  # 5 labelled tokens in this batch
+    inputs = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels}
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none")
+    trainer = FSTrainer(model=model, args=args, tokens_per_batch=20.0)
+    with torch.no_grad():
+        logits = model.eval()(**inputs).logits
+        token_sum = torch.nn.functional.cross_entropy(logits.reshape(-1, 3), labels.reshape(-1), reduction="sum")
+        torch.testing.assert_close(trainer.compute_loss(model, inputs), token_sum / 5)  # eval: the mean
+        torch.testing.assert_close(trainer.compute_loss(model.train(), inputs), token_sum / 20)
+
+    seen = []
+    original = FSTrainer.compute_loss
+
+    def spy(self, *a, **k):
+        seen.append(self.tokens_per_batch)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(FSTrainer, "compute_loss", spy)
+    data = write_conll_dir(tmp_path)
+    for balanced in (True, False):
+        seen.clear()
+        train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / f"run-{balanced}"), max_steps=1,
+              batch_size=2, length_balanced_loss=balanced, evaluate_test=False)
+        assert seen and all((v is not None and v > 0) if balanced else v is None for v in seen), (balanced, seen)
+
+
+# ------------------------------------------------------------------ thresholds chosen on dev
+
+
+class _Stub:
+    """What choose_thresholds needs of a model: the label map and a config to write into."""
+
+    def __init__(self, labels):
+        from fsllm.config import FSLLMConfig
+
+        self.id2label = dict(enumerate(labels))
+        self.num_labels = len(labels)
+        self.config = FSLLMConfig(id2label=self.id2label, problem_type="multi_label_classification")
+
+
+def test_thresholds_are_chosen_on_dev_globally_and_per_label(monkeypatch):
+    from fsllm import inference
+    from fsllm.training import choose_thresholds
+
+    # label a is present when p >= 0.3; label b when p >= 0.8: no single threshold gets both right
+    probs = [np.array([0.35, 0.85]), np.array([0.32, 0.2]), np.array([0.1, 0.7]), np.array([0.2, 0.9])]
+    gold = [["a", "b"], ["a"], [], ["b"]]
+    monkeypatch.setattr(inference, "sequence_probabilities", lambda *a, **k: probs)
+    dev = [{"text": "x", "label": g} for g in gold]
+
+    model = _Stub(["a", "b"])
+    chosen = choose_thresholds(model, None, dev, 16, 8, per_label=False)
+    # global: 0.3 gets a twice and b thrice (one wrong b); 0.75..0.85 gets b twice and no a: 0.3 wins
+    assert chosen == {"global": 0.3, "per_label": None}
+    assert model.config.multi_label_threshold == 0.3 and model.config.threshold_of("b") == 0.3
+
+    model = _Stub(["a", "b"])
+    chosen = choose_thresholds(model, None, dev, 16, 8, per_label=True)
+    assert chosen["per_label"]["a"] <= 0.3 and 0.7 < chosen["per_label"]["b"] <= 0.85
+    assert model.config.threshold_of("a") == chosen["per_label"]["a"]
+    assert model.config.threshold_of("b") == chosen["per_label"]["b"]
