@@ -56,3 +56,37 @@ def test_train_config_validates_before_anything_runs():
         with pytest.raises(ConfigError, match=next(iter(kw))):
             TrainConfig(**kw)
     TrainConfig(epochs=-1, max_steps=5)  # max_steps decides: epochs are ignored
+
+
+def test_precision_auto_is_bf16_only_where_the_hardware_has_bf16_matmuls(monkeypatch, tmp_path):
+    import fsllm.config as config
+    from fsllm.training import TrainConfig, resolve_config
+
+    monkeypatch.setattr(config, "native_bf16", lambda: "the CPU has AVX512-BF16")
+    assert config.resolve_precision("auto") == ("bf16", "the CPU has AVX512-BF16")
+    assert config.resolve_precision("fp32") == ("fp32", "as configured")  # an explicit choice is kept
+    cfg, _ = resolve_config(TrainConfig(precision="auto", output_dir=str(tmp_path / "a")), False, {})
+    assert cfg.precision == "bf16"  # resolved once: config.json records what the run used
+    monkeypatch.setattr(config, "native_bf16", lambda: None)
+    assert config.resolve_precision("auto") == ("fp32", "no bf16 matmul hardware found")
+    cfg, _ = resolve_config(TrainConfig(precision="auto", output_dir=str(tmp_path / "b")), False, {})
+    assert cfg.precision == "fp32"
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    import torch
+
+    import fsllm.config as config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    real_open = builtins.open
+    for flags, want in (("fpu avx2 avx512f avx512_bf16", "AVX512-BF16"), ("fpu amx_bf16 amx_tile", "AMX-BF16"),
+                        ("fpu avx2 fma", None)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda p, *a, info=info, **k: real_open(
+            info if p == "/proc/cpuinfo" else p, *a, **k))
+        got = config.native_bf16()
+        assert (got is None) if want is None else (want in got)
