@@ -430,8 +430,8 @@ def machine_info() -> dict:
     return info
 
 
-def dev_curve(log_path: Path, metric: str) -> list[list[float]]:
-    """``[[step, eval_<metric>], ...]`` from a run's ``train_log.jsonl`` (one point per step)."""
+def log_curve(log_path: Path, key: str) -> list[list[float]]:
+    """``[[step, value], ...]`` of ``key`` from a run's ``train_log.jsonl`` (one point per step)."""
     points: dict[float, float] = {}
     if not Path(log_path).is_file():
         return []
@@ -439,9 +439,19 @@ def dev_curve(log_path: Path, metric: str) -> list[list[float]]:
         if not line.strip():
             continue
         rec = json.loads(line)
-        if f"eval_{metric}" in rec and rec.get("step") is not None:
-            points[float(rec["step"])] = float(rec[f"eval_{metric}"])
+        if key in rec and rec.get("step") is not None:
+            points[float(rec["step"])] = float(rec[key])
     return [[s, v] for s, v in sorted(points.items())]
+
+
+def dev_curve(log_path: Path, metric: str) -> list[list[float]]:
+    """``[[step, eval_<metric>], ...]`` from a run's ``train_log.jsonl``."""
+    return log_curve(log_path, f"eval_{metric}")
+
+
+def loss_curves(log_path: Path) -> dict[str, list[list[float]]]:
+    """The training loss and the dev loss over training (the paper's Figs 4-9 draw both with F1)."""
+    return {"train": log_curve(log_path, "loss"), "dev": log_curve(log_path, "eval_loss")}
 
 
 def _scalars(m: dict | None) -> dict | None:
@@ -687,6 +697,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
         "train_steps": metrics.get("train", {}).get("steps"),
         "cell_seconds": round(time.time() - t0, 1),
         "dev_curve": dev_curve(run_dir / "train_log.jsonl", metric),
+        "loss_curves": loss_curves(run_dir / "train_log.jsonl"),
         "run_dir": os.path.relpath(run_dir, REPO) if str(run_dir).startswith(str(REPO)) else str(run_dir),
         "command": command,
         "cell_command": cell_command(cell, budget, out, runs),
@@ -733,6 +744,7 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
                                              test_subset=budget.test_subset, seed=cell.seed,
                                              max_length=budget.max_length)
     rec.update(cell_id=cell.id, test=_scalars(metrics.get("test")), sizes=metrics.get("sizes"), grid=grid,
+               loss_curves=loss_curves(run_dir / "train_log.jsonl"),
                test_seconds=round(time.time() - t0, 1), cell_command=cell_command(cell, budget, out, runs),
                chosen_member=str(cell_path(out, cell.table, best.id).relative_to(out)),
                finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -982,6 +994,18 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
         png = Path(out) / f"dev_curves_{table}.png"
         plot_curves(series, png, xlabel="training step", ylabel=f"dev {metric}", title=f"{table}: dev {metric} vs step")
         lines += [f"![dev curves]({png.name})", ""]
+    for which in ("train", "dev"):  # the losses of the same runs, where the cells recorded them
+        losses: dict[str, list] = {}
+        for row_name in curve_rows:
+            for size in real_sizes:
+                cands = sorted((r for r in recs if r["method"] == row_name and r["train_size"] == size
+                                and (r.get("loss_curves") or {}).get(which)), key=lambda r: r["seed"])
+                if cands:
+                    losses[f"{row_name} n={size} (seed {cands[0]['seed']})"] = [tuple(p) for p in cands[0]["loss_curves"][which]]
+        if losses:
+            png = Path(out) / f"{which}_loss_{table}.png"
+            plot_curves(losses, png, xlabel="training step", ylabel=f"{which} loss", title=f"{table}: {which} loss vs step")
+            lines += [f"![{which} loss]({png.name})", ""]
     # test metric against the training-set size, one line per row, the seeds' spread as error bars
     sized = {name: pts for name in SIZE_FIGURE_ROWS if len(pts := size_points(recs, name, metric)) >= 2}
     if sized:
