@@ -62,6 +62,7 @@ from .backbones import (
 from .config import ATTENTION_MODES, FSConfig, FSLLMConfig
 from .errors import ConfigError, ModelFolderError
 from .fast_dropout import use_fast_lora_dropout
+from .fused_lora import use_fused_lora
 from .heads import ClassificationHead, pool
 
 CONFIG_NAME = "config.json"
@@ -165,6 +166,8 @@ class FSModel(PreTrainedModel):
                 base = get_peft_model(base, lora)
             # PEFT's per-projection dropout dominates a CPU step; same statistics, cheaper masks
             use_fast_lora_dropout(base)
+            # the LoRA update as one multiply-add (the same function, fewer passes over the output)
+            use_fused_lora(base)
         if next(base.parameters()).device.type != "meta":
             # The backbone holds its weights (pretrained, or initialised by its own from_config) and LoRA
             # its PEFT init (B = 0): post_init must not initialise them again (the backbone's _init_weights
