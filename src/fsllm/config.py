@@ -152,10 +152,12 @@ class FSConfig:
         return sorted(resolved)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (what a saved model's config holds as ``fs``)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FSConfig:
+        """Back from :meth:`to_dict`; an unknown field is an error, not silently dropped."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -163,10 +165,12 @@ class FSConfig:
         return cls(**data)
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as indented JSON."""
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> FSConfig:
+        """From JSON text or a file holding it."""
         p = Path(text_or_path) if not str(text_or_path).lstrip().startswith("{") else None
         text = p.read_text() if p is not None else str(text_or_path)
         return cls.from_dict(json.loads(text))

@@ -86,6 +86,7 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
+        """A predictor for a run folder (its best model) or a model folder; ``kwargs`` go to the constructor."""
         path = Path(path)
         run = RunFolder(path)
         model_dir = run.model_dir if run.has_model() else path

@@ -357,6 +357,7 @@ class FSModel(PreTrainedModel):
         return trainable, total
 
     def print_trainable_parameters(self) -> None:
+        """Print the trainable and total parameter counts, in PEFT's format."""
         trainable, total = self.trainable_parameters()
         print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
 
@@ -583,6 +584,7 @@ class FSForSequenceClassification(FSModel):
         labels: torch.Tensor | None = None,
         **_: Any,
     ) -> SequenceClassifierOutput:
+        """Logits ``[B, num_labels]`` (in the data's units for regression), and the loss when ``labels`` are given."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.encode(input_ids, attention_mask)
@@ -617,6 +619,7 @@ class FSForTokenClassification(FSModel):
         labels: torch.Tensor | None = None,
         **_: Any,
     ) -> TokenClassifierOutput:
+        """Logits ``[B, L, num_labels]``, and the loss over the labelled positions (not -100) when ``labels`` are given."""
         hidden = self.encode(input_ids, attention_mask)
         logits = self.head(hidden)
         loss = None
