@@ -869,6 +869,42 @@ def size_figure(rows: dict[str, list[tuple[int, float, float, int]]], path: Path
     return path
 
 
+def latency_figure(rows: dict[str, list[tuple[int, float, float, int]]], latency: dict, path: Path,
+                   metric: str) -> Path | None:
+    """Each row's test metric at every training size against its inference cost per sentence
+    (batched), one marker per size; ``None`` when no row has both."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cost_of = {"causal": "fs-bidirectional"}  # the same forward, another mask
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = 0
+    for name, pts in rows.items():
+        cost = latency["rows"].get(cost_of.get(name, name), {}).get("ms_per_sentence_batched")
+        if cost is None:
+            continue
+        ax.errorbar([cost] * len(pts), [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
+                    linestyle="none", capsize=3, label=name)
+        for n, mean, _, _ in pts:
+            ax.annotate(f"{n:,}", (cost, 100 * mean), textcoords="offset points", xytext=(5, -3), fontsize=7)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    costs = sorted({round(v["ms_per_sentence_batched"], 1) for v in latency["rows"].values()})
+    ax.set_xticks(costs, [f"{c:g}" for c in costs])
+    ax.set_xlabel("inference ms per sentence (batches of 64, CPU)")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(f"test {metric} (labels: training sentences) against inference cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
 def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[int] | None = None) -> tuple[list[str], dict]:
     """Markdown lines of one table, and its dev-curve series."""
     from fsllm.plots import plot_curves
@@ -1012,6 +1048,13 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
         png = Path(out) / f"{metric}_vs_size_{table}.png"
         size_figure(sized, png, metric, title=f"{table}: test {metric} against training sentences")
         lines += [f"![test {metric} against training size]({png.name})", ""]
+    latency = REPO / "benchmarks" / "results" / "latency.json"
+    if table == "ner" and latency.is_file() and sized:
+        png = Path(out) / f"{metric}_vs_latency_{table}.png"
+        if latency_figure(sized, json.loads(latency.read_text()), png, metric):
+            lines += [f"![test {metric} against inference cost]({png.name})",
+                      "", f"Inference cost: `{json.loads(latency.read_text())['command']}` "
+                      "([latency.json](../latency.json)); causal runs the FS model's forward.", ""]
     # commands
     cmds = sorted({r.get("command", "") for r in recs if r.get("command")})
     if cmds:
