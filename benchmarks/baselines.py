@@ -651,7 +651,7 @@ SELECTION_BEST = "selection_best.pt"  # the trainable weights of the best one
 def resumable_dir(run_dir: Path, settings: dict) -> tuple[Path, str | None]:
     """A run folder that continues an interrupted run with the same ``settings`` from its last
     checkpoint (returned, or ``None``), and starts over otherwise: long baselines (hf-native at
-    4,000 sentences, the encoders on the full training set) outlive a working session."""
+    4,000 sentences, the encoders on the full training set) must survive an interruption."""
     run_dir = Path(run_dir)
     settings = json.loads(json.dumps(settings))
     saved = run_dir / RUN_SETTINGS
