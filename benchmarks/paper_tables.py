@@ -484,10 +484,14 @@ def cell_command(cell: Cell, budget: Budget, out: Path, runs: Path, extra: Seque
             parts += [flag, ",".join(f"{v:g}" for v in values)]
     if b.grid_sizes:
         parts += ["--grid-seed", str(b.grid_seed)]
+    def portable(path: Path) -> str:  # inside the checkout: relative, so the command reads the same on every one
+        path = Path(path).resolve()
+        return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
     if Path(out).resolve() != DEFAULT_OUT.resolve():
-        parts += ["--out", str(out)]
+        parts += ["--out", portable(out)]
     if Path(runs).resolve() != DEFAULT_RUNS.resolve():
-        parts += ["--runs", str(runs)]
+        parts += ["--runs", portable(runs)]
     return shlex.join([*parts, *extra])
 
 
