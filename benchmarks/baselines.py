@@ -1054,13 +1054,15 @@ def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[dict], l
                         batch_size: int = 64) -> tuple[dict, list[dict]]:
     """Metrics and records of a decoder classifier fed fsllm's features (words by offsets, first
     sub-token labels, windows), read by fsllm's own word-tag and probability functions."""
-    from fsllm.evaluation import predict_word_tags, sequence_probabilities, token_loss
+    from fsllm.evaluation import predict_word_tags, sequence_probabilities, token_loss, word_features
     from fsllm.metrics import classification_metrics, ner_metrics
 
     if task == "token":
-        preds, _, logits = predict_word_tags(model, tokenizer, [ex["tokens"] for ex in examples], max_length, batch_size)
+        sentences = [ex["tokens"] for ex in examples]
+        features = word_features(sentences, tokenizer, max_length)
+        preds, _, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, features=features)
         m = ner_metrics([list(ex["tags"]) for ex in examples], preds)
-        m["loss"] = token_loss(examples, logits, tokenizer, {v: k for k, v in enumerate(labels)}, max_length)
+        m["loss"] = token_loss(examples, features, logits, {v: k for k, v in enumerate(labels)})
         recs = [{"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p} for ex, p in zip(examples, preds)]
         return m, recs
     probs = sequence_probabilities(model, tokenizer, examples, max_length, batch_size)

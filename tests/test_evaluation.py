@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import NER_LABELS, build_word_tokenizer, word_llama
+from conftest import NER_LABELS, build_word_tokenizer, tiny_backbone, word_llama
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
 from fsllm.evaluation import evaluate_examples
@@ -28,9 +28,25 @@ def _perturbed(model):
     return model.eval()
 
 
+def _subword_tokenizer():
+    """A WordPiece tokenizer built here that cuts some words into several sub-tokens (John -> Jo ##hn)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<pad>", "<s>", "</s>", "[UNK]", "Jo", "##hn", "visited", "Par", "##is", "Mary", "Sm", "##ith", "lives",
+              "in", "Lon", "##don", "the", "com", "##pany"]
+    tok = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="[UNK]")
+
+
 @pytest.mark.parametrize("max_length", [64, 4])  # 4: sentences windowed, words counted once per window
-def test_token_dev_loss_is_the_training_loss_on_the_same_features(max_length):
+@pytest.mark.parametrize("subwords", [False, True])  # True: only a word's first sub-token carries its label
+def test_token_dev_loss_is_the_training_loss_on_the_same_features(max_length, subwords):
     tok, backbone = word_llama()
+    if subwords:
+        tok, backbone = _subword_tokenizer(), tiny_backbone("llama")
     model = _perturbed(FSForTokenClassification.from_backbone(backbone, fs_config=FSConfig(),
                                                               id2label=dict(enumerate(NER_LABELS))))
     examples = [{"tokens": w, "tags": t} for w, t in SENTENCES]
@@ -45,6 +61,8 @@ def test_token_dev_loss_is_the_training_loss_on_the_same_features(max_length):
                 count += n
     assert metrics["loss"] == pytest.approx(total / count, rel=1e-5)
     assert metrics["loss"] > 0.1
+    if subwords:
+        assert len(tok("John visited Paris")["input_ids"]) > 3  # words really were cut
 
 
 def test_regression_dev_loss_is_mse_in_standardised_units():

@@ -73,6 +73,19 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def word_features(
+    sentences: Sequence[Sequence[str]], tokenizer, max_length: int = 128
+) -> tuple[list[dict], list[int]]:
+    """The model inputs of tokenised sentences (windows of at most ``max_length``) and, for each,
+    the index of the sentence it belongs to."""
+    feats, owner = [], []
+    for n, words in enumerate(sentences):
+        for f in token_classification_features(list(words), None, tokenizer, None, max_length):
+            feats.append(f)
+            owner.append(n)
+    return feats, owner
+
+
 def predict_word_tags(
     model: FSModel,
     tokenizer,
@@ -80,18 +93,16 @@ def predict_word_tags(
     max_length: int = 128,
     batch_size: int = 64,
     progress: bool | str = False,
+    features: tuple[list[dict], list[int]] | None = None,
 ) -> tuple[list[list[str]], list[list[float]], list[np.ndarray]]:
     """Word-level tags and scores for tokenised sentences (windows merged), plus per-feature logits.
 
     ``model`` is an FS token model or any token classifier with ``config.id2label`` (e.g. an
     ``AutoModelForTokenClassification``, PEFT-wrapped or not), so baselines are read the same way.
+    ``features``: the sentences' ``word_features``, when the caller has them already.
     """
     id2label = {int(k): v for k, v in model.config.id2label.items()}
-    feats, owner = [], []
-    for n, words in enumerate(sentences):
-        for f in token_classification_features(list(words), None, tokenizer, None, max_length):
-            feats.append(f)
-            owner.append(n)
+    feats, owner = features if features is not None else word_features(sentences, tokenizer, max_length)
     logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
     per_sentence: list[list] = [[] for _ in sentences]
     for f, lg, n in zip(feats, logits, owner):
@@ -159,23 +170,23 @@ def labels_over_threshold(config, probs: np.ndarray) -> list[dict]:
     return out
 
 
-def token_loss(examples: Sequence[dict], logits: Sequence[np.ndarray], tokenizer, label2id: dict[str, int],
-               max_length: int) -> float:
+def token_loss(examples: Sequence[dict], features: tuple[list[dict], list[int]], logits: Sequence[np.ndarray],
+               label2id: dict[str, int]) -> float:
     """The training loss on labelled sentences: cross-entropy at each word's first sub-token, averaged
-    over those tokens (windows counted as training counts them), from the logits ``predict_word_tags``
-    returned for the same sentences (its features, in its order)."""
+    over those tokens (windows counted as training counts them), from the ``word_features`` of the
+    sentences and the logits ``predict_word_tags`` returned for them."""
     total, count = 0.0, 0
-    feats = (f for ex in examples for f in token_classification_features(list(ex["tokens"]), list(ex["tags"]),
-                                                                          tokenizer, label2id, max_length))
-    for f, lg in zip(feats, logits, strict=True):
-        gold = np.array(f["labels"])
-        keep = gold != -100
+    feats, owner = features
+    for f, n, lg in zip(feats, owner, logits, strict=True):
+        tags = examples[n]["tags"]
+        keep = np.array(f["first"], dtype=bool)  # a word's first sub-token carries its label, as in training
         if not keep.any():
             continue
+        gold = np.array([label2id[tags[w]] for w, first in zip(f["word_ids"], f["first"]) if first])
         z = np.asarray(lg, dtype=np.float64)[keep]
         logp = z - z.max(-1, keepdims=True)
         logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
-        total -= float(logp[np.arange(len(z)), gold[keep]].sum())
+        total -= float(logp[np.arange(len(z)), gold].sum())
         count += int(keep.sum())
     return total / count if count else 0.0
 
@@ -200,9 +211,10 @@ def evaluate_examples(
                 if t not in model.label2id:
                     raise DataError(f"example {n}: unknown label {t!r} (model labels: {sorted(model.label2id)})")
         sentences = [ex["tokens"] for ex in examples]
-        tags, scores, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress)
+        features = word_features(sentences, tokenizer, max_length)
+        tags, scores, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress, features)
         metrics = ner_metrics([list(ex["tags"]) for ex in examples], tags)
-        metrics["loss"] = token_loss(examples, logits, tokenizer, model.label2id, max_length)
+        metrics["loss"] = token_loss(examples, features, logits, model.label2id)
         records = [
             {"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p, "score": [round(x, 4) for x in s]}
             for ex, p, s in zip(examples, tags, scores)
