@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from common import write_json
 
+from fsllm.run import TRAINER_STATE_FILE, RunFolder, checkpoint_step
+
 logger = logging.getLogger("paper.baselines")
 
 # ============================================================================ prompts
@@ -629,12 +631,6 @@ def load_splits(data: str, train_subset: int | None, dev_subset: int | None, tes
     return Splits(td.task, train, dev, test, labels, td.source, td.problem_type)
 
 
-def write_records(path: Path, records: Sequence[dict]) -> None:
-    with path.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-
-
 def _prep_dir(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if run_dir.exists():  # an interrupted run of a baseline that does not resume: start over
@@ -656,8 +652,10 @@ def resumable_dir(run_dir: Path, settings: dict) -> tuple[Path, str | None]:
     settings = json.loads(json.dumps(settings))
     saved = run_dir / RUN_SETTINGS
     if saved.is_file() and json.loads(saved.read_text()) == settings and not (run_dir / "metrics.json").exists():
-        ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda d: int(d.name.rsplit("-", 1)[1]))
-        complete = [d for d in ckpts if (d / "trainer_state.json").is_file()]
+        folder = RunFolder(run_dir).checkpoints_dir
+        ckpts = sorted((d for d in folder.iterdir() if checkpoint_step(d) is not None), key=checkpoint_step) \
+            if folder.is_dir() else []
+        complete = [d for d in ckpts if (d / TRAINER_STATE_FILE).is_file()]
         if complete:
             logger.info("%s: resuming from %s", run_dir, complete[-1].name)
             return run_dir, str(complete[-1])
@@ -672,13 +670,6 @@ def _strip(m: dict | None) -> dict | None:
     return {k: v for k, v in m.items() if k not in ("confusion_matrix",)}
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop the log lines after ``step`` (a resumed run writes them again)."""
-    if path.is_file():
-        keep = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= step]
-        path.write_text("".join(x + "\n" for x in keep))
-
-
 def train_with_selection(trainer, resume_from: str | None = None) -> dict[str, Any]:
     """Train (or continue from the checkpoint ``resume_from``), restore the weights of the best dev
     evaluation; the ``trainable_params`` and ``train`` entries of the run's metrics."""
@@ -686,7 +677,7 @@ def train_with_selection(trainer, resume_from: str | None = None) -> dict[str, A
     if resume_from:
         step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
         trainer.restore_selection(step)
-        _truncate_log(Path(trainer.state_dir) / "train_log.jsonl", step)
+        RunFolder(trainer.state_dir).truncate_log(step)  # a resumed run writes them again
     out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.time() - t0
     trainer.restore_best()
@@ -719,7 +710,7 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], splits: Sequence[tuple[st
         m, rec = evaluate(split, exs)
         m["seconds"] = round(time.time() - t0, 1)
         metrics[split] = _strip(m)
-        write_records(run_dir / f"predictions_{split}.jsonl", rec)
+        RunFolder(run_dir).write_predictions(split, rec)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
@@ -1151,6 +1142,6 @@ def score_saved_test(kind: str, data: str, run_dir: Path, *, model_name: str = "
     m["seconds"] = round(time.time() - t0, 1)
     metrics["test"] = _strip(m)
     metrics.setdefault("sizes", {})["test"] = len(sp.test)
-    write_records(run_dir / "predictions_test.jsonl", recs)
+    RunFolder(run_dir).write_predictions("test", recs)
     write_json(run_dir / "metrics.json", metrics)
     return metrics

@@ -597,6 +597,7 @@ def score_fs_test(cell: Cell, budget: Budget, run_dir: Path) -> dict:
     """Score the test split with the model an FS run selected on dev (a grid member that deferred its
     test evaluation), as ``fsllm eval`` does; adds ``test`` to its ``metrics.json`` and returns it."""
     from fsllm.inference import RUN_MODEL_DIR, Predictor, evaluate_examples
+    from fsllm.run import RunFolder
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     pred = Predictor.from_pretrained(run_dir / RUN_MODEL_DIR, merge=True)
@@ -604,7 +605,7 @@ def score_fs_test(cell: Cell, budget: Budget, run_dir: Path) -> dict:
     m, records = evaluate_examples(pred.model, pred.tokenizer, test, pred.max_length, progress="test")
     metrics["test"] = {k: v for k, v in m.items() if k != "confusion_matrix"}
     metrics.setdefault("sizes", {})["test"] = len(test)
-    baselines.write_records(run_dir / "predictions_test.jsonl", records)
+    RunFolder(run_dir).write_predictions("test", records)
     write_json(run_dir / "metrics.json", metrics)
     return metrics
 
