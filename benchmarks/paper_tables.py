@@ -430,28 +430,35 @@ def machine_info() -> dict:
     return info
 
 
-def log_curve(log_path: Path, key: str) -> list[list[float]]:
-    """``[[step, value], ...]`` of ``key`` from a run's ``train_log.jsonl`` (one point per step)."""
-    points: dict[float, float] = {}
-    if not Path(log_path).is_file():
-        return []
-    for line in Path(log_path).read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if key in rec and rec.get("step") is not None:
-            points[float(rec["step"])] = float(rec[key])
-    return [[s, v] for s, v in sorted(points.items())]
+def log_curves(log_path: Path, keys: dict[str, str]) -> dict[str, list[list[float]]]:
+    """``{name: [[step, value], ...]}`` of each log key of ``keys`` (``{name: key}``) from a run's
+    ``train_log.jsonl``, read once (one point per step)."""
+    points: dict[str, dict[float, float]] = {name: {} for name in keys}
+    if Path(log_path).is_file():
+        for line in Path(log_path).read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("step") is None:
+                continue
+            for name, key in keys.items():
+                if key in rec:
+                    points[name][float(rec["step"])] = float(rec[key])
+    return {name: [[s, v] for s, v in sorted(p.items())] for name, p in points.items()}
+
+
+def curves_of(log_path: Path, metric: str) -> dict[str, Any]:
+    """A cell's ``dev_curve`` and ``loss_curves`` entries, from one read of the run's log."""
+    c = log_curves(log_path, {"dev": f"eval_{metric}", "train": "loss", "dev_loss": "eval_loss"})
+    return {"dev_curve": c["dev"], "loss_curves": {"train": c["train"], "dev": c["dev_loss"]}}
 
 
 def dev_curve(log_path: Path, metric: str) -> list[list[float]]:
     """``[[step, eval_<metric>], ...]`` from a run's ``train_log.jsonl``."""
-    return log_curve(log_path, f"eval_{metric}")
+    return log_curves(log_path, {"dev": f"eval_{metric}"})["dev"]
 
 
 def loss_curves(log_path: Path) -> dict[str, list[list[float]]]:
     """The training loss and the dev loss over training (the paper's Figs 4-9 draw both with F1)."""
-    return {"train": log_curve(log_path, "loss"), "dev": log_curve(log_path, "eval_loss")}
+    return log_curves(log_path, {"train": "loss", "dev": "eval_loss"})
 
 
 def _scalars(m: dict | None) -> dict | None:
@@ -701,8 +708,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
         "train_seconds": metrics.get("train", {}).get("seconds"),
         "train_steps": metrics.get("train", {}).get("steps"),
         "cell_seconds": round(time.time() - t0, 1),
-        "dev_curve": dev_curve(run_dir / "train_log.jsonl", metric),
-        "loss_curves": loss_curves(run_dir / "train_log.jsonl"),
+        **curves_of(run_dir / "train_log.jsonl", metric),
         "run_dir": os.path.relpath(run_dir, REPO) if str(run_dir).startswith(str(REPO)) else str(run_dir),
         "command": command,
         "cell_command": cell_command(cell, budget, out, runs),
@@ -729,7 +735,8 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
         if not is_done(out, m):
             logger.info("  grid %d/%d: %s/%s", k, len(members), cell.table, m.id)
             run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
-    scores = {f"{m.lr:g}": json.loads(cell_path(out, cell.table, m.id).read_text())["dev_metric"] for m in members}
+    done = {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members}
+    scores = {f"{m.lr:g}": done[m.id]["dev_metric"] for m in members}
     # the first rate of the grid wins a tie: the grid is written from the smallest rate up
     best = max(members, key=lambda m: (scores[f"{m.lr:g}"] if scores[f"{m.lr:g}"] is not None else -math.inf,
                                        -members.index(m)))
@@ -738,7 +745,7 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
     if (cell.size, cell.seed) != (g, budget.grid_seed):
         return run_cell(cell, budget, out, runs, mpnet_dir=mpnet_dir, command=command, lr=best.lr, grid=grid)
     # the chosen member is this cell: score its saved model on test, once
-    rec = json.loads(cell_path(out, cell.table, best.id).read_text())
+    rec = dict(done[best.id])
     run_dir = run_dir_of(runs, cell.table, best.id)
     t0 = time.time()
     if cell.row.kind == "fs":
@@ -753,8 +760,7 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
                test_seconds=round(time.time() - t0, 1), cell_command=cell_command(cell, budget, out, runs),
                chosen_member=str(cell_path(out, cell.table, best.id).relative_to(out)),
                finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))
-    rec["cell_seconds"] = round(sum(json.loads(cell_path(out, cell.table, m.id).read_text())["cell_seconds"]
-                                    for m in members) + rec["test_seconds"], 1)
+    rec["cell_seconds"] = round(sum(r["cell_seconds"] for r in done.values()) + rec["test_seconds"], 1)
     write_json(cell_path(out, cell.table, cell.id), rec)
     return rec
 
