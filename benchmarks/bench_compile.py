@@ -7,7 +7,7 @@ The packaged SmolLM2-135M as ``FSForTokenClassification`` (FSConfig defaults), o
 seeded CoNLL-2003 training sentences. Reported: the compile time (first compiled step), the
 largest logit difference against eager in eval mode (no dropout, so the same function), and the
 median step time (zero_grad + forward with loss + backward) of the compiled and the eager model
-timed in alternation after one untimed round. Dropout draws other masks under inductor, so the
+timed in alternation after one untimed round (``bench_speed.time_round_robin``). Dropout draws other masks under inductor, so the
 training losses of the two differ by that alone.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,17 +23,11 @@ from pathlib import Path
 import common
 import torch
 from bench_qlora import batch_of_conll
+from bench_speed import time_round_robin, train_step
 
 from fsllm import FSForTokenClassification, load_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def step(model, batch) -> float:
-    model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    loss.backward()
-    return float(loss.detach())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,16 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         want = eager(**batch).logits
     eager.train(), target.train()
     t0 = time.perf_counter()
-    step(compiled, batch)
+    train_step(compiled, batch)
     train_compile_s = time.perf_counter() - t0
-    times: dict[str, list[float]] = {"compiled": [], "eager": []}
-    for k in range(a.repeats + 1):
-        for name, model in (("compiled", compiled), ("eager", eager)):
-            t0 = time.perf_counter()
-            step(model, batch)
-            if k:
-                times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    timings = time_round_robin({"compiled": lambda: train_step(compiled, batch), "eager": lambda: train_step(eager, batch)},
+                               a.repeats, warmup=1)
+    times = {k: t.samples for k, t in timings.items()}
+    med = {k: t.median for k, t in timings.items()}
     data = {
         "command": "python benchmarks/bench_compile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": common.git_commit(), "machine": common.machine_info(), "torch": torch.__version__,

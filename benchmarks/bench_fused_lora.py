@@ -6,8 +6,8 @@
 The packaged SmolLM2-135M as ``FSForTokenClassification`` (FSConfig defaults: LoRA 8/32/0.1 on all
 210 projections, ``FastDropout``), one batch of 16 seeded CoNLL-2003 training sentences; a step is
 zero_grad + forward with loss + backward. Two copies of the same model, one whose LoRA layers run
-PEFT's ``lora.Linear.forward`` again, are timed in alternation (round robin, the first round
-untimed), so drifts in the machine's speed hit both alike. Loss and gradients of one seeded step
+PEFT's ``lora.Linear.forward`` again, are timed in alternation (``bench_speed.time_round_robin``,
+one untimed round), so drifts in the machine's speed hit both alike. Loss and gradients of one seeded step
 are compared first: the fused forward must not change them.
 """
 
@@ -16,27 +16,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import common
 import torch
 from bench_qlora import batch_of_conll
+from bench_speed import time_round_robin, train_step
 from peft.tuners.lora import Linear as LoraLinear
 
 from fsllm import FSForTokenClassification, load_tokenizer
 from fsllm.fused_lora import FusedLoraLinear
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def step(model, batch) -> torch.Tensor:
-    model.zero_grad(set_to_none=True)
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,17 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     losses, grads = [], []
     for model in (fused, peft):
         torch.manual_seed(0)  # the same dropout masks
-        losses.append(float(step(model, batch)))
+        model.zero_grad(set_to_none=True)
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(float(loss))
         grads.append({n: prm.grad.clone() for n, prm in model.named_parameters() if prm.requires_grad})
     max_grad_diff = max(float((grads[0][n] - grads[1][n]).abs().max()) for n in grads[0])
-    times: dict[str, list[float]] = {"fused": [], "peft": []}
-    for k in range(a.repeats + 1):
-        for name, model in (("fused", fused), ("peft", peft)):
-            t0 = time.perf_counter()
-            step(model, batch)
-            if k:
-                times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    timings = time_round_robin({name: (lambda m=m: train_step(m, batch)) for name, m in (("fused", fused), ("peft", peft))},
+                               a.repeats, warmup=1)
+    times = {k: t.samples for k, t in timings.items()}
+    med = {k: t.median for k, t in timings.items()}
     data = {
         "command": "python benchmarks/bench_fused_lora.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": common.git_commit(), "machine": common.machine_info(), "lora_layers": len(layers),

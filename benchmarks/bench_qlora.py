@@ -35,14 +35,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 def batch_of_conll(tokenizer, n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     """``n`` seeded CoNLL-2003 training sentences as one padded batch with first-sub-token labels."""
+    from bench_speed import conll_batch
+
     from fsllm.data import load_any
-    from fsllm.training import build_label_maps, make_collator, make_features, seeded_subset
+    from fsllm.training import build_label_maps, seeded_subset
 
     td = load_any("conll2003")
     train = seeded_subset(list(td.splits["train"]), n, seed)
     id2label = build_label_maps("token", list(td.splits["train"]), td.label_names)
-    feats, _ = make_features("token", train, tokenizer, {v: k for k, v in id2label.items()}, 128)
-    return make_collator("token", tokenizer)(feats), len(id2label)
+    return conll_batch(train, tokenizer, {v: k for k, v in id2label.items()}), len(id2label)
 
 
 def worker(variant: str, steps: int) -> dict:
