@@ -84,6 +84,7 @@ class Row:
     name: str
     kind: str  # "fs" | "hf-native" | "zero-shot" | "instruction-tuned" | "encoder"
     fs: tuple = ()  # FSConfig overrides as (key, value) pairs
+    train: tuple = ()  # TrainConfig overrides (key, value) pairs, e.g. the precision
     encoder: str | None = None  # "minilm" | "mpnet"
     multi_seed: bool = False  # all --seeds; otherwise the first seed only
     primary: bool = False  # FS or causal: first in the run order
@@ -93,15 +94,23 @@ class Row:
     def fs_overrides(self) -> dict:
         return dict(self.fs)
 
+    @property
+    def train_overrides(self) -> dict:
+        return dict(self.train)
 
-def _fs(name, multi=False, primary=False, note="", **kw) -> Row:
-    return Row(name, "fs", tuple(kw.items()), multi_seed=multi, primary=primary, note=note)
+
+def _fs(name, multi=False, primary=False, note="", train=None, **kw) -> Row:
+    return Row(name, "fs", tuple(kw.items()), tuple((train or {}).items()), multi_seed=multi, primary=primary,
+               note=note)
 
 
 FS_BIDIR = _fs("fs-bidirectional", multi=True, primary=True, note="FSConfig default: bidirectional, mean pooling, SwiGLU head")
 DECAYS = [_fs(f"fs-decay-{x}", attention="decay", decay_lambda=x, note=f"weighted mask exp(-{x} d)") for x in (0.1, 0.5, 1.0)]
 LEARNABLE = _fs("fs-learnable-lambda", attention="decay", decay_lambda=0.5, learnable_lambda=True,
                 note="decay, one learnable lambda per layer, init 0.5")
+# fsllm's defaults with bf16 autocast: paired by seed with fs-bidirectional, it shows whether bf16
+# keeps dev and test F1 within the seed noise of fp32 (the condition for making it the CPU default)
+BF16 = _fs("fs-bf16", multi=True, train={"precision": "bf16"}, note="fs-bidirectional under bf16 autocast")
 LAST_HALF = _fs("fs-last-half", fs_layers="last:15", note="bidirectional in the last 15 of 30 layers only")
 ZERO = Row("zero-shot", "zero-shot", note="'w/o LS': prompted causal LM, no training")
 IT = Row("instruction-tuned", "instruction-tuned", note="LoRA on the causal LM, generates the answer")
@@ -114,7 +123,7 @@ TABLE_ROWS: dict[str, list[Row]] = {
     "ner": [
         FS_BIDIR,
         _fs("causal", multi=True, primary=True, attention="causal", note="'w/o FS': the backbone's causal mask"),
-        HF_NATIVE, *DECAYS, LEARNABLE, LAST_HALF, ZERO, IT, MINILM, MPNET,
+        HF_NATIVE, *DECAYS, LEARNABLE, LAST_HALF, BF16, ZERO, IT, MINILM, MPNET,
     ],
     **{
         t: [
@@ -238,6 +247,8 @@ class Budget:
                 d[k] = list(d[k])
         if row.kind == "fs":
             d["fs"] = row.fs_overrides
+            if row.train:
+                d["train"] = row.train_overrides
         return d
 
 
@@ -514,7 +525,7 @@ def fs_train_config(cell: Cell, budget: Budget, run_dir: Path, lr: float | None 
         test_subset=budget.test_subset,
         eval_steps=baselines.eval_steps_for(cell.size, budget.batch_size, budget.evals_per_epoch),
         early_stopping_patience=budget.patience, evaluate_test=evaluate_test,
-        seed=cell.seed,
+        seed=cell.seed, **cell.row.train_overrides,
     )
 
 
@@ -540,6 +551,8 @@ def fsllm_command(cfg) -> str:
         parts += ["--early-stopping", str(cfg.early_stopping_patience)]
     if not cfg.evaluate_test:
         parts.append("--no-test")
+    if cfg.precision != "fp32":
+        parts += ["--precision", cfg.precision]
     if fs.attention == "decay":
         parts += ["--decay-lambda", f"{fs.decay_lambda:g}"]
     if fs.learnable_lambda:
@@ -804,6 +817,44 @@ def _ms(vals: list[float]) -> str:
     return f"{m * 100:.2f} ± {s * 100:.2f}" if s is not None else f"{m * 100:.2f}"
 
 
+#: the rows each table's FS row is compared with seed by seed (where both share seeds)
+PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "minilm", "mpnet"],
+               "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
+
+
+def paired_lines(table: str, recs: list[dict], metric: str) -> list[str]:
+    """Paired differences, FS row minus each other row, over the seeds both ran at one size.
+
+    The seed draws the training subset and the dev subset too, so a paired difference removes that
+    shared noise: its mean ± standard error says more than two means ± std side by side."""
+    fs_row = "fs-swiglu-mean" if table == "ablation" else "fs-bidirectional"
+    others = PAIRED_ROWS.get(table, ["causal-last", "causal-mean", "hf-native", "minilm"])
+    vals: dict[tuple[str, int, int], tuple[float | None, float | None]] = {}
+    for r in recs:
+        test = (r.get("test") or {}).get(metric)
+        vals[(r["method"], r["train_size"], r["seed"])] = (test, r.get("dev_metric"))
+    lines = []
+    for size in sorted({k[1] for k in vals if k[0] == fs_row}):
+        for other in others:
+            seeds = sorted(s for (m, n, s) in vals if m == other and n == size and (fs_row, size, s) in vals)
+            if len(seeds) < 2:
+                continue
+            cols = []
+            for i, what in ((0, f"test {metric}"), (1, "dev")):
+                d = [vals[(fs_row, size, s)][i] - vals[(other, size, s)][i] for s in seeds
+                     if vals[(fs_row, size, s)][i] is not None and vals[(other, size, s)][i] is not None]
+                if len(d) < 2:
+                    continue
+                sem = statistics.stdev(d) / math.sqrt(len(d))
+                cols.append(f"{what} {statistics.fmean(d) * 100:+.2f} ± {sem * 100:.2f} "
+                            f"({', '.join(f'{x * 100:+.1f}' for x in d)})")
+            if cols:
+                lines.append(f"- n={size}, {fs_row} − {other}, seeds {','.join(map(str, seeds))}: " + "; ".join(cols) + ".")
+    if not lines:
+        return []
+    return ["**Paired by seed** (FS row minus the other; mean ± standard error, then per seed)", "", *lines, ""]
+
+
 def load_records(out: Path, table: str) -> list[dict]:
     folder = Path(out) / table
     if not folder.is_dir():
@@ -1009,6 +1060,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     verdicts = [v for fs_row, others in comps for size in real_sizes for v in _verdict(table, size, by, fs_row, others, metric)]
     lines += verdicts or ["- not run yet."]
     lines.append("")
+    lines += paired_lines(table, recs, metric)
     # learned lambdas
     lam = [r for r in recs if r.get("learned_lambdas")]
     for r in lam:
