@@ -416,3 +416,58 @@ def test_adapter_missing_lora_weights_is_refused(tmp_path):
     save_file({k: v for k, v in weights.items() if k != dropped}, str(path))
     with pytest.raises(ModelFolderError, match="adapter lacks 1 LoRA weights"):
         load_model(tmp_path / "m")
+
+
+BIO = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+WS = 9  # the id standing for a whitespace-only token in these tests
+
+
+def _whitespace_case():
+    """Row 0: whitespace before tokens whose top label is I-PER, B-LOC and O, and as the last token;
+    row 1: whitespace as the last real token before right padding."""
+    model = FSForTokenClassification.from_backbone(tiny_backbone("llama"), id2label=BIO).eval()
+    model.config.whitespace_token_ids = [WS]
+    ids = torch.tensor([[5, WS, 6, WS, 7, WS, 8, WS], [5, 6, WS, 0, 0, 0, 0, 0]])
+    mask = torch.tensor([[1] * 8, [1, 1, 1, 0, 0, 0, 0, 0]])
+    torch.manual_seed(0)
+    logits = torch.randn(2, 8, len(BIO))
+    for t, top in ((2, 2), (4, 3), (6, 0)):
+        logits[0, t, top] = 5.0
+    return model, ids, mask, logits
+
+
+def test_whitespace_token_is_inside_an_entity_only_when_the_next_word_continues_it():
+    model, ids, mask, logits = _whitespace_case()
+    out = model.label_whitespace(ids, mask, logits)
+    torch.testing.assert_close(out[0, 1], logits[0, 2])  # next is I-PER: the space is inside, same scores
+    # next is B-LOC: the space is O, with B-LOC's score (O and B-LOC swap places)
+    want = logits[0, 4].clone()
+    want[0], want[3] = logits[0, 4, 3], logits[0, 4, 0]
+    torch.testing.assert_close(out[0, 3], want)
+    assert int(out[0, 3].argmax()) == 0
+    torch.testing.assert_close(out[0, 5], logits[0, 6])  # next is O: O
+    others = [(0, t) for t in (0, 2, 4, 6, 7)] + [(1, t) for t in range(8)]  # words, the last token, padding
+    for b, t in others:
+        torch.testing.assert_close(out[b, t], logits[b, t])
+
+
+def test_whitespace_rule_needs_bio_labels_and_whitespace_ids():
+    model, ids, mask, logits = _whitespace_case()
+    model.config.whitespace_token_ids = None
+    assert torch.equal(model.label_whitespace(ids, mask, logits), logits)
+    other = FSForTokenClassification.from_backbone(tiny_backbone("llama"), id2label={0: "A", 1: "B-X", 2: "I-X"}).eval()
+    other.config.whitespace_token_ids = [WS]
+    assert torch.equal(other.label_whitespace(ids, mask, logits[..., :3]), logits[..., :3])
+
+
+def test_forward_applies_the_whitespace_rule_the_same_alone_and_padded():
+    model, ids, mask, _ = _whitespace_case()
+    with torch.no_grad():
+        model.config.whitespace_token_ids = None
+        raw = model(ids, mask).logits
+        model.config.whitespace_token_ids = [WS]
+        got = model(ids, mask).logits
+        alone = model(ids[1:, :3], mask[1:, :3]).logits
+    torch.testing.assert_close(got, model.label_whitespace(ids, mask, raw))
+    assert not torch.equal(got[0, 1], raw[0, 1])
+    torch.testing.assert_close(got[1, :3], alone[0])

@@ -85,3 +85,17 @@ def test_pair_ids_put_eos_between_the_texts_and_truncate_longest_first():
     )
     ids, _ = pair_ids(a, b, bos_tok, max_length=6)
     assert ids[0] == 1 and ids.count(1) == 1 and len(ids) == 6 and ids[3 if ids[3] == 2 else 4] == 2
+
+
+def test_whitespace_token_ids_of_a_real_bpe_tokenizer():
+    """SmolLM2 writes the space before a digit as a token of its own: it is found, words and specials are not."""
+    from fsllm import load_tokenizer
+    from fsllm.tokenization import whitespace_token_ids
+
+    tok = load_tokenizer("smollm2-135m")
+    ids = set(whitespace_token_ids(tok))
+    ids_of = tok("won 3", add_special_tokens=False)["input_ids"]
+    assert [i in ids for i in ids_of] == [False, True, False]  # "won", " ", "3"
+    assert tok.convert_tokens_to_ids("Ġthe") not in ids
+    assert not ids & set(tok.all_special_ids)
+    assert all(not tok.decode([i]).strip() for i in ids)

@@ -388,6 +388,11 @@ class FSLLMConfig(PreTrainedConfig):
             ``fsllm.tokenization.pair_features``); predicting it needs pairs and vice versa.
         backbone_quantization: ``"4bit"`` when LoRA and the head were trained on an NF4 backbone
             (``TrainConfig.quantize``): a small folder then loads its backbone in 4 bits again.
+        whitespace_token_ids: token models only: the tokenizer's ids that are whitespace alone (SmolLM2
+            writes the space before a digit as one). They belong to no word, so training never labels
+            them; ``forward`` gives each the label the space before its next word has in BIO terms
+            (inside the entity when that word continues one, else ``O``), so that ``pipeline()``,
+            whose word heuristic takes such a token for a word, finds the entities fsllm finds.
     """
 
     model_type = "fsllm"
@@ -406,6 +411,7 @@ class FSLLMConfig(PreTrainedConfig):
     target_std: float = 1.0
     text_pair: bool = False
     backbone_quantization: str | None = None
+    whitespace_token_ids: list | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -430,6 +430,11 @@ class FSModel(PreTrainedModel):
             return
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
+        if tokenizer is not None and self.task == "token" and self.config.whitespace_token_ids is None:
+            # a folder written before the field existed gains it when saved again with its tokenizer
+            from .tokenization import whitespace_token_ids
+
+            self.config.whitespace_token_ids = whitespace_token_ids(tokenizer)
         if merged or self.config.merged:
             copy_ = self.merged_copy() if not self.config.merged else self
             kwargs.pop("state_dict", None)
@@ -621,11 +626,47 @@ class FSForTokenClassification(FSModel):
     ) -> TokenClassifierOutput:
         """Logits ``[B, L, num_labels]``, and the loss over the labelled positions (not -100) when ``labels`` are given."""
         hidden = self.encode(input_ids, attention_mask)
-        logits = self.head(hidden)
+        logits = self.label_whitespace(input_ids, attention_mask, self.head(hidden))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
         return TokenClassifierOutput(loss=loss, logits=logits)
+
+    def _bio_labels(self) -> tuple[torch.Tensor, int] | None:
+        """``(is_inside per label, index of O)`` when the labels are BIO tags, else ``None``."""
+        names = [self.id2label[i] for i in range(self.num_labels)]
+        if "O" not in names or not all(n == "O" or n[:2] in ("B-", "I-") for n in names):
+            return None
+        return torch.tensor([n.startswith("I-") for n in names]), names.index("O")
+
+    def label_whitespace(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits for the whitespace-only tokens (``config.whitespace_token_ids``) from the token after them.
+
+        Such a token is the space between two words: it is inside an entity when the next word
+        continues one (its ``I-`` tag is kept), else ``O`` (the next token's top label and ``O``
+        swap places, so the score stays). No word owns these tokens, so this changes neither
+        training nor fsllm's word labels; it makes ``pipeline()``'s words, one of which such a token
+        is, carry the entities fsllm predicts. Without BIO labels or such ids it returns ``logits``.
+        """
+        ids = self.config.whitespace_token_ids
+        bio = self._bio_labels() if ids and logits.shape[1] > 1 else None
+        if bio is None:
+            return logits
+        inside, o = bio
+        has_next = torch.ones_like(input_ids[:, 1:], dtype=torch.bool) if attention_mask is None else attention_mask[:, 1:].bool()
+        here = torch.isin(input_ids[:, :-1], torch.tensor(ids, device=input_ids.device)) & has_next
+        if not bool(here.any()):
+            return logits
+        nxt = logits[:, 1:]
+        top = nxt.argmax(-1, keepdim=True)
+        swapped = nxt.scatter(-1, top, nxt[..., o : o + 1]).index_copy(-1, torch.tensor([o], device=nxt.device),
+                                                                       nxt.gather(-1, top))
+        continues = inside.to(nxt.device)[top.squeeze(-1)]
+        space = torch.where(continues.unsqueeze(-1), nxt, swapped)
+        head = torch.where(here.unsqueeze(-1), space, logits[:, :-1])
+        return torch.cat([head, logits[:, -1:]], dim=1)
 
 
 _MODEL_CLASSES: dict[str, type[FSModel]] = {

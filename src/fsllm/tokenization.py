@@ -36,6 +36,23 @@ def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [bos] if ids and ids[0] == bos else []
 
 
+def whitespace_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids of the tokens that decode to whitespace alone (special tokens aside).
+
+    Byte-level BPE tokenizers that split digits (SmolLM2, Llama-3) write the space before a number
+    as such a token. ``encode_words`` gives it to no word; ``FSForTokenClassification`` labels it
+    from its neighbour (see ``FSLLMConfig.whitespace_token_ids``)."""
+    special = set(tokenizer.all_special_ids)
+    ids = []
+    for i in range(len(tokenizer)):
+        if i in special:
+            continue
+        text = tokenizer.decode([i])
+        if text and not text.strip():
+            ids.append(i)
+    return ids
+
+
 @dataclass
 class TokenFeatures:
     """Sub-token encoding of one sentence: ids, the word of each sub-token (or -1), and window starts."""

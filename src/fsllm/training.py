@@ -53,6 +53,7 @@ from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenCl
 from .plots import plot_confusion, plot_training
 from .prepare import Features, PreparedData, prepare_data, prepare_features
 from .run import RunFolder, checkpoint_step
+from .tokenization import whitespace_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +287,8 @@ def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
         attn_implementation=cfg.attn_implementation, problem_type=data.problem_type, quantize=cfg.quantize,
     )
     model.config.text_pair = bool(cfg.text_pair_column)
+    if data.task == "token":
+        model.config.whitespace_token_ids = whitespace_token_ids(tokenizer)
     if data.problem_type == "regression":
         targets = torch.tensor([float(ex["label"]) for ex in data.train], dtype=torch.float64)
         std = float(targets.std()) if len(targets) > 1 else 0.0

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import _jsonl, _trained_word_models, write_conll_dir, write_csv_dir
+import torch
+import transformers
+from conftest import _config, _jsonl, _trained_word_models, write_conll_dir, write_csv_dir
 from transformers import pipeline
 
 from fsllm import FSForSequenceClassification, FSForTokenClassification
@@ -466,3 +468,40 @@ def test_pipelines_load_the_fs_model_and_agree_with_predict(tmp_path):
     theirs = clf(TEXTS)
     assert [r["label"] for r in theirs] == [r["label"] for r in ours]
     assert [r["score"] for r in theirs] == pytest.approx([r["score"] for r in ours], abs=1e-5)
+
+
+SPACED = ["Super 12 beat Otago 34 - 20 in 1996 .", "Bre-X fell 2 cents to 3 .", "Barrick won 4 of 5 in Toronto"]
+
+
+def _entity_key(e: dict) -> tuple:
+    """An entity without the spaces its byte-level BPE tokens carry (the pipeline's ``word`` starts with one)."""
+    w = e["word"]
+    return (e["entity_group"], int(e["start"]) + len(w) - len(w.lstrip()), int(e["end"]) - len(w) + len(w.rstrip()), w.strip())
+
+
+def test_pipeline_finds_fsllm_entities_around_lone_space_tokens(tmp_path):
+    """SmolLM2 writes the space before a digit as a token of its own, which the pipeline's word heuristic
+    takes for a word: the whitespace rule gives it the label that keeps the entities fsllm's. Without the
+    rule this random model's labels on those tokens make the pipeline's entities differ."""
+    from fsllm import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    cfg = _config("llama", 2)
+    cfg.vocab_size = len(tok)
+    torch.manual_seed(1)  # a draw whose labels on lone spaces are not all O
+    labels = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-ORG", 4: "I-ORG", 5: "B-LOC", 6: "I-LOC", 7: "B-MISC", 8: "I-MISC"}
+    model = FSForTokenClassification.from_backbone(transformers.LlamaModel(cfg).eval(), id2label=labels).eval()
+    with_rule, without = tmp_path / "rule", tmp_path / "none"
+    model.save_pretrained(with_rule, tokenizer=tok, merged=True)  # saved with its tokenizer: records its whitespace ids
+    assert model.config.whitespace_token_ids
+    model.config.whitespace_token_ids = []
+    model.save_pretrained(without, tokenizer=tok, merged=True)
+
+    def agree(folder):
+        ner = pipeline("token-classification", model=str(folder), aggregation_strategy="first")
+        ours = Predictor.from_pretrained(folder).predict(SPACED)
+        assert sum(len(e) for e in ours) >= 5  # the comparison covers real entities
+        return [[_entity_key(e) for e in a] == [_entity_key(e) for e in b] for a, b in zip(ner(SPACED), ours)]
+
+    assert all(agree(with_rule))
+    assert not all(agree(without))
