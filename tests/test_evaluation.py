@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import random
 
 import pytest
 import torch
 from conftest import NER_LABELS, build_word_tokenizer, tiny_backbone, word_llama
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
-from fsllm.evaluation import evaluate_examples
+from fsllm.evaluation import batched_logits, evaluate_examples, length_chunks
 from fsllm.tokenization import token_classification_features
 
 SENTENCES = [
@@ -76,3 +78,42 @@ def test_regression_dev_loss_is_mse_in_standardised_units():
     want = sum(((r["pred"] - ex["label"]) / 2.0) ** 2 for r, ex in zip(records, examples)) / 2
     assert metrics["loss"] == pytest.approx(want, rel=1e-3)  # records round predictions to 4 digits
     assert math.isclose(metrics["rmse"] ** 2 / 4.0, metrics["loss"], rel_tol=1e-9)
+
+
+def _cost(lengths, chunks, overhead):
+    return sum(overhead + (e - s) * lengths[e - 1] for s, e in chunks)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_chunks_is_the_least_padded_work_split(seed):
+    """Against every contiguous split of the sorted lengths (brute force), at most batch_size per batch."""
+    rng = random.Random(seed)
+    lengths = sorted(rng.randint(1, 60) for _ in range(rng.randint(1, 9)))
+    batch_size, overhead = rng.randint(1, 5), rng.choice([0, 8, 32, 200])
+    chunks = length_chunks(lengths, batch_size, overhead)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:])) and all(0 < e - s <= batch_size for s, e in chunks)
+    best = math.inf
+    n = len(lengths)
+    for cuts in itertools.product([False, True], repeat=n - 1):
+        bounds = [0, *[i + 1 for i, c in enumerate(cuts) if c], n]
+        split = list(zip(bounds, bounds[1:]))
+        if all(e - s <= batch_size for s, e in split):
+            best = min(best, _cost(lengths, split, overhead))
+    assert _cost(lengths, chunks, overhead) == best
+
+
+def test_length_chunks_keeps_equal_lengths_together_and_splits_mixed_ones():
+    assert length_chunks([20] * 10, 64) == [(0, 10)]
+    assert sorted(e - s for s, e in length_chunks([20] * 10, 4)) == [2, 4, 4]
+    assert length_chunks([5] * 15 + [120], 64, overhead=32) == [(0, 15), (15, 16)]
+
+
+def test_batched_logits_of_mixed_lengths_equal_each_input_alone():
+    model = FSForSequenceClassification.from_backbone(tiny_backbone("llama"), num_labels=3).eval()
+    torch.manual_seed(0)
+    feats = [{"input_ids": torch.randint(4, 100, (n,)).tolist()} for n in (3, 40, 5, 41, 4, 90)]
+    together = batched_logits(model, feats, batch_size=64)
+    for f, got in zip(feats, together):
+        (alone,) = batched_logits(model, [f], batch_size=1)
+        assert got == pytest.approx(alone, abs=1e-5)

@@ -8,6 +8,7 @@ approximation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ def batched_logits(
     by this same loop (right padding, batches sorted by length).
     """
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    chunks = length_chunks([len(features[i]["input_ids"]) for i in order], batch_size)
     out: list[np.ndarray | None] = [None] * len(features)
     device = next(model.parameters()).device
     # Module.train()/eval() walk every submodule (thousands with LoRA on a 30-layer model):
@@ -46,12 +48,11 @@ def batched_logits(
     was_training = model.training
     if was_training:
         model.eval()
-    starts = range(0, len(order), batch_size)
     if progress:
-        starts = tqdm(starts, desc=progress if isinstance(progress, str) else "predict", unit="batch", leave=False)
+        chunks = tqdm(chunks, desc=progress if isinstance(progress, str) else "predict", unit="batch", leave=False)
     with torch.inference_mode():
-        for s in starts:
-            idx = order[s : s + batch_size]
+        for s, e in chunks:
+            idx = order[s:e]
             width = max(len(features[i]["input_ids"]) for i in idx)
             ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -66,6 +67,34 @@ def batched_logits(
     if was_training:
         model.train()
     return out  # type: ignore[return-value]
+
+
+#: the fixed cost of one forward call, in padded tokens' worth of work (``length_chunks``): at small
+#: batches a forward streams every weight from memory whatever the number of tokens
+FORWARD_OVERHEAD_TOKENS = 32
+
+
+def length_chunks(lengths: Sequence[int], batch_size: int, overhead: int = FORWARD_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
+    """Split inputs sorted by length into batches ``[start, end)`` of least total padded work.
+
+    A batch costs about ``overhead + size * longest`` token-steps, since every row is padded to the
+    longest. One batch of mixed lengths (a server's few concurrent requests, say) mostly computes
+    padding; one batch per input repeats the overhead. The split is exact (dynamic programming over
+    the sorted lengths), at most ``batch_size`` per batch, and FS models are padding-invariant, so
+    it changes no answer. Runs of similar lengths (a sorted data set) still fill whole batches."""
+    n = len(lengths)
+    best = [0.0] + [math.inf] * n  # best[j]: least cost of the first j inputs
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(max(0, j - batch_size), j):
+            c = best[i] + overhead + (j - i) * lengths[j - 1]
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    out, j = [], n
+    while j > 0:
+        out.append((cut[j], j))
+        j = cut[j]
+    return out[::-1]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
