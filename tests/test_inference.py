@@ -92,3 +92,24 @@ def test_a_pair_alone_and_in_a_padded_batch_get_the_same_logits(side):
     # the same through the inference path
     (lg_alone,), lg_batch = batched_logits(model, [short]), batched_logits(model, [long_, short])
     np.testing.assert_allclose(lg_batch[1], lg_alone, atol=1e-5)
+
+
+def test_bf16_predictor_casts_the_weights_and_keeps_the_labels(tiny_seq_model_dir, monkeypatch):
+    import fsllm.config as config
+
+    texts = ["John visited Paris .", "the film was good", "Mary works for Google in London today", "awful plot"]
+    fp32 = Predictor.from_pretrained(tiny_seq_model_dir)
+    bf16 = Predictor.from_pretrained(tiny_seq_model_dir, precision="bf16")
+    assert bf16.precision == "bf16" and next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert next(fp32.model.parameters()).dtype == torch.float32
+    a, b = fp32.predict(texts), bf16.predict(texts)
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    assert [r["score"] for r in a] == pytest.approx([r["score"] for r in b], abs=0.05)
+    assert [r["score"] for r in a] != [r["score"] for r in b]  # bf16 really ran
+    # auto follows the hardware
+    monkeypatch.setattr(config, "native_bf16", lambda: None)
+    assert Predictor.from_pretrained(tiny_seq_model_dir, precision="auto").precision == "fp32"
+    monkeypatch.setattr(config, "native_bf16", lambda: "the CPU has AVX512-BF16")
+    assert Predictor.from_pretrained(tiny_seq_model_dir, precision="auto").precision == "bf16"
+    with pytest.raises(FSLLMError, match="precision must be"):
+        Predictor.from_pretrained(tiny_seq_model_dir, precision="fp8")

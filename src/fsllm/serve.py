@@ -56,6 +56,7 @@ ENV_MAX_BATCH_SIZE = "FSLLM_SERVE_MAX_BATCH_SIZE"
 ENV_MAX_WAIT_MS = "FSLLM_SERVE_MAX_WAIT_MS"
 ENV_MAX_QUEUE = "FSLLM_SERVE_MAX_QUEUE"
 ENV_TORCH_THREADS = "FSLLM_SERVE_TORCH_THREADS"
+ENV_PRECISION = "FSLLM_SERVE_PRECISION"
 
 #: Inputs longer than this (characters, whole request) are tokenised off the event loop.
 _THREADPOOL_CHARS = 20_000
@@ -469,13 +470,15 @@ def create_app(
     max_wait_ms: float = 5.0,
     max_queue: int = 256,
     model_id: str | None = None,
+    precision: str = "fp32",
 ) -> FastAPI:
-    """The FastAPI app serving one model: a :class:`~fsllm.inference.Predictor` or a run/model folder to load."""
+    """The FastAPI app serving one model: a :class:`~fsllm.inference.Predictor` or a run/model folder to load
+    (at ``precision``, see :class:`~fsllm.inference.Predictor`)."""
     from .inference import Predictor
 
     if isinstance(predictor_or_path, (str, os.PathLike)):
         model_id = model_id or str(predictor_or_path)
-        predictor = Predictor.from_pretrained(predictor_or_path)
+        predictor = Predictor.from_pretrained(predictor_or_path, precision=precision)
     else:
         predictor = predictor_or_path
     task = predictor.task
@@ -653,6 +656,7 @@ def app_from_env() -> FastAPI:
         max_batch_size=int(os.environ.get(ENV_MAX_BATCH_SIZE, 32)),
         max_wait_ms=float(os.environ.get(ENV_MAX_WAIT_MS, 5)),
         max_queue=int(os.environ.get(ENV_MAX_QUEUE, 256)),
+        precision=os.environ.get(ENV_PRECISION, "fp32"),
     )
 
 
@@ -669,6 +673,7 @@ def serve(
     max_queue: int = 256,
     workers: int = 1,
     log_level: str = "info",
+    precision: str = "fp32",
 ) -> int:
     """Run the server until SIGTERM/SIGINT; in-flight requests finish first (uvicorn's graceful shutdown).
 
@@ -684,12 +689,13 @@ def serve(
     signal.signal(signal.SIGTERM, _exit_cleanly)
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
     if workers == 1:
-        app = create_app(model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue)
+        app = create_app(model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         precision=precision)
         uvicorn.run(app, **common)
     else:
         os.environ.update({
             ENV_MODEL: str(model), ENV_MAX_BATCH_SIZE: str(max_batch_size), ENV_MAX_WAIT_MS: str(max_wait_ms),
-            ENV_MAX_QUEUE: str(max_queue),
+            ENV_MAX_QUEUE: str(max_queue), ENV_PRECISION: precision,
         })
         if "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores instead of each taking all
             os.environ.setdefault(ENV_TORCH_THREADS, str(max(1, (os.cpu_count() or 1) // workers)))

@@ -505,3 +505,23 @@ def test_pipeline_finds_fsllm_entities_around_lone_space_tokens(tmp_path):
 
     assert all(agree(with_rule))
     assert not all(agree(without))
+
+
+def test_precision_option_of_predict_eval_and_serve(tmp_path, tiny_seq_model_dir, capsys):
+    from fastapi.testclient import TestClient
+
+    from fsllm.serve import create_app
+
+    rc, out, err = run_cli(["predict", tiny_seq_model_dir, "--precision", "bf16", "the film was good"], capsys)
+    assert rc == 0, err
+    (bf16,) = [json.loads(line) for line in out.splitlines()]
+    rc, out, _ = run_cli(["predict", tiny_seq_model_dir, "the film was good"], capsys)
+    (fp32,) = [json.loads(line) for line in out.splitlines()]
+    assert bf16["label"] == fp32["label"] and bf16["score"] != fp32["score"]
+    with pytest.raises(SystemExit):
+        run_cli(["predict", tiny_seq_model_dir, "--precision", "fp8", "x"], capsys)
+    assert "--precision: invalid choice" in capsys.readouterr().err
+    with TestClient(create_app(str(tiny_seq_model_dir), max_wait_ms=1, precision="bf16")) as c:
+        assert c.get("/info").json()["model_dtype"] == "bfloat16"
+        r = c.post("/predict", json={"inputs": "the film was good"})
+        assert r.status_code == 200 and r.json()[0]["label"] == fp32["label"]
