@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ TARGETS = {"fs-bidirectional": 1.02, "fs-decay": 1.10}  # step-time ratio vs the
 # against the bidirectional commodity path: FS bidirectional no slower, decay at most 10% slower
 HF_NATIVE_TARGETS = {"fs-bidirectional": 1.0, "fs-decay": 1.10}
 MEMORY_TARGET = 1.05
+INFERENCE_TARGET = 3.0  # fsllm predict's sentences/s over transformers.pipeline's, identical tags
 # The train part's recipes. "fsllm" is fsllm's defaults (batch 16: half the optimizer steps of
 # batch 8 in one epoch). "fsllm_b8" changes only the batch size to the LS recipe's 8, so both
 # take the same number of steps at the same learning rate and differ only in the data pipeline
@@ -682,6 +684,7 @@ def part_inference(ctx: Ctx) -> None:
 
     from fsllm import FSForTokenClassification, load_model
     from fsllm.inference import Predictor, predict_word_tags
+    from fsllm.metrics import ner_metrics
 
     a = ctx.args
     res = ctx.results.part("inference")
@@ -718,6 +721,30 @@ def part_inference(ctx: Ctx) -> None:
     fs_tags, _, _ = predict_word_tags(predictor.model, ctx.tok, sentences, a.infer_max_length, 64)
     dt = time.perf_counter() - t0
     runs["fsllm"] = {"seconds": round(dt, 2), "sentences_per_s": round(len(sentences) / dt, 2)}
+    gold = [list(ex["tags"]) for ex in test]
+    if a.model_dir:
+        runs["fsllm"]["test_f1"] = round(ner_metrics(gold, fs_tags)["f1"], 4)
+    ctx.results.save()
+
+    # The same model with its weights in bf16 (Predictor(precision="bf16")): its speed, and how far its
+    # answers are from fp32's (the reason it is not the default).
+    bf = Predictor(load_model(a.model_dir) if a.model_dir else copy.deepcopy(model), ctx.tok,
+                   max_length=a.infer_max_length, batch_size=64, precision="bf16")
+    predict_word_tags(bf.model, ctx.tok, warm, a.infer_max_length, 64)
+    t0 = time.perf_counter()
+    bf_tags, _, _ = predict_word_tags(bf.model, ctx.tok, sentences, a.infer_max_length, 64)
+    dt = time.perf_counter() - t0
+    words = sum(len(w) for w in sentences)
+    runs["fsllm_bf16"] = {
+        "seconds": round(dt, 2), "sentences_per_s": round(len(sentences) / dt, 2),
+        "speedup_vs_fsllm_fp32": _ratio(len(sentences) / dt, runs["fsllm"]["sentences_per_s"]),
+        "sentence_agreement_with_fp32": round(sum(x == y for x, y in zip(bf_tags, fs_tags)) / len(sentences), 4),
+        "word_agreement_with_fp32": round(
+            sum(x == y for p, f in zip(bf_tags, fs_tags) for x, y in zip(p, f)) / words, 4),
+    }
+    if a.model_dir:
+        runs["fsllm_bf16"]["test_f1"] = round(ner_metrics(gold, bf_tags)["f1"], 4)
+    del bf
     ctx.results.save()
 
     # The pipeline loads the FS model from a folder, as a user would; merged, as Predictor runs it.
@@ -754,8 +781,9 @@ def part_inference(ctx: Ctx) -> None:
     runs["hf_native_pipeline_bs64"] = {"seconds": round(dt, 2), "sentences_per_s": round(len(sentences) / dt, 2),
                                        "fsllm_speedup": _ratio(runs["fsllm"]["sentences_per_s"], len(sentences) / dt)}
     del hf, hf_pipe
-    res["target_fsllm_ge_2x"] = {
-        n: {"speedup": runs[n]["fsllm_speedup"], "pass": (runs[n]["fsllm_speedup"] or 0) >= 2.0}
+    res.pop("target_fsllm_ge_2x", None)
+    res["target_fsllm_ge_3x"] = {
+        n: {"speedup": runs[n]["fsllm_speedup"], "pass": (runs[n]["fsllm_speedup"] or 0) >= INFERENCE_TARGET}
         for n in ("pipeline_bs1", "pipeline_bs64")
     }
     ctx.results.save()
@@ -1037,16 +1065,22 @@ def markdown_summary(data: dict) -> str:
             "",
             _part_line(inf, m),
             "",
-            "| path | seconds | sentences/s | fsllm speedup | sentence agreement | word agreement |",
-            "|---|---|---|---|---|---|",
+            "| path | seconds | sentences/s | fsllm speedup | sentence agreement | word agreement | test F1 |",
+            "|---|---|---|---|---|---|---|",
         ]
         for k, r in inf["runs"].items():
+            speed = r.get("fsllm_speedup", "-")
+            if "speedup_vs_fsllm_fp32" in r:
+                speed = f"{r['speedup_vs_fsllm_fp32']} over fsllm fp32"
             lines.append(
-                f"| {k} | {r['seconds']} | {r['sentences_per_s']} | {r.get('fsllm_speedup', '-')} | "
-                f"{r.get('sentence_agreement', '-')} | {r.get('word_agreement', '-')} |"
+                f"| {k} | {r['seconds']} | {r['sentences_per_s']} | {speed} | "
+                f"{r.get('sentence_agreement', r.get('sentence_agreement_with_fp32', '-'))} | "
+                f"{r.get('word_agreement', r.get('word_agreement_with_fp32', '-'))} | {r.get('test_f1', '-')} |"
             )
-        for k, c in inf.get("target_fsllm_ge_2x", {}).items():
-            lines.append(f"- target fsllm >= 2x {k}: {c['speedup']} -> {'PASS' if c['pass'] else 'FAIL'}")
+        if "fsllm_bf16" in inf["runs"]:
+            lines.append("- fsllm_bf16's agreements are with fsllm fp32's tags; the pipelines' with fsllm's.")
+        for k, c in inf.get("target_fsllm_ge_3x", {}).items():
+            lines.append(f"- target fsllm >= {INFERENCE_TARGET:g}x {k}: {c['speedup']} -> {'PASS' if c['pass'] else 'FAIL'}")
         lines.append("")
     fl = P.get("flops", {})
     if fl.get("peak_matmul"):
