@@ -820,7 +820,9 @@ def _attention_flops(model, shape: list[int], training: bool) -> int:
     """Estimated FLOPs of the attention products (QK^T and PV: 4*B*H*L*L*D per layer forward;
     backward counted as 2x forward), which ``FlopCounterMode`` does not count for the CPU flash
     kernel (``aten._scaled_dot_product_flash_attention_for_cpu`` has no registered formula)."""
-    cfg = model.config
+    from fsllm.backbones import base_model_of
+
+    cfg = base_model_of(model.backbone).config if hasattr(model, "backbone") else model.config
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     b, length = shape
@@ -868,6 +870,18 @@ def part_flops(ctx: Ctx) -> None:
         **_flops_record(model, batch["input_ids"].shape, flops, by_op, t, peak_fp32, training=True),
     }
     ctx.results.save()
+    peak_bf16 = peak["bf16"]["gflops"] * 1e9 if "bf16" in peak else None
+    if peak_bf16:
+        # the same step under bf16 autocast (TrainConfig.precision="bf16"), against the bf16 matmul peak
+        def bf16_step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                train_step(model, batch)
+
+        t16 = time_round_robin({"step": bf16_step}, a.repeats, a.warmup)["step"]
+        rec = _flops_record(model, batch["input_ids"].shape, flops, by_op, t16, peak_fp32, training=True)
+        rec["fraction_of_bf16_peak"] = round(flops / t16.median / peak_bf16, 4)
+        res["train_step_bf16_autocast"] = {"model": "fs-bidirectional under bf16 autocast", **rec}
+        ctx.results.save()
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_step(model, batch)
@@ -931,6 +945,13 @@ def part_flops(ctx: Ctx) -> None:
         **_flops_record(model, ibatch["input_ids"].shape, flops_i, by_op_i, t, peak_fp32, training=False),
     }
     ctx.results.save()
+    if peak_bf16:
+        model.to(torch.bfloat16)  # what Predictor(precision="bf16") runs
+        t16 = time_round_robin({"infer": infer}, a.repeats, a.warmup)["infer"]
+        rec = _flops_record(model, ibatch["input_ids"].shape, flops_i, by_op_i, t16, peak_fp32, training=False)
+        rec["fraction_of_bf16_peak"] = round(flops_i / t16.median / peak_bf16, 4)
+        res["inference_batch_bf16"] = {"model": "fs-bidirectional, LoRA merged, weights in bf16", **rec}
+        ctx.results.save()
 
 
 def part_scaling(ctx: Ctx) -> None:
@@ -1092,12 +1113,13 @@ def markdown_summary(data: dict) -> str:
             "",
             "- peak matmul: " + ", ".join(f"{k} {v['gflops']} GFLOP/s (n={v['n']})" for k, v in pk.items()),
         ]
-        for k in ("train_step", "inference_batch"):
+        for k in ("train_step", "train_step_bf16_autocast", "inference_batch", "inference_batch_bf16"):
             if k in fl:
                 r = fl[k]
+                bf = f"{100 * r['fraction_of_bf16_peak']:.1f}% of bf16 peak, " if "fraction_of_bf16_peak" in r else ""
                 lines.append(
                     f"- {k} {r['shape']}: {r['flops_counted'] / 1e9:.1f} GFLOP in {r['time_median']:.3f} s = "
-                    f"{r['achieved_gflops']} GFLOP/s ({100 * r['fraction_of_fp32_peak']:.1f}% of fp32 peak; "
+                    f"{r['achieved_gflops']} GFLOP/s ({bf}{100 * r['fraction_of_fp32_peak']:.1f}% of fp32 peak; "
                     f"{100 * r['fraction_of_fp32_peak_incl_attention']:.1f}% with the estimated attention FLOPs)"
                 )
         if fl.get("profile_top15_self_cpu"):
