@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": "FastAPI + transformers.pipeline, one pipeline call per request (build_baseline: pipeline(task, model=folder))",
         "machine": {"cpus": os.cpu_count(), **common.machine_info()},
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "commit": common.git_commit(),
         "levels": [],
     }
     alone: dict[str, list[Any]] = {}
