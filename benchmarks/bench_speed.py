@@ -880,6 +880,15 @@ def part_flops(ctx: Ctx) -> None:
         t16 = time_round_robin({"step": bf16_step}, a.repeats, a.warmup)["step"]
         rec = _flops_record(model, batch["input_ids"].shape, flops, by_op, t16, peak_fp32, training=True)
         rec["fraction_of_bf16_peak"] = round(flops / t16.median / peak_bf16, 4)
+        # where a bf16 step's time goes: on an AMX CPU the bf16 SDPA backward was the slow part
+        with profile(activities=[ProfilerActivity.CPU]) as prof16:
+            bf16_step()
+        ka16 = prof16.key_averages()
+        total16 = sum(e.self_cpu_time_total for e in ka16) or 1
+        rec["profile_top8_self_cpu"] = [
+            {"op": e.key, "self_pct": round(100 * e.self_cpu_time_total / total16, 1)}
+            for e in sorted(ka16, key=lambda e: -e.self_cpu_time_total)[:8]
+        ]
         res["train_step_bf16_autocast"] = {"model": "fs-bidirectional under bf16 autocast", **rec}
         ctx.results.save()
 
@@ -1122,6 +1131,9 @@ def markdown_summary(data: dict) -> str:
                     f"{r['achieved_gflops']} GFLOP/s ({bf}{100 * r['fraction_of_fp32_peak']:.1f}% of fp32 peak; "
                     f"{100 * r['fraction_of_fp32_peak_incl_attention']:.1f}% with the estimated attention FLOPs)"
                 )
+        if fl.get("train_step_bf16_autocast", {}).get("profile_top8_self_cpu"):
+            top = ", ".join(f"{e['op']} {e['self_pct']}%" for e in fl["train_step_bf16_autocast"]["profile_top8_self_cpu"][:5])
+            lines.append(f"- top self-CPU ops of a bf16 autocast step: {top}")
         if fl.get("profile_top15_self_cpu"):
             top = ", ".join(f"{e['op']} {e['self_pct']}%" for e in fl["profile_top15_self_cpu"][:5])
             lines.append(f"- top self-CPU ops of a step: {top}")
