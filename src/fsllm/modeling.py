@@ -648,9 +648,12 @@ class FSForTokenClassification(FSModel):
         continues one (its ``I-`` tag is kept), else ``O`` (the next token's top label and ``O``
         swap places, so the score stays). No word owns these tokens, so this changes neither
         training nor fsllm's word labels; it makes ``pipeline()``'s words, one of which such a token
-        is, carry the entities fsllm predicts. Without BIO labels or such ids it returns ``logits``.
+        is, carry the entities fsllm predicts. Without BIO labels or such ids, and in training, it
+        returns ``logits``.
         """
         ids = self.config.whitespace_token_ids
+        if self.training:  # the loss never reads these positions: spare training the work
+            return logits
         bio = self._bio_labels() if ids and logits.shape[1] > 1 else None
         if bio is None:
             return logits
