@@ -53,6 +53,14 @@ def _config(family: str, layers: int):
     raise ValueError(family)
 
 
+@pytest.fixture(autouse=True)
+def _fp32_for_precision_auto(monkeypatch):
+    """``precision="auto"`` (the training default) is bf16 on CPUs with bf16 matmuls: the suite runs fp32
+    on every machine (subprocesses too, through the environment), so its numbers do not depend on the
+    CPU. The precision tests set the hardware they test."""
+    monkeypatch.setenv("FSLLM_NATIVE_BF16", "0")
+
+
 FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3", "glm"]
 IMPLEMENTATIONS = ["sdpa", "eager"]
 

@@ -80,6 +80,7 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
 
     import fsllm.config as config
 
+    monkeypatch.delenv("FSLLM_NATIVE_BF16")  # set for the whole suite (conftest)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     real_open = builtins.open
     for flags, want in (("fpu avx2 avx512f avx512_bf16", "AVX512-BF16"), ("fpu amx_bf16 amx_tile", "AMX-BF16"),
@@ -90,3 +91,8 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
             info if p == "/proc/cpuinfo" else p, *a, **k))
         got = config.native_bf16()
         assert (got is None) if want is None else (want in got)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512_bf16\n")
+    assert config.native_bf16() is not None
+    monkeypatch.setenv("FSLLM_NATIVE_BF16", "0")  # the hardware has it, the environment says fp32
+    assert config.native_bf16() is None
+    assert config.TrainConfig().precision == "auto"  # the default

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,10 +184,14 @@ def native_bf16() -> str | None:
     """Why this machine runs bf16 matmuls natively (``None``: it does not), for ``precision="auto"``.
 
     A CUDA GPU that supports bf16, or a CPU with AMX or AVX512-BF16 (read from ``/proc/cpuinfo``);
-    elsewhere bf16 autocast is emulated and slower than fp32.
+    elsewhere bf16 autocast is emulated and slower than fp32. ``FSLLM_NATIVE_BF16=0`` in the
+    environment answers ``None`` whatever the hardware, so that ``auto`` means fp32 (runs that must
+    match across machines; the test suite sets it).
     """
     import torch
 
+    if os.environ.get("FSLLM_NATIVE_BF16", "").strip() == "0":
+        return None
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)} supports bf16" if torch.cuda.is_bf16_supported() else None
     try:
@@ -264,10 +269,10 @@ class TrainConfig:
         "sdpa", "the backbone's attention kernel that FS attention wraps (flex_attention: GPU; for attention decay "
         "on long inputs it builds no L x L mask and skips far-future keys)", choices=SUPPORTED_IMPLEMENTATIONS)
     precision: str = setting(
-        "fp32", "'bf16' / 'fp16': mixed precision through the Trainer (autocast; weights and LoRA stay fp32). bf16 is "
-        "the usual choice on GPUs; on CPUs it pays only where matmuls have bf16 hardware (AMX / AVX512-BF16); fp16 "
-        "needs a GPU. 'auto': bf16 where the GPU or CPU has it, else fp32 (the run prints and saves what it chose). "
-        "Evaluation and prediction run in fp32", choices=PRECISIONS)
+        "auto", "'auto' (default): bf16 autocast where the GPU or CPU has bf16 matmul hardware (AMX / AVX512-BF16), "
+        "else fp32; the run prints and saves what it chose (FSLLM_NATIVE_BF16=0 makes it fp32). 'bf16' / 'fp16': "
+        "mixed precision through the Trainer (autocast; weights and LoRA stay fp32); fp16 needs a GPU. 'fp32': no "
+        "autocast. Evaluation and prediction run in fp32", choices=PRECISIONS)
     quantize: str | None = setting(
         None, "'4bit': load the backbone in NF4 with double quantisation and bf16 compute and train LoRA and the head "
         "on it (QLoRA; needs bitsandbytes: pip install 'fsllm[qlora]'). The saved folder stays small and loads the "
