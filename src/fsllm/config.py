@@ -272,7 +272,8 @@ class TrainConfig:
         "auto", "'auto' (default): bf16 autocast where the GPU or CPU has bf16 matmul hardware (AMX / AVX512-BF16), "
         "else fp32; the run prints and saves what it chose (FSLLM_NATIVE_BF16=0 makes it fp32). 'bf16' / 'fp16': "
         "mixed precision through the Trainer (autocast; weights and LoRA stay fp32); fp16 needs a GPU. 'fp32': no "
-        "autocast. Evaluation and prediction run in fp32", choices=PRECISIONS)
+        "autocast. The run's dev evaluations and its test score run under the same autocast; fsllm eval and "
+        "predict take their own --precision (fp32 by default)", choices=PRECISIONS)
     quantize: str | None = setting(
         None, "'4bit': load the backbone in NF4 with double quantisation and bf16 compute and train LoRA and the head "
         "on it (QLoRA; needs bitsandbytes: pip install 'fsllm[qlora]'). The saved folder stays small and loads the "
