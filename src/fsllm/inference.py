@@ -85,9 +85,9 @@ class Predictor:
         precision: str = "fp32",
     ):
         """``precision``: ``"fp32"`` (the answers the model was evaluated with), ``"bf16"`` (the weights
-        cast to bfloat16: on a CPU with native bf16 about twice as fast at batch 16, with answers that
-        can differ where two labels are close; see docs/serving.md) or ``"auto"`` (bf16 where the
-        hardware has it, see ``fsllm.config.resolve_precision``)."""
+        cast to bfloat16: faster on a CPU with native bf16 or a GPU, with answers that can differ where
+        two labels are close) or ``"auto"`` (bf16 where the hardware has it, see
+        ``fsllm.config.resolve_precision``)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
