@@ -476,6 +476,7 @@ def part_overhead(ctx: Ctx) -> None:
 def part_train(ctx: Ctx) -> None:
     from transformers import TrainerCallback
 
+    from fsllm.config import resolve_precision
     from fsllm.training import TrainConfig, train
 
     a = ctx.args
@@ -524,6 +525,8 @@ def part_train(ctx: Ctx) -> None:
         "learning_rate": a.lr,
         "max_steps": a.train_max_steps,
         "src_tree": common.src_tree(),
+        # TrainConfig's default precision ("auto"), as resolved on this machine: every recipe runs it
+        "precision": resolve_precision("auto")[0],
     }
     # One run per (recipe, seed), kept under "by_seed"; a rerun with the same setup (and the same
     # fsllm source tree) reuses the finished runs of unchanged recipes, so seeds or recipes can be

@@ -525,7 +525,9 @@ def fs_train_config(cell: Cell, budget: Budget, run_dir: Path, lr: float | None 
         test_subset=budget.test_subset,
         eval_steps=baselines.eval_steps_for(cell.size, budget.batch_size, budget.evals_per_epoch),
         early_stopping_patience=budget.patience, evaluate_test=evaluate_test,
-        seed=cell.seed, **cell.row.train_overrides,
+        # fp32 unless the row says otherwise: every committed cell ran so, and a resumed run must match
+        # its saved config (``auto`` would be saved resolved, as bf16 or fp32, and never match again)
+        seed=cell.seed, **({"precision": "fp32"} | cell.row.train_overrides),
     )
 
 
