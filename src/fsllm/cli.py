@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this training configuration (a run's config.json, or any of its fields); "
                         "the flags given override it")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --output from its last checkpoint")
-    from .config import FSConfig, TrainConfig
+    from .config import INFERENCE_PRECISIONS, FSConfig, TrainConfig
 
     add_dataclass_options(t, TrainConfig, "training (fsllm.TrainConfig)")
     add_dataclass_options(t, FSConfig, "FS model (fsllm.FSConfig)", dest_prefix=FS_DEST)
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subset", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--output", "-o", default=None, help="write predictions JSONL here")
-    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help=INFERENCE_PRECISION_HELP)
+    e.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
 
     pr = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin); JSON lines out")
     pr.add_argument("model", help="run folder or saved model folder")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--pre-split", action="store_true",
                     help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
                          'segmenter for Chinese or Thai); out: the object plus "tags" and "entities"')
-    pr.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help=INFERENCE_PRECISION_HELP)
+    pr.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
 
     sv = sub.add_parser("serve", help="HTTP server: TEI-compatible POST /predict (NER: entities), dynamic batching",
                         description="Serve a trained model over HTTP (FastAPI + uvicorn). POST /predict takes TEI's "
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="texts waiting at most; beyond, requests get 503 + Retry-After (default 256)")
     sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy (default 1)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    sv.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help=INFERENCE_PRECISION_HELP)
+    sv.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
 
     sub.add_parser("datasets", help="list the built-in data sets")
     sub.add_parser("models", help="list the built-in backbones")

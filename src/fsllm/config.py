@@ -178,6 +178,8 @@ class FSConfig:
 
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+#: what a trained model can be read in (``Predictor``, ``fsllm eval / predict / serve --precision``)
+INFERENCE_PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def native_bf16() -> str | None:

@@ -19,7 +19,7 @@ import torch
 from peft import PeftModel
 
 from .backbones import is_quantized, load_tokenizer
-from .config import resolve_precision
+from .config import INFERENCE_PRECISIONS, resolve_precision
 from .errors import DataError, FSLLMError, ModelFolderError
 
 # Scoring lives in fsllm.evaluation; these names stay importable from here.
@@ -92,8 +92,8 @@ class Predictor:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
-        if precision not in ("fp32", "bf16", "auto"):
-            raise FSLLMError(f"precision must be fp32, bf16 or auto, got {precision!r}")
+        if precision not in INFERENCE_PRECISIONS:
+            raise FSLLMError(f"precision must be {', '.join(INFERENCE_PRECISIONS[:-1])} or auto, got {precision!r}")
         self.precision, why = resolve_precision(precision)
         if precision == "auto":
             logger.info("precision auto: %s (%s)", self.precision, why)
