@@ -524,9 +524,10 @@ def _make_trainer_cls():
 
 
 def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, seed: int, eval_steps: int | None,
-                   max_steps: int = -1, has_dev: bool = True, checkpoints: bool = False):
+                   max_steps: int = -1, has_dev: bool = True, checkpoints: bool = False, bf16: bool = False):
     """The baselines' ``TrainingArguments``; with ``checkpoints``, one checkpoint is kept, written after
-    each dev evaluation, for a run that may have to resume."""
+    each dev evaluation, for a run that may have to resume; ``bf16``: bf16 autocast, as fsllm's
+    ``precision="bf16"``."""
     from transformers import TrainingArguments
 
     save = dict(save_strategy="steps", save_steps=eval_steps, save_total_limit=1) if checkpoints and eval_steps \
@@ -550,6 +551,7 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
         dataloader_num_workers=0,
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
+        bf16=bf16,
         disable_tqdm=True,
     )
 
@@ -557,13 +559,14 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
 def select_on_dev_trainer(
     model, run_dir: Path, feats: Sequence[dict], collator: Callable, dev_eval: Callable, *, has_dev: bool, metric: str,
     epochs: float, batch_size: int, lr: float, seed: int, evals_per_epoch: int, max_steps: int = -1,
-    patience: int | None = None, resumable: bool = False,
+    patience: int | None = None, resumable: bool = False, callbacks: Sequence = (), bf16: bool = False,
 ):
     """The trainer of every trained baseline: trains on ``feats``, scores the model with ``dev_eval``
     ``evals_per_epoch`` times per epoch and at the end, keeps the best weights by ``metric`` (stopping
     after ``patience`` evaluations without a new best, as FS runs' ``early_stopping_patience``) and
     logs to ``train_log.jsonl`` in the format of FS runs. ``resumable``: checkpoints and the selection
-    are kept in ``run_dir`` so that ``train_with_selection(trainer, resume_from=...)`` can continue."""
+    are kept in ``run_dir`` so that ``train_with_selection(trainer, resume_from=...)`` can continue.
+    ``callbacks``: more ``TrainerCallback``s (a benchmark's step meter); ``bf16``: bf16 autocast."""
     import datasets
 
     from fsllm.training import JsonlLogCallback
@@ -574,11 +577,11 @@ def select_on_dev_trainer(
         model=model,
         args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                             eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
-                            has_dev=has_dev, checkpoints=resumable),
+                            has_dev=has_dev, checkpoints=resumable, bf16=bf16),
         train_dataset=train_ds,
         eval_dataset=train_ds if has_dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
         data_collator=collator,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd()],
+        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd(), *callbacks],
         dev_eval=dev_eval,
         metric=metric,
         patience=patience,
@@ -1070,19 +1073,27 @@ def run_hf_native(
     dev_subset: int | None = 1000, test_subset: int | None = None, seed: int = 0, epochs: float = 3.0,
     lr: float = 1e-3, batch_size: int = 16, max_length: int = 128, evals_per_epoch: int = 1,
     eval_batch_size: int = 64, max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True,
+    precision: str = "fp32", callbacks: Sequence = (),
 ) -> dict:
     """Train the ``hf-native`` row: what a user gets from transformers + PEFT alone (see the module doc),
-    with the FS rows' data, subsets, tokenisation, budget and dev selection."""
+    with the FS rows' data, subsets, tokenisation, budget and dev selection. ``precision``: "fp32"
+    (the paper tables' protocol), "bf16" (autocast) or "auto" (fsllm's rule, ``resolve_precision``);
+    ``callbacks``: more ``TrainerCallback``s."""
     from transformers import set_seed
 
     from fsllm.backbones import load_tokenizer
+    from fsllm.config import resolve_precision
     from fsllm.metrics import primary_metric
     from fsllm.training import make_features
 
+    precision = resolve_precision(precision)[0]
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision {precision!r}: the hf-native runner takes fp32, bf16 or auto")
     run_dir, resume_from = resumable_dir(run_dir, dict(
         method="hf-native", data=data, model_name=model_name, train_subset=train_subset, dev_subset=dev_subset,
         test_subset=test_subset, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
-        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, evaluate_test=evaluate_test))
+        evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, evaluate_test=evaluate_test,
+        **({"precision": precision} if precision != "fp32" else {})))  # fp32 runs keep their earlier settings
     set_seed(seed)
     sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
     tok = load_tokenizer(model_name)
@@ -1095,9 +1106,11 @@ def run_hf_native(
         lambda m: evaluate_classifier(m, tok, sp.task, sp.dev, sp.labels, max_length, eval_batch_size)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, resumable=True,
+        callbacks=callbacks, bf16=precision == "bf16",
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "hf-native", "backbone": model_name,
+        "precision": precision,
         "labels": list(sp.labels), "primary_metric": metric, "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
         **train_with_selection(trainer, resume_from),
     }

@@ -68,7 +68,13 @@ TRAIN_RECIPES = {
     # length-grouped like fsllm_b8, each token weighted the same whatever batch it falls in
     "fsllm_b8_balanced": dict(batch_size=8, length_balanced_loss=True),
     "ls_llama_billm": dict(batch_size=8, group_by_length=False, pad_to_length=64, max_length=64),
+    # the commodity path (baselines.run_hf_native: AutoModelForTokenClassification, is_causal=False,
+    # PEFT LoRA, HF Trainer with its own collator), at fsllm's batch and precision; only batch_size is read
+    "hf_native": dict(batch_size=16),
 }
+HF_NATIVE_RECIPE = "hf_native"
+# the overhead part's bf16 target: a bf16 autocast step at least this much faster than fp32's
+BF16_STEP_TARGET = 1.4
 
 log = logging.getLogger("bench_speed")
 
@@ -227,10 +233,12 @@ def synthetic_batch(length: int, num_labels: int, vocab: int, seed: int = 0) -> 
     }
 
 
-def train_step(model, batch: dict[str, torch.Tensor]) -> None:
-    """One forward + backward (no optimizer step: it costs the same for every config)."""
+def train_step(model, batch: dict[str, torch.Tensor], precision: str = "fp32") -> None:
+    """One forward + backward (no optimizer step: it costs the same for every config); ``"bf16"``:
+    the forward under bf16 autocast, the backward outside it, as the HF Trainer runs ``bf16=True``."""
     model.zero_grad(set_to_none=True)
-    out = model(**batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(**batch)
     out.loss.backward()
 
 
@@ -311,6 +319,7 @@ def worker_memory(spec: dict) -> dict:
     common.release_free_memory()
     rss_loaded = common.rss_mb()
     batches = torch.load(spec["batches"]) if "batches" in spec else None
+    precision = spec.get("precision", "fp32")
     results = []
     peak_load_warmup = 0.0
     for item in spec["items"]:
@@ -318,14 +327,14 @@ def worker_memory(spec: dict) -> dict:
             batch = batches[item]
         else:
             batch = synthetic_batch(int(item), len(id2label), spec["vocab"])
-        train_step(model, batch)  # warmup: first-call allocations, autograd and thread pools
+        train_step(model, batch, precision)  # warmup: first-call allocations, autograd and thread pools
         model.zero_grad(set_to_none=True)
         common.release_free_memory()
         base = common.rss_mb()
         peak_load_warmup = max(peak_load_warmup, common.peak_rss_mb())
         ok = common.reset_peak_rss()
         for _ in range(spec["steps"]):
-            train_step(model, batch)
+            train_step(model, batch, precision)
         peak = common.peak_rss_mb()
         results.append(
             {
@@ -394,6 +403,11 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 4) if b else None
 
 
+def _suffix(precision: str) -> str:
+    """Result keys of the overhead part: fp32's are unsuffixed (as before bf16 was measured)."""
+    return "" if precision == "fp32" else f"_{precision}"
+
+
 def part_overhead(ctx: Ctx) -> None:
     a = ctx.args
     res = ctx.results.part("overhead")
@@ -410,7 +424,8 @@ def part_overhead(ctx: Ctx) -> None:
         "warmup": a.warmup,
         "seed": a.seed,
         "decay_lambda": DECAY_LAMBDA,
-        "step": "zero_grad + forward (loss) + backward, train mode, no optimizer step",
+        "precisions": a.overhead_precisions,
+        "step": "zero_grad + forward (loss) + backward, train mode, no optimizer step; bf16: forward under autocast",
     }
     kinds = [*FS_KINDS, BASELINE, HF_NATIVE]
     models = {k: build_model(k, ctx.id2label) for k in kinds}
@@ -418,57 +433,75 @@ def part_overhead(ctx: Ctx) -> None:
     res["masks"] = {k: mask_census(m, batch) for k, m in models.items()}
     ctx.results.save()
 
-    timings = time_round_robin({k: (lambda m=m: train_step(m, batch)) for k, m in models.items()}, a.repeats, a.warmup)
-    base = timings[BASELINE].median
-    res["time"] = {
-        k: {
-            **t.to_dict(),
-            "ratio_vs_baseline": _ratio(t.median, base),
-            "ratio_vs_hf_native": _ratio(t.median, timings[HF_NATIVE].median),
-            "ratio_vs_fs_causal": _ratio(t.median, timings["fs-causal"].median),
-        }
-        for k, t in timings.items()
+    # Every (config, precision) in one round robin: a drift of the machine's speed hits them all alike.
+    fns = {
+        (k, p): (lambda m=m, p=p: train_step(m, batch, p)) for p in a.overhead_precisions for k, m in models.items()
     }
-    res["tokens_per_s"] = {k: round(real / t.median, 1) for k, t in timings.items()}
+    timed = time_round_robin({f"{k}@{p}": f for (k, p), f in fns.items()}, a.repeats, a.warmup)
+    for p in a.overhead_precisions:
+        timings = {k: timed[f"{k}@{p}"] for k in kinds}
+        base = timings[BASELINE].median
+        res["time" + _suffix(p)] = {
+            k: {
+                **t.to_dict(),
+                "ratio_vs_baseline": _ratio(t.median, base),
+                "ratio_vs_hf_native": _ratio(t.median, timings[HF_NATIVE].median),
+                "ratio_vs_fs_causal": _ratio(t.median, timings["fs-causal"].median),
+            }
+            for k, t in timings.items()
+        }
+        res["tokens_per_s" + _suffix(p)] = {k: round(real / t.median, 1) for k, t in timings.items()}
+    if "bf16" in a.overhead_precisions and "fp32" in a.overhead_precisions:
+        # how much faster each config's step is under bf16 autocast than in fp32 (same batch, same run)
+        res["bf16_speedup"] = {k: _ratio(timed[f"{k}@fp32"].median, timed[f"{k}@bf16"].median) for k in kinds}
     ctx.results.save()
     del models
     common.release_free_memory()
 
     batch_path = ctx.workdir / "overhead_batch.pt"
     torch.save({"overhead": batch}, batch_path)
-    mem = {}
-    for k in kinds:
-        spec = {
-            "kind": k,
-            "threads": a.threads,
-            "id2label": ctx.id2label,
-            "batches": str(batch_path),
-            "items": ["overhead"],
-            "steps": a.mem_steps,
-        }
-        w = measure_memory(spec, ctx.workdir)
-        mem[k] = {
-            **{x: w[x] for x in ("rss_after_load_mb", "load_rss_growth_mb", "peak_load_and_warmup_mb")},
-            **w["results"][0],
-        }
-        mem[k].pop("item", None)
-        res["memory"] = mem
-        ctx.results.save()
-    for k in kinds:
-        mem[k]["ratio_vs_baseline"] = _ratio(mem[k]["step_peak_mb"], mem[BASELINE]["step_peak_mb"])
-        mem[k]["ratio_vs_hf_native"] = _ratio(mem[k]["step_peak_mb"], mem[HF_NATIVE]["step_peak_mb"])
     checks = {}
-    for k, limit in TARGETS.items():
-        r = res["time"][k]["ratio_vs_baseline"]
-        checks[f"{k} time <= {limit}x"] = {"ratio": r, "pass": r is not None and r <= limit}
-    for k, limit in HF_NATIVE_TARGETS.items():
-        r = res["time"][k]["ratio_vs_hf_native"]
-        checks[f"{k} time <= {limit}x hf-native"] = {"ratio": r, "pass": r is not None and r <= limit}
-    for k in FS_KINDS:
-        r = mem[k]["ratio_vs_baseline"]
-        checks[f"{k} memory <= {MEMORY_TARGET}x"] = {"ratio": r, "pass": r is not None and r <= MEMORY_TARGET}
-        r = mem[k]["ratio_vs_hf_native"]
-        checks[f"{k} memory <= {MEMORY_TARGET}x hf-native"] = {"ratio": r, "pass": r is not None and r <= MEMORY_TARGET}
+    for p in a.overhead_precisions:
+        mem = {}
+        for k in kinds:
+            spec = {
+                "kind": k,
+                "threads": a.threads,
+                "id2label": ctx.id2label,
+                "batches": str(batch_path),
+                "items": ["overhead"],
+                "steps": a.mem_steps,
+                "precision": p,
+            }
+            w = measure_memory(spec, ctx.workdir)
+            mem[k] = {
+                **{x: w[x] for x in ("rss_after_load_mb", "load_rss_growth_mb", "peak_load_and_warmup_mb")},
+                **w["results"][0],
+            }
+            mem[k].pop("item", None)
+            res["memory" + _suffix(p)] = mem
+            ctx.results.save()
+        for k in kinds:
+            mem[k]["ratio_vs_baseline"] = _ratio(mem[k]["step_peak_mb"], mem[BASELINE]["step_peak_mb"])
+            mem[k]["ratio_vs_hf_native"] = _ratio(mem[k]["step_peak_mb"], mem[HF_NATIVE]["step_peak_mb"])
+        time_p = res["time" + _suffix(p)]
+        tag = "" if p == "fp32" else f" ({p})"
+        for k, limit in TARGETS.items():
+            r = time_p[k]["ratio_vs_baseline"]
+            checks[f"{k} time <= {limit}x{tag}"] = {"ratio": r, "pass": r is not None and r <= limit}
+        for k, limit in HF_NATIVE_TARGETS.items():
+            r = time_p[k]["ratio_vs_hf_native"]
+            checks[f"{k} time <= {limit}x hf-native{tag}"] = {"ratio": r, "pass": r is not None and r <= limit}
+        for k in FS_KINDS:
+            r = mem[k]["ratio_vs_baseline"]
+            checks[f"{k} memory <= {MEMORY_TARGET}x{tag}"] = {"ratio": r, "pass": r is not None and r <= MEMORY_TARGET}
+            r = mem[k]["ratio_vs_hf_native"]
+            checks[f"{k} memory <= {MEMORY_TARGET}x hf-native{tag}"] = {
+                "ratio": r, "pass": r is not None and r <= MEMORY_TARGET}
+    if "bf16_speedup" in res:
+        r = res["bf16_speedup"]["fs-bidirectional"]
+        checks[f"fs-bidirectional bf16 step >= {BF16_STEP_TARGET}x faster than fp32"] = {
+            "ratio": r, "pass": r is not None and r >= BF16_STEP_TARGET}
     res["targets"] = checks
     ctx.results.save()
 
@@ -550,27 +583,35 @@ def part_train(ctx: Ctx) -> None:
                 log.info("train: %s done, reused", key)
                 continue
             out_dir = ctx.workdir / f"train-{name}-s{seed}"
-            cfg = TrainConfig(
-                data="conll2003",
-                model=BACKBONE,
-                train_subset=a.train_subset,
-                dev_subset=a.dev_subset,
-                epochs=1,
-                max_steps=a.train_max_steps,
-                learning_rate=a.lr,
-                evaluate_test=False,
-                output_dir=str(out_dir),
-                seed=seed,
-                **over,
-            )
             meter = StepMeter()
             load_start = [round(x, 2) for x in os.getloadavg()]
             t0 = time.perf_counter()
-            result = train(cfg, callbacks=[meter])
+            if name == HF_NATIVE_RECIPE:
+                import baselines
+
+                metrics = baselines.run_hf_native(
+                    "conll2003", out_dir, model_name=BACKBONE, train_subset=a.train_subset, dev_subset=a.dev_subset,
+                    seed=seed, epochs=1, lr=a.lr, batch_size=over["batch_size"], max_steps=a.train_max_steps,
+                    evaluate_test=False, precision=setup["precision"], callbacks=[meter])
+            else:
+                cfg = TrainConfig(
+                    data="conll2003",
+                    model=BACKBONE,
+                    train_subset=a.train_subset,
+                    dev_subset=a.dev_subset,
+                    epochs=1,
+                    max_steps=a.train_max_steps,
+                    learning_rate=a.lr,
+                    evaluate_test=False,
+                    output_dir=str(out_dir),
+                    seed=seed,
+                    **over,
+                )
+                metrics = train(cfg, callbacks=[meter]).metrics
             total = time.perf_counter() - t0
             logs = [json.loads(ln) for ln in (out_dir / "train_log.jsonl").read_text().splitlines() if ln.strip()]
             evals = [r for r in logs if "eval_runtime" in r]
-            dev = result.metrics.get("dev", {})
+            dev = metrics.get("dev", {})
             by_seed[key] = {
                 "seed": seed,
                 "steps": meter.steps,
@@ -583,10 +624,10 @@ def part_train(ctx: Ctx) -> None:
                 "padded_tokens": meter.padded_tokens,
                 "real_tokens_per_s": round(meter.real_tokens / meter.step_s, 1) if meter.step_s else None,
                 "padded_tokens_per_s": round(meter.padded_tokens / meter.step_s, 1) if meter.step_s else None,
-                "sentences_per_s": round(result.metrics["sizes"]["train"] / meter.step_s, 2)
+                "sentences_per_s": round(metrics["sizes"]["train"] / meter.step_s, 2)
                 if meter.step_s and a.train_max_steps < 0
                 else None,
-                "train_loss": result.metrics["train"]["loss"],
+                "train_loss": metrics["train"]["loss"],
                 "dev_f1": dev.get("f1"),
                 "dev_token_accuracy": dev.get("token_accuracy"),
                 "load_average_start": load_start,
@@ -616,8 +657,18 @@ def part_train(ctx: Ctx) -> None:
             "dev_f1_by_seed": [round(x, 4) for x in f1s],
         }
     res["runs"] = runs
-    for k in [k for k in res if k.startswith("speedup_")] + ["targets"]:
+    for k in [k for k in res if k.startswith("speedup_")] + ["targets", "fsllm_vs_hf_native"]:
         res.pop(k, None)
+    if "fsllm" in runs and HF_NATIVE_RECIPE in runs:
+        # fsllm's defaults against the commodity path at the same batch, seeds, data and precision
+        hf, f = runs[HF_NATIVE_RECIPE], runs["fsllm"]
+        paired = [by_seed[f"fsllm/s{s}"]["dev_f1"] - by_seed[f"{HF_NATIVE_RECIPE}/s{s}"]["dev_f1"]
+                  for s in a.train_seeds]
+        res["fsllm_vs_hf_native"] = {
+            "train_step_time": _ratio(hf["train_step_s"], f["train_step_s"]),  # > 1: fsllm faster
+            "dev_f1_paired_diffs": [round(d, 4) for d in paired],
+            "dev_f1_paired_diff_mean": round(statistics.mean(paired), 4),
+        }
     if "ls_llama_billm" not in runs:
         ctx.results.save()
         return
@@ -980,7 +1031,7 @@ def part_scaling(ctx: Ctx) -> None:
         "input": "random token ids, no padding",
     }
     models = {k: build_model(k, ctx.id2label) for k in kinds}
-    vocab = models["fs-causal"].config.vocab_size
+    vocab = models["fs-causal"].config.decoder_config.vocab_size
     rows = res.setdefault("rows", {})
     for L in lengths:
         batch = synthetic_batch(L, len(ctx.id2label), vocab)
@@ -1055,17 +1106,29 @@ def markdown_summary(data: dict) -> str:
             "",
             _part_line(o, m),
             "",
-            "| config | step median s | IQR s | time vs baseline | step peak MB | mem vs baseline | masks/forward (bytes) |",
-            "|---|---|---|---|---|---|---|",
         ]
-        for k, t in o["time"].items():
-            mem = o.get("memory", {}).get(k, {})
-            mk = o.get("masks", {}).get(k, {})
-            lines.append(
-                f"| {k} | {t['median']:.3f} | {t['iqr']:.3f} | {t['ratio_vs_baseline']:.3f}x | "
-                f"{mem.get('step_peak_mb', '-')} | {mem.get('ratio_vs_baseline', '-')} | "
-                f"{mk.get('distinct_masks', '-')} ({mk.get('mask_bytes_total', '-')}) |"
-            )
+        for prec in s.get("precisions", ["fp32"]):
+            sfx = _suffix(prec)
+            lines += [
+                f"{prec}{' (forward under autocast)' if prec == 'bf16' else ''}:",
+                "",
+                "| config | step median s | IQR s | time vs baseline | time vs hf-native | step peak MB "
+                "| mem vs baseline | mem vs hf-native | masks/forward (bytes) |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for k, t in o.get("time" + sfx, {}).items():
+                mem = o.get("memory" + sfx, {}).get(k, {})
+                mk = o.get("masks", {}).get(k, {})
+                lines.append(
+                    f"| {k} | {t['median']:.3f} | {t['iqr']:.3f} | {t['ratio_vs_baseline']:.3f}x | "
+                    f"{t['ratio_vs_hf_native']:.3f}x | {mem.get('step_peak_mb', '-')} | "
+                    f"{mem.get('ratio_vs_baseline', '-')} | {mem.get('ratio_vs_hf_native', '-')} | "
+                    f"{mk.get('distinct_masks', '-')} ({mk.get('mask_bytes_total', '-')}) |"
+                )
+            lines.append("")
+        if o.get("bf16_speedup"):
+            lines.append("- bf16 autocast step speed-up over fp32: "
+                         + ", ".join(f"{k} {v}x" for k, v in o["bf16_speedup"].items()))
         for name, c in o.get("targets", {}).items():
             lines.append(f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}")
         lines.append("")
@@ -1086,8 +1149,12 @@ def markdown_summary(data: dict) -> str:
                 f"{r['padded_tokens_per_s']} | {r['dev_f1']:.4f}{std} | {r.get('dev_f1_by_seed', '-')} | "
                 f"{r['in_loop_dev_evals']} |"
             )
+        if tr.get("setup", {}).get("precision"):
+            lines.append(f"- every recipe ran at precision {tr['setup']['precision']} (TrainConfig's auto, resolved)")
         for key in [k for k in tr if k.startswith("speedup_")]:
             lines.append(f"- {key[len('speedup_'):-len('_vs_ls')]} vs LS-LLaMA/BiLLM: {tr[key]}")
+        if tr.get("fsllm_vs_hf_native"):
+            lines.append(f"- fsllm vs hf_native (step time ratio > 1: fsllm faster): {tr['fsllm_vs_hf_native']}")
         for name, c in tr.get("targets", {}).items():
             lines.append(f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}")
         lines.append("")
@@ -1195,6 +1262,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=",".join(TRAIN_RECIPES),
         help=f"recipes of the train part among {','.join(TRAIN_RECIPES)} [all]",
     )
+    p.add_argument(
+        "--overhead-precisions",
+        default=None,
+        help="precisions of the overhead part's steps, e.g. fp32,bf16 (default fp32,bf16 where the CPU or GPU has "
+        "bf16 matmuls, else fp32)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 15; smoke 2)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warmup calls per config (default 2; smoke 1)")
     p.add_argument("--batch-size", type=int, default=None, help="overhead/flops training batch (default 16; smoke 4)")
@@ -1264,6 +1337,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.out is None:
         a.out = Path("benchmarks/results") / ("speed_smoke.json" if a.smoke else "speed.json")
     a.lengths = [int(x) for x in str(a.lengths).split(",")]
+    if a.overhead_precisions is None:
+        from fsllm.config import native_bf16
+
+        a.overhead_precisions = "fp32,bf16" if native_bf16() else "fp32"
+    a.overhead_precisions = [x.strip() for x in str(a.overhead_precisions).split(",") if x.strip()]
+    if set(a.overhead_precisions) - {"fp32", "bf16"} or not a.overhead_precisions:
+        p.error(f"--overhead-precisions {a.overhead_precisions}: choose among fp32, bf16")
     a.train_seeds = [int(x) for x in str(a.train_seeds).split(",") if x.strip()]
     a.train_recipes = [x.strip() for x in str(a.train_recipes).split(",") if x.strip()]
     unknown = sorted(set(a.train_recipes) - set(TRAIN_RECIPES))

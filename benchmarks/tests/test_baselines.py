@@ -480,3 +480,29 @@ def test_an_fs_run_folder_written_before_a_new_option_existed_is_still_the_same_
     assert not P.same_run(run_dir, P.fs_train_config(cell, P.Budget(lr=5e-4), run_dir))
     (run_dir / "config.json").write_text("{not json")
     assert not P.same_run(run_dir, cfg)
+
+
+def test_hf_native_runs_bf16_autocast_and_calls_extra_callbacks(tmp_path):
+    """bench_speed's train part meters the hf-native run with a callback and runs it at fsllm's precision."""
+    model_dir = _tiny_llm_dir(tmp_path)
+    data = str(_ner_data(tmp_path))
+    seen = {"steps": 0, "dtypes": set()}
+
+    class Meter(transformers.TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            layer = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
+            layer.register_forward_hook(lambda mod, inp, out: seen["dtypes"].add(out.dtype) if mod.training else None)
+
+        def on_step_end(self, args, state, control, **kw):
+            seen["steps"] += 1
+
+    kw = dict(model_name=str(model_dir), train_subset=6, dev_subset=4, epochs=1, batch_size=2, lr=1e-2,
+              evaluate_test=False)
+    m = B.run_hf_native(data, tmp_path / "bf16", precision="bf16", callbacks=[Meter()], **kw)
+    assert seen["steps"] == m["train"]["steps"] == 3 and m["precision"] == "bf16"
+    assert seen["dtypes"] == {torch.bfloat16}  # the training forward ran under autocast
+    seen["dtypes"].clear()
+    assert B.run_hf_native(data, tmp_path / "fp32", callbacks=[Meter()], **kw)["precision"] == "fp32"
+    assert seen["dtypes"] == {torch.float32}
+    with pytest.raises(ValueError, match="fp32, bf16 or auto"):
+        B.run_hf_native(data, tmp_path / "bad", precision="fp16", **kw)
