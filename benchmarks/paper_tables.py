@@ -762,6 +762,16 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
     # the chosen member is this cell: score its saved model on test, once
     rec = dict(done[best.id])
     run_dir = run_dir_of(runs, cell.table, best.id)
+    if not (run_dir / "model").is_dir() or not (run_dir / "metrics.json").is_file():
+        # Its JSON survived but its run folder did not (another machine, a cleaned runs/): train the
+        # member again with the same settings and seed; its dev score of this run is the one kept.
+        logger.warning("%s: the chosen member's run folder %s is gone; training it again", cell.id, run_dir)
+        first = rec
+        rec = run_cell(best, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
+        rec["retrained_for_test"] = {"first_dev_metric": first["dev_metric"], "first_cell_seconds": first["cell_seconds"],
+                                     "first_finished_at": first.get("finished_at")}
+        done[best.id] = rec
+        grid["dev_retrained"] = rec["dev_metric"]
     t0 = time.time()
     if cell.row.kind == "fs":
         metrics = score_fs_test(cell, budget, run_dir)

@@ -4,6 +4,7 @@ on tiny random models built from configs and tokenizers built here."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -404,11 +405,15 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
                "dev_metric": dev[rate] if cell.lr is not None else 0.5, "cell_seconds": 10.0,
                "test": None if cell.lr is not None else {"f1": 0.4}, "grid": grid}
         P.write_json(P.cell_path(out, cell.table, cell.id), rec)
+        run_dir = P.run_dir_of(runs, cell.table, cell.id)
+        (run_dir / "model").mkdir(parents=True, exist_ok=True)
+        P.write_json(run_dir / "metrics.json", {})
         return rec
 
     scored = []
 
     def fake_score(kind, data, run_dir, **kw):
+        assert (Path(run_dir) / "model").is_dir()
         scored.append(Path(run_dir).name)
         return {"test": {"f1": 0.42}, "sizes": {"test": 3453}}
 
@@ -416,6 +421,7 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
     monkeypatch.setattr(B, "score_saved_test", fake_score)
     cells = {c.id: c for c in P.plan("ner", [1000, 4000], [0, 1], only=["hf-native"], n_train=14041)}
     first = P.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
+    assert "retrained_for_test" not in first
     assert [c[1] for c in calls] == [2e-4, 5e-4, 1e-3] and not any(c[2] for c in calls)  # dev only
     assert scored == ["hf-native__n1000__s0__lr0.0005"]  # the chosen member alone meets the test split
     assert first["grid"]["chosen_lr"] == 5e-4 and first["lr"] == 5e-4 and first["test"] == {"f1": 0.42}
@@ -432,6 +438,18 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
         "hf-native__n1000__s0", "hf-native__n1000__s1", "hf-native__n4000__s0"}
     cmd = P.cell_command(cells["hf-native__n1000__s1"], budget, out, runs)
     assert "--lr-grid 0.0002,0.0005,0.001" in cmd and "--grid-seed 0" in cmd and "--patience 2" in cmd
+
+    # The grid's JSONs survive but the run folders do not (a fresh machine): the chosen member alone
+    # trains again, and is then scored on test, once.
+    P.cell_path(out, "ner", "hf-native__n1000__s0").unlink()
+    shutil.rmtree(runs)
+    calls.clear()
+    dev[5e-4] = 0.69  # the retrained run's dev score is the one kept, the first one recorded beside it
+    again = P.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
+    assert calls == [("hf-native__n1000__s0__lr0.0005", 5e-4, False)]
+    assert scored == ["hf-native__n1000__s0__lr0.0005"] * 2 and again["test"] == {"f1": 0.42}
+    assert again["retrained_for_test"]["first_dev_metric"] == 0.7 and again["dev_metric"] == 0.69
+    assert again["grid"]["dev"]["0.0005"] == 0.7 and again["grid"]["dev_retrained"] == 0.69
 
 
 def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_path, monkeypatch):
