@@ -435,9 +435,9 @@ def part_overhead(ctx: Ctx) -> None:
 
     # Every (config, precision) in one round robin: a drift of the machine's speed hits them all alike.
     fns = {
-        (k, p): (lambda m=m, p=p: train_step(m, batch, p)) for p in a.overhead_precisions for k, m in models.items()
+        f"{k}@{p}": (lambda m=m, p=p: train_step(m, batch, p)) for p in a.overhead_precisions for k, m in models.items()
     }
-    timed = time_round_robin({f"{k}@{p}": f for (k, p), f in fns.items()}, a.repeats, a.warmup)
+    timed = time_round_robin(fns, a.repeats, a.warmup)
     for p in a.overhead_precisions:
         timings = {k: timed[f"{k}@{p}"] for k in kinds}
         base = timings[BASELINE].median
