@@ -947,7 +947,7 @@ def run_encoder(
     data: str, run_dir: Path, model_dir: str | Path, *, train_subset: int | None = 1000, dev_subset: int | None = 1000,
     test_subset: int | None = None, seed: int = 0, epochs: float = 3.0, lr: float = 5e-5, batch_size: int = 16,
     max_length: int = 128, ner_max_length: int = 512, evals_per_epoch: int = 1, eval_batch_size: int = 64,
-    max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True,
+    max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True, precision: str = "fp32",
 ) -> dict:
     """Full fine-tuning of an encoder with a token/sequence classification head, selected on dev.
     NER uses ``ner_max_length`` (default 512, the encoders' limit) so no CoNLL word loses its
@@ -967,7 +967,7 @@ def run_encoder(
         method="encoder", data=data, model_dir=str(model_dir), train_subset=train_subset, dev_subset=dev_subset,
         test_subset=test_subset, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
         ner_max_length=ner_max_length, evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
-        evaluate_test=evaluate_test))
+        evaluate_test=evaluate_test, **({"precision": precision} if precision != "fp32" else {})))
     set_seed(seed)
     sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -994,9 +994,11 @@ def run_encoder(
         lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size, target)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, resumable=True,
+        bf16=precision == "bf16",
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
+        "precision": precision,
         "primary_metric": metric, "max_length": length, **({"target_mean_std": list(target)} if target else {}),
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
         **train_with_selection(trainer, resume_from),

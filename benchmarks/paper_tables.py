@@ -207,9 +207,11 @@ class Budget:
     encoder_lr_grid: tuple[float, ...] = ()  # the same for the encoders (empty: --encoder-lr)
     grid_sizes: tuple[int, ...] = ()  # training sizes at which the grids run
     grid_seed: int = 0  # the seed the grids run with (the first of --seeds)
+    precision: str = "fp32"  # autocast of every trained row: "fp32" or "bf16" (a row's own ``train`` wins)
 
     #: left out of a cell's settings while unset, so cells written before they existed still compare equal
-    _OPTIONAL: ClassVar[dict] = {"patience": None, "lr_grid": (), "encoder_lr_grid": (), "grid_sizes": ()}
+    _OPTIONAL: ClassVar[dict] = {"patience": None, "lr_grid": (), "encoder_lr_grid": (), "grid_sizes": (),
+                                 "precision": "fp32"}
 
     def grid_for(self, row: Row) -> tuple[float, ...]:
         """The learning rates a row's grid tries (empty: no grid for this row)."""
@@ -236,9 +238,11 @@ class Budget:
             d.pop("encoder_lr"), d.pop("encoder_lr_grid", None)
             if row.kind in ("fs", "hf-native"):
                 d.pop("it_evals_per_epoch"), d.pop("gen_tokens")
+            else:  # the instruction-tuned row trains in fp32 whatever the budget says
+                d.pop("precision", None)
             if row.kind == "zero-shot":
                 for k in ("epochs", "batch_size", "lr", "dev_subset", "evals_per_epoch", "it_evals_per_epoch", "max_steps",
-                          "patience", "lr_grid", "grid_sizes"):
+                          "patience", "lr_grid", "grid_sizes", "precision"):
                     d.pop(k, None)
         if not self.grid_for(row):
             d.pop("grid_sizes", None), d.pop("grid_seed", None)
@@ -525,9 +529,9 @@ def fs_train_config(cell: Cell, budget: Budget, run_dir: Path, lr: float | None 
         test_subset=budget.test_subset,
         eval_steps=baselines.eval_steps_for(cell.size, budget.batch_size, budget.evals_per_epoch),
         early_stopping_patience=budget.patience, evaluate_test=evaluate_test,
-        # fp32 unless the row says otherwise: every committed cell ran so, and a resumed run must match
-        # its saved config (``auto`` would be saved resolved, as bf16 or fp32, and never match again)
-        seed=cell.seed, **({"precision": "fp32"} | cell.row.train_overrides),
+        # the budget's precision (fp32 or bf16, never ``auto``: a resumed run must match its saved
+        # config, and ``auto`` would be saved resolved) unless the row sets its own
+        seed=cell.seed, **({"precision": budget.precision} | cell.row.train_overrides),
     )
 
 
@@ -673,6 +677,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
             test_subset=budget.test_subset, seed=cell.seed, epochs=budget.epochs, lr=budget.lr if lr is None else lr,
             batch_size=budget.batch_size, max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch,
             max_steps=budget.max_steps, patience=budget.patience, evaluate_test=evaluate_test,
+            precision=budget.precision,
         )
     elif row.kind == "encoder":
         d = encoder_dir(row.encoder, mpnet_dir)
@@ -682,7 +687,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
             test_subset=budget.test_subset, seed=cell.seed,
             epochs=budget.epochs, lr=budget.encoder_lr if lr is None else lr, batch_size=budget.batch_size,
             max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch, max_steps=budget.max_steps,
-            patience=budget.patience, evaluate_test=evaluate_test,
+            patience=budget.patience, evaluate_test=evaluate_test, precision=budget.precision,
         )
     elif row.kind == "zero-shot":
         metrics = baselines.run_zero_shot(
@@ -751,6 +756,13 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
             logger.info("  grid %d/%d: %s/%s", k, len(members), cell.table, m.id)
             run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
     done = {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members}
+    mine = json.loads(json.dumps(budget.for_row(cell.row)))
+    for m in members:  # a grid compares members trained alike; one from another budget would bias the choice
+        if done[m.id].get("settings") != mine:
+            theirs = done[m.id].get("settings") or {}
+            diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
+            raise SystemExit(f"{cell_path(out, cell.table, m.id)}: this grid member ran with other settings "
+                             f"(differing: {', '.join(diff)}); remove it or write to another --out")
     scores = {f"{m.lr:g}": done[m.id]["dev_metric"] for m in members}
     # the first rate of the grid wins a tie: the grid is written from the smallest rate up
     best = max(members, key=lambda m: (scores[f"{m.lr:g}"] if scores[f"{m.lr:g}"] is not None else -math.inf,
@@ -1240,6 +1252,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder-lr-grid", type=_floats, default=(), help="learning rates the encoders try on dev")
     b.add_argument("--grid-sizes", type=_ints, default=[], help="training sizes at which the grids run")
     b.add_argument("--grid-seed", type=int, default=None, help="the seed the grids run with [the first of --seeds]")
+    b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="autocast of the FS, causal, hf-native and encoder rows (bf16: where the CPU or GPU has bf16 "
+                        "matmuls, ~1.7x faster steps; the instruction-tuned row stays fp32) [fp32]")
     b.add_argument("--mpnet-dir", default=None, help="folder of all-mpnet-base-v2 (config.json + weights)")
     e = p.add_argument_group("estimates (--dry-run)")
     e.add_argument("--step-seconds", type=float, default=1.5, help="one FS training step of batch 16 [1.5]")
@@ -1253,7 +1268,7 @@ def budget_from(a: argparse.Namespace) -> Budget:
                   it_evals_per_epoch=a.it_evals_per_epoch, gen_tokens=a.gen_tokens, max_steps=a.max_steps,
                   test_subset=a.test_subset, patience=a.patience, lr_grid=tuple(a.lr_grid),
                   encoder_lr_grid=tuple(a.encoder_lr_grid), grid_sizes=tuple(a.grid_sizes),
-                  grid_seed=a.seeds[0] if a.grid_seed is None else a.grid_seed)
+                  grid_seed=a.seeds[0] if a.grid_seed is None else a.grid_seed, precision=a.precision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

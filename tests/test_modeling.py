@@ -105,6 +105,27 @@ def test_save_load_identical_logits_without_backbone_weights(tmp_path, cls, monk
         torch.testing.assert_close(standalone(x, mask).logits, before, atol=1e-5, rtol=1e-5)
 
 
+def test_small_folder_is_written_from_a_given_state_dict(tmp_path):
+    """The Trainer under FSDP passes the full state dict it gathered: the small folder is written
+    from it (head, lambda and LoRA tensors), not from the model's own (sharded) parameters."""
+    bb_dir = tmp_path / "backbone"
+    tiny_backbone("llama").save_pretrained(bb_dir)
+    model = FSForTokenClassification.from_backbone(
+        str(bb_dir), num_labels=3, fs_config=FSConfig(attention="decay", learnable_lambda=True))
+    given = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in given:
+        if k.startswith("head.") or "lora_B" in k or k == "fs_lambda_raw":
+            given[k] += 0.25  # differs from the live model's tensors
+    model.save_pretrained(tmp_path / "m", state_dict=given)
+    loaded = load_model(tmp_path / "m")
+    got = loaded.state_dict()
+    changed = [k for k in given if k.startswith("head.") or "lora_B" in k or k == "fs_lambda_raw"]
+    assert changed and any("lora_B" in k for k in changed)
+    for k in changed:
+        torch.testing.assert_close(got[k], given[k], atol=0, rtol=0)
+        assert not torch.equal(got[k], model.state_dict()[k]), k
+
+
 def test_missing_and_corrupt_model_folders(tmp_path):
     with pytest.raises(ModelFolderError, match="no such model folder"):
         load_model(tmp_path / "nope")

@@ -3,6 +3,7 @@ on tiny random models built from configs and tokenizers built here."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -403,6 +404,7 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
         calls.append((cell.id, rate, cell.lr is None))
         rec = {"cell_id": cell.id, "method": cell.row.name, "train_size": cell.size, "seed": cell.seed, "lr": rate,
                "dev_metric": dev[rate] if cell.lr is not None else 0.5, "cell_seconds": 10.0,
+               "settings": budget.for_row(cell.row),
                "test": None if cell.lr is not None else {"f1": 0.4}, "grid": grid}
         P.write_json(P.cell_path(out, cell.table, cell.id), rec)
         run_dir = P.run_dir_of(runs, cell.table, cell.id)
@@ -438,6 +440,9 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
         "hf-native__n1000__s0", "hf-native__n1000__s1", "hf-native__n4000__s0"}
     cmd = P.cell_command(cells["hf-native__n1000__s1"], budget, out, runs)
     assert "--lr-grid 0.0002,0.0005,0.001" in cmd and "--grid-seed 0" in cmd and "--patience 2" in cmd
+    # a grid whose members ran under another budget (here fp32, asked for bf16) is refused, not mixed
+    with pytest.raises(SystemExit, match="other settings.*precision"):
+        P.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, precision="bf16"), out, runs)
 
     # The grid's JSONs survive but the run folders do not (a fresh machine): the chosen member alone
     # trains again, and is then scored on test, once.
@@ -498,6 +503,24 @@ def test_an_fs_run_folder_written_before_a_new_option_existed_is_still_the_same_
     assert not P.same_run(run_dir, P.fs_train_config(cell, P.Budget(lr=5e-4), run_dir))
     (run_dir / "config.json").write_text("{not json")
     assert not P.same_run(run_dir, cfg)
+
+
+def test_the_budget_precision_reaches_every_trained_row_and_fp32_cells_keep_their_settings(tmp_path):
+    """``--precision bf16`` trains the FS, causal, hf-native and encoder rows under autocast; the
+    instruction-tuned row does not take it, and an fp32 budget writes the settings of earlier cells."""
+    cells = {c.row.name: c for c in P.plan("ner", [1000], [0], n_train=14041)}
+    bf16, fp32 = P.Budget(precision="bf16"), P.Budget()
+    for name in ("fs-bidirectional", "causal", "hf-native", "minilm"):
+        assert bf16.for_row(cells[name].row)["precision"] == "bf16", name
+        assert "precision" not in fp32.for_row(cells[name].row), name  # as every committed fp32 cell
+    assert "precision" not in bf16.for_row(cells["instruction-tuned"].row)
+    assert "precision" not in bf16.for_row(cells["zero-shot"].row)
+    run_dir = tmp_path / "run"
+    assert P.fs_train_config(cells["fs-bidirectional"], bf16, run_dir).precision == "bf16"
+    assert P.fs_train_config(cells["causal"], bf16, run_dir).precision == "bf16"
+    assert P.fs_train_config(cells["fs-bidirectional"], fp32, run_dir).precision == "fp32"
+    assert "--precision bf16" in P.fsllm_command(P.fs_train_config(cells["fs-bidirectional"], bf16, run_dir))
+    assert P.budget_from(P.build_parser().parse_args(["ner", "--precision", "bf16"])).precision == "bf16"
 
 
 def test_hf_native_runs_bf16_autocast_and_calls_extra_callbacks(tmp_path):

@@ -385,6 +385,35 @@ class FSModel(PreTrainedModel):
             state["fs_lambda_raw"] = self.fs_lambda_raw.detach().contiguous()
         return state
 
+    def _is_sharded(self) -> bool:
+        """Are some parameters FSDP2 shards (``DTensor``)? Then saving is a collective."""
+        from torch.distributed.tensor import DTensor
+
+        return any(isinstance(p, DTensor) for p in self.parameters())
+
+    def _small_folder_state(self, state_dict: dict[str, torch.Tensor] | None) -> tuple[dict, dict]:
+        """The head (and lambda) tensors and the backbone's LoRA tensors of the small folder, full.
+
+        From ``state_dict`` when given (the ``Trainer`` under FSDP passes the full one it gathered),
+        else from the model. FSDP2 shards (``DTensor``) are gathered with ``full_tensor``, a
+        collective: every process must call this, and does so in the same (sorted) key order.
+        """
+        from torch.distributed.tensor import DTensor
+
+        full = state_dict if state_dict is not None else self.state_dict()
+        backbone_trainable = {f"backbone.{n}" for n, p in self.backbone.named_parameters() if p.requires_grad}
+
+        def gathered(keys: list[str]) -> dict[str, torch.Tensor]:
+            out = {}
+            for k in sorted(keys):
+                v = full[k]
+                out[k] = (v.full_tensor() if isinstance(v, DTensor) else v).detach().contiguous()
+            return out
+
+        head = gathered([k for k in full if k.startswith("head.") or k == "fs_lambda_raw"])
+        adapter = gathered([k for k in full if k.startswith("backbone.") and ("lora_" in k or k in backbone_trainable)])
+        return head, {k[len("backbone."):]: v for k, v in adapter.items()}
+
     def merged_copy(self) -> FSModel:
         """A copy with LoRA merged into the backbone weights (``config.merged`` set); ``self`` is untouched.
 
@@ -423,9 +452,20 @@ class FSModel(PreTrainedModel):
         kind merges LoRA into a copy of the backbone and saves every weight through the stock
         ``PreTrainedModel.save_pretrained``. Both get the tokenizer (when given) and a model card
         (``README.md``: ``model_card`` or a generated one), so the folder is ready for the Hub.
-        Other arguments of the stock signature (``state_dict``, ``safe_serialization``, ...) are
-        accepted and, for the small kind, ignored: it saves only what training changes.
+        Other arguments of the stock signature (``safe_serialization``, ...) are accepted and, for
+        the small kind, ignored: it saves only what training changes, taken from ``state_dict``
+        when one is given. A model sharded with FSDP2 gathers its trainable tensors first: then
+        every process must call this (``is_main_process`` says which one writes).
         """
+        small = not (merged or self.config.merged)
+        if small and self._is_sharded():
+            head_state, adapter_state = self._small_folder_state(kwargs.pop("state_dict", None))  # a collective
+        elif small:
+            head_state, adapter_state = self._small_folder_state(kwargs.pop("state_dict", None)) if "state_dict" in kwargs \
+                else (self._trainable_state(), None)
+        elif self._is_sharded():
+            raise ConfigError("a merged folder of an FSDP-sharded model is not supported: save the small folder "
+                             "(merged=False), then load it and save it merged on one process")
         if not is_main_process:
             return
         out = Path(save_directory)
@@ -440,9 +480,10 @@ class FSModel(PreTrainedModel):
             kwargs.pop("state_dict", None)
             PreTrainedModel.save_pretrained(copy_, out, *args, **kwargs)
         else:
-            save_file(self._trainable_state(), str(out / HEAD_NAME))
+            save_file(head_state, str(out / HEAD_NAME))
             if isinstance(self.backbone, PeftModel):
-                self.backbone.save_pretrained(str(out / ADAPTER_DIR))
+                extra = {} if adapter_state is None else {"state_dict": adapter_state}
+                self.backbone.save_pretrained(str(out / ADAPTER_DIR), **extra)
             self.config.architectures = [type(self).__name__]
             self.config.save_pretrained(out)
         if tokenizer is not None:
