@@ -756,10 +756,17 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
             logger.info("  grid %d/%d: %s/%s", k, len(members), cell.table, m.id)
             run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
     done = {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members}
-    mine = json.loads(json.dumps(budget.for_row(cell.row)))
-    for m in members:  # a grid compares members trained alike; one from another budget would bias the choice
-        if done[m.id].get("settings") != mine:
-            theirs = done[m.id].get("settings") or {}
+    # a grid compares members trained alike; one from another budget would bias the choice (the grid's
+    # own plan, which rates and sizes it covers, does not change how a member trained)
+    plan_keys = ("lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed")
+
+    def training(settings: dict | None) -> dict:
+        return {k: v for k, v in (settings or {}).items() if k not in plan_keys}
+
+    mine = training(json.loads(json.dumps(budget.for_row(cell.row))))
+    for m in members:
+        if training(done[m.id].get("settings")) != mine:
+            theirs = training(done[m.id].get("settings"))
             diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
             raise SystemExit(f"{cell_path(out, cell.table, m.id)}: this grid member ran with other settings "
                              f"(differing: {', '.join(diff)}); remove it or write to another --out")

@@ -443,6 +443,10 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
     # a grid whose members ran under another budget (here fp32, asked for bf16) is refused, not mixed
     with pytest.raises(SystemExit, match="other settings.*precision"):
         P.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, precision="bf16"), out, runs)
+    # ... but a grid planned wider (more sizes) reuses the members it already has
+    calls.clear()
+    P.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, grid_sizes=(1000, 4000)), out, runs)
+    assert calls == [("hf-native__n1000__s1", 5e-4, True)]
 
     # The grid's JSONs survive but the run folders do not (a fresh machine): the chosen member alone
     # trains again, and is then scored on test, once.
