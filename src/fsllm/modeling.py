@@ -457,12 +457,8 @@ class FSModel(PreTrainedModel):
         when one is given. A model sharded with FSDP2 gathers its trainable tensors first: then
         every process must call this (``is_main_process`` says which one writes).
         """
-        small = not (merged or self.config.merged)
-        if small and self._is_sharded():
-            head_state, adapter_state = self._small_folder_state(kwargs.pop("state_dict", None))  # a collective
-        elif small:
-            head_state, adapter_state = self._small_folder_state(kwargs.pop("state_dict", None)) if "state_dict" in kwargs \
-                else (self._trainable_state(), None)
+        if not (merged or self.config.merged):  # gathers the shards of an FSDP2 model: every process joins
+            head_state, adapter_state = self._small_folder_state(kwargs.pop("state_dict", None))
         elif self._is_sharded():
             raise ConfigError("a merged folder of an FSDP-sharded model is not supported: save the small folder "
                              "(merged=False), then load it and save it merged on one process")
@@ -482,8 +478,7 @@ class FSModel(PreTrainedModel):
         else:
             save_file(head_state, str(out / HEAD_NAME))
             if isinstance(self.backbone, PeftModel):
-                extra = {} if adapter_state is None else {"state_dict": adapter_state}
-                self.backbone.save_pretrained(str(out / ADAPTER_DIR), **extra)
+                self.backbone.save_pretrained(str(out / ADAPTER_DIR), state_dict=adapter_state)
             self.config.architectures = [type(self).__name__]
             self.config.save_pretrained(out)
         if tokenizer is not None:
