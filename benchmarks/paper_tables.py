@@ -299,9 +299,21 @@ def is_done(out: Path, cell: Cell) -> bool:
     return cell_path(out, cell.table, cell.id).is_file()
 
 
-def pending(cells: Sequence[Cell], out: Path) -> list[Cell]:
-    """Cells whose JSON does not exist yet (the rest are skipped)."""
-    return [c for c in cells if not is_done(out, c)]
+def grid_extended(out: Path, cell: Cell, budget: Budget) -> bool:
+    """Is ``cell`` finished under a learning-rate grid that lacks some of the budget's rates (a grid
+    whose choice was its top or bottom rate, extended)? Then its grid runs the new members and the
+    cell is kept if the choice stands (:func:`run_with_grid`)."""
+    g = budget.grid_size_for(cell.row, cell.size)
+    if g is None or not is_done(out, cell):
+        return False
+    grid = json.loads(cell_path(out, cell.table, cell.id).read_text()).get("grid") or {}
+    return not {f"{lr:g}" for lr in budget.grid_for(cell.row)} <= set(grid.get("dev", {}))
+
+
+def pending(cells: Sequence[Cell], out: Path, budget: Budget | None = None) -> list[Cell]:
+    """Cells whose JSON does not exist yet and, given the ``budget``, cells of an extended grid (the
+    rest are skipped)."""
+    return [c for c in cells if not is_done(out, c) or (budget is not None and grid_extended(out, c, budget))]
 
 
 _TRAIN_SIZES: dict[str, int] = {}
@@ -781,8 +793,23 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
                                        -members.index(m)))
     grid = {"size": g, "seed": budget.grid_seed, "dev": scores, "chosen_lr": best.lr}
     logger.info("%s/%s: grid dev %s -> lr %g", cell.table, cell.id, scores, best.lr)
+    earlier = json.loads(cell_path(out, cell.table, cell.id).read_text()) if is_done(out, cell) else None
+    if earlier is not None:  # the grid was extended after this cell ran
+        if earlier.get("lr") == best.lr:  # the choice stands: the cell is what it would be, its record updated
+            earlier.update(grid=grid, settings=budget.for_row(cell.row), cell_command=cell_command(cell, budget, out, runs),
+                           grid_extended_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+            write_json(cell_path(out, cell.table, cell.id), earlier)
+            logger.info("%s/%s: the extended grid chose the same rate; cell kept", cell.table, cell.id)
+            return earlier
+        # a new choice: the cell runs again and says what it replaces (its test score was seen)
+        replaced = {"lr": earlier.get("lr"), "dev_metric": earlier.get("dev_metric"), "test": earlier.get("test"),
+                    "grid_dev": (earlier.get("grid") or {}).get("dev")}
     if (cell.size, cell.seed) != (g, budget.grid_seed):
-        return run_cell(cell, budget, out, runs, mpnet_dir=mpnet_dir, command=command, lr=best.lr, grid=grid)
+        rec = run_cell(cell, budget, out, runs, mpnet_dir=mpnet_dir, command=command, lr=best.lr, grid=grid)
+        if earlier is not None:
+            rec["replaces"] = replaced
+            write_json(cell_path(out, cell.table, cell.id), rec)
+        return rec
     # the chosen member is this cell: score its saved model on test, once
     rec = dict(done[best.id])
     run_dir = run_dir_of(runs, cell.table, best.id)
@@ -808,7 +835,7 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
                loss_curves=loss_curves(run_dir / "train_log.jsonl"),
                test_seconds=round(time.time() - t0, 1), cell_command=cell_command(cell, budget, out, runs),
                chosen_member=str(cell_path(out, cell.table, best.id).relative_to(out)),
-               finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+               finished_at=time.strftime("%Y-%m-%d %H:%M:%S"), **({"replaces": replaced} if earlier is not None else {}))
     rec["cell_seconds"] = round(sum(r["cell_seconds"] for r in done.values()) + rec["test_seconds"], 1)
     write_json(cell_path(out, cell.table, cell.id), rec)
     return rec
@@ -1308,7 +1335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     only = [x.strip() for x in a.only.split(",")] if a.only else None
     cells = plan(a.table, a.sizes or DEFAULT_SIZES[a.table], a.seeds, only, budget=budget, est=est)
-    todo = pending(cells, a.out)
+    todo = pending(cells, a.out, budget)
     for c in cells:  # a finished cell is kept even if the budget changed: say so
         if c not in todo:
             rec = json.loads(cell_path(a.out, c.table, c.id).read_text())

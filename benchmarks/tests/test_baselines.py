@@ -446,7 +446,37 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
     # ... but a grid planned wider (more sizes) reuses the members it already has
     calls.clear()
     P.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, grid_sizes=(1000, 4000)), out, runs)
-    assert calls == [("hf-native__n1000__s1", 5e-4, True)]
+    assert calls == []  # the finished cell is kept: same members, same choice
+
+    # The grid extended by a rate (its choice was at an edge): only the new member trains; where the
+    # choice stands the cells are kept with their grid record updated, and nothing meets test again.
+    wider = dataclasses.replace(budget, lr_grid=(2e-4, 5e-4, 1e-3, 2e-3))
+    done_cells = [cells[c] for c in ("hf-native__n1000__s0", "hf-native__n1000__s1")]
+    assert P.pending(done_cells, out) == [] and P.pending(done_cells, out, wider) == done_cells
+    dev[2e-3] = 0.65
+    calls.clear()
+    for c in done_cells:
+        rec = P.run_with_grid(c, wider, out, runs)
+        assert rec["lr"] == 5e-4 and set(rec["grid"]["dev"]) == {"0.0002", "0.0005", "0.001", "0.002"}
+        assert rec["settings"]["lr_grid"] == [2e-4, 5e-4, 1e-3, 2e-3] and "replaces" not in rec
+    assert calls == [("hf-native__n1000__s0__lr0.002", 2e-3, False)]
+    assert scored == ["hf-native__n1000__s0__lr0.0005"]
+    assert P.pending(done_cells, out, wider) == []
+    # a new member that wins: the cells run again at its rate and record what they replace
+    widest = dataclasses.replace(budget, lr_grid=(2e-4, 5e-4, 1e-3, 2e-3, 5e-3))
+    dev[5e-3] = 0.9
+    calls.clear()
+    first = P.run_with_grid(done_cells[0], widest, out, runs)
+    second = P.run_with_grid(done_cells[1], widest, out, runs)
+    assert calls == [("hf-native__n1000__s0__lr0.005", 5e-3, False), ("hf-native__n1000__s1", 5e-3, True)]
+    assert scored[-1] == "hf-native__n1000__s0__lr0.005" and first["lr"] == 5e-3
+    assert first["replaces"]["lr"] == 5e-4 and first["replaces"]["test"] == {"f1": 0.42}
+    assert second["lr"] == 5e-3 and second["replaces"]["lr"] == 5e-4
+    assert json.loads(P.cell_path(out, "ner", "hf-native__n1000__s1").read_text())["replaces"]["lr"] == 5e-4
+    dev.pop(5e-3), dev.pop(2e-3)
+    for lr in (2e-3, 5e-3):  # back to the three-rate grid for what follows
+        P.cell_path(out, "ner", f"hf-native__n1000__s0__lr{lr:g}").unlink()
+    scored.clear()
 
     # The grid's JSONs survive but the run folders do not (a fresh machine): the chosen member alone
     # trains again, and is then scored on test, once.
@@ -456,7 +486,7 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
     dev[5e-4] = 0.69  # the retrained run's dev score is the one kept, the first one recorded beside it
     again = P.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
     assert calls == [("hf-native__n1000__s0__lr0.0005", 5e-4, False)]
-    assert scored == ["hf-native__n1000__s0__lr0.0005"] * 2 and again["test"] == {"f1": 0.42}
+    assert scored == ["hf-native__n1000__s0__lr0.0005"] and again["test"] == {"f1": 0.42}
     assert again["retrained_for_test"]["first_dev_metric"] == 0.7 and again["dev_metric"] == 0.69
     assert again["grid"]["dev"]["0.0005"] == 0.7 and again["grid"]["dev_retrained"] == 0.69
 
