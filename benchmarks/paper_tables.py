@@ -523,6 +523,9 @@ def cell_command(cell: Cell, budget: Budget, out: Path, runs: Path, extra: Seque
             parts += [flag, ",".join(f"{v:g}" for v in values)]
     if b.grid_sizes:
         parts += ["--grid-seed", str(b.grid_seed)]
+    if b.precision != "fp32" and "precision" in b.for_row(cell.row):
+        parts += ["--precision", b.precision]
+
     def portable(path: Path) -> str:  # inside the checkout: relative, so the command reads the same on every one
         path = Path(path).resolve()
         return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
@@ -881,7 +884,7 @@ def _ms(vals: list[float]) -> str:
 
 
 #: the rows each table's FS row is compared with seed by seed (where both share seeds)
-PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "minilm", "mpnet"],
+PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "fs-linear", "fs-decay-0.1", "minilm", "mpnet"],
                "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
 
 
@@ -916,6 +919,26 @@ def paired_lines(table: str, recs: list[dict], metric: str) -> list[str]:
     if not lines:
         return []
     return ["**Paired by seed** (FS row minus the other; mean ± standard error, then per seed)", "", *lines, ""]
+
+
+def grid_lines(recs: list[dict]) -> list[str]:
+    """Each row's learning-rate grid as its cells recorded it: dev score per rate, the chosen one bold."""
+    grids = {}
+    for r in recs:
+        g = r.get("grid")
+        if g and g.get("dev"):
+            grids[(r["method"], g["size"], g["seed"])] = g
+    if not grids:
+        return []
+    lines = ["**Learning-rate grids** (dev score per rate at the grid's size and seed; the chosen rate, in bold, "
+             "trains every seed of the row; only the chosen member meets the test split)", ""]
+    for (row, size, seed), g in sorted(grids.items()):
+        cells = [f"**{lr}: {_fmt(v)}**" if float(lr) == g["chosen_lr"] else f"{lr}: {_fmt(v)}"
+                 for lr, v in sorted(g["dev"].items(), key=lambda kv: float(kv[0]))]
+        edge = sorted(float(x) for x in g["dev"])
+        warn = " (the chosen rate is the grid's edge)" if g["chosen_lr"] in (edge[0], edge[-1]) else ""
+        lines.append(f"- {row}, n={size}, seed {seed}: " + ", ".join(cells) + warn)
+    return [*lines, ""]
 
 
 def load_records(out: Path, table: str) -> list[dict]:
@@ -1124,6 +1147,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     lines += verdicts or ["- not run yet."]
     lines.append("")
     lines += paired_lines(table, recs, metric)
+    lines += grid_lines(recs)
     # learned lambdas
     lam = [r for r in recs if r.get("learned_lambdas")]
     for r in lam:

@@ -238,6 +238,21 @@ def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
     assert "not run" in text and "Not run (" in text
     assert (out / "dev_curves_ner.png").is_file()
     assert "93.51" in text  # the paper's number for context
+    assert "Learning-rate grids" not in text  # no cell had a grid
+
+
+def test_grid_lines_show_each_rate_bold_the_chosen_and_flag_an_edge():
+    recs = [{"method": "hf-native", "grid": {"size": 1000, "seed": 0, "dev": {"0.0005": 0.8, "0.001": 0.85},
+                                             "chosen_lr": 1e-3}},
+            {"method": "fs-bidirectional", "grid": {"size": 1000, "seed": 0,
+                                                    "dev": {"0.0002": 0.7, "0.001": 0.8, "0.0005": 0.9},
+                                                    "chosen_lr": 5e-4}}]
+    lines = P.grid_lines(recs)
+    fs = next(x for x in lines if x.startswith("- fs-bidirectional"))
+    assert fs == "- fs-bidirectional, n=1000, seed 0: 0.0002: 70.00, **0.0005: 90.00**, 0.001: 80.00"
+    hf = next(x for x in lines if x.startswith("- hf-native"))
+    assert "**0.001: 85.00**" in hf and hf.endswith("(the chosen rate is the grid's edge)")
+    assert P.grid_lines([{"method": "x"}]) == []
 
 
 # ----------------------------------------------------------------------------- end to end on tiny models
@@ -555,6 +570,9 @@ def test_the_budget_precision_reaches_every_trained_row_and_fp32_cells_keep_thei
     assert P.fs_train_config(cells["fs-bidirectional"], fp32, run_dir).precision == "fp32"
     assert "--precision bf16" in P.fsllm_command(P.fs_train_config(cells["fs-bidirectional"], bf16, run_dir))
     assert P.budget_from(P.build_parser().parse_args(["ner", "--precision", "bf16"])).precision == "bf16"
+    assert "--precision bf16" in P.cell_command(cells["hf-native"], bf16, tmp_path, tmp_path)
+    assert "--precision" not in P.cell_command(cells["hf-native"], fp32, tmp_path, tmp_path)
+    assert "--precision" not in P.cell_command(cells["zero-shot"], bf16, tmp_path, tmp_path)
 
 
 def test_hf_native_runs_bf16_autocast_and_calls_extra_callbacks(tmp_path):
