@@ -954,6 +954,19 @@ def load_records(out: Path, table: str) -> list[dict]:
     return recs
 
 
+def split_stale(recs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Cells that ran before their row's grid was extended (their grid lacks rates another cell of the
+    row has) are stale until they run again: kept out of the means, listed apart."""
+    rates: dict[str, set] = {}
+    for r in recs:
+        rates.setdefault(r["method"], set()).update(((r.get("grid") or {}).get("dev") or {}).keys())
+    fresh, stale = [], []
+    for r in recs:
+        mine = set(((r.get("grid") or {}).get("dev") or {}).keys())
+        (stale if mine and mine < rates[r["method"]] else fresh).append(r)
+    return fresh, stale
+
+
 def _verdict(table: str, size: int, by: dict, fs_row: str, causal_rows: Sequence[str], metric: str) -> list[str]:
     lines = []
     fs_vals = by.get((fs_row, size), [])
@@ -1057,7 +1070,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     """Markdown lines of one table, and its dev-curve series."""
     from fsllm.plots import plot_curves
 
-    recs = load_records(out, table)
+    recs, stale = split_stale(load_records(out, table))
     dataset = TABLE_DATA[table]
     try:
         n_train = train_size_of(dataset)
@@ -1160,6 +1173,10 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     errors = sorted(p.name[: -len(".error.txt")] for p in (Path(out) / table).glob("*.error.txt")) if (Path(out) / table).is_dir() else []
     if errors:
         lines += [f"Failed (traceback in `{table}/<cell>.error.txt`): " + ", ".join(errors) + ".", ""]
+    if stale:
+        lines += ["Stale (trained at the rate of a grid since extended; not in the means until they run again): "
+                  + ", ".join(f"{r['cell_id']} (lr {r.get('lr'):g}, test {_fmt((r.get('test') or {}).get(metric))})"
+                              for r in stale) + ".", ""]
     missing = [c for c in planned if (c.row.name, c.size, c.seed) not in done]
     if missing:
         lines.append(f"Not run ({len(missing)} of {len(planned)} planned cells): "

@@ -241,6 +241,15 @@ def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
     assert "Learning-rate grids" not in text  # no cell had a grid
 
 
+def test_cells_of_a_grid_since_extended_are_stale():
+    g3 = {"size": 1000, "seed": 0, "dev": {"0.001": 0.8, "0.0005": 0.7}, "chosen_lr": 1e-3}
+    g4 = {**g3, "dev": {**g3["dev"], "0.002": 0.9}, "chosen_lr": 2e-3}
+    recs = [{"method": "hf-native", "cell_id": "a", "grid": g4}, {"method": "hf-native", "cell_id": "b", "grid": g3},
+            {"method": "fs-bidirectional", "cell_id": "c", "grid": g3}, {"method": "minilm", "cell_id": "d"}]
+    fresh, stale = P.split_stale(recs)
+    assert [r["cell_id"] for r in stale] == ["b"] and [r["cell_id"] for r in fresh] == ["a", "c", "d"]
+
+
 def test_grid_lines_show_each_rate_bold_the_chosen_and_flag_an_edge():
     recs = [{"method": "hf-native", "grid": {"size": 1000, "seed": 0, "dev": {"0.0005": 0.8, "0.001": 0.85},
                                              "chosen_lr": 1e-3}},
