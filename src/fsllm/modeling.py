@@ -379,12 +379,6 @@ class FSModel(PreTrainedModel):
         return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
 
     # ------------------------------------------------------------------ persistence
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        state = {f"head.{k}": v.detach().contiguous() for k, v in self.head.state_dict().items()}
-        if hasattr(self, "fs_lambda_raw"):
-            state["fs_lambda_raw"] = self.fs_lambda_raw.detach().contiguous()
-        return state
-
     def _is_sharded(self) -> bool:
         """Are some parameters FSDP2 shards (``DTensor``)? Then saving is a collective."""
         from torch.distributed.tensor import DTensor

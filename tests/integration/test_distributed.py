@@ -200,7 +200,7 @@ if rank == 0 and result["save"] == "ok":
     from safetensors.torch import load_file
     from fsllm.modeling import ADAPTER_DIR, HEAD_NAME
     head = load_file(os.path.join(sys.argv[2], HEAD_NAME))
-    want = plain._trainable_state()
+    want = {k: v for k, v in plain.state_dict().items() if k.startswith("head.") or k == "fs_lambda_raw"}
     result["head_same"] = sorted(head) == sorted(want) and all(torch.equal(head[k], want[k]) for k in want)
     adapter = load_file(os.path.join(sys.argv[2], ADAPTER_DIR, "adapter_model.safetensors"))
     want = get_peft_model_state_dict(plain.backbone)
