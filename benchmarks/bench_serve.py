@@ -227,6 +227,42 @@ async def _load(url: str, texts: list[str], requests: int, concurrency: int, tim
     return records
 
 
+def batch_histogram(url: str) -> dict[str, float] | None:
+    """The server's ``fsllm_batch_size`` histogram from ``/metrics``: cumulative count per bucket bound
+    (``le``), plus ``sum`` and ``count``; None where the server has no such metric (the baseline)."""
+    import httpx
+
+    r = httpx.get(url + "/metrics", timeout=10)
+    if r.status_code != 200:
+        return None
+    out: dict[str, float] = {}
+    for line in r.text.splitlines():
+        if line.startswith("fsllm_batch_size_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(("fsllm_batch_size_sum", "fsllm_batch_size_count")):
+            key, val = line.split(" ", 1)
+            out[key.rsplit("_", 1)[1]] = float(val)
+    return out or None
+
+
+def batch_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, Any] | None:
+    """Forwards, mean texts per forward and forwards per batch-size bucket between two scrapes."""
+    if not before or not after:
+        return None
+    d = {k: after[k] - before.get(k, 0.0) for k in after}
+    forwards = int(d.get("count", 0))
+    bounds = [k for k in after if k not in ("sum", "count")]
+    buckets, prev = {}, 0.0
+    for le in bounds:  # cumulative -> per bucket ("<= 4" holds the batches of 3 and 4)
+        n = int(d[le] - prev)
+        prev = d[le]
+        if n:
+            buckets[le] = n
+    return {"forwards": forwards, "mean_batch": round(d.get("sum", 0.0) / forwards, 2) if forwards else None,
+            "forwards_by_batch_size_le": buckets}
+
+
 def _pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
@@ -234,9 +270,11 @@ def _pct(xs: list[float], q: float) -> float:
 
 def run_level(url: str, texts: list[str], requests: int, concurrency: int, reference: list[Any] | None, task: str,
               tol: float, timeout: float) -> tuple[dict, list[dict]]:
+    before = batch_histogram(url)
     t0 = time.perf_counter()
     recs = asyncio.run(_load(url, texts, requests, concurrency, timeout))
     wall = time.perf_counter() - t0
+    batches = batch_delta(before, batch_histogram(url))
     ok = [r for r in recs if r["status"] == 200]
     errors = len(recs) - len(ok)
     correct = sum(1 for r in ok if reference is None or same_answer(r["answer"], reference[r["text"]], task, tol))
@@ -248,6 +286,8 @@ def run_level(url: str, texts: list[str], requests: int, concurrency: int, refer
         "p99_ms": round(_pct(lat, 0.99), 2), "mean_ms": round(statistics.fmean(lat), 2),
         "error_examples": [r["answer"] for r in recs if r["status"] != 200][:3],
     }
+    if batches:
+        row["batches"] = batches
     return row, recs
 
 
@@ -262,12 +302,15 @@ def markdown(res: dict) -> str:
         + (" (NER: the pipeline aggregates sub-tokens, fsllm words; see the module docstring)."
            if res["task"] == "token" else "."), "",
         "*correct*: the answer under load equals the same server's answer for the text alone.", "",
-        "| server | concurrency | req/s | p50 ms | p99 ms | mean ms | correct | mismatched | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "*texts/forward*: fsllm's mean batch size over the level, from its `/metrics` histogram "
+        "(the baseline runs one text per call).", "",
+        "| server | concurrency | req/s | p50 ms | p99 ms | mean ms | correct | mismatched | errors | texts/forward |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in res["levels"]:
         lines.append(f"| {row['server']} | {row['concurrency']} | {row['requests_per_s']} | {row['p50_ms']} | "
-                     f"{row['p99_ms']} | {row['mean_ms']} | {row['correct']} | {row['mismatched']} | {row['errors']} |")
+                     f"{row['p99_ms']} | {row['mean_ms']} | {row['correct']} | {row['mismatched']} | {row['errors']} | "
+                     f"{row['batches']['mean_batch'] if row.get('batches') else 1} |")
     speed = res.get("speedup_requests_per_s", {})
     if speed:
         lines += ["", "fsllm / baseline requests/s: " + ", ".join(f"c={c}: {v}x" for c, v in speed.items())]

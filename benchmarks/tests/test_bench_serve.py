@@ -74,3 +74,16 @@ def test_a_short_run_writes_json_and_markdown(tmp_path):
     assert [(r["server"], r["concurrency"], r["correct"], r["errors"]) for r in res["levels"]] == [
         ("baseline", 1, 6, 0), ("baseline", 2, 6, 0), ("fsllm", 1, 6, 0), ("fsllm", 2, 6, 0)]
     assert "| fsllm | 2 |" in (tmp_path / "out" / "smoke.md").read_text()
+    fs_rows = [r for r in res["levels"] if r["server"] == "fsllm"]
+    assert all(r["batches"]["forwards"] >= 3 and sum(r["batches"]["forwards_by_batch_size_le"].values())
+               == r["batches"]["forwards"] for r in fs_rows)  # 6 texts in forwards of at most 2
+    assert fs_rows[0]["batches"] == {"forwards": 6, "mean_batch": 1.0, "forwards_by_batch_size_le": {"1": 6}}
+    assert all("batches" not in r for r in res["levels"] if r["server"] == "baseline")
+
+
+def test_batch_delta_splits_the_cumulative_histogram_between_two_scrapes():
+    before = {"1": 2.0, "2": 2.0, "4": 3.0, "+Inf": 3.0, "sum": 5.0, "count": 3.0}  # batches of 1, 1, 3
+    after = {"1": 3.0, "2": 5.0, "4": 6.0, "+Inf": 7.0, "sum": 27.0, "count": 7.0}  # then 1, 2, 2, 17
+    assert bench_serve.batch_delta(before, after) == {
+        "forwards": 4, "mean_batch": 5.5,
+        "forwards_by_batch_size_le": {"1": 1, "2": 2, "+Inf": 1}}
