@@ -957,12 +957,12 @@ def load_records(out: Path, table: str) -> list[dict]:
 def split_stale(recs: list[dict]) -> tuple[list[dict], list[dict]]:
     """Cells that ran before their row's grid was extended (their grid lacks rates another cell of the
     row has) are stale until they run again: kept out of the means, listed apart."""
+    grids = [set((r.get("grid") or {}).get("dev") or {}) for r in recs]
     rates: dict[str, set] = {}
-    for r in recs:
-        rates.setdefault(r["method"], set()).update(((r.get("grid") or {}).get("dev") or {}).keys())
+    for r, mine in zip(recs, grids):
+        rates.setdefault(r["method"], set()).update(mine)
     fresh, stale = [], []
-    for r in recs:
-        mine = set(((r.get("grid") or {}).get("dev") or {}).keys())
+    for r, mine in zip(recs, grids):
         (stale if mine and mine < rates[r["method"]] else fresh).append(r)
     return fresh, stale
 
