@@ -138,7 +138,9 @@ def baseline_app(folder: str):
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "task": task}
+        import torch
+
+        return {"status": "ok", "task": task, "torch_threads": torch.get_num_threads()}
 
     return app
 
@@ -297,6 +299,8 @@ def markdown(res: dict) -> str:
         f"Model `{res['model']}` ({res['task']}), {res['requests_per_level']} single-text requests per level, "
         f"{res['distinct_texts']} distinct texts; fsllm serve `--max-batch-size {res['fsllm_serve']['max_batch_size']} "
         f"--max-wait-ms {res['fsllm_serve']['max_wait_ms']}`; baseline: {res['baseline']}.", "",
+        "Torch threads per server: " + ", ".join(f"{k} {v}" for k, v in res.get("torch_threads", {}).items())
+        + " (`fsllm` is fsllm serve's default; `fsllm-tN` runs `--threads N`).", "",
         f"fsllm's answers identical to the baseline's (each text alone, tol {res['tol']}): "
         f"**{res['identical_outputs']}** ({res['identical_count']}/{res['distinct_texts']} texts)"
         + (" (NER: the pipeline aggregates sub-tokens, fsllm words; see the module docstring)."
@@ -311,9 +315,9 @@ def markdown(res: dict) -> str:
         lines.append(f"| {row['server']} | {row['concurrency']} | {row['requests_per_s']} | {row['p50_ms']} | "
                      f"{row['p99_ms']} | {row['mean_ms']} | {row['correct']} | {row['mismatched']} | {row['errors']} | "
                      f"{row['batches']['mean_batch'] if row.get('batches') else 1} |")
-    speed = res.get("speedup_requests_per_s", {})
-    if speed:
-        lines += ["", "fsllm / baseline requests/s: " + ", ".join(f"c={c}: {v}x" for c, v in speed.items())]
+    for server, speed in res.get("speedups", {"fsllm": res.get("speedup_requests_per_s", {})}).items():
+        if speed:
+            lines += ["", f"{server} / baseline requests/s: " + ", ".join(f"c={c}: {v}x" for c, v in speed.items())]
     m = res["machine"]
     lines += ["", f"Machine: {m['cpus']} CPUs, load average at start {m['load_average_at_start']}; torch {m['torch']}, "
               f"transformers {m['transformers']}, python {m['python']}.", ""]
@@ -331,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-texts", type=int, default=256, help="with --data (default 256)")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--fsllm-threads", default="default",
+                   help="fsllm servers to run, comma-separated: 'default' (fsllm serve's own thread count) or N "
+                        "(--threads N), e.g. 'default,2' (default: default)")
     p.add_argument("--tol", type=float, default=1e-4, help="score tolerance for 'correct' (default 1e-4)")
     p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     p.add_argument("--name", default=None, help="results file stem (default: the model folder's name)")
@@ -360,10 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     servers = {
         "baseline": ([py, str(Path(__file__).resolve()), "--model", a.model, "--baseline-server", "--port",
                       str(base_port)], base_port),
-        "fsllm": ([py, "-m", "fsllm.cli", "serve", a.model, "--port", str(fs_port), "--log-level", "warning",
-                   "--max-batch-size", str(a.max_batch_size), "--max-wait-ms", str(a.max_wait_ms),
-                   "--max-queue", str(max(256, 2 * max(levels)))], fs_port),
     }
+    for variant in [v.strip() for v in a.fsllm_threads.split(",") if v.strip()]:
+        extra = [] if variant == "default" else ["--threads", str(int(variant))]
+        servers["fsllm" if variant == "default" else f"fsllm-t{int(variant)}"] = (
+            [py, "-m", "fsllm.cli", "serve", a.model, "--port", str(fs_port), "--log-level", "warning",
+             "--max-batch-size", str(a.max_batch_size), "--max-wait-ms", str(a.max_wait_ms),
+             "--max-queue", str(max(256, 2 * max(levels))), *extra], fs_port)
+    fsllm_servers = [k for k in servers if k != "baseline"]
     res: dict[str, Any] = {
         "name": name, "model": a.model, "requests_per_level": a.requests, "distinct_texts": len(texts), "tol": a.tol,
         "fsllm_serve": {"max_batch_size": a.max_batch_size, "max_wait_ms": a.max_wait_ms},
@@ -374,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         "levels": [],
     }
     alone: dict[str, list[Any]] = {}
-    for server in ("baseline", "fsllm"):  # one server at a time: they would compete for the CPUs
+    for server in servers:  # one server at a time: they would compete for the CPUs
         cmd, port = servers[server]
         proc = start(cmd, port, Path(tempfile.gettempdir()) / f"bench_serve-{name}-{server}.log")
         url = f"http://127.0.0.1:{port}"
@@ -382,7 +393,12 @@ def main(argv: list[str] | None = None) -> int:
             import httpx
 
             if server == "baseline":
-                res["task"] = httpx.get(url + "/health", timeout=5).json()["task"]
+                health = httpx.get(url + "/health", timeout=5).json()
+                res["task"] = health["task"]
+                res.setdefault("torch_threads", {})[server] = health.get("torch_threads")
+            else:
+                res.setdefault("torch_threads", {})[server] = httpx.get(url + "/info", timeout=5).json().get(
+                    "torch_threads")
             # the reference: every distinct text once, one request at a time
             recs = asyncio.run(_load(url, texts, len(texts), 1, a.timeout))
             failed = [r for r in recs if r["status"] != 200]
@@ -397,15 +413,18 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         finally:
             res.setdefault("exit_status", {})[server] = stop(proc)
-    same = [same_answer(f, b, res["task"], a.tol) for f, b in zip(alone["fsllm"], alone["baseline"])]
+    first = fsllm_servers[0]  # the identity check and the headline ratio use the first fsllm server
+    same = [same_answer(f, b, res["task"], a.tol) for f, b in zip(alone[first], alone["baseline"])]
     res["identical_count"] = sum(same)
     res["identical_outputs"] = all(same)
     res["mismatch_examples"] = [
-        {"text": texts[i], "fsllm": alone["fsllm"][i], "baseline": alone["baseline"][i]}
+        {"text": texts[i], "fsllm": alone[first][i], "baseline": alone["baseline"][i]}
         for i, s in enumerate(same) if not s][:3]
     by = {(r["server"], r["concurrency"]): r["requests_per_s"] for r in res["levels"]}
-    res["speedup_requests_per_s"] = {
-        c: round(by[("fsllm", c)] / by[("baseline", c)], 2) for c in levels if by.get(("baseline", c))}
+    res["speedups"] = {
+        server: {c: round(by[(server, c)] / by[("baseline", c)], 2) for c in levels if by.get(("baseline", c))}
+        for server in fsllm_servers}
+    res["speedup_requests_per_s"] = res["speedups"][first]
     common.write_json(out_dir / f"{name}.json", res, newline=True)
     (out_dir / f"{name}.md").write_text(markdown(res))
     print(markdown(res))

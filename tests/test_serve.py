@@ -27,6 +27,7 @@ import uvicorn
 from conftest import WORDS, build_word_tokenizer, word_llama
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
+from fsllm.errors import FSLLMError
 from fsllm.inference import Predictor
 from fsllm.serve import DynamicBatcher, create_app
 
@@ -468,14 +469,15 @@ def test_sigterm_lets_the_in_flight_request_finish_and_exits_0(slow_seq_dir):
 
 
 def test_workers_run_processes_that_load_the_model_and_stop_on_sigterm(seq_dir):
-    """``--workers 2``: each process loads the model named in the environment and serves the same answers."""
-    proc, url = _start_cli(seq_dir, "--workers", "2", "--max-batch-size", "4")
+    """``--workers 2``: each process loads the model named in the environment and serves the same answers
+    (and runs the ``--threads`` it was given, over the test's ``OMP_NUM_THREADS=1``)."""
+    proc, url = _start_cli(seq_dir, "--workers", "2", "--max-batch-size", "4", "--threads", "2")
     try:
         predictor = Predictor.from_pretrained(seq_dir)
         texts = sentences(6, seed=11)
         with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
             info = c.get("/info").json()
-            assert info["model_id"] == str(seq_dir) and info["max_batch_size"] == 4
+            assert info["model_id"] == str(seq_dir) and info["max_batch_size"] == 4 and info["torch_threads"] == 2
             for _ in range(3):  # new connections: the requests may land on either process
                 got = httpx.post(url + "/predict", json={"inputs": texts}, timeout=TIMEOUT).json()
                 for t, answer in zip(texts, got, strict=True):
@@ -485,3 +487,23 @@ def test_workers_run_processes_that_load_the_model_and_stop_on_sigterm(seq_dir):
         assert proc.wait(60) == 0, proc.stdout.read().decode()[-2000:]
     finally:
         _stop(proc)
+
+
+def test_forward_threads_leave_a_core_to_the_http_side(monkeypatch):
+    """The default keeps one core for the event loop and splits the rest among workers; an explicit value
+    wins; a set ``OMP_NUM_THREADS`` is the user's choice and is kept."""
+    from fsllm.serve import forward_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert forward_threads() == 7
+    assert forward_threads(workers=3) == 2
+    assert forward_threads(workers=16) == 1
+    assert forward_threads(3) == 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert forward_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert forward_threads() is None
+    assert forward_threads(2, workers=2) == 2
+    with pytest.raises(FSLLMError, match="--threads"):
+        forward_threads(0)

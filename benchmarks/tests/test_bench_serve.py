@@ -68,12 +68,16 @@ def test_a_short_run_writes_json_and_markdown(tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n")
     assert bench_serve.main(["--model", str(seq), "--levels", "1,2", "--requests", "6", "--texts", str(texts),
-                             "--name", "smoke", "--out-dir", str(tmp_path / "out")]) == 0
+                             "--name", "smoke", "--out-dir", str(tmp_path / "out"), "--fsllm-threads", "default,1"]) == 0
     res = json.loads((tmp_path / "out" / "smoke.json").read_text())
     assert res["identical_outputs"] and res["exit_status"]["fsllm"] == 0  # plain uvicorn (baseline) dies by the signal
     assert [(r["server"], r["concurrency"], r["correct"], r["errors"]) for r in res["levels"]] == [
-        ("baseline", 1, 6, 0), ("baseline", 2, 6, 0), ("fsllm", 1, 6, 0), ("fsllm", 2, 6, 0)]
-    assert "| fsllm | 2 |" in (tmp_path / "out" / "smoke.md").read_text()
+        ("baseline", 1, 6, 0), ("baseline", 2, 6, 0), ("fsllm", 1, 6, 0), ("fsllm", 2, 6, 0),
+        ("fsllm-t1", 1, 6, 0), ("fsllm-t1", 2, 6, 0)]
+    assert res["torch_threads"]["fsllm-t1"] == 1 and set(res["speedups"]) == {"fsllm", "fsllm-t1"}
+    assert res["speedup_requests_per_s"] == res["speedups"]["fsllm"]
+    md = (tmp_path / "out" / "smoke.md").read_text()
+    assert "| fsllm | 2 |" in md and "| fsllm-t1 | 2 |" in md and "fsllm-t1 / baseline requests/s" in md
     fs_rows = [r for r in res["levels"] if r["server"] == "fsllm"]
     assert all(r["batches"]["forwards"] >= 3 and sum(r["batches"]["forwards_by_batch_size_le"].values())
                == r["batches"]["forwards"] for r in fs_rows)  # 6 texts in forwards of at most 2

@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=256,
                     help="texts waiting at most; beyond, requests get 503 + Retry-After (default 256)")
     sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy (default 1)")
+    sv.add_argument("--threads", type=int, default=None,
+                    help="torch threads per process for the forward (default: the cores less one, left to HTTP and "
+                         "tokenising, shared by the workers; OMP_NUM_THREADS, when set, is kept)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
 
@@ -376,7 +379,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .serve import serve
 
     return serve(a.model, host=a.host, port=a.port, max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms,
-                 max_queue=a.max_queue, workers=a.workers, log_level=a.log_level, precision=a.precision)
+                 max_queue=a.max_queue, workers=a.workers, log_level=a.log_level, precision=a.precision,
+                 threads=a.threads)
 
 
 def cmd_datasets(_: argparse.Namespace) -> int:

@@ -435,6 +435,12 @@ def _versions() -> dict[str, str]:
     return {"fsllm_version": __version__, "transformers_version": transformers.__version__, "torch_version": torch.__version__}
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _run_batch_fn(predictor, max_batch_size: int) -> Callable[[list[Any]], list[Any]]:
     """The batcher's model call: ids -> logits (sequence tasks) or texts -> entities (token tasks)."""
     from .errors import DataError
@@ -506,6 +512,7 @@ def create_app(
         "max_client_batch_size": max_queue,
         "model_dtype": str(next(predictor.model.parameters()).dtype).removeprefix("torch."),
         "device": str(next(predictor.model.parameters()).device),
+        "torch_threads": _torch_threads(),
         "backbone": getattr(predictor.model, "backbone_ref", None)
         or getattr(getattr(predictor.model, "config", None), "_name_or_path", None),
         **_versions(),
@@ -662,6 +669,25 @@ def app_from_env() -> FastAPI:
     )
 
 
+def forward_threads(threads: int | None = None, workers: int = 1) -> int | None:
+    """Torch threads for each server process's forward: ``threads`` when given; ``None`` (keep torch's own)
+    when ``OMP_NUM_THREADS`` is set; otherwise the cores torch would use, less one, shared by the workers.
+
+    Why one core less: the event loop (HTTP parsing, JSON, tokenising, NER post-processing) runs beside
+    the forward, and a forward holding every core starves it; on 2 cores, one forward thread served
+    more requests per second at 4 and 16 clients than two (docs/serving.md quotes the load test).
+    """
+    if threads is not None:
+        if threads < 1:
+            raise FSLLMError(f"--threads must be >= 1, got {threads}")
+        return threads
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    import torch
+
+    return max(1, (torch.get_num_threads() - 1) // max(1, workers))
+
+
 def _exit_cleanly(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -676,6 +702,7 @@ def serve(
     workers: int = 1,
     log_level: str = "info",
     precision: str = "fp32",
+    threads: int | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT; in-flight requests finish first (uvicorn's graceful shutdown).
 
@@ -688,9 +715,14 @@ def serve(
         raise FSLLMError(f"{model}: no such run or model folder")
     if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or workers < 1:
         raise FSLLMError("--max-batch-size, --max-queue and --workers must be >= 1, --max-wait-ms >= 0")
+    n_threads = forward_threads(threads, workers)
     signal.signal(signal.SIGTERM, _exit_cleanly)
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
     if workers == 1:
+        if n_threads is not None:
+            import torch
+
+            torch.set_num_threads(n_threads)
         app = create_app(model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
                          precision=precision)
         uvicorn.run(app, **common)
@@ -699,8 +731,8 @@ def serve(
             ENV_MODEL: str(model), ENV_MAX_BATCH_SIZE: str(max_batch_size), ENV_MAX_WAIT_MS: str(max_wait_ms),
             ENV_MAX_QUEUE: str(max_queue), ENV_PRECISION: precision,
         })
-        if "OMP_NUM_THREADS" not in os.environ:  # N processes share the cores instead of each taking all
-            os.environ.setdefault(ENV_TORCH_THREADS, str(max(1, (os.cpu_count() or 1) // workers)))
+        if n_threads is not None:  # N processes share the cores instead of each taking all
+            os.environ[ENV_TORCH_THREADS] = str(n_threads)
         # Each process loads the model before it reports ready; uvicorn's default 5 s for that restarts
         # workers in a loop while a large model is still loading.
         uvicorn.run("fsllm.serve:app_from_env", factory=True, workers=workers, timeout_worker_healthcheck=600, **common)
