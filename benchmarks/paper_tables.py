@@ -1015,7 +1015,7 @@ def size_figure(rows: dict[str, list[tuple[int, float, float, int]]], path: Path
     ax = fig.add_subplot(1, 1, 1)
     for name, pts in rows.items():
         ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
-                    capsize=3, label=f"{name} ({'/'.join(str(p[3]) for p in pts)} seeds)")
+                    capsize=3, label=f"{name} ({'/'.join(str(p[3]) for p in pts)} seed{'' if [p[3] for p in pts] == [1] else 's'})")
     ax.set_xscale("log")
     ax.minorticks_off()
     sizes = sorted({p[0] for pts in rows.values() for p in pts})
@@ -1047,16 +1047,19 @@ def latency_figure(rows: dict[str, list[tuple[int, float, float, int]]], latency
         if cost is None:
             continue
         ax.errorbar([cost] * len(pts), [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
-                    linestyle="none", capsize=3, label=name)
+                    linestyle="none", capsize=3, label=f"{name} ({cost:.3g} ms)")
+        left = drawn % 2 == 1  # rows of similar cost label their sizes on opposite sides
         for n, mean, _, _ in pts:
-            ax.annotate(f"{n:,}", (cost, 100 * mean), textcoords="offset points", xytext=(5, -3), fontsize=7)
+            ax.annotate(f"{n:,}", (cost, 100 * mean), textcoords="offset points", xytext=(-5 if left else 5, -3),
+                        ha="right" if left else "left", fontsize=7)
         drawn += 1
     if not drawn:
         return None
-    ax.set_xscale("log")
+    ax.set_xscale("log")  # round ticks; the rows' own costs are in the legend (close costs' ticks would overlap)
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if lo <= t <= hi]
     ax.minorticks_off()
-    costs = sorted({round(v["ms_per_sentence_batched"], 1) for v in latency["rows"].values()})
-    ax.set_xticks(costs, [f"{c:g}" for c in costs])
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.set_xlabel("inference ms per sentence (batches of 64, CPU)")
     ax.set_ylabel(f"test {metric} (%)")
     ax.set_title(f"test {metric} (labels: training sentences) against inference cost")
@@ -1210,7 +1213,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
             plot_curves(losses, png, xlabel="training step", ylabel=f"{which} loss", title=f"{table}: {which} loss vs step")
             lines += [f"![{which} loss]({png.name})", ""]
     # test metric against the training-set size, one line per row, the seeds' spread as error bars
-    sized = {name: pts for name in SIZE_FIGURE_ROWS if len(pts := size_points(recs, name, metric)) >= 2}
+    sized = {name: pts for name in SIZE_FIGURE_ROWS if (pts := size_points(recs, name, metric))}
     if sized:
         png = Path(out) / f"{metric}_vs_size_{table}.png"
         size_figure(sized, png, metric, title=f"{table}: test {metric} against training sentences")

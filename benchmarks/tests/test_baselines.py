@@ -237,6 +237,9 @@ def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
     assert "51.00 ± 1.41" in text and "| fs-bidirectional | 1000 |" in text
     assert "not run" in text and "Not run (" in text
     assert (out / "dev_curves_ner.png").is_file()
+    # rows measured at one size only still get their point in the size and cost figures
+    assert (out / "f1_vs_size_ner.png").is_file() and "![test f1 against training size]" in text
+    assert (out / "f1_vs_latency_ner.png").is_file()
     assert "93.51" in text  # the paper's number for context
     assert "Learning-rate grids" not in text  # no cell had a grid
 
