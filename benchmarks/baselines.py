@@ -524,10 +524,11 @@ def _make_trainer_cls():
 
 
 def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, seed: int, eval_steps: int | None,
-                   max_steps: int = -1, has_dev: bool = True, checkpoints: bool = False, bf16: bool = False):
+                   max_steps: int = -1, has_dev: bool = True, checkpoints: bool = False, bf16: bool = False,
+                   warmup_ratio: float = 0.0):
     """The baselines' ``TrainingArguments``; with ``checkpoints``, one checkpoint is kept, written after
     each dev evaluation, for a run that may have to resume; ``bf16``: bf16 autocast, as fsllm's
-    ``precision="bf16"``."""
+    ``precision="bf16"``; ``warmup_ratio``: the share of steps warming the rate up, as fsllm's."""
     from transformers import TrainingArguments
 
     save = dict(save_strategy="steps", save_steps=eval_steps, save_total_limit=1) if checkpoints and eval_steps \
@@ -539,6 +540,7 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
+        warmup_steps=float(warmup_ratio),  # a float in [0, 1) is a ratio of the total steps, as in fsllm
         eval_strategy="no" if not has_dev else ("steps" if eval_steps else "epoch"),
         eval_steps=eval_steps,
         **save,
@@ -560,13 +562,15 @@ def select_on_dev_trainer(
     model, run_dir: Path, feats: Sequence[dict], collator: Callable, dev_eval: Callable, *, has_dev: bool, metric: str,
     epochs: float, batch_size: int, lr: float, seed: int, evals_per_epoch: int, max_steps: int = -1,
     patience: int | None = None, resumable: bool = False, callbacks: Sequence = (), bf16: bool = False,
+    warmup_ratio: float = 0.0,
 ):
     """The trainer of every trained baseline: trains on ``feats``, scores the model with ``dev_eval``
     ``evals_per_epoch`` times per epoch and at the end, keeps the best weights by ``metric`` (stopping
     after ``patience`` evaluations without a new best, as FS runs' ``early_stopping_patience``) and
     logs to ``train_log.jsonl`` in the format of FS runs. ``resumable``: checkpoints and the selection
     are kept in ``run_dir`` so that ``train_with_selection(trainer, resume_from=...)`` can continue.
-    ``callbacks``: more ``TrainerCallback``s (a benchmark's step meter); ``bf16``: bf16 autocast."""
+    ``callbacks``: more ``TrainerCallback``s (a benchmark's step meter); ``bf16``: bf16 autocast;
+    ``warmup_ratio``: the share of the steps warming the learning rate up (fsllm's ``warmup_ratio``)."""
     import datasets
 
     from fsllm.training import JsonlLogCallback
@@ -577,7 +581,7 @@ def select_on_dev_trainer(
         model=model,
         args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                             eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
-                            has_dev=has_dev, checkpoints=resumable, bf16=bf16),
+                            has_dev=has_dev, checkpoints=resumable, bf16=bf16, warmup_ratio=warmup_ratio),
         train_dataset=train_ds,
         eval_dataset=train_ds if has_dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
         data_collator=collator,
@@ -948,6 +952,7 @@ def run_encoder(
     test_subset: int | None = None, seed: int = 0, epochs: float = 3.0, lr: float = 5e-5, batch_size: int = 16,
     max_length: int = 128, ner_max_length: int = 512, evals_per_epoch: int = 1, eval_batch_size: int = 64,
     max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True, precision: str = "fp32",
+    warmup_ratio: float = 0.0,
 ) -> dict:
     """Full fine-tuning of an encoder with a token/sequence classification head, selected on dev.
     NER uses ``ner_max_length`` (default 512, the encoders' limit) so no CoNLL word loses its
@@ -967,7 +972,8 @@ def run_encoder(
         method="encoder", data=data, model_dir=str(model_dir), train_subset=train_subset, dev_subset=dev_subset,
         test_subset=test_subset, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
         ner_max_length=ner_max_length, evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
-        evaluate_test=evaluate_test, **({"precision": precision} if precision != "fp32" else {})))
+        evaluate_test=evaluate_test, **({"precision": precision} if precision != "fp32" else {}),
+        **({"warmup_ratio": warmup_ratio} if warmup_ratio else {})))  # unset keys keep earlier runs resumable
     set_seed(seed)
     sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -994,7 +1000,7 @@ def run_encoder(
         lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size, target)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, resumable=True,
-        bf16=precision == "bf16",
+        bf16=precision == "bf16", warmup_ratio=warmup_ratio,
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
@@ -1075,7 +1081,7 @@ def run_hf_native(
     dev_subset: int | None = 1000, test_subset: int | None = None, seed: int = 0, epochs: float = 3.0,
     lr: float = 1e-3, batch_size: int = 16, max_length: int = 128, evals_per_epoch: int = 1,
     eval_batch_size: int = 64, max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True,
-    precision: str = "fp32", callbacks: Sequence = (),
+    precision: str = "fp32", callbacks: Sequence = (), warmup_ratio: float = 0.0,
 ) -> dict:
     """Train the ``hf-native`` row: what a user gets from transformers + PEFT alone (see the module doc),
     with the FS rows' data, subsets, tokenisation, budget and dev selection. ``precision``: "fp32"
@@ -1095,7 +1101,8 @@ def run_hf_native(
         method="hf-native", data=data, model_name=model_name, train_subset=train_subset, dev_subset=dev_subset,
         test_subset=test_subset, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, evaluate_test=evaluate_test,
-        **({"precision": precision} if precision != "fp32" else {})))  # fp32 runs keep their earlier settings
+        **({"precision": precision} if precision != "fp32" else {}),  # fp32 runs keep their earlier settings
+        **({"warmup_ratio": warmup_ratio} if warmup_ratio else {})))
     set_seed(seed)
     sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
     tok = load_tokenizer(model_name)
@@ -1108,7 +1115,7 @@ def run_hf_native(
         lambda m: evaluate_classifier(m, tok, sp.task, sp.dev, sp.labels, max_length, eval_batch_size)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, resumable=True,
-        callbacks=callbacks, bf16=precision == "bf16",
+        callbacks=callbacks, bf16=precision == "bf16", warmup_ratio=warmup_ratio,
     )
     metrics: dict[str, Any] = {
         "task": sp.task, "data": data, "data_source": sp.source, "method": "hf-native", "backbone": model_name,

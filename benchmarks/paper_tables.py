@@ -213,10 +213,11 @@ class Budget:
     grid_sizes: tuple[int, ...] = ()  # training sizes at which the grids run
     grid_seed: int = 0  # the seed the grids run with (the first of --seeds)
     precision: str = "fp32"  # autocast of every trained row: "fp32" or "bf16" (a row's own ``train`` wins)
+    warmup_ratio: float = 0.0  # share of the steps warming the rate up, for FS, hf-native and encoders
 
     #: left out of a cell's settings while unset, so cells written before they existed still compare equal
     _OPTIONAL: ClassVar[dict] = {"patience": None, "lr_grid": (), "encoder_lr_grid": (), "grid_sizes": (),
-                                 "precision": "fp32"}
+                                 "precision": "fp32", "warmup_ratio": 0.0}
 
     def grid_for(self, row: Row) -> tuple[float, ...]:
         """The learning rates a row's grid tries (empty: no grid for this row)."""
@@ -243,11 +244,11 @@ class Budget:
             d.pop("encoder_lr"), d.pop("encoder_lr_grid", None)
             if row.kind in ("fs", "hf-native"):
                 d.pop("it_evals_per_epoch"), d.pop("gen_tokens")
-            else:  # the instruction-tuned row trains in fp32 whatever the budget says
-                d.pop("precision", None)
+            else:  # the instruction-tuned row trains in fp32, without warm-up, whatever the budget says
+                d.pop("precision", None), d.pop("warmup_ratio", None)
             if row.kind == "zero-shot":
                 for k in ("epochs", "batch_size", "lr", "dev_subset", "evals_per_epoch", "it_evals_per_epoch", "max_steps",
-                          "patience", "lr_grid", "grid_sizes", "precision"):
+                          "patience", "lr_grid", "grid_sizes", "precision", "warmup_ratio"):
                     d.pop(k, None)
         if not self.grid_for(row):
             d.pop("grid_sizes", None), d.pop("grid_seed", None)
@@ -525,6 +526,8 @@ def cell_command(cell: Cell, budget: Budget, out: Path, runs: Path, extra: Seque
         parts += ["--grid-seed", str(b.grid_seed)]
     if b.precision != "fp32" and "precision" in b.for_row(cell.row):
         parts += ["--precision", b.precision]
+    if b.warmup_ratio and "warmup_ratio" in b.for_row(cell.row):
+        parts += ["--warmup-ratio", f"{b.warmup_ratio:g}"]
 
     def portable(path: Path) -> str:  # inside the checkout: relative, so the command reads the same on every one
         path = Path(path).resolve()
@@ -551,7 +554,8 @@ def fs_train_config(cell: Cell, budget: Budget, run_dir: Path, lr: float | None 
         early_stopping_patience=budget.patience, evaluate_test=evaluate_test,
         # the budget's precision (fp32 or bf16, never ``auto``: a resumed run must match its saved
         # config, and ``auto`` would be saved resolved) unless the row sets its own
-        seed=cell.seed, **({"precision": budget.precision} | cell.row.train_overrides),
+        seed=cell.seed, warmup_ratio=budget.warmup_ratio,
+        **({"precision": budget.precision} | cell.row.train_overrides),
     )
 
 
@@ -579,6 +583,8 @@ def fsllm_command(cfg) -> str:
         parts.append("--no-test")
     if cfg.precision != "fp32":
         parts += ["--precision", cfg.precision]
+    if cfg.warmup_ratio:
+        parts += ["--warmup-ratio", f"{cfg.warmup_ratio:g}"]
     if fs.attention == "decay":
         parts += ["--decay-lambda", f"{fs.decay_lambda:g}"]
     if fs.learnable_lambda:
@@ -697,7 +703,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
             test_subset=budget.test_subset, seed=cell.seed, epochs=budget.epochs, lr=budget.lr if lr is None else lr,
             batch_size=budget.batch_size, max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch,
             max_steps=budget.max_steps, patience=budget.patience, evaluate_test=evaluate_test,
-            precision=budget.precision,
+            precision=budget.precision, warmup_ratio=budget.warmup_ratio,
         )
     elif row.kind == "encoder":
         d = encoder_dir(row.encoder, mpnet_dir)
@@ -708,6 +714,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
             epochs=budget.epochs, lr=budget.encoder_lr if lr is None else lr, batch_size=budget.batch_size,
             max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch, max_steps=budget.max_steps,
             patience=budget.patience, evaluate_test=evaluate_test, precision=budget.precision,
+            warmup_ratio=budget.warmup_ratio,
         )
     elif row.kind == "zero-shot":
         metrics = baselines.run_zero_shot(
@@ -1336,6 +1343,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--encoder-lr-grid", type=_floats, default=(), help="learning rates the encoders try on dev")
     b.add_argument("--grid-sizes", type=_ints, default=[], help="training sizes at which the grids run")
     b.add_argument("--grid-seed", type=int, default=None, help="the seed the grids run with [the first of --seeds]")
+    b.add_argument("--warmup-ratio", type=float, default=0.0,
+                   help="share of the steps warming the learning rate up (FS, causal, hf-native, encoders) [0]")
     b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="autocast of the FS, causal, hf-native and encoder rows (bf16: where the CPU or GPU has bf16 "
                         "matmuls, ~1.7x faster steps; the instruction-tuned row stays fp32) [fp32]")
@@ -1352,7 +1361,8 @@ def budget_from(a: argparse.Namespace) -> Budget:
                   it_evals_per_epoch=a.it_evals_per_epoch, gen_tokens=a.gen_tokens, max_steps=a.max_steps,
                   test_subset=a.test_subset, patience=a.patience, lr_grid=tuple(a.lr_grid),
                   encoder_lr_grid=tuple(a.encoder_lr_grid), grid_sizes=tuple(a.grid_sizes),
-                  grid_seed=a.seeds[0] if a.grid_seed is None else a.grid_seed, precision=a.precision)
+                  grid_seed=a.seeds[0] if a.grid_seed is None else a.grid_seed, precision=a.precision,
+                  warmup_ratio=a.warmup_ratio)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

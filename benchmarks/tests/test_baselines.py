@@ -587,6 +587,47 @@ def test_the_budget_precision_reaches_every_trained_row_and_fp32_cells_keep_thei
     assert "--precision" not in P.cell_command(cells["zero-shot"], bf16, tmp_path, tmp_path)
 
 
+def test_the_budget_warmup_reaches_every_trained_row_and_unset_it_keeps_earlier_settings(tmp_path):
+    """``--warmup-ratio`` warms the FS, causal, hf-native and encoder rows up; left at 0 it writes the
+    settings (and commands) of the cells committed before it existed."""
+    cells = {c.row.name: c for c in P.plan("ner", [1000], [0], n_train=14041)}
+    warm, cold = P.Budget(warmup_ratio=0.1), P.Budget()
+    for name in ("fs-bidirectional", "causal", "hf-native", "minilm"):
+        assert warm.for_row(cells[name].row)["warmup_ratio"] == 0.1, name
+        assert "warmup_ratio" not in cold.for_row(cells[name].row), name
+        assert "--warmup-ratio 0.1" in P.cell_command(cells[name], warm, tmp_path, tmp_path), name
+        assert "--warmup-ratio" not in P.cell_command(cells[name], cold, tmp_path, tmp_path), name
+    assert "warmup_ratio" not in warm.for_row(cells["instruction-tuned"].row)
+    assert "warmup_ratio" not in warm.for_row(cells["zero-shot"].row)
+    cfg = P.fs_train_config(cells["causal"], warm, tmp_path / "run")
+    assert cfg.warmup_ratio == 0.1 and "--warmup-ratio 0.1" in P.fsllm_command(cfg)
+    assert P.fs_train_config(cells["fs-bidirectional"], cold, tmp_path / "run").warmup_ratio == 0.0
+    assert P.budget_from(P.build_parser().parse_args(["ner", "--warmup-ratio", "0.1"])).warmup_ratio == 0.1
+
+
+def test_hf_native_warmup_starts_the_learning_rate_low(tmp_path):
+    """The baselines' trainer takes fsllm's ``warmup_ratio``: the first step's rate is below the peak
+    with it and at the peak without it."""
+    model_dir = _tiny_llm_dir(tmp_path)
+    data = str(_ner_data(tmp_path))
+    rates: dict[str, list[float]] = {}
+
+    class Rates(transformers.TrainerCallback):
+        def __init__(self, key):
+            self.key = key
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kw):
+            rates.setdefault(self.key, []).append(optimizer.param_groups[0]["lr"])
+
+    kw = dict(model_name=str(model_dir), train_subset=8, dev_subset=4, epochs=1, batch_size=2, lr=1e-2,
+              evaluate_test=False)
+    B.run_hf_native(data, tmp_path / "warm", warmup_ratio=0.5, callbacks=[Rates("warm")], **kw)
+    B.run_hf_native(data, tmp_path / "cold", callbacks=[Rates("cold")], **kw)
+    assert len(rates["warm"]) == len(rates["cold"]) == 3  # the tiny data's 6 sentences at batch 2
+    assert rates["cold"][0] == pytest.approx(1e-2)
+    assert rates["warm"] == pytest.approx([0.0, 5e-3, 1e-2])  # 2 warm-up steps (ceil(0.5 * 3)), then the peak
+
+
 def test_hf_native_runs_bf16_autocast_and_calls_extra_callbacks(tmp_path):
     """bench_speed's train part meters the hf-native run with a callback and runs it at fsllm's precision."""
     model_dir = _tiny_llm_dir(tmp_path)
