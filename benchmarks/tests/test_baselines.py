@@ -652,3 +652,32 @@ def test_hf_native_runs_bf16_autocast_and_calls_extra_callbacks(tmp_path):
     assert seen["dtypes"] == {torch.float32}
     with pytest.raises(ValueError, match="fp32, bf16 or auto"):
         B.run_hf_native(data, tmp_path / "bad", precision="fp16", **kw)
+
+
+def test_paired_budgets_pairs_cells_by_seed_and_rate_and_names_the_changed_setting(tmp_path):
+    """A budget change is judged seed by seed against the base cells at the same rate; cells without
+    a counterpart, or at another rate, are left out rather than compared."""
+    import paired_budgets as PB
+
+    def cell(out, seed, dev, test, lr=2e-3, **settings):
+        rec = {"cell_id": P.cell_id("fs-bidirectional", 1000, seed), "method": "fs-bidirectional", "train_size": 1000,
+               "seed": seed, "primary_metric": "accuracy", "lr": lr, "dev_metric": dev, "test": {"accuracy": test},
+               "settings": {"epochs": 4.0, **settings}}
+        P.write_json(P.cell_path(out, "tweets-3", rec["cell_id"]), rec)
+
+    new, base = tmp_path / "warmup", tmp_path / "tuned"
+    for seed, (d0, t0, d1, t1) in enumerate([(0.70, 0.77, 0.72, 0.78), (0.55, 0.56, 0.75, 0.79)]):
+        cell(base, seed, d0, t0)
+        cell(new, seed, d1, t1, warmup_ratio=0.1)
+    cell(new, 2, 0.8, 0.8, warmup_ratio=0.1)  # no base cell: not paired
+    cell(base, 3, 0.5, 0.5, lr=1e-3)
+    cell(new, 3, 0.9, 0.9, warmup_ratio=0.1)  # another rate: not paired
+    pairs = PB.paired(new, base)
+    assert [p["seed"] for p in pairs] == [0, 1, 3]
+    assert pairs[0]["changed"] == {"warmup_ratio": (None, 0.1)}
+    text = PB.report(new, base)
+    row = next(line for line in text.splitlines() if line.startswith("| tweets-3"))
+    assert "| 0,1 |" in row and "warmup_ratio None→0.1" in row
+    assert "+11.00 ± 9.00" in row  # dev: +2 and +20 points
+    assert "+12.00 ± 11.00" in row  # test: +1 and +23 points
+    assert "s1: 56.0 → 79.0" in row
