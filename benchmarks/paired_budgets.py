@@ -22,11 +22,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paper_tables as P  # noqa: E402
 
+#: how a grid was planned, not how a cell trained (the rate it trained at is compared as ``lr``)
+PLAN_KEYS = ("lr", "encoder_lr", "lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed")
+
 
 def changed_settings(new: dict, old: dict) -> dict:
-    """The settings that differ between two cells, ``{key: (old, new)}``."""
-    keys = {*new, *old}
-    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if new.get(k) != old.get(k)}
+    """How two cells trained differently, ``{key: (old, new)}``: their settings and the rate each
+    trained at (a cell's ``lr``, chosen by its grid or given), leaving out how grids were planned."""
+    keys = {*new.get("settings", {}), *old.get("settings", {})} - set(PLAN_KEYS)
+    diff = {k: (old["settings"].get(k), new["settings"].get(k)) for k in sorted(keys)
+            if new["settings"].get(k) != old["settings"].get(k)}
+    if new.get("lr") != old.get("lr"):
+        diff["lr"] = (old.get("lr"), new.get("lr"))
+    return diff
 
 
 def paired(out: Path, base: Path) -> list[dict]:
@@ -45,9 +53,13 @@ def paired(out: Path, base: Path) -> list[dict]:
                 "metric": metric, "lr": r.get("lr"), "base_lr": b.get("lr"),
                 "dev": r.get("dev_metric"), "base_dev": b.get("dev_metric"),
                 "test": (r.get("test") or {}).get(metric), "base_test": (b.get("test") or {}).get(metric),
-                "changed": changed_settings(r.get("settings") or {}, b.get("settings") or {}),
+                "changed": changed_settings({"settings": {}, **r}, {"settings": {}, **b}),
             })
     return pairs
+
+
+def _g(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _pm(d: list[float]) -> str:
@@ -61,27 +73,28 @@ def report(out: Path, base: Path) -> str:
     lines = [f"# `{out.name}` against `{base.name}`, paired by seed", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python benchmarks/paired_budgets.py --out {out} "
              f"--base {base}`. Each line: one row at one size, the cells of `{out}` minus those of `{base}` with "
-             "the same seed (mean ± standard error; then per seed, as new − base). A cell pairs only with a base "
-             "cell at the same learning rate.", ""]
+             "the same seed (mean ± standard error; then per seed, base → new); `changed` is how the two trained "
+             "differently (their settings and, where it differs, the learning rate).", ""]
     groups: dict[tuple, list[dict]] = {}
     for p in pairs:
-        groups.setdefault((p["table"], p["method"], p["size"]), []).append(p)
+        groups.setdefault((p["table"], p["method"], p["size"], p["lr"], p["base_lr"]), []).append(p)
     if not groups:
         return "\n".join([*lines, "No cell of the one folder has a counterpart in the other yet.", ""])
-    lines += ["| table | row | n | seeds | changed | lr | dev new − base | test new − base | per seed (test: base → new) |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for (table, method, size), ps in sorted(groups.items()):
-        ps = [p for p in ps if p["lr"] == p["base_lr"]]
-        if not ps:
-            continue
+    lines += ["| table | row | n | seeds | changed | dev new − base | test new − base | per seed (test: base → new) |",
+              "|---|---|---|---|---|---|---|---|"]
+    def order(key: tuple) -> tuple:  # per row and size, the pairs at one rate first
+        table, method, size, lr, base_lr = key
+        return table, method, size, lr != base_lr, str(lr), str(base_lr)
+
+    for (table, method, size, _, _), ps in sorted(groups.items(), key=lambda kv: order(kv[0])):
         changed = {k: v for p in ps for k, v in p["changed"].items()}
-        what = ", ".join(f"{k} {o}→{n}" for k, (o, n) in changed.items()) or "nothing"
+        what = ", ".join(f"{k} {_g(o)}→{_g(n)}" for k, (o, n) in changed.items()) or "nothing"
         dev = [p["dev"] - p["base_dev"] for p in ps if p["dev"] is not None and p["base_dev"] is not None]
         test = [p["test"] - p["base_test"] for p in ps if p["test"] is not None and p["base_test"] is not None]
         per = ", ".join(f"s{p['seed']}: {p['base_test'] * 100:.1f} → {p['test'] * 100:.1f}" for p in ps
                         if p["test"] is not None and p["base_test"] is not None)
         lines.append(f"| {table} | {method} | {size} | {','.join(str(p['seed']) for p in ps)} | {what} | "
-                     f"{ps[0]['lr']:g} | {_pm(dev)} | {_pm(test)} | {per} |")
+                     f"{_pm(dev)} | {_pm(test)} | {per} |")
     return "\n".join([*lines, ""])
 
 

@@ -655,8 +655,8 @@ def test_hf_native_runs_bf16_autocast_and_calls_extra_callbacks(tmp_path):
 
 
 def test_paired_budgets_pairs_cells_by_seed_and_rate_and_names_the_changed_setting(tmp_path):
-    """A budget change is judged seed by seed against the base cells at the same rate; cells without
-    a counterpart, or at another rate, are left out rather than compared."""
+    """A budget change is judged seed by seed against the base cells; cells without a counterpart are
+    left out, and cells at another rate form a line of their own that names the rate change."""
     import paired_budgets as PB
 
     def cell(out, seed, dev, test, lr=2e-3, **settings):
@@ -671,13 +671,16 @@ def test_paired_budgets_pairs_cells_by_seed_and_rate_and_names_the_changed_setti
         cell(new, seed, d1, t1, warmup_ratio=0.1)
     cell(new, 2, 0.8, 0.8, warmup_ratio=0.1)  # no base cell: not paired
     cell(base, 3, 0.5, 0.5, lr=1e-3)
-    cell(new, 3, 0.9, 0.9, warmup_ratio=0.1)  # another rate: not paired
+    cell(new, 3, 0.9, 0.9, warmup_ratio=0.1, lr_grid=[1e-3])  # another rate: a line of its own
     pairs = PB.paired(new, base)
     assert [p["seed"] for p in pairs] == [0, 1, 3]
     assert pairs[0]["changed"] == {"warmup_ratio": (None, 0.1)}
+    assert pairs[2]["changed"] == {"warmup_ratio": (None, 0.1), "lr": (1e-3, 2e-3)}  # the grid's plan is not a change
     text = PB.report(new, base)
-    row = next(line for line in text.splitlines() if line.startswith("| tweets-3"))
-    assert "| 0,1 |" in row and "warmup_ratio None→0.1" in row
+    rows = [line for line in text.splitlines() if line.startswith("| tweets-3")]
+    assert len(rows) == 2 and "| 3 | warmup_ratio None→0.1, lr 0.001→0.002 |" in rows[1]
+    row = rows[0]
+    assert "| 0,1 |" in row and "| warmup_ratio None→0.1 |" in row
     assert "+11.00 ± 9.00" in row  # dev: +2 and +20 points
     assert "+12.00 ± 11.00" in row  # test: +1 and +23 points
     assert "s1: 56.0 → 79.0" in row
