@@ -11,7 +11,7 @@ import torch
 from conftest import NER_LABELS, build_word_tokenizer, tiny_backbone, word_llama
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
-from fsllm.evaluation import batched_logits, evaluate_examples, length_chunks
+from fsllm.evaluation import batched_logits, collapse_message, evaluate_examples, length_chunks
 from fsllm.tokenization import token_classification_features
 
 SENTENCES = [
@@ -117,3 +117,20 @@ def test_batched_logits_of_mixed_lengths_equal_each_input_alone():
     for f, got in zip(feats, together):
         (alone,) = batched_logits(model, [f], batch_size=1)
         assert got == pytest.approx(alone, abs=1e-5)
+
+
+def test_collapse_message_names_a_model_that_answers_the_same_everywhere():
+    """A dev score of 55.8 does not say the model answers 'positive' to everything; this does, and
+    only then: varied predictions, one-class gold, one example, regression and multi-label say nothing."""
+    seq = [{"text": "a", "label": "positive", "pred": "positive"}, {"text": "b", "label": "negative", "pred": "positive"}]
+    assert collapse_message(seq) == "every dev prediction is 'positive'"
+    assert collapse_message([seq[0], {**seq[1], "pred": "negative"}]) is None
+    assert collapse_message([seq[0], {**seq[0], "text": "c"}]) is None  # gold all one class: agreeing is right
+    assert collapse_message(seq[:1]) is None
+    assert collapse_message([{**r, "label": 0.5, "pred": 0.1} for r in seq]) is None
+    assert collapse_message([{**r, "label": [r["label"]], "pred": []} for r in seq]) is None
+    ner = [{"tokens": ["John", "ran"], "tags": ["B-PER", "O"], "pred": ["O", "O"]},
+           {"tokens": ["it", "rained"], "tags": ["O", "O"], "pred": ["O", "O"]}]
+    assert collapse_message(ner) == "no entity predicted on any dev sentence"
+    assert collapse_message([{**ner[0], "pred": ["B-PER", "O"]}, ner[1]]) is None
+    assert collapse_message([{**r, "tags": ["O", "O"]} for r in ner]) is None

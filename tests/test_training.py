@@ -242,3 +242,29 @@ def test_thresholds_are_chosen_on_dev_globally_and_per_label(monkeypatch):
     assert chosen["per_label"]["a"] <= 0.3 and 0.7 < chosen["per_label"]["b"] <= 0.85
     assert model.config.threshold_of("a") == chosen["per_label"]["a"]
     assert model.config.threshold_of("b") == chosen["per_label"]["b"]
+
+
+def test_a_collapsed_dev_evaluation_warns_with_the_step(tmp_path, monkeypatch, caplog):
+    """FSTrainer's dev evaluation tells the user when every dev prediction is the same class."""
+    import fsllm.training as T
+
+    answers = {"pred": "positive"}
+
+    def fake_eval(model, tok, examples, max_length, batch_size, progress=False):
+        return {"accuracy": 0.5}, [{"text": ex["text"], "label": ex["label"], "pred": answers["pred"]} for ex in examples]
+
+    monkeypatch.setattr(T, "evaluate_examples", fake_eval)
+    tok, backbone = word_llama()
+    model = FSForTokenClassification.from_backbone(backbone, id2label=dict(enumerate(LABELS)))
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True)
+    dev = [{"text": "good", "label": "positive"}, {"text": "bad", "label": "negative"}]
+    trainer = FSTrainer(model=model, args=args, fs_eval=(tok, dev, 16, 8))
+    with caplog.at_level("WARNING", logger="fsllm.training"):
+        assert trainer.evaluate()["eval_accuracy"] == 0.5
+    assert "step 0: every dev prediction is 'positive'; the model has collapsed" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(T, "evaluate_examples", lambda m, t, exs, *a, **k: (
+        {"accuracy": 1.0}, [{"text": ex["text"], "label": ex["label"], "pred": ex["label"]} for ex in exs]))
+    with caplog.at_level("WARNING", logger="fsllm.training"):
+        trainer.evaluate()
+    assert "collapsed" not in caplog.text

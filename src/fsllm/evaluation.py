@@ -291,6 +291,28 @@ def evaluate_examples(
     return metrics, records
 
 
+def collapse_message(records: Sequence[dict]) -> str | None:
+    """What to tell a user whose model answers the same on every dev example, or ``None``.
+
+    A learning rate at the top of its useful range sometimes sends a run to the majority class (or, for
+    NER, to no entity at all) in its first few dozen steps, and a dev score such as 55.8 does not say so;
+    checkpoint selection then keeps the least bad collapsed state. Single-label sequence and token
+    records only (:func:`evaluate_examples`); one example, or gold labels that are all one class, say nothing.
+    """
+    if len(records) < 2:
+        return None
+    if "tags" in records[0]:  # token records: no entity predicted while the gold has some
+        if any(t != "O" for r in records for t in r["pred"]) or not any(t != "O" for r in records for t in r["tags"]):
+            return None
+        return "no entity predicted on any dev sentence"
+    if not isinstance(records[0].get("label"), str) or not isinstance(records[0].get("pred"), str):
+        return None  # regression and multi-label records
+    preds = {r["pred"] for r in records}
+    if len(preds) > 1 or len({r["label"] for r in records}) < 2:
+        return None
+    return f"every dev prediction is {next(iter(preds))!r}"
+
+
 def _record(ex: dict, pred: dict) -> dict:
     """A per-example prediction record: the input (text, pair), the gold label, and what was predicted."""
     out = {"text": ex["text"]}

@@ -46,7 +46,7 @@ from . import atomic
 from .backbones import backbone_num_layers, load_tokenizer
 from .config import TrainConfig, resolve_precision
 from .errors import FSLLMError
-from .evaluation import evaluate_examples
+from .evaluation import collapse_message, evaluate_examples
 from .metrics import LOWER_IS_BETTER, multilabel_metrics
 from .model_card import model_card_text
 from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
@@ -216,7 +216,11 @@ class FSTrainer(Trainer):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         tokenizer, examples, max_length, batch_size = self.fs_eval
         start = time.time()
-        metrics, _ = evaluate_examples(self.model, tokenizer, examples, max_length, batch_size, progress="dev")
+        metrics, records = evaluate_examples(self.model, tokenizer, examples, max_length, batch_size, progress="dev")
+        if (collapsed := collapse_message(records)) is not None:
+            logger.warning("step %d: %s; the model has collapsed to one answer. If later evaluations say the same, "
+                           "train again with a lower learning rate (--lr; the default is 2e-4) or another --seed",
+                           self.state.global_step, collapsed)
         out = {f"{metric_key_prefix}_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         out[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
         self.log(out)
