@@ -82,6 +82,7 @@ def report(out: Path, base: Path) -> str:
         return "\n".join([*lines, "No cell of the one folder has a counterpart in the other yet.", ""])
     lines += ["| table | row | n | seeds | changed | dev new − base | test new − base | per seed (test: base → new) |",
               "|---|---|---|---|---|---|---|---|"]
+
     def order(key: tuple) -> tuple:  # per row and size, the pairs at one rate first
         table, method, size, lr, base_lr = key
         return table, method, size, lr != base_lr, str(lr), str(base_lr)
