@@ -963,14 +963,18 @@ def load_records(out: Path, table: str) -> list[dict]:
 
 def split_stale(recs: list[dict]) -> tuple[list[dict], list[dict]]:
     """Cells that ran before their row's grid was extended (their grid lacks rates another cell of the
-    row has) are stale until they run again: kept out of the means, listed apart."""
+    row has, from a grid at the same size) are stale until they run again: kept out of the means,
+    listed apart. Grids at different sizes are separate choices and never make each other stale."""
+    def key(r: dict) -> tuple[str, object]:
+        return r["method"], (r.get("grid") or {}).get("size")
+
     grids = [set((r.get("grid") or {}).get("dev") or {}) for r in recs]
-    rates: dict[str, set] = {}
+    rates: dict[tuple[str, object], set] = {}
     for r, mine in zip(recs, grids):
-        rates.setdefault(r["method"], set()).update(mine)
+        rates.setdefault(key(r), set()).update(mine)
     fresh, stale = [], []
     for r, mine in zip(recs, grids):
-        (stale if mine and mine < rates[r["method"]] else fresh).append(r)
+        (stale if mine and mine < rates[key(r)] else fresh).append(r)
     return fresh, stale
 
 

@@ -251,6 +251,11 @@ def test_cells_of_a_grid_since_extended_are_stale():
             {"method": "fs-bidirectional", "cell_id": "c", "grid": g3}, {"method": "minilm", "cell_id": "d"}]
     fresh, stale = P.split_stale(recs)
     assert [r["cell_id"] for r in stale] == ["b"] and [r["cell_id"] for r in fresh] == ["a", "c", "d"]
+    # a grid at another size, with other rates, is its own choice: neither side goes stale
+    g4000 = {"size": 4000, "seed": 0, "dev": {"0.0005": 0.8}, "chosen_lr": 5e-4}
+    recs.append({"method": "hf-native", "cell_id": "e", "grid": g4000})
+    fresh, stale = P.split_stale(recs)
+    assert [r["cell_id"] for r in stale] == ["b"] and [r["cell_id"] for r in fresh] == ["a", "c", "d", "e"]
 
 
 def test_grid_lines_show_each_rate_bold_the_chosen_and_flag_an_edge():
