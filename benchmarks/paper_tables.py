@@ -831,6 +831,11 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
         rec = run_cell(best, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
         rec["retrained_for_test"] = {"first_dev_metric": first["dev_metric"], "first_cell_seconds": first["cell_seconds"],
                                      "first_finished_at": first.get("finished_at")}
+        # The member's JSON is the evidence the choice was made on: the other seeds read it to find the
+        # rate, so a retrained run (another machine's kernels score differently) must not rewrite it.
+        first = {**first, "retrained": {"dev_metric": rec["dev_metric"], "finished_at": rec.get("finished_at"),
+                                        "machine": rec.get("machine")}}
+        write_json(cell_path(out, cell.table, best.id), first)
         done[best.id] = rec
         grid["dev_retrained"] = rec["dev_metric"]
     t0 = time.time()

@@ -521,6 +521,14 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
     assert scored == ["hf-native__n1000__s0__lr0.0005"] and again["test"] == {"f1": 0.42}
     assert again["retrained_for_test"]["first_dev_metric"] == 0.7 and again["dev_metric"] == 0.69
     assert again["grid"]["dev"]["0.0005"] == 0.7 and again["grid"]["dev_retrained"] == 0.69
+    # ... and the member's JSON keeps the score the choice was made on: another seed run afterwards
+    # still trains at 5e-4, though the retrained 0.69 is below 1e-3's 0.70
+    member = json.loads(P.cell_path(out, "ner", "hf-native__n1000__s0__lr0.0005").read_text())
+    assert member["dev_metric"] == 0.7 and member["retrained"]["dev_metric"] == 0.69
+    P.cell_path(out, "ner", "hf-native__n1000__s1").unlink()
+    calls.clear()
+    later = P.run_with_grid(cells["hf-native__n1000__s1"], budget, out, runs)
+    assert calls == [("hf-native__n1000__s1", 5e-4, True)] and later["grid"]["chosen_lr"] == 5e-4
 
 
 def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_path, monkeypatch):
