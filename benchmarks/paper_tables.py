@@ -16,7 +16,7 @@ rate (LoRA rows ``--lr``; encoders, trained in full, ``--encoder-lr``), the same
 and dev subsets (``fsllm.training.seeded_subset``), dev-subset selection, the full test split.
 
 Fair selection (``--lr-grid`` / ``--encoder-lr-grid`` with ``--grid-sizes``): at each grid size,
-the first seed of a row trains once per learning rate of the grid with its test evaluation
+the grid seed (``--grid-seed``, 0) of a row trains once per learning rate of the grid with its test evaluation
 deferred (``<out>/<table>/grid/<cell>__lr<x>.json``, dev only); the rate with the best dev score
 is chosen, the chosen run alone is scored on test and becomes the cell, and the other seeds and
 the larger sizes train at the chosen rate (of the largest grid size not above theirs). Every cell
@@ -211,7 +211,7 @@ class Budget:
     lr_grid: tuple[float, ...] = ()  # learning rates tried on dev for the LoRA rows (empty: --lr)
     encoder_lr_grid: tuple[float, ...] = ()  # the same for the encoders (empty: --encoder-lr)
     grid_sizes: tuple[int, ...] = ()  # training sizes at which the grids run
-    grid_seed: int = 0  # the seed the grids run with (the first of --seeds)
+    grid_seed: int = 0  # the seed the grids run with; fixed, so a later --seeds 1,2 reuses seed 0's grid
     precision: str = "fp32"  # autocast of every trained row: "fp32" or "bf16" (a row's own ``train`` wins)
     warmup_ratio: float = 0.0  # share of the steps warming the rate up, for FS, hf-native and encoders
 
@@ -1351,7 +1351,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lr-grid", type=_floats, default=(), help="learning rates the LoRA rows try on dev, e.g. 2e-4,5e-4,1e-3")
     b.add_argument("--encoder-lr-grid", type=_floats, default=(), help="learning rates the encoders try on dev")
     b.add_argument("--grid-sizes", type=_ints, default=[], help="training sizes at which the grids run")
-    b.add_argument("--grid-seed", type=int, default=None, help="the seed the grids run with [the first of --seeds]")
+    b.add_argument("--grid-seed", type=int, default=0,
+                   help="the seed the grids run with; cells of other seeds reuse its choice, so more seeds can be "
+                        "added later without a new grid [0]")
     b.add_argument("--warmup-ratio", type=float, default=0.0,
                    help="share of the steps warming the learning rate up (FS, causal, hf-native, encoders) [0]")
     b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -1370,7 +1372,7 @@ def budget_from(a: argparse.Namespace) -> Budget:
                   it_evals_per_epoch=a.it_evals_per_epoch, gen_tokens=a.gen_tokens, max_steps=a.max_steps,
                   test_subset=a.test_subset, patience=a.patience, lr_grid=tuple(a.lr_grid),
                   encoder_lr_grid=tuple(a.encoder_lr_grid), grid_sizes=tuple(a.grid_sizes),
-                  grid_seed=a.seeds[0] if a.grid_seed is None else a.grid_seed, precision=a.precision,
+                  grid_seed=a.grid_seed, precision=a.precision,
                   warmup_ratio=a.warmup_ratio)
 
 

@@ -472,6 +472,8 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
         "hf-native__n1000__s0", "hf-native__n1000__s1", "hf-native__n4000__s0"}
     cmd = P.cell_command(cells["hf-native__n1000__s1"], budget, out, runs)
     assert "--lr-grid 0.0002,0.0005,0.001" in cmd and "--grid-seed 0" in cmd and "--patience 2" in cmd
+    # seeds added later reuse seed 0's grid: the grid seed does not follow the first of --seeds
+    assert P.budget_from(P.build_parser().parse_args(["ner", "--seeds", "1,2"])).grid_seed == 0
     # a grid whose members ran under another budget (here fp32, asked for bf16) is refused, not mixed
     with pytest.raises(SystemExit, match="other settings.*precision"):
         P.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, precision="bf16"), out, runs)
