@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import paper_tables as P  # noqa: E402
 
 #: how a grid was planned, not how a cell trained (the rate it trained at is compared as ``lr``)
-PLAN_KEYS = ("lr", "encoder_lr", "lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed")
+PLAN_KEYS = ("lr", "encoder_lr", "lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed", "grid_seeds")
 
 
 def changed_settings(new: dict, old: dict) -> dict:

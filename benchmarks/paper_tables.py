@@ -20,7 +20,10 @@ the grid seed (``--grid-seed``, 0) of a row trains once per learning rate of the
 deferred (``<out>/<table>/grid/<cell>__lr<x>.json``, dev only); the rate with the best dev score
 is chosen, the chosen run alone is scored on test and becomes the cell, and the other seeds and
 the larger sizes train at the chosen rate (of the largest grid size not above theirs). Every cell
-records the grid's dev scores and the chosen rate. ``--patience N`` stops a run after N dev
+records the grid's dev scores and the chosen rate. Where one seed's dev noise could flip a close
+grid, ``--grid-seeds 0,1,2`` trains every rate with each of those seeds and chooses on the mean dev
+score; each grid seed's cell is then its own chosen member (use its own ``--out``: the choice can
+differ from a one-seed grid's). ``--patience N`` stops a run after N dev
 evaluations without a new best (the same rule for every row), so ``--epochs`` is a ceiling.
 
     python benchmarks/paper_tables.py ner --out benchmarks/results/tuned --runs runs/tuned \
@@ -212,12 +215,18 @@ class Budget:
     encoder_lr_grid: tuple[float, ...] = ()  # the same for the encoders (empty: --encoder-lr)
     grid_sizes: tuple[int, ...] = ()  # training sizes at which the grids run
     grid_seed: int = 0  # the seed the grids run with; fixed, so a later --seeds 1,2 reuses seed 0's grid
+    grid_seeds: tuple[int, ...] = ()  # several grid seeds, chosen on their mean dev score (overrides grid_seed)
     precision: str = "fp32"  # autocast of every trained row: "fp32" or "bf16" (a row's own ``train`` wins)
     warmup_ratio: float = 0.0  # share of the steps warming the rate up, for FS, hf-native and encoders
 
     #: left out of a cell's settings while unset, so cells written before they existed still compare equal
     _OPTIONAL: ClassVar[dict] = {"patience": None, "lr_grid": (), "encoder_lr_grid": (), "grid_sizes": (),
-                                 "precision": "fp32", "warmup_ratio": 0.0}
+                                 "grid_seeds": (), "precision": "fp32", "warmup_ratio": 0.0}
+
+    @property
+    def seeds_of_grid(self) -> tuple[int, ...]:
+        """The seeds every rate of a grid trains with: ``grid_seeds`` if given, else ``grid_seed`` alone."""
+        return tuple(self.grid_seeds) or (self.grid_seed,)
 
     def grid_for(self, row: Row) -> tuple[float, ...]:
         """The learning rates a row's grid tries (empty: no grid for this row)."""
@@ -251,8 +260,10 @@ class Budget:
                           "patience", "lr_grid", "grid_sizes", "precision", "warmup_ratio"):
                     d.pop(k, None)
         if not self.grid_for(row):
-            d.pop("grid_sizes", None), d.pop("grid_seed", None)
-        for k in ("lr_grid", "encoder_lr_grid", "grid_sizes"):
+            d.pop("grid_sizes", None), d.pop("grid_seed", None), d.pop("grid_seeds", None)
+        elif self.grid_seeds:
+            d.pop("grid_seed")
+        for k in ("lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seeds"):
             if k in d:
                 d[k] = list(d[k])
         if row.kind == "fs":
@@ -523,7 +534,7 @@ def cell_command(cell: Cell, budget: Budget, out: Path, runs: Path, extra: Seque
         if values:
             parts += [flag, ",".join(f"{v:g}" for v in values)]
     if b.grid_sizes:
-        parts += ["--grid-seed", str(b.grid_seed)]
+        parts += ["--grid-seeds", ",".join(map(str, b.grid_seeds))] if b.grid_seeds else ["--grid-seed", str(b.grid_seed)]
     if b.precision != "fp32" and "precision" in b.for_row(cell.row):
         parts += ["--precision", b.precision]
     if b.warmup_ratio and "warmup_ratio" in b.for_row(cell.row):
@@ -773,11 +784,13 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
 def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
                   command: str = "") -> dict:
     """Run a cell whose row has a learning-rate grid: the grid first (dev only, resumable member by
-    member), then the cell at the chosen rate. The first-seed cell at a grid size is the chosen member
+    member), then the cell at the chosen rate. A grid-seed cell at a grid size is its chosen member
     itself, scored on test once; other cells train at the chosen rate."""
     g = budget.grid_size_for(cell.row, cell.size)
     assert g is not None
-    members = [cell.grid_member(g, budget.grid_seed, lr) for lr in budget.grid_for(cell.row)]
+    seeds = budget.seeds_of_grid
+    rates = budget.grid_for(cell.row)
+    members = [cell.grid_member(g, s, lr) for s in seeds for lr in rates]
     for k, m in enumerate(members, 1):
         if not is_done(out, m):
             logger.info("  grid %d/%d: %s/%s", k, len(members), cell.table, m.id)
@@ -785,7 +798,7 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
     done = {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members}
     # a grid compares members trained alike; one from another budget would bias the choice (the grid's
     # own plan, which rates and sizes it covers, does not change how a member trained)
-    plan_keys = ("lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed")
+    plan_keys = ("lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed", "grid_seeds")
 
     def training(settings: dict | None) -> dict:
         return {k: v for k, v in (settings or {}).items() if k not in plan_keys}
@@ -797,15 +810,20 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
             diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
             raise SystemExit(f"{cell_path(out, cell.table, m.id)}: this grid member ran with other settings "
                              f"(differing: {', '.join(diff)}); remove it or write to another --out")
-    scores = {f"{m.lr:g}": done[m.id]["dev_metric"] for m in members}
+    per_seed = {f"{lr:g}": {str(s): done[cell.grid_member(g, s, lr).id]["dev_metric"] for s in seeds} for lr in rates}
+    # several grid seeds: a rate is scored by its mean dev (one seed's noise can flip a close grid)
+    scores = {lr: (None if any(v is None for v in by.values()) else statistics.fmean(by.values()))
+              for lr, by in per_seed.items()}
     # the first rate of the grid wins a tie: the grid is written from the smallest rate up
-    best = max(members, key=lambda m: (scores[f"{m.lr:g}"] if scores[f"{m.lr:g}"] is not None else -math.inf,
-                                       -members.index(m)))
-    grid = {"size": g, "seed": budget.grid_seed, "dev": scores, "chosen_lr": best.lr}
-    logger.info("%s/%s: grid dev %s -> lr %g", cell.table, cell.id, scores, best.lr)
+    chosen = max(rates, key=lambda lr: (scores[f"{lr:g}"] if scores[f"{lr:g}"] is not None else -math.inf,
+                                        -rates.index(lr)))
+    grid = {"size": g, "seed": seeds[0], "dev": scores, "chosen_lr": chosen}
+    if len(seeds) > 1:
+        grid.update(seeds=list(seeds), dev_per_seed=per_seed)
+    logger.info("%s/%s: grid dev %s -> lr %g", cell.table, cell.id, scores, chosen)
     earlier = json.loads(cell_path(out, cell.table, cell.id).read_text()) if is_done(out, cell) else None
     if earlier is not None:  # the grid was extended after this cell ran
-        if earlier.get("lr") == best.lr:  # the choice stands: the cell is what it would be, its record updated
+        if earlier.get("lr") == chosen:  # the choice stands: the cell is what it would be, its record updated
             earlier.update(grid=grid, settings=budget.for_row(cell.row), cell_command=cell_command(cell, budget, out, runs),
                            grid_extended_at=time.strftime("%Y-%m-%d %H:%M:%S"))
             write_json(cell_path(out, cell.table, cell.id), earlier)
@@ -814,13 +832,14 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
         # a new choice: the cell runs again and says what it replaces (its test score was seen)
         replaced = {"lr": earlier.get("lr"), "dev_metric": earlier.get("dev_metric"), "test": earlier.get("test"),
                     "grid_dev": (earlier.get("grid") or {}).get("dev")}
-    if (cell.size, cell.seed) != (g, budget.grid_seed):
-        rec = run_cell(cell, budget, out, runs, mpnet_dir=mpnet_dir, command=command, lr=best.lr, grid=grid)
+    if cell.size != g or cell.seed not in seeds:
+        rec = run_cell(cell, budget, out, runs, mpnet_dir=mpnet_dir, command=command, lr=chosen, grid=grid)
         if earlier is not None:
             rec["replaces"] = replaced
             write_json(cell_path(out, cell.table, cell.id), rec)
         return rec
-    # the chosen member is this cell: score its saved model on test, once
+    # the chosen member of this cell's seed is the cell: score its saved model on test, once
+    best = cell.grid_member(g, cell.seed, chosen)
     rec = dict(done[best.id])
     run_dir = run_dir_of(runs, cell.table, best.id)
     if not (run_dir / "model").is_dir() or not (run_dir / "metrics.json").is_file():
@@ -851,7 +870,9 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
                test_seconds=round(time.time() - t0, 1), cell_command=cell_command(cell, budget, out, runs),
                chosen_member=str(cell_path(out, cell.table, best.id).relative_to(out)),
                finished_at=time.strftime("%Y-%m-%d %H:%M:%S"), **({"replaces": replaced} if earlier is not None else {}))
-    rec["cell_seconds"] = round(sum(r["cell_seconds"] for r in done.values()) + rec["test_seconds"], 1)
+    # the members of its own seed are charged to the cell (each grid seed's cell pays for its own runs)
+    rec["cell_seconds"] = round(sum(done[cell.grid_member(g, cell.seed, lr).id]["cell_seconds"] for lr in rates)
+                                + rec["test_seconds"], 1)
     write_json(cell_path(out, cell.table, cell.id), rec)
     return rec
 
@@ -939,7 +960,7 @@ def grid_lines(recs: list[dict]) -> list[str]:
     for r in recs:
         g = r.get("grid")
         if g and g.get("dev"):
-            grids[(r["method"], g["size"], g["seed"])] = g
+            grids[(r["method"], g["size"], tuple(g.get("seeds") or [g["seed"]]))] = g
     if not grids:
         return []
     lines = ["**Learning-rate grids** (dev score per rate at the grid's size and seed; the chosen rate, in bold, "
@@ -949,7 +970,8 @@ def grid_lines(recs: list[dict]) -> list[str]:
                  for lr, v in sorted(g["dev"].items(), key=lambda kv: float(kv[0]))]
         edge = sorted(float(x) for x in g["dev"])
         warn = " (the chosen rate is the grid's edge)" if g["chosen_lr"] in (edge[0], edge[-1]) else ""
-        lines.append(f"- {row}, n={size}, seed {seed}: " + ", ".join(cells) + warn)
+        which = f"seed {seed[0]}" if len(seed) == 1 else f"seeds {','.join(map(str, seed))} (mean)"
+        lines.append(f"- {row}, n={size}, {which}: " + ", ".join(cells) + warn)
     return [*lines, ""]
 
 
@@ -1354,6 +1376,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--grid-seed", type=int, default=0,
                    help="the seed the grids run with; cells of other seeds reuse its choice, so more seeds can be "
                         "added later without a new grid [0]")
+    b.add_argument("--grid-seeds", type=_ints, default=None,
+                   help="several grid seeds instead, e.g. 0,1,2: every rate trains with each, the best mean dev "
+                        "wins, and each grid seed's cell is its own chosen member (costs one grid per seed)")
     b.add_argument("--warmup-ratio", type=float, default=0.0,
                    help="share of the steps warming the learning rate up (FS, causal, hf-native, encoders) [0]")
     b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -1372,7 +1397,8 @@ def budget_from(a: argparse.Namespace) -> Budget:
                   it_evals_per_epoch=a.it_evals_per_epoch, gen_tokens=a.gen_tokens, max_steps=a.max_steps,
                   test_subset=a.test_subset, patience=a.patience, lr_grid=tuple(a.lr_grid),
                   encoder_lr_grid=tuple(a.encoder_lr_grid), grid_sizes=tuple(a.grid_sizes),
-                  grid_seed=a.grid_seed, precision=a.precision,
+                  grid_seed=a.grid_seeds[0] if a.grid_seeds else a.grid_seed, grid_seeds=tuple(a.grid_seeds or ()),
+                  precision=a.precision,
                   warmup_ratio=a.warmup_ratio)
 
 
@@ -1395,7 +1421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def est(c: Cell) -> float:
         one = cost.seconds(c, budget, n_dev, n_test, n_labels)
         g = budget.grid_size_for(c.row, c.size)
-        if g is not None and (c.size, c.seed) == (g, budget.grid_seed):  # the grid's runs are charged to this cell
+        if g is not None and c.size == g and c.seed in budget.seeds_of_grid:  # its grid runs are charged to it
             return one * len(budget.grid_for(c.row))
         return one
 

@@ -533,6 +533,54 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
     assert calls == [("hf-native__n1000__s1", 5e-4, True)] and later["grid"]["chosen_lr"] == 5e-4
 
 
+def test_a_grid_over_several_seeds_chooses_on_the_mean_and_each_grid_seed_is_its_own_member(tmp_path, monkeypatch):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    budget = P.Budget(lr_grid=(2e-4, 5e-4), grid_sizes=(1000,), grid_seeds=(0, 1), patience=2)
+    # seed 0 alone would choose 2e-4; the mean over seeds 0 and 1 chooses 5e-4 (0.675 against 0.60)
+    dev = {(0, 2e-4): 0.70, (0, 5e-4): 0.60, (1, 2e-4): 0.50, (1, 5e-4): 0.75}
+    calls, scored = [], []
+
+    def fake_run_cell(cell, budget, out, runs, *, mpnet_dir=None, command="", lr=None, grid=None):
+        rate = cell.lr if cell.lr is not None else lr
+        calls.append((cell.id, rate))
+        rec = {"cell_id": cell.id, "method": cell.row.name, "train_size": cell.size, "seed": cell.seed, "lr": rate,
+               "dev_metric": dev[(cell.seed, rate)] if cell.lr is not None else 0.5, "cell_seconds": 10.0 + cell.seed,
+               "settings": budget.for_row(cell.row), "test": None if cell.lr is not None else {"f1": 0.4},
+               "grid": grid}
+        P.write_json(P.cell_path(out, cell.table, cell.id), rec)
+        (P.run_dir_of(runs, cell.table, cell.id) / "model").mkdir(parents=True, exist_ok=True)
+        P.write_json(P.run_dir_of(runs, cell.table, cell.id) / "metrics.json", {})
+        return rec
+
+    def fake_score(kind, data, run_dir, **kw):
+        scored.append(Path(run_dir).name)
+        return {"test": {"f1": 0.42}, "sizes": {"test": 3453}}
+
+    monkeypatch.setattr(P, "run_cell", fake_run_cell)
+    monkeypatch.setattr(B, "score_saved_test", fake_score)
+    cells = {c.id: c for c in P.plan("ner", [1000], [0, 1, 2], only=["hf-native"], n_train=14041)}
+    s0 = P.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
+    assert sorted(c[0] for c in calls) == sorted(f"hf-native__n1000__s{s}__lr{lr:g}" for s in (0, 1) for lr in (2e-4, 5e-4))
+    assert s0["lr"] == 5e-4 and s0["grid"]["chosen_lr"] == 5e-4 and s0["grid"]["seeds"] == [0, 1]
+    assert s0["grid"]["dev"] == {"0.0002": pytest.approx(0.60), "0.0005": pytest.approx(0.675)}
+    assert s0["grid"]["dev_per_seed"]["0.0002"] == {"0": 0.70, "1": 0.50}
+    assert s0["chosen_member"] == "ner/grid/hf-native__n1000__s0__lr0.0005.json"
+    assert s0["cell_seconds"] == pytest.approx(2 * 10.0 + s0["test_seconds"])  # its own seed's two members
+    calls.clear()
+    s1 = P.run_with_grid(cells["hf-native__n1000__s1"], budget, out, runs)
+    s2 = P.run_with_grid(cells["hf-native__n1000__s2"], budget, out, runs)
+    assert calls == [("hf-native__n1000__s2", 5e-4)]  # seed 1 is its own member; seed 2 trains at the choice
+    assert scored == ["hf-native__n1000__s0__lr0.0005", "hf-native__n1000__s1__lr0.0005"]
+    assert s1["lr"] == s2["lr"] == 5e-4 and s1["dev_metric"] == 0.75 and s1["test"] == {"f1": 0.42}
+    cmd = P.cell_command(cells["hf-native__n1000__s2"], budget, out, runs)
+    assert "--grid-seeds 0,1" in cmd and "--grid-seed " not in cmd
+    assert P.grid_lines([s0])[2].startswith("- hf-native, n=1000, seeds 0,1 (mean): 0.0002: 60.00, **0.0005: 67.50**")
+    a = P.budget_from(P.build_parser().parse_args(["ner", "--grid-seeds", "0,1", "--grid-sizes", "1000"]))
+    assert a.grid_seeds == (0, 1) and a.seeds_of_grid == (0, 1)
+    # a single-seed grid reads as before: no per-seed record, the grid seed alone
+    assert P.Budget(lr_grid=(2e-4,), grid_sizes=(1000,)).seeds_of_grid == (0,)
+
+
 def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
