@@ -83,23 +83,25 @@ def default_texts(n: int = 64, seed: int = 0) -> list[str]:
 # ------------------------------------------------------------------------------------------- baseline
 
 
-def build_baseline(folder: str) -> tuple[str, Callable[[str], Any]]:
+def build_baseline(folder: str, device: str = "auto") -> tuple[str, Callable[[str], Any]]:
     """The baseline's model call: ``(task, fn)`` where ``fn(text)`` runs ``pipeline(task, model=folder)`` once.
 
     The pipeline loads the FS model from the same folder as ``fsllm serve`` (fsllm registers it with the
     Auto classes). NER uses ``aggregation_strategy="first"``: a word takes its first sub-token's label,
-    as fsllm labels words.
+    as fsllm labels words. ``device`` is resolved as fsllm serve resolves it (``auto``: the GPU when there
+    is one, which is also the pipeline's own default).
     """
     from transformers import AutoConfig, pipeline
 
     import fsllm  # noqa: F401  registers the FS models with the Auto classes
+    from fsllm.config import resolve_device
 
     kind = {"sequence": ("text-classification", {"top_k": None}),
             "token": ("token-classification", {"aggregation_strategy": "first"})}
     model_dir = Path(folder) / "model" if (Path(folder) / "model").is_dir() else Path(folder)  # a run folder
     task = AutoConfig.from_pretrained(model_dir).task
     name, kw = kind[task]
-    return task, pipeline(name, model=str(model_dir), **kw)
+    return task, pipeline(name, model=str(model_dir), device=resolve_device(device), **kw)
 
 
 def _plain(x: Any) -> Any:
@@ -115,13 +117,13 @@ class BaselineRequest(BaseModel):
     inputs: str
 
 
-def baseline_app(folder: str):
+def baseline_app(folder: str, device: str = "auto"):
     """POST /predict ``{"inputs": text}`` -> the pipeline's answer for that text (one call per request)."""
     import threading
 
     from fastapi import FastAPI
     from fastapi.concurrency import run_in_threadpool
-    task, pipe = build_baseline(folder)
+    task, pipe = build_baseline(folder, device)
     lock = threading.Lock()  # pipelines are not thread-safe; one call at a time, as a plain server does
 
     app = FastAPI()
@@ -140,7 +142,7 @@ def baseline_app(folder: str):
     def health() -> dict:
         import torch
 
-        return {"status": "ok", "task": task, "torch_threads": torch.get_num_threads()}
+        return {"status": "ok", "task": task, "torch_threads": torch.get_num_threads(), "device": str(pipe.device)}
 
     return app
 
@@ -301,6 +303,7 @@ def markdown(res: dict) -> str:
         f"--max-wait-ms {res['fsllm_serve']['max_wait_ms']}`; baseline: {res['baseline']}.", "",
         "Torch threads per server: " + ", ".join(f"{k} {v}" for k, v in res.get("torch_threads", {}).items())
         + " (`fsllm` is fsllm serve's default; `fsllm-tN` runs `--threads N`).", "",
+        "Devices: " + ", ".join(f"{k} {v}" for k, v in res.get("devices", {}).items()) + ".", "",
         f"fsllm's answers identical to the baseline's (each text alone, tol {res['tol']}): "
         f"**{res['identical_outputs']}** ({res['identical_count']}/{res['distinct_texts']} texts)"
         + (" (NER: the pipeline aggregates sub-tokens, fsllm words; see the module docstring)."
@@ -319,7 +322,8 @@ def markdown(res: dict) -> str:
         if speed:
             lines += ["", f"{server} / baseline requests/s: " + ", ".join(f"c={c}: {v}x" for c, v in speed.items())]
     m = res["machine"]
-    lines += ["", f"Machine: {m['cpus']} CPUs, load average at start {m['load_average_at_start']}; torch {m['torch']}, "
+    gpu = f", GPU {m['gpu']} ({m['gpu_memory_gib']} GiB, CUDA {m['cuda']})" if m.get("gpu") else ""
+    lines += ["", f"Machine: {m['cpus']} CPUs{gpu}, load average at start {m['load_average_at_start']}; torch {m['torch']}, "
               f"transformers {m['transformers']}, python {m['python']}.", ""]
     return "\n".join(lines)
 
@@ -338,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fsllm-threads", default="default",
                    help="fsllm servers to run, comma-separated: 'default' (fsllm serve's own thread count) or N "
                         "(--threads N), e.g. 'default,2' (default: default)")
+    p.add_argument("--device", default="auto",
+                   help="both servers' device: auto (the GPU when torch sees one), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--tol", type=float, default=1e-4, help="score tolerance for 'correct' (default 1e-4)")
     p.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     p.add_argument("--name", default=None, help="results file stem (default: the model folder's name)")
@@ -349,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.baseline_server:
         import uvicorn
 
-        uvicorn.run(baseline_app(a.model), host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
+        uvicorn.run(baseline_app(a.model, a.device), host="127.0.0.1", port=a.port, log_level="warning", access_log=False)
         return 0
 
     levels = [int(x) for x in a.levels.split(",")]
@@ -366,14 +372,14 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     servers = {
         "baseline": ([py, str(Path(__file__).resolve()), "--model", a.model, "--baseline-server", "--port",
-                      str(base_port)], base_port),
+                      str(base_port), "--device", a.device], base_port),
     }
     for variant in [v.strip() for v in a.fsllm_threads.split(",") if v.strip()]:
         extra = [] if variant == "default" else ["--threads", str(int(variant))]
         servers["fsllm" if variant == "default" else f"fsllm-t{int(variant)}"] = (
             [py, "-m", "fsllm.cli", "serve", a.model, "--port", str(fs_port), "--log-level", "warning",
              "--max-batch-size", str(a.max_batch_size), "--max-wait-ms", str(a.max_wait_ms),
-             "--max-queue", str(max(256, 2 * max(levels))), *extra], fs_port)
+             "--max-queue", str(max(256, 2 * max(levels))), "--device", a.device, *extra], fs_port)
     fsllm_servers = [k for k in servers if k != "baseline"]
     res: dict[str, Any] = {
         "name": name, "model": a.model, "requests_per_level": a.requests, "distinct_texts": len(texts), "tol": a.tol,
@@ -396,9 +402,11 @@ def main(argv: list[str] | None = None) -> int:
                 health = httpx.get(url + "/health", timeout=5).json()
                 res["task"] = health["task"]
                 res.setdefault("torch_threads", {})[server] = health.get("torch_threads")
+                res.setdefault("devices", {})[server] = health.get("device")
             else:
-                res.setdefault("torch_threads", {})[server] = httpx.get(url + "/info", timeout=5).json().get(
-                    "torch_threads")
+                info = httpx.get(url + "/info", timeout=5).json()
+                res.setdefault("torch_threads", {})[server] = info.get("torch_threads")
+                res.setdefault("devices", {})[server] = info.get("device")
             # the reference: every distinct text once, one request at a time
             recs = asyncio.run(_load(url, texts, len(texts), 1, a.timeout))
             failed = [r for r in recs if r["status"] != 200]

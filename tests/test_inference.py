@@ -113,3 +113,31 @@ def test_bf16_predictor_casts_the_weights_and_keeps_the_labels(tiny_seq_model_di
     assert Predictor.from_pretrained(tiny_seq_model_dir, precision="auto").precision == "bf16"
     with pytest.raises(FSLLMError, match="precision must be"):
         Predictor.from_pretrained(tiny_seq_model_dir, precision="fp8")
+
+
+def test_device_auto_picks_the_gpu_when_torch_sees_one_and_a_missing_gpu_is_a_clear_error(tiny_seq_model_dir,
+                                                                                           monkeypatch):
+    from fsllm.config import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what a GPU machine answers
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device(None) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    for bad, why in (("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("gpu0", "use auto, cpu, cuda"),
+                     ("meta", "cpu or cuda")):
+        with pytest.raises(FSLLMError, match=why):
+            resolve_device(bad)
+    with pytest.raises(FSLLMError, match="no CUDA GPU"):  # before the model is touched
+        Predictor.from_pretrained(tiny_seq_model_dir, device="cuda")
+    pred = Predictor.from_pretrained(tiny_seq_model_dir, device="auto")
+    assert pred.device == torch.device("cpu") and next(pred.model.parameters()).device == torch.device("cpu")
+    # the predictor moves the model to the device it resolved: where the forward runs, not only a label
+    import fsllm.inference as inference
+
+    marked = torch.device("cpu", 0)  # a device that nothing else in loading would name
+    monkeypatch.setattr(inference, "resolve_device", lambda device: marked)
+    moved = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a) or real_to(self, *a, **k))
+    pred = Predictor.from_pretrained(tiny_seq_model_dir, device="cuda")
+    assert pred.device == marked and (marked,) in moved

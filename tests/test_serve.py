@@ -471,13 +471,14 @@ def test_sigterm_lets_the_in_flight_request_finish_and_exits_0(slow_seq_dir):
 def test_workers_run_processes_that_load_the_model_and_stop_on_sigterm(seq_dir):
     """``--workers 2``: each process loads the model named in the environment and serves the same answers
     (and runs the ``--threads`` it was given, over the test's ``OMP_NUM_THREADS=1``)."""
-    proc, url = _start_cli(seq_dir, "--workers", "2", "--max-batch-size", "4", "--threads", "2")
+    proc, url = _start_cli(seq_dir, "--workers", "2", "--max-batch-size", "4", "--threads", "2", "--device", "cpu")
     try:
         predictor = Predictor.from_pretrained(seq_dir)
         texts = sentences(6, seed=11)
         with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
             info = c.get("/info").json()
             assert info["model_id"] == str(seq_dir) and info["max_batch_size"] == 4 and info["torch_threads"] == 2
+            assert info["device"] == "cpu"  # --device reaches each worker process
             for _ in range(3):  # new connections: the requests may land on either process
                 got = httpx.post(url + "/predict", json={"inputs": texts}, timeout=TIMEOUT).json()
                 for t, answer in zip(texts, got, strict=True):
@@ -487,6 +488,19 @@ def test_workers_run_processes_that_load_the_model_and_stop_on_sigterm(seq_dir):
         assert proc.wait(60) == 0, proc.stdout.read().decode()[-2000:]
     finally:
         _stop(proc)
+
+
+def test_a_gpu_that_is_not_there_fails_at_start_with_the_reason(seq_dir, monkeypatch):
+    """``--device cuda`` where torch sees no GPU stops before uvicorn starts (once, not in every worker)."""
+    import uvicorn
+
+    from fsllm.serve import serve
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started"))
+    for workers in (1, 2):
+        with pytest.raises(FSLLMError, match="no CUDA GPU"):
+            serve(str(seq_dir), device="cuda", workers=workers)
 
 
 def test_forward_threads_leave_a_core_to_the_http_side(monkeypatch):

@@ -29,6 +29,9 @@ MAIN_JOB_RECIPE = "main_job.json"
 FS_DEST = "fs."
 
 #: the --precision of the commands that read a trained model (eval, predict, serve)
+#: the --device of the same commands
+INFERENCE_DEVICE_HELP = ("auto (default: the first CUDA GPU when torch sees one, else the CPU, as transformers.pipeline "
+                         "picks), cpu, cuda or cuda:N")
 INFERENCE_PRECISION_HELP = (
     "fp32 (default: the answers the model was evaluated with), bf16 (weights in bfloat16: faster on a CPU with "
     "AVX512-BF16 or AMX and on GPUs; answers can differ where two labels are close) or auto (bf16 where the "
@@ -178,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--output", "-o", default=None, help="write predictions JSONL here")
     e.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
+    e.add_argument("--device", default="auto", help=INFERENCE_DEVICE_HELP)
 
     pr = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin); JSON lines out")
     pr.add_argument("model", help="run folder or saved model folder")
@@ -189,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
                          'segmenter for Chinese or Thai); out: the object plus "tags" and "entities"')
     pr.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
+    pr.add_argument("--device", default="auto", help=INFERENCE_DEVICE_HELP)
 
     sv = sub.add_parser("serve", help="HTTP server: TEI-compatible POST /predict (NER: entities), dynamic batching",
                         description="Serve a trained model over HTTP (FastAPI + uvicorn). POST /predict takes TEI's "
@@ -208,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "tokenising, shared by the workers; OMP_NUM_THREADS, when set, is kept)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
+    sv.add_argument("--device", default="auto", help=INFERENCE_DEVICE_HELP)
 
     sub.add_parser("datasets", help="list the built-in data sets")
     sub.add_parser("models", help="list the built-in backbones")
@@ -315,7 +321,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .inference import Predictor
     from .prepare import eval_examples
 
-    pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True, precision=a.precision)
+    pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True, precision=a.precision,
+                                   device=a.device)
     config = pred.model.config
     pair_column = a.text_pair_column or ("text_pair" if getattr(config, "text_pair", False) else None)
     exs = eval_examples(a.data, a.split, a.subset, task=pred.task, text_column=a.text_column,
@@ -339,7 +346,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         objs = _pre_split_inputs(a)
         if not objs:
             raise FSLLMError("no input (give JSON objects as arguments, with --file, or on stdin)")
-        pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, precision=a.precision)
+        pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, precision=a.precision, device=a.device)
         if pred.task != "token":
             raise FSLLMError(f"--pre-split applies to NER models; {a.model} is a sequence classifier")
         results = pred.predict(words=[o["tokens"] for o in objs], progress="predict" if len(objs) > 200 else False)
@@ -354,7 +361,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     texts = [t for _, _, t in items]
     if not texts:
         raise FSLLMError("no input texts (give them as arguments, with --file, or on stdin)")
-    pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, precision=a.precision)
+    pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, precision=a.precision, device=a.device)
     if pred.task == "sequence" and getattr(pred.model.config, "text_pair", False):
         pairs = _pair_inputs(items)
         results = pred.predict([(x["text"], x["text_pair"]) for x in pairs], progress="predict" if len(pairs) > 200 else False)
@@ -380,7 +387,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     return serve(a.model, host=a.host, port=a.port, max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms,
                  max_queue=a.max_queue, workers=a.workers, log_level=a.log_level, precision=a.precision,
-                 threads=a.threads)
+                 threads=a.threads, device=a.device)
 
 
 def cmd_datasets(_: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.trainer_utils import SchedulerType
@@ -212,6 +213,29 @@ def resolve_precision(precision: str) -> tuple[str, str]:
         return precision, "as configured"
     why = native_bf16()
     return ("bf16", why) if why else ("fp32", "no bf16 matmul hardware found")
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """The ``torch.device`` that inference runs on: ``"auto"`` (or ``None``) is the first CUDA GPU when
+    torch sees one and the CPU elsewhere, as ``transformers.pipeline`` chooses; ``"cpu"``, ``"cuda"``
+    and ``"cuda:N"`` are taken as given, and a GPU that is not there is an error here rather than a
+    CUDA error at the first forward."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise FSLLMError(f"device {device!r}: {e}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FSLLMError(f"device {device!r}: torch sees no CUDA GPU here (torch {torch.__version__}); use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FSLLMError(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) here")
+    elif dev.type != "cpu":
+        raise FSLLMError(f"device {device!r}: fsllm runs on cpu or cuda")
+    return dev
+
+
 TRAIN_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 

@@ -19,7 +19,7 @@ import torch
 from peft import PeftModel
 
 from .backbones import is_quantized, load_tokenizer
-from .config import INFERENCE_PRECISIONS, resolve_precision
+from .config import INFERENCE_PRECISIONS, resolve_device, resolve_precision
 from .errors import DataError, FSLLMError, ModelFolderError
 
 # Scoring lives in fsllm.evaluation; these names stay importable from here.
@@ -82,12 +82,14 @@ class Predictor:
 
     def __init__(
         self, model: FSModel, tokenizer, max_length: int = 256, batch_size: int = 64, merge: bool = True,
-        precision: str = "fp32",
+        precision: str = "fp32", device: str | None = "auto",
     ):
         """``precision``: ``"fp32"`` (the answers the model was evaluated with), ``"bf16"`` (the weights
         cast to bfloat16: faster on a CPU with native bf16 or a GPU, with answers that can differ where
         two labels are close) or ``"auto"`` (bf16 where the hardware has it, see
-        ``fsllm.config.resolve_precision``)."""
+        ``fsllm.config.resolve_precision``). ``device``: ``"auto"`` (the first CUDA GPU when there is
+        one, as ``transformers.pipeline`` picks, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
+        the model is moved there (see ``fsllm.config.resolve_device``)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -97,6 +99,7 @@ class Predictor:
         self.precision, why = resolve_precision(precision)
         if precision == "auto":
             logger.info("precision auto: %s (%s)", self.precision, why)
+        self.device = resolve_device(device)  # checked before any work on the model
         quantized = is_quantized(model.backbone)
         if merge and isinstance(model.backbone, PeftModel) and not quantized:
             # Inference only: fold LoRA into the weights so a forward is one matmul per projection.
@@ -107,6 +110,10 @@ class Predictor:
             # whole weights in bf16 rather than autocast: a small-batch forward mostly streams the
             # weights from memory, and autocast would read them in fp32 and cast them on every call
             model.to(torch.bfloat16)
+        if quantized:  # a 4-bit backbone stays where bitsandbytes placed it
+            self.device = next(model.parameters()).device
+        else:
+            model.to(self.device)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:

@@ -58,6 +58,7 @@ ENV_MAX_BATCH_SIZE = "FSLLM_SERVE_MAX_BATCH_SIZE"
 ENV_MAX_WAIT_MS = "FSLLM_SERVE_MAX_WAIT_MS"
 ENV_MAX_QUEUE = "FSLLM_SERVE_MAX_QUEUE"
 ENV_TORCH_THREADS = "FSLLM_SERVE_TORCH_THREADS"
+ENV_DEVICE = "FSLLM_SERVE_DEVICE"
 ENV_PRECISION = "FSLLM_SERVE_PRECISION"
 
 #: Inputs longer than this (characters, whole request) are tokenised off the event loop.
@@ -479,14 +480,15 @@ def create_app(
     max_queue: int = 256,
     model_id: str | None = None,
     precision: str = "fp32",
+    device: str | None = "auto",
 ) -> FastAPI:
     """The FastAPI app serving one model: a :class:`~fsllm.inference.Predictor` or a run/model folder to load
-    (at ``precision``, see :class:`~fsllm.inference.Predictor`)."""
+    (at ``precision``, on ``device``, see :class:`~fsllm.inference.Predictor`)."""
     from .inference import Predictor
 
     if isinstance(predictor_or_path, (str, os.PathLike)):
         model_id = model_id or str(predictor_or_path)
-        predictor = Predictor.from_pretrained(predictor_or_path, precision=precision)
+        predictor = Predictor.from_pretrained(predictor_or_path, precision=precision, device=device)
     else:
         predictor = predictor_or_path
     task = predictor.task
@@ -666,6 +668,7 @@ def app_from_env() -> FastAPI:
         max_wait_ms=float(os.environ.get(ENV_MAX_WAIT_MS, 5)),
         max_queue=int(os.environ.get(ENV_MAX_QUEUE, 256)),
         precision=os.environ.get(ENV_PRECISION, "fp32"),
+        device=os.environ.get(ENV_DEVICE, "auto"),
     )
 
 
@@ -703,6 +706,7 @@ def serve(
     log_level: str = "info",
     precision: str = "fp32",
     threads: int | None = None,
+    device: str | None = "auto",
 ) -> int:
     """Run the server until SIGTERM/SIGINT; in-flight requests finish first (uvicorn's graceful shutdown).
 
@@ -715,6 +719,9 @@ def serve(
         raise FSLLMError(f"{model}: no such run or model folder")
     if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or workers < 1:
         raise FSLLMError("--max-batch-size, --max-queue and --workers must be >= 1, --max-wait-ms >= 0")
+    from .config import resolve_device
+
+    resolve_device(device)  # a GPU that is not there fails here, once, not in every worker
     n_threads = forward_threads(threads, workers)
     signal.signal(signal.SIGTERM, _exit_cleanly)
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
@@ -724,12 +731,12 @@ def serve(
 
             torch.set_num_threads(n_threads)
         app = create_app(model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         precision=precision)
+                         precision=precision, device=device)
         uvicorn.run(app, **common)
     else:
         os.environ.update({
             ENV_MODEL: str(model), ENV_MAX_BATCH_SIZE: str(max_batch_size), ENV_MAX_WAIT_MS: str(max_wait_ms),
-            ENV_MAX_QUEUE: str(max_queue), ENV_PRECISION: precision,
+            ENV_MAX_QUEUE: str(max_queue), ENV_PRECISION: precision, ENV_DEVICE: device or "auto",
         })
         if n_threads is not None:  # N processes share the cores instead of each taking all
             os.environ[ENV_TORCH_THREADS] = str(n_threads)
