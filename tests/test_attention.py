@@ -547,14 +547,18 @@ def test_backbone_bidirectional_by_config_stays_bidirectional(kind, impl):
 
 
 def test_mask_overlays_fs_attention_cannot_reproduce_are_refused():
+    import inspect
+
     from transformers.masking_utils import create_causal_mask
 
     bb = tiny_backbone("llama", "sdpa")
     FSForTokenClassification.from_backbone(bb, num_labels=2, fs_config=FSConfig(use_lora=False))
     embeds = torch.zeros(1, 6, 32)
+    # transformers 5.24 renamed the argument past_key_values -> cache
+    no_cache = {"cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values": None}
     with pytest.raises(FSLLMError, match="or_mask_function"):
         create_causal_mask(
-            config=bb.config, inputs_embeds=embeds, attention_mask=torch.ones(1, 6, dtype=torch.long), cache=None,
+            config=bb.config, inputs_embeds=embeds, attention_mask=torch.ones(1, 6, dtype=torch.long), **no_cache,
             or_mask_function=lambda b, h, q, kv: kv < 2,
         )
     # packed sequences: position ids that restart, no attention mask
