@@ -3,6 +3,7 @@
 
     python benchmarks/bench_serve.py --model runs/conll2003/model [--levels 1,4,16,64] [--requests 200]
                                      [--texts texts.txt] [--name conll2003] [--out-dir benchmarks/results/serve]
+                                     [--device auto|cpu|cuda]
 
 Both servers are started here as subprocesses on free loopback ports, on the same model folder:
 

@@ -29,14 +29,14 @@ MAIN_JOB_RECIPE = "main_job.json"
 FS_DEST = "fs."
 
 #: the --precision of the commands that read a trained model (eval, predict, serve)
-#: the --device of the same commands
-INFERENCE_DEVICE_HELP = ("auto (default: the first CUDA GPU when torch sees one, else the CPU, as transformers.pipeline "
-                         "picks), cpu, cuda or cuda:N")
 INFERENCE_PRECISION_HELP = (
     "fp32 (default: the answers the model was evaluated with), bf16 (weights in bfloat16: faster on a CPU with "
     "AVX512-BF16 or AMX and on GPUs; answers can differ where two labels are close) or auto (bf16 where the "
     "hardware has it)"
 )
+#: the --device of the same commands
+INFERENCE_DEVICE_HELP = ("auto (default: the first CUDA GPU when torch sees one, else the CPU, as transformers.pipeline "
+                         "picks), cpu, cuda or cuda:N")
 
 
 def load_recipe(name: str) -> dict[str, Any]:
@@ -322,7 +322,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .prepare import eval_examples
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True, precision=a.precision,
-                                   device=a.device)
+                                     device=a.device)
     config = pred.model.config
     pair_column = a.text_pair_column or ("text_pair" if getattr(config, "text_pair", False) else None)
     exs = eval_examples(a.data, a.split, a.subset, task=pred.task, text_column=a.text_column,
