@@ -39,6 +39,14 @@ INFERENCE_DEVICE_HELP = ("auto (default: the first CUDA GPU when torch sees one,
                          "picks), cpu, cuda or cuda:N")
 
 
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    """--precision and --device, the same for every command that reads a trained model."""
+    from .config import INFERENCE_PRECISIONS
+
+    p.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
+    p.add_argument("--device", default="auto", help=INFERENCE_DEVICE_HELP)
+
+
 def load_recipe(name: str) -> dict[str, Any]:
     """A packaged training configuration (``fsllm/recipes/<name>``): the ``TrainConfig`` fields it sets."""
     return json.loads(files("fsllm").joinpath("recipes", name).read_text())
@@ -162,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this training configuration (a run's config.json, or any of its fields); "
                         "the flags given override it")
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --output from its last checkpoint")
-    from .config import INFERENCE_PRECISIONS, FSConfig, TrainConfig
+    from .config import FSConfig, TrainConfig
 
     add_dataclass_options(t, TrainConfig, "training (fsllm.TrainConfig)")
     add_dataclass_options(t, FSConfig, "FS model (fsllm.FSConfig)", dest_prefix=FS_DEST)
@@ -180,8 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--subset", type=int, default=None)
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--output", "-o", default=None, help="write predictions JSONL here")
-    e.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
-    e.add_argument("--device", default="auto", help=INFERENCE_DEVICE_HELP)
+    _add_inference_options(e)
 
     pr = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin); JSON lines out")
     pr.add_argument("model", help="run folder or saved model folder")
@@ -192,8 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--pre-split", action="store_true",
                     help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
                          'segmenter for Chinese or Thai); out: the object plus "tags" and "entities"')
-    pr.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
-    pr.add_argument("--device", default="auto", help=INFERENCE_DEVICE_HELP)
+    _add_inference_options(pr)
 
     sv = sub.add_parser("serve", help="HTTP server: TEI-compatible POST /predict (NER: entities), dynamic batching",
                         description="Serve a trained model over HTTP (FastAPI + uvicorn). POST /predict takes TEI's "
@@ -212,8 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="torch threads per process for the forward (default: the cores less one, left to HTTP and "
                          "tokenising, shared by the workers; OMP_NUM_THREADS, when set, is kept)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
-    sv.add_argument("--precision", default="fp32", choices=INFERENCE_PRECISIONS, help=INFERENCE_PRECISION_HELP)
-    sv.add_argument("--device", default="auto", help=INFERENCE_DEVICE_HELP)
+    _add_inference_options(sv)
 
     sub.add_parser("datasets", help="list the built-in data sets")
     sub.add_parser("models", help="list the built-in backbones")
