@@ -503,6 +503,25 @@ def test_a_gpu_that_is_not_there_fails_at_start_with_the_reason(seq_dir, monkeyp
             serve(str(seq_dir), device="cuda", workers=workers)
 
 
+def test_workers_are_handed_the_device_and_load_the_model_there(seq_dir, monkeypatch):
+    """``--workers N`` hands ``--device`` to each process through the environment, and the app factory each
+    process runs loads the model on it (``auto`` would also give "cpu" on a CPU machine, so a named GPU is used)."""
+    import fsllm.serve as serve_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    # serve() writes the workers' settings into this process's environment: a copy keeps them out of other tests
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != serve_module.ENV_DEVICE})
+    handed = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: handed.update(os.environ))
+    serve_module.serve(str(seq_dir), device="cuda:1", workers=2)
+    assert handed[serve_module.ENV_DEVICE] == "cuda:1"
+    loaded = {}
+    monkeypatch.setattr(serve_module, "create_app", lambda model, **kw: loaded.update(kw))
+    serve_module.app_from_env()
+    assert loaded["device"] == "cuda:1"
+
+
 def test_forward_threads_leave_a_core_to_the_http_side(monkeypatch):
     """The default keeps one core for the event loop and splits the rest among workers; an explicit value
     wins; a set ``OMP_NUM_THREADS`` is the user's choice and is kept."""
