@@ -190,10 +190,20 @@ class FSTrainer(Trainer):
         self.tokens_per_batch = tokens_per_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The stock loss (the model sums it over the step's ``num_items_in_batch`` labelled tokens, see
+        ``fsllm.modeling._reduce_loss``), or with a length-balanced loss the sum over this batch's labelled
+        tokens divided by the average batch's count, as many times as batches make the optimizer step."""
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if self.tokens_per_batch and model.training:
-            # mean over this batch's labelled tokens -> sum over them / the average batch's count
-            loss = loss * ((inputs["labels"] != -100).sum() / self.tokens_per_batch)
+            if num_items_in_batch is None:
+                # a mean over this batch's labelled tokens; the Trainer divides it by the accumulation steps
+                loss = loss * ((inputs["labels"] != -100).sum() / self.tokens_per_batch)
+            else:
+                # a sum over this batch's tokens / the step's count, which the Trainer then multiplies by the
+                # processes (DDP averages their gradients) and does not divide by the accumulation steps
+                processes = self.accelerator.num_processes // self.get_tp_size() if self.args.average_tokens_across_devices else 1
+                batches = self.current_gradient_accumulation_steps * processes
+                loss = loss * (num_items_in_batch / (self.tokens_per_batch * batches))
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
