@@ -492,3 +492,28 @@ def test_forward_applies_the_whitespace_rule_the_same_alone_and_padded():
     torch.testing.assert_close(got, model.label_whitespace(ids, mask, raw))
     assert not torch.equal(got[0, 1], raw[0, 1])
     torch.testing.assert_close(got[1, :3], alone[0])
+
+
+def test_a_head_file_and_a_model_that_disagree_on_learnable_lambdas_are_a_folder_error(tmp_path):
+    """A folder saved without learnable lambdas, loaded into a model that has them, used to keep the initial
+    lambdas without a word; the reverse raised an AttributeError. Both are one ModelFolderError."""
+    from fsllm.errors import ModelFolderError
+
+    learnable = FSConfig(attention="decay", decay_lambda=0.5, learnable_lambda=True)
+    with_lambdas = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=learnable)
+    without = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=FSConfig())
+    with_lambdas.save_pretrained(tmp_path / "with")
+    without.save_pretrained(tmp_path / "without")
+    with pytest.raises(ModelFolderError, match="lacks the learned decay lambdas"):
+        with_lambdas.load_trained_weights(tmp_path / "without")
+    with pytest.raises(ModelFolderError, match="holds learned decay lambdas"):
+        without.load_trained_weights(tmp_path / "with")
+    with_lambdas.load_trained_weights(tmp_path / "with")  # the matching folders still load
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_regression_with_more_than_one_output_is_refused(num_labels):
+    """MSE against one target per example broadcast silently over several outputs."""
+    with pytest.raises(ConfigError, match="num_labels must be 1"):
+        FSForSequenceClassification.from_backbone(tiny_backbone("llama"), num_labels=num_labels, problem_type="regression")
+    FSForSequenceClassification.from_backbone(tiny_backbone("llama"), num_labels=1, problem_type="regression")

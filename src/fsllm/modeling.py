@@ -132,6 +132,9 @@ class FSModel(PreTrainedModel):
         super().__init__(config)
         if self.task and config.task != self.task:
             raise ModelFolderError(f"{type(self).__name__} is a {self.task} model; the config is for a {config.task} model")
+        if config.problem_type == "regression" and config.num_labels != 1:
+            # MSE against [B] targets would broadcast over [B, num_labels] logits without a word
+            raise ConfigError(f"problem_type='regression' predicts one value: num_labels must be 1, got {config.num_labels}")
         fs_config = config.fs_config
         self.fs_config = fs_config
         self.num_labels = config.num_labels
@@ -612,7 +615,15 @@ class FSModel(PreTrainedModel):
             state = load_file(str(path))
         except Exception as e:  # noqa: BLE001
             raise ModelFolderError(f"{path}: cannot read the head weights: {e}".splitlines()[0]) from e
-        if "fs_lambda_raw" in state:
+        # learnable lambdas are trained weights: a folder and a model that disagree on them are not one model
+        has_lambdas = hasattr(self, "fs_lambda_raw")
+        if has_lambdas and "fs_lambda_raw" not in state:
+            raise ModelFolderError(f"{path}: lacks the learned decay lambdas (fs_lambda_raw) that a model with "
+                                   "learnable_lambda=True trains; the folder is incomplete or from another model")
+        if "fs_lambda_raw" in state and not has_lambdas:
+            raise ModelFolderError(f"{path}: holds learned decay lambdas (fs_lambda_raw) but the model has none "
+                                   "(its config is not attention='decay' with learnable_lambda=True)")
+        if has_lambdas:
             with torch.no_grad():
                 self.fs_lambda_raw.copy_(state.pop("fs_lambda_raw"))
         head = {k[len("head.") :]: v for k, v in state.items()}
