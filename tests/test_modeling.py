@@ -370,47 +370,65 @@ def test_merged_save_of_a_head_only_model_leaves_the_live_model_alone(tmp_path):
 
 
 class _FakeHub:
-    """Stands in for the Hub API: a commit lands in a local folder laid out as the Hub cache."""
+    """Stands in for the Hub at huggingface_hub's public API (``HfApi.create_repo`` and
+    ``HfApi.upload_folder``): an upload lands in a local folder laid out as the Hub cache. Any other
+    way to the Hub (``create_commit``, which private helpers call) fails the test."""
 
     def __init__(self, cache: Path):
         self.cache = cache
         self.commits: list[list[str]] = []
+        self.calls: list[dict] = []
+
+    def install(self, monkeypatch) -> None:
+        from huggingface_hub import HfApi
+
+        hub = self
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: hub.create_repo(repo_id, **kw))
+        monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kw: hub.upload_folder(**kw))
+
+        def no_commit(api, *a, **kw):
+            raise AssertionError("create_commit called: the upload must go through HfApi.upload_folder")
+
+        monkeypatch.setattr(HfApi, "create_commit", no_commit)
 
     def create_repo(self, repo_id, **_):
         return type("Repo", (), {"repo_id": repo_id})()
 
-    def create_commit(self, repo_id, operations, **_):
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        self.calls.append({"repo_id": repo_id, **kwargs})
         sha = f"{len(self.commits) + 1:040d}"
         repo = self.cache / f"models--{repo_id.replace('/', '--')}"
         snap = repo / "snapshots" / sha
-        for op in operations:
-            dest = snap / op.path_in_repo
+        files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+        for name in files:
+            dest = snap / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(op.path_or_fileobj, dest)
+            shutil.copyfile(Path(folder_path) / name, dest)
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / "main").write_text(sha)
-        self.commits.append(sorted(op.path_in_repo for op in operations))
+        self.commits.append(files)
         return sha
 
 
 @pytest.mark.parametrize("merged", [False, True], ids=["small", "merged"])
 def test_push_to_hub_and_load_by_repo_id_offline(tmp_path, monkeypatch, merged):
     import huggingface_hub.constants
-    import transformers.utils.hub
 
     hub = _FakeHub(tmp_path / "hub-cache")
-    real_hf_api = transformers.utils.hub.hf_api
-    monkeypatch.setattr(transformers.utils.hub, "hf_api", lambda: hub)
     folders = _trained_word_models(tmp_path)
     model = load_model(folders["token"])
     tok = Predictor.from_pretrained(folders["token"]).tokenizer
-    model.push_to_hub("someone/fs-ner", tokenizer=tok, merged=merged)
+    with pytest.MonkeyPatch.context() as mp:
+        hub.install(mp)
+        model.push_to_hub("someone/fs-ner", tokenizer=tok, merged=merged, commit_message="first", revision="main",
+                          create_pr=True)
     files = hub.commits[-1]
     assert "config.json" in files and "README.md" in files and "tokenizer.json" in files
     assert ("model.safetensors" in files) == merged and ("adapter/adapter_model.safetensors" in files) != merged
+    call = hub.calls[-1]
+    assert (call["commit_message"], call["revision"], call["create_pr"]) == ("first", "main", True)
 
     # resolve the repo id through the Hub cache, with the network switched off
-    monkeypatch.setattr(transformers.utils.hub, "hf_api", real_hf_api)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub.cache))
     x, mask = _batch(vocab=len(tok))

@@ -523,24 +523,26 @@ class FSModel(PreTrainedModel):
         """Upload the folder ``save_pretrained`` writes (tokenizer, model card and all) to the Hub.
 
         The stock ``push_to_hub`` would replace fsllm's model card with an empty template and
-        could not pass the tokenizer or ``merged``; the upload itself is the stock one.
+        could not pass the tokenizer or ``merged``. The upload is ``huggingface_hub``'s public
+        ``HfApi.create_repo`` + ``HfApi.upload_folder`` (one commit of the whole folder), through
+        transformers' shared ``HfApi`` so the Hub sees the same library tag as for any model.
         """
         import tempfile
 
         from transformers.utils.hub import hf_api
 
-        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        api = hf_api()
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, tokenizer=tokenizer, merged=merged, model_card=model_card)
-            return self._upload_modified_files(
-                tmp,
-                repo_id,
-                files_timestamps={},
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
                 commit_message=commit_message or "Upload fsllm model",
-                token=token,
-                create_pr=create_pr,
-                revision=revision,
                 commit_description=commit_description,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
             )
 
     @classmethod
