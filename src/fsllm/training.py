@@ -253,10 +253,17 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+#: the settings a resumed run may change: how it evaluates, reports and saves, and the memory a step takes,
+#: not what it learns (``gradient_checkpointing`` gives the same loss and gradients)
+RESUME_CHANGEABLE = ("eval_batch_size", "evaluate_test", "gradient_checkpointing", "save_total_limit")
+
+
 def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, RunFolder]:
     """The configuration to train with and its run folder, every check done before anything is written.
 
-    Resuming reads the run's own ``config.json``, so the continued run is the one that was started.
+    Resuming reads the run's own ``config.json``, so the continued run is the one that was started; of
+    the ``overrides`` it applies those of :data:`RESUME_CHANGEABLE` (and saves them) and refuses any
+    other, which would make the continued run another one than the one its checkpoints come from.
     """
     if resume:
         out = overrides.get("output_dir") or (config.output_dir if config else None)
@@ -266,6 +273,17 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
         if not folder.config_path.is_file():
             raise FSLLMError(f"{out}: nothing to resume (no {folder.config_path.name})")
         cfg = folder.load_config()
+        changes = {k: v for k, v in overrides.items() if k != "output_dir"}
+        refused = sorted(k for k in changes if k not in RESUME_CHANGEABLE)
+        if refused:
+            raise FSLLMError(
+                f"--resume continues the run as {folder.config_path} says and cannot change {', '.join(refused)} "
+                f"(it applies only {', '.join(RESUME_CHANGEABLE)}); to change them, start a new run "
+                f"with --config {folder.config_path} and another --output"
+            )
+        if changes:
+            logger.warning("resume: applying %s", ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
+            cfg = dataclasses.replace(cfg, **changes)
     else:
         cfg = config or TrainConfig()
         if overrides:
@@ -442,7 +460,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
 
     ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
     ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
-    from that run's last complete checkpoint with its saved configuration.
+    from that run's last complete checkpoint with its saved configuration; other overrides
+    may change only ``RESUME_CHANGEABLE`` (how it evaluates and saves), any other is refused.
     """
     cfg, folder = resolve_config(config, resume, overrides)
     set_seed(cfg.seed)
