@@ -300,3 +300,32 @@ def test_length_balanced_loss_with_accumulation_is_the_whole_batch_step(tmp_path
     assert accumulated["loss"] == pytest.approx(whole["loss"], rel=1e-5)
     for name, w in whole["weights"].items():
         torch.testing.assert_close(accumulated["weights"][name], w, atol=1e-6, rtol=1e-5, msg=name)
+
+
+# ------------------------------------------------------------------ FSDP
+
+
+def test_an_fsdp_launch_on_gpus_is_refused_in_one_line_before_anything_is_written(tmp_path, tiny_model_dir, monkeypatch):
+    """Under FSDP the end of a run (saving and evaluating the best model, process 0 alone) waited forever
+    for the other processes' share of the sharded weights. ``accelerate launch`` with an FSDP config on
+    GPUs sets ACCELERATE_USE_FSDP; the run is refused before any model loads or file is written. On a
+    CPU accelerate runs the same launch as DDP, which completes (test_distributed, slow), so it goes on."""
+    from fsllm.errors import FSLLMError
+    from fsllm.training import train
+
+    data = write_csv_dir(tmp_path)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    on_gpu = torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    loaded = []
+    monkeypatch.setattr("fsllm.training.prepare_data", lambda cfg: loaded.append(cfg))
+    with pytest.raises(FSLLMError, match="does not run under FSDP") as e:
+        train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "run"), precision="fp32")
+    assert "\n" not in str(e.value) and "DDP" in str(e.value)
+    assert not loaded and not (tmp_path / "run").exists()
+
+    from fsllm.training import fsdp_launch
+
+    assert fsdp_launch()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: on_gpu)
+    assert fsdp_launch() == on_gpu  # a CPU machine: accelerate runs DDP, fsllm trains

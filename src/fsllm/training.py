@@ -258,13 +258,33 @@ def _is_main_process() -> bool:
 RESUME_CHANGEABLE = ("eval_batch_size", "evaluate_test", "gradient_checkpointing", "save_total_limit")
 
 
+FSDP_REFUSED = (
+    "fsllm train does not run under FSDP: its end of run (saving and evaluating the best model) runs on "
+    "process 0 alone, which a sharded model cannot do without the other processes, so the run would hang; "
+    "launch it as DDP (torchrun, or accelerate launch without the FSDP config; see docs/scaling.md)"
+)
+
+
+def fsdp_launch() -> bool:
+    """Does this launch ask accelerate for FSDP on GPUs (``accelerate launch`` with an FSDP config)?
+
+    Accelerate shards the model when ``ACCELERATE_USE_FSDP`` is set and the processes run on an
+    accelerator; on a CPU (the ``Trainer`` runs ``use_cpu`` there, see :func:`training_arguments`) it
+    ignores the setting and runs DDP over gloo, which ``fsllm train`` completes (docs/scaling.md).
+    """
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and torch.cuda.is_available()
+
+
 def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, RunFolder]:
     """The configuration to train with and its run folder, every check done before anything is written.
 
+    An FSDP launch is refused here (:data:`FSDP_REFUSED`), before a model is loaded or a file written.
     Resuming reads the run's own ``config.json``, so the continued run is the one that was started; of
     the ``overrides`` it applies those of :data:`RESUME_CHANGEABLE` (and saves them) and refuses any
     other, which would make the continued run another one than the one its checkpoints come from.
     """
+    if fsdp_launch():
+        raise FSLLMError(FSDP_REFUSED)
     if resume:
         out = overrides.get("output_dir") or (config.output_dir if config else None)
         if not out:
@@ -474,6 +494,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.save_config(cfg)
     trainer = build_trainer(cfg, folder, model, tokenizer, data, features, callbacks)
+    if trainer.is_fsdp_enabled:  # accelerate's own decision, should it shard where fsdp_launch did not foresee it
+        raise FSLLMError(FSDP_REFUSED)
     train_out, seconds = fit(trainer, folder, resume)
     if not _is_main_process():
         return RunResult(folder.path, {}, [])
