@@ -507,7 +507,20 @@ def test_forward_applies_the_whitespace_rule_the_same_alone_and_padded():
         model.config.whitespace_token_ids = [WS]
         got = model(ids, mask).logits
         alone = model(ids[1:, :3], mask[1:, :3]).logits
-    torch.testing.assert_close(got, model.label_whitespace(ids, mask, raw))
+    # the rule written out position by position (not label_whitespace, the function under test): a
+    # whitespace token followed by a real one takes that token's scores, with its top label and O swapped
+    # unless the top label is an I- tag (the space is then inside the entity)
+    want = raw.clone()
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            if int(ids[b, t]) != WS or not int(mask[b, t + 1]):
+                continue
+            nxt = raw[b, t + 1].clone()
+            top = int(nxt.argmax())
+            if not BIO[top].startswith("I-"):
+                nxt[0], nxt[top] = raw[b, t + 1, top], raw[b, t + 1, 0]
+            want[b, t] = nxt
+    torch.testing.assert_close(got, want)
     assert not torch.equal(got[0, 1], raw[0, 1])
     torch.testing.assert_close(got[1, :3], alone[0])
 
