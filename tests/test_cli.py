@@ -135,6 +135,8 @@ def test_lr_scheduler_type_is_set_from_the_cli_saved_and_read_back_by_resume(tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and named in err[0], err
     assert (run / "config.json").read_text() == saved
+    with pytest.raises(FSLLMError, match=r"cannot change epochs \(it applies"):  # lr 5e-3 is the saved value
+        train(resume=True, output_dir=str(run), epochs=3.0, learning_rate=5e-3)
     # ... and those that change only how it evaluates or saves are applied and saved
     train(resume=True, output_dir=str(run), eval_batch_size=3, callbacks=[Spy()])
     assert seen == [("constant", 3)]

@@ -293,7 +293,8 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
         if not folder.config_path.is_file():
             raise FSLLMError(f"{out}: nothing to resume (no {folder.config_path.name})")
         cfg = folder.load_config()
-        changes = {k: v for k, v in overrides.items() if k != "output_dir"}
+        # a setting given again with its saved value changes nothing and is no reason to refuse
+        changes = {k: v for k, v in overrides.items() if k != "output_dir" and getattr(cfg, k, object()) != v}
         refused = sorted(k for k in changes if k not in RESUME_CHANGEABLE)
         if refused:
             raise FSLLMError(
