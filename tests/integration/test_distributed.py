@@ -11,7 +11,7 @@ What these tests establish (details in docs/scaling.md):
   gives the unsharded model's loss and gradients; ``FSModel.save_pretrained`` of a sharded model,
   called on every process, gathers the shards and process 0 writes the whole head and adapter.
 * DDP is the one-process run: two processes with half the batch each (with or without gradient
-  accumulation) log the same loss and make the same update
+  accumulation, with or without a length-balanced loss) log the same loss and make the same update
   as one process with the whole batch.
 """
 
@@ -281,18 +281,19 @@ sys.path.insert(0, sys.argv[1])
 from conftest import one_sgd_step
 
 out = {}
-for name, task, batch, acc in (("token", "token", 8, 1), ("sequence", "sequence", 8, 1), ("token_accumulated", "token", 4, 2)):
-    r = one_sgd_step(task, os.path.join(sys.argv[2], name), batch_size=batch, accumulation=acc)
+for name, task, batch, acc, tpb in (("token", "token", 8, 1, None), ("sequence", "sequence", 8, 1, None),
+                                    ("token_accumulated", "token", 4, 2, None), ("token_balanced", "token", 8, 1, 15.0)):
+    r = one_sgd_step(task, os.path.join(sys.argv[2], name), batch_size=batch, accumulation=acc, tokens_per_batch=tpb)
     out[name] = {"loss": r["loss"], "weights": r["weights"]}
 torch.save(out, os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
 '''
 
 
 def test_ddp_on_two_processes_makes_the_one_process_step(tmp_path):
-    """``torchrun`` of two gloo processes, 8 examples each (or 4 twice, accumulated), against one process
-    with all 16: the same logged loss and the same weights after one SGD step. The Trainer multiplies
-    the loss of a model that accepts loss keyword arguments by the number of processes; a model that
-    returned its local mean was N times too large on N processes (~25 s)."""
+    """``torchrun`` of two gloo processes, 8 examples each (or 4 twice, accumulated; or 8 with a length-balanced
+    loss), against one process with all 16: the same logged loss and the same weights after one SGD step.
+    The Trainer multiplies the loss of a model that accepts loss keyword arguments by the number of
+    processes; a model that returned its local mean was N times too large on N processes (~50 s on 2 cores)."""
     from conftest import one_sgd_step
 
     script = tmp_path / "ddp_step.py"
@@ -306,6 +307,8 @@ def test_ddp_on_two_processes_makes_the_one_process_step(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     whole = {task: one_sgd_step(task, tmp_path / f"one-{task}", batch_size=16) for task in ("token", "sequence")}
     whole["token_accumulated"] = whole["token"]
+    # length-balanced: the average batch holds half the tokens on each of the two processes
+    whole["token_balanced"] = one_sgd_step("token", tmp_path / "one-balanced", batch_size=16, tokens_per_batch=30.0)
     for name, ref in whole.items():
         for got in ranks:  # DDP keeps the processes' weights equal
             assert got[name]["loss"] == pytest.approx(ref["loss"], rel=1e-5), name
