@@ -282,3 +282,51 @@ def _trained_word_models(tmp_path: Path) -> dict[str, Path]:
         model.save_pretrained(tmp_path / name, tokenizer=tok)
         out[name] = tmp_path / name
     return out
+
+
+# ------------------------------------------------------------------ one optimizer step through the Trainer
+
+def one_sgd_step(task: str, out_dir, batch_size: int, accumulation: int = 1, tokens_per_batch: float | None = None,
+                 examples: int = 16) -> dict:
+    """One plain-SGD optimizer step of ``FSTrainer`` on a tiny model over ``examples`` fixed examples (the
+    whole global batch): ``{"loss": the logged loss, "weights" / "before": {name: trainable tensor} after
+    and before the step}``.
+
+    Plain SGD (no momentum, no clipping) makes the update proportional to the gradient, so a loss that is
+    scaled wrongly (by the processes, or not divided over the accumulated batches) moves the weights
+    by a different amount; Adam would hide a constant factor. Under ``torchrun`` each process runs this
+    and the Trainer splits the batches between them. Dropout is off so every layout computes the same."""
+    import datasets
+    from transformers import TrainingArguments
+
+    from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
+    from fsllm.training import FSTrainer, make_collator
+
+    tok, backbone = word_llama()
+    g = torch.Generator().manual_seed(123)
+    feats = []
+    for n in range(examples):
+        length = 3 + n % 7  # uneven lengths and labelled counts: local means differ from the global one
+        ids = torch.randint(4, len(tok), (length,), generator=g).tolist()
+        if task == "token":
+            labels = torch.randint(0, 3, (length,), generator=g)
+            labels[torch.rand(length, generator=g) < 0.4] = -100
+            feats.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels.tolist()})
+        else:
+            feats.append({"input_ids": ids, "attention_mask": [1] * length, "labels": int(torch.randint(0, 3, (1,), generator=g))})
+    cls = FSForTokenClassification if task == "token" else FSForSequenceClassification
+    torch.manual_seed(0)
+    model = cls.from_backbone(backbone, num_labels=3, fs_config=FSConfig(lora_dropout=0.0, head_dropout=0.0))
+    args = TrainingArguments(
+        output_dir=str(out_dir), max_steps=1, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, learning_rate=0.5, optim="sgd", weight_decay=0.0,
+        max_grad_norm=0.0, lr_scheduler_type="constant", use_cpu=True, report_to="none", save_strategy="no",
+        logging_steps=1, remove_unused_columns=False, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+    )
+    trainer = FSTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(feats),
+                        data_collator=make_collator(task, tok), tokens_per_batch=tokens_per_batch)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.train()
+    loss = next(r["loss"] for r in trainer.state.log_history if "loss" in r)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {"loss": loss, "weights": weights, "before": before}

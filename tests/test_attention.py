@@ -246,6 +246,22 @@ def test_flex_attention_matches_sdpa(fam, mode, monkeypatch):
     torch.testing.assert_close(got[real], want[real], atol=1e-4, rtol=1e-4)
 
 
+@torch.no_grad()
+def test_flex_attention_matches_sdpa_on_a_tiny_model():
+    """The default suite's check of the kernel advertised for long inputs (the full grid above is slow):
+    a 2-layer Llama on CPU, left padding in the batch, every FS mode in one model each (~15 s, most of it
+    flex's first call)."""
+    x = ids(L, batch=2)
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0
+    real = mask.bool()
+    for mode in (dict(attention="bidirectional"), dict(attention="decay", decay_lambda=0.5), dict(attention="causal")):
+        want = token_model("llama", "sdpa", **mode)(x, mask).logits
+        flex = token_model("llama", "flex_attention", **mode)
+        assert flex.base_attn_implementation == "flex_attention"
+        torch.testing.assert_close(flex(x, mask).logits[real], want[real], atol=1e-4, rtol=1e-4, msg=str(mode))
+
+
 @pytest.mark.slow
 @torch.no_grad()
 def test_flex_decay_skips_exactly_the_keys_beyond_the_horizon(monkeypatch):

@@ -10,6 +10,7 @@ import pytest
 
 from fsllm.cli import FS_DEST, MAIN_JOB_RECIPE, build_parser, load_recipe, main, train_config_from_args
 from fsllm.config import FSConfig, TrainConfig
+from fsllm.errors import FSLLMError
 
 ROWS = [("a fine film", "positive"), ("dull and long", "negative"), ("great acting", "positive"),
         ("a waste of time", "negative")]
@@ -81,7 +82,7 @@ def test_a_config_file_with_flags_on_top(tmp_path):
     cfg = train_config_from_args(parse("--config", str(f), "--epochs", "4", "--head", "linear"))
     assert (cfg.data, cfg.epochs, cfg.fs.pooling, cfg.fs.head) == ("d", 4.0, "max", "linear")
     f.write_text(json.dumps({"data": "d", "no_such_option": 1}))
-    with pytest.raises(Exception, match="no_such_option") as e:
+    with pytest.raises(FSLLMError, match="no_such_option") as e:
         train_config_from_args(parse("--config", str(f)))
     assert str(f) in str(e.value)
 
@@ -122,10 +123,24 @@ def test_lr_scheduler_type_is_set_from_the_cli_saved_and_read_back_by_resume(tmp
 
     class Spy(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            seen.append(str(args.lr_scheduler_type.value))
+            seen.append((str(args.lr_scheduler_type.value), args.per_device_eval_batch_size))
 
-    train(resume=True, output_dir=str(run), callbacks=[Spy()])
-    assert seen == ["constant"]
+    # --resume used to drop every other flag without a word: those that would make another run are refused
+    saved = (run / "config.json").read_text()
+    for flags, named in ((["--lr", "1e-2", "--epochs", "3"], "cannot change epochs, learning_rate"),
+                         (["--lora-r", "4"], "cannot change --lora-r"),
+                         (["--config", str(run / "config.json")], "cannot change --config")):
+        capsys.readouterr()
+        assert main(["train", "--resume", "-o", str(run), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and named in err[0], err
+    assert (run / "config.json").read_text() == saved
+    with pytest.raises(FSLLMError, match=r"cannot change epochs \(it applies"):  # lr 5e-3 is the saved value
+        train(resume=True, output_dir=str(run), epochs=3.0, learning_rate=5e-3)
+    # ... and those that change only how it evaluates or saves are applied and saved
+    train(resume=True, output_dir=str(run), eval_batch_size=3, callbacks=[Spy()])
+    assert seen == [("constant", 3)]
+    assert json.loads((run / "config.json").read_text())["eval_batch_size"] == 3
 
 
 def write_tiny_csv(folder):

@@ -74,10 +74,19 @@ def test_regression_dev_loss_is_mse_in_standardised_units():
         backbone, num_labels=1, id2label={0: "score"}, problem_type="regression"))
     model.config.target_mean, model.config.target_std = 0.5, 2.0
     examples = [{"text": "John visited Paris", "label": 3.0}, {"text": "the company", "label": -1.0}]
-    metrics, records = evaluate_examples(model, tok, examples, 64)
-    want = sum(((r["pred"] - ex["label"]) / 2.0) ** 2 for r, ex in zip(records, examples)) / 2
-    assert metrics["loss"] == pytest.approx(want, rel=1e-3)  # records round predictions to 4 digits
-    assert math.isclose(metrics["rmse"] ** 2 / 4.0, metrics["loss"], rel_tol=1e-9)
+    metrics, _ = evaluate_examples(model, tok, examples, 64)
+    # expected values from the model's own forward, one example at a time, not from evaluate's output:
+    # the training loss (MSE in standardised units) and the error of the value in the data's units
+    losses, errors = [], []
+    with torch.no_grad():
+        for ex in examples:
+            ids = torch.tensor([tok(ex["text"])["input_ids"]])
+            out = model(input_ids=ids, labels=torch.tensor([ex["label"]]))
+            losses.append(float(out.loss))
+            errors.append(float(out.logits[0, 0]) - ex["label"])
+    assert metrics["loss"] == pytest.approx(sum(losses) / 2, rel=1e-5)
+    assert metrics["rmse"] == pytest.approx(math.sqrt(sum(e * e for e in errors) / 2), rel=1e-5)
+    assert metrics["loss"] > 0.01  # the perturbed model is wrong by a margin: a loss of 0 would prove little
 
 
 def _cost(lengths, chunks, overhead):

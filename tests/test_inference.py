@@ -141,3 +141,38 @@ def test_device_auto_picks_the_gpu_when_torch_sees_one_and_a_missing_gpu_is_a_cl
     monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a) or real_to(self, *a, **k))
     pred = Predictor.from_pretrained(tiny_seq_model_dir, device="cuda")
     assert pred.device == marked and (marked,) in moved
+
+
+def test_predictor_works_on_its_own_copy_of_a_model_being_trained():
+    """Predictor merges LoRA, casts and switches to eval mode: done to the caller's model, a model still
+    being trained lost its LoRA gradients (merged weights, frozen) and its dropout. It now copies it."""
+    from conftest import word_llama
+
+    from fsllm import FSConfig, FSForSequenceClassification
+
+    tok, backbone = word_llama()
+    torch.manual_seed(0)
+    model = FSForSequenceClassification.from_backbone(backbone, num_labels=2, fs_config=FSConfig(lora_dropout=0.0,
+                                                                                                   head_dropout=0.0))
+    _lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    with torch.no_grad():
+        for p in _lora_b:
+            p.normal_(0, 0.1)
+    model.train()
+    ids = torch.tensor([tok("good film")["input_ids"]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    predictor = Predictor(model, tok, precision="bf16", device="cpu")
+    assert model.training and not any(getattr(m, "merged", False) for m in model.modules())
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    loss = model(input_ids=ids, labels=torch.tensor([1])).loss
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in _lora_b)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, want)
+    # the predictor's copy is merged and in bf16, and answers as the model does
+    assert any(getattr(m, "merged", False) for m in predictor.model.modules())
+    assert predictor.predict(["good film"])[0]["label"] == model.id2label[int(want.argmax())]
+    # copy=False hands the model over: merged in place, as documented
+    Predictor(model, tok, device="cpu", copy=False)
+    assert any(getattr(m, "merged", False) for m in model.modules()) and not model.training

@@ -370,47 +370,65 @@ def test_merged_save_of_a_head_only_model_leaves_the_live_model_alone(tmp_path):
 
 
 class _FakeHub:
-    """Stands in for the Hub API: a commit lands in a local folder laid out as the Hub cache."""
+    """Stands in for the Hub at huggingface_hub's public API (``HfApi.create_repo`` and
+    ``HfApi.upload_folder``): an upload lands in a local folder laid out as the Hub cache. Any other
+    way to the Hub (``create_commit``, which private helpers call) fails the test."""
 
     def __init__(self, cache: Path):
         self.cache = cache
         self.commits: list[list[str]] = []
+        self.calls: list[dict] = []
+
+    def install(self, monkeypatch) -> None:
+        from huggingface_hub import HfApi
+
+        hub = self
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: hub.create_repo(repo_id, **kw))
+        monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kw: hub.upload_folder(**kw))
+
+        def no_commit(api, *a, **kw):
+            raise AssertionError("create_commit called: the upload must go through HfApi.upload_folder")
+
+        monkeypatch.setattr(HfApi, "create_commit", no_commit)
 
     def create_repo(self, repo_id, **_):
         return type("Repo", (), {"repo_id": repo_id})()
 
-    def create_commit(self, repo_id, operations, **_):
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        self.calls.append({"repo_id": repo_id, **kwargs})
         sha = f"{len(self.commits) + 1:040d}"
         repo = self.cache / f"models--{repo_id.replace('/', '--')}"
         snap = repo / "snapshots" / sha
-        for op in operations:
-            dest = snap / op.path_in_repo
+        files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+        for name in files:
+            dest = snap / name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(op.path_or_fileobj, dest)
+            shutil.copyfile(Path(folder_path) / name, dest)
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / "main").write_text(sha)
-        self.commits.append(sorted(op.path_in_repo for op in operations))
+        self.commits.append(files)
         return sha
 
 
 @pytest.mark.parametrize("merged", [False, True], ids=["small", "merged"])
 def test_push_to_hub_and_load_by_repo_id_offline(tmp_path, monkeypatch, merged):
     import huggingface_hub.constants
-    import transformers.utils.hub
 
     hub = _FakeHub(tmp_path / "hub-cache")
-    real_hf_api = transformers.utils.hub.hf_api
-    monkeypatch.setattr(transformers.utils.hub, "hf_api", lambda: hub)
     folders = _trained_word_models(tmp_path)
     model = load_model(folders["token"])
     tok = Predictor.from_pretrained(folders["token"]).tokenizer
-    model.push_to_hub("someone/fs-ner", tokenizer=tok, merged=merged)
+    with pytest.MonkeyPatch.context() as mp:
+        hub.install(mp)
+        model.push_to_hub("someone/fs-ner", tokenizer=tok, merged=merged, commit_message="first", revision="main",
+                          create_pr=True)
     files = hub.commits[-1]
     assert "config.json" in files and "README.md" in files and "tokenizer.json" in files
     assert ("model.safetensors" in files) == merged and ("adapter/adapter_model.safetensors" in files) != merged
+    call = hub.calls[-1]
+    assert (call["commit_message"], call["revision"], call["create_pr"]) == ("first", "main", True)
 
     # resolve the repo id through the Hub cache, with the network switched off
-    monkeypatch.setattr(transformers.utils.hub, "hf_api", real_hf_api)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub.cache))
     x, mask = _batch(vocab=len(tok))
@@ -489,6 +507,44 @@ def test_forward_applies_the_whitespace_rule_the_same_alone_and_padded():
         model.config.whitespace_token_ids = [WS]
         got = model(ids, mask).logits
         alone = model(ids[1:, :3], mask[1:, :3]).logits
-    torch.testing.assert_close(got, model.label_whitespace(ids, mask, raw))
+    # the rule written out position by position (not label_whitespace, the function under test): a
+    # whitespace token followed by a real one takes that token's scores, with its top label and O swapped
+    # unless the top label is an I- tag (the space is then inside the entity)
+    want = raw.clone()
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1] - 1):
+            if int(ids[b, t]) != WS or not int(mask[b, t + 1]):
+                continue
+            nxt = raw[b, t + 1].clone()
+            top = int(nxt.argmax())
+            if not BIO[top].startswith("I-"):
+                nxt[0], nxt[top] = raw[b, t + 1, top], raw[b, t + 1, 0]
+            want[b, t] = nxt
+    torch.testing.assert_close(got, want)
     assert not torch.equal(got[0, 1], raw[0, 1])
     torch.testing.assert_close(got[1, :3], alone[0])
+
+
+def test_a_head_file_and_a_model_that_disagree_on_learnable_lambdas_are_a_folder_error(tmp_path):
+    """A folder saved without learnable lambdas, loaded into a model that has them, used to keep the initial
+    lambdas without a word; the reverse raised an AttributeError. Both are one ModelFolderError."""
+    from fsllm.errors import ModelFolderError
+
+    learnable = FSConfig(attention="decay", decay_lambda=0.5, learnable_lambda=True)
+    with_lambdas = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=learnable)
+    without = FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, fs_config=FSConfig())
+    with_lambdas.save_pretrained(tmp_path / "with")
+    without.save_pretrained(tmp_path / "without")
+    with pytest.raises(ModelFolderError, match="lacks the learned decay lambdas"):
+        with_lambdas.load_trained_weights(tmp_path / "without")
+    with pytest.raises(ModelFolderError, match="holds learned decay lambdas"):
+        without.load_trained_weights(tmp_path / "with")
+    with_lambdas.load_trained_weights(tmp_path / "with")  # the matching folders still load
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_regression_with_more_than_one_output_is_refused(num_labels):
+    """MSE against one target per example broadcast silently over several outputs."""
+    with pytest.raises(ConfigError, match="num_labels must be 1"):
+        FSForSequenceClassification.from_backbone(tiny_backbone("llama"), num_labels=num_labels, problem_type="regression")
+    FSForSequenceClassification.from_backbone(tiny_backbone("llama"), num_labels=1, problem_type="regression")

@@ -46,3 +46,20 @@ def test_last_complete_checkpoint_skips_half_written_ones(tmp_path):
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert checkpoint_step(tmp_path / "checkpoint-4") == 4 and checkpoint_step(tmp_path / "checkpoint-x") is None
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_resume_drops_a_partial_last_log_line_and_keeps_the_records_up_to_the_checkpoint(tmp_path):
+    """A run killed while appending to train_log.jsonl leaves half a JSON record at the end; resuming
+    drops it (with the records after the checkpoint) instead of failing on it."""
+    folder = RunFolder(tmp_path)
+    records = [{"step": s, "loss": 1.0 / s} for s in (1, 2, 3, 4)]
+    folder.log_path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 5, "lo')
+    folder.truncate_log(3)
+    assert [json.loads(ln) for ln in folder.log_path.read_text().splitlines()] == records[:3]
+
+
+def test_a_log_damaged_before_its_last_line_is_one_clear_error(tmp_path):
+    folder = RunFolder(tmp_path)
+    folder.log_path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(FSLLMError, match="line 2 is not a JSON record"):
+        folder.truncate_log(2)

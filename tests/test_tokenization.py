@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from conftest import build_word_tokenizer
 
-from fsllm.tokenization import merge_window_predictions, pair_ids, token_classification_features, windows
+from fsllm.tokenization import (
+    merge_window_predictions,
+    pair_ids,
+    sequence_features,
+    sequence_ids,
+    token_classification_features,
+    windows,
+)
 
 # ------------------------------------------------------------------ alignment and windows
 
@@ -84,7 +91,9 @@ def test_pair_ids_put_eos_between_the_texts_and_truncate_longest_first():
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
     )
     ids, _ = pair_ids(a, b, bos_tok, max_length=6)
-    assert ids[0] == 1 and ids.count(1) == 1 and len(ids) == 6 and ids[3 if ids[3] == 2 else 4] == 2
+    # 4 text tokens fit beside BOS and EOS: longest-first takes the last of b, of a, then of b again
+    plain = lambda t: bos_tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert ids == [1, *plain("John visited"), 2, *plain("Mary lives")]
 
 
 def test_whitespace_token_ids_of_a_real_bpe_tokenizer():
@@ -99,3 +108,36 @@ def test_whitespace_token_ids_of_a_real_bpe_tokenizer():
     assert tok.convert_tokens_to_ids("Ġthe") not in ids
     assert not ids & set(tok.all_special_ids)
     assert all(not tok.decode([i]).strip() for i in ids)
+
+
+# ------------------------------------------------------------------ one truncation rule
+
+
+def _bos_eos_tokenizer():
+    """The word-level tokenizer with a Llama/Qwen-style template that wraps each text in BOS ... EOS."""
+    from tokenizers import processors
+
+    tok = build_word_tokenizer()
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    return tok
+
+
+def test_a_long_text_keeps_its_special_tokens_in_training_as_in_serving():
+    """Training cut the raw ids at max_length, so a long text lost its final EOS while the server kept it:
+    the model was served inputs unlike those it was trained on. One rule now: the specials stay, the text
+    is cut (from the end, or the start with direction="left")."""
+    from fsllm.serve import encode_sequence
+
+    tok = _bos_eos_tokenizer()
+    text = "the film was good and the actors were great and the plot moving"
+    words = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok(text)["input_ids"] == [1, *words, 2]  # the template is in force
+    feats, cut = sequence_features(text, tok, 6)
+    assert cut and feats["input_ids"] == [1, *words[:4], 2] and feats["attention_mask"] == [1] * 6
+    assert sequence_ids(text, tok, 6, "left") == ([1, *words[-4:], 2], True)
+    assert sequence_ids("good film", tok, 6) == ([1, *tok("good film", add_special_tokens=False)["input_ids"], 2], False)
+    # the server's encoding of the same text is the training one
+    assert encode_sequence(tok, text, 6, truncate=True) == feats["input_ids"]
+    assert encode_sequence(tok, text, 6, truncate=True, direction="Left") == [1, *words[-4:], 2]

@@ -268,3 +268,64 @@ def test_a_collapsed_dev_evaluation_warns_with_the_step(tmp_path, monkeypatch, c
     with caplog.at_level("WARNING", logger="fsllm.training"):
         trainer.evaluate()
     assert "collapsed" not in caplog.text
+
+
+# ------------------------------------------------------------------ the loss over accumulated batches
+
+
+@pytest.mark.parametrize("task", ["token", "sequence"])
+def test_gradient_accumulation_gives_the_update_of_the_whole_batch(tmp_path, task):
+    """2 accumulated batches of 8 and one batch of 16 are the same optimizer step: the same logged loss and
+    the same weights after one SGD step. Exact only when the model divides its summed loss by the
+    Trainer's ``num_items_in_batch``: the Trainer no longer divides by the accumulation steps for a model
+    that accepts loss keyword arguments, so a per-batch mean gave twice the step (and, for tokens, a mean
+    of batch means instead of the mean over the tokens)."""
+    from conftest import one_sgd_step
+
+    whole = one_sgd_step(task, tmp_path / "whole", batch_size=16)
+    accumulated = one_sgd_step(task, tmp_path / "acc", batch_size=8, accumulation=2)
+    assert accumulated["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    for name, w in whole["weights"].items():
+        torch.testing.assert_close(accumulated["weights"][name], w, atol=1e-6, rtol=1e-5, msg=name)
+    assert any(not torch.equal(w, whole["before"][n]) for n, w in whole["weights"].items())  # the step moved them
+
+
+def test_length_balanced_loss_with_accumulation_is_the_whole_batch_step(tmp_path):
+    """A length-balanced token loss divides the step's token sum by the average batch's count: with
+    2 accumulated batches of 8 (average count T/2 each) it is the step of one batch of 16 (average T)."""
+    from conftest import one_sgd_step
+
+    whole = one_sgd_step("token", tmp_path / "whole", batch_size=16, tokens_per_batch=30.0)
+    accumulated = one_sgd_step("token", tmp_path / "acc", batch_size=8, accumulation=2, tokens_per_batch=15.0)
+    assert accumulated["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    for name, w in whole["weights"].items():
+        torch.testing.assert_close(accumulated["weights"][name], w, atol=1e-6, rtol=1e-5, msg=name)
+
+
+# ------------------------------------------------------------------ FSDP
+
+
+def test_an_fsdp_launch_on_gpus_is_refused_in_one_line_before_anything_is_written(tmp_path, tiny_model_dir, monkeypatch):
+    """Under FSDP the end of a run (saving and evaluating the best model, process 0 alone) waited forever
+    for the other processes' share of the sharded weights. ``accelerate launch`` with an FSDP config on
+    GPUs sets ACCELERATE_USE_FSDP; the run is refused before any model loads or file is written. On a
+    CPU accelerate runs the same launch as DDP, which completes (test_distributed, slow), so it goes on."""
+    from fsllm.errors import FSLLMError
+    from fsllm.training import train
+
+    data = write_csv_dir(tmp_path)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    on_gpu = torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    loaded = []
+    monkeypatch.setattr("fsllm.training.prepare_data", lambda cfg: loaded.append(cfg))
+    with pytest.raises(FSLLMError, match="does not run under FSDP") as e:
+        train(data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "run"), precision="fp32")
+    assert "\n" not in str(e.value) and "DDP" in str(e.value)
+    assert not loaded and not (tmp_path / "run").exists()
+
+    from fsllm.training import fsdp_launch
+
+    assert fsdp_launch()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: on_gpu)
+    assert fsdp_launch() == on_gpu  # a CPU machine: accelerate runs DDP, fsllm trains

@@ -301,10 +301,18 @@ def _pair_inputs(items: list[tuple[str, int, str]]) -> list[dict]:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from .config import TrainConfig
     from .training import train
 
     if a.resume:
-        result = train(resume=True, output_dir=getattr(a, "output_dir", None))
+        given = vars(a)
+        fixed = ["--config"] if a.config else []
+        fixed += [f"--{k[len(FS_DEST):].replace('_', '-')}" for k in given if k.startswith(FS_DEST)]
+        if fixed:
+            raise FSLLMError(f"--resume continues the run as its config.json says and cannot change {', '.join(fixed)}; "
+                             "to change the model, start a new run with --config RUN/config.json and another --output")
+        top = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given and f.name != "fs"}
+        result = train(resume=True, **top)
     else:
         result = train(train_config_from_args(a))
     m = result.metrics

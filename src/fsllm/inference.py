@@ -3,11 +3,12 @@
 Scoring itself (batched logits sorted by length so each batch pads little, under
 ``torch.inference_mode``; evaluation of a labelled split) is ``fsllm.evaluation``, shared with
 training. The ``Predictor`` merges LoRA into the backbone weights so a forward costs what the
-plain backbone costs.
+plain backbone costs; given a model, it does so on its own copy.
 """
 
 from __future__ import annotations
 
+import copy as copy_module
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -82,14 +83,21 @@ class Predictor:
 
     def __init__(
         self, model: FSModel, tokenizer, max_length: int = 256, batch_size: int = 64, merge: bool = True,
-        precision: str = "fp32", device: str | None = "auto",
+        precision: str = "fp32", device: str | None = "auto", *, copy: bool = True,
     ):
         """``precision``: ``"fp32"`` (the answers the model was evaluated with), ``"bf16"`` (the weights
         cast to bfloat16: faster on a CPU with native bf16 or a GPU, with answers that can differ where
         two labels are close) or ``"auto"`` (bf16 where the hardware has it, see
         ``fsllm.config.resolve_precision``). ``device``: ``"auto"`` (the first CUDA GPU when there is
         one, as ``transformers.pipeline`` picks, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
-        the model is moved there (see ``fsllm.config.resolve_device``)."""
+        the model is moved there (see ``fsllm.config.resolve_device``).
+
+        ``copy``: the predictor works on its own copy of ``model`` (the default), which it puts in eval
+        mode, merges LoRA into, casts and moves, so a model still being trained keeps its LoRA
+        gradients, its dropout and its place; ``copy=False`` does all that to ``model`` itself and
+        spares the memory of a copy (``from_pretrained`` does so with the model it loaded)."""
+        if copy:
+            model = copy_module.deepcopy(model)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -129,6 +137,7 @@ class Predictor:
         # a run folder's config.json is its TrainConfig (the model folder's own holds no max_length)
         saved = run.load_config().max_length if model_dir != path and run.config_path.is_file() else None
         max_length = kwargs.pop("max_length", None) or saved or 256
+        kwargs.setdefault("copy", False)  # the model was loaded for this predictor alone
         return cls(model, tokenizer, max_length=max_length, **kwargs)
 
     @property

@@ -91,6 +91,23 @@ def portable_backbone_ref(ref: str) -> str:
     return ref
 
 
+def _reduce_loss(total: torch.Tensor, count: torch.Tensor | int, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+    """A loss summed over a batch's label values, divided by ``num_items_in_batch`` when the ``Trainer``
+    gives it, else by this batch's own ``count`` (a mean, as a model called by hand returns).
+
+    The ``Trainer`` passes ``num_items_in_batch`` to a model that accepts loss keyword arguments: the
+    label values that are not -100 counted over the whole optimizer step (every accumulated batch and,
+    by default, every process). It then neither divides the loss by the accumulation steps nor lets
+    DDP's gradient mean shrink it (it multiplies by the number of processes): a local mean would come
+    out N times too large on N processes. Sum over the global count is exact in both cases.
+    """
+    if num_items_in_batch is None:
+        return total / (count.clamp(min=1) if torch.is_tensor(count) else max(int(count), 1))
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
 class FSModel(PreTrainedModel):
     """Shared machinery of the two FS task models; use one of the subclasses (or ``load_model``)."""
 
@@ -101,6 +118,8 @@ class FSModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    #: the forwards honour ``num_items_in_batch`` (see ``_reduce_loss``): the ``Trainer`` reads this flag
+    accepts_loss_kwargs = True
     task: str = ""
 
     def __init__(self, config: FSLLMConfig, backbone: PreTrainedModel | None = None):
@@ -113,6 +132,9 @@ class FSModel(PreTrainedModel):
         super().__init__(config)
         if self.task and config.task != self.task:
             raise ModelFolderError(f"{type(self).__name__} is a {self.task} model; the config is for a {config.task} model")
+        if config.problem_type == "regression" and config.num_labels != 1:
+            # MSE against [B] targets would broadcast over [B, num_labels] logits without a word
+            raise ConfigError(f"problem_type='regression' predicts one value: num_labels must be 1, got {config.num_labels}")
         fs_config = config.fs_config
         self.fs_config = fs_config
         self.num_labels = config.num_labels
@@ -501,24 +523,26 @@ class FSModel(PreTrainedModel):
         """Upload the folder ``save_pretrained`` writes (tokenizer, model card and all) to the Hub.
 
         The stock ``push_to_hub`` would replace fsllm's model card with an empty template and
-        could not pass the tokenizer or ``merged``; the upload itself is the stock one.
+        could not pass the tokenizer or ``merged``. The upload is ``huggingface_hub``'s public
+        ``HfApi.create_repo`` + ``HfApi.upload_folder`` (one commit of the whole folder), through
+        transformers' shared ``HfApi`` so the Hub sees the same library tag as for any model.
         """
         import tempfile
 
         from transformers.utils.hub import hf_api
 
-        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        api = hf_api()
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, tokenizer=tokenizer, merged=merged, model_card=model_card)
-            return self._upload_modified_files(
-                tmp,
-                repo_id,
-                files_timestamps={},
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
                 commit_message=commit_message or "Upload fsllm model",
-                token=token,
-                create_pr=create_pr,
-                revision=revision,
                 commit_description=commit_description,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
             )
 
     @classmethod
@@ -593,7 +617,15 @@ class FSModel(PreTrainedModel):
             state = load_file(str(path))
         except Exception as e:  # noqa: BLE001
             raise ModelFolderError(f"{path}: cannot read the head weights: {e}".splitlines()[0]) from e
-        if "fs_lambda_raw" in state:
+        # learnable lambdas are trained weights: a folder and a model that disagree on them are not one model
+        has_lambdas = hasattr(self, "fs_lambda_raw")
+        if has_lambdas and "fs_lambda_raw" not in state:
+            raise ModelFolderError(f"{path}: lacks the learned decay lambdas (fs_lambda_raw) that a model with "
+                                   "learnable_lambda=True trains; the folder is incomplete or from another model")
+        if "fs_lambda_raw" in state and not has_lambdas:
+            raise ModelFolderError(f"{path}: holds learned decay lambdas (fs_lambda_raw) but the model has none "
+                                   "(its config is not attention='decay' with learnable_lambda=True)")
+        if has_lambdas:
             with torch.no_grad():
                 self.fs_lambda_raw.copy_(state.pop("fs_lambda_raw"))
         head = {k[len("head.") :]: v for k, v in state.items()}
@@ -617,9 +649,15 @@ class FSForSequenceClassification(FSModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **_: Any,
     ) -> SequenceClassifierOutput:
-        """Logits ``[B, num_labels]`` (in the data's units for regression), and the loss when ``labels`` are given."""
+        """Logits ``[B, num_labels]`` (in the data's units for regression), and the loss when ``labels`` are given.
+
+        The loss is the mean over this batch's label values, or, given ``num_items_in_batch`` (the
+        ``Trainer``'s count of label values over every process and accumulated batch, see
+        :func:`_reduce_loss`), their sum divided by that count.
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.encode(input_ids, attention_mask)
@@ -633,12 +671,14 @@ class FSForSequenceClassification(FSModel):
             mean, std = float(self.config.target_mean), float(self.config.target_std)
             z = logits.float()
             if labels is not None:
-                loss = F.mse_loss(z.squeeze(-1), (labels.float().reshape(-1) - mean) / std)
+                loss = _reduce_loss(F.mse_loss(z.squeeze(-1), (labels.float().reshape(-1) - mean) / std, reduction="sum"),
+                                    labels.numel(), num_items_in_batch)
             logits = (z * std + mean).to(logits.dtype)
         elif labels is not None and problem == "multi_label_classification":
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            loss = _reduce_loss(F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum"),
+                                labels.numel(), num_items_in_batch)
         elif labels is not None:
-            loss = F.cross_entropy(logits.float(), labels)
+            loss = _reduce_loss(F.cross_entropy(logits.float(), labels, reduction="sum"), labels.numel(), num_items_in_batch)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
@@ -652,14 +692,22 @@ class FSForTokenClassification(FSModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **_: Any,
     ) -> TokenClassifierOutput:
-        """Logits ``[B, L, num_labels]``, and the loss over the labelled positions (not -100) when ``labels`` are given."""
+        """Logits ``[B, L, num_labels]``, and the loss over the labelled positions (not -100) when ``labels`` are given.
+
+        The loss is the mean over this batch's labelled tokens, or, given ``num_items_in_batch`` (the
+        ``Trainer``'s count of labelled tokens over every process and accumulated batch), their sum
+        divided by that count: every token then weighs the same whichever batch or process it is in.
+        """
         hidden = self.encode(input_ids, attention_mask)
         logits = self.label_whitespace(input_ids, attention_mask, self.head(hidden))
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
+            flat = labels.reshape(-1)
+            total = F.cross_entropy(logits.float().reshape(-1, self.num_labels), flat, ignore_index=-100, reduction="sum")
+            loss = _reduce_loss(total, (flat != -100).sum(), num_items_in_batch)
         return TokenClassifierOutput(loss=loss, logits=logits)
 
     def _bio_labels(self) -> tuple[torch.Tensor, int] | None:

@@ -15,6 +15,7 @@ repeat the run), ``checkpoints/`` (``checkpoint-N`` folders written by the Train
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from .errors import FSLLMError
 
 if TYPE_CHECKING:
     from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -84,10 +87,26 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records written after ``step`` (the killed run went on past its last checkpoint)."""
+    """Drop log records written after ``step`` (the killed run went on past its last checkpoint).
+
+    A run killed in the middle of an append leaves a partial last line: it is dropped with the rest
+    of what came after the checkpoint. A record that does not parse anywhere else means the file was
+    damaged otherwise, and resuming on it would hide that: one clear error.
+    """
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    keep = []
+    for n, ln in enumerate(lines):
+        try:
+            record = json.loads(ln)
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:
+                logger.warning("%s: dropped a partial last record (the run was killed while writing it)", path)
+                break
+            raise FSLLMError(f"{path}: line {n + 1} is not a JSON record; repair or delete the log to resume") from None
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            keep.append(ln)
     atomic.write_lines(path, keep)
 
 

@@ -384,7 +384,8 @@ def encode_sequence(
 ) -> list[int]:
     """Input ids of one text with the tokenizer's special tokens; over ``max_length`` is a 413 unless ``truncate``.
 
-    Truncation keeps the special tokens (a BOS stays first) and cuts words from ``direction``'s end.
+    Truncation is ``fsllm.tokenization.sequence_ids``' (as in training): the special tokens stay,
+    the text is cut from ``direction``'s end.
     """
     ids = list(tokenizer(text)["input_ids"])
     if len(ids) <= max_length:
@@ -392,14 +393,9 @@ def encode_sequence(
     if not truncate:
         raise ServeError(413, f"input {index}: {len(ids)} tokens, more than the model's max input length "
                               f"{max_length}; send truncate=true to cut it")
-    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    head = next((p for p in range(len(ids) - len(plain) + 1) if ids[p : p + len(plain)] == plain), None)
-    if head is None:  # the tokenizer merged specials into the text: cut the full sequence
-        return ids[:max_length] if direction == "Right" else ids[-max_length:]
-    prefix, suffix = ids[:head], ids[head + len(plain) :]
-    budget = max(1, max_length - len(prefix) - len(suffix))
-    body = plain[:budget] if direction == "Right" else plain[-budget:]
-    return prefix + body + suffix
+    from .tokenization import sequence_ids  # the truncation rule of training and evaluation
+
+    return sequence_ids(text, tokenizer, max_length, direction)[0]
 
 
 def label_scores(logits: np.ndarray, id2label: dict[int, str], raw_scores: bool, config: Any = None) -> list[dict]:

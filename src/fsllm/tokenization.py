@@ -155,15 +155,43 @@ def merge_window_predictions(n_words: int, windows_preds: list[tuple[list[int], 
     return best
 
 
+def _special_parts(full: list[int], plain: list[int]) -> tuple[list[int], list[int]] | None:
+    """The special tokens a tokenizer put before and after a text's own tokens (``plain``) in its
+    encoding ``full`` (a BOS; an EOS for tokenizers that add one), or ``None`` when ``plain`` does not
+    occur whole in ``full`` (a tokenizer that merged a special token into the text)."""
+    head = next((k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain), None)
+    return None if head is None else (full[:head], full[head + len(plain) :])
+
+
+def sequence_ids(
+    text: str, tokenizer: PreTrainedTokenizerBase, max_length: int | None = None, direction: str = "right"
+) -> tuple[list[int], bool]:
+    """Input ids of one text with the tokenizer's special tokens, and whether it was truncated.
+
+    The one truncation rule of training, evaluation, ``fsllm predict`` and ``fsllm serve``: over
+    ``max_length`` the text's own tokens are cut (at the end, or at the start with ``direction="left"``)
+    and the special tokens stay where the tokenizer puts them, so a model trained with a final EOS
+    (Qwen-style tokenizers, or pooling on the last token) sees it on a long input too.
+    """
+    ids = list(tokenizer(text)["input_ids"])
+    if max_length is None or len(ids) <= max_length:
+        return ids, False
+    left = direction.lower() == "left"
+    plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    parts = _special_parts(ids, plain)
+    if parts is None:  # the specials are not separable from the text: cut the whole sequence
+        return (ids[-max_length:] if left else ids[:max_length]), True
+    prefix, suffix = parts
+    budget = max(1, max_length - len(prefix) - len(suffix))
+    return prefix + (plain[-budget:] if left else plain[:budget]) + suffix, True
+
+
 def sequence_features(
     text: str, tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> tuple[dict, bool]:
-    """Input ids for one text truncated at ``max_length``, and whether it was truncated."""
-    enc = tokenizer(text, truncation=False)
-    ids = enc["input_ids"]
-    truncated = len(ids) > max_length
-    if truncated:
-        ids = ids[:max_length]
+    """Model inputs of one text (see :func:`sequence_ids`: special tokens kept, the text cut at
+    ``max_length``) and whether it was truncated."""
+    ids, truncated = sequence_ids(text, tokenizer, max_length)
     return {"input_ids": ids, "attention_mask": [1] * len(ids)}, truncated
 
 
@@ -194,9 +222,9 @@ def pair_ids(
     first = list(tokenizer(text)["input_ids"])
     plain = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     # the specials around ``text`` (a BOS; an EOS for tokenizers that add one) stay where they are
-    head = next((k for k in range(len(first) - len(plain) + 1) if first[k : k + len(plain)] == plain), None)
-    prefix, suffix = (first[:head], first[head + len(plain) :]) if head is not None else ([], [])
-    if head is None:
+    parts = _special_parts(first, plain)
+    prefix, suffix = parts if parts is not None else ([], [])
+    if parts is None:
         plain = first
     sep = [] if suffix and suffix[-1] == pair_separator_id(tokenizer) else [pair_separator_id(tokenizer)]
     second = list(tokenizer(text_pair, add_special_tokens=False)["input_ids"])

@@ -190,10 +190,20 @@ class FSTrainer(Trainer):
         self.tokens_per_batch = tokens_per_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The stock loss (the model sums it over the step's ``num_items_in_batch`` labelled tokens, see
+        ``fsllm.modeling._reduce_loss``), or with a length-balanced loss the sum over this batch's labelled
+        tokens divided by the average batch's count, as many times as batches make the optimizer step."""
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         if self.tokens_per_batch and model.training:
-            # mean over this batch's labelled tokens -> sum over them / the average batch's count
-            loss = loss * ((inputs["labels"] != -100).sum() / self.tokens_per_batch)
+            if num_items_in_batch is None:
+                # a mean over this batch's labelled tokens; the Trainer divides it by the accumulation steps
+                loss = loss * ((inputs["labels"] != -100).sum() / self.tokens_per_batch)
+            else:
+                # a sum over this batch's tokens / the step's count, which the Trainer then multiplies by the
+                # processes (DDP averages their gradients) and does not divide by the accumulation steps
+                processes = self.accelerator.num_processes // self.get_tp_size() if self.args.average_tokens_across_devices else 1
+                batches = self.current_gradient_accumulation_steps * processes
+                loss = loss * (num_items_in_batch / (self.tokens_per_batch * batches))
         return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
@@ -243,11 +253,38 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+#: the settings a resumed run may change: how it evaluates, reports and saves, and the memory a step takes,
+#: not what it learns (``gradient_checkpointing`` gives the same loss and gradients)
+RESUME_CHANGEABLE = ("eval_batch_size", "evaluate_test", "gradient_checkpointing", "save_total_limit")
+
+
+FSDP_REFUSED = (
+    "fsllm train does not run under FSDP: its end of run (saving and evaluating the best model) runs on "
+    "process 0 alone, which a sharded model cannot do without the other processes, so the run would hang; "
+    "launch it as DDP (torchrun, or accelerate launch without the FSDP config; see docs/scaling.md)"
+)
+
+
+def fsdp_launch() -> bool:
+    """Does this launch ask accelerate for FSDP on GPUs (``accelerate launch`` with an FSDP config)?
+
+    Accelerate shards the model when ``ACCELERATE_USE_FSDP`` is set and the processes run on an
+    accelerator; on a CPU (the ``Trainer`` runs ``use_cpu`` there, see :func:`training_arguments`) it
+    ignores the setting and runs DDP over gloo, which ``fsllm train`` completes (docs/scaling.md).
+    """
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and torch.cuda.is_available()
+
+
 def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, RunFolder]:
     """The configuration to train with and its run folder, every check done before anything is written.
 
-    Resuming reads the run's own ``config.json``, so the continued run is the one that was started.
+    An FSDP launch is refused here (:data:`FSDP_REFUSED`), before a model is loaded or a file written.
+    Resuming reads the run's own ``config.json``, so the continued run is the one that was started; of
+    the ``overrides`` it applies those of :data:`RESUME_CHANGEABLE` (and saves them) and refuses any
+    other, which would make the continued run another one than the one its checkpoints come from.
     """
+    if fsdp_launch():
+        raise FSLLMError(FSDP_REFUSED)
     if resume:
         out = overrides.get("output_dir") or (config.output_dir if config else None)
         if not out:
@@ -256,6 +293,18 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
         if not folder.config_path.is_file():
             raise FSLLMError(f"{out}: nothing to resume (no {folder.config_path.name})")
         cfg = folder.load_config()
+        # a setting given again with its saved value changes nothing and is no reason to refuse
+        changes = {k: v for k, v in overrides.items() if k != "output_dir" and getattr(cfg, k, object()) != v}
+        refused = sorted(k for k in changes if k not in RESUME_CHANGEABLE)
+        if refused:
+            raise FSLLMError(
+                f"--resume continues the run as {folder.config_path} says and cannot change {', '.join(refused)} "
+                f"(it applies only {', '.join(RESUME_CHANGEABLE)}); to change them, start a new run "
+                f"with --config {folder.config_path} and another --output"
+            )
+        if changes:
+            logger.warning("resume: applying %s", ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
+            cfg = dataclasses.replace(cfg, **changes)
     else:
         cfg = config or TrainConfig()
         if overrides:
@@ -432,7 +481,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
 
     ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
     ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
-    from that run's last complete checkpoint with its saved configuration.
+    from that run's last complete checkpoint with its saved configuration; other overrides
+    may change only ``RESUME_CHANGEABLE`` (how it evaluates and saves), any other is refused.
     """
     cfg, folder = resolve_config(config, resume, overrides)
     set_seed(cfg.seed)
@@ -445,6 +495,8 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.save_config(cfg)
     trainer = build_trainer(cfg, folder, model, tokenizer, data, features, callbacks)
+    if trainer.is_fsdp_enabled:  # accelerate's own decision, should it shard where fsdp_launch did not foresee it
+        raise FSLLMError(FSDP_REFUSED)
     train_out, seconds = fit(trainer, folder, resume)
     if not _is_main_process():
         return RunResult(folder.path, {}, [])

@@ -8,8 +8,11 @@ What these tests establish (details in docs/scaling.md):
   accelerate switches to FSDP only for accelerator device types (``MULTI_GPU``, ``MULTI_XPU`` ...),
   never for ``MULTI_CPU``, so the model is not sharded. The slow test pins that down.
 * FSDP2 itself (``torch.distributed.fsdp.fully_shard``) does shard an FS model over gloo on CPU and
-  gives the unsharded model's loss and gradients; ``FSModel.save_pretrained`` of a sharded model
-  does not work yet (strict xfail: it turns into a failure the day it is fixed).
+  gives the unsharded model's loss and gradients; ``FSModel.save_pretrained`` of a sharded model,
+  called on every process, gathers the shards and process 0 writes the whole head and adapter.
+* DDP is the one-process run: two processes with half the batch each (with or without gradient
+  accumulation, with or without a length-balanced loss) log the same loss and make the same update
+  as one process with the whole batch.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_conll_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -268,3 +272,45 @@ def test_torchrun_two_processes_share_the_data_and_write_one_run(tmp_path, tiny_
     assert [(r["step"], r["epoch"]) for r in evals] == [(3, 1.0), (6, 2.0)]  # logged once, by process 0
     assert proc.stdout.count("test f1:") == 1
     assert (run / "model" / "fsllm_head.safetensors").is_file()
+
+
+_DDP_STEP = '''
+import os, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from conftest import one_sgd_step
+
+out = {}
+for name, task, batch, acc, tpb in (("token", "token", 8, 1, None), ("sequence", "sequence", 8, 1, None),
+                                    ("token_accumulated", "token", 4, 2, None), ("token_balanced", "token", 8, 1, 15.0)):
+    r = one_sgd_step(task, os.path.join(sys.argv[2], name), batch_size=batch, accumulation=acc, tokens_per_batch=tpb)
+    out[name] = {"loss": r["loss"], "weights": r["weights"]}
+torch.save(out, os.path.join(sys.argv[2], f"rank{os.environ['RANK']}.pt"))
+'''
+
+
+def test_ddp_on_two_processes_makes_the_one_process_step(tmp_path):
+    """``torchrun`` of two gloo processes, 8 examples each (or 4 twice, accumulated; or 8 with a length-balanced
+    loss), against one process with all 16: the same logged loss and the same weights after one SGD step.
+    The Trainer multiplies the loss of a model that accepts loss keyword arguments by the number of
+    processes; a model that returned its local mean was N times too large on N processes (~50 s on 2 cores)."""
+    from conftest import one_sgd_step
+
+    script = tmp_path / "ddp_step.py"
+    script.write_text(_DDP_STEP)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(TESTS), str(tmp_path)],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    whole = {task: one_sgd_step(task, tmp_path / f"one-{task}", batch_size=16) for task in ("token", "sequence")}
+    whole["token_accumulated"] = whole["token"]
+    # length-balanced: the average batch holds half the tokens on each of the two processes
+    whole["token_balanced"] = one_sgd_step("token", tmp_path / "one-balanced", batch_size=16, tokens_per_batch=30.0)
+    for name, ref in whole.items():
+        for got in ranks:  # DDP keeps the processes' weights equal
+            assert got[name]["loss"] == pytest.approx(ref["loss"], rel=1e-5), name
+            for w, v in ref["weights"].items():
+                torch.testing.assert_close(got[name]["weights"][w], v, atol=1e-6, rtol=1e-5, msg=f"{name}: {w}")
