@@ -433,8 +433,13 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
     ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
     from that run's last complete checkpoint with its saved configuration.
+    A list of learning rates trains a grid and keeps the rate best on dev (:mod:`fsllm.selection`).
     """
     cfg, folder = resolve_config(config, resume, overrides)
+    if isinstance(cfg.learning_rate, list):  # a learning-rate grid: one run per rate, chosen on dev
+        from .selection import train_grid
+
+        return train_grid(cfg, folder, resume=resume, callbacks=callbacks)
     set_seed(cfg.seed)
     data = prepare_data(cfg)
     model, tokenizer = build_model(cfg, data)
