@@ -433,7 +433,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     ``train(data="rt-polarity", epochs=2)`` or ``train(TrainConfig(...))``. With
     ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
     from that run's last complete checkpoint with its saved configuration.
-    A list of learning rates trains a grid and keeps the rate best on dev (:mod:`fsllm.selection`).
+    A list of learning rates trains a grid and keeps the rate best on dev (``fsllm.selection``).
     """
     cfg, folder = resolve_config(config, resume, overrides)
     if isinstance(cfg.learning_rate, list):  # a learning-rate grid: one run per rate, chosen on dev
