@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import math
@@ -173,6 +174,9 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
                 if _is_main_process() and Path(mcfg.output_dir).exists():  # files, but no config: nothing to keep
                     shutil.rmtree(mcfg.output_dir)
                 train(mcfg, callbacks=callbacks)
+            gc.collect()  # the member's model and Trainer are gone: free their memory before the next one
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
         except FSLLMError:
             # a model that does not load leaves nothing behind, as a plain run does
             if created and k == 1 and not Path(mcfg.output_dir).exists() and _is_main_process():

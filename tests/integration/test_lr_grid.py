@@ -113,8 +113,9 @@ def test_grid_resumes_mid_grid_and_matches_a_plain_run(tmp_path, tiny_model_dir,
     dev = {(1e-3, 42): 0.4, (5e-2, 42): 0.8}
     members = Members(monkeypatch, dev)
     data, run = write_csv_dir(tmp_path), tmp_path / "run"
+    # bf16: the grid scores test outside the Trainer, and must do so under the autocast the Trainer used
     options = dict(data=str(data), model=str(tiny_model_dir), max_steps=2, batch_size=4, eval_steps=1, seed=42,
-                   precision="fp32")
+                   precision="bf16")
     with pytest.raises(KeyboardInterrupt):  # killed in the second member, after its checkpoint of step 1
         train(**options, output_dir=str(run), learning_rate=[1e-3, 5e-2], callbacks=[StopAfterFirstCheckpoint(5e-2)])
     assert (run / "grid" / "lr0.001-seed42" / "metrics.json").is_file()
@@ -133,7 +134,7 @@ def test_grid_resumes_mid_grid_and_matches_a_plain_run(tmp_path, tiny_model_dir,
     again = train(resume=True, output_dir=str(run))
     assert again.metrics == res.metrics and members.test_calls == 1 and members.started == [(5e-2, 42, "resume")]
 
-    # the grid's run is the plain run at the chosen rate: same dev and test scores
+    # the grid's run is the plain run at the chosen rate: the same dev and test scores, to the last digit
     plain = train(**options, output_dir=str(tmp_path / "plain"), learning_rate=5e-2)
     assert "grid" not in plain.metrics and not (tmp_path / "plain" / "grid").exists()
     assert plain.metrics["test"] == res.metrics["test"] and plain.metrics["dev"] == res.metrics["dev"]
