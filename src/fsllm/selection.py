@@ -177,7 +177,7 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
             gc.collect()  # the member's model and Trainer are gone: free their memory before the next one
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        except FSLLMError:
+        except Exception:
             # a model that does not load leaves nothing behind, as a plain run does
             if created and k == 1 and not Path(mcfg.output_dir).exists() and _is_main_process():
                 shutil.rmtree(folder.path, ignore_errors=True)
@@ -188,9 +188,12 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
 
 
 def _check_member(mcfg: TrainConfig) -> None:
-    """A member folder found on resume must hold the run this grid would train there."""
-    saved = RunFolder(Path(mcfg.output_dir)).load_config()
-    if json.loads(json.dumps(saved.to_dict())) != json.loads(json.dumps(mcfg.to_dict())):
+    """A member folder found on resume must hold the run this grid would train there (wherever the
+    folders were when it ran: the output folder is not compared)."""
+    def settings(c: TrainConfig) -> dict:
+        return json.loads(json.dumps({k: v for k, v in c.to_dict().items() if k != "output_dir"}))
+
+    if settings(RunFolder(Path(mcfg.output_dir)).load_config()) != settings(mcfg):
         raise FSLLMError(f"{mcfg.output_dir}: holds a run with other settings than this grid's member; "
                          "remove it to train it again")
 

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 import fsllm.selection as selection
 import fsllm.training as training
 from fsllm.cli import main
+from fsllm.errors import FSLLMError
 from fsllm.training import train
 
 TINY = ["--max-steps", "1", "--batch-size", "4"]  # one step, dev scored once: members are cheap
@@ -156,3 +157,11 @@ def test_grid_without_dev_split_is_refused_before_anything_is_written(tmp_path, 
     err = capsys.readouterr().err
     assert rc == 2 and "no dev split" in err and len(err.strip().splitlines()) == 1
     assert not run.exists()
+
+
+def test_grid_with_a_model_that_does_not_load_leaves_nothing_behind(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises((FSLLMError, OSError), match="no-such-model"):
+        train(data=str(write_csv_dir(tmp_path)), model=str(tmp_path / "no-such-model"), output_dir=str(run),
+              max_steps=1, learning_rate=[1e-3, 5e-2])
+    assert not run.exists()  # so the corrected command is not refused as "already holds a run"
