@@ -23,7 +23,7 @@ the larger sizes train at the chosen rate (of the largest grid size not above th
 records the grid's dev scores and the chosen rate. Where one seed's dev noise could flip a close
 grid, ``--grid-seeds 0,1,2`` trains every rate with each of those seeds and chooses on the mean dev
 score; each grid seed's cell is then its own chosen member (use its own ``--out``: the choice can
-differ from a one-seed grid's). ``--patience N`` stops a run after N dev
+differ from a one-seed grid's). The choice is ``fsllm train --lr A,B,...``'s (``fsllm.selection.choose_rate``). ``--patience N`` stops a run after N dev
 evaluations without a new best (the same rule for every row), so ``--epochs`` is a ceiling.
 
     python benchmarks/paper_tables.py ner --out benchmarks/results/tuned --runs runs/tuned \
@@ -811,12 +811,13 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
             raise SystemExit(f"{cell_path(out, cell.table, m.id)}: this grid member ran with other settings "
                              f"(differing: {', '.join(diff)}); remove it or write to another --out")
     per_seed = {f"{lr:g}": {str(s): done[cell.grid_member(g, s, lr).id]["dev_metric"] for s in seeds} for lr in rates}
-    # several grid seeds: a rate is scored by its mean dev (one seed's noise can flip a close grid)
-    scores = {lr: (None if any(v is None for v in by.values()) else statistics.fmean(by.values()))
-              for lr, by in per_seed.items()}
-    # the first rate of the grid wins a tie: the grid is written from the smallest rate up
-    chosen = max(rates, key=lambda lr: (scores[f"{lr:g}"] if scores[f"{lr:g}"] is not None else -math.inf,
-                                        -rates.index(lr)))
+    # fsllm train's rule (fsllm.selection.choose_rate): a rate is scored by its mean dev over the grid
+    # seeds (one seed's noise can flip a close grid), and the first rate of the grid wins a tie (the grid
+    # is written from the smallest rate up)
+    from fsllm.selection import choose_rate
+
+    chosen, means = choose_rate({lr: list(per_seed[f"{lr:g}"].values()) for lr in rates})
+    scores = {f"{lr:g}": means[lr] for lr in rates}
     grid = {"size": g, "seed": seeds[0], "dev": scores, "chosen_lr": chosen}
     if len(seeds) > 1:
         grid.update(seeds=list(seeds), dev_per_seed=per_seed)

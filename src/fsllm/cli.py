@@ -322,6 +322,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     for split in ("dev", "test"):
         if split in m:
             print(f"{split} {key}: {m[split][key]:.4f}")
+    if grid := m.get("grid"):  # a learning-rate grid (fsllm.selection): each rate's mean dev score
+        means = ", ".join(f"{lr} {'-' if v is None else f'{v:.4f}'}" for lr, v in grid["mean_dev"].items())
+        print(f"grid dev {key} by lr: {means}; chosen: lr {grid['chosen_lr']:g} ({grid['chosen_member']})")
     print(f"run folder: {result.run_dir}")
     print(f"model: {result.model_dir}")
     for p in result.plots:

@@ -72,6 +72,26 @@ def parse_names(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
 
 
+def parse_rates(text: str) -> float | list[float]:
+    """``learning_rate`` from the command line: one number, or several comma-separated (a grid)."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        rates = [float(x) for x in parts]
+    except ValueError:
+        raise ValueError(f"expected a number or comma-separated numbers (5e-4,1e-3), got {text!r}") from None
+    if not rates:
+        raise ValueError(f"expected a number or comma-separated numbers (5e-4,1e-3), got {text!r}")
+    return rates[0] if len(rates) == 1 and "," not in text else rates
+
+
+def parse_ints(text: str) -> list[int]:
+    """A comma-separated list of integers."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
 @dataclass
 class FSConfig:
     """How to release global features and classify (every field's meaning is its ``help``)."""
@@ -276,7 +296,10 @@ class TrainConfig:
     max_steps: int = setting(-1, "train for this many steps (-1: train for epochs)", trainer=("max_steps",))
     batch_size: int = setting(16, "training batch size per device (the paper's: 16)", trainer=("per_device_train_batch_size",))
     eval_batch_size: int = setting(64, "batch size of evaluation and prediction", trainer=("per_device_eval_batch_size",))
-    learning_rate: float = setting(2e-4, "peak learning rate (the paper's: 2e-4)", flags=("--lr",), trainer=("learning_rate",))
+    learning_rate: float | list[float] = setting(
+        2e-4, "peak learning rate (the paper's: 2e-4). Several, comma-separated (5e-4,1e-3,2e-3): a grid, one run per "
+        "rate (and grid seed) under RUN/grid/, the rate with the best dev score kept, test scored once "
+        "(docs/selection.md)", flags=("--lr",), trainer=("learning_rate",), parse=parse_rates, metavar="LR[,LR...]")
     weight_decay: float = setting(0.0, "AdamW weight decay", trainer=("weight_decay",))
     warmup_ratio: float = setting(0.0, "share of the training steps spent warming the learning rate up, in [0, 1)")
     lr_scheduler_type: str = setting(
@@ -320,6 +343,10 @@ class TrainConfig:
         False, "recompute each decoder layer's activations during backward instead of keeping them: the same loss "
         "and gradients for a second forward per layer, much less memory on long inputs (docs/scaling.md)",
         trainer=("gradient_checkpointing",))
+    grid_seeds: list[int] | None = setting(
+        None, "learning-rate grid only: train every rate with each of these seeds and choose the rate on the mean "
+        "dev score (one seed's noise can flip a close grid); must include --seed, whose member at the chosen rate "
+        "is the model kept (default: --seed alone)", parse=parse_ints, metavar="SEED,SEED,...")
 
     def __post_init__(self) -> None:
         # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
@@ -342,8 +369,25 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be > 0 (or -1: train for epochs), got {self.max_steps!r}")
         if self.max_steps == -1 and not (_is_number(self.epochs) and math.isfinite(self.epochs) and self.epochs > 0):
             raise ConfigError(f"epochs must be > 0 (unless max_steps > 0), got {self.epochs!r}")
-        if not (_is_number(self.learning_rate) and math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if isinstance(self.learning_rate, (list, tuple)):  # a grid (fsllm.selection)
+            self.learning_rate = list(self.learning_rate)
+            if len(self.learning_rate) < 2 or len(set(self.learning_rate)) < len(self.learning_rate):
+                raise ConfigError(f"a learning-rate grid needs two or more different rates, got {self.learning_rate!r}")
+        for lr in self.learning_rate if isinstance(self.learning_rate, list) else [self.learning_rate]:
+            if not (_is_number(lr) and math.isfinite(lr) and lr > 0):
+                raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.grid_seeds is not None:
+            self.grid_seeds = list(self.grid_seeds)
+            if not isinstance(self.learning_rate, list):
+                raise ConfigError("grid_seeds applies to a learning-rate grid (--lr A,B,...); with one rate, "
+                                  "train each seed as a run of its own")
+            if not self.grid_seeds or not all(_is_int(s) for s in self.grid_seeds) \
+                    or len(set(self.grid_seeds)) < len(self.grid_seeds):
+                raise ConfigError(f"grid_seeds must be different integers, got {self.grid_seeds!r}")
+            if self.seed not in self.grid_seeds:
+                raise ConfigError(f"grid_seeds {self.grid_seeds} lacks seed {self.seed}: the model kept is the chosen "
+                                  f"rate's member of --seed; add {self.seed} to --grid-seeds or pass --seed "
+                                  f"{self.grid_seeds[0]}")
         if not (_is_number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not (_is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1):

@@ -483,8 +483,13 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     ``resume=True`` and the ``output_dir`` of an interrupted run, training continues
     from that run's last complete checkpoint with its saved configuration; other overrides
     may change only ``RESUME_CHANGEABLE`` (how it evaluates and saves), any other is refused.
+    A list of learning rates trains a grid and keeps the rate best on dev (``fsllm.selection``).
     """
     cfg, folder = resolve_config(config, resume, overrides)
+    if isinstance(cfg.learning_rate, list):  # a learning-rate grid: one run per rate, chosen on dev
+        from .selection import train_grid
+
+        return train_grid(cfg, folder, resume=resume, callbacks=callbacks)
     set_seed(cfg.seed)
     data = prepare_data(cfg)
     model, tokenizer = build_model(cfg, data)
