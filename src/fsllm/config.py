@@ -34,6 +34,7 @@ from transformers.trainer_utils import SchedulerType
 
 from .attention import SUPPORTED_IMPLEMENTATIONS
 from .backbones import QUANTIZATIONS
+from .decoding import NER_DECODINGS, WORD_SCORES, check_decoding
 from .errors import ConfigError, FSLLMError
 
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
@@ -106,6 +107,15 @@ class FSConfig:
         "decoder layers, i.e. the attention and MLP projections; never the head)",
         flags=("--lora-targets",), parse=parse_names)
     use_lora: bool = setting(True, "adapt the backbone with LoRA; off (--no-use-lora): train the head only, a frozen backbone probe")
+    ner_decoding: str = setting(
+        "greedy", "token tasks: how word tags are read from the scores: 'greedy' (each word's best label; an I-X that "
+        "follows neither B-X nor I-X then starts no entity, as strict IOB2 scoring reads it) or 'viterbi' (the best "
+        "sequence of labels that is valid IOB2: no such stray I-X). A reading option: fsllm eval, predict and serve "
+        "take --decoding to override what the model folder says", choices=NER_DECODINGS, flags=("--decoding",))
+    word_scores: str = setting(
+        "first", "token tasks: a word's scores from its 'first' sub-token (the one training labels) or the 'mean' "
+        "of its sub-tokens' log-probabilities. A reading option: fsllm eval, predict and serve take --word-scores",
+        choices=WORD_SCORES)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -127,6 +137,7 @@ class FSConfig:
             raise ConfigError("learnable_lambda needs attention='decay'")
         if not 0 <= self.head_dropout < 1 or not 0 <= self.lora_dropout < 1:
             raise ConfigError("dropouts must be in [0, 1)")
+        check_decoding(self.ner_decoding, self.word_scores)
         if isinstance(self.fs_layers, str) and self.fs_layers != "all":
             if not re.fullmatch(r"(last|first):\d+", self.fs_layers):
                 raise ConfigError(f"fs_layers must be 'all', 'last:N', 'first:N' or a list of ints, got {self.fs_layers!r}")
