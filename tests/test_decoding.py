@@ -264,3 +264,110 @@ def test_decoding_options_refused_for_a_sequence_model(tiny_seq_model_dir, capsy
         Predictor.from_pretrained(tiny_seq_model_dir, ner_decoding="viterbi")
     rc = main(["predict", str(tiny_seq_model_dir), "--decoding", "viterbi", "a good film"])
     assert rc == 2 and "token-classification" in capsys.readouterr().err
+
+
+def test_fsllm_serve_decoding_flag_answers_the_predictors_viterbi_entities(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    folder, _ = _saved_ner_model(tmp_path, "llama")  # saved greedy: the flag alone asks for Viterbi
+    texts = [" ".join(s) for s in SENTENCES]
+    viterbi_ents = Predictor.from_pretrained(folder, ner_decoding="viterbi").predict(texts)
+    assert viterbi_ents != Predictor.from_pretrained(folder).predict(texts), "greedy and Viterbi agree: no test"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fsllm.cli", "serve", str(folder), "--port", str(port), "--device",
+                             "cpu", "--decoding", "viterbi", "--log-level", "warning"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "fsllm serve did not come up"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        info = httpx.get(url + "/info", timeout=10).json()
+        assert info["ner_decoding"] == {"ner_decoding": "viterbi", "word_scores": "first"}
+        got = httpx.post(url + "/ner", json={"inputs": texts}, timeout=30).json()
+        assert [[(e["entity_group"], e["start"], e["end"]) for e in g] for g in got] == \
+            [[(e["entity_group"], e["start"], e["end"]) for e in g] for g in viterbi_ents]
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# ------------------------------------------------------------------ pipeline()
+
+
+def _pipeline_entities(folder, sentences):
+    import warnings
+
+    from transformers import pipeline
+
+    ner = pipeline("token-classification", model=str(folder), aggregation_strategy="first", device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Tokenizer does not support real words, using fallback heuristic"
+        out = []
+        for s in sentences:
+            text = " ".join(s)
+            # a byte-level BPE token's offsets take in the space before it: an entity starts after it
+            out.append([(e["entity_group"], e["start"] + (text[e["start"]] == " "), e["end"]) for e in ner(text)])
+        return out
+
+
+def _fsllm_entities(folder, sentences):
+    return [[(e["entity_group"], e["start"], e["end"]) for e in r["entities"]]
+            for r in Predictor.from_pretrained(folder, device="cpu").predict(words=sentences)]
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "viterbi"])
+def test_pipeline_finds_the_entities_of_the_configured_decoding(tmp_path, decoding, monkeypatch):
+    folder, _ = _saved_ner_model(tmp_path, "llama", ner_decoding=decoding)
+    want = _fsllm_entities(folder, SENTENCES)
+    assert _pipeline_entities(folder, SENTENCES) == want
+    # the same model's raw logits, which transformers reads as greedy tags with a stray I- starting an entity,
+    # give other entities on these sentences: the ordering is what makes them agree
+    monkeypatch.setattr(FSForTokenClassification, "pipeline_decoding", False)
+    assert _pipeline_entities(folder, SENTENCES) != want
+
+
+def test_pipeline_words_of_a_byte_level_bpe_tokenizer(tmp_path, monkeypatch):
+    """SmolLM2's tokenizer marks the space before a word on the token and writes the space before a digit
+    as a token of its own: forward finds pipeline()'s words from the token ids (FSLLMConfig.word_starts)."""
+    import transformers
+
+    from fsllm import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(3)
+    transformers.LlamaModel(cfg).save_pretrained(tmp_path / "bb")
+    torch.manual_seed(1)
+    model = FSForTokenClassification.from_backbone(str(tmp_path / "bb"), id2label=dict(enumerate(LABELS)),
+                                                   fs_config=FSConfig(ner_decoding="viterbi", word_scores="mean"))
+    _perturb(model, scale=0.3, seed=2)
+    model.save_pretrained(tmp_path / "m", tokenizer=tok)
+    table = json.loads((tmp_path / "m" / "config.json").read_text())["word_starts"]
+    assert table["size"] == len(tok) and "every_token" not in table
+    sentences = [["Nadim", "Ladki", "visited", "Zaragoza", "12", "times", "."],
+                 ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "in", "1996"],
+                 ["Peter", "Blackburn", "said", "Brussels", "2-1", "'s", "U.N.", "office"]]
+    want = _fsllm_entities(tmp_path / "m", sentences)
+    assert any(want), "no entity at all: nothing to compare"
+    assert _pipeline_entities(tmp_path / "m", sentences) == want
+    monkeypatch.setattr(FSForTokenClassification, "pipeline_decoding", False)
+    assert _pipeline_entities(tmp_path / "m", sentences) != want

@@ -436,6 +436,9 @@ class FSLLMConfig(PreTrainedConfig):
             them; ``forward`` gives each the label the space before its next word has in BIO terms
             (inside the entity when that word continues one, else ``O``), so that ``pipeline()``,
             whose word heuristic takes such a token for a word, finds the entities fsllm finds.
+        word_starts: token models only: which tokens begin a word as ``pipeline()`` splits words
+            (``fsllm.decoding.word_start_table``, saved with the tokenizer), so that ``forward`` can give
+            each word's first token the tag fsllm decodes (``FSConfig.ner_decoding``) as its top label.
     """
 
     model_type = "fsllm"
@@ -455,6 +458,7 @@ class FSLLMConfig(PreTrainedConfig):
     text_pair: bool = False
     backbone_quantization: str | None = None
     whitespace_token_ids: list | None = None
+    word_starts: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

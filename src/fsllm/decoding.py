@@ -17,10 +17,14 @@ tags, and the same tags the same entities, everywhere:
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import dataclasses
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from .errors import ConfigError
 
@@ -205,3 +209,130 @@ def decode_words(logp: np.ndarray, labels: Sequence[str], ner_decoding: str) -> 
         path = logp.argmax(-1)
     scores = np.exp(logp[np.arange(len(path)), path])
     return [labels[int(i)] for i in path], [float(s) for s in scores]
+
+
+# --------------------------------------------------------------------------- pipeline()
+
+#: how a tokenizer marks the space before a word on the token itself: byte-level BPE (GPT-2, Llama-3,
+#: SmolLM2, Qwen) and SentencePiece (Llama-2, Gemma)
+SPACE_MARKERS = ("\u0120", "\u2581", " ")
+
+
+def word_start_table(tokenizer) -> dict:
+    """What ``forward`` needs to find the words ``pipeline()`` finds, from token ids alone (saved as
+    ``FSLLMConfig.word_starts`` with a token model's tokenizer).
+
+    transformers' token-classification pipeline takes a token for the start of a word when a space
+    is at or just before it in the text (its fallback heuristic for tokenizers without a
+    continuing-subword prefix, which every decoder tokenizer is). A token whose text starts with a
+    space marker is such a token; so is the first one and one after a whitespace-only token. A
+    tokenizer with no marked token (one that splits words at whitespace) makes every token a word.
+    Returns ``{"special": [ids]}`` plus ``{"every_token": True}`` or ``{"space_marked": <base64 of the
+    zlib-compressed bitmap over the vocabulary>, "size": <vocabulary size>}``.
+    """
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    marked = np.array([bool(t) and t[0] in SPACE_MARKERS for t in tokens], dtype=bool)
+    out: dict = {"special": sorted(int(i) for i in set(tokenizer.all_special_ids))}
+    if not marked.any():
+        return {**out, "every_token": True}
+    packed = zlib.compress(np.packbits(marked).tobytes(), 9)
+    return {**out, "space_marked": base64.b64encode(packed).decode("ascii"), "size": len(tokens)}
+
+
+def _space_marked(table: dict, device) -> torch.Tensor:
+    """The bitmap of :func:`word_start_table` as a bool tensor over the vocabulary."""
+    bits = np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(table["space_marked"])), dtype=np.uint8))
+    return torch.from_numpy(bits[: int(table["size"])].astype(bool)).to(device)
+
+
+def word_starts(config, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``([B, L], [B, L])``: the positions where ``pipeline()`` starts a word, and those of every token of a
+    word (real tokens, special and whitespace-only ones aside: fsllm's words leave those out, and
+    ``label_whitespace`` labels the latter); ``None`` without ``config.word_starts``."""
+    table = getattr(config, "word_starts", None)
+    if not table:
+        return None
+    dev = input_ids.device
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    real = real & ~torch.isin(input_ids, torch.tensor(table.get("special", []), dtype=input_ids.dtype, device=dev))
+    space_only = torch.isin(input_ids, torch.tensor(config.whitespace_token_ids or [], dtype=input_ids.dtype,
+                                                    device=dev))
+    if table.get("every_token"):
+        marked = real
+    else:
+        key = ("space_marked", str(dev))
+        lut = cache.get(key) if cache is not None else None
+        if lut is None:
+            lut = _space_marked(table, dev)
+            if cache is not None:
+                cache[key] = lut
+        marked = lut[input_ids.clamp(0, len(lut) - 1)] & (input_ids < len(lut))
+    after_space = torch.zeros_like(real)
+    after_space[:, 1:] = space_only[:, :-1]
+    first = real & (real.long().cumsum(1) == 1)
+    return real & ~space_only & (marked | after_space | first), real & ~space_only
+
+
+@contextlib.contextmanager
+def raw_logits(model):
+    """Within it, an FS token model's ``forward`` returns its head's logits as they are: what fsllm's own
+    readers (:func:`fsllm.evaluation.predict_word_tags`) decode, pool and score the loss with. Outside,
+    in eval mode, ``forward`` orders them for ``pipeline()`` (:func:`pipeline_logits`)."""
+    before = getattr(model, "pipeline_decoding", None)
+    if before is None:  # not an FS token model (a baseline): nothing to switch
+        yield
+        return
+    model.pipeline_decoding = False
+    try:
+        yield
+    finally:
+        model.pipeline_decoding = before
+
+
+def pipeline_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    logits: torch.Tensor) -> torch.Tensor:
+    """The logits ``forward`` returns in eval mode: at the first token of each word, the label the model's
+    decoding (``FSConfig.ner_decoding`` / ``word_scores``) gives the word swaps places with the top one.
+
+    transformers' token-classification pipeline takes each token's (``aggregation_strategy="first"``:
+    each word's first token's) argmax and starts an entity at any ``I-X``. With this, its argmax is the
+    tag fsllm decodes (the Viterbi path, or greedy tags read as strict IOB2, a stray ``I-X`` becoming
+    ``O``), so ``pipeline()`` finds fsllm's entities; the set of values at each token is kept, so the
+    score ``pipeline()`` reports for such a word is the word's top probability rather than that of its
+    tag. Words are those of :func:`word_starts`; without ``config.word_starts`` (a folder saved without
+    its tokenizer), without BIO labels, in training and within :func:`raw_logits`, the logits are
+    returned as they are.
+    """
+    if model.training or not getattr(model, "pipeline_decoding", False):
+        return logits
+    bio = model._bio_labels()
+    cache = model.__dict__.setdefault("_word_start_cache", {})
+    found = word_starts(model.config, input_ids, attention_mask, cache) if bio is not None else None
+    if found is None or not bool(found[0].any()):
+        return logits
+    starts, in_word = found
+    decoding, pooling = decoding_of(model)
+    labels = [model.id2label[i] for i in range(logits.shape[-1])]
+    logp = torch.log_softmax(logits.detach().float(), -1).cpu().numpy()
+    out = logits.clone()
+    for b in range(logits.shape[0]):
+        pos = starts[b].nonzero().squeeze(-1).cpu().numpy()
+        if pos.size == 0:
+            continue
+        if pooling == "mean":  # a word's tokens: from its start to the next one, whitespace-only tokens aside
+            word = (starts[b].long().cumsum(0) - 1).cpu().numpy()
+            keep = in_word[b].cpu().numpy() & (word >= 0)
+            lp = np.stack([log_softmax(logp[b][keep & (word == w)].mean(0)) for w in range(len(pos))])
+        else:
+            lp = logp[b][pos]
+        tags, _ = decode_words(lp, labels, decoding)
+        inside = np.zeros(len(tags), dtype=bool)
+        for _, s, e in iob2_spans(tags):
+            inside[s:e] = True
+        target = [model.label2id[t] if inside[w] else model.label2id["O"] for w, t in enumerate(tags)]
+        for p, tgt in zip(pos.tolist(), target):
+            top = int(logits[b, p].argmax())
+            if top != tgt:
+                out[b, p, top], out[b, p, tgt] = logits[b, p, tgt], logits[b, p, top]
+    return out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decoding import check_decoding, decode_words, decoding_of, word_log_probs
+from .decoding import check_decoding, decode_words, decoding_of, raw_logits, word_log_probs
 from .errors import DataError
 from .metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
 from .modeling import FSModel
@@ -142,7 +142,8 @@ def predict_word_tags(
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     labels = [id2label[i] for i in range(len(id2label))]
     feats, owner = features if features is not None else word_features(sentences, tokenizer, max_length)
-    logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    with raw_logits(model):  # the head's own logits, not those ordered for pipeline()
+        logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
     per_sentence: list[list] = [[] for _ in sentences]
     for f, lg, n in zip(feats, logits, owner):
         per_sentence[n].append((f["word_ids"], f["first"], word_log_probs(lg, f["word_ids"], f["first"], word_scores)))

@@ -465,6 +465,10 @@ class FSModel(PreTrainedModel):
             from .tokenization import whitespace_token_ids
 
             self.config.whitespace_token_ids = whitespace_token_ids(tokenizer)
+        if tokenizer is not None and self.task == "token" and self.config.word_starts is None:
+            from .decoding import word_start_table  # what pipeline() takes for words, for pipeline_logits
+
+            self.config.word_starts = word_start_table(tokenizer)
         if merged or self.config.merged:
             copy_ = self.merged_copy() if not self.config.merged else self
             kwargs.pop("state_dict", None)
@@ -656,11 +660,28 @@ class FSForTokenClassification(FSModel):
     ) -> TokenClassifierOutput:
         """Logits ``[B, L, num_labels]``, and the loss over the labelled positions (not -100) when ``labels`` are given."""
         hidden = self.encode(input_ids, attention_mask)
-        logits = self.label_whitespace(input_ids, attention_mask, self.head(hidden))
+        logits = self.label_whitespace(input_ids, attention_mask, self.pipeline_logits(input_ids, attention_mask,
+                                                                                      self.head(hidden)))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
         return TokenClassifierOutput(loss=loss, logits=logits)
+
+    #: eval-mode logits ordered for pipeline() (``fsllm.decoding.pipeline_logits``); fsllm's own readers
+    #: switch it off (``fsllm.decoding.raw_logits``)
+    pipeline_decoding: bool = True
+
+    def pipeline_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """In eval mode, each word's first token's top label is the tag fsllm decodes for the word (the
+        configured ``FSConfig.ner_decoding``), so ``pipeline()`` finds fsllm's entities; see
+        ``fsllm.decoding.pipeline_logits``. In training, and for fsllm's own readers, ``logits``."""
+        if self.training or not self.pipeline_decoding:
+            return logits
+        from .decoding import pipeline_logits
+
+        return pipeline_logits(self, input_ids, attention_mask, logits)
 
     def _bio_labels(self) -> tuple[torch.Tensor, int] | None:
         """``(is_inside per label, index of O)`` when the labels are BIO tags, else ``None``."""
