@@ -126,12 +126,14 @@ def predict_word_tags(
     features: tuple[list[dict], list[int]] | None = None,
     ner_decoding: str | None = None,
     word_scores: str | None = None,
+    logits: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[list[str]], list[list[float]], list[np.ndarray]]:
     """Word-level tags and scores for tokenised sentences (windows merged), plus per-feature logits.
 
     ``model`` is an FS token model or any token classifier with ``config.id2label`` (e.g. an
     ``AutoModelForTokenClassification``, PEFT-wrapped or not), so baselines are read the same way.
-    ``features``: the sentences' ``word_features``, when the caller has them already.
+    ``features``: the sentences' ``word_features``, when the caller has them already; ``logits``: the
+    model's logits of those features, likewise (to read the same forward under several decodings).
     ``ner_decoding`` / ``word_scores``: see ``fsllm.decoding``; ``None`` takes the model's own
     (``FSConfig.ner_decoding`` / ``FSConfig.word_scores``; greedy / first for a model without them).
     A word's score is its probability of the tag it got.
@@ -142,8 +144,10 @@ def predict_word_tags(
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     labels = [id2label[i] for i in range(len(id2label))]
     feats, owner = features if features is not None else word_features(sentences, tokenizer, max_length)
-    with raw_logits(model):  # the head's own logits, not those ordered for pipeline()
-        logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    if logits is None:
+        with raw_logits(model):  # the head's own logits, not those ordered for pipeline()
+            logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    logits = list(logits)
     per_sentence: list[list] = [[] for _ in sentences]
     for f, lg, n in zip(feats, logits, owner):
         per_sentence[n].append((f["word_ids"], f["first"], word_log_probs(lg, f["word_ids"], f["first"], word_scores)))

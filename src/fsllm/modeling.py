@@ -674,9 +674,10 @@ class FSForTokenClassification(FSModel):
     def pipeline_logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, logits: torch.Tensor
     ) -> torch.Tensor:
-        """In eval mode, each word's first token's top label is the tag fsllm decodes for the word (the
-        configured ``FSConfig.ner_decoding``), so ``pipeline()`` finds fsllm's entities; see
-        ``fsllm.decoding.pipeline_logits``. In training, and for fsllm's own readers, ``logits``."""
+        """Eval mode: the logits with each word's decoded tag on top, so ``pipeline()`` finds fsllm's entities.
+
+        The tag is the one the configured ``FSConfig.ner_decoding`` gives the word (see
+        ``fsllm.decoding.pipeline_logits``). In training, and for fsllm's own readers, ``logits``."""
         if self.training or not self.pipeline_decoding:
             return logits
         from .decoding import pipeline_logits
