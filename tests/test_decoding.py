@@ -371,3 +371,21 @@ def test_pipeline_words_of_a_byte_level_bpe_tokenizer(tmp_path, monkeypatch):
     assert _pipeline_entities(tmp_path / "m", sentences) == want
     monkeypatch.setattr(FSForTokenClassification, "pipeline_decoding", False)
     assert _pipeline_entities(tmp_path / "m", sentences) != want
+
+
+def test_fsllm_train_saves_the_decoding_and_scores_dev_with_it(tmp_path, tiny_model_dir, capsys):
+    from conftest import write_conll_dir
+
+    data, run = write_conll_dir(tmp_path), tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "-o", str(run), "--max-steps", "2",
+               "--batch-size", "2", "--decoding", "viterbi", "--word-scores", "mean", "--no-test"])
+    assert rc == 0, capsys.readouterr().err
+    assert {k: json.loads((run / "config.json").read_text())["fs"][k] for k in ("ner_decoding", "word_scores")} == \
+        {"ner_decoding": "viterbi", "word_scores": "mean"}
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["fs"]["ner_decoding"] == "viterbi" and saved["fs"]["word_scores"] == "mean"
+    assert saved["word_starts"] == {"every_token": True, "special": [0, 1, 2, 3]}
+    pred = Predictor.from_pretrained(run)
+    assert pred.decoding == ("viterbi", "mean")
+    records = [json.loads(x) for x in (run / "predictions_dev.jsonl").read_text().splitlines()]
+    assert [r["pred"] for r in records] == [p["tags"] for p in pred.predict(words=[r["tokens"] for r in records])]
