@@ -389,3 +389,20 @@ def test_fsllm_train_saves_the_decoding_and_scores_dev_with_it(tmp_path, tiny_mo
     assert pred.decoding == ("viterbi", "mean")
     records = [json.loads(x) for x in (run / "predictions_dev.jsonl").read_text().splitlines()]
     assert [r["pred"] for r in records] == [p["tags"] for p in pred.predict(words=[r["tokens"] for r in records])]
+
+
+def test_an_eval_mode_loss_reads_the_heads_own_logits(tmp_path):
+    from fsllm.decoding import raw_logits
+
+    folder, tok = _saved_ner_model(tmp_path, "llama", ner_decoding="viterbi")
+    model = load_model(folder).eval()
+    ids = torch.tensor([tok(" ".join(SENTENCES[1]), add_special_tokens=False)["input_ids"]])
+    labels = torch.tensor([[LABELS.index(t) for t in ["B-PER", "I-PER", "O", "O", "B-LOC", "O", "B-LOC"]]])
+    assert labels.shape == ids.shape
+    with torch.no_grad():
+        with raw_logits(model):
+            raw = model(ids).logits
+        ordered = model(ids).logits
+        assert not torch.equal(raw, ordered)  # pipeline() gets other logits here, so the check below can fail
+        loss = model(ids, labels=labels).loss
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(raw[0], labels[0]))

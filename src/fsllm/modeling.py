@@ -660,8 +660,8 @@ class FSForTokenClassification(FSModel):
     ) -> TokenClassifierOutput:
         """Logits ``[B, L, num_labels]``, and the loss over the labelled positions (not -100) when ``labels`` are given."""
         hidden = self.encode(input_ids, attention_mask)
-        logits = self.label_whitespace(input_ids, attention_mask, self.pipeline_logits(input_ids, attention_mask,
-                                                                                      self.head(hidden)))
+        logits = self.label_whitespace(input_ids, attention_mask,
+                                       self.pipeline_logits(input_ids, attention_mask, self.head(hidden), labels))
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.float().reshape(-1, self.num_labels), labels.reshape(-1), ignore_index=-100)
@@ -672,13 +672,15 @@ class FSForTokenClassification(FSModel):
     pipeline_decoding: bool = True
 
     def pipeline_logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, logits: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, logits: torch.Tensor,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Eval mode: the logits with each word's decoded tag on top, so ``pipeline()`` finds fsllm's entities.
 
         The tag is the one the configured ``FSConfig.ner_decoding`` gives the word (see
-        ``fsllm.decoding.pipeline_logits``). In training, and for fsllm's own readers, ``logits``."""
-        if self.training or not self.pipeline_decoding:
+        ``fsllm.decoding.pipeline_logits``). In training, with ``labels`` (a loss reads the head's own
+        logits), and for fsllm's own readers, ``logits`` as they are."""
+        if self.training or labels is not None or not self.pipeline_decoding:
             return logits
         from .decoding import pipeline_logits
 
