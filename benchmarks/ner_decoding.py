@@ -4,6 +4,9 @@ One forward over the split, then the four readings of the same logits (``predict
 ``features=`` and ``logits=``), each scored by ``fsllm.metrics.ner_metrics`` (seqeval, strict IOB2),
 as ``fsllm eval --decoding D --word-scores W`` scores each. Also counts the sentences whose greedy tags
 hold a stray ``I-`` (an ``I-X`` after neither ``B-X`` nor ``I-X``), the case the decodings differ on.
+``--pipeline N``: also, on the first N sentences (words joined by spaces), whether
+``pipeline("token-classification", aggregation_strategy="first")`` on the model finds the entities fsllm
+finds under each reading (the model's ``word_starts`` computed from its tokenizer when its folder lacks them).
 
     python benchmarks/ner_decoding.py RUN --data conll2003 --split validation --subset 500 \\
         --out benchmarks/results/ner_decoding/RUN_NAME.json
@@ -16,12 +19,36 @@ import json
 import time
 from pathlib import Path
 
-from fsllm.decoding import NER_DECODINGS, WORD_SCORES, iob2_spans
+from fsllm.decoding import NER_DECODINGS, WORD_SCORES, entities_from_tags, iob2_spans, set_decoding, word_start_table
 from fsllm.decoding import raw_logits as raw
 from fsllm.evaluation import batched_logits, predict_word_tags, word_features
 from fsllm.inference import Predictor
 from fsllm.metrics import ner_metrics
 from fsllm.prepare import eval_examples
+from fsllm.tokenization import join_words
+
+
+def pipeline_agreement(pred: Predictor, sentences: list, tags: list, decoding: str, scores: str) -> int:
+    """Sentences on which transformers' pipeline() finds the entities of ``tags`` (fsllm's reading)."""
+    import warnings
+
+    from transformers import pipeline
+
+    set_decoding(pred.model, decoding, scores)
+    if pred.model.config.word_starts is None:
+        pred.model.config.word_starts = word_start_table(pred.tokenizer)
+    ner = pipeline("token-classification", model=pred.model, tokenizer=pred.tokenizer, aggregation_strategy="first",
+                   device=pred.model.device)
+    same = 0
+    for words, tg in zip(sentences, tags):
+        text, spans = join_words(list(words))
+        want = [(e["entity_group"], e["start"], e["end"]) for e in entities_from_tags(tg, [1.0] * len(tg), spans, text)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # a byte-level BPE token's offsets take in the space before it
+            got = [(e["entity_group"], e["start"] + (text[e["start"]] == " "), e["end"]) for e in ner(text)]
+        same += got == want
+    return same
 
 
 def main() -> None:
@@ -32,6 +59,7 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=None, help="a seeded sample of N sentences (as fsllm eval --subset)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="write the results here (JSON)")
+    p.add_argument("--pipeline", type=int, default=0, metavar="N", help="compare pipeline() on the first N sentences")
     a = p.parse_args()
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size)
@@ -55,8 +83,13 @@ def main() -> None:
                         sum(e - s for _, s, e in iob2_spans(tg)) < sum(t != "O" for t in tg) for tg in tags)
             results[f"{decoding}/{scores}"] = {k: m[k] for k in ("precision", "recall", "f1", "n_pred_entities",
                                                                  "n_correct_entities")} | {"sentences_with_stray_I": stray}
+            if a.pipeline:
+                same = pipeline_agreement(pred, sentences[: a.pipeline], tags[: a.pipeline], decoding, scores)
+                results[f"{decoding}/{scores}"]["pipeline_identical_sentences"] = f"{same}/{min(a.pipeline, len(tags))}"
             print(f"{decoding:8s} {scores:6s} f1 {m['f1']:.4f}  P {m['precision']:.4f}  R {m['recall']:.4f}  "
-                  f"pred {m['n_pred_entities']}  stray-I sentences {stray}")
+                  f"pred {m['n_pred_entities']}  stray-I sentences {stray}"
+                  + (f"  pipeline() identical {results[f'{decoding}/{scores}']['pipeline_identical_sentences']}"
+                     if a.pipeline else ""))
     out = {"model": str(a.model), "data": a.data, "split": a.split, "subset": a.subset, "n_sentences": len(exs),
            "n_gold_entities": ner_metrics(gold, gold)["n_true_entities"], "forward_seconds": round(forward_s, 1),
            "results": results}
