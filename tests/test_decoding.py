@@ -20,6 +20,7 @@ from fsllm.decoding import (
     decode_words,
     entities_from_tags,
     iob2_spans,
+    raw_logits,
     viterbi,
     word_log_probs,
 )
@@ -184,7 +185,7 @@ def _best_valid_tags(folder, tok, sentence):
     model = load_model(folder).eval()
     ids = tok(" ".join(sentence), add_special_tokens=False)["input_ids"]
     assert len(ids) == len(sentence)
-    with torch.no_grad():
+    with torch.no_grad(), raw_logits(model):  # the head's own logits, not those ordered for pipeline()
         lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1).numpy()
     best, best_seq = -np.inf, None
     for seq in itertools.product(range(len(LABELS)), repeat=len(sentence)):
@@ -392,8 +393,6 @@ def test_fsllm_train_saves_the_decoding_and_scores_dev_with_it(tmp_path, tiny_mo
 
 
 def test_an_eval_mode_loss_reads_the_heads_own_logits(tmp_path):
-    from fsllm.decoding import raw_logits
-
     folder, tok = _saved_ner_model(tmp_path, "llama", ner_decoding="viterbi")
     model = load_model(folder).eval()
     ids = torch.tensor([tok(" ".join(SENTENCES[1]), add_special_tokens=False)["input_ids"]])
