@@ -144,6 +144,7 @@ def main() -> None:
     p.add_argument("--word-scores", choices=WORD_SCORES, default=None, help="NER: FSConfig.word_scores to compare under")
     a = p.parse_args()
     torch.manual_seed(0)
+    given = a.model
     if a.decoding or a.word_scores:
         tmp = tempfile.TemporaryDirectory()
         model = load_model(a.model)
@@ -154,12 +155,12 @@ def main() -> None:
     test = list(load_any(a.data, task=predictor.task).splits["test"])[: a.subset]
     result = {
         "command": "python benchmarks/parity.py " + " ".join(
-            [str(a.model), "--data", a.data, "--out", str(a.out)] + (["--subset", str(a.subset)] if a.subset else [])
+            [str(given), "--data", a.data, "--out", str(a.out)] + (["--subset", str(a.subset)] if a.subset else [])
             + (["--decoding", a.decoding] if a.decoding else []) + (["--word-scores", a.word_scores] if a.word_scores else [])
         ),
         "commit": common.git_commit(mark_dirty=False) or "unknown",
         "machine": f"{common.cpu_model()}, {torch.get_num_threads()} torch threads",
-        "model": str(a.model),
+        "model": str(given),
         "data": a.data,
         "decoding": list(predictor.decoding) if predictor.task == "token" else None,
     }
