@@ -13,6 +13,10 @@ For a model folder written by ``fsllm train`` (``RUN/model``) this checks, on a 
 
     python benchmarks/parity.py RUN/model --data conll2003 --out benchmarks/results/parity/conll2003.json
 
+NER: ``--decoding`` / ``--word-scores`` compare under another reading than the folder's: the folder is
+saved again with them (and its tokenizer, so it records ``word_starts``) into a temporary folder, which
+both sides then load.
+
 Results go to a JSON file and a short markdown summary next to it.
 """
 
@@ -30,6 +34,7 @@ from transformers import AutoModelForSequenceClassification, AutoModelForTokenCl
 
 from fsllm import load_model
 from fsllm.data import load_any
+from fsllm.decoding import NER_DECODINGS, WORD_SCORES, set_decoding
 from fsllm.inference import Predictor, entities_from_tags, predict_word_tags
 from fsllm.tokenization import join_words, sequence_features
 
@@ -135,18 +140,29 @@ def main() -> None:
     p.add_argument("--data", required=True, help="data set whose test split is compared (e.g. conll2003, rt-polarity)")
     p.add_argument("--subset", type=int, default=None, help="first N test examples (default: all)")
     p.add_argument("--out", type=Path, required=True, help="results JSON; a .md summary goes next to it")
+    p.add_argument("--decoding", choices=NER_DECODINGS, default=None, help="NER: FSConfig.ner_decoding to compare under")
+    p.add_argument("--word-scores", choices=WORD_SCORES, default=None, help="NER: FSConfig.word_scores to compare under")
     a = p.parse_args()
     torch.manual_seed(0)
+    given = a.model
+    if a.decoding or a.word_scores:
+        tmp = tempfile.TemporaryDirectory()
+        model = load_model(a.model)
+        set_decoding(model, a.decoding, a.word_scores)
+        model.save_pretrained(tmp.name, tokenizer=Predictor.from_pretrained(a.model).tokenizer)
+        a.model = Path(tmp.name)
     predictor = Predictor.from_pretrained(a.model)
     test = list(load_any(a.data, task=predictor.task).splits["test"])[: a.subset]
     result = {
         "command": "python benchmarks/parity.py " + " ".join(
-            [str(a.model), "--data", a.data, "--out", str(a.out)] + (["--subset", str(a.subset)] if a.subset else [])
+            [str(given), "--data", a.data, "--out", str(a.out)] + (["--subset", str(a.subset)] if a.subset else [])
+            + (["--decoding", a.decoding] if a.decoding else []) + (["--word-scores", a.word_scores] if a.word_scores else [])
         ),
         "commit": common.git_commit(mark_dirty=False) or "unknown",
         "machine": f"{common.cpu_model()}, {torch.get_num_threads()} torch threads",
-        "model": str(a.model),
+        "model": str(given),
         "data": a.data,
+        "decoding": list(predictor.decoding) if predictor.task == "token" else None,
     }
     texts = [" ".join(ex["tokens"]) for ex in test] if predictor.task == "token" else [ex["text"] for ex in test]
     result["round_trip"] = round_trip(a.model, predictor, texts[:64])

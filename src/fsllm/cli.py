@@ -47,6 +47,25 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=INFERENCE_DEVICE_HELP)
 
 
+#: the FSConfig fields that say how a trained NER model's scores become word tags: reading options that
+#: ``fsllm eval``, ``predict`` and ``serve`` take too, to override what the model folder says
+DECODING_FIELDS = ("ner_decoding", "word_scores")
+
+
+def _add_decoding_options(p: argparse.ArgumentParser) -> None:
+    """--decoding and --word-scores (from the ``FSConfig`` fields) on a command that reads a trained model."""
+    from .config import FSConfig
+
+    add_dataclass_options(p, FSConfig, "NER decoding (fsllm.FSConfig; default: what the model folder says)",
+                          dest_prefix=FS_DEST, only=DECODING_FIELDS, show_default=False)
+
+
+def _decoding_overrides(a: argparse.Namespace) -> dict[str, str]:
+    """The decoding options given on the command line, as ``Predictor`` keyword arguments."""
+    given = vars(a)
+    return {name: given[FS_DEST + name] for name in DECODING_FIELDS if FS_DEST + name in given}
+
+
 def load_recipe(name: str) -> dict[str, Any]:
     """A packaged training configuration (``fsllm/recipes/<name>``): the ``TrainConfig`` fields it sets."""
     return json.loads(files("fsllm").joinpath("recipes", name).read_text())
@@ -89,16 +108,20 @@ def _converter(name: str, hint: Any, parse: Callable[[str], Any] | None) -> Call
     return convert
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str, dest_prefix: str = "") -> None:
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str, dest_prefix: str = "",
+                          only: Sequence[str] | None = None, show_default: bool = True) -> None:
     """One option per field of ``cls`` (``--field-name`` and the field's ``flags``), with the field's help.
 
     Defaults are not put in the namespace (``SUPPRESS``): only the flags given appear there, so they
     override a configuration file or recipe and nothing else. A nested dataclass field is skipped:
-    its own fields get options of their own.
+    its own fields get options of their own. ``only``: these fields alone; ``show_default=False``:
+    the help names no default (an override of a saved model's value, whose default is that value).
     """
     group = parser.add_argument_group(title)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         meta = f.metadata
         if dataclasses.is_dataclass(hints[f.name]):
             continue
@@ -113,7 +136,7 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
             for neg in meta.get("negative", ()):
                 group.add_argument(neg, action="store_false", help=f"the same as --no-{f.name.replace('_', '-')}", **kwargs)
             continue
-        if "default" not in help_text and default is not None:  # a help that names its default says it better
+        if show_default and "default" not in help_text and default is not None:  # a help naming its default says it better
             help_text = f"{help_text} (default: {default})"
         kwargs.update(type=_converter(f.name, hints[f.name], meta.get("parse")), help=help_text.replace("%", "%%"),
                       metavar=meta.get("metavar", f.name.upper()))
@@ -189,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--output", "-o", default=None, help="write predictions JSONL here")
     _add_inference_options(e)
+    _add_decoding_options(e)
 
     pr = sub.add_parser("predict", help="predict texts (arguments, --file, or stdin); JSON lines out")
     pr.add_argument("model", help="run folder or saved model folder")
@@ -200,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
                          'segmenter for Chinese or Thai); out: the object plus "tags" and "entities"')
     _add_inference_options(pr)
+    _add_decoding_options(pr)
 
     sv = sub.add_parser("serve", help="HTTP server: TEI-compatible POST /predict (NER: entities), dynamic batching",
                         description="Serve a trained model over HTTP (FastAPI + uvicorn). POST /predict takes TEI's "
@@ -219,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "tokenising, shared by the workers; OMP_NUM_THREADS, when set, is kept)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_inference_options(sv)
+    _add_decoding_options(sv)
 
     sub.add_parser("datasets", help="list the built-in data sets")
     sub.add_parser("models", help="list the built-in backbones")
@@ -338,7 +364,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .prepare import eval_examples
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, merge=True, precision=a.precision,
-                                     device=a.device)
+                                     device=a.device, **_decoding_overrides(a))
     config = pred.model.config
     pair_column = a.text_pair_column or ("text_pair" if getattr(config, "text_pair", False) else None)
     exs = eval_examples(a.data, a.split, a.subset, task=pred.task, text_column=a.text_column,
@@ -362,7 +388,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
         objs = _pre_split_inputs(a)
         if not objs:
             raise FSLLMError("no input (give JSON objects as arguments, with --file, or on stdin)")
-        pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, precision=a.precision, device=a.device)
+        pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, precision=a.precision, device=a.device,
+                                     **_decoding_overrides(a))
         if pred.task != "token":
             raise FSLLMError(f"--pre-split applies to NER models; {a.model} is a sequence classifier")
         results = pred.predict(words=[o["tokens"] for o in objs], progress="predict" if len(objs) > 200 else False)
@@ -377,7 +404,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     texts = [t for _, _, t in items]
     if not texts:
         raise FSLLMError("no input texts (give them as arguments, with --file, or on stdin)")
-    pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, precision=a.precision, device=a.device)
+    pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size, precision=a.precision, device=a.device,
+                                     **_decoding_overrides(a))
     if pred.task == "sequence" and getattr(pred.model.config, "text_pair", False):
         pairs = _pair_inputs(items)
         results = pred.predict([(x["text"], x["text_pair"]) for x in pairs], progress="predict" if len(pairs) > 200 else False)
@@ -403,7 +431,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
     return serve(a.model, host=a.host, port=a.port, max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms,
                  max_queue=a.max_queue, workers=a.workers, log_level=a.log_level, precision=a.precision,
-                 threads=a.threads, device=a.device)
+                 threads=a.threads, device=a.device, **_decoding_overrides(a))
 
 
 def cmd_datasets(_: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from transformers.trainer_utils import SchedulerType
 
 from .attention import SUPPORTED_IMPLEMENTATIONS
 from .backbones import QUANTIZATIONS
+from .decoding import NER_DECODINGS, WORD_SCORES, check_decoding
 from .errors import ConfigError, FSLLMError
 
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
@@ -126,6 +127,15 @@ class FSConfig:
         "decoder layers, i.e. the attention and MLP projections; never the head)",
         flags=("--lora-targets",), parse=parse_names)
     use_lora: bool = setting(True, "adapt the backbone with LoRA; off (--no-use-lora): train the head only, a frozen backbone probe")
+    ner_decoding: str = setting(
+        "greedy", "token tasks: how word tags are read from the scores: 'greedy' (each word's best label; an I-X that "
+        "follows neither B-X nor I-X then starts no entity, as strict IOB2 scoring reads it) or 'viterbi' (the best "
+        "sequence of labels that is valid IOB2: no such stray I-X). A reading option: fsllm eval, predict and serve "
+        "take --decoding to override what the model folder says", choices=NER_DECODINGS, flags=("--decoding",))
+    word_scores: str = setting(
+        "first", "token tasks: a word's scores from its 'first' sub-token (the one training labels) or the 'mean' "
+        "of its sub-tokens' log-probabilities. A reading option: fsllm eval, predict and serve take --word-scores",
+        choices=WORD_SCORES)
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -147,6 +157,7 @@ class FSConfig:
             raise ConfigError("learnable_lambda needs attention='decay'")
         if not 0 <= self.head_dropout < 1 or not 0 <= self.lora_dropout < 1:
             raise ConfigError("dropouts must be in [0, 1)")
+        check_decoding(self.ner_decoding, self.word_scores)
         if isinstance(self.fs_layers, str) and self.fs_layers != "all":
             if not re.fullmatch(r"(last|first):\d+", self.fs_layers):
                 raise ConfigError(f"fs_layers must be 'all', 'last:N', 'first:N' or a list of ints, got {self.fs_layers!r}")
@@ -469,6 +480,9 @@ class FSLLMConfig(PreTrainedConfig):
             them; ``forward`` gives each the label the space before its next word has in BIO terms
             (inside the entity when that word continues one, else ``O``), so that ``pipeline()``,
             whose word heuristic takes such a token for a word, finds the entities fsllm finds.
+        word_starts: token models only: which tokens begin a word as ``pipeline()`` splits words
+            (``fsllm.decoding.word_start_table``, saved with the tokenizer), so that ``forward`` can give
+            each word's first token the tag fsllm decodes (``FSConfig.ner_decoding``) as its top label.
     """
 
     model_type = "fsllm"
@@ -488,6 +502,7 @@ class FSLLMConfig(PreTrainedConfig):
     text_pair: bool = False
     backbone_quantization: str | None = None
     whitespace_token_ids: list | None = None
+    word_starts: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .decoding import check_decoding, decode_words, decoding_of, raw_logits, word_log_probs
 from .errors import DataError
 from .metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
 from .modeling import FSModel
@@ -123,26 +124,39 @@ def predict_word_tags(
     batch_size: int = 64,
     progress: bool | str = False,
     features: tuple[list[dict], list[int]] | None = None,
+    ner_decoding: str | None = None,
+    word_scores: str | None = None,
+    logits: Sequence[np.ndarray] | None = None,
 ) -> tuple[list[list[str]], list[list[float]], list[np.ndarray]]:
     """Word-level tags and scores for tokenised sentences (windows merged), plus per-feature logits.
 
     ``model`` is an FS token model or any token classifier with ``config.id2label`` (e.g. an
     ``AutoModelForTokenClassification``, PEFT-wrapped or not), so baselines are read the same way.
-    ``features``: the sentences' ``word_features``, when the caller has them already.
+    ``features``: the sentences' ``word_features``, when the caller has them already; ``logits``: the
+    model's logits of those features, likewise (to read the same forward under several decodings).
+    ``ner_decoding`` / ``word_scores``: see ``fsllm.decoding``; ``None`` takes the model's own
+    (``FSConfig.ner_decoding`` / ``FSConfig.word_scores``; greedy / first for a model without them).
+    A word's score is its probability of the tag it got.
     """
+    check_decoding(ner_decoding, word_scores)
+    own_decoding, own_scores = decoding_of(model)
+    ner_decoding, word_scores = ner_decoding or own_decoding, word_scores or own_scores
     id2label = {int(k): v for k, v in model.config.id2label.items()}
+    labels = [id2label[i] for i in range(len(id2label))]
     feats, owner = features if features is not None else word_features(sentences, tokenizer, max_length)
-    logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    if logits is None:
+        with raw_logits(model):  # the head's own logits, not those ordered for pipeline()
+            logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
+    logits = list(logits)
     per_sentence: list[list] = [[] for _ in sentences]
     for f, lg, n in zip(feats, logits, owner):
-        probs = _softmax(lg)
-        preds = [(int(p.argmax()), float(p.max())) for p in probs]
-        per_sentence[n].append((f["word_ids"], f["first"], preds))
+        per_sentence[n].append((f["word_ids"], f["first"], word_log_probs(lg, f["word_ids"], f["first"], word_scores)))
     tags, scores = [], []
     for n, words in enumerate(sentences):
         merged = merge_window_predictions(len(words), per_sentence[n])
-        tags.append([id2label[p[0]] for p in merged])
-        scores.append([p[1] for p in merged])
+        tg, sc = decode_words(np.stack(merged) if merged else np.zeros((0, len(labels))), labels, ner_decoding)
+        tags.append(tg)
+        scores.append(sc)
     return tags, scores, logits
 
 
@@ -227,12 +241,16 @@ def evaluate_examples(
     max_length: int,
     batch_size: int = 64,
     progress: bool | str = False,
+    ner_decoding: str | None = None,
+    word_scores: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """Metrics and per-example predictions of ``model`` on labelled examples.
 
     Token examples are ``{"tokens", "tags"}`` and are scored at the word level with
-    strict IOB2 span F1; sequence examples are ``{"text", "label"}``. A gold label
-    the model does not know is an error (it would silently count as wrong).
+    strict IOB2 span F1 (the entities of ``fsllm.decoding.iob2_spans``), their tags decoded as
+    ``ner_decoding`` / ``word_scores`` say (``None``: the model's own, see :func:`predict_word_tags`);
+    sequence examples are ``{"text", "label"}``. A gold label the model does not know is an error
+    (it would silently count as wrong).
     """
     if model.task == "token":
         for n, ex in enumerate(examples):
@@ -241,7 +259,8 @@ def evaluate_examples(
                     raise DataError(f"example {n}: unknown label {t!r} (model labels: {sorted(model.label2id)})")
         sentences = [ex["tokens"] for ex in examples]
         features = word_features(sentences, tokenizer, max_length)
-        tags, scores, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress, features)
+        tags, scores, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress, features,
+                                                 ner_decoding, word_scores)
         metrics = ner_metrics([list(ex["tags"]) for ex in examples], tags)
         metrics["loss"] = token_loss(examples, features, logits, model.label2id)
         records = [

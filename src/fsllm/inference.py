@@ -21,6 +21,7 @@ from peft import PeftModel
 
 from .backbones import is_quantized, load_tokenizer
 from .config import INFERENCE_PRECISIONS, resolve_device, resolve_precision
+from .decoding import check_decoding, decoding_of, entities_from_tags, set_decoding
 from .errors import DataError, FSLLMError, ModelFolderError
 
 # Scoring lives in fsllm.evaluation; these names stay importable from here.
@@ -46,33 +47,6 @@ logger = logging.getLogger(__name__)
 RUN_MODEL_DIR = MODEL_DIR
 
 
-def entities_from_tags(
-    tags: Sequence[str], scores: Sequence[float], spans: Sequence[tuple[int, int]], text: str
-) -> list[dict]:
-    """Entity spans from word-level IOB2 tags, in the field names of transformers'
-    token-classification pipeline (``aggregation_strategy="simple"``): ``entity_group``,
-    ``score`` (mean over the entity's words), ``word``, ``start``, ``end``."""
-    out: list[dict] = []
-    cur: dict | None = None
-    for tag, score, (s, e) in zip(tags, scores, spans):
-        kind, _, typ = tag.partition("-")
-        if kind in ("B", "I") and cur is not None and kind == "I" and cur["entity_group"] == typ:
-            cur["end"] = e
-            cur["_scores"].append(score)
-            continue
-        if cur is not None:
-            out.append(cur)
-            cur = None
-        if kind in ("B", "I"):
-            cur = {"entity_group": typ, "start": s, "end": e, "_scores": [score]}
-    if cur is not None:
-        out.append(cur)
-    for ent in out:
-        ent["score"] = float(np.mean(ent.pop("_scores")))
-        ent["word"] = text[ent["start"] : ent["end"]]
-    return [{k: ent[k] for k in ("entity_group", "score", "word", "start", "end")} for ent in out]
-
-
 class Predictor:
     """Load a trained model (a run folder or a saved model folder) and predict raw texts.
 
@@ -83,14 +57,19 @@ class Predictor:
 
     def __init__(
         self, model: FSModel, tokenizer, max_length: int = 256, batch_size: int = 64, merge: bool = True,
-        precision: str = "fp32", device: str | None = "auto", *, copy: bool = True,
+        precision: str = "fp32", device: str | None = "auto", ner_decoding: str | None = None,
+        word_scores: str | None = None, *, copy: bool = True,
     ):
         """``precision``: ``"fp32"`` (the answers the model was evaluated with), ``"bf16"`` (the weights
         cast to bfloat16: faster on a CPU with native bf16 or a GPU, with answers that can differ where
         two labels are close) or ``"auto"`` (bf16 where the hardware has it, see
         ``fsllm.config.resolve_precision``). ``device``: ``"auto"`` (the first CUDA GPU when there is
         one, as ``transformers.pipeline`` picks, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``;
-        the model is moved there (see ``fsllm.config.resolve_device``).
+        the model is moved there (see ``fsllm.config.resolve_device``). ``ner_decoding`` /
+        ``word_scores`` (NER models): how word tags are read from the scores (``FSConfig.ner_decoding``:
+        ``"greedy"`` or ``"viterbi"``; ``FSConfig.word_scores``: ``"first"`` or ``"mean"``); given, they
+        replace those in the config of the model the predictor runs, so every reader of it (``fsllm eval``,
+        the server, ``pipeline()`` on ``predictor.model``) decodes the same way; ``None`` keeps the model's.
 
         ``copy``: the predictor works on its own copy of ``model`` (the default), which it puts in eval
         mode, merges LoRA into, casts and moves, so a model still being trained keeps its LoRA
@@ -98,6 +77,7 @@ class Predictor:
         spares the memory of a copy (``from_pretrained`` does so with the model it loaded)."""
         if copy:
             model = copy_module.deepcopy(model)
+        set_decoding(model, ner_decoding, word_scores)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -126,6 +106,7 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Predictor:
         """A predictor for a run folder (its best model) or a model folder; ``kwargs`` go to the constructor."""
+        check_decoding(kwargs.get("ner_decoding"), kwargs.get("word_scores"))  # before the minutes of loading
         path = Path(path)
         run = RunFolder(path)
         model_dir = run.model_dir if run.has_model() else path
@@ -143,6 +124,11 @@ class Predictor:
     @property
     def task(self) -> str:
         return self.model.task
+
+    @property
+    def decoding(self) -> tuple[str, str]:
+        """``(ner_decoding, word_scores)`` this predictor reads word tags with (see ``fsllm.decoding``)."""
+        return decoding_of(self.model)
 
     def predict(
         self,

@@ -487,6 +487,10 @@ class FSModel(PreTrainedModel):
             from .tokenization import whitespace_token_ids
 
             self.config.whitespace_token_ids = whitespace_token_ids(tokenizer)
+        if tokenizer is not None and self.task == "token" and self.config.word_starts is None:
+            from .decoding import word_start_table  # what pipeline() takes for words, for pipeline_logits
+
+            self.config.word_starts = word_start_table(tokenizer)
         if merged or self.config.merged:
             copy_ = self.merged_copy() if not self.config.merged else self
             kwargs.pop("state_dict", None)
@@ -702,13 +706,33 @@ class FSForTokenClassification(FSModel):
         divided by that count: every token then weighs the same whichever batch or process it is in.
         """
         hidden = self.encode(input_ids, attention_mask)
-        logits = self.label_whitespace(input_ids, attention_mask, self.head(hidden))
+        logits = self.label_whitespace(input_ids, attention_mask,
+                                       self.pipeline_logits(input_ids, attention_mask, self.head(hidden), labels))
         loss = None
         if labels is not None:
             flat = labels.reshape(-1)
             total = F.cross_entropy(logits.float().reshape(-1, self.num_labels), flat, ignore_index=-100, reduction="sum")
             loss = _reduce_loss(total, (flat != -100).sum(), num_items_in_batch)
         return TokenClassifierOutput(loss=loss, logits=logits)
+
+    #: eval-mode logits ordered for pipeline() (``fsllm.decoding.pipeline_logits``); fsllm's own readers
+    #: switch it off (``fsllm.decoding.raw_logits``)
+    pipeline_decoding: bool = True
+
+    def pipeline_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, logits: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Eval mode: the logits with each word's decoded tag on top, so ``pipeline()`` finds fsllm's entities.
+
+        The tag is the one the configured ``FSConfig.ner_decoding`` gives the word (see
+        ``fsllm.decoding.pipeline_logits``). In training, with ``labels`` (a loss reads the head's own
+        logits), and for fsllm's own readers, ``logits`` as they are."""
+        if self.training or labels is not None or not self.pipeline_decoding:
+            return logits
+        from .decoding import pipeline_logits
+
+        return pipeline_logits(self, input_ids, attention_mask, logits)
 
     def _bio_labels(self) -> tuple[torch.Tensor, int] | None:
         """``(is_inside per label, index of O)`` when the labels are BIO tags, else ``None``."""

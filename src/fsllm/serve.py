@@ -60,6 +60,8 @@ ENV_MAX_QUEUE = "FSLLM_SERVE_MAX_QUEUE"
 ENV_TORCH_THREADS = "FSLLM_SERVE_TORCH_THREADS"
 ENV_DEVICE = "FSLLM_SERVE_DEVICE"
 ENV_PRECISION = "FSLLM_SERVE_PRECISION"
+ENV_NER_DECODING = "FSLLM_SERVE_NER_DECODING"
+ENV_WORD_SCORES = "FSLLM_SERVE_WORD_SCORES"
 
 #: Inputs longer than this (characters, whole request) are tokenised off the event loop.
 _THREADPOOL_CHARS = 20_000
@@ -477,14 +479,18 @@ def create_app(
     model_id: str | None = None,
     precision: str = "fp32",
     device: str | None = "auto",
+    ner_decoding: str | None = None,
+    word_scores: str | None = None,
 ) -> FastAPI:
     """The FastAPI app serving one model: a :class:`~fsllm.inference.Predictor` or a run/model folder to load
-    (at ``precision``, on ``device``, see :class:`~fsllm.inference.Predictor`)."""
+    (at ``precision``, on ``device``, decoding NER tags as ``ner_decoding`` / ``word_scores`` say, ``None``:
+    as the folder says; see :class:`~fsllm.inference.Predictor`)."""
     from .inference import Predictor
 
     if isinstance(predictor_or_path, (str, os.PathLike)):
         model_id = model_id or str(predictor_or_path)
-        predictor = Predictor.from_pretrained(predictor_or_path, precision=precision, device=device)
+        predictor = Predictor.from_pretrained(predictor_or_path, precision=precision, device=device,
+                                              ner_decoding=ner_decoding, word_scores=word_scores)
     else:
         predictor = predictor_or_path
     task = predictor.task
@@ -502,6 +508,7 @@ def create_app(
         "labels": [id2label[i] for i in sorted(id2label)],
         "problem_type": getattr(predictor.model.config, "problem_type", None) if task == "sequence" else None,
         "text_pairs": paired,
+        "ner_decoding": dict(zip(("ner_decoding", "word_scores"), predictor.decoding)) if task == "token" else None,
         "max_input_length": predictor.max_length,
         "truncation": "413 unless truncate=true" if task == "sequence" else "none: long texts are split into windows",
         "max_batch_size": max_batch_size,
@@ -665,6 +672,8 @@ def app_from_env() -> FastAPI:
         max_queue=int(os.environ.get(ENV_MAX_QUEUE, 256)),
         precision=os.environ.get(ENV_PRECISION, "fp32"),
         device=os.environ.get(ENV_DEVICE, "auto"),
+        ner_decoding=os.environ.get(ENV_NER_DECODING) or None,
+        word_scores=os.environ.get(ENV_WORD_SCORES) or None,
     )
 
 
@@ -703,6 +712,8 @@ def serve(
     precision: str = "fp32",
     threads: int | None = None,
     device: str | None = "auto",
+    ner_decoding: str | None = None,
+    word_scores: str | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT; in-flight requests finish first (uvicorn's graceful shutdown).
 
@@ -727,12 +738,13 @@ def serve(
 
             torch.set_num_threads(n_threads)
         app = create_app(model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         precision=precision, device=device)
+                         precision=precision, device=device, ner_decoding=ner_decoding, word_scores=word_scores)
         uvicorn.run(app, **common)
     else:
         os.environ.update({
             ENV_MODEL: str(model), ENV_MAX_BATCH_SIZE: str(max_batch_size), ENV_MAX_WAIT_MS: str(max_wait_ms),
             ENV_MAX_QUEUE: str(max_queue), ENV_PRECISION: precision, ENV_DEVICE: device or "auto",
+            ENV_NER_DECODING: ner_decoding or "", ENV_WORD_SCORES: word_scores or "",
         })
         if n_threads is not None:  # N processes share the cores instead of each taking all
             os.environ[ENV_TORCH_THREADS] = str(n_threads)
