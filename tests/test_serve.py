@@ -348,7 +348,8 @@ def test_ner_answers_pipeline_entities_with_offsets_and_windows_long_texts(ner_s
         assert c.post("/predict", json={"inputs": long_text}).status_code == 200  # no 413 for NER
 
 
-def test_ner_input_limit_answers_413_with_teis_body_and_is_reported_in_info(ner_predictor, seq_predictor):
+def test_ner_input_limit_answers_413_with_teis_body_and_is_reported_in_info(ner_predictor, seq_predictor, seq_dir,
+                                                                           monkeypatch):
     """A text of exactly ``max_input_tokens`` sub-tokens is served, one more is a 413 in TEI's error body
     (also inside a batch, naming the input), and /info reports the limit as ``max_input_length``."""
     limit = 40
@@ -367,6 +368,11 @@ def test_ner_input_limit_answers_413_with_teis_body_and_is_reported_in_info(ner_
         assert c.post("/ner", json={"inputs": "John went home"}).status_code == 200
     with pytest.raises(FSLLMError, match="applies to token"):  # a sequence model's limit: its max input length
         create_app(seq_predictor, max_input_tokens=10)
+    from fsllm.serving import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started"))
+    with pytest.raises(FSLLMError, match="applies to token"):  # told once, not by every worker process
+        serve(str(seq_dir), max_input_tokens=10, workers=2)
 
 
 def test_small_requests_stay_fast_while_a_request_at_the_ner_limit_is_in_flight(ner_dir):

@@ -213,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="longest wait for more texts after the first before a forward starts (default 5)")
     sv.add_argument("--max-queue", type=int, default=256,
                     help="texts waiting at most; beyond, requests get 503 + Retry-After (default 256)")
-    sv.add_argument("--max-batch-tokens", type=int, default=8192,
+    sv.add_argument("--max-batch-tokens", type=int, default=None,
                     help="most tokens in one forward; a long NER text's windows go in chunks of it between other "
-                         "requests' texts (default 8192; TEI's max_batch_tokens)")
+                         "requests' texts (default: 16384 on a GPU, as TEI; on a CPU 512, or the model's max length "
+                         "if longer)")
     sv.add_argument("--max-input-tokens", type=int, default=None,
                     help="NER models: most sub-tokens in one input, longer ones get 413 (default 32768; TEI's "
                          "max_input_length; a sequence model's is its training --max-length)")

@@ -39,7 +39,6 @@ How a request flows, and why:
 """
 
 from .app import (
-    DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_INPUT_TOKENS,
     ENV_DEVICE,
     ENV_MAX_BATCH_SIZE,
@@ -52,6 +51,7 @@ from .app import (
     ENV_TORCH_THREADS,
     app_from_env,
     create_app,
+    default_max_batch_tokens,
 )
 from .batcher import DynamicBatcher, QueueFull
 from .launch import exit_cleanly_on_sigterm, forward_threads, serve
@@ -70,9 +70,9 @@ from .schema import (
 )
 
 __all__ = [
-    "BATCH_BUCKETS", "DEFAULT_MAX_BATCH_TOKENS", "DEFAULT_MAX_INPUT_TOKENS", "ENV_DEVICE", "ENV_MAX_BATCH_SIZE",
+    "BATCH_BUCKETS", "DEFAULT_MAX_INPUT_TOKENS", "ENV_DEVICE", "ENV_MAX_BATCH_SIZE",
     "ENV_MAX_BATCH_TOKENS", "ENV_MAX_INPUT_TOKENS", "ENV_MAX_QUEUE", "ENV_MAX_WAIT_MS", "ENV_MODEL", "ENV_PRECISION",
     "ENV_TORCH_THREADS", "LATENCY_BUCKETS", "DynamicBatcher", "Metrics", "NerInput", "PredictRequest", "QueueFull",
-    "ServeError", "app_from_env", "create_app", "encode_ner", "encode_pair", "encode_sequence", "error_response",
+    "ServeError", "app_from_env", "create_app", "default_max_batch_tokens", "encode_ner", "encode_pair", "encode_sequence", "error_response",
     "exit_cleanly_on_sigterm", "forward_threads", "label_scores", "ner_entities", "parse_inputs", "serve",
 ]

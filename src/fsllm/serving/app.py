@@ -46,8 +46,20 @@ ENV_PRECISION = "FSLLM_SERVE_PRECISION"
 _THREADPOOL_CHARS = 20_000
 
 #: Defaults of the limits (``fsllm serve --help`` and docs/serving.md say the same).
-DEFAULT_MAX_BATCH_TOKENS = 8192
 DEFAULT_MAX_INPUT_TOKENS = 32768
+GPU_MAX_BATCH_TOKENS = 16384  # TEI's default
+CPU_MAX_BATCH_TOKENS = 512
+
+
+def default_max_batch_tokens(device: str, max_length: int) -> int:
+    """TEI's 16,384 tokens a forward on a GPU; on a CPU, 512 or one window (``max_length``) if longer.
+
+    Why so few on a CPU: there a forward's time grows with its tokens (a 256-token window of a 135M-parameter
+    model takes seconds on one core), and a request queued behind a long text's chunk waits for that
+    forward; batching short texts gains little past a few hundred tokens, since it saves the per-call
+    cost and the padding, not the arithmetic (docs/serving.md).
+    """
+    return GPU_MAX_BATCH_TOKENS if device.startswith("cuda") else max(CPU_MAX_BATCH_TOKENS, max_length)
 
 
 def _versions() -> dict[str, str]:
@@ -118,7 +130,7 @@ def create_app(
     max_batch_size: int = 32,
     max_wait_ms: float = 5.0,
     max_queue: int = 256,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int | None = None,
     max_input_tokens: int | None = None,
     model_id: str | None = None,
     precision: str = "fp32",
@@ -128,12 +140,12 @@ def create_app(
     (at ``precision``, on ``device``, see :class:`~fsllm.inference.Predictor`).
 
     ``max_batch_tokens``: most tokens in one forward (a long NER text's windows go in chunks of it,
-    between other requests' texts). ``max_input_tokens``: token (NER) models only, most sub-tokens in one
+    between other requests' texts; default :func:`default_max_batch_tokens`). ``max_input_tokens``: token (NER) models only, most sub-tokens in one
     input (default :data:`DEFAULT_MAX_INPUT_TOKENS`); a sequence model's limit is its max input length.
     """
     from ..inference import Predictor
 
-    if max_batch_tokens < 1 or (max_input_tokens is not None and max_input_tokens < 1):
+    if (max_batch_tokens is not None and max_batch_tokens < 1) or (max_input_tokens is not None and max_input_tokens < 1):
         raise ConfigError("--max-batch-tokens and --max-input-tokens must be >= 1")
     if isinstance(predictor_or_path, (str, os.PathLike)):
         model_id = model_id or str(predictor_or_path)
@@ -145,6 +157,9 @@ def create_app(
         raise ConfigError("--max-input-tokens applies to token (NER) models; a sequence model's max input length "
                           f"is the one it was trained with ({predictor.max_length} tokens)")
     max_input = predictor.max_length if task == "sequence" else (max_input_tokens or DEFAULT_MAX_INPUT_TOKENS)
+    device_name = str(next(predictor.model.parameters()).device)
+    if max_batch_tokens is None:
+        max_batch_tokens = default_max_batch_tokens(device_name, predictor.max_length)
     paired = task == "sequence" and bool(getattr(predictor.model.config, "text_pair", False))
     id2label = {int(k): v for k, v in predictor.model.id2label.items()}
     metrics = Metrics()
@@ -169,7 +184,7 @@ def create_app(
         "max_batch_size": max_batch_size,
         "max_wait_ms": max_wait_ms,
         "max_queue": max_queue,
-        "device": str(next(predictor.model.parameters()).device),
+        "device": device_name,
         "torch_threads": _torch_threads(),
         "backbone": backbone,
         "pid": os.getpid(),  # which process answered (``--workers N`` runs several)
@@ -326,13 +341,13 @@ def app_from_env() -> FastAPI:
         import torch
 
         torch.set_num_threads(int(threads))
-    max_input = os.environ.get(ENV_MAX_INPUT_TOKENS)
+    max_input, batch_tokens = os.environ.get(ENV_MAX_INPUT_TOKENS), os.environ.get(ENV_MAX_BATCH_TOKENS)
     return create_app(
         model,
         max_batch_size=int(os.environ.get(ENV_MAX_BATCH_SIZE, 32)),
         max_wait_ms=float(os.environ.get(ENV_MAX_WAIT_MS, 5)),
         max_queue=int(os.environ.get(ENV_MAX_QUEUE, 256)),
-        max_batch_tokens=int(os.environ.get(ENV_MAX_BATCH_TOKENS, DEFAULT_MAX_BATCH_TOKENS)),
+        max_batch_tokens=int(batch_tokens) if batch_tokens else None,
         max_input_tokens=int(max_input) if max_input else None,
         precision=os.environ.get(ENV_PRECISION, "fp32"),
         device=os.environ.get(ENV_DEVICE, "auto"),

@@ -11,7 +11,6 @@ from typing import Any
 
 from ..errors import FSLLMError
 from .app import (
-    DEFAULT_MAX_BATCH_TOKENS,
     ENV_DEVICE,
     ENV_MAX_BATCH_SIZE,
     ENV_MAX_BATCH_TOKENS,
@@ -45,6 +44,20 @@ def forward_threads(threads: int | None = None, workers: int = 1) -> int | None:
     return max(1, (torch.get_num_threads() - 1) // max(1, workers))
 
 
+def _saved_task(model: str) -> str | None:
+    """The task in a run or model folder's saved config (``None`` where it cannot be read cheaply)."""
+    import json
+
+    from ..run import RunFolder
+
+    run = RunFolder(Path(model))
+    folder = run.model_dir if run.has_model() else Path(model)
+    try:
+        return json.loads((folder / "config.json").read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def exit_cleanly_on_sigterm() -> Any:
     """Make SIGTERM end the process with status 0; returns the handler it replaced.
 
@@ -71,7 +84,7 @@ def serve(
     precision: str = "fp32",
     threads: int | None = None,
     device: str | None = "auto",
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int | None = None,
     max_input_tokens: int | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT; in-flight requests finish first (uvicorn's graceful shutdown).
@@ -84,10 +97,13 @@ def serve(
 
     if not Path(model).exists():
         raise FSLLMError(f"{model}: no such run or model folder")
-    if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or workers < 1 or max_batch_tokens < 1 or (
-            max_input_tokens is not None and max_input_tokens < 1):
+    if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or workers < 1 or any(
+            v is not None and v < 1 for v in (max_batch_tokens, max_input_tokens)):
         raise FSLLMError("--max-batch-size, --max-queue, --max-batch-tokens, --max-input-tokens and --workers must "
                          "be >= 1, --max-wait-ms >= 0")
+    if max_input_tokens is not None and _saved_task(model) == "sequence":  # before N workers each fail on it
+        raise FSLLMError("--max-input-tokens applies to token (NER) models; a sequence model's max input length is "
+                         "the one it was trained with")
     from ..config import resolve_device
 
     resolve_device(device)  # a GPU that is not there fails here, once, not in every worker
@@ -105,11 +121,11 @@ def serve(
         return 0
     env = {
         ENV_MODEL: str(model), ENV_MAX_BATCH_SIZE: str(max_batch_size), ENV_MAX_WAIT_MS: str(max_wait_ms),
-        ENV_MAX_QUEUE: str(max_queue), ENV_MAX_BATCH_TOKENS: str(max_batch_tokens), ENV_PRECISION: precision,
-        ENV_DEVICE: device or "auto",
+        ENV_MAX_QUEUE: str(max_queue), ENV_PRECISION: precision, ENV_DEVICE: device or "auto",
     }
-    if max_input_tokens is not None:
-        env[ENV_MAX_INPUT_TOKENS] = str(max_input_tokens)
+    for name, value in ((ENV_MAX_BATCH_TOKENS, max_batch_tokens), (ENV_MAX_INPUT_TOKENS, max_input_tokens)):
+        if value is not None:
+            env[name] = str(value)
     if n_threads is not None:  # N processes share the cores instead of each taking all
         env[ENV_TORCH_THREADS] = str(n_threads)
     own_dir = None
