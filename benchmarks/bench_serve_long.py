@@ -1,8 +1,12 @@
 #!/usr/bin/env python
 """Small requests' latency while one NER request at the input limit is in flight.
 
-    python benchmarks/bench_serve_long.py --model NER_MODEL_FOLDER --tokens 4096 [--small 16] [--clients 4]
-        [--serve-args "--max-input-tokens 4096"] [--src DIR] [--name NAME] [--out-dir benchmarks/results/serve]
+    python benchmarks/bench_serve_long.py (--model NER_MODEL_FOLDER | --backbone smollm2-135m) --tokens 4096
+        [--small 16] [--clients 4] [--serve-args "--max-input-tokens 4096"] [--src DIR] [--name NAME]
+        [--out-dir benchmarks/results/serve]
+
+``--backbone``: serve an untrained FS NER model on that backbone (the CoNLL-2003 labels, saved to a temporary
+folder): a forward costs what a trained one costs, which is all this measures.
 
 Starts ``fsllm serve`` (from ``--src``, default this checkout's ``src/``, so an older checkout's server can be
 measured with the same script) on a free loopback port, then:
@@ -22,7 +26,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +41,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _FILLER = ("The committee met in Geneva on Thursday , and Maria Lopez of the World Health Organization said that "
            "the report from Nairobi would reach Brussels before the summit in Tokyo next spring .").split()
+
+
+def untrained_ner_model(backbone: str, out: Path) -> str:
+    """An FS token classifier on ``backbone`` with the CoNLL-2003 labels, untrained, saved with its tokenizer."""
+    from fsllm import FSConfig, FSForTokenClassification
+    from fsllm.backbones import load_tokenizer
+
+    labels = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+    model = FSForTokenClassification.from_backbone(backbone, fs_config=FSConfig(), id2label=dict(enumerate(labels)))
+    model.save_pretrained(out, tokenizer=load_tokenizer(backbone), merged=True)
+    return str(out)
 
 
 def text_of_tokens(model: str, tokens: int) -> str:
@@ -87,7 +104,9 @@ def small_phase(url: str, texts: list[str], clients: int, long_done: threading.E
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="a token (NER) model or run folder with its tokenizer")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a token (NER) model or run folder with its tokenizer")
+    src.add_argument("--backbone", help="serve an untrained NER model on this backbone (e.g. smollm2-135m)")
     ap.add_argument("--tokens", type=int, default=4096, help="sub-tokens of the long request's text")
     ap.add_argument("--small", type=int, default=16, help="one-sentence requests per phase")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients sending them")
@@ -99,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import httpx
 
+    if a.backbone:
+        a.model = untrained_ner_model(a.backbone, Path(tempfile.mkdtemp(prefix="bench-serve-long-")))
     long_text = text_of_tokens(a.model, a.tokens)
     small = default_texts(a.small, seed=1)
     port = _free_port()
@@ -145,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(proc)
         log.unlink(missing_ok=True)
+        if a.backbone:
+            shutil.rmtree(a.model, ignore_errors=True)
     res = {
         "command": "python benchmarks/bench_serve_long.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
-        "model": a.model, "long_tokens": a.tokens, "long_chars": len(long_text), "small_requests": a.small,
+        "model": a.backbone and f"untrained NER head on {a.backbone}" or a.model, "long_tokens": a.tokens, "long_chars": len(long_text), "small_requests": a.small,
         "clients": a.clients, "serve_args": a.serve_args, "src": a.src,
         "server": {k: info.get(k) for k in ("version", "max_input_length", "max_batch_tokens", "max_batch_size",
                                             "torch_threads", "device", "model_dtype")},

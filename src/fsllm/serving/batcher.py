@@ -169,8 +169,14 @@ class DynamicBatcher:
         return [t.future for t in texts]
 
     def _take(self) -> list[tuple[_Text, int, Any, bool]]:
-        """The next forward's units, round-robin over the jobs (called with the lock held)."""
+        """The next forward's units, round-robin over the jobs (called with the lock held).
+
+        The jobs served in this forward then go to the back of the line, so the next forward starts with
+        those it left out: when one long text's window fills ``max_batch_tokens`` alone, the requests
+        behind it get the next forward instead of waiting for all of its windows.
+        """
         batch: list[tuple[_Text, int, Any, bool]] = []
+        served: list[_Job] = []
         tokens = 0
         full = False
         while not full:
@@ -188,6 +194,8 @@ class DynamicBatcher:
                 if not job.pending or job.pending[0][0] is not t:
                     self._texts -= 1  # the text's last unit is taken
                 batch.append((t, k, u, job.parts))
+                if job not in served:  # identity: a _Job has no __eq__
+                    served.append(job)
                 tokens += n
                 progressed = True
                 if len(batch) >= self.max_batch_size:
@@ -195,7 +203,8 @@ class DynamicBatcher:
                     break
             if not progressed:
                 break
-        self._jobs = deque(j for j in self._jobs if j.pending)
+        waiting = [j for j in self._jobs if j.pending and j not in served]
+        self._jobs = deque(waiting + [j for j in served if j.pending])
         return batch
 
     def _drop_head(self, job: _Job) -> None:
@@ -212,7 +221,7 @@ class DynamicBatcher:
                         return None
                     self._cond.wait()
                 # Wait from the oldest job's arrival: texts that queued up during the last forward go at once.
-                deadline = self._jobs[0].enqueued + self.max_wait
+                deadline = min(j.enqueued for j in self._jobs) + self.max_wait
                 while self._units < self.max_batch_size and self._arriving > 0 and not self._stopping:
                     left = deadline - time.monotonic()
                     if left <= 0:

@@ -44,6 +44,14 @@ def forward_threads(threads: int | None = None, workers: int = 1) -> int | None:
     return max(1, (torch.get_num_threads() - 1) // max(1, workers))
 
 
+def _set_env(values: dict[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _saved_task(model: str) -> str | None:
     """The task in a run or model folder's saved config (``None`` where it cannot be read cheaply)."""
     import json
@@ -119,31 +127,27 @@ def serve(
                          device=device)
         uvicorn.run(app, **common)
         return 0
-    env = {
+    # None: unset, so a value left in the caller's environment is not taken for an option
+    env: dict[str, str | None] = {
         ENV_MODEL: str(model), ENV_MAX_BATCH_SIZE: str(max_batch_size), ENV_MAX_WAIT_MS: str(max_wait_ms),
         ENV_MAX_QUEUE: str(max_queue), ENV_PRECISION: precision, ENV_DEVICE: device or "auto",
+        ENV_MAX_BATCH_TOKENS: None if max_batch_tokens is None else str(max_batch_tokens),
+        ENV_MAX_INPUT_TOKENS: None if max_input_tokens is None else str(max_input_tokens),
+        # N processes share the cores instead of each taking all
+        ENV_TORCH_THREADS: None if n_threads is None else str(n_threads),
     }
-    for name, value in ((ENV_MAX_BATCH_TOKENS, max_batch_tokens), (ENV_MAX_INPUT_TOKENS, max_input_tokens)):
-        if value is not None:
-            env[name] = str(value)
-    if n_threads is not None:  # N processes share the cores instead of each taking all
-        env[ENV_TORCH_THREADS] = str(n_threads)
     own_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         own_dir = env[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="fsllm-metrics-")
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the worker processes inherit this process's environment
+    _set_env(env)  # the worker processes inherit this process's environment
     try:
         # Each process loads the model before it reports ready; uvicorn's default 5 s for that restarts
         # workers in a loop while a large model is still loading.
         uvicorn.run("fsllm.serving:app_from_env", factory=True, workers=workers, timeout_worker_healthcheck=600,
                     **common)
     finally:
-        for k, v in saved.items():  # a library call leaves its caller's environment as it was
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_env(saved)  # a library call leaves its caller's environment as it was
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
     return 0
