@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("model", help="run folder or saved model folder")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--max-batch-size", type=int, default=32, help="most texts in one forward (default 32)")
+    sv.add_argument("--max-batch-size", type=int, default=32, help="most texts (NER: windows) in one forward (default 32)")
     sv.add_argument("--max-wait-ms", type=float, default=5.0,
                     help="longest wait for more texts after the first before a forward starts (default 5)")
     sv.add_argument("--max-queue", type=int, default=256,

@@ -2,8 +2,8 @@
 
 A request is a *job*: its texts, each one or more *units* (a sequence text is one unit, its token ids; an
 NER text is one unit per window). One worker thread builds each forward from the queued jobs round-robin,
-one unit per job per pass, in arrival order, until the forward holds ``max_batch_size`` units or
-``max_batch_tokens`` tokens. So a long text's windows go through in bounded chunks, each forward also
+one unit per job per pass, until the forward holds ``max_batch_size`` units or ``max_batch_tokens``
+tokens; the jobs it served then go to the back of the line (new jobs join at the back too). So a long text's windows go through in bounded chunks, each forward also
 carrying the units of every request that arrived meanwhile: a small request waits for about one
 forward, not for the whole long one.
 """
