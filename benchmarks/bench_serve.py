@@ -244,6 +244,7 @@ def batch_histogram(url: str) -> dict[str, float] | None:
     for line in r.text.splitlines():
         if line.startswith("fsllm_batch_size_bucket{"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
+            le = le if le == "+Inf" else f"{float(le):g}"  # prometheus_client writes 1.0, the results say 1
             out[le] = float(line.rsplit(" ", 1)[1])
         elif line.startswith(("fsllm_batch_size_sum", "fsllm_batch_size_count")):
             key, val = line.split(" ", 1)

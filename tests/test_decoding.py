@@ -13,6 +13,7 @@ import torch
 from conftest import _perturb, build_word_tokenizer, tiny_backbone
 
 import fsllm.evaluation as evaluation
+import fsllm.inference as inference
 from fsllm import FSConfig, FSForTokenClassification
 from fsllm.cli import main
 from fsllm.decoding import (
@@ -29,7 +30,8 @@ from fsllm.evaluation import evaluate_examples
 from fsllm.inference import Predictor
 from fsllm.metrics import ner_metrics
 from fsllm.modeling import load_model
-from fsllm.serve import _run_batch_fn
+from fsllm.serving import encode_ner, ner_entities
+from fsllm.serving.app import _run_batch_fn
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -137,6 +139,7 @@ def stray_logits(monkeypatch):
         return out
 
     monkeypatch.setattr(evaluation, "batched_logits", fake)
+    monkeypatch.setattr(inference, "batched_logits", fake)  # the server's forward
 
 
 def test_a_stray_inside_tag_gives_the_same_entities_in_predict_serve_and_eval(tiny_ner_model_dir, stray_logits):
@@ -145,7 +148,8 @@ def test_a_stray_inside_tag_gives_the_same_entities_in_predict_serve_and_eval(ti
     (by_words,) = pred.predict(words=[words])
     assert by_words["tags"] == ["O", "I-PER", "O", "B-LOC"]
     (by_text,) = pred.predict([" ".join(words)])
-    (served,) = _run_batch_fn(pred, 8)([" ".join(words)])
+    served_input = encode_ner(pred.tokenizer, " ".join(words), pred.max_length, 10_000)
+    served = ner_entities(served_input, _run_batch_fn(pred, 8)(served_input.windows), pred.model, pred.tokenizer)
     assert [e["entity_group"] for e in by_words["entities"]] == ["LOC"]
     assert by_text == served == by_words["entities"]
     # eval scores the same tags: one predicted entity, and it is the gold LOC

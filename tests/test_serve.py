@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -29,12 +30,26 @@ from conftest import WORDS, build_word_tokenizer, word_llama
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification
 from fsllm.errors import FSLLMError
 from fsllm.inference import Predictor
-from fsllm.serve import DynamicBatcher, create_app
+from fsllm.serving import DynamicBatcher, create_app
 
 SEQ_LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 NER_LABELS = dict(enumerate(["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]))
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TIMEOUT = httpx.Timeout(30.0)
+#: TEI's published ``Info`` schema (where it comes from: the file's ``$comment``)
+TEI_INFO_SCHEMA = json.loads((Path(__file__).parent / "tei_info_schema.json").read_text())
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples ``name`` with ``labels`` in a Prometheus exposition (None: no such sample)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = None
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total = (total or 0.0) + s.value
+    return total
 
 
 def _save(model, tok, out: Path) -> Path:
@@ -116,6 +131,13 @@ def ner_predictor(ner_dir) -> Predictor:
 def ner_server(ner_predictor):
     with LiveServer(create_app(ner_predictor, max_batch_size=8, max_wait_ms=5, model_id="tiny-ner")) as s:
         yield s
+
+
+def same_entities(got: list[dict], want: list[dict]) -> bool:
+    """The same spans and groups, scores equal to float rounding (batching changes the last bits)."""
+    key = [(e["entity_group"], e["word"], e["start"], e["end"]) for e in got]
+    return key == [(e["entity_group"], e["word"], e["start"], e["end"]) for e in want] and all(
+        abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(got, want))
 
 
 def _probs_alone(predictor: Predictor, text: str) -> dict[str, float]:
@@ -238,7 +260,7 @@ def test_full_queue_answers_503_with_retry_after_then_recovers(seq_predictor):
         assert first.result(30).status_code == 200 and queued.result(30).status_code == 200
         assert len(queued.result().json()) == 3
         assert c.post("/predict", json={"inputs": "one more"}).status_code == 200
-        assert 'fsllm_requests_total{route="/predict",status="503"} 1' in c.get("/metrics").text
+        assert metric(c.get("/metrics").text, "fsllm_requests_total", route="/predict", status="503") == 1
 
 
 def test_backend_failures_answer_500_json_and_the_server_keeps_serving(seq_predictor):
@@ -298,8 +320,7 @@ def test_concurrent_requests_are_batched_and_answer_as_each_text_alone(seq_serve
 
 
 def _batch_stats(metrics: str) -> tuple[float, float]:
-    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line and not line.startswith("#"))
-    return float(values["fsllm_batch_size_sum"]), float(values["fsllm_batch_size_count"])
+    return metric(metrics, "fsllm_batch_size_sum"), metric(metrics, "fsllm_batch_size_count")
 
 
 # -------------------------------------------------------------------------------------------------- NER
@@ -327,6 +348,71 @@ def test_ner_answers_pipeline_entities_with_offsets_and_windows_long_texts(ner_s
         assert c.post("/predict", json={"inputs": long_text}).status_code == 200  # no 413 for NER
 
 
+def test_ner_input_limit_answers_413_with_teis_body_and_is_reported_in_info(ner_predictor, seq_predictor, seq_dir,
+                                                                           monkeypatch):
+    """A text of exactly ``max_input_tokens`` sub-tokens is served, one more is a 413 in TEI's error body
+    (also inside a batch, naming the input), and /info reports the limit as ``max_input_length``."""
+    limit = 40
+    app = create_app(ner_predictor, max_batch_size=8, max_wait_ms=0, max_input_tokens=limit, model_id="tiny-ner")
+    words = sentences(1, seed=9, lo=limit + 1, hi=limit + 1)[0].split()  # word-level tokenizer: a word is a token
+    at_limit, over = " ".join(words[:limit]), " ".join(words)
+    with LiveServer(app) as s, httpx.Client(base_url=s.url, timeout=TIMEOUT) as c:
+        assert c.get("/info").json()["max_input_length"] == limit
+        r = c.post("/predict", json={"inputs": at_limit})
+        assert r.status_code == 200 and same_entities(r.json(), ner_predictor.predict([at_limit])[0]), r.text
+        for inputs, needle in ((over, "input 0"), (["John went home", over], "input 1")):
+            r = c.post("/ner", json={"inputs": inputs})
+            assert r.status_code == 413, r.text
+            assert set(r.json()) == {"error", "error_type"} and r.json()["error_type"] == "validation"
+            assert needle in r.json()["error"] and f"max input length {limit}" in r.json()["error"]
+        assert c.post("/ner", json={"inputs": "John went home"}).status_code == 200
+    with pytest.raises(FSLLMError, match="applies to token"):  # a sequence model's limit: its max input length
+        create_app(seq_predictor, max_input_tokens=10)
+    from fsllm.serving import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started"))
+    with pytest.raises(FSLLMError, match="applies to token"):  # told once, not by every worker process
+        serve(str(seq_dir), max_input_tokens=10, workers=2)
+
+
+def test_small_requests_stay_fast_while_a_request_at_the_ner_limit_is_in_flight(ner_dir):
+    """A text at the input limit is ~330 windows; each row of a forward is made to cost 3 ms (a forward hook),
+    so it runs for seconds. Ten one-sentence requests sent meanwhile are each answered within a couple of
+    forwards, all before the long one ends: its windows go in bounded chunks between them."""
+    predictor = Predictor.from_pretrained(ner_dir, max_length=8)  # 7 tokens a window after BOS, stride 1
+    hook = predictor.model.register_forward_pre_hook(
+        lambda m, args, kwargs: time.sleep(0.003 * kwargs["input_ids"].shape[0]), with_kwargs=True)
+    limit = 2000
+    app = create_app(predictor, max_batch_size=8, max_wait_ms=2, max_input_tokens=limit, model_id="tiny-ner")
+    long_text = " ".join(sentences(1, seed=21, lo=limit, hi=limit)[0].split()[:limit])
+    small = sentences(10, seed=22, lo=4, hi=8)
+    try:
+        with LiveServer(app) as s, httpx.Client(base_url=s.url, timeout=TIMEOUT) as c, ThreadPoolExecutor(1) as pool:
+            t0 = time.perf_counter()
+            long_req = pool.submit(httpx.post, s.url + "/ner", json={"inputs": long_text}, timeout=120)
+            deadline = time.monotonic() + 30
+            while app.state.batcher.depth() == 0:  # its windows are queued: it is in flight
+                assert time.monotonic() < deadline and not long_req.done(), "the long request never queued"
+                time.sleep(0.005)
+            latencies, answers = [], []
+            for text in small:
+                t = time.perf_counter()
+                r = c.post("/ner", json={"inputs": text})
+                latencies.append(time.perf_counter() - t)
+                assert r.status_code == 200, r.text
+                answers.append(r.json())
+            assert not long_req.done(), "the small requests waited for the long one"
+            r = long_req.result(120)
+            long_s = time.perf_counter() - t0
+        assert r.status_code == 200, r.text
+    finally:
+        hook.remove()
+    for got, want in zip([*answers, r.json()], predictor.predict([*small, long_text]), strict=True):
+        assert same_entities(got, want)  # chunked windows answer as the text alone
+    p99 = max(latencies)  # 10 samples: the p99 is the slowest
+    assert p99 < 1.0 and p99 < long_s / 4, (latencies, long_s)
+
+
 # ------------------------------------------------------------------------------------------ health & co
 
 
@@ -346,14 +432,30 @@ def test_health_info_and_prometheus_metrics(seq_server):
             schema["components"]["schemas"]["PredictRequest"]["properties"])
         r = c.get("/metrics")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    text = r.text
-    assert 'fsllm_requests_total{route="/predict",status="200"}' in text
-    assert 'fsllm_requests_total{route="/predict",status="422"}' in text
-    assert 'fsllm_request_duration_seconds_bucket{route="/predict",le="+Inf"}' in text
-    assert 'fsllm_batch_size_bucket{le="1"}' in text and "fsllm_queue_depth 0" in text
-    for line in text.splitlines():  # every sample line is `name{labels} number`
-        if line and not line.startswith("#"):
-            float(line.rsplit(" ", 1)[1])
+    text = r.text  # parsed by prometheus_client's own parser: a malformed exposition raises
+    assert metric(text, "fsllm_requests_total", route="/predict", status="200") >= 1
+    assert metric(text, "fsllm_requests_total", route="/predict", status="422") >= 1
+    assert metric(text, "fsllm_request_duration_seconds_bucket", route="/predict", le="+Inf") >= 2
+    assert metric(text, "fsllm_batch_size_bucket", le="1.0") >= 1 and metric(text, "fsllm_queue_depth") == 0
+    assert metric(text, "fsllm_texts_total") >= 1 and metric(text, "fsllm_requests_in_flight") == 1  # the scrape
+
+
+def test_info_has_every_field_of_teis_info_schema_for_sequence_and_ner_models(seq_server, ner_server):
+    """``/info`` validates against TEI's published ``Info`` schema, with every property present (the nullable
+    ones as null), for a sequence and an NER model, and keeps fsllm's own fields."""
+    tei_fields = set(TEI_INFO_SCHEMA["$defs"]["Info"]["properties"])
+    for server, task, labels in ((seq_server, "sequence", SEQ_LABELS), (ner_server, "token", NER_LABELS)):
+        info = httpx.get(server.url + "/info", timeout=TIMEOUT).json()
+        jsonschema.validate(info, TEI_INFO_SCHEMA)
+        assert tei_fields <= set(info), tei_fields - set(info)
+        assert info["model_type"] == {"classifier": {"id2label": {str(k): v for k, v in labels.items()},
+                                                     "label2id": {v: k for k, v in labels.items()}}}
+        assert info["task"] == task and info["labels"] == list(labels.values()) and info["served_model_name"]
+        assert info["sha"] is None and info["docker_label"] is None and info["model_dtype"] == "float32"
+        assert info["max_batch_tokens"] == server.app.state.batcher.max_batch_tokens
+    with pytest.raises(jsonschema.ValidationError):  # the schema does tell: the old NER model type fails it
+        jsonschema.validate(dict(info, model_type={"token_classifier": info["model_type"]["classifier"]}),
+                            TEI_INFO_SCHEMA)
 
 
 def test_batcher_respects_max_batch_size_and_fails_only_the_bad_item():
@@ -392,6 +494,65 @@ def test_batcher_waits_only_for_requests_on_their_way():
         assert seen == [1, 3]
     finally:
         b.stop(10)
+
+
+def test_batcher_interleaves_a_long_requests_windows_with_later_requests():
+    """A 40-window text does not hold the worker: each forward takes units round-robin over the queued
+    requests, within ``max_batch_tokens``; the queue bound counts texts, not windows; results come back
+    per text in window order."""
+    seen: list[list[str]] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(payloads):
+        seen.append(list(payloads))
+        entered.set()
+        assert gate.wait(10)
+        return [p.upper() for p in payloads]
+
+    b = DynamicBatcher(run, max_batch_size=4, max_wait_ms=0, max_queue=3, max_batch_tokens=7, size_of=len)
+    b.start()
+    try:
+        long_windows = [f"w{i:02d}" for i in range(40)]  # 3 tokens each: two fit the budget of 7
+        (long_f,) = b.submit([long_windows], parts=True)
+        assert entered.wait(10)  # the first forward holds the long text's first windows
+        small = b.submit(["a"]) + b.submit(["bb"])  # 2 more texts: the queue holds 3 whatever their windows
+        with pytest.raises(Exception, match="queue full"):
+            b.submit(["c"])
+        gate.set()
+        assert [f.result(10) for f in small] == ["A", "BB"]
+        assert long_f.result(10) == [w.upper() for w in long_windows]
+    finally:
+        gate.set()
+        b.stop(10)
+    assert seen[0] == ["w00", "w01"] and set(seen[1]) == {"w02", "a", "bb"}, seen[:3]  # round-robin, <= 7 tokens
+    assert all(sum(map(len, batch)) <= 7 for batch in seen) and sum(map(len, seen)) == 42
+
+
+def test_batcher_does_not_starve_requests_behind_a_window_that_fills_the_token_budget():
+    """When one window of a long text fills ``max_batch_tokens`` alone, the line rotates: the next forward
+    serves the request behind it instead of the long text's next window."""
+    order: list[str] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(payloads):
+        order.extend(payloads)
+        entered.set()
+        assert gate.wait(10)
+        return payloads
+
+    b = DynamicBatcher(run, max_batch_size=8, max_wait_ms=0, max_queue=8, max_batch_tokens=3, size_of=len)
+    b.start()
+    try:
+        (long_f,) = b.submit([[f"w{i:02d}" for i in range(6)]], parts=True)  # 3 tokens a window: one a forward
+        assert entered.wait(10)
+        (small_f,) = b.submit(["s"])
+        gate.set()
+        assert small_f.result(10) == "s" and long_f.result(10) == [f"w{i:02d}" for i in range(6)]
+    finally:
+        gate.set()
+        b.stop(10)
+    # the window in progress, then one more (the newcomer joins the line at its back), not all six first
+    assert order.index("s") <= 2, order
 
 
 # -------------------------------------------------------------------------------------- the CLI process
@@ -455,7 +616,7 @@ def test_sigterm_lets_the_in_flight_request_finish_and_exits_0(slow_seq_dir):
         with ThreadPoolExecutor(1) as pool:
             fut = pool.submit(httpx.post, url + "/predict", json={"inputs": big}, timeout=120)
             deadline = time.monotonic() + 30
-            while "fsllm_requests_in_flight 2" not in httpx.get(url + "/metrics", timeout=5).text:  # it + /metrics
+            while metric(httpx.get(url + "/metrics", timeout=5).text, "fsllm_requests_in_flight") != 2:  # it + /metrics
                 assert time.monotonic() < deadline and not fut.done(), "the big request was never in flight"
                 time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
@@ -468,22 +629,40 @@ def test_sigterm_lets_the_in_flight_request_finish_and_exits_0(slow_seq_dir):
         _stop(proc)
 
 
-def test_workers_run_processes_that_load_the_model_and_stop_on_sigterm(seq_dir):
-    """``--workers 2``: each process loads the model named in the environment and serves the same answers
-    (and runs the ``--threads`` it was given, over the test's ``OMP_NUM_THREADS=1``)."""
-    proc, url = _start_cli(seq_dir, "--workers", "2", "--max-batch-size", "4", "--threads", "2", "--device", "cpu")
+def test_workers_load_the_handed_options_share_their_metrics_and_stop_on_sigterm(seq_dir):
+    """``--workers 2``, real processes, real HTTP: both processes (told apart by their pid in /info) load the
+    model with the options they were handed (device, precision, threads, batch limits) and answer as that
+    model does; a scrape of /metrics on either process counts the requests both served; SIGTERM exits 0.
+
+    The device is ``cuda:0`` where torch sees a GPU, else ``cpu``; there ``auto`` would give "cpu" too,
+    so bf16, which is not the default, shows that the precision reached the workers."""
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    proc, url = _start_cli(seq_dir, "--workers", "2", "--max-batch-size", "4", "--max-batch-tokens", "999",
+                           "--threads", "2", "--device", device, "--precision", "bf16")
     try:
-        predictor = Predictor.from_pretrained(seq_dir)
-        texts = sentences(6, seed=11)
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
-            info = c.get("/info").json()
+        infos: dict[int, dict] = {}
+        sent, deadline = 0, time.monotonic() + 120  # the second process may still be loading the model
+        while (len(infos) < 2 or sent < 6) and time.monotonic() < deadline and sent < 1000:
+            info = httpx.get(url + "/info", timeout=TIMEOUT).json()  # a new connection each: either process
+            sent += 1
+            infos[info["pid"]] = info
+            time.sleep(0.02)
+        assert len(infos) == 2, f"one process answered all {sent} requests"
+        for info in infos.values():
+            jsonschema.validate(info, TEI_INFO_SCHEMA)
             assert info["model_id"] == str(seq_dir) and info["max_batch_size"] == 4 and info["torch_threads"] == 2
-            assert info["device"] == "cpu"  # --device reaches each worker process
-            for _ in range(3):  # new connections: the requests may land on either process
-                got = httpx.post(url + "/predict", json={"inputs": texts}, timeout=TIMEOUT).json()
-                for t, answer in zip(texts, got, strict=True):
-                    want = _probs_alone(predictor, t)
-                    assert all(abs(d["score"] - want[d["label"]]) < 1e-5 for d in answer)
+            assert info["max_batch_tokens"] == 999 and info["model_dtype"] == "bfloat16" and info["device"] == device
+        for _ in range(3):  # one scrape may come from either process: each must count both processes' requests
+            scraped = metric(httpx.get(url + "/metrics", timeout=TIMEOUT).text, "fsllm_requests_total",
+                             route="/info", status="200")
+            assert scraped == sent, (scraped, sent)
+        predictor = Predictor.from_pretrained(seq_dir, precision="bf16", device=device)
+        texts = sentences(6, seed=11)
+        for _ in range(3):
+            got = httpx.post(url + "/predict", json={"inputs": texts}, timeout=TIMEOUT).json()
+            for t, answer in zip(texts, got, strict=True):
+                want = predictor.predict([t])[0]
+                assert answer[0]["label"] == want["label"] and abs(answer[0]["score"] - want["score"]) < 2e-2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, proc.stdout.read().decode()[-2000:]
     finally:
@@ -494,7 +673,7 @@ def test_a_gpu_that_is_not_there_fails_at_start_with_the_reason(seq_dir, monkeyp
     """``--device cuda`` where torch sees no GPU stops before uvicorn starts (once, not in every worker)."""
     import uvicorn
 
-    from fsllm.serve import serve
+    from fsllm.serving import serve
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn started"))
@@ -503,29 +682,34 @@ def test_a_gpu_that_is_not_there_fails_at_start_with_the_reason(seq_dir, monkeyp
             serve(str(seq_dir), device="cuda", workers=workers)
 
 
-def test_workers_are_handed_the_device_and_load_the_model_there(seq_dir, monkeypatch):
-    """``--workers N`` hands ``--device`` to each process through the environment, and the app factory each
-    process runs loads the model on it (``auto`` would also give "cpu" on a CPU machine, so a named GPU is used)."""
-    import fsllm.serve as serve_module
+def test_serve_leaves_the_callers_signal_handlers_and_environment_alone(seq_dir, monkeypatch):
+    """``serve()`` is a library call: it installs no SIGTERM handler (the ``fsllm serve`` entry point does) and
+    gives its caller's environment back. What it hands the workers, the real app factory loads from."""
+    from fsllm import serving
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    # serve() writes the workers' settings into this process's environment: a copy keeps them out of other tests
-    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != serve_module.ENV_DEVICE})
-    handed = {}
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: handed.update(os.environ))
-    serve_module.serve(str(seq_dir), device="cuda:1", workers=2)
-    assert handed[serve_module.ENV_DEVICE] == "cuda:1"
-    loaded = {}
-    monkeypatch.setattr(serve_module, "create_app", lambda model, **kw: loaded.update(kw))
-    serve_module.app_from_env()
-    assert loaded["device"] == "cuda:1"
+    before_handler, before_env = signal.getsignal(signal.SIGTERM), dict(os.environ)
+    handed: dict[str, str] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: handed.update(os.environ))  # the process manager
+    serving.serve(str(seq_dir), workers=2, device="cpu", precision="bf16", max_batch_tokens=777, threads=1)
+    assert signal.getsignal(signal.SIGTERM) is before_handler
+    assert dict(os.environ) == before_env
+    assert handed[serving.ENV_DEVICE] == "cpu" and handed["PROMETHEUS_MULTIPROC_DIR"]
+    threads = torch.get_num_threads()
+    try:
+        for k, v in handed.items():
+            if k.startswith("FSLLM_SERVE_"):
+                monkeypatch.setenv(k, v)
+        app = serving.app_from_env()  # what each worker runs
+    finally:
+        torch.set_num_threads(threads)
+    assert app.state.info["model_dtype"] == "bfloat16" and app.state.info["device"] == "cpu"
+    assert app.state.info["max_batch_tokens"] == 777 and app.state.info["model_id"] == str(seq_dir)
 
 
 def test_forward_threads_leave_a_core_to_the_http_side(monkeypatch):
     """The default keeps one core for the event loop and splits the rest among workers; an explicit value
     wins; a set ``OMP_NUM_THREADS`` is the user's choice and is kept."""
-    from fsllm.serve import forward_threads
+    from fsllm.serving import forward_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 8)

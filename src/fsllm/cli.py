@@ -233,11 +233,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("model", help="run folder or saved model folder")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     sv.add_argument("--port", type=int, default=8080)
-    sv.add_argument("--max-batch-size", type=int, default=32, help="most texts in one forward (default 32)")
+    sv.add_argument("--max-batch-size", type=int, default=32, help="most texts (NER: windows) in one forward (default 32)")
     sv.add_argument("--max-wait-ms", type=float, default=5.0,
                     help="longest wait for more texts after the first before a forward starts (default 5)")
     sv.add_argument("--max-queue", type=int, default=256,
                     help="texts waiting at most; beyond, requests get 503 + Retry-After (default 256)")
+    sv.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="most tokens in one forward; a long NER text's windows go in chunks of it between other "
+                         "requests' texts (default: 16384 on a GPU, as TEI; on a CPU 512, or the model's max length "
+                         "if longer)")
+    sv.add_argument("--max-input-tokens", type=int, default=None,
+                    help="NER models: most sub-tokens in one input, longer ones get 413 (default 32768; TEI's "
+                         "max_input_length; a sequence model's is its training --max-length)")
     sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy (default 1)")
     sv.add_argument("--threads", type=int, default=None,
                     help="torch threads per process for the forward (default: the cores less one, left to HTTP and "
@@ -427,11 +434,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    from .serve import serve
+    from .serving import exit_cleanly_on_sigterm, serve
 
+    exit_cleanly_on_sigterm()  # the entry point's choice: a requested stop exits 0 (see its docstring)
     return serve(a.model, host=a.host, port=a.port, max_batch_size=a.max_batch_size, max_wait_ms=a.max_wait_ms,
                  max_queue=a.max_queue, workers=a.workers, log_level=a.log_level, precision=a.precision,
-                 threads=a.threads, device=a.device, **_decoding_overrides(a))
+                 threads=a.threads, device=a.device, max_batch_tokens=a.max_batch_tokens,
+                 max_input_tokens=a.max_input_tokens, **_decoding_overrides(a))
 
 
 def cmd_datasets(_: argparse.Namespace) -> int:
