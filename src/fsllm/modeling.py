@@ -59,7 +59,7 @@ from .backbones import (
     is_quantized,
     load_backbone,
 )
-from .config import ATTENTION_MODES, FSConfig, FSLLMConfig
+from .config import ATTENTION_MODES, FSConfig, FSLLMConfig, dtype_name, torch_dtype
 from .errors import ConfigError, ModelFolderError
 from .fast_dropout import use_fast_lora_dropout
 from .fused_lora import use_fused_lora
@@ -101,6 +101,8 @@ class FSModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # what training changes stays fp32 when a merged folder loads in bf16 or fp16 (its config's dtype)
+    _keep_in_fp32_modules_strict = [r"^head\.", r"^fs_lambda_raw$"]
     task: str = ""
 
     def __init__(self, config: FSLLMConfig, backbone: PreTrainedModel | None = None):
@@ -139,8 +141,6 @@ class FSModel(PreTrainedModel):
         self.decay_horizon_bias: float | None = None
         self._mask_observer: Callable[[int | None, torch.Tensor | None], None] | None = None
 
-        # the head's dtype: the backbone's floating weights (a 4-bit backbone's packed ones are uint8)
-        dtype = next((p.dtype for p in base.parameters() if p.is_floating_point()), torch.float32)
         if fs_config.attention == "decay":
             init = torch.full((self.num_layers,), float(fs_config.decay_lambda), dtype=torch.float32)
             if fs_config.learnable_lambda:
@@ -181,7 +181,7 @@ class FSModel(PreTrainedModel):
             kind=fs_config.head,
             hidden=fs_config.head_hidden_size,
             dropout=fs_config.head_dropout,
-        ).to(dtype)
+        ).to(torch.float32)  # trained, so fp32 on a bf16/fp16 backbone too, as PEFT keeps LoRA (autocast_adapter_dtype)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -239,6 +239,7 @@ class FSModel(PreTrainedModel):
             label2id=label2id or {v: k for k, v in id2label.items()},
             problem_type=problem_type,
             backbone_quantization=load_kwargs.get("quantize") if quantized else None,
+            backbone_dtype=None if quantized else dtype_name(base),
         )
         return cls(config, backbone=backbone)
 
@@ -554,8 +555,8 @@ class FSModel(PreTrainedModel):
         # small folder: the backbone from its reference, then the adapter and head
         impl = kwargs.pop("attn_implementation")
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        if dtype in (None, "auto"):
-            dtype = torch.float32
+        if dtype in (None, "auto"):  # the dtype the backbone trained in (a folder from before the field: fp32)
+            dtype = torch_dtype(config.backbone_dtype)
         elif isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         if backbone is None or isinstance(backbone, str):
@@ -622,7 +623,8 @@ class FSForSequenceClassification(FSModel):
         """Logits ``[B, num_labels]`` (in the data's units for regression), and the loss when ``labels`` are given."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.encode(input_ids, attention_mask)
+        # pooled in the head's dtype: a bf16 backbone's hidden states are summed in fp32 for the fp32 head
+        hidden = self.encode(input_ids, attention_mask).to(self.head.out.weight.dtype)
         logits = self.head(pool(hidden, attention_mask, self.fs_config.pooling))
         problem = self.config.problem_type
         loss = None

@@ -44,7 +44,7 @@ from transformers.trainer_pt_utils import (
 
 from . import atomic
 from .backbones import backbone_num_layers, load_tokenizer
-from .config import TrainConfig, resolve_precision
+from .config import TrainConfig, resolve_backbone_dtype, resolve_precision, torch_dtype
 from .errors import FSLLMError
 from .evaluation import collapse_message, evaluate_examples
 from .metrics import LOWER_IS_BETTER, multilabel_metrics
@@ -266,6 +266,9 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
     if cfg.precision == "auto":  # resolved once, so config.json says what the run used
         cfg.precision, why = resolve_precision("auto")
         logger.warning("precision auto: %s (%s)", cfg.precision, why)
+    if cfg.backbone_dtype == "auto":  # resolved once too; a quantised backbone keeps its own format
+        cfg.backbone_dtype, why = ("fp32", "quantised backbone") if cfg.quantize else resolve_backbone_dtype("auto")
+        logger.warning("backbone_dtype auto: %s (%s)", cfg.backbone_dtype, why)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
@@ -289,8 +292,11 @@ def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
     model: FSModel = model_cls.from_backbone(
         cfg.model, num_labels=len(data.id2label), fs_config=cfg.fs, id2label=data.id2label, label2id=data.label2id,
         attn_implementation=cfg.attn_implementation, problem_type=data.problem_type, quantize=cfg.quantize,
+        dtype=torch_dtype(cfg.backbone_dtype),
     )
     model.config.text_pair = bool(cfg.text_pair_column)
+    # the folder reads its inputs at the length it was trained and selected at (Predictor, eval, serve)
+    model.config.max_length = cfg.max_length
     if data.task == "token":
         model.config.whitespace_token_ids = whitespace_token_ids(tokenizer)
     if data.problem_type == "regression":
