@@ -321,7 +321,8 @@ class TrainConfig:
     seed: int = setting(42, "seed of the subsets, the initialisation and the batch order", trainer=("seed", "data_seed"))
     attn_implementation: str = setting(
         "sdpa", "the backbone's attention kernel that FS attention wraps (flex_attention: GPU; for attention decay "
-        "on long inputs it builds no L x L mask and skips far-future keys)", choices=SUPPORTED_IMPLEMENTATIONS)
+        "on long inputs it builds no L x L mask and skips far-future keys. torch has no flex_attention backward on a "
+        "CPU, where it trains the head alone: --no-use-lora)", choices=SUPPORTED_IMPLEMENTATIONS)
     precision: str = setting(
         "auto", "'auto' (default): bf16 autocast where the GPU or CPU has bf16 matmul hardware (AMX / AVX512-BF16), "
         "else fp32; the run prints and saves what it chose (FSLLM_NATIVE_BF16=0 makes it fp32). 'bf16' / 'fp16': "

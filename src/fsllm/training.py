@@ -243,6 +243,26 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def flex_backward_here() -> bool:
+    """Whether torch's ``flex_attention`` has a backward on the device this process trains on.
+
+    torch 2.13 has none on a CPU: the first backward through it raises ``NotImplementedError``. Asked
+    of torch's own device check on a tiny tensor (nothing runs), so a torch that adds one is believed.
+    """
+    if torch.cuda.is_available():
+        return True
+    try:
+        from torch.nn.attention.flex_attention import _validate_device
+    except ImportError:  # the check moved: let the first step say
+        return True
+    t = torch.zeros(1, 1, 1, 8, requires_grad=True)
+    try:
+        _validate_device(t, t, t)
+    except NotImplementedError:
+        return False
+    return True
+
+
 def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, RunFolder]:
     """The configuration to train with and its run folder, every check done before anything is written.
 
@@ -269,6 +289,13 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
     if cfg.backbone_dtype == "auto":  # resolved once too; a quantised backbone keeps its own format
         cfg.backbone_dtype, why = ("fp32", "quantised backbone") if cfg.quantize else resolve_backbone_dtype("auto")
         logger.warning("backbone_dtype auto: %s (%s)", cfg.backbone_dtype, why)
+    if cfg.attn_implementation == "flex_attention" and (cfg.fs.use_lora or cfg.fs.learnable_lambda) \
+            and not flex_backward_here():
+        # else the first backward fails deep in torch, after the run folder and the model are made
+        raise FSLLMError(
+            f"attn_implementation flex_attention: torch {torch.__version__} has no flex_attention backward on a CPU, "
+            "and LoRA (or a learnable lambda) trains through the attention; train with sdpa (the same model), on a "
+            "GPU, or the head alone (--no-use-lora)")
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
