@@ -99,3 +99,23 @@ def test_the_cli_option_sets_it():
 
     a = build_parser().parse_args(["train", "--data", "x", "--backbone-dtype", "bf16"])
     assert train_config_from_args(a).backbone_dtype == "bf16"
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_both_folder_kinds_reload_a_bf16_backbone_in_bf16_with_an_fp32_head(tmp_path, tiny_model_dir, merged):
+    from fsllm import FSConfig, FSForSequenceClassification, load_model
+
+    torch.manual_seed(0)
+    model = FSForSequenceClassification.from_backbone(
+        str(tiny_model_dir), num_labels=2, dtype=torch.bfloat16,
+        fs_config=FSConfig(attention="decay", decay_lambda=0.5, learnable_lambda=True)).eval()
+    assert model.config.backbone_dtype == "bf16" and model.fs_lambda_raw.dtype == torch.float32
+    model.save_pretrained(tmp_path / "m", merged=merged)
+    loaded = load_model(tmp_path / "m")
+    assert {p.dtype for n, p in loaded.backbone.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    assert {p.dtype for p in loaded.head.parameters()} == {loaded.fs_lambda_raw.dtype} == {torch.float32}
+    ids = torch.tensor([[4, 5, 6, 7], [0, 0, 8, 9]])
+    with torch.no_grad():
+        want, got = model(ids, (ids != 0).long()).logits, loaded(ids, (ids != 0).long()).logits
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)  # merging LoRA into bf16 weights rounds once more

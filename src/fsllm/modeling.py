@@ -551,6 +551,10 @@ class FSModel(PreTrainedModel):
             kwargs.pop(hub_only, None)
         quantize = kwargs.pop("quantize", config.backbone_quantization)
         if config.merged:
+            if config.backbone_dtype and kwargs.get("dtype") in (None, "auto") and kwargs.get("torch_dtype") in (None, "auto"):
+                # the backbone's weights in the dtype they trained in (the head stays fp32: _keep_in_fp32_modules_strict)
+                kwargs.pop("torch_dtype", None)
+                kwargs["dtype"] = torch_dtype(config.backbone_dtype)
             return super(FSModel, model_cls).from_pretrained(folder, *model_args, config=config, **kwargs)
         # small folder: the backbone from its reference, then the adapter and head
         impl = kwargs.pop("attn_implementation")
