@@ -472,7 +472,7 @@ class FSLLMConfig(PreTrainedConfig):
             longer texts are truncated and longer NER sentences cut into windows at this length by
             ``Predictor``, ``fsllm eval / predict / serve`` unless told otherwise. ``None`` in a folder
             written before the field existed: those read 256 tokens (``inference.DEFAULT_MAX_LENGTH``),
-            as they always did, unless a run folder's ``config.json`` says more.
+            as they always did, unless the run folder around them says otherwise (its ``config.json``).
         backbone_dtype: the dtype the backbone's frozen weights were loaded in for training
             (``TrainConfig.backbone_dtype``: ``"fp32"``, ``"bf16"`` or ``"fp16"``); a small folder loads its
             backbone in it again, so predictions use the weights that were evaluated. LoRA and the head
