@@ -94,6 +94,17 @@ def test_auto_follows_the_bf16_hardware_rule_and_bad_values_are_clear_errors(mon
         FSLLMConfig(backbone_dtype="auto")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 weights train on a GPU")
+def test_fp16_weights_without_a_gpu_are_refused_before_a_run_folder(tmp_path, tiny_model_dir):
+    from fsllm.errors import FSLLMError
+    from fsllm.training import train
+
+    with pytest.raises(FSLLMError, match="backbone_dtype fp16 needs a CUDA GPU"):
+        train(data=str(write_csv_dir(tmp_path)), model=str(tiny_model_dir), output_dir=str(tmp_path / "r"),
+              backbone_dtype="fp16")
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_cli_option_sets_it():
     from fsllm.cli import build_parser, train_config_from_args
 

@@ -298,6 +298,8 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
             "GPU, or the head alone (--no-use-lora)")
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    if cfg.backbone_dtype == "fp16" and not torch.cuda.is_available():
+        raise FSLLMError("backbone_dtype fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
         raise FSLLMError("with several processes, pass --output (each process must name the same run folder)")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
