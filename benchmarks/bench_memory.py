@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Peak memory of one training step with and without gradient checkpointing (CPU, fp32).
 
-    python benchmarks/bench_memory.py [--lengths 512,2048] [--out benchmarks/results/memory.json]
+    python benchmarks/bench_memory.py [--lengths 512,2048] [--backbone-dtype fp32] [--out benchmarks/results/memory.json]
 
 The packaged SmolLM2-135M as ``FSForTokenClassification`` (9 labels, FSConfig defaults: bidirectional
 attention, LoRA 8/32/0.1), batch 1, random token ids without padding. Every (length, checkpointing)
@@ -20,6 +20,10 @@ state is the same with and without checkpointing).
 Each worker also saves the loss and the trainable parameters' gradients of the measured step
 (seeded, so LoRA dropout draws the same masks); the parent compares them between the two
 settings at each length: checkpointing must change memory, not the numbers.
+
+``--backbone-dtype bf16`` loads the backbone's frozen weights in bf16 (``TrainConfig.backbone_dtype``;
+LoRA and the head stay fp32); every cell also reports the model's parameter bytes by dtype, so two
+runs (fp32, bf16) give the memory the option saves.
 """
 
 from __future__ import annotations
@@ -66,7 +70,14 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     rss_start = common.rss_mb()
     torch.manual_seed(SEED)
-    model = FSForTokenClassification.from_backbone(BACKBONE, num_labels=NUM_LABELS)
+    from fsllm.config import torch_dtype
+
+    model = FSForTokenClassification.from_backbone(BACKBONE, num_labels=NUM_LABELS,
+                                                   dtype=torch_dtype(spec.get("backbone_dtype", "fp32")))
+    param_bytes: dict[str, int] = {}
+    for p in model.parameters():
+        key = f"{'trainable' if p.requires_grad else 'frozen'}_{str(p.dtype).removeprefix('torch.')}"
+        param_bytes[key] = param_bytes.get(key, 0) + p.numel() * p.element_size()
     if spec["checkpointing"]:
         model.activation_checkpointing_enable()  # what TrainingArguments(gradient_checkpointing=True) calls
     model.train()
@@ -96,6 +107,9 @@ def worker(spec: dict) -> dict:
     return {
         "length": spec["length"],
         "checkpointing": spec["checkpointing"],
+        "backbone_dtype": spec.get("backbone_dtype", "fp32"),
+        "param_bytes": param_bytes,
+        "param_mb": round(sum(param_bytes.values()) / 2**20, 1),
         "layers_with_checkpointing": sum(enabled),
         "layers": len(enabled),
         "rss_at_start_mb": round(rss_start, 1),
@@ -152,12 +166,14 @@ def markdown(data: dict) -> str:
         f"{data['machine']['torch_threads']} torch threads, torch {data['machine']['torch']}, "
         f"transformers {data['machine']['transformers']}, peft {data['machine']['peft']}.",
         "",
-        f"{data['setup']['model']}; batch 1, random ids, no padding; one zero_grad + forward + backward, fp32. "
+        f"{data['setup']['model']}; batch 1, random ids, no padding; one zero_grad + forward + backward, no autocast; "
+        f"backbone weights in {data['setup'].get('backbone_dtype', 'fp32')} (LoRA and head fp32). "
         "Step peak = VmHWM during the step − VmRSS before it (each cell in a fresh process; see bench_memory.py). "
         f"glibc mmap threshold: {data['setup']['malloc_mmap_threshold']}.",
         "",
-        "| tokens | checkpointing | layers checkpointed | RSS before step (MB) | step peak (MB) | saving | loss | max |Δgrad| vs off |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| tokens | checkpointing | layers checkpointed | parameters (MB) | RSS before step (MB) | step peak (MB) | saving "
+        "| loss | max |Δgrad| vs off |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for L in data["setup"]["lengths"]:
         off = data["cells"][f"{L}-off"]
@@ -168,7 +184,7 @@ def markdown(data: dict) -> str:
             delta = "" if not cell["checkpointing"] else f"{cmp_['grad_max_abs_diff']:.1e}"
             lines.append(
                 f"| {L} | {'on' if cell['checkpointing'] else 'off'} | {cell['layers_with_checkpointing']}/{cell['layers']} "
-                f"| {cell['rss_before_step_mb']:.0f} | {cell['step_peak_mb']:.0f} | {saving} | {cell['loss']:.6f} | {delta} |"
+                f"| {cell.get('param_mb', '')} | {cell['rss_before_step_mb']:.0f} | {cell['step_peak_mb']:.0f} | {saving} | {cell['loss']:.6f} | {delta} |"
             )
     lines += ["", "Same loss and gradients (≤ 1e-5) with and without checkpointing: "
               + ", ".join(f"{L} tokens: {'yes' if data['comparisons'][str(L)]['same'] else 'NO'}" for L in data["setup"]["lengths"]),
@@ -181,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", default="512,2048", help="comma-separated sequence lengths")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count())
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memory.json"))
+    p.add_argument("--backbone-dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="the dtype the backbone's frozen weights load in (TrainConfig.backbone_dtype)")
     p.add_argument("--mmap-threshold", type=int, default=None,
                    help="glibc M_MMAP_THRESHOLD in bytes for the workers (MALLOC_MMAP_THRESHOLD_). By default glibc "
                         "raises it up to 32 MB as large blocks are freed, so tensors below that come from the heap, "
@@ -205,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             "lengths": lengths,
             "batch_size": 1,
             "dtype": "float32",
+            "backbone_dtype": a.backbone_dtype,
             "seed": SEED,
             "malloc_mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic, up to 32 MB)"),
         },
@@ -219,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             paths = {}
             for gc_on in (False, True):
                 paths[gc_on] = str(work / f"grads-{L}-{int(gc_on)}.pt")
-                spec = {"length": L, "checkpointing": gc_on, "threads": a.threads, "grads_path": paths[gc_on]}
+                spec = {"length": L, "checkpointing": gc_on, "threads": a.threads, "grads_path": paths[gc_on],
+                        "backbone_dtype": a.backbone_dtype}
                 cell = run_cell(spec, work, env)
                 data["cells"][f"{L}-{'on' if gc_on else 'off'}"] = cell
                 print(f"{L} tokens, checkpointing {'on ' if gc_on else 'off'}: step peak {cell['step_peak_mb']} MB", flush=True)

@@ -659,11 +659,15 @@ def run_fs(cell: Cell, budget: Budget, run_dir: Path, lr: float | None = None,
 def score_fs_test(cell: Cell, budget: Budget, run_dir: Path) -> dict:
     """Score the test split with the model an FS run selected on dev (a grid member that deferred its
     test evaluation), as ``fsllm eval`` does; adds ``test`` to its ``metrics.json`` and returns it."""
-    from fsllm.inference import RUN_MODEL_DIR, Predictor, evaluate_examples
+    from fsllm.inference import Predictor, evaluate_examples
     from fsllm.run import RunFolder
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    pred = Predictor.from_pretrained(run_dir / RUN_MODEL_DIR, merge=True)
+    # the run folder, not its model folder: a model folder written before FSLLMConfig.max_length read 256
+    # tokens, and the run's config.json says the length it trained and chose on dev at
+    pred = Predictor.from_pretrained(run_dir, merge=True)
+    if pred.max_length != budget.max_length:
+        raise SystemExit(f"{run_dir}: trained at max_length {pred.max_length}, the budget says {budget.max_length}")
     test = baselines.load_splits(cell.dataset, 0, 0, budget.test_subset, cell.seed).test
     m, records = evaluate_examples(pred.model, pred.tokenizer, test, pred.max_length, progress="test")
     metrics["test"] = {k: v for k, v in m.items() if k != "confusion_matrix"}

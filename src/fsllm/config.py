@@ -246,6 +246,34 @@ def resolve_precision(precision: str) -> tuple[str, str]:
     return ("bf16", why) if why else ("fp32", "no bf16 matmul hardware found")
 
 
+#: what a backbone's frozen weights can be loaded in (``TrainConfig.backbone_dtype``); "auto" first
+BACKBONE_DTYPES = ("auto", "fp32", "bf16", "fp16")
+_TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_backbone_dtype(name: str) -> tuple[str, str]:
+    """The dtype a backbone's frozen weights load in and why: ``"auto"`` is bf16 where ``native_bf16``
+    finds bf16 matmul hardware (``FSLLM_NATIVE_BF16=0`` says it does not), fp32 elsewhere, as for
+    ``precision="auto"``; any other value is kept."""
+    if name not in BACKBONE_DTYPES:
+        raise ConfigError(f"backbone_dtype {name!r}: choose one of {', '.join(BACKBONE_DTYPES)}")
+    if name != "auto":
+        return name, "as configured"
+    why = native_bf16()
+    return ("bf16", why) if why else ("fp32", "no bf16 matmul hardware found")
+
+
+def torch_dtype(name: str | None) -> torch.dtype:
+    """The ``torch.dtype`` of a resolved ``backbone_dtype`` name (``None``, a folder without one: fp32)."""
+    return _TORCH_DTYPES[name or "fp32"]
+
+
+def dtype_name(model: torch.nn.Module) -> str | None:
+    """The ``backbone_dtype`` name of a module's floating weights (``None``: another dtype, or none)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return next((name for name, d in _TORCH_DTYPES.items() if d == dtype), None)
+
+
 def resolve_device(device: str | None = "auto") -> torch.device:
     """The ``torch.device`` that inference runs on: ``"auto"`` (or ``None``) is the first CUDA GPU when
     torch sees one and the CPU elsewhere, as ``transformers.pipeline`` chooses; ``"cpu"``, ``"cuda"``
@@ -327,7 +355,8 @@ class TrainConfig:
     seed: int = setting(42, "seed of the subsets, the initialisation and the batch order", trainer=("seed", "data_seed"))
     attn_implementation: str = setting(
         "sdpa", "the backbone's attention kernel that FS attention wraps (flex_attention: GPU; for attention decay "
-        "on long inputs it builds no L x L mask and skips far-future keys)", choices=SUPPORTED_IMPLEMENTATIONS)
+        "on long inputs it builds no L x L mask and skips far-future keys. torch has no flex_attention backward on a "
+        "CPU, where it trains the head alone: --no-use-lora)", choices=SUPPORTED_IMPLEMENTATIONS)
     precision: str = setting(
         "auto", "'auto' (default): bf16 autocast where the GPU or CPU has bf16 matmul hardware (AMX / AVX512-BF16), "
         "else fp32; the run prints and saves what it chose (FSLLM_NATIVE_BF16=0 makes it fp32). 'bf16' / 'fp16': "
@@ -358,6 +387,15 @@ class TrainConfig:
         None, "learning-rate grid only: train every rate with each of these seeds and choose the rate on the mean "
         "dev score (one seed's noise can flip a close grid); must include --seed, whose member at the chosen rate "
         "is the model kept (default: --seed alone)", parse=parse_ints, metavar="SEED,SEED,...")
+    # the dtype of the frozen backbone weights (recorded in the model folder as FSLLMConfig.backbone_dtype)
+    backbone_dtype: str = setting(
+        "fp32", "the dtype the backbone's frozen weights are loaded in: 'fp32' (default, as before the option "
+        "existed), 'bf16' or 'fp16' (half the weight memory; the backbone then computes in that dtype even under "
+        "--precision fp32), or 'auto' (bf16 where --precision auto would pick bf16: a GPU or CPU with bf16 matmul "
+        "hardware; FSLLM_NATIVE_BF16=0 makes it fp32). LoRA weights and the head stay fp32 whatever it is. The "
+        "default is fp32, not auto, because auto would change the results of runs on bf16 machines (the main job "
+        "among them) before bf16 weights are measured to score as fp32 ones do. The model folder records it, and "
+        "fsllm eval / predict / serve load the backbone in it again", choices=BACKBONE_DTYPES)
 
     def __post_init__(self) -> None:
         # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
@@ -370,6 +408,11 @@ class TrainConfig:
             raise ConfigError("label_separator must be a non-empty string")
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             raise ConfigError(f"quantize {self.quantize!r}: choose one of {', '.join(QUANTIZATIONS)} (or none)")
+        if self.backbone_dtype not in BACKBONE_DTYPES:
+            raise ConfigError(f"backbone_dtype {self.backbone_dtype!r}: choose one of {', '.join(BACKBONE_DTYPES)}")
+        if self.quantize is not None and self.backbone_dtype not in ("auto", "fp32"):
+            raise ConfigError(f"backbone_dtype {self.backbone_dtype} with quantize {self.quantize}: a quantised backbone "
+                              "has its own weight format; leave backbone_dtype at fp32")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.attn_implementation not in SUPPORTED_IMPLEMENTATIONS:
@@ -483,6 +526,15 @@ class FSLLMConfig(PreTrainedConfig):
         word_starts: token models only: which tokens begin a word as ``pipeline()`` splits words
             (``fsllm.decoding.word_start_table``, saved with the tokenizer), so that ``forward`` can give
             each word's first token the tag fsllm decodes (``FSConfig.ner_decoding``) as its top label.
+        max_length: the tokens per input the model was trained and selected at (``TrainConfig.max_length``):
+            longer texts are truncated and longer NER sentences cut into windows at this length by
+            ``Predictor``, ``fsllm eval / predict / serve`` unless told otherwise. ``None`` in a folder
+            written before the field existed: those read 256 tokens (``inference.DEFAULT_MAX_LENGTH``),
+            as they always did, unless the run folder around them says otherwise (its ``config.json``).
+        backbone_dtype: the dtype the backbone's frozen weights were loaded in for training
+            (``TrainConfig.backbone_dtype``: ``"fp32"``, ``"bf16"`` or ``"fp16"``); a small folder loads its
+            backbone in it again, so predictions use the weights that were evaluated. LoRA and the head
+            are fp32 whatever it is. ``None`` (older folders): fp32.
     """
 
     model_type = "fsllm"
@@ -503,6 +555,9 @@ class FSLLMConfig(PreTrainedConfig):
     backbone_quantization: str | None = None
     whitespace_token_ids: list | None = None
     word_starts: dict | None = None
+    # how the model reads its inputs, as trained (``TrainConfig``): None in folders written before the fields
+    max_length: int | None = None
+    backbone_dtype: str | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -517,6 +572,11 @@ class FSLLMConfig(PreTrainedConfig):
             raise ValueError(f"target_std must be a finite number > 0, got {self.target_std!r}")
         if not 0 < float(self.multi_label_threshold) < 1:
             raise ValueError(f"multi_label_threshold must be in (0, 1), got {self.multi_label_threshold!r}")
+        if self.max_length is not None and not (_is_int(self.max_length) and self.max_length > 0):
+            raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}")
+        if self.backbone_dtype is not None and self.backbone_dtype not in BACKBONE_DTYPES[1:]:
+            raise ValueError(f"backbone_dtype must be one of {', '.join(BACKBONE_DTYPES[1:])} or None, "
+                             f"got {self.backbone_dtype!r}")
 
     def threshold_of(self, label: str) -> float:
         """The decision threshold of one label of a multi-label model (its own one, else the global one)."""

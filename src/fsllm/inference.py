@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 #: the best model's folder inside a training run folder (kept here for code that imports it from here)
 RUN_MODEL_DIR = MODEL_DIR
+#: tokens per input for a model whose folder records no ``max_length`` (written before
+#: ``FSLLMConfig.max_length`` existed) and that no run folder or caller gives one
+DEFAULT_MAX_LENGTH = 256
 
 
 class Predictor:
@@ -56,11 +59,15 @@ class Predictor:
     """
 
     def __init__(
-        self, model: FSModel, tokenizer, max_length: int = 256, batch_size: int = 64, merge: bool = True,
+        self, model: FSModel, tokenizer, max_length: int | None = None, batch_size: int = 64, merge: bool = True,
         precision: str = "fp32", device: str | None = "auto", ner_decoding: str | None = None,
         word_scores: str | None = None, *, copy: bool = True,
     ):
-        """``precision``: ``"fp32"`` (the answers the model was evaluated with), ``"bf16"`` (the weights
+        """``max_length``: tokens per input (longer texts are truncated, longer NER sentences cut into
+        windows); ``None`` is the length the model was trained at (``config.max_length``), or
+        :data:`DEFAULT_MAX_LENGTH` for a folder that does not record it. ``precision``: ``"fp32"``
+        (the answers the model was evaluated with: the weights in the dtypes they were evaluated in,
+        a backbone loaded in bf16 for training included, see ``FSLLMConfig.backbone_dtype``), ``"bf16"`` (the weights
         cast to bfloat16: faster on a CPU with native bf16 or a GPU, with answers that can differ where
         two labels are close) or ``"auto"`` (bf16 where the hardware has it, see
         ``fsllm.config.resolve_precision``). ``device``: ``"auto"`` (the first CUDA GPU when there is
@@ -80,7 +87,7 @@ class Predictor:
         set_decoding(model, ner_decoding, word_scores)
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.max_length = max_length or getattr(model.config, "max_length", None) or DEFAULT_MAX_LENGTH
         self.batch_size = batch_size
         if precision not in INFERENCE_PRECISIONS:
             raise FSLLMError(f"precision must be {', '.join(INFERENCE_PRECISIONS[:-1])} or auto, got {precision!r}")
@@ -115,9 +122,12 @@ class Predictor:
             tokenizer = load_tokenizer(str(model_dir)) if (model_dir / "tokenizer_config.json").is_file() else load_tokenizer(model.backbone_ref)
         except OSError as e:
             raise ModelFolderError(f"{model_dir}: cannot load the tokenizer: {e}".splitlines()[0]) from e
-        # a run folder's config.json is its TrainConfig (the model folder's own holds no max_length)
-        saved = run.load_config().max_length if model_dir != path and run.config_path.is_file() else None
-        max_length = kwargs.pop("max_length", None) or saved or 256
+        # the model folder's own max_length first; a folder written before it existed may sit in a run
+        # folder whose config.json (its TrainConfig) says it; else DEFAULT_MAX_LENGTH (the constructor's)
+        saved = getattr(model.config, "max_length", None)
+        if saved is None and model_dir != path and run.config_path.is_file():
+            saved = run.load_config().max_length
+        max_length = kwargs.pop("max_length", None) or saved
         kwargs.setdefault("copy", False)  # the model was loaded for this predictor alone
         return cls(model, tokenizer, max_length=max_length, **kwargs)
 

@@ -59,7 +59,7 @@ from .backbones import (
     is_quantized,
     load_backbone,
 )
-from .config import ATTENTION_MODES, FSConfig, FSLLMConfig
+from .config import ATTENTION_MODES, FSConfig, FSLLMConfig, dtype_name, torch_dtype
 from .errors import ConfigError, ModelFolderError
 from .fast_dropout import use_fast_lora_dropout
 from .fused_lora import use_fused_lora
@@ -120,6 +120,8 @@ class FSModel(PreTrainedModel):
     _supports_attention_backend = True
     #: the forwards honour ``num_items_in_batch`` (see ``_reduce_loss``): the ``Trainer`` reads this flag
     accepts_loss_kwargs = True
+    # what training changes stays fp32 when a merged folder loads in bf16 or fp16 (its config's dtype)
+    _keep_in_fp32_modules_strict = [r"^head\.", r"^fs_lambda_raw$"]
     task: str = ""
 
     def __init__(self, config: FSLLMConfig, backbone: PreTrainedModel | None = None):
@@ -161,8 +163,6 @@ class FSModel(PreTrainedModel):
         self.decay_horizon_bias: float | None = None
         self._mask_observer: Callable[[int | None, torch.Tensor | None], None] | None = None
 
-        # the head's dtype: the backbone's floating weights (a 4-bit backbone's packed ones are uint8)
-        dtype = next((p.dtype for p in base.parameters() if p.is_floating_point()), torch.float32)
         if fs_config.attention == "decay":
             init = torch.full((self.num_layers,), float(fs_config.decay_lambda), dtype=torch.float32)
             if fs_config.learnable_lambda:
@@ -203,7 +203,7 @@ class FSModel(PreTrainedModel):
             kind=fs_config.head,
             hidden=fs_config.head_hidden_size,
             dropout=fs_config.head_dropout,
-        ).to(dtype)
+        ).to(torch.float32)  # trained, so fp32 on a bf16/fp16 backbone too, as PEFT keeps LoRA (autocast_adapter_dtype)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -261,6 +261,7 @@ class FSModel(PreTrainedModel):
             label2id=label2id or {v: k for k, v in id2label.items()},
             problem_type=problem_type,
             backbone_quantization=load_kwargs.get("quantize") if quantized else None,
+            backbone_dtype=None if quantized else dtype_name(base),
         )
         return cls(config, backbone=backbone)
 
@@ -578,12 +579,16 @@ class FSModel(PreTrainedModel):
             kwargs.pop(hub_only, None)
         quantize = kwargs.pop("quantize", config.backbone_quantization)
         if config.merged:
+            if config.backbone_dtype and kwargs.get("dtype") in (None, "auto") and kwargs.get("torch_dtype") in (None, "auto"):
+                # the backbone's weights in the dtype they trained in (the head stays fp32: _keep_in_fp32_modules_strict)
+                kwargs.pop("torch_dtype", None)
+                kwargs["dtype"] = torch_dtype(config.backbone_dtype)
             return super(FSModel, model_cls).from_pretrained(folder, *model_args, config=config, **kwargs)
         # small folder: the backbone from its reference, then the adapter and head
         impl = kwargs.pop("attn_implementation")
         dtype = kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None)
-        if dtype in (None, "auto"):
-            dtype = torch.float32
+        if dtype in (None, "auto"):  # the dtype the backbone trained in (a folder from before the field: fp32)
+            dtype = torch_dtype(config.backbone_dtype)
         elif isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         if backbone is None or isinstance(backbone, str):
@@ -664,7 +669,8 @@ class FSForSequenceClassification(FSModel):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.encode(input_ids, attention_mask)
+        # pooled in the head's dtype: a bf16 backbone's hidden states are summed in fp32 for the fp32 head
+        hidden = self.encode(input_ids, attention_mask).to(self.head.out.weight.dtype)
         logits = self.head(pool(hidden, attention_mask, self.fs_config.pooling))
         problem = self.config.problem_type
         loss = None

@@ -44,7 +44,7 @@ from transformers.trainer_pt_utils import (
 
 from . import atomic
 from .backbones import backbone_num_layers, load_tokenizer
-from .config import TrainConfig, resolve_precision
+from .config import TrainConfig, resolve_backbone_dtype, resolve_precision, torch_dtype
 from .errors import FSLLMError
 from .evaluation import collapse_message, evaluate_examples
 from .metrics import LOWER_IS_BETTER, multilabel_metrics
@@ -275,6 +275,26 @@ def fsdp_launch() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and torch.cuda.is_available()
 
 
+def flex_backward_here() -> bool:
+    """Whether torch's ``flex_attention`` has a backward on the device this process trains on.
+
+    torch 2.13 has none on a CPU: the first backward through it raises ``NotImplementedError``. Asked
+    of torch's own device check on a tiny tensor (nothing runs), so a torch that adds one is believed.
+    """
+    if torch.cuda.is_available():
+        return True
+    try:
+        from torch.nn.attention.flex_attention import _validate_device
+    except ImportError:  # the check moved: let the first step say
+        return True
+    t = torch.zeros(1, 1, 1, 8, requires_grad=True)
+    try:
+        _validate_device(t, t, t)
+    except NotImplementedError:
+        return False
+    return True
+
+
 def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str, Any]) -> tuple[TrainConfig, RunFolder]:
     """The configuration to train with and its run folder, every check done before anything is written.
 
@@ -315,8 +335,20 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
     if cfg.precision == "auto":  # resolved once, so config.json says what the run used
         cfg.precision, why = resolve_precision("auto")
         logger.warning("precision auto: %s (%s)", cfg.precision, why)
+    if cfg.backbone_dtype == "auto":  # resolved once too; a quantised backbone keeps its own format
+        cfg.backbone_dtype, why = ("fp32", "quantised backbone") if cfg.quantize else resolve_backbone_dtype("auto")
+        logger.warning("backbone_dtype auto: %s (%s)", cfg.backbone_dtype, why)
+    if cfg.attn_implementation == "flex_attention" and (cfg.fs.use_lora or cfg.fs.learnable_lambda) \
+            and not flex_backward_here():
+        # else the first backward fails deep in torch, after the run folder and the model are made
+        raise FSLLMError(
+            f"attn_implementation flex_attention: torch {torch.__version__} has no flex_attention backward on a CPU, "
+            "and LoRA (or a learnable lambda) trains through the attention; train with sdpa (the same model), on a "
+            "GPU, or the head alone (--no-use-lora)")
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    if cfg.backbone_dtype == "fp16" and not torch.cuda.is_available():
+        raise FSLLMError("backbone_dtype fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
         raise FSLLMError("with several processes, pass --output (each process must name the same run folder)")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
@@ -338,8 +370,11 @@ def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
     model: FSModel = model_cls.from_backbone(
         cfg.model, num_labels=len(data.id2label), fs_config=cfg.fs, id2label=data.id2label, label2id=data.label2id,
         attn_implementation=cfg.attn_implementation, problem_type=data.problem_type, quantize=cfg.quantize,
+        dtype=torch_dtype(cfg.backbone_dtype),
     )
     model.config.text_pair = bool(cfg.text_pair_column)
+    # the folder reads its inputs at the length it was trained and selected at (Predictor, eval, serve)
+    model.config.max_length = cfg.max_length
     if data.task == "token":
         model.config.whitespace_token_ids = whitespace_token_ids(tokenizer)
     if data.problem_type == "regression":
