@@ -617,13 +617,13 @@ def same_run(run_dir: Path, cfg) -> bool:
     """Does ``run_dir`` hold a run of ``cfg``? Compared as configurations, so a folder written before a
     training option existed (its default then applies) still counts as the same run."""
     from fsllm.errors import FSLLMError
-    from fsllm.training import TrainConfig
+    from fsllm.run import load_config_file
 
     path = run_dir / "config.json"
     if not path.is_file():
         return False
     try:
-        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+        saved = load_config_file(path)
     except (FSLLMError, TypeError, ValueError):
         return False
     return json.loads(json.dumps(saved.to_dict())) == json.loads(json.dumps(cfg.to_dict()))

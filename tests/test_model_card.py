@@ -21,7 +21,7 @@ def test_model_card_metadata(tmp_path):
 
     model = load_model(folders["token"])
     metrics = {"primary_metric": "f1", "dev": {"f1": 0.71}, "test": {"f1": 0.64}}
-    parsed = ModelCard(model_card_text(model, metrics, dataset="conll2003")).data.to_dict()
+    parsed = ModelCard(model_card_text(model.config, metrics, dataset="conll2003")).data.to_dict()
     assert parsed["pipeline_tag"] == "token-classification" and parsed["library_name"] == "fsllm"
     results = parsed["model-index"][0]["results"]
     assert {(r["dataset"]["split"], r["metrics"][0]["value"]) for r in results} == {("test", 0.64), ("dev", 0.71)}

@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": ("training", "train"),
     "TrainConfig": ("training", "TrainConfig"),
-    "RunResult": ("training", "RunResult"),
+    "RunResult": ("run", "RunResult"),
     "Predictor": ("inference", "Predictor"),
 }
 

@@ -458,20 +458,17 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """What ``config.json`` of a run folder holds: the run folder format, then every field."""
-        from .run import RUN_FORMAT, RUN_FORMAT_KEY
-
-        d = {RUN_FORMAT_KEY: RUN_FORMAT, **dataclasses.asdict(self)}
+        """Every field as a JSON-ready dict (a run folder's ``config.json`` adds its format version:
+        ``fsllm.run.RunFolder.save_config``)."""
+        d = dataclasses.asdict(self)
         d["fs"] = self.fs.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Back from :meth:`to_dict` (or a run's ``config.json``); a format newer than this fsllm's is refused."""
-        from .run import RUN_FORMAT_KEY, check_format
-
-        check_format(d, "training configuration")
-        d = {k: v for k, v in d.items() if k != RUN_FORMAT_KEY}
+        """Back from :meth:`to_dict`; an unknown field is an error. A run's ``config.json`` is read with
+        ``fsllm.run.load_config_file``, which checks and removes its format version first."""
+        d = dict(d)
         fs = FSConfig.from_dict(d.pop("fs", {}))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known

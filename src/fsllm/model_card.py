@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCardData
 from .backbones import BUILTIN_MODELS
 
 if TYPE_CHECKING:
-    from .modeling import FSModel
+    from .config import FSLLMConfig
 
 PIPELINE_TAGS = {"sequence": "text-classification", "token": "token-classification"}
 
@@ -43,10 +43,12 @@ def _dataset_names(dataset: str | None) -> tuple[str | None, str | None]:
     return dataset, dataset if dataset.count("/") == 1 else None
 
 
-def model_card_text(model: FSModel, metrics: dict[str, Any] | None = None, dataset: str | None = None) -> str:
-    """The card of ``model``; ``metrics`` is a run's ``metrics.json`` (dev/test results), ``dataset`` its data."""
-    fs = model.fs_config
-    task = model.config.task
+def model_card_text(config: FSLLMConfig, metrics: dict[str, Any] | None = None, dataset: str | None = None) -> str:
+    """The card of the model ``config`` describes (a model's ``config``); ``metrics`` is a run's
+    ``metrics.json`` (dev/test results), ``dataset`` its data. A config, not a model: the card says what
+    the config says, and this module stays below the model's in the import graph."""
+    fs = config.fs_config
+    task = config.task
     metric_name = (metrics or {}).get("primary_metric")
     dataset, dataset_id = _dataset_names(dataset)
     results = []
@@ -65,14 +67,14 @@ def model_card_text(model: FSModel, metrics: dict[str, Any] | None = None, datas
             )
     data = ModelCardData(
         library_name="fsllm",
-        base_model=_base_model(model.backbone_ref),
+        base_model=_base_model(config.backbone),
         pipeline_tag=PIPELINE_TAGS[task],
         datasets=[dataset_id] if dataset_id else None,
         tags=["fsllm", "fs-llms", "lora", task + "-classification"],
         model_name=f"fsllm-{task}-{dataset}" if results else None,  # the Hub needs a name for eval results
         eval_results=results or None,
     )
-    labels = ", ".join(str(model.id2label[i]) for i in range(model.num_labels))
+    labels = ", ".join(str(config.id2label[i]) for i in range(config.num_labels))
     lines = [
         "---",
         data.to_yaml(),
@@ -80,7 +82,7 @@ def model_card_text(model: FSModel, metrics: dict[str, Any] | None = None, datas
         "",
         f"# fsllm {task} classifier",
         "",
-        f"A decoder LLM (`{model.backbone_ref}`) turned into a {PIPELINE_TAGS[task]} model by "
+        f"A decoder LLM (`{config.backbone}`) turned into a {PIPELINE_TAGS[task]} model by "
         f"[fsllm](https://pypi.org/project/fsllm/): `{fs.attention}` attention"
         + (f" (lambda {fs.decay_lambda})" if fs.attention == "decay" else "")
         + (f", {fs.pooling} pooling" if task == "sequence" else "")

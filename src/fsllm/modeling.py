@@ -62,15 +62,11 @@ from .backbones import (
 from .config import ATTENTION_MODES, FSConfig, FSLLMConfig, dtype_name, torch_dtype
 from .errors import ConfigError, ModelFolderError
 from .fast_dropout import use_fast_lora_dropout
+
+# the folder's file names (a module of their own); importable from here too, where code outside the package finds them
+from .filenames import ADAPTER_DIR, CONFIG_NAME, HEAD_NAME, LEGACY_CONFIG_NAME, MODEL_CARD_NAME  # noqa: F401
 from .fused_lora import use_fused_lora
 from .heads import ClassificationHead, pool
-
-CONFIG_NAME = "config.json"
-HEAD_NAME = "fsllm_head.safetensors"
-ADAPTER_DIR = "adapter"
-MODEL_CARD_NAME = "README.md"
-#: written by fsllm < 0.2 (``fsllm_config.json`` + a top-level adapter); no longer read
-LEGACY_CONFIG_NAME = "fsllm_config.json"
 
 
 def _inverse_softplus(x: float) -> float:
@@ -508,7 +504,7 @@ class FSModel(PreTrainedModel):
 
         card = out / MODEL_CARD_NAME
         if model_card is not None or not card.is_file():
-            card.write_text(model_card if model_card is not None else model_card_text(self))
+            card.write_text(model_card if model_card is not None else model_card_text(self.config))
 
     def push_to_hub(
         self,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import atomic
 from .errors import FSLLMError
+from .filenames import CONFIG_NAME, HEAD_NAME
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -73,8 +75,6 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     A run killed while writing a checkpoint leaves one without ``trainer_state.json``
     (written last); resuming skips it instead of failing on it.
     """
-    from .modeling import HEAD_NAME  # the model module pulls in torch and peft: only when needed
-
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -127,9 +127,28 @@ def load_config_file(path: str | Path, where: str | Path | None = None) -> Train
         raise FSLLMError(f"{path}: a training configuration is a JSON object")
     check_format(saved, where)
     try:
-        return TrainConfig.from_dict(saved)
+        return TrainConfig.from_dict({k: v for k, v in saved.items() if k != RUN_FORMAT_KEY})
     except FSLLMError as e:
         raise FSLLMError(f"{path}: {e}") from None
+
+
+def is_main_process() -> bool:
+    """Under torchrun / accelerate launch every process runs ``train``; process 0 alone writes the run
+    folder, and the Trainer (DDP) keeps the processes' weights in step."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class RunResult:
+    """What ``train`` returns: where the run lives and what it measured."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    plots: list[Path]
+
+    @property
+    def model_dir(self) -> Path:
+        return RunFolder(self.run_dir).model_dir
 
 
 @dataclass(frozen=True)
@@ -174,15 +193,13 @@ class RunFolder:
 
     def has_model(self) -> bool:
         """A run folder with its best model saved (the model's own ``config.json`` is in ``model/``)."""
-        from .modeling import CONFIG_NAME
-
         return (self.model_dir / CONFIG_NAME).is_file()
 
     # ---- config
 
     def save_config(self, cfg: TrainConfig) -> None:
-        """Write ``config.json`` (with the format version: :meth:`TrainConfig.to_dict` includes it)."""
-        atomic.write_text(self.config_path, json.dumps(cfg.to_dict(), indent=2))
+        """Write ``config.json``: the run folder format (:data:`RUN_FORMAT`), then every field of ``cfg``."""
+        atomic.write_text(self.config_path, json.dumps({RUN_FORMAT_KEY: RUN_FORMAT, **cfg.to_dict()}, indent=2))
 
     def load_config(self) -> TrainConfig:
         """The run's ``TrainConfig`` as saved."""

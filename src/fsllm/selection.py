@@ -37,9 +37,8 @@ import logging
 import math
 import shutil
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import TrainerCallback
@@ -54,7 +53,7 @@ from .model_card import model_card_text
 from .modeling import MODEL_CARD_NAME, load_model
 from .plots import plot_confusion
 from .prepare import prepare_data
-from .run import RunFolder
+from .run import RunFolder, RunResult, is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -126,21 +125,15 @@ def _member_state(path: Path) -> str:
     return "started" if folder.config_path.is_file() else "new"
 
 
-def _is_main_process() -> bool:
-    from .training import _is_main_process as main
-
-    return main()
-
-
 def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
-               callbacks: Sequence[TrainerCallback] = ()) -> Any:
+               callbacks: Sequence[TrainerCallback] = (), train_one: Callable[..., RunResult]) -> RunResult:
     """Train every member not finished yet, choose the rate on dev, keep its model, score test once.
 
     Called by :func:`fsllm.training.train` when ``cfg.learning_rate`` is a list, with the
-    configuration and folder :func:`~fsllm.training.resolve_config` checked; returns its ``RunResult``.
+    configuration and folder :func:`~fsllm.training.resolve_config` checked, and itself as ``train_one``
+    (each member is a plain run of it: handed in, so this module sits below the trainer, not beside it).
     """
-    from .training import RunResult, train
-
+    train = train_one
     if resume and folder.metrics_path.is_file():
         metrics = json.loads(folder.metrics_path.read_text())
         if "grid" in metrics:
@@ -155,7 +148,7 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
     if not data.dev:
         raise FSLLMError(f"{cfg.data}: no dev split, and a learning-rate grid chooses its rate on dev")
     created = not folder.path.exists()
-    if _is_main_process():
+    if is_main_process():
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.save_config(cfg)
     for k, (lr, s, mcfg) in enumerate(members, 1):
@@ -171,7 +164,7 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
                 _check_member(mcfg)
                 train(resume=True, output_dir=mcfg.output_dir, callbacks=callbacks)
             else:
-                if _is_main_process() and Path(mcfg.output_dir).exists():  # files, but no config: nothing to keep
+                if is_main_process() and Path(mcfg.output_dir).exists():  # files, but no config: nothing to keep
                     shutil.rmtree(mcfg.output_dir)
                 train(mcfg, callbacks=callbacks)
             gc.collect()  # the member's model and Trainer are gone: free their memory before the next one
@@ -179,10 +172,10 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
                 torch.cuda.empty_cache()
         except Exception:
             # a model that does not load leaves nothing behind, as a plain run does
-            if created and k == 1 and not Path(mcfg.output_dir).exists() and _is_main_process():
+            if created and k == 1 and not Path(mcfg.output_dir).exists() and is_main_process():
                 shutil.rmtree(folder.path, ignore_errors=True)
             raise
-    if not _is_main_process():
+    if not is_main_process():
         return RunResult(folder.path, {}, [])
     return _finish(cfg, folder, members, data.metric)
 
@@ -198,10 +191,8 @@ def _check_member(mcfg: TrainConfig) -> None:
                          "remove it to train it again")
 
 
-def _finish(cfg: TrainConfig, folder: RunFolder, members: list, metric: str) -> Any:
+def _finish(cfg: TrainConfig, folder: RunFolder, members: list, metric: str) -> RunResult:
     """Choose on dev, write grid.json, keep the chosen member's model and score it on test."""
-    from .training import RunResult
-
     greater = metric not in LOWER_IS_BETTER
     reports = {member_name(lr, s): json.loads((Path(m.output_dir) / MEMBER_DONE_FILE).read_text())
                for lr, s, m in members}
@@ -244,7 +235,7 @@ def _finish(cfg: TrainConfig, folder: RunFolder, members: list, metric: str) -> 
             plots.append(plot_confusion(m["confusion_matrix"], labels, folder.plots_dir / "confusion_test.png",
                                         title="test confusion matrix"))
     metrics["grid"] = grid
-    atomic.write_text(folder.model_dir / MODEL_CARD_NAME, model_card_text(model, metrics, dataset=str(cfg.data)))
+    atomic.write_text(folder.model_dir / MODEL_CARD_NAME, model_card_text(model.config, metrics, dataset=str(cfg.data)))
     folder.write_metrics(metrics)
     return RunResult(folder.path, metrics, plots)
 

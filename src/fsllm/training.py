@@ -25,7 +25,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,8 @@ from .model_card import model_card_text
 from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
 from .plots import plot_confusion, plot_training
 from .prepare import Features, PreparedData, prepare_data, prepare_features
-from .run import RunFolder, checkpoint_step
+from .run import RunFolder, RunResult, checkpoint_step, is_main_process
+from .selection import train_grid
 from .tokenization import whitespace_token_ids
 
 logger = logging.getLogger(__name__)
@@ -73,19 +73,6 @@ from .run import _truncate_log, last_complete_checkpoint  # noqa: E402, F401
 
 #: thresholds tried when choosing a multi-label decision threshold on dev
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
-
-@dataclass
-class RunResult:
-    """What ``train`` returns: where the run lives and what it measured."""
-
-    run_dir: Path
-    metrics: dict[str, Any]
-    plots: list[Path]
-
-    @property
-    def model_dir(self) -> Path:
-        return RunFolder(self.run_dir).model_dir
 
 
 def choose_thresholds(
@@ -247,12 +234,6 @@ def _default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{name}-{cfg.fs.attention}-{stamp}"
 
 
-def _is_main_process() -> bool:
-    """Under torchrun / accelerate launch every process runs ``train``; process 0 alone writes the run
-    folder, and the Trainer (DDP) keeps the processes' weights in step."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 #: the settings a resumed run may change: how it evaluates, reports and saves, and the memory a step takes,
 #: not what it learns (``gradient_checkpointing`` gives the same loss and gradients)
 RESUME_CHANGEABLE = ("eval_batch_size", "evaluate_test", "gradient_checkpointing", "save_total_limit")
@@ -354,7 +335,7 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
     cfg.output_dir = str(run_dir)
     folder = RunFolder(run_dir)
-    if _is_main_process() and not resume and folder.holds_files():
+    if is_main_process() and not resume and folder.holds_files():
         raise FSLLMError(f"{run_dir} already holds a run: pass --resume to continue it, or another --output")
     return cfg, folder
 
@@ -443,7 +424,7 @@ def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, float
     reads as one uninterrupted run.
     """
     checkpoint = folder.last_complete_checkpoint() if resume else None
-    if resume and _is_main_process():
+    if resume and is_main_process():
         folder.truncate_log(checkpoint_step(checkpoint) if checkpoint else 0)
         if checkpoint is None:
             logger.warning("%s: no complete checkpoint yet; starting from the beginning", folder.path)
@@ -503,7 +484,7 @@ def write_report(
         if cm and labels:
             plots.append(plot_confusion(cm, labels, folder.plots_dir / f"confusion_{split}.png", title=f"{split} confusion matrix"))
     plots = plot_training(trainer.state.log_history, folder.plots_dir, data.metric) + plots
-    atomic.write_text(folder.model_dir / MODEL_CARD_NAME, model_card_text(model, metrics, dataset=str(cfg.data)))
+    atomic.write_text(folder.model_dir / MODEL_CARD_NAME, model_card_text(model.config, metrics, dataset=str(cfg.data)))
     folder.write_metrics(metrics)
     return RunResult(folder.path, metrics, plots)
 
@@ -521,23 +502,21 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     A list of learning rates trains a grid and keeps the rate best on dev (``fsllm.selection``).
     """
     cfg, folder = resolve_config(config, resume, overrides)
-    if isinstance(cfg.learning_rate, list):  # a learning-rate grid: one run per rate, chosen on dev
-        from .selection import train_grid
-
-        return train_grid(cfg, folder, resume=resume, callbacks=callbacks)
+    if isinstance(cfg.learning_rate, list):  # a learning-rate grid: one run (this function) per rate, chosen on dev
+        return train_grid(cfg, folder, resume=resume, callbacks=callbacks, train_one=train)
     set_seed(cfg.seed)
     data = prepare_data(cfg)
     model, tokenizer = build_model(cfg, data)
     features = prepare_features(cfg, data, tokenizer)
     # The run folder is written only now that the data and the model have loaded: a bad file or
     # model name leaves nothing behind (a half-made folder would refuse the corrected rerun).
-    if _is_main_process():
+    if is_main_process():
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.save_config(cfg)
     trainer = build_trainer(cfg, folder, model, tokenizer, data, features, callbacks)
     if trainer.is_fsdp_enabled:  # accelerate's own decision, should it shard where fsdp_launch did not foresee it
         raise FSLLMError(FSDP_REFUSED)
     train_out, seconds = fit(trainer, folder, resume)
-    if not _is_main_process():
+    if not is_main_process():
         return RunResult(folder.path, {}, [])
     return write_report(cfg, folder, model, tokenizer, data, features, trainer, train_out, seconds)
