@@ -629,15 +629,14 @@ class FSModel(PreTrainedModel):
 
     def _load_merged_weights(self, folder: Path) -> None:
         """Every weight from a merged folder (``model.safetensors`` or its shards) into this model."""
-        from transformers.modeling_utils import load_sharded_checkpoint
-
-        if (folder / "model.safetensors.index.json").is_file():
-            load_sharded_checkpoint(self, str(folder), strict=True)
-            return
-        path = folder / "model.safetensors"
+        index = folder / "model.safetensors.index.json"
+        path = index if index.is_file() else folder / "model.safetensors"
+        state: dict[str, torch.Tensor] = {}
         try:
-            state = load_file(str(path))
-        except Exception as e:  # noqa: BLE001
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [path.name]
+            for name in files:
+                state.update(load_file(str(folder / name)))
+        except Exception as e:  # noqa: BLE001 - any failure here means a broken folder
             raise ModelFolderError(f"{path}: cannot read the model weights: {e}".splitlines()[0]) from e
         result = self.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
