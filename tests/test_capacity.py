@@ -130,6 +130,7 @@ def test_full_finetune_trains_every_backbone_weight_and_saves_a_merged_folder(tm
     assert json.loads((run / "config.json").read_text())["fs"]["full_finetune"] is True
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["merged"] and saved["fs"]["full_finetune"]
+    assert "every backbone weight fine-tuned" in (run / "model" / "README.md").read_text()
     weights = load_file(str(run / "model" / "model.safetensors"))
     original = load_file(str(tiny_model_dir / "model.safetensors"))
     for name in ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight"):

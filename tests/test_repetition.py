@@ -107,6 +107,7 @@ def test_repeated_model_saves_loads_and_runs_in_pipeline(tmp_path):
         before = model(**enc).logits
     model.save_pretrained(tmp_path / "m", tokenizer=tok, merged=True)
     assert json.loads((tmp_path / "m" / "config.json").read_text())["fs"]["repeat"] == 2
+    assert "the text read 2 times" in (tmp_path / "m" / "README.md").read_text()
     loaded = load_model(tmp_path / "m")
     assert loaded.fs_config.repeat == 2
     with torch.no_grad():
