@@ -18,6 +18,7 @@ from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassificatio
 from fsllm.cli import main
 from fsllm.config import TrainConfig
 from fsllm.errors import ConfigError
+from fsllm.run import RunFolder
 from fsllm.training import LambdaScheduleCallback, train
 
 # ------------------------------------------------------------------ the lambda schedule
@@ -136,6 +137,7 @@ def test_full_finetune_trains_every_backbone_weight_and_saves_a_merged_folder(tm
     for name in ("embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight"):
         assert not torch.equal(weights[f"backbone.{name}"], original[name]), name
     # the checkpoints are whole models too: best-checkpoint loading and --resume read them back
+    assert Path(RunFolder(run).last_complete_checkpoint()).name == "checkpoint-2"
     ckpt = sorted((run / "checkpoints").glob("checkpoint-*"))[0]
     loaded = load_model(ckpt)
     fresh = FSForSequenceClassification.from_backbone(str(tiny_model_dir), num_labels=2,

@@ -14,7 +14,7 @@ from conftest import VOCAB, _perturb, tiny_backbone, word_llama, write_csv_dir
 from transformers import pipeline
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification, load_model
-from fsllm.cli import main
+from fsllm.cli import build_parser, main, train_config_from_args
 from fsllm.errors import ConfigError
 from fsllm.inference import Predictor
 from fsllm.repetition import last_copy, repeat_sequence
@@ -128,6 +128,8 @@ def test_cli_trains_a_repeated_model_that_predicts_and_serves(tmp_path, tiny_mod
     assert rc == 0, capsys.readouterr().err
     assert json.loads((run / "config.json").read_text())["fs"]["repeat"] == 2
     assert json.loads((run / "model" / "config.json").read_text())["fs"]["repeat"] == 2
+    again = train_config_from_args(build_parser().parse_args(["train", "--config", str(run / "config.json")]))
+    assert again.fs.repeat == 2 and again.fs.attention == "causal"
     capsys.readouterr()
     assert main(["predict", str(run), "loved the movie"]) == 0
     answer = json.loads(capsys.readouterr().out.splitlines()[0])
