@@ -42,6 +42,8 @@ TASKS = ("sequence", "token")
 POOLINGS = ("mean", "max", "last", "first")
 HEADS = ("swiglu", "linear")
 PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
+#: how ``TrainConfig.lambda_schedule`` moves the decay lambda from ``lambda_start`` to ``FSConfig.decay_lambda``
+LAMBDA_SCHEDULES = ("linear", "cosine")
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, **cli: Any) -> Any:
@@ -136,6 +138,21 @@ class FSConfig:
         "first", "token tasks: a word's scores from its 'first' sub-token (the one training labels) or the 'mean' "
         "of its sub-tokens' log-probabilities. A reading option: fsllm eval, predict and serve take --word-scores",
         choices=WORD_SCORES)
+    # capacity and sequence repetition (all off by default)
+    repeat: int = setting(
+        1, "sequence repetition: the backbone reads the text this many times in one forward (2: twice), positions "
+        "counted over the whole, and the token labels and pooling read the last copy, whose tokens all see the whole "
+        "text even under causal attention (--attention causal --repeat 2 is the published variant; any mode "
+        "combines). Costs k times the tokens. 1: off (see fsllm.repetition)")
+    full_finetune: bool = setting(
+        False, "train every backbone weight with the head, no LoRA (use_lora and the lora_* settings are then unused); "
+        "the model is saved as a merged folder holding every weight")
+    use_rslora: bool = setting(
+        False, "rank-stabilised LoRA (PEFT's use_rslora): the update is scaled by lora_alpha / sqrt(lora_r) instead of "
+        "lora_alpha / lora_r, so a higher rank does not shrink it")
+    use_dora: bool = setting(
+        False, "DoRA (PEFT's use_dora): LoRA on the direction of each adapted weight plus a trained magnitude per "
+        "output feature; slower steps than plain LoRA")
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
@@ -158,6 +175,12 @@ class FSConfig:
         if not 0 <= self.head_dropout < 1 or not 0 <= self.lora_dropout < 1:
             raise ConfigError("dropouts must be in [0, 1)")
         check_decoding(self.ner_decoding, self.word_scores)
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
+            raise ConfigError(f"repeat must be an integer >= 1 (1: off, 2: the text twice), got {self.repeat!r}")
+        variants = [name for name in ("use_rslora", "use_dora") if getattr(self, name)]
+        if variants and (self.full_finetune or not self.use_lora):
+            raise ConfigError(f"{' and '.join(variants)} change LoRA, which "
+                              f"{'full_finetune' if self.full_finetune else 'use_lora=False'} turns off: drop one")
         if isinstance(self.fs_layers, str) and self.fs_layers != "all":
             if not re.fullmatch(r"(last|first):\d+", self.fs_layers):
                 raise ConfigError(f"fs_layers must be 'all', 'last:N', 'first:N' or a list of ints, got {self.fs_layers!r}")
@@ -396,6 +419,24 @@ class TrainConfig:
         "default is fp32, not auto, because auto would change the results of runs on bf16 machines (the main job "
         "among them) before bf16 weights are measured to score as fp32 ones do. The model folder records it, and "
         "fsllm eval / predict / serve load the backbone in it again", choices=BACKBONE_DTYPES)
+    # learning-rate and lambda schedules of parts of the model (all off by default)
+    lambda_schedule: str | None = setting(
+        None, "anneal the decay lambda during training, causal-like first and released at the end: 'linear' or "
+        "'cosine' from lambda_start to the model's decay_lambda (FSConfig; 0 = bidirectional) over the first "
+        "lambda_schedule_fraction of the steps, then kept there. Needs --attention decay without learnable_lambda; "
+        "acts on the layers fs_layers releases (all by default). The saved model computes with decay_lambda",
+        choices=LAMBDA_SCHEDULES)
+    lambda_start: float = setting(
+        10.0, "lambda_schedule: the decay lambda at the first step (10: a future key one token away weighs e^-10, "
+        "almost causal)")
+    lambda_schedule_fraction: float = setting(
+        1.0, "lambda_schedule: the share of the training steps, in (0, 1], over which lambda moves from lambda_start "
+        "to decay_lambda")
+    head_learning_rate: float | None = setting(
+        None, "peak learning rate of the classification head (default: --lr), on the same schedule; higher than "
+        "the backbone's, as LoRA+ does for LoRA's B")
+    lambda_learning_rate: float | None = setting(
+        None, "peak learning rate of the learnable lambdas (learnable_lambda; default: --lr)")
 
     def __post_init__(self) -> None:
         # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
@@ -456,6 +497,29 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (_is_int(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        self._check_levers()
+
+    def _check_levers(self) -> None:
+        """The lambda schedule and the per-part learning rates: values and the model settings they need."""
+        if self.lambda_schedule is not None:
+            if self.lambda_schedule not in LAMBDA_SCHEDULES:
+                raise ConfigError(f"lambda_schedule {self.lambda_schedule!r}: choose one of {', '.join(LAMBDA_SCHEDULES)}")
+            if self.fs.attention != "decay" or self.fs.learnable_lambda:
+                raise ConfigError("lambda_schedule sets the decay lambda of each step: it needs --attention decay "
+                                  "and no --learnable-lambda")
+        if not (_is_number(self.lambda_start) and math.isfinite(self.lambda_start) and self.lambda_start >= 0):
+            raise ConfigError(f"lambda_start must be a finite number >= 0, got {self.lambda_start!r}")
+        if not (_is_number(self.lambda_schedule_fraction) and 0 < self.lambda_schedule_fraction <= 1):
+            raise ConfigError(f"lambda_schedule_fraction must be in (0, 1], got {self.lambda_schedule_fraction!r}")
+        for name in ("head_learning_rate", "lambda_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be > 0 (or None: --lr), got {value!r}")
+        if self.lambda_learning_rate is not None and not self.fs.learnable_lambda:
+            raise ConfigError("lambda_learning_rate is the learning rate of learnable lambdas: it needs --learnable-lambda")
+        if self.fs.full_finetune and self.quantize is not None:
+            raise ConfigError("full_finetune trains the backbone's weights, which a quantized backbone cannot: "
+                              "drop --quantize or use LoRA")
 
     def to_dict(self) -> dict[str, Any]:
         """Every field as a JSON-ready dict (a run folder's ``config.json`` adds its format version:

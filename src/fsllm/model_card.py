@@ -87,7 +87,8 @@ def model_card_text(config: FSLLMConfig, metrics: dict[str, Any] | None = None, 
         + (f" (lambda {fs.decay_lambda})" if fs.attention == "decay" else "")
         + (f", {fs.pooling} pooling" if task == "sequence" else "")
         + f", an RMSNorm + {'SwiGLU' if fs.head == 'swiglu' else 'linear'} head"
-        + (f", LoRA r={fs.lora_r}" if fs.use_lora else "")
+        + _training_phrase(fs)
+        + (f", the text read {fs.repeat} times (sequence repetition)" if fs.repeat > 1 else "")
         + ".",
         "",
         f"Labels: {labels}.",
@@ -108,3 +109,13 @@ def model_card_text(config: FSLLMConfig, metrics: dict[str, Any] | None = None, 
         "",
     ]
     return "\n".join(lines)
+
+
+def _training_phrase(fs) -> str:
+    """How the backbone was trained, for the card's first sentence."""
+    if fs.full_finetune:
+        return ", every backbone weight fine-tuned"
+    if not fs.use_lora:
+        return ""
+    variant = " (DoRA)" if fs.use_dora else " (rsLoRA)" if fs.use_rslora else ""
+    return f", LoRA r={fs.lora_r}{variant}"

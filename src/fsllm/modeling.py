@@ -67,6 +67,7 @@ from .fast_dropout import use_fast_lora_dropout
 from .filenames import ADAPTER_DIR, CONFIG_NAME, HEAD_NAME, LEGACY_CONFIG_NAME, MODEL_CARD_NAME  # noqa: F401
 from .fused_lora import use_fused_lora
 from .heads import ClassificationHead, pool
+from .repetition import last_copy, repeat_sequence
 
 
 def _inverse_softplus(x: float) -> float:
@@ -167,8 +168,13 @@ class FSModel(PreTrainedModel):
             else:
                 self.register_buffer("fs_lambda_const", init, persistent=False)
 
+        if fs_config.full_finetune:
+            if is_quantized(base):
+                raise ConfigError("full_finetune trains the backbone's weights, which a quantized backbone cannot")
+            # every weight trains, so the model's folder is the merged kind: it holds them all
+            config.merged = True
         for p in base.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(fs_config.full_finetune)
         if fs_config.use_lora and not config.merged:
             targets = fs_config.lora_target_modules or default_lora_targets(base)
             lora = LoraConfig(
@@ -177,6 +183,8 @@ class FSModel(PreTrainedModel):
                 lora_dropout=fs_config.lora_dropout,
                 target_modules=targets,
                 bias="none",
+                use_rslora=fs_config.use_rslora,
+                use_dora=fs_config.use_dora,
             )
             with warnings.catch_warnings():
                 # PEFT calls a transformers property deprecated in 5.x; not actionable for users
@@ -290,6 +298,11 @@ class FSModel(PreTrainedModel):
         """Final hidden states ``[B, L, H]`` of the backbone with the released mask."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        repeated = None
+        if self.fs_config.repeat > 1:  # sequence repetition: the backbone reads the text k times (fsllm.repetition)
+            repeated = repeat_sequence(input_ids, attention_mask, self.fs_config.repeat)
+            input_ids, attention_mask = repeated.input_ids, repeated.attention_mask
+            self._check_repeated_length(input_ids.shape[1])
         # Positions count real tokens only, so left padding does not shift RoPE.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         state = fs_attention.FSAttentionState(
@@ -307,7 +320,16 @@ class FSModel(PreTrainedModel):
         )
         # a layer that never saw the state computed causal attention: fail rather than train on it
         state.check_complete(self.num_layers, type(self._base_model()).__name__, lambda: decoder_layers(self.backbone))
-        return out.last_hidden_state
+        return out.last_hidden_state if repeated is None else last_copy(out.last_hidden_state, repeated)
+
+    def _check_repeated_length(self, length: int) -> None:
+        """Warn (once per model) when the repeated sequence runs past the positions the backbone was
+        trained on: RoPE computes them, but what the model does there is untested."""
+        limit = getattr(self.config.decoder_config, "max_position_embeddings", None)
+        if limit and length > limit and not getattr(self, "_warned_repeat_length", False):
+            self._warned_repeat_length = True
+            warnings.warn(f"repeat={self.fs_config.repeat}: the repeated input has {length} tokens, more than the "
+                          f"backbone's max_position_embeddings ({limit}); lower max_length or repeat", stacklevel=3)
 
     # ------------------------------------------------------------------ run-time attention
     def set_attention(
@@ -606,6 +628,9 @@ class FSModel(PreTrainedModel):
         An adapter with keys the model lacks, or lacking keys the model has, is a broken folder.
         """
         folder = Path(folder)
+        if self.config.merged:  # a fully fine-tuned model's checkpoints hold every weight
+            self._load_merged_weights(folder)
+            return
         if isinstance(self.backbone, PeftModel):
             try:
                 weights = load_peft_weights(str(folder / ADAPTER_DIR), device="cpu")
@@ -639,6 +664,21 @@ class FSModel(PreTrainedModel):
         except RuntimeError as e:
             raise ModelFolderError(f"{path}: head does not match the config: {e}".splitlines()[0]) from e
 
+    def _load_merged_weights(self, folder: Path) -> None:
+        """Every weight from a merged folder (``model.safetensors`` or its shards) into this model."""
+        index = folder / "model.safetensors.index.json"
+        path = index if index.is_file() else folder / "model.safetensors"
+        state: dict[str, torch.Tensor] = {}
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else [path.name]
+            for name in files:
+                state.update(load_file(str(folder / name)))
+        except Exception as e:  # noqa: BLE001 - any failure here means a broken folder
+            raise ModelFolderError(f"{path}: cannot read the model weights: {e}".splitlines()[0]) from e
+        result = self.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ModelFolderError(f"{path}: weights do not match the model (missing {result.missing_keys[:2]}, "
+                                   f"unexpected {result.unexpected_keys[:2]})")
 
 class FSForSequenceClassification(FSModel):
     """Sentence-level classification: released attention -> pooling -> head.

@@ -146,6 +146,81 @@ class EvaluateAtEndCallback(TrainerCallback):
         return control
 
 
+class LambdaScheduleCallback(TrainerCallback):
+    """Anneal the decay lambda of the released layers during training (``TrainConfig.lambda_schedule``).
+
+    Causal-like first, released at the end: lambda moves from ``start`` at step 0 to ``end`` (the
+    model's ``decay_lambda``) at ``fraction`` of the steps, linearly or along a half cosine, then
+    stays. The value of step ``t`` is set before that step's forward and again after it, so an
+    evaluation or checkpoint after ``t`` steps sees lambda(t) and a resumed run continues the curve
+    where it stopped. Each checkpoint's config carries the lambda of its step; at the end, the
+    Trainer having restored the best checkpoint's weights, the model gets that checkpoint's lambda
+    too, so the saved model computes what was selected on dev.
+    """
+
+    def __init__(self, schedule: str, start: float, end: float, fraction: float):
+        self.schedule, self.start, self.end, self.fraction = schedule, float(start), float(end), float(fraction)
+
+    def value(self, step: int, max_steps: int) -> float:
+        """lambda at ``step`` of ``max_steps``."""
+        span = max(1.0, self.fraction * max_steps)
+        t = min(step / span, 1.0)
+        if self.schedule == "cosine":
+            return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return self.start + (self.end - self.start) * t
+
+    @staticmethod
+    def apply(model: FSModel, value: float) -> None:
+        """Set every layer's decay lambda (the causal layers have no use for theirs) and the config's."""
+        with torch.no_grad():
+            model.fs_lambda_const.fill_(value)
+        model.fs_config.decay_lambda = value
+        model.config.fs = {**model.config.fs, "decay_lambda": value}
+
+    def _set(self, state, model) -> None:
+        if model is not None and state.max_steps:
+            self.apply(model, self.value(state.global_step, state.max_steps))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._set(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._set(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._set(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        best = state.best_model_checkpoint
+        if model is not None and best and (Path(best) / "config.json").is_file():
+            saved = json.loads((Path(best) / "config.json").read_text()).get("fs", {})
+            if "decay_lambda" in saved:
+                self.apply(model, float(saved["decay_lambda"]))
+
+
+def lever_callbacks(cfg: TrainConfig) -> list[TrainerCallback]:
+    """The callbacks a run's optional training levers need (the lambda schedule)."""
+    if cfg.lambda_schedule is None:
+        return []
+    return [LambdaScheduleCallback(cfg.lambda_schedule, cfg.lambda_start, cfg.fs.decay_lambda,
+                                   cfg.lambda_schedule_fraction)]
+
+
+def part_learning_rates(cfg: TrainConfig) -> dict[str, float]:
+    """Peak learning rates of parts of the model that differ from ``--lr``: ``head`` and ``lambda``."""
+    rates = {"head": cfg.head_learning_rate, "lambda": cfg.lambda_learning_rate}
+    return {part: lr for part, lr in rates.items() if lr is not None}
+
+
+def _part_of(name: str) -> str:
+    """Which part a parameter name belongs to, for ``part_learning_rates``."""
+    if name.startswith("head."):
+        return "head"
+    if name == "fs_lambda_raw":
+        return "lambda"
+    return "backbone"
+
+
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     """Length-grouped order drawn from ``seed + epoch`` alone.
 
@@ -192,6 +267,32 @@ class FSTrainer(Trainer):
                 batches = self.current_gradient_accumulation_steps * processes
                 loss = loss * (num_items_in_batch / (self.tokens_per_batch * batches))
         return (loss, outputs) if return_outputs else loss
+
+    #: peak learning rates of parts of the model other than ``--lr`` (see ``part_learning_rates``)
+    part_learning_rates: dict[str, float] | None = None
+
+    def create_optimizer(self, model=None):
+        """The stock optimizer, with the parts named in ``part_learning_rates`` moved to groups of their own
+        learning rate (their weight decay kept); the scheduler scales every group alike."""
+        optimizer = super().create_optimizer(model)
+        if not self.part_learning_rates:
+            return optimizer
+        opt_model = self.model if model is None else model
+        rate_of = {id(p): self.part_learning_rates[part] for n, p in opt_model.named_parameters()
+                   if (part := _part_of(n)) in self.part_learning_rates}
+        extra = []
+        for group in list(optimizer.param_groups):
+            moved: dict[float, list] = {}
+            for p in group["params"]:
+                if id(p) in rate_of:
+                    moved.setdefault(rate_of[id(p)], []).append(p)
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in rate_of]
+                settings = {k: v for k, v in group.items() if k != "params"}
+                extra += [{**settings, "params": ps, "lr": lr} for lr, ps in moved.items()]
+        for group in extra:
+            optimizer.add_param_group(group)
+        return optimizer
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
@@ -401,10 +502,10 @@ def build_trainer(
     """The ``FSTrainer`` with the run's callbacks: the log written as training goes, a last evaluation at
     the final step, early stopping when asked for (and there is a dev split to stop on)."""
     has_dev = bool(data.dev)
-    cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), *callbacks]
+    cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), *lever_callbacks(cfg), *callbacks]
     if cfg.early_stopping_patience and has_dev:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    return FSTrainer(
+    trainer = FSTrainer(
         model=model,
         args=training_arguments(cfg, folder, data.metric, has_dev),
         train_dataset=features.train,
@@ -415,6 +516,8 @@ def build_trainer(
         fs_eval=(tokenizer, data.dev, cfg.max_length, cfg.eval_batch_size) if has_dev else None,
         tokens_per_batch=features.tokens_per_batch,
     )
+    trainer.part_learning_rates = part_learning_rates(cfg)
+    return trainer
 
 
 def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, float]:
