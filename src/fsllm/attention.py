@@ -30,13 +30,17 @@ How it plugs into transformers (5.x) without touching a modeling file:
   ``eager_attention_forward``, or ``flex_attention`` with a block mask and a
   ``score_mod`` for the decay (the block mask also skips future keys beyond the decay
   horizon, where the weight is below e^-50: see ``decay_horizon``).
-* Which layer gets which mode, and the (possibly learnable) lambdas, travel with
-  the forward call as the keyword argument ``fs_attention`` (an ``FSAttentionState``),
-  which every current decoder passes down to its attention function (a layer that never
-  receives it is caught by ``FSAttentionState.check_complete``). Calling the backbone
-  without it gives the unchanged model, so the same weights still generate text, with
-  any cache: queries are placed by the cache's offsets (``key_padding_mask``), not
-  assumed to be the last keys.
+* Which layer gets which mode, and the (possibly learnable) lambdas, reach the attention
+  function as an ``FSAttentionState`` set for the duration of one forward (``active_state``,
+  a context variable), so they do not depend on a family passing ``**kwargs`` down its
+  decoder layers (StableLM, Nemotron and others drop them); the keyword argument
+  ``fs_attention=`` of a backbone call still works and wins. A gradient-checkpointing
+  recomputation runs in the backward, outside that forward: ``carry_state_into_checkpointing``
+  makes the backbone's checkpoint function restore the state there. A layer whose attention
+  never consulted the state is caught by ``FSAttentionState.check_complete``. Calling the
+  backbone without a state gives the unchanged model, so the same weights still generate
+  text, with any cache: queries are placed by the cache's offsets (``key_padding_mask``),
+  not assumed to be the last keys.
 
 Sliding windows: a layer trained with the causal window ``w`` (``w - 1`` past keys) keeps
 ``|i - j| < w`` in the released modes, i.e. its whole trained past plus as many future keys
@@ -48,9 +52,12 @@ attend to padding, so a prediction depends on what else is in the batch.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -146,8 +153,9 @@ class FSAttentionState:
             names = "" if isinstance(layers, int) else f" ({', '.join(sorted({type(layers[i]).__name__ for i in missing}))})"
             raise FSLLMError(
                 f"{arch}: decoder layer(s) {missing}{names} never received the FS attention state, so they "
-                "computed the backbone's own causal attention; a module on their path drops **kwargs "
-                "(fs_attention must reach the attention function)"
+                "computed the backbone's own causal attention: their attention does not call transformers' "
+                "attention interface (ALL_ATTENTION_FUNCTIONS), so FS attention cannot release it; use a "
+                "backbone whose attention does (docs/backbones.md lists them)"
             )
 
     def cached(self, key: tuple, padding: torch.Tensor | None):
@@ -160,6 +168,58 @@ class FSAttentionState:
     def store(self, key: tuple, padding: torch.Tensor | None, value):
         self._cache[key] = (padding, value)
         return value
+
+
+_ACTIVE: contextvars.ContextVar[FSAttentionState | None] = contextvars.ContextVar("fsllm_fs_attention", default=None)
+
+
+@contextlib.contextmanager
+def active_state(state: FSAttentionState | None) -> Iterator[FSAttentionState | None]:
+    """Within the block, every FS attention call without an ``fs_attention=`` keyword uses ``state``.
+
+    A context variable rather than a keyword argument: decoder layers that do not pass ``**kwargs``
+    on to their attention (StableLM, Nemotron, ...) are covered, and concurrent forwards in other
+    threads or tasks each see their own state.
+    """
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_state() -> FSAttentionState | None:
+    """The state of the forward in progress (``active_state``), or ``None``."""
+    return _ACTIVE.get()
+
+
+def carry_state_into_checkpointing(model: torch.nn.Module) -> None:
+    """Make every gradient-checkpointed layer of ``model`` restore the forward's FS state when it recomputes.
+
+    The recomputation runs in the backward, outside ``active_state``; without this it would compute the
+    backbone's own causal attention and give gradients of another model. Wraps the checkpoint function
+    transformers sets on each layer (``_gradient_checkpointing_func``) once; idempotent and cheap, so it
+    is called on every training forward (checkpointing may be switched on after the model is built).
+    """
+    for module in model.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if func is None or getattr(func, "_fsllm_carries_state", False):
+            continue
+
+        def checkpoint(function, *args, _func=func, **kwargs):
+            state = _ACTIVE.get()
+            if state is None:
+                return _func(function, *args, **kwargs)
+
+            @functools.wraps(function)
+            def with_state(*a, **k):
+                with active_state(state):
+                    return function(*a, **k)
+
+            return _func(with_state, *args, **kwargs)
+
+        checkpoint._fsllm_carries_state = True
+        module._gradient_checkpointing_func = checkpoint
 
 
 def _structure(
@@ -432,13 +492,26 @@ def _layer_window(module: torch.nn.Module, kwargs: dict) -> int | None:
     return window
 
 
+def _is_score_bias(attention_mask: torch.Tensor | None, query: torch.Tensor) -> bool:
+    """Whether the attention function got a float mask with one row per query head and query: an additive score
+    bias a modeling file built on top of FS's key padding (Doge's dynamic mask), not a prepared causal mask
+    passed by the caller (those are ``[B, 1, Q, K]`` and stay refused)."""
+    return (
+        attention_mask is not None
+        and attention_mask.is_floating_point()
+        and attention_mask.dim() == 4
+        and attention_mask.shape[1] == query.shape[1] > 1
+        and attention_mask.shape[2] == query.shape[2]
+    )
+
+
 #: the query offset the mask builder attaches to the key padding it returns (see ``key_padding_mask``)
 _Q_START = "fsllm_q_start"
 
 
 def _make_attention(base: str) -> Callable:
     def fs_attention_forward(module, query, key, value, attention_mask, **kwargs):
-        state: FSAttentionState | None = kwargs.pop("fs_attention", None)
+        state: FSAttentionState | None = kwargs.pop("fs_attention", None) or _ACTIVE.get()
         native = _native_mode(module)
         if state is None:  # called without FS state: behave as the unchanged model
             state = FSAttentionState(layer_modes=[native])
@@ -449,6 +522,13 @@ def _make_attention(base: str) -> Callable:
             mode = state.consult(layer_idx)
             if mode == "causal":  # "causal" is the backbone unchanged (bidirectional if it is by config)
                 mode = native
+        score_bias = None
+        if _is_score_bias(attention_mask, query):
+            # a per-head additive mask the modeling file computed from FS's key padding (Doge's dynamic mask):
+            # padding is in it already, the layer's pattern is added below
+            if base == "flex_attention":
+                raise FSLLMError(f"{type(module).__name__}: a per-head score mask needs attn_implementation sdpa or eager")
+            score_bias, attention_mask = attention_mask, None
         if attention_mask is not None and (
             attention_mask.dtype != torch.bool or attention_mask.dim() != 4 or attention_mask.shape[2] != 1
         ):
@@ -474,10 +554,14 @@ def _make_attention(base: str) -> Callable:
             window,
             query.dtype,
             query.device,
-            want_float=(base == "eager"),
+            want_float=(base == "eager" or score_bias is not None),
             mode=mode,
             q_start=q_start,
         )
+        if score_bias is not None:
+            floor = torch.finfo(score_bias.dtype).min
+            mask = (score_bias + mask.to(score_bias.dtype)).clamp(min=floor)
+            use_is_causal = False
         if state.mask_observer is not None:
             state.mask_observer(layer_idx, mask)
         if base == "eager":

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -54,10 +54,11 @@ from .backbones import (
     BUILTIN_MODELS,
     base_model_of,
     decoder_layers,
-    default_lora_targets,
     dequantized_merge,
+    exact_lora_targets,
     is_quantized,
     load_backbone,
+    lora_config,
 )
 from .config import ATTENTION_MODES, FSConfig, FSLLMConfig
 from .errors import ConfigError, ModelFolderError
@@ -152,15 +153,10 @@ class FSModel(PreTrainedModel):
         for p in base.parameters():
             p.requires_grad_(False)
         if fs_config.use_lora and not config.merged:
-            targets = fs_config.lora_target_modules or default_lora_targets(base)
-            lora = LoraConfig(
-                r=fs_config.lora_r,
-                lora_alpha=fs_config.lora_alpha,
-                lora_dropout=fs_config.lora_dropout,
-                target_modules=targets,
-                bias="none",
-            )
-            with warnings.catch_warnings():
+            # attention and dense projections by default; expert weights only when named (see lora_config)
+            lora = lora_config(base, r=fs_config.lora_r, alpha=fs_config.lora_alpha, dropout=fs_config.lora_dropout,
+                               targets=fs_config.lora_target_modules)
+            with warnings.catch_warnings(), exact_lora_targets():
                 # PEFT calls a transformers property deprecated in 5.x; not actionable for users
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 base = get_peft_model(base, lora)
@@ -279,13 +275,16 @@ class FSModel(PreTrainedModel):
             decay_horizon_bias=self.decay_horizon_bias,
             mask_observer=self._mask_observer,
         )
-        out = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            fs_attention=state,
-        )
+        if self.training and torch.is_grad_enabled():  # a checkpointed layer's recomputation must see the state too
+            fs_attention.carry_state_into_checkpointing(self.backbone)
+        # the state reaches attention through a context variable: no reliance on layers passing **kwargs down
+        with fs_attention.active_state(state):
+            out = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
         # a layer that never saw the state computed causal attention: fail rather than train on it
         state.check_complete(self.num_layers, type(self._base_model()).__name__, lambda: decoder_layers(self.backbone))
         return out.last_hidden_state
