@@ -156,6 +156,7 @@ def check_family(model_type: str) -> dict:
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     from fsllm import FSForTokenClassification
+    from fsllm.backbones import text_model_of
     from fsllm.errors import FSLLMError
 
     if model_type not in MODEL_MAPPING_NAMES:
@@ -183,6 +184,8 @@ def check_family(model_type: str) -> dict:
             backbone = None
     if backbone is None:
         return {"status": "cannot build", "reason": f"plain model: {errors[-1]}"}
+    with torch.no_grad():  # the plain backbone's hidden states: FS attention's causal mode must give them back
+        plain = text_model_of(backbone)(input_ids=x).last_hidden_state
     try:
         model = FSForTokenClassification.from_backbone(backbone, num_labels=2)
     except FSLLMError as e:
@@ -190,17 +193,24 @@ def check_family(model_type: str) -> dict:
     except Exception as e:  # noqa: BLE001
         return {"status": "fails", "reason": f"wrap: {_one_line(e)}"}
     try:
-        return _exactness(model, x)
+        return _exactness(model, x, plain)
     except FSLLMError as e:
         return {"status": "refused", "reason": _one_line(e).removeprefix("FSLLMError: ")}
     except Exception as e:  # noqa: BLE001
         return {"status": "fails", "reason": f"forward: {_one_line(e)}"}
 
 
-def _exactness(model, x) -> dict:
+def _exactness(model, x, plain) -> dict:
     import torch
 
     model.eval()
+    with torch.no_grad():
+        model.set_attention(mode="causal")
+        causal = model.encode(x)
+        model.set_attention(mode="bidirectional")
+    if not torch.allclose(causal, plain, atol=1e-5, rtol=1e-4):
+        diff = float((causal - plain).abs().max())
+        return {"status": "fails", "reason": f"causal mode differs from the plain backbone by {diff:.1e}"}
     with torch.no_grad():
         changed = x[:1].clone()
         changed[0, -1] = 3 if changed[0, -1] != 3 else 4

@@ -492,6 +492,33 @@ def _layer_window(module: torch.nn.Module, kwargs: dict) -> int | None:
     return window
 
 
+def _layer_chunk(module: torch.nn.Module) -> int | None:
+    """The chunk size of a chunked attention layer (Llama 4: ``layer_types[i] == "chunked_attention"``), else ``None``."""
+    config = _config_of(module)
+    layer_idx = getattr(module, "layer_idx", None)
+    types = getattr(config, "layer_types", None)
+    if layer_idx is None or not types or types[layer_idx] != "chunked_attention":
+        return None
+    return getattr(config, "attention_chunk_size", None)
+
+
+def _chunk_allowed(chunk: int, key_padding: torch.Tensor | None, q_len: int, k_len: int, q_start: int, device
+                   ) -> torch.Tensor:
+    """``[B|1, 1, Q, K]`` bool: query and key in the same chunk of ``chunk`` positions (transformers' ``chunked_overlay``:
+    chunks start at the first real token, so a left-padded sentence is chunked as it is alone). FS modes release
+    attention inside a chunk; chunks never see each other, as in the backbone."""
+    i = torch.arange(q_start, q_start + q_len, device=device)
+    j = torch.arange(k_len, device=device)
+    if key_padding is None:
+        left = torch.zeros(1, dtype=torch.long, device=device)
+    else:
+        left = (~key_padding[:, 0, 0, :]).long().cumprod(-1).sum(-1)
+    left = left[:, None, None, None]
+    return torch.div(i[None, None, :, None] - left, chunk, rounding_mode="floor") == torch.div(
+        j[None, None, None, :] - left, chunk, rounding_mode="floor"
+    )
+
+
 def _is_score_bias(attention_mask: torch.Tensor | None, query: torch.Tensor) -> bool:
     """Whether the attention function got a float mask with one row per query head and query: an additive score
     bias a modeling file built on top of FS's key padding (Doge's dynamic mask), not a prepared causal mask
@@ -537,6 +564,9 @@ def _make_attention(base: str) -> Callable:
                 f"{tuple(attention_mask.shape)} ({attention_mask.dtype})"
             )
         window = _layer_window(module, kwargs)
+        chunk = _layer_chunk(module)
+        if chunk is not None and base == "flex_attention":
+            raise FSLLMError(f"{type(module).__name__}: chunked attention layers need attn_implementation sdpa or eager")
         q_len, k_len = query.shape[2], key.shape[2]
         q_start = getattr(attention_mask, _Q_START, k_len - q_len) if attention_mask is not None else k_len - q_len
         if window is not None and window >= max(q_len, k_len):
@@ -554,10 +584,14 @@ def _make_attention(base: str) -> Callable:
             window,
             query.dtype,
             query.device,
-            want_float=(base == "eager" or score_bias is not None),
+            want_float=(base == "eager" or score_bias is not None or chunk is not None),
             mode=mode,
             q_start=q_start,
         )
+        if chunk is not None:
+            mask = mask.masked_fill(~_chunk_allowed(chunk, attention_mask, q_len, k_len, q_start, query.device),
+                                    torch.finfo(mask.dtype).min)
+            use_is_causal = False
         if score_bias is not None:
             floor = torch.finfo(score_bias.dtype).min
             mask = (score_bias + mask.to(score_bias.dtype)).clamp(min=floor)
@@ -585,6 +619,7 @@ _STANDARD_MASK_PARTS = frozenset(
         "and_masks.<locals>.and_mask",
         "or_masks.<locals>.or_mask",
         "add_offsets_to_mask_function.<locals>.inner_mask",
+        "chunked_overlay.<locals>.inner_mask",  # reproduced per layer from the config (``_layer_chunk``)
     }
 )
 
@@ -681,10 +716,11 @@ def check_backbone(config) -> str:
     arch = (getattr(config, "architectures", None) or [getattr(config, "model_type", type(config).__name__)])[0]
     if getattr(config, "is_encoder_decoder", False):
         raise FSLLMError(f"{arch}: an encoder-decoder; FS attention wraps decoder-only backbones")
-    if getattr(config, "attention_chunk_size", None):
-        raise FSLLMError(f"{arch}: chunked attention (attention_chunk_size) is not supported by FS attention")
     layer_types = set(getattr(config, "layer_types", None) or ())
-    unknown = layer_types - {"full_attention", "sliding_attention"}
+    if getattr(config, "attention_chunk_size", None) and "chunked_attention" not in layer_types:
+        raise FSLLMError(f"{arch}: chunked attention (attention_chunk_size) without layer_types naming its chunked "
+                         "layers is not supported by FS attention")
+    unknown = layer_types - {"full_attention", "sliding_attention", "chunked_attention"}
     if unknown:
         raise FSLLMError(f"{arch}: layer types {sorted(unknown)} are not supported by FS attention")
     return "bidirectional" if backbone_is_bidirectional(config) else "causal"

@@ -282,16 +282,11 @@ def text_model_of(model: PreTrainedModel) -> PreTrainedModel:
     seen = set()
     while id(model) not in seen:
         seen.add(id(model))
-        for name in ("language_model", "text_model"):
+        for name in ("language_model", "text_model", getattr(model, "base_model_prefix", "model"), "model"):
             inner = getattr(model, name, None)
             if isinstance(inner, PreTrainedModel) and inner is not model:
                 model = inner
                 break
-        else:
-            prefix = getattr(model, "base_model_prefix", "model")
-            inner = getattr(model, prefix, None)
-            if isinstance(inner, PreTrainedModel) and inner is not model:
-                model = inner
     return model
 
 
