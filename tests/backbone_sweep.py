@@ -94,7 +94,7 @@ def _set_sizes(config, sizes: dict) -> None:
     for key, value in sizes.items():
         if not hasattr(config, key):
             continue
-        if getattr(config, key) is None and key not in ("head_dim", "num_key_value_heads"):
+        if getattr(config, key) is None and key not in ("head_dim", "num_key_value_heads", "num_experts_per_tok"):
             continue  # an optional feature the family leaves off (q_lora_rank, sliding_window): keep it off
         try:
             setattr(config, key, value)
@@ -125,6 +125,8 @@ def tiny_config(model_type: str):
     _set_sizes(config, SIZES)
     if getattr(config, "qk_rope_head_dim", None):  # multi-head latent attention: the rotary part is the head_dim
         config.head_dim = config.qk_rope_head_dim
+        if hasattr(config, "num_key_value_heads"):  # one key per query head (DeepSeek's configs say so)
+            config.num_key_value_heads = config.num_attention_heads
         if hasattr(config, "qk_head_dim"):
             config.qk_head_dim = config.qk_nope_head_dim + config.qk_rope_head_dim
     _layer_types(config)

@@ -481,10 +481,13 @@ def _native_mode(module: torch.nn.Module) -> str:
 
 def _layer_window(module: torch.nn.Module, kwargs: dict) -> int | None:
     """The layer's sliding window in this file's convention: ``|i - j| < window`` is kept."""
-    window = kwargs.get("sliding_window")
-    if window is None:
-        window = getattr(module, "sliding_window", None)
     config = _config_of(module)
+    types, layer_idx = getattr(config, "layer_types", None), getattr(module, "layer_idx", None)
+    if types and layer_idx is not None and types[layer_idx] == "full_attention":
+        return None  # a full layer of a model whose attention modules all keep the window size (EXAONE 4)
+    window = kwargs.get("sliding_window")
+    if window is None and "sliding_window" not in kwargs:  # passed as None: the model says no window
+        window = getattr(module, "sliding_window", None)
     if window and getattr(config, "is_causal", True) is False and not getattr(config, "use_bidirectional_attention", False):
         # transformers' ``sliding_window_bidirectional_overlay`` keeps |i - j| <= window (inclusive),
         # Gemma 3's bidirectional overlay |i - j| < window: keep each backbone's own
@@ -716,13 +719,22 @@ def check_backbone(config) -> str:
     arch = (getattr(config, "architectures", None) or [getattr(config, "model_type", type(config).__name__)])[0]
     if getattr(config, "is_encoder_decoder", False):
         raise FSLLMError(f"{arch}: an encoder-decoder; FS attention wraps decoder-only backbones")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise FSLLMError(f"{arch}: a bidirectional encoder (masked-LM family), not a decoder-only LLM; fine-tune it "
+                         "with transformers' AutoModelForSequenceClassification instead")
     layer_types = set(getattr(config, "layer_types", None) or ())
     if getattr(config, "attention_chunk_size", None) and "chunked_attention" not in layer_types:
         raise FSLLMError(f"{arch}: chunked attention (attention_chunk_size) without layer_types naming its chunked "
                          "layers is not supported by FS attention")
     unknown = layer_types - {"full_attention", "sliding_attention", "chunked_attention"}
     if unknown:
-        raise FSLLMError(f"{arch}: layer types {sorted(unknown)} are not supported by FS attention")
+        raise FSLLMError(
+            f"{arch}: layer types {sorted(unknown)} are not softmax attention (linear attention, state-space, "
+            "convolution or compressed layers stay causal), so FS attention cannot release the model; use a "
+            "pure-attention decoder (docs/backbones.md lists the exact ones)"
+        )
     return "bidirectional" if backbone_is_bidirectional(config) else "causal"
 
 
