@@ -150,7 +150,8 @@ class FSAttentionState:
         if missing:
             if layer_list is not None:
                 layers = layer_list()
-            names = "" if isinstance(layers, int) else f" ({', '.join(sorted({type(layers[i]).__name__ for i in missing}))})"
+            known = [] if isinstance(layers, int) else [i for i in missing if i < len(layers)]
+            names = f" ({', '.join(sorted({type(layers[i]).__name__ for i in known}))})" if known else ""
             raise FSLLMError(
                 f"{arch}: decoder layer(s) {missing}{names} never received the FS attention state, so they "
                 "computed the backbone's own causal attention: their attention does not call transformers' "
@@ -168,6 +169,16 @@ class FSAttentionState:
     def store(self, key: tuple, padding: torch.Tensor | None, value):
         self._cache[key] = (padding, value)
         return value
+
+
+def attention_layer_count(model: torch.nn.Module, decoder_layers: int) -> int:
+    """How many per-layer FS modes ``model`` needs: one per attention ``layer_idx``.
+
+    That is the number of decoder layers, except in families with several attention modules per decoder layer,
+    each with its own index (LongCat-Flash: two), where the modes follow the attention modules.
+    """
+    indices = [m.layer_idx for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    return max([decoder_layers, *(i + 1 for i in indices)])
 
 
 _ACTIVE: contextvars.ContextVar[FSAttentionState | None] = contextvars.ContextVar("fsllm_fs_attention", default=None)

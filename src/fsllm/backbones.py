@@ -388,6 +388,7 @@ def lora_config(model: nn.Module, *, r: int, alpha: float, dropout: float, targe
     from peft import LoraConfig
 
     kept, excluded = _projections(model)
+    fs_default = targets is None
     if targets is None:
         targets = default_lora_targets(model)
         params: list[str] = []
@@ -403,9 +404,20 @@ def lora_config(model: nn.Module, *, r: int, alpha: float, dropout: float, targe
         module_names = {n for names in (kept, excluded) for n in names}
         targets = [t for t in targets if t.split(".")[-1] in module_names or t.split(".")[-1] not in experts]
     named = set(targets)
+    if fs_default:
+        # a leaf name that is also the name of another kind of module (CTRL's feed-forward "0" and "2": "h.0" is a
+        # whole layer) would match that module too: name those projections by their full paths
+        others = {n.split(".")[-1] for n, m in model.named_modules() if n and not _is_projection(m)}
+        targets = sorted(t for t in targets if t not in others) + sorted(
+            p for t in targets if t in others for p in kept[t])
     exclude = sorted(full for leaf, fulls in excluded.items() if leaf in named for full in fulls)
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2's Conv1D stores its weight transposed ([in, out]): PEFT needs to be told (it would warn and set it)
+    chosen = [model.get_submodule(path) for leaf in named if leaf in kept for path in kept[leaf]]
+    conv1d = bool(chosen) and all(isinstance(m, Conv1D) for m in chosen)
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or [], bias="none",
-                      exclude_modules=exclude or None, target_parameters=params or None)
+                      exclude_modules=exclude or None, target_parameters=params or None, fan_in_fan_out=conv1d)
 
 
 @contextlib.contextmanager

@@ -130,7 +130,8 @@ class FSModel(PreTrainedModel):
         # Causal mode goes through the same wrapper too, so padding is handled the
         # same way in every mode (and fs_layers can mix modes).
         base.set_attn_implementation(fs_attention.fs_implementation_name(config.backbone_attn_implementation))
-        self.num_layers = len(decoder_layers(base))
+        # one mode per attention layer index (= per decoder layer, but for LongCat-Flash's two attentions per layer)
+        self.num_layers = fs_attention.attention_layer_count(base, len(decoder_layers(base)))
         self.fs_layer_ids = fs_config.resolve_layers(self.num_layers)
         modes = ["causal"] * self.num_layers
         for i in self.fs_layer_ids:
