@@ -376,13 +376,26 @@ class below runs in the default suite.
 * **Decoder layers that drop keyword arguments** (`stablelm`, `nemotron`): the FS attention state reaches
   attention through a context variable set for the duration of one forward (and of its gradient
   checkpointing recomputation), not through the family's keyword arguments.
-* **Multimodal checkpoints whose text model is a decoder** (`gemma3`, i.e. every Gemma 3 from 4B up):
-  `load_backbone` and `from_backbone` take the language model out of the wrapper.
-* **Hybrid models** (linear attention, state-space, convolution or recurrent layers: `olmo_hybrid`,
-  `nemotron_h`, `lfm2`, `qwen3_next`, `jamba`, ...) and **chunked attention** (`llama4_text`): refused.
-  Their non-softmax layers are causal by construction, so releasing only the softmax layers would give a
-  model in which a token sees the future through some layers only, not the FS model of the paper; the
-  refusal names the family's pure-attention relatives to use instead.
+* **Multimodal checkpoints whose text model is a decoder** (`gemma3`, i.e. every Gemma 3 from 4B up;
+  `llama4`): `load_backbone` and `from_backbone` take the language model out of the wrapper
+  (`fsllm.backbones.text_model_of`); the checkpoint's tokenizer loads as usual.
+* **Chunked attention** (Llama 4's `chunked_attention` layers): each layer's chunks are reproduced from the
+  config; FS modes release attention inside a chunk, chunks never see each other (as in the backbone).
+* **A per-head score mask** the modeling file builds on the padding mask (Doge's dynamic mask): FS adds the
+  layer's pattern to it (`sdpa` and `eager`).
+* **Full-attention layers whose modules keep the window size** (EXAONE 4): the layer type decides.
+* **Hybrid models** (linear attention, state-space, convolution, recurrent or compressed layers:
+  `olmo_hybrid`, `nemotron_h`, `lfm3`, `qwen3_next`, `zaya`, `lara_mini`, `inkling_text`, ...): refused, and
+  this is a decision, not a gap. Their non-softmax layers are causal by construction (a recurrence or a
+  causal convolution has no mask to release), so releasing only the softmax layers would give a model in
+  which a token sees the future through some layers only: not the FS model of the paper, and its
+  released-vs-causal gain would be measured on another architecture. The refusal says to use a
+  pure-attention decoder; the exact families are the rows below.
+* **Attention that does not call transformers' attention interface** (ALiBi models such as `bloom`, `mpt`;
+  older GPT-style code such as `openai-gpt`, `gpt_neo`, `xglm`): the layers never receive the FS state and
+  fsllm refuses after the first forward, naming the layers.
+* **Bidirectional encoders** registered as causal LMs (`bert`, `roberta`, ...): refused; they are not
+  decoder-only LLMs (fine-tune them with `AutoModelForSequenceClassification`).
 
 ## The table
 

@@ -13,7 +13,7 @@ its config (``is_causal=False``, or Gemma 3's ``use_bidirectional_attention=True
 that bidirectional attention with the backbone's own window, as is a call without FS
 state; ``decay`` still adds the decay to its future keys (so a large lambda gives a
 causal model, not that backbone). ``check_backbone`` tells which one a config is, and
-refuses what this file cannot express (chunked or linear attention layers); mask
+refuses what this file cannot express (linear attention and other non-softmax layers); mask
 overlays transformers asks for at run time that it cannot reproduce (packed sequences,
 ``or_mask_function`` / ``and_mask_function``) are refused with an ``FSLLMError`` instead
 of being dropped.
@@ -724,8 +724,9 @@ def check_backbone(config) -> str:
 
     Returns ``"bidirectional"`` for a backbone that is bidirectional by its config (``is_causal=False``,
     Gemma 3's ``use_bidirectional_attention=True``; for it fsllm's ``causal`` mode is that bidirectional
-    attention), else ``"causal"``. Raises ``FSLLMError`` for encoder-decoders, chunked attention and
-    layer types other than full and sliding-window attention.
+    attention), else ``"causal"``. Raises ``FSLLMError`` for encoder-decoders, masked-LM encoders,
+    chunked attention without ``layer_types``, and layer types other than full, sliding-window and chunked
+    attention (linear attention, state-space and convolution layers stay causal: see docs/backbones.md).
     """
     arch = (getattr(config, "architectures", None) or [getattr(config, "model_type", type(config).__name__)])[0]
     if getattr(config, "is_encoder_decoder", False):

@@ -172,7 +172,9 @@ def load_backbone(
 
     ``name_or_path`` is a built-in name (``fsllm models`` lists them), a local
     Hugging Face folder or a hub name. Only the decoder stack is loaded: the LM
-    head is dead weight for classification (and for SmolLM2 it is tied anyway).
+    head is dead weight for classification (and for SmolLM2 it is tied anyway). A multimodal
+    checkpoint whose text model is a decoder (every Gemma 3 from 4B, Llama 4) gives its language
+    model (``text_model_of``).
     ``quantize="4bit"`` loads the decoder's Linear layers in NF4 (``bnb_4bit_config``) and prepares
     the rest for training on them (``peft.prepare_model_for_kbit_training``: norms and embeddings
     in fp32), so LoRA and the head train on a 4-bit backbone (QLoRA).
@@ -309,19 +311,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def _is_projection(module: nn.Module) -> bool:
-    """A Linear layer PEFT adapts: ``nn.Linear`` (quantised ones included) or GPT-2's ``Conv1D``.
-
-    A subclass of ``nn.Linear`` with its own ``forward`` that is not a quantised Linear (PhiMoE's router returns
-    a tuple) is no projection.
-    """
+    """A Linear layer PEFT adapts: ``nn.Linear`` and its subclasses (quantised ones, Falcon's) or GPT-2's ``Conv1D``."""
     from transformers.pytorch_utils import Conv1D
 
-    if isinstance(module, Conv1D):
-        return True
-    if not isinstance(module, nn.Linear):
-        return False
-    cls = type(module)
-    return cls.forward is nn.Linear.forward or not cls.__module__.startswith(("transformers.", "torch."))
+    return isinstance(module, (nn.Linear, Conv1D))
 
 
 def _expert_or_router(path: str, layer: nn.Module) -> bool:
