@@ -98,3 +98,25 @@ def test_gradient_checkpointing_recomputes_with_the_fs_state():
     assert g0.keys() == g1.keys() and any("lora_A" in n for n in g0)
     for n in g0:
         torch.testing.assert_close(g1[n], g0[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("model_type", ["llama4_text", "doge"])
+@pytest.mark.parametrize("mode", ["bidirectional", "causal"])
+@torch.no_grad()
+def test_chunked_and_score_mask_families_are_exact_under_left_padding(model_type, mode):
+    """Llama 4's chunks start at the first real token and Doge's score mask carries the padding: a left-padded
+    sentence equals it alone, in the released mode and in the causal one."""
+    from backbone_sweep import tiny_config
+    from transformers import AutoModel
+
+    from fsllm import FSConfig, FSForTokenClassification
+
+    torch.manual_seed(0)
+    backbone = AutoModel.from_config(tiny_config(model_type), attn_implementation="sdpa", dtype=torch.float32)
+    model = FSForTokenClassification.from_backbone(backbone, num_labels=2, fs_config=FSConfig(attention=mode)).eval()
+    x = torch.randint(3, 100, (2, 11), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0  # 7 real tokens after 4 pads: chunks of 4 fall differently from the key indices
+    alone = model.encode(x[:1, 4:])
+    padded = model.encode(x, mask)[:1, 4:]
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
