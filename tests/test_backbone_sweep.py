@@ -116,7 +116,7 @@ def test_chunked_and_score_mask_families_are_exact_under_left_padding(model_type
     model = FSForTokenClassification.from_backbone(backbone, num_labels=2, fs_config=FSConfig(attention=mode)).eval()
     x = torch.randint(3, 100, (2, 11), generator=torch.Generator().manual_seed(2))
     mask = torch.ones_like(x)
-    mask[0, :4] = 0  # 7 real tokens after 4 pads: chunks of 4 fall differently from the key indices
-    alone = model.encode(x[:1, 4:])
-    padded = model.encode(x, mask)[:1, 4:]
+    mask[0, :3] = 0  # 8 real tokens after 3 pads: chunks of 4 by key index would split them 1 + 4 + 3
+    alone = model.encode(x[:1, 3:])
+    padded = model.encode(x, mask)[:1, 3:]
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
