@@ -271,3 +271,16 @@ def test_predictor_does_not_merge_lora_into_4bit_weights(tiny_model_dir):
     assert not any(getattr(m, "merged", False) for m in predictor.model.modules())
     with torch.no_grad():
         assert torch.equal(predictor.model(input_ids=ids, attention_mask=mask).logits, want)
+
+
+def test_gemma4_vision_only_bidirectional_flag_keeps_text_attention_causal():
+    """Gemma 4 unified sets use_bidirectional_attention="vision" (image tokens only): the text model is causal."""
+    from backbone_sweep import tiny_config
+
+    from fsllm.attention import backbone_is_bidirectional, check_backbone
+
+    config = tiny_config("gemma4_unified_text")
+    assert config.use_bidirectional_attention == "vision"
+    assert not backbone_is_bidirectional(config) and check_backbone(config) == "causal"
+    config.use_bidirectional_attention = True
+    assert check_backbone(config) == "bidirectional"

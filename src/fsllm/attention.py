@@ -478,9 +478,14 @@ def backbone_is_bidirectional(config) -> bool:
     """Whether the backbone attends bidirectionally by its own config.
 
     Transformers has two switches: ``is_causal=False`` on any config (``create_causal_mask`` then
-    builds a bidirectional mask) and Gemma 3's ``use_bidirectional_attention=True``.
+    builds a bidirectional mask) and Gemma 3's ``use_bidirectional_attention=True`` (or ``"all"``). Gemma 4's
+    ``"vision"`` releases image tokens only: its text attention is causal.
     """
-    return getattr(config, "is_causal", True) is False or bool(getattr(config, "use_bidirectional_attention", False))
+    return getattr(config, "is_causal", True) is False or _bidirectional_flag(config)
+
+
+def _bidirectional_flag(config) -> bool:
+    return getattr(config, "use_bidirectional_attention", False) in (True, "all")
 
 
 def _native_mode(module: torch.nn.Module) -> str:
@@ -499,7 +504,7 @@ def _layer_window(module: torch.nn.Module, kwargs: dict) -> int | None:
     window = kwargs.get("sliding_window")
     if window is None and "sliding_window" not in kwargs:  # passed as None: the model says no window
         window = getattr(module, "sliding_window", None)
-    if window and getattr(config, "is_causal", True) is False and not getattr(config, "use_bidirectional_attention", False):
+    if window and getattr(config, "is_causal", True) is False and not _bidirectional_flag(config):
         # transformers' ``sliding_window_bidirectional_overlay`` keeps |i - j| <= window (inclusive),
         # Gemma 3's bidirectional overlay |i - j| < window: keep each backbone's own
         window = window + 1
