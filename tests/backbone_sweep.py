@@ -11,7 +11,8 @@ and records one outcome:
   last token moves the first position's hidden state (attention is released),
   a sentence alone equals it padded in a batch (atol and rtol 1e-5), and a training step gives finite LoRA
   gradients;
-* ``refused``: fsllm raised its one-line ``FSLLMError`` at wrap time (the reason is that line);
+* ``refused``: fsllm raised its one-line ``FSLLMError`` at wrap time or in the first forward (the reason is that
+  line);
 * ``cannot build``: the tiny config or the plain model fails before fsllm is involved (or it is not a
   decoder: no ``AutoModel`` class, an encoder-decoder);
 * ``fails``: anything else (an fsllm bug, or a family that is not exact): the sweep exists to keep
@@ -357,7 +358,8 @@ config), **{fails} failing**.
   1e-5), causal mode equals the plain backbone (atol 1e-5, rtol 1e-4), and a
   training step gives finite LoRA gradients.
 * **refused**: `FSForSequenceClassification.from_backbone` / `FSForTokenClassification.from_backbone`
-  raise `FSLLMError` with the line shown; it says what to use instead.
+  (or, for attention that never consults the FS state, the first forward) raise `FSLLMError` with the
+  line shown; it says what to use instead.
 * **cannot build**: the plain backbone (`AutoModel.from_config`) of a generic tiny config does not run,
   or the type is not a decoder-only model. This says nothing about a real checkpoint of the family.
 
