@@ -90,6 +90,19 @@ def test_multimodal_checkpoint_loads_its_text_model(tmp_path):
     assert type(backbone).__name__ == "Gemma3TextModel" and backbone.config.model_type == "gemma3_text"
     model = FSForSequenceClassification.from_backbone(backbone, num_labels=2)
     assert model.config.decoder_config.model_type == "gemma3_text"
+    # the wrapper loaded by the user: the FS model names the checkpoint, and its small folder reloads onto the text model
+    wrapper = transformers.AutoModel.from_pretrained(tmp_path / "gemma3")
+    torch.manual_seed(0)
+    model = FSForSequenceClassification.from_backbone(wrapper, num_labels=2).eval()
+    assert model.config.backbone == str(tmp_path / "gemma3")
+    x = torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+    model.save_pretrained(tmp_path / "fs")
+    loaded = FSForSequenceClassification.from_pretrained(tmp_path / "fs")
+    assert type(loaded._base_model()).__name__ == "Gemma3TextModel"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, want)
 
 
 @pytest.fixture(scope="module")

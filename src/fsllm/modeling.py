@@ -220,7 +220,8 @@ class FSModel(PreTrainedModel):
             ref = backbone
             backbone = load_backbone(backbone, **load_kwargs)
         else:
-            ref = base_model_of(backbone).config._name_or_path
+            # a multimodal wrapper's text config may not know the checkpoint it came from: the wrapper's does
+            ref = getattr(backbone.config, "_name_or_path", "") or base_model_of(backbone).config._name_or_path
         base = base_model_of(backbone)
         quantized = is_quantized(base)
         impl = fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa")
