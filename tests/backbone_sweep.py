@@ -152,7 +152,7 @@ def _one_line(e: BaseException) -> str:
     text = (str(e).strip().splitlines() or [""])[0]
     text = re.sub(r"0x[0-9a-f]+", "0x..", text)
     text = f"{type(e).__name__}: {text}" if not text.startswith(type(e).__name__) else text
-    return text[:240]
+    return text[:480]
 
 
 def check_family(model_type: str) -> dict:
@@ -375,9 +375,10 @@ class below runs in the default suite.
 
 * **Mixture-of-experts with experts stored as parameters** (GLM-4.5/4.6 `glm4_moe`, DeepSeek-V2/V3,
   Hunyuan MoE, ...): the default LoRA targets are the Linear (and GPT-2 `Conv1D`) projections of
-  attention and dense MLPs; expert weights and routers are left alone. Name expert modules in
-  `lora_target_modules` to adapt them: PEFT wraps expert parameters in `ParamWrapper`, which requires
-  `lora_dropout=0`; fsllm says so in one line instead of PEFT's error.
+  attention and dense MLPs; expert weights and routers are left alone. Name the expert weights in
+  `lora_target_modules` to adapt them too (`--lora-targets q_proj,v_proj,gate_up_proj,down_proj`): PEFT
+  wraps expert parameters in `ParamWrapper`, which requires `lora_dropout=0`; fsllm says so in one line
+  instead of PEFT's error.
 * **GPT-2-style `Conv1D` projections** (`gpt2`, `gpt-sw3`): targeted like Linear layers (PEFT adapts them).
 * **Decoder layers that drop keyword arguments** (`stablelm`, `nemotron`): the FS attention state reaches
   attention through a context variable set for the duration of one forward (and of its gradient
