@@ -501,14 +501,41 @@ class DropsKwargs(torch.nn.Module):
         )
 
 
+class OwnAttention(torch.nn.Module):
+    """An attention module that computes causal SDPA itself instead of calling transformers' attention interface."""
+
+    def __init__(self, attn: torch.nn.Module):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+        a = self.attn
+        shape = (*hidden_states.shape[:-1], -1, a.head_dim)
+        q, k, v = (p(hidden_states).view(shape).transpose(1, 2) for p in (a.q_proj, a.k_proj, a.v_proj))
+        k, v = (t.repeat_interleave(a.num_key_value_groups, dim=1) for t in (k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return a.o_proj(out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)), None
+
+
+@torch.no_grad()
+def test_a_layer_that_drops_kwargs_still_gets_the_state():
+    """The state reaches attention through a context variable, not through the layers' **kwargs."""
+    bb = tiny_backbone("llama", "sdpa", layers=3)
+    fs = FSForTokenClassification.from_backbone(bb, num_labels=2, fs_config=FSConfig(use_lora=False)).eval()
+    x = torch.randint(3, VOCAB, (1, 8), generator=torch.Generator().manual_seed(3))
+    want = fs.encode(x)
+    bb.layers[1] = DropsKwargs(bb.layers[1])
+    torch.testing.assert_close(fs.encode(x), want, atol=0, rtol=0)
+
+
 @torch.no_grad()
 def test_a_layer_that_never_receives_the_state_is_an_error():
     bb = tiny_backbone("llama", "sdpa", layers=3)
     fs = FSForTokenClassification.from_backbone(bb, num_labels=2, fs_config=FSConfig(use_lora=False)).eval()
     x = torch.randint(3, VOCAB, (1, 8), generator=torch.Generator().manual_seed(3))
     fs(x)  # every layer receives it
-    bb.layers[1] = DropsKwargs(bb.layers[1])
-    with pytest.raises(FSLLMError, match=r"LlamaModel: decoder layer\(s\) \[1\] \(DropsKwargs\) never received"):
+    bb.layers[1].self_attn = OwnAttention(bb.layers[1].self_attn)
+    with pytest.raises(FSLLMError, match=r"LlamaModel: decoder layer\(s\) \[1\] \(LlamaDecoderLayer\) never received"):
         fs(x)
 
 
@@ -591,7 +618,7 @@ def test_check_backbone_refuses_what_fs_attention_cannot_express():
         assert check_backbone(bidirectional_backbone(kind, "sdpa").config) == "bidirectional"
     cfg = _config("llama", 2)
     cfg.layer_types = ["full_attention", "linear_attention"]
-    with pytest.raises(FSLLMError, match="linear_attention"):
+    with pytest.raises(FSLLMError, match="linear_attention.*use a pure-attention decoder"):
         check_backbone(cfg)
 
 

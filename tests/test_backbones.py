@@ -29,6 +29,82 @@ def test_lora_targets_follow_architecture():
     assert default_lora_targets(tiny_backbone("phi3")) == ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]
 
 
+def _sweep_backbone(model_type: str, seed: int = 0):
+    from backbone_sweep import tiny_config
+
+    torch.manual_seed(seed)
+    return transformers.AutoModel.from_config(tiny_config(model_type), attn_implementation="sdpa", dtype=torch.float32)
+
+
+def test_lora_targets_cover_gpt2_conv1d():
+    assert default_lora_targets(_sweep_backbone("gpt2")) == ["c_attn", "c_fc", "c_proj"]
+    model = FSForSequenceClassification.from_backbone(_sweep_backbone("gpt2"), num_labels=2)
+    lora = [n for n, m in model.named_modules() if hasattr(m, "lora_A") and n.endswith("c_attn")]
+    assert len(lora) == 2  # both layers' fused qkv Conv1D
+
+
+def test_moe_defaults_adapt_dense_projections_not_experts_or_routers():
+    """GLM-4.5-style MoE (experts stored as parameters): the dense layer's down_proj and the shared experts are
+    adapted; no ParamWrapper (PEFT would otherwise turn "down_proj" into the experts and refuse dropout 0.1)."""
+    model = FSForSequenceClassification.from_backbone(_sweep_backbone("glm4_moe"), num_labels=2)
+    wrapped = {n.removeprefix("backbone.base_model.model.") for n, m in model.named_modules()
+               if hasattr(m, "lora_A") and not n.endswith("base_layer")}
+    assert "layers.0.mlp.down_proj" in wrapped and "layers.1.mlp.shared_experts.down_proj" in wrapped
+    assert not any("experts." in n and "shared" not in n or n.endswith(".gate") for n in wrapped)
+    assert not any(type(m).__name__ == "ParamWrapper" for m in model.modules())
+
+
+def test_expert_parameters_on_request_need_dropout_zero(tmp_path):
+    from fsllm import FSConfig
+
+    targets = ["q_proj", "gate_up_proj", "down_proj"]
+    with pytest.raises(FSLLMError, match=r"expert weights .*needs lora_dropout=0 .*got 0.1: set --lora-dropout 0"):
+        FSForSequenceClassification.from_backbone(_sweep_backbone("glm4_moe"), num_labels=2,
+                                                  fs_config=FSConfig(lora_target_modules=targets))
+    cfg = FSConfig(lora_target_modules=targets, lora_dropout=0.0)
+    model = FSForSequenceClassification.from_backbone(_sweep_backbone("glm4_moe"), num_labels=2, fs_config=cfg)
+    assert any(type(m).__name__ == "ParamWrapper" for m in model.modules())
+    x = torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    model.train()
+    model(input_ids=x, labels=torch.tensor([0, 1])).loss.backward()
+    expert_grads = [p.grad for n, p in model.named_parameters() if "experts" in n and "lora_B" in n]
+    assert expert_grads and all(g is not None and torch.isfinite(g).all() for g in expert_grads)
+    # the small folder reloads onto the same backbone with the same adapter
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+    model.save_pretrained(tmp_path / "m")
+    loaded = FSForSequenceClassification.from_pretrained(tmp_path / "m", backbone=_sweep_backbone("glm4_moe"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, want)
+
+
+def test_multimodal_checkpoint_loads_its_text_model(tmp_path):
+    """A Gemma 3 checkpoint from 4B up is a Gemma3ForConditionalGeneration: load_backbone gives its text model."""
+    _sweep_backbone("gemma3").save_pretrained(tmp_path / "gemma3")
+    backbone = load_backbone(str(tmp_path / "gemma3"))
+    assert type(backbone).__name__ == "Gemma3TextModel" and backbone.config.model_type == "gemma3_text"
+    model = FSForSequenceClassification.from_backbone(backbone, num_labels=2)
+    assert model.config.decoder_config.model_type == "gemma3_text"
+    # the wrapper loaded by the user: the FS model names the checkpoint, and its small folder reloads onto the text model
+    wrapper = transformers.AutoModel.from_pretrained(tmp_path / "gemma3")
+    torch.manual_seed(0)
+    model = FSForSequenceClassification.from_backbone(wrapper, num_labels=2).eval()
+    assert model.config.backbone == str(tmp_path / "gemma3")
+    x = torch.randint(3, 100, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+    model.save_pretrained(tmp_path / "fs")
+    loaded = FSForSequenceClassification.from_pretrained(tmp_path / "fs")
+    assert type(loaded._base_model()).__name__ == "Gemma3TextModel"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, want)
+
+
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Llama whose projections bitsandbytes' CPU kernels take (sizes multiples of 32, inputs of at
@@ -208,3 +284,14 @@ def test_predictor_does_not_merge_lora_into_4bit_weights(tiny_model_dir):
     assert not any(getattr(m, "merged", False) for m in predictor.model.modules())
     with torch.no_grad():
         assert torch.equal(predictor.model(input_ids=ids, attention_mask=mask).logits, want)
+
+
+def test_gemma4_vision_only_bidirectional_flag_keeps_text_attention_causal():
+    """Gemma 4 unified sets use_bidirectional_attention="vision" (image tokens only): the text model is causal."""
+    from backbone_sweep import tiny_config
+
+    from fsllm.attention import backbone_is_bidirectional, check_backbone
+
+    config = tiny_config("gemma4_unified_text")
+    assert config.use_bidirectional_attention == "vision"
+    assert not backbone_is_bidirectional(config) and check_backbone(config) == "causal"

@@ -13,7 +13,7 @@ its config (``is_causal=False``, or Gemma 3's ``use_bidirectional_attention=True
 that bidirectional attention with the backbone's own window, as is a call without FS
 state; ``decay`` still adds the decay to its future keys (so a large lambda gives a
 causal model, not that backbone). ``check_backbone`` tells which one a config is, and
-refuses what this file cannot express (chunked or linear attention layers); mask
+refuses what this file cannot express (linear attention and other non-softmax layers); mask
 overlays transformers asks for at run time that it cannot reproduce (packed sequences,
 ``or_mask_function`` / ``and_mask_function``) are refused with an ``FSLLMError`` instead
 of being dropped.
@@ -30,13 +30,17 @@ How it plugs into transformers (5.x) without touching a modeling file:
   ``eager_attention_forward``, or ``flex_attention`` with a block mask and a
   ``score_mod`` for the decay (the block mask also skips future keys beyond the decay
   horizon, where the weight is below e^-50: see ``decay_horizon``).
-* Which layer gets which mode, and the (possibly learnable) lambdas, travel with
-  the forward call as the keyword argument ``fs_attention`` (an ``FSAttentionState``),
-  which every current decoder passes down to its attention function (a layer that never
-  receives it is caught by ``FSAttentionState.check_complete``). Calling the backbone
-  without it gives the unchanged model, so the same weights still generate text, with
-  any cache: queries are placed by the cache's offsets (``key_padding_mask``), not
-  assumed to be the last keys.
+* Which layer gets which mode, and the (possibly learnable) lambdas, reach the attention
+  function as an ``FSAttentionState`` set for the duration of one forward (``active_state``,
+  a context variable), so they do not depend on a family passing ``**kwargs`` down its
+  decoder layers (StableLM, Nemotron and others drop them); the keyword argument
+  ``fs_attention=`` of a backbone call still works and wins. A gradient-checkpointing
+  recomputation runs in the backward, outside that forward: ``carry_state_into_checkpointing``
+  makes the backbone's checkpoint function restore the state there. A layer whose attention
+  never consulted the state is caught by ``FSAttentionState.check_complete``. Calling the
+  backbone without a state gives the unchanged model, so the same weights still generate
+  text, with any cache: queries are placed by the cache's offsets (``key_padding_mask``),
+  not assumed to be the last keys.
 
 Sliding windows: a layer trained with the causal window ``w`` (``w - 1`` past keys) keeps
 ``|i - j| < w`` in the released modes, i.e. its whole trained past plus as many future keys
@@ -48,9 +52,12 @@ attend to padding, so a prediction depends on what else is in the batch.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -143,11 +150,13 @@ class FSAttentionState:
         if missing:
             if layer_list is not None:
                 layers = layer_list()
-            names = "" if isinstance(layers, int) else f" ({', '.join(sorted({type(layers[i]).__name__ for i in missing}))})"
+            known = [] if isinstance(layers, int) else [i for i in missing if i < len(layers)]
+            names = f" ({', '.join(sorted({type(layers[i]).__name__ for i in known}))})" if known else ""
             raise FSLLMError(
                 f"{arch}: decoder layer(s) {missing}{names} never received the FS attention state, so they "
-                "computed the backbone's own causal attention; a module on their path drops **kwargs "
-                "(fs_attention must reach the attention function)"
+                "computed the backbone's own causal attention: their attention does not call transformers' "
+                "attention interface (ALL_ATTENTION_FUNCTIONS), so FS attention cannot release it; use a "
+                "backbone whose attention does (docs/backbones.md lists them)"
             )
 
     def cached(self, key: tuple, padding: torch.Tensor | None):
@@ -160,6 +169,68 @@ class FSAttentionState:
     def store(self, key: tuple, padding: torch.Tensor | None, value):
         self._cache[key] = (padding, value)
         return value
+
+
+def attention_layer_count(model: torch.nn.Module, decoder_layers: int) -> int:
+    """How many per-layer FS modes ``model`` needs: one per attention ``layer_idx``.
+
+    That is the number of decoder layers, except in families with several attention modules per decoder layer,
+    each with its own index (LongCat-Flash: two), where the modes follow the attention modules.
+    """
+    indices = [m.layer_idx for m in model.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+    return max([decoder_layers, *(i + 1 for i in indices)])
+
+
+_ACTIVE: contextvars.ContextVar[FSAttentionState | None] = contextvars.ContextVar("fsllm_fs_attention", default=None)
+
+
+@contextlib.contextmanager
+def active_state(state: FSAttentionState | None) -> Iterator[FSAttentionState | None]:
+    """Within the block, every FS attention call without an ``fs_attention=`` keyword uses ``state``.
+
+    A context variable rather than a keyword argument: decoder layers that do not pass ``**kwargs``
+    on to their attention (StableLM, Nemotron, ...) are covered, and concurrent forwards in other
+    threads or tasks each see their own state.
+    """
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_state() -> FSAttentionState | None:
+    """The state of the forward in progress (``active_state``), or ``None``."""
+    return _ACTIVE.get()
+
+
+def carry_state_into_checkpointing(model: torch.nn.Module) -> None:
+    """Make every gradient-checkpointed layer of ``model`` restore the forward's FS state when it recomputes.
+
+    The recomputation runs in the backward, outside ``active_state``; without this it would compute the
+    backbone's own causal attention and give gradients of another model. Wraps the checkpoint function
+    transformers sets on each layer (``_gradient_checkpointing_func``) once; idempotent and cheap, so it
+    is called on every training forward (checkpointing may be switched on after the model is built).
+    """
+    for module in model.modules():
+        func = getattr(module, "_gradient_checkpointing_func", None)
+        if func is None or getattr(func, "_fsllm_carries_state", False):
+            continue
+
+        def checkpoint(function, *args, _func=func, **kwargs):
+            state = _ACTIVE.get()
+            if state is None:
+                return _func(function, *args, **kwargs)
+
+            @functools.wraps(function)
+            def with_state(*a, **k):
+                with active_state(state):
+                    return function(*a, **k)
+
+            return _func(with_state, *args, **kwargs)
+
+        checkpoint._fsllm_carries_state = True
+        module._gradient_checkpointing_func = checkpoint
 
 
 def _structure(
@@ -407,9 +478,14 @@ def backbone_is_bidirectional(config) -> bool:
     """Whether the backbone attends bidirectionally by its own config.
 
     Transformers has two switches: ``is_causal=False`` on any config (``create_causal_mask`` then
-    builds a bidirectional mask) and Gemma 3's ``use_bidirectional_attention=True``.
+    builds a bidirectional mask) and Gemma 3's ``use_bidirectional_attention=True`` (or ``"all"``). Gemma 4's
+    ``"vision"`` releases image tokens only: its text attention is causal.
     """
-    return getattr(config, "is_causal", True) is False or bool(getattr(config, "use_bidirectional_attention", False))
+    return getattr(config, "is_causal", True) is False or _bidirectional_flag(config)
+
+
+def _bidirectional_flag(config) -> bool:
+    return getattr(config, "use_bidirectional_attention", False) in (True, "all")
 
 
 def _native_mode(module: torch.nn.Module) -> str:
@@ -421,15 +497,58 @@ def _native_mode(module: torch.nn.Module) -> str:
 
 def _layer_window(module: torch.nn.Module, kwargs: dict) -> int | None:
     """The layer's sliding window in this file's convention: ``|i - j| < window`` is kept."""
-    window = kwargs.get("sliding_window")
-    if window is None:
-        window = getattr(module, "sliding_window", None)
     config = _config_of(module)
-    if window and getattr(config, "is_causal", True) is False and not getattr(config, "use_bidirectional_attention", False):
+    types, layer_idx = getattr(config, "layer_types", None), getattr(module, "layer_idx", None)
+    if types and layer_idx is not None and types[layer_idx] == "full_attention":
+        return None  # a full layer of a model whose attention modules all keep the window size (EXAONE 4)
+    window = kwargs.get("sliding_window")
+    if window is None and "sliding_window" not in kwargs:  # passed as None: the model says no window
+        window = getattr(module, "sliding_window", None)
+    if window and getattr(config, "is_causal", True) is False and not _bidirectional_flag(config):
         # transformers' ``sliding_window_bidirectional_overlay`` keeps |i - j| <= window (inclusive),
         # Gemma 3's bidirectional overlay |i - j| < window: keep each backbone's own
         window = window + 1
     return window
+
+
+def _layer_chunk(module: torch.nn.Module) -> int | None:
+    """The chunk size of a chunked attention layer (Llama 4: ``layer_types[i] == "chunked_attention"``), else ``None``."""
+    config = _config_of(module)
+    layer_idx = getattr(module, "layer_idx", None)
+    types = getattr(config, "layer_types", None)
+    if layer_idx is None or not types or types[layer_idx] != "chunked_attention":
+        return None
+    return getattr(config, "attention_chunk_size", None)
+
+
+def _chunk_allowed(chunk: int, key_padding: torch.Tensor | None, q_len: int, k_len: int, q_start: int, device
+                   ) -> torch.Tensor:
+    """``[B|1, 1, Q, K]`` bool: query and key in the same chunk of ``chunk`` positions (transformers' ``chunked_overlay``:
+    chunks start at the first real token, so a left-padded sentence is chunked as it is alone). FS modes release
+    attention inside a chunk; chunks never see each other, as in the backbone."""
+    i = torch.arange(q_start, q_start + q_len, device=device)
+    j = torch.arange(k_len, device=device)
+    if key_padding is None:
+        left = torch.zeros(1, dtype=torch.long, device=device)
+    else:
+        left = (~key_padding[:, 0, 0, :]).long().cumprod(-1).sum(-1)
+    left = left[:, None, None, None]
+    return torch.div(i[None, None, :, None] - left, chunk, rounding_mode="floor") == torch.div(
+        j[None, None, None, :] - left, chunk, rounding_mode="floor"
+    )
+
+
+def _is_score_bias(attention_mask: torch.Tensor | None, query: torch.Tensor) -> bool:
+    """Whether the attention function got a float mask with one row per query head and query: an additive score
+    bias a modeling file built on top of FS's key padding (Doge's dynamic mask), not a prepared causal mask
+    passed by the caller (those are ``[B, 1, Q, K]`` and stay refused)."""
+    return (
+        attention_mask is not None
+        and attention_mask.is_floating_point()
+        and attention_mask.dim() == 4
+        and attention_mask.shape[1] == query.shape[1] > 1
+        and attention_mask.shape[2] == query.shape[2]
+    )
 
 
 #: the query offset the mask builder attaches to the key padding it returns (see ``key_padding_mask``)
@@ -438,7 +557,7 @@ _Q_START = "fsllm_q_start"
 
 def _make_attention(base: str) -> Callable:
     def fs_attention_forward(module, query, key, value, attention_mask, **kwargs):
-        state: FSAttentionState | None = kwargs.pop("fs_attention", None)
+        state: FSAttentionState | None = kwargs.pop("fs_attention", None) or _ACTIVE.get()
         native = _native_mode(module)
         if state is None:  # called without FS state: behave as the unchanged model
             state = FSAttentionState(layer_modes=[native])
@@ -449,6 +568,13 @@ def _make_attention(base: str) -> Callable:
             mode = state.consult(layer_idx)
             if mode == "causal":  # "causal" is the backbone unchanged (bidirectional if it is by config)
                 mode = native
+        score_bias = None
+        if _is_score_bias(attention_mask, query):
+            # a per-head additive mask the modeling file computed from FS's key padding (Doge's dynamic mask):
+            # padding is in it already, the layer's pattern is added below
+            if base == "flex_attention":
+                raise FSLLMError(f"{type(module).__name__}: a per-head score mask needs attn_implementation sdpa or eager")
+            score_bias, attention_mask = attention_mask, None
         if attention_mask is not None and (
             attention_mask.dtype != torch.bool or attention_mask.dim() != 4 or attention_mask.shape[2] != 1
         ):
@@ -457,6 +583,9 @@ def _make_attention(base: str) -> Callable:
                 f"{tuple(attention_mask.shape)} ({attention_mask.dtype})"
             )
         window = _layer_window(module, kwargs)
+        chunk = _layer_chunk(module)
+        if chunk is not None and base == "flex_attention":
+            raise FSLLMError(f"{type(module).__name__}: chunked attention layers need attn_implementation sdpa or eager")
         q_len, k_len = query.shape[2], key.shape[2]
         q_start = getattr(attention_mask, _Q_START, k_len - q_len) if attention_mask is not None else k_len - q_len
         if window is not None and window >= max(q_len, k_len):
@@ -474,10 +603,18 @@ def _make_attention(base: str) -> Callable:
             window,
             query.dtype,
             query.device,
-            want_float=(base == "eager"),
+            want_float=(base == "eager" or score_bias is not None or chunk is not None),
             mode=mode,
             q_start=q_start,
         )
+        if chunk is not None:
+            mask = mask.masked_fill(~_chunk_allowed(chunk, attention_mask, q_len, k_len, q_start, query.device),
+                                    torch.finfo(mask.dtype).min)
+            use_is_causal = False
+        if score_bias is not None:
+            floor = torch.finfo(score_bias.dtype).min
+            mask = (score_bias + mask.to(score_bias.dtype)).clamp(min=floor)
+            use_is_causal = False
         if state.mask_observer is not None:
             state.mask_observer(layer_idx, mask)
         if base == "eager":
@@ -501,6 +638,7 @@ _STANDARD_MASK_PARTS = frozenset(
         "and_masks.<locals>.and_mask",
         "or_masks.<locals>.or_mask",
         "add_offsets_to_mask_function.<locals>.inner_mask",
+        "chunked_overlay.<locals>.inner_mask",  # reproduced per layer from the config (``_layer_chunk``)
     }
 )
 
@@ -591,18 +729,29 @@ def check_backbone(config) -> str:
 
     Returns ``"bidirectional"`` for a backbone that is bidirectional by its config (``is_causal=False``,
     Gemma 3's ``use_bidirectional_attention=True``; for it fsllm's ``causal`` mode is that bidirectional
-    attention), else ``"causal"``. Raises ``FSLLMError`` for encoder-decoders, chunked attention and
-    layer types other than full and sliding-window attention.
+    attention), else ``"causal"``. Raises ``FSLLMError`` for encoder-decoders, masked-LM encoders,
+    chunked attention without ``layer_types``, and layer types other than full, sliding-window and chunked
+    attention (linear attention, state-space and convolution layers stay causal: see docs/backbones.md).
     """
     arch = (getattr(config, "architectures", None) or [getattr(config, "model_type", type(config).__name__)])[0]
     if getattr(config, "is_encoder_decoder", False):
         raise FSLLMError(f"{arch}: an encoder-decoder; FS attention wraps decoder-only backbones")
-    if getattr(config, "attention_chunk_size", None):
-        raise FSLLMError(f"{arch}: chunked attention (attention_chunk_size) is not supported by FS attention")
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "model_type", None) in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise FSLLMError(f"{arch}: a bidirectional encoder (masked-LM family), not a decoder-only LLM; fine-tune it "
+                         "with transformers' AutoModelForSequenceClassification instead")
     layer_types = set(getattr(config, "layer_types", None) or ())
-    unknown = layer_types - {"full_attention", "sliding_attention"}
+    if getattr(config, "attention_chunk_size", None) and "chunked_attention" not in layer_types:
+        raise FSLLMError(f"{arch}: chunked attention (attention_chunk_size) without layer_types naming its chunked "
+                         "layers is not supported by FS attention")
+    unknown = layer_types - {"full_attention", "sliding_attention", "chunked_attention"}
     if unknown:
-        raise FSLLMError(f"{arch}: layer types {sorted(unknown)} are not supported by FS attention")
+        raise FSLLMError(
+            f"{arch}: layer types {sorted(unknown)} are not softmax attention (linear attention, state-space, "
+            "convolution or compressed layers stay causal), so FS attention cannot release the model; use a "
+            "pure-attention decoder (docs/backbones.md lists the exact ones)"
+        )
     return "bidirectional" if backbone_is_bidirectional(config) else "causal"
 
 

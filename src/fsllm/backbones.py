@@ -9,12 +9,14 @@ loads read directly.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +172,9 @@ def load_backbone(
 
     ``name_or_path`` is a built-in name (``fsllm models`` lists them), a local
     Hugging Face folder or a hub name. Only the decoder stack is loaded: the LM
-    head is dead weight for classification (and for SmolLM2 it is tied anyway).
+    head is dead weight for classification (and for SmolLM2 it is tied anyway). A multimodal
+    checkpoint whose text model is a decoder (every Gemma 3 from 4B, Llama 4) gives its language
+    model (``text_model_of``).
     ``quantize="4bit"`` loads the decoder's Linear layers in NF4 (``bnb_4bit_config``) and prepares
     the rest for training on them (``peft.prepare_model_for_kbit_training``: norms and embeddings
     in fp32), so LoRA and the head train on a 4-bit backbone (QLoRA).
@@ -199,6 +203,7 @@ def load_backbone(
             f"cannot load backbone {name_or_path!r} with attn_implementation={attn_implementation!r}: "
             + (str(e).strip().splitlines() or [type(e).__name__])[0]
         ) from e
+    model = text_model_of(model)  # a multimodal checkpoint (Gemma 3 from 4B): its language model
     model.config._name_or_path = name_or_path
     if quantize is not None:
         from peft import prepare_model_for_kbit_training
@@ -270,13 +275,27 @@ def load_tokenizer(name_or_path: str = "smollm2-135m", **kwargs) -> PreTrainedTo
     return tok
 
 
-def base_model_of(model: PreTrainedModel) -> PreTrainedModel:
-    """The decoder stack of a causal LM (``model.model``), or the model itself if it is one."""
-    prefix = getattr(model, "base_model_prefix", "model")
-    inner = getattr(model, prefix, None)
-    if isinstance(inner, PreTrainedModel) and inner is not model:
-        return inner
+def text_model_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The decoder a multimodal wrapper holds (``language_model``: Gemma 3 from 4B, Llama 4, Mllama...), else ``model``.
+
+    Every Gemma 3 checkpoint from 4B up loads as ``Gemma3ForConditionalGeneration``; its text model is an
+    ordinary decoder with its own config (``config.text_config``), which is all a text classifier needs.
+    """
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        for name in ("language_model", "text_model", getattr(model, "base_model_prefix", "model"), "model"):
+            inner = getattr(model, name, None)
+            if isinstance(inner, PreTrainedModel) and inner is not model:
+                model = inner
+                break
     return model
+
+
+def base_model_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The decoder stack of a causal LM (``model.model``), of a multimodal wrapper (its language model), or the
+    model itself if it is one."""
+    return text_model_of(model)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -291,21 +310,130 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return best
 
 
-def default_lora_targets(model: nn.Module) -> list[str]:
-    """Names of the Linear projections inside the decoder layers (attention and MLP).
+def _is_projection(module: nn.Module) -> bool:
+    """A Linear layer PEFT adapts: ``nn.Linear`` and its subclasses (quantised ones, Falcon's) or GPT-2's ``Conv1D``."""
+    from transformers.pytorch_utils import Conv1D
 
-    Found from the backbone's own structure, so Phi-3's fused ``qkv_proj`` and
-    ``gate_up_proj`` are covered as well as Llama's separate projections; the
-    embeddings, LM head and our classification head are never targeted.
-    """
-    names: set[str] = set()
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def _expert_or_router(path: str, layer: nn.Module) -> bool:
+    """Whether the module at ``path`` (inside a decoder layer) is an expert or a router of a mixture of experts:
+    inside a module named ``experts``, or beside one (the router, an expert gate)."""
+    parts = path.split(".")
+    if "experts" in parts[:-1]:
+        return True
+    parent = layer.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else layer
+    return hasattr(parent, "experts")
+
+
+def _projections(model: nn.Module) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Leaf name -> full paths of the projections of the decoder layers: ``(targeted by default, excluded)``."""
+    prefix = {id(m): n for n, m in model.named_modules()}
+    kept: dict[str, list[str]] = {}
+    excluded: dict[str, list[str]] = {}
     for layer in decoder_layers(model):
+        base = prefix[id(layer)]
         for name, module in layer.named_modules():
-            if isinstance(module, nn.Linear):
-                names.add(name.split(".")[-1])
-    if not names:
-        raise FSLLMError(f"no Linear layers found in the decoder layers of {type(model).__name__}")
-    return sorted(names)
+            if not name or not _is_projection(module):
+                continue
+            into = excluded if _expert_or_router(name, layer) else kept
+            into.setdefault(name.split(".")[-1], []).append(f"{base}.{name}")
+    return kept, excluded
+
+
+def default_lora_targets(model: nn.Module) -> list[str]:
+    """Names of the projections inside the decoder layers (attention and dense MLP).
+
+    Found from the backbone's own structure, so Phi-3's fused ``qkv_proj`` and ``gate_up_proj``
+    are covered as well as Llama's separate projections, and GPT-2's ``Conv1D`` as well as
+    ``nn.Linear``; the embeddings, LM head and our classification head are never targeted.
+    Mixture-of-experts routers and experts are left out (``lora_target_modules`` can name
+    expert parameters: ``lora_config``).
+    """
+    kept, _ = _projections(model)
+    if not kept:
+        raise FSLLMError(f"no Linear or Conv1D projections found in the decoder layers of {type(model).__name__}")
+    return sorted(kept)
+
+
+def _expert_parameters(model: nn.Module) -> dict[str, list[str]]:
+    """Leaf name -> full names of the expert weights stored as parameters (``[experts, out, in]``)."""
+    out: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        if name.split(".")[-1] != "experts":
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            if p.dim() == 3:
+                out.setdefault(pname, []).append(f"{name}.{pname}")
+    return out
+
+
+def lora_config(model: nn.Module, *, r: int, alpha: float, dropout: float, targets: list[str] | None = None,
+                **options: bool):
+    """The ``peft.LoraConfig`` fsllm adapts ``model`` with: the default targets or ``targets`` (names);
+    ``options`` are other ``LoraConfig`` fields (``use_rslora``, ``use_dora``).
+
+    A name is matched against the projections of the decoder layers (``nn.Linear``, ``Conv1D``) and against
+    expert weights stored as parameters (MoE families of transformers 5: ``experts.gate_up_proj``...). The
+    latter are adapted through PEFT's ``target_parameters`` (``ParamWrapper``), which has no dropout: naming
+    them with ``dropout != 0`` is refused here in one line. Routers and experts not named stay out
+    (``exclude_modules``), so a dense ``down_proj`` never drags in the experts of the same name.
+    """
+    from peft import LoraConfig
+
+    kept, excluded = _projections(model)
+    fs_default = targets is None
+    if targets is None:
+        targets = default_lora_targets(model)
+        params: list[str] = []
+    else:
+        experts = _expert_parameters(model)
+        params = sorted({full for t in targets for leaf, fulls in experts.items()
+                         if leaf == t or t.endswith("." + leaf) for full in fulls})
+        if params and dropout != 0:
+            raise FSLLMError(
+                f"LoRA on expert weights stored as parameters ({', '.join(sorted({p.split('.')[-1] for p in params}))}) "
+                f"needs lora_dropout=0 (PEFT's ParamWrapper has no dropout); got {dropout}: set --lora-dropout 0"
+            )
+        module_names = {n for names in (kept, excluded) for n in names}
+        targets = [t for t in targets if t.split(".")[-1] in module_names or t.split(".")[-1] not in experts]
+    named = set(targets)
+    if fs_default:
+        # a leaf name that is also the name of another kind of module (CTRL's feed-forward "0" and "2": "h.0" is a
+        # whole layer) would match that module too: name those projections by their full paths
+        others = {n.split(".")[-1] for n, m in model.named_modules() if n and not _is_projection(m)}
+        targets = sorted(t for t in targets if t not in others) + sorted(
+            p for t in targets if t in others for p in kept[t])
+    exclude = sorted(full for leaf, fulls in excluded.items() if leaf in named for full in fulls)
+    from transformers.pytorch_utils import Conv1D
+
+    # GPT-2's Conv1D stores its weight transposed ([in, out]): PEFT needs to be told (it would warn and set it)
+    chosen = [model.get_submodule(path) for leaf in named if leaf in kept for path in kept[leaf]]
+    conv1d = bool(chosen) and all(isinstance(m, Conv1D) for m in chosen)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or [], bias="none",
+                      exclude_modules=exclude or None, target_parameters=params or None, fan_in_fan_out=conv1d,
+                      **options)
+
+
+@contextlib.contextmanager
+def exact_lora_targets() -> Iterator[None]:
+    """Within the block PEFT takes the target names of a ``LoraConfig`` as they are.
+
+    For MoE families that transformers 5 restructured (Qwen2-MoE, GLM-4.5, DeepSeek, Mixtral...) PEFT rewrites
+    the names ``gate_proj``/``up_proj``/``down_proj``/``gate`` into the experts' fused parameters, so that an
+    adapter trained on transformers 4 still loads; for fsllm's targets, found on the transformers 5 model, that
+    would adapt the experts (refusing any dropout) instead of the dense projections of those names. fsllm's
+    adapters are written and read by this same code, so the rewrite never applies to them.
+    """
+    import peft.utils.transformers_weight_conversion as conversion
+
+    original = conversion.convert_peft_config_for_transformers
+    conversion.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        conversion.convert_peft_config_for_transformers = original
 
 
 def model_config_summary(name_or_path: str) -> dict:

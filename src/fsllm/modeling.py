@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from peft.utils import load_peft_weights
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -54,10 +54,11 @@ from .backbones import (
     BUILTIN_MODELS,
     base_model_of,
     decoder_layers,
-    default_lora_targets,
     dequantized_merge,
+    exact_lora_targets,
     is_quantized,
     load_backbone,
+    lora_config,
 )
 from .config import ATTENTION_MODES, FSConfig, FSLLMConfig, dtype_name, torch_dtype
 from .errors import ConfigError, ModelFolderError
@@ -150,7 +151,8 @@ class FSModel(PreTrainedModel):
         # Causal mode goes through the same wrapper too, so padding is handled the
         # same way in every mode (and fs_layers can mix modes).
         base.set_attn_implementation(fs_attention.fs_implementation_name(config.backbone_attn_implementation))
-        self.num_layers = len(decoder_layers(base))
+        # one mode per attention layer index (= per decoder layer, but for LongCat-Flash's two attentions per layer)
+        self.num_layers = fs_attention.attention_layer_count(base, len(decoder_layers(base)))
         self.fs_layer_ids = fs_config.resolve_layers(self.num_layers)
         modes = ["causal"] * self.num_layers
         for i in self.fs_layer_ids:
@@ -176,17 +178,11 @@ class FSModel(PreTrainedModel):
         for p in base.parameters():
             p.requires_grad_(fs_config.full_finetune)
         if fs_config.use_lora and not config.merged:
-            targets = fs_config.lora_target_modules or default_lora_targets(base)
-            lora = LoraConfig(
-                r=fs_config.lora_r,
-                lora_alpha=fs_config.lora_alpha,
-                lora_dropout=fs_config.lora_dropout,
-                target_modules=targets,
-                bias="none",
-                use_rslora=fs_config.use_rslora,
-                use_dora=fs_config.use_dora,
-            )
-            with warnings.catch_warnings():
+            # attention and dense projections by default; expert weights only when named (see lora_config)
+            lora = lora_config(base, r=fs_config.lora_r, alpha=fs_config.lora_alpha, dropout=fs_config.lora_dropout,
+                               targets=fs_config.lora_target_modules, use_rslora=fs_config.use_rslora,
+                               use_dora=fs_config.use_dora)
+            with warnings.catch_warnings(), exact_lora_targets():
                 # PEFT calls a transformers property deprecated in 5.x; not actionable for users
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
                 base = get_peft_model(base, lora)
@@ -249,7 +245,8 @@ class FSModel(PreTrainedModel):
             ref = backbone
             backbone = load_backbone(backbone, **load_kwargs)
         else:
-            ref = base_model_of(backbone).config._name_or_path
+            # a multimodal wrapper's text config may not know the checkpoint it came from: the wrapper's does
+            ref = getattr(backbone.config, "_name_or_path", "") or base_model_of(backbone).config._name_or_path
         base = base_model_of(backbone)
         quantized = is_quantized(base)
         impl = fs_attention.base_implementation_name(base.config._attn_implementation or "sdpa")
@@ -311,13 +308,16 @@ class FSModel(PreTrainedModel):
             decay_horizon_bias=self.decay_horizon_bias,
             mask_observer=self._mask_observer,
         )
-        out = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,
-            fs_attention=state,
-        )
+        if self.training and torch.is_grad_enabled():  # a checkpointed layer's recomputation must see the state too
+            fs_attention.carry_state_into_checkpointing(self.backbone)
+        # the state reaches attention through a context variable: no reliance on layers passing **kwargs down
+        with fs_attention.active_state(state):
+            out = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
         # a layer that never saw the state computed causal attention: fail rather than train on it
         state.check_complete(self.num_layers, type(self._base_model()).__name__, lambda: decoder_layers(self.backbone))
         return out.last_hidden_state if repeated is None else last_copy(out.last_hidden_state, repeated)
