@@ -571,38 +571,14 @@ def fs_train_config(cell: Cell, budget: Budget, run_dir: Path, lr: float | None 
 
 
 def fsllm_command(cfg) -> str:
-    """The ``fsllm train`` command equivalent to an FS cell's ``TrainConfig``."""
-    fs = cfg.fs
+    """The ``fsllm train`` command equivalent to an FS cell's ``TrainConfig`` (``fsllm.cli.train_command``:
+    every setting that differs from fsllm's defaults, so ``--precision fp32`` too, which ``auto`` is not)."""
+    from fsllm.cli import train_command
+
     out = Path(cfg.output_dir)
     if out.is_absolute() and out.is_relative_to(REPO):
         out = out.relative_to(REPO)  # commands in the results read the same on every checkout
-    parts = ["fsllm", "train", "--data", cfg.data, "--model", cfg.model, "--output", str(out),
-             "--epochs", f"{cfg.epochs:g}", "--batch-size", str(cfg.batch_size), "--lr", f"{cfg.learning_rate:g}",
-             "--max-length", str(cfg.max_length), "--train-subset", str(cfg.train_subset), "--seed", str(cfg.seed),
-             "--attention", fs.attention, "--pooling", fs.pooling, "--head", fs.head]
-    if cfg.dev_subset:
-        parts += ["--dev-subset", str(cfg.dev_subset)]
-    if cfg.eval_steps:
-        parts += ["--eval-steps", str(cfg.eval_steps)]
-    if cfg.test_subset:
-        parts += ["--test-subset", str(cfg.test_subset)]
-    if cfg.max_steps and cfg.max_steps > 0:
-        parts += ["--max-steps", str(cfg.max_steps)]
-    if cfg.early_stopping_patience:
-        parts += ["--early-stopping", str(cfg.early_stopping_patience)]
-    if not cfg.evaluate_test:
-        parts.append("--no-test")
-    if cfg.precision != "fp32":
-        parts += ["--precision", cfg.precision]
-    if cfg.warmup_ratio:
-        parts += ["--warmup-ratio", f"{cfg.warmup_ratio:g}"]
-    if fs.attention == "decay":
-        parts += ["--decay-lambda", f"{fs.decay_lambda:g}"]
-    if fs.learnable_lambda:
-        parts.append("--learnable-lambda")
-    if fs.fs_layers is not None:
-        parts += ["--fs-layers", fs.fs_layers if isinstance(fs.fs_layers, str) else ",".join(map(str, fs.fs_layers))]
-    return shlex.join(parts)
+    return shlex.join(["fsllm", *train_command(dataclasses.replace(cfg, output_dir=str(out)))])
 
 
 def _learned_lambdas(model_dir: Path) -> list[float] | None:

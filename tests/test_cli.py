@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from fsllm.cli import FS_DEST, MAIN_JOB_RECIPE, build_parser, load_recipe, main, train_config_from_args
+from fsllm.cli import FS_DEST, MAIN_JOB_RECIPE, build_parser, load_recipe, main, train_command, train_config_from_args
 from fsllm.config import FSConfig, TrainConfig
 from fsllm.errors import FSLLMError
 
@@ -179,3 +179,18 @@ def test_cli_train_refuses_bad_options_before_writing_anything(tmp_path, tiny_mo
     assert len(err) == 1 and err[0].startswith("fsllm: error: ") and message in err[0], err
     assert not run.exists()
     assert not any(default_runs.iterdir())
+
+
+@pytest.mark.parametrize("cfg", [
+    TrainConfig(data="conll2003", epochs=2.5, learning_rate=1.2345678e-3, precision="fp32", train_subset=1000, seed=3,
+                evaluate_test=False, group_by_length=False, backbone_dtype="bf16",
+                fs=FSConfig(attention="decay", decay_lambda=0.1, fs_layers=[0, -1], lora_target_modules=["q_proj", "v_proj"],
+                            repeat=2, use_lora=True, head="linear", ner_decoding="viterbi")),
+    TrainConfig(data="rt-polarity", learning_rate=[5e-4, 1e-3], grid_seeds=[42, 0], problem_type="regression",
+                fs=FSConfig(fs_layers="last:4", use_lora=False)),
+    TrainConfig(),  # every default: still --data, or the command would be the main job's recipe
+])
+def test_train_command_rebuilds_its_config_through_the_cli(cfg):
+    args = train_command(cfg)
+    assert args[:3] == ["train", "--data", cfg.data]
+    assert train_config_from_args(build_parser().parse_args(args)) == cfg

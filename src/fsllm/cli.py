@@ -152,6 +152,41 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, title: str
                                 help=f"{what} (the same as {names[0]} {value})")
 
 
+def _flag_value(value: Any) -> str:
+    """A field's value as its option reads it back (``repr`` keeps every digit of a float; lists comma-joined)."""
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_flag_value(v) for v in value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _dataclass_flags(obj: Any, always: Sequence[str] = ()) -> list[str]:
+    """The options of :func:`add_dataclass_options` that rebuild ``obj`` from its class's defaults: one per
+    field whose value is not its default (and per field named in ``always``)."""
+    out: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if value == default and f.name not in always:
+            continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(value, bool):
+            out.append(flag if value else f"--no-{f.name.replace('_', '-')}")
+        else:
+            out += [flag, _flag_value(value)]
+    return out
+
+
+def train_command(cfg: Any) -> list[str]:
+    """The ``fsllm train`` arguments that give back ``cfg`` (a ``TrainConfig``): ``--data`` always (without
+    it the command would start from the main job's recipe), then every field that differs from its default,
+    generated from the same field metadata that builds the options, so a new field needs no edit here."""
+    return ["train", *_dataclass_flags(cfg, always=("data",)), *_dataclass_flags(cfg.fs)]
+
+
 def train_config_from_args(a: argparse.Namespace):
     """The ``TrainConfig`` of ``fsllm train``: ``--config FILE`` (or, without --data, the main job), then
     every flag given on top."""
