@@ -127,11 +127,24 @@ HF_NATIVE = Row("hf-native", "hf-native", multi_seed=True, primary=True,
 DECAY_01_SEEDS = _fs("fs-decay-0.1", multi=True, attention="decay", decay_lambda=0.1, note="weighted mask exp(-0.1 d)")
 LINEAR = _fs("fs-linear", multi=True, head="linear", note="fs-bidirectional with hf-native's kind of head: RMSNorm -> linear")
 
+# The accuracy levers (docs/levers.md), each alone, screened at NER 1,000 against fs-bidirectional at the
+# same rate and paired by seed (fs-decay-0.1 above is one of them); constrained decoding and mean sub-token
+# scores read the same trained models (benchmarks/ner_decoding.py), so they need no row
+LEVERS = [
+    _fs("fs-repeat2-causal", multi=True, attention="causal", repeat=2,
+        note="sequence repetition: the text twice under the causal mask, labels from the second copy"),
+    _fs("fs-repeat2", multi=True, repeat=2, note="sequence repetition with the bidirectional mask"),
+    _fs("fs-lambda-schedule", multi=True, attention="decay", decay_lambda=0.0, train={"lambda_schedule": "linear"},
+        note="decay lambda annealed linearly from 10 (near causal) to 0 (bidirectional) over training"),
+    _fs("fs-dora", multi=True, use_dora=True, note="DoRA at fsllm's LoRA rank 8"),
+    _fs("fs-r16-rslora", multi=True, lora_r=16, use_rslora=True, note="LoRA rank 16 with rsLoRA scaling"),
+]
+
 TABLE_ROWS: dict[str, list[Row]] = {
     "ner": [
         FS_BIDIR,
         _fs("causal", multi=True, primary=True, attention="causal", note="'w/o FS': the backbone's causal mask"),
-        HF_NATIVE, DECAY_01_SEEDS, *DECAYS[1:], LEARNABLE, LAST_HALF, BF16, LINEAR, ZERO, IT, MINILM, MPNET,
+        HF_NATIVE, DECAY_01_SEEDS, *DECAYS[1:], LEARNABLE, LAST_HALF, BF16, LINEAR, *LEVERS, ZERO, IT, MINILM, MPNET,
     ],
     **{
         t: [
