@@ -426,8 +426,11 @@ def exact_lora_targets() -> Iterator[None]:
     would adapt the experts (refusing any dropout) instead of the dense projections of those names. fsllm's
     adapters are written and read by this same code, so the rewrite never applies to them.
     """
-    import peft.utils.transformers_weight_conversion as conversion
-
+    try:
+        import peft.utils.transformers_weight_conversion as conversion
+    except ImportError:  # a PEFT from before the rewrite: the names are taken as they are already
+        yield
+        return
     original = conversion.convert_peft_config_for_transformers
     conversion.convert_peft_config_for_transformers = lambda *args, **kwargs: None
     try:
