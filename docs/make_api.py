@@ -19,6 +19,8 @@ import re
 import sys
 from pathlib import Path
 
+import torch
+
 OUT = Path(__file__).resolve().parent / "api.md"
 
 
@@ -49,8 +51,12 @@ def _fields(cls) -> list[str]:
 
 
 def _methods(cls) -> list[str]:
+    """The public methods ``cls`` defines, and those of its fsllm mixins (``FSModel`` takes its folder
+    methods from ``fsllm.persistence.FolderMixin``); not those of transformers' or torch's bases."""
     out = []
-    for name, member in vars(cls).items():
+    mixins = [b for b in cls.__bases__ if b.__module__.startswith("fsllm.") and not issubclass(b, torch.nn.Module)]
+    members = {name: member for c in (cls, *mixins) for name, member in vars(c).items()}
+    for name, member in members.items():
         if name.startswith("_") or not (inspect.isfunction(member) or isinstance(member, (classmethod, staticmethod))):
             continue
         fn = member.__func__ if isinstance(member, (classmethod, staticmethod)) else member
