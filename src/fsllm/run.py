@@ -78,11 +78,11 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     folder = Path(folder)
     if not folder.is_dir():
         return None
+    # the head of a small folder, or the whole model of a fully fine-tuned one (FSConfig.full_finetune)
+    weights = (HEAD_NAME, "model.safetensors", "model.safetensors.index.json")
     found = []
     for d in folder.iterdir():
         step = checkpoint_step(d)
-        # the head of a small folder, or the whole model of a fully fine-tuned one (FSConfig.full_finetune)
-        weights = (HEAD_NAME, "model.safetensors", "model.safetensors.index.json")
         if step is not None and (d / TRAINER_STATE_FILE).is_file() and any((d / w).is_file() for w in weights):
             found.append((step, d))
     return str(max(found)[1]) if found else None

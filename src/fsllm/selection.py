@@ -45,7 +45,7 @@ from transformers import TrainerCallback
 
 from . import atomic
 from .backbones import is_quantized, load_tokenizer
-from .config import TrainConfig
+from .config import TrainConfig, torch_dtype
 from .errors import FSLLMError
 from .evaluation import evaluate_examples
 from .metrics import LOWER_IS_BETTER
@@ -246,8 +246,9 @@ def _score(model, tokenizer, examples: Sequence[dict], cfg: TrainConfig) -> tupl
     if not is_quantized(model.backbone):
         model.to(device)
     model.eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    # the run's resolved precision (fp32: no autocast), through the config's own dtype names
+    fp32 = cfg.precision == "fp32"
+    ctx = contextlib.nullcontext() if fp32 else torch.autocast(device.type, dtype=torch_dtype(cfg.precision))
     with ctx:
         return evaluate_examples(model, tokenizer, examples, cfg.max_length, cfg.eval_batch_size, progress="test")
 
