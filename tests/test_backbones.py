@@ -295,3 +295,27 @@ def test_gemma4_vision_only_bidirectional_flag_keeps_text_attention_causal():
     config = tiny_config("gemma4_unified_text")
     assert config.use_bidirectional_attention == "vision"
     assert not backbone_is_bidirectional(config) and check_backbone(config) == "causal"
+
+
+@pytest.mark.parametrize("name", ["/no/such/model", "./no-such-model", "models/no/such"])
+def test_missing_local_model_folder_is_one_line(name):
+    """A model name that can only be a local folder, and is missing, is refused by name before any
+    loader runs, with what may be named instead (not the Hub client's remark about repository ids)."""
+    with pytest.raises(FSLLMError, match=r"no such folder.*smollm2-135m"):
+        load_backbone(name)
+
+
+def test_cli_names_the_missing_model_folder(tmp_path, capsys):
+    code = main(["train", "--model", "/no/such/model", "--data", "conll2003", "--max-steps", "1",
+                 "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code != 0 and "model '/no/such/model': no such folder" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_hub_ids_and_existing_folders_pass_through(tmp_path):
+    from fsllm.backbones import resolve_backbone_path
+
+    assert resolve_backbone_path("owner/name") == "owner/name"
+    assert resolve_backbone_path("name") == "name"
+    assert resolve_backbone_path(str(tmp_path)) == str(tmp_path)

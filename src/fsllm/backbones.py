@@ -128,11 +128,25 @@ def builtin_model_path(name: str) -> Path:
     return target
 
 
+def looks_like_local_path(name_or_path: str) -> bool:
+    """Whether a model name can only mean a folder on this machine: a Hub id is ``name`` or ``owner/name``,
+    never absolute, never starting with ``.`` or ``~``, never with two slashes."""
+    s = str(name_or_path)
+    return os.path.isabs(s) or s.startswith((".", "~")) or s.count("/") > 1 or os.sep in s.replace("/", "", 1)
+
+
 def resolve_backbone_path(name_or_path: str) -> str:
-    """Map a built-in name to its converted folder; pass local folders and hub names through."""
+    """Map a built-in name to its converted folder; pass local folders and hub names through.
+
+    A name that can only be a local folder and does not exist fails here, in one line, instead of as
+    the Hub client's complaint about repository ids deep inside ``from_pretrained``.
+    """
     if name_or_path in BUILTIN_MODELS:
         return str(builtin_model_path(name_or_path))
-    return name_or_path
+    if looks_like_local_path(name_or_path) and not os.path.exists(os.path.expanduser(str(name_or_path))):
+        raise FSLLMError(f"model {name_or_path!r}: no such folder; name a local model folder, a Hub id "
+                         f"(owner/name) or a built-in model ({', '.join(BUILTIN_MODELS)})")
+    return os.path.expanduser(str(name_or_path)) if str(name_or_path).startswith("~") else name_or_path
 
 
 #: backbone quantisations ``load_backbone(quantize=...)`` knows: "4bit" is QLoRA's NF4
@@ -269,7 +283,10 @@ def load_tokenizer(name_or_path: str = "smollm2-135m", **kwargs) -> PreTrainedTo
     attended to: padding keys are always masked).
     """
     path = resolve_backbone_path(name_or_path)
-    tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    except OSError as e:  # a Hub id that is not cached and cannot be fetched, a folder without a tokenizer
+        raise FSLLMError(f"cannot load the tokenizer of {name_or_path!r}: {e}".splitlines()[0]) from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
