@@ -19,6 +19,10 @@ Every trained baseline can defer its test evaluation (``evaluate_test=False``: t
 weights are saved under ``RUN/model`` and ``score_saved_test`` scores them later), which is how
 a learning-rate grid scores the test split once, for the configuration dev chose.
 
+Every trained baseline trains through fsllm's ``FSTrainer`` (``baseline_trainer``): its dev evaluation is the
+baseline's own scoring, the best evaluation's checkpoint is reloaded at the end (``load_best_model_at_end``),
+patience is the stock ``EarlyStoppingCallback`` and a resumed run continues from the stock trainer state.
+
 Every ``run_*`` function uses the same training/dev/test subsets as ``fsllm.training.train``
 (``fsllm.training.seeded_subset`` with the same seed), writes a run folder (``metrics.json``,
 ``train_log.jsonl`` in the format of FS runs, predictions) and returns the metrics dict
@@ -576,7 +580,9 @@ def resumable_dir(run_dir: Path, settings: dict) -> tuple[Path, str | None]:
     run_dir = Path(run_dir)
     settings = json.loads(json.dumps(settings))
     saved = run_dir / RUN_SETTINGS
-    if saved.is_file() and json.loads(saved.read_text()) == settings and not (run_dir / "metrics.json").exists():
+    # a run of the earlier trainer kept its dev selection in selection.json, which its checkpoints lack: start over
+    if saved.is_file() and json.loads(saved.read_text()) == settings and not (run_dir / "metrics.json").exists() \
+            and not (run_dir / "selection.json").exists():
         folder = RunFolder(run_dir).checkpoints_dir
         ckpts = sorted((d for d in folder.iterdir() if checkpoint_step(d) is not None), key=checkpoint_step) \
             if folder.is_dir() else []

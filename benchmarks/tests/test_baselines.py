@@ -422,8 +422,10 @@ class ScriptedDev:
         self.scores, self.trainer = scores, None
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
         self.seen: dict[bytes, dict] = {}
+        self.calls: list[int] = []  # the step of each call
 
     def __call__(self, model) -> dict:
+        self.calls.append(self.trainer.state.global_step)
         key = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
         if key not in self.seen:
             step = self.trainer.state.global_step
@@ -464,7 +466,7 @@ def test_baseline_selection_keeps_the_first_best_evaluation_and_stops_after_pati
     assert type(trainer._get_train_sampler()).__name__ == "LengthGroupedSampler"
     assert not isinstance(trainer._get_train_sampler(), EpochSeededLengthGroupedSampler)
     train = B.train_on_dev(trainer, tmp_path / "run")
-    assert sorted(dev.weights) == [2, 4, 6, 8]  # stopped: 6 ties, 8 is lower, so 10 (0.9) is never reached
+    assert dev.calls == [2, 4, 6, 8]  # stopped: 6 ties, 8 is lower, so 10 (0.9) is never reached
     assert train["train"]["steps"] == 8
     assert train["train"]["best_step"] == 4 and train["train"]["best_dev_metric"] == 0.7
     assert _same_weights(trainer.model, dev.weights[4]) and not _same_weights(trainer.model, dev.weights[6])
@@ -479,7 +481,7 @@ def test_baseline_selection_evaluates_the_last_step_and_can_keep_it(tmp_path):
     once, and those final weights compete."""
     trainer, dev = _scripted_run(tmp_path, "run", {2: 0.5, 4: 0.6, 5: 0.8}, epochs=1, max_steps=5)
     train = B.train_on_dev(trainer, tmp_path / "run")
-    assert sorted(dev.weights) == [2, 4, 5] and train["train"]["best_step"] == 5
+    assert dev.calls == [2, 4, 5] and train["train"]["best_step"] == 5
     assert _same_weights(trainer.model, dev.weights[5])
 
 
@@ -508,7 +510,7 @@ def test_a_resumed_baseline_keeps_the_best_evaluation_made_before_the_interrupti
     resumed, resumed_dev = _scripted_run(tmp_path, "cut", scores, epochs=10, patience=3, resumable=True)
     resumed_dev.seen = cut_dev.seen  # the same evaluator: what the weights scored before the interruption
     train = B.train_on_dev(resumed, tmp_path / "cut", str(checkpoint))
-    assert sorted(resumed_dev.weights) == [8, 10]  # only the evaluations after the checkpoint run again
+    assert resumed_dev.calls == [8, 10]  # only the evaluations after the checkpoint run again
     assert train["train"]["resumed_from_step"] == 6
     assert train["train"]["best_step"] == whole_train["train"]["best_step"]
     assert train["train"]["best_dev_metric"] == whole_train["train"]["best_dev_metric"]
@@ -704,6 +706,21 @@ def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_p
              if "eval_f1" in x]
     assert steps == [3, 6, 9]  # the evaluations after the checkpoint are not logged twice
     assert not (tmp_path / "cut" / "checkpoints").exists()
+
+
+def test_a_run_folder_of_the_earlier_baseline_trainer_starts_over(tmp_path):
+    """Its checkpoints hold no dev selection (that was in selection.json): resuming them would forget the best."""
+    settings = {"method": "hf-native", "seed": 0}
+    for name, old_trainer in (("new", False), ("old", True)):
+        run_dir, resume = B.resumable_dir(tmp_path / name, settings)
+        assert resume is None
+        (run_dir / "checkpoints" / "checkpoint-3").mkdir(parents=True)
+        (run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+        if old_trainer:
+            (run_dir / "selection.json").write_text("[[3, 0.5]]")
+        run_dir, resume = B.resumable_dir(tmp_path / name, settings)
+        assert (resume is None) == old_trainer, name
+        assert (run_dir / "checkpoints").is_dir() != old_trainer
 
 
 def test_an_fs_run_folder_written_before_a_new_option_existed_is_still_the_same_run(tmp_path):
