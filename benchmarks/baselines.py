@@ -19,6 +19,10 @@ Every trained baseline can defer its test evaluation (``evaluate_test=False``: t
 weights are saved under ``RUN/model`` and ``score_saved_test`` scores them later), which is how
 a learning-rate grid scores the test split once, for the configuration dev chose.
 
+Every trained baseline trains through fsllm's ``FSTrainer`` (``baseline_trainer``): its dev evaluation is the
+baseline's own scoring, the best evaluation's checkpoint is reloaded at the end (``load_best_model_at_end``),
+patience is the stock ``EarlyStoppingCallback`` and a resumed run continues from the stock trainer state.
+
 Every ``run_*`` function uses the same training/dev/test subsets as ``fsllm.training.train``
 (``fsllm.training.seeded_subset`` with the same seed), writes a run folder (``metrics.json``,
 ``train_log.jsonl`` in the format of FS runs, predictions) and returns the metrics dict
@@ -433,107 +437,20 @@ def right_padding_collator(task: str, tokenizer):
 # ============================================================================ training with dev selection
 
 
-def _numeric(m: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _make_trainer_cls():
-    from transformers import Trainer, TrainerCallback
-
-    class EvalAtEnd(TrainerCallback):
-        """Evaluate at the last step too (without forcing a checkpoint); "steps" strategy only
-        (with "epoch" the epoch end evaluates it already)."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps and args.eval_strategy == "steps":
-                control.should_evaluate = True
-            return control
-
-    class SelectOnDevTrainer(Trainer):
-        """``Trainer`` whose evaluation is a function of the model (the same scoring as the final
-        evaluation) and which keeps, in memory, the trainable weights of the best dev evaluation."""
-
-        def __init__(self, *args, dev_eval: Callable, metric: str, patience: int | None = None,
-                     state_dir: Path | None = None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.dev_eval = dev_eval
-            self.metric = metric
-            self.patience = patience  # stop after this many evaluations without a new best (None: never)
-            self.since_best = 0
-            self.best: tuple[float, int, dict | None, dict] | None = None  # score, step, weights, dev metrics
-            self.state_dir = state_dir  # where the selection is kept for a resumed run (None: memory only)
-            self.history: list[list[float]] = []
-
-        def restore_selection(self, step: int) -> None:
-            """The selection of an interrupted run, up to the checkpoint it resumes from (``step``).
-
-            Evaluations after the checkpoint are dropped: training replays them. A best one among
-            them is dropped too, its weights come back when the replay reaches it again."""
-            assert self.state_dir is not None
-            path = self.state_dir / SELECTION
-            self.history = [h for h in json.loads(path.read_text()) if h[0] <= step] if path.is_file() else []
-            if not self.history:
-                return
-            k = max(range(len(self.history)), key=lambda i: (self.history[i][1], -i))
-            score, at = self.history[k][1], int(self.history[k][0])
-            self.since_best = len(self.history) - 1 - k
-            saved = torch.load(self.state_dir / SELECTION_BEST, weights_only=False) \
-                if (self.state_dir / SELECTION_BEST).is_file() else None
-            if saved is not None and saved["step"] == at:
-                self.best = (score, at, saved["weights"], saved["metrics"])
-            else:
-                self.best = (score, at, None, {})
-
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-            start = time.time()
-            m = self.dev_eval(self.model)
-            out = {f"{metric_key_prefix}_{k}": v for k, v in _numeric(m).items()}
-            out[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
-            score = out[f"{metric_key_prefix}_{self.metric}"]
-            step = self.state.global_step
-            if self.best is None or score > self.best[0] or (self.best[1] == step and self.best[2] is None):
-                snap = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-                self.best = (score, step, snap, m)
-                self.since_best = 0
-                if self.state_dir is not None:
-                    tmp = self.state_dir / (SELECTION_BEST + ".tmp")
-                    torch.save({"step": step, "weights": snap, "metrics": m}, tmp)
-                    os.replace(tmp, self.state_dir / SELECTION_BEST)
-            else:
-                self.since_best += 1
-            self.history = [h for h in self.history if h[0] != step] + [[step, score]]
-            if self.state_dir is not None:
-                write_json(self.state_dir / SELECTION, self.history)
-            self.log(out)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, out)
-            if self.patience is not None and self.since_best >= self.patience:
-                self.control.should_training_stop = True
-            return out
-
-        def restore_best(self) -> None:
-            if self.best is None:
-                return
-            if self.best[2] is None:
-                raise RuntimeError(f"the weights of the best evaluation (step {self.best[1]}) were not replayed")
-            params = dict(self.model.named_parameters())
-            with torch.no_grad():
-                for n, v in self.best[2].items():
-                    params[n].copy_(v)
-
-    return SelectOnDevTrainer, EvalAtEnd
-
-
-def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, seed: int, eval_steps: int | None,
-                   max_steps: int = -1, has_dev: bool = True, checkpoints: bool = False, bf16: bool = False,
-                   warmup_ratio: float = 0.0):
-    """The baselines' ``TrainingArguments``; with ``checkpoints``, one checkpoint is kept, written after
-    each dev evaluation, for a run that may have to resume; ``bf16``: bf16 autocast, as fsllm's
+def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, seed: int, eval_steps: int,
+                   metric: str, max_steps: int = -1, has_dev: bool = True, checkpoints: bool = False,
+                   bf16: bool = False, warmup_ratio: float = 0.0):
+    """The baselines' ``TrainingArguments``: a dev evaluation every ``eval_steps`` steps, each followed by a
+    checkpoint, and the best one by ``metric`` reloaded at the end (the stock ``load_best_model_at_end``;
+    ``save_total_limit=1`` keeps the best and the last). With ``checkpoints`` (a run that may resume) they
+    hold the whole training state, else the weights alone; ``bf16``: bf16 autocast, as fsllm's
     ``precision="bf16"``; ``warmup_ratio``: the share of steps warming the rate up, as fsllm's."""
     from transformers import TrainingArguments
 
-    save = dict(save_strategy="steps", save_steps=eval_steps, save_total_limit=1) if checkpoints and eval_steps \
-        else dict(save_strategy="no")
+    from fsllm.metrics import LOWER_IS_BETTER
 
+    save = dict(save_strategy="steps", save_steps=eval_steps, save_total_limit=1, save_only_model=not checkpoints) \
+        if has_dev or checkpoints else dict(save_strategy="no")
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=epochs,
@@ -541,9 +458,13 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
         warmup_steps=float(warmup_ratio),  # a float in [0, 1) is a ratio of the total steps, as in fsllm
-        eval_strategy="no" if not has_dev else ("steps" if eval_steps else "epoch"),
+        eval_strategy="steps" if has_dev else "no",
         eval_steps=eval_steps,
         **save,
+        load_best_model_at_end=has_dev,
+        metric_for_best_model=metric if has_dev else None,
+        greater_is_better=metric not in LOWER_IS_BETTER,
+        restore_callback_states_from_checkpoint=True,  # a resumed run keeps its patience count
         logging_steps=10,
         logging_first_step=True,
         seed=seed,
@@ -558,38 +479,41 @@ def _training_args(run_dir: Path, *, epochs: float, batch_size: int, lr: float, 
     )
 
 
-def select_on_dev_trainer(
+def baseline_trainer(
     model, run_dir: Path, feats: Sequence[dict], collator: Callable, dev_eval: Callable, *, has_dev: bool, metric: str,
     epochs: float, batch_size: int, lr: float, seed: int, evals_per_epoch: int, max_steps: int = -1,
     patience: int | None = None, resumable: bool = False, callbacks: Sequence = (), bf16: bool = False,
     warmup_ratio: float = 0.0,
 ):
-    """The trainer of every trained baseline: trains on ``feats``, scores the model with ``dev_eval``
-    ``evals_per_epoch`` times per epoch and at the end, keeps the best weights by ``metric`` (stopping
-    after ``patience`` evaluations without a new best, as FS runs' ``early_stopping_patience``) and
-    logs to ``train_log.jsonl`` in the format of FS runs. ``resumable``: checkpoints and the selection
-    are kept in ``run_dir`` so that ``train_with_selection(trainer, resume_from=...)`` can continue.
-    ``callbacks``: more ``TrainerCallback``s (a benchmark's step meter); ``bf16``: bf16 autocast;
-    ``warmup_ratio``: the share of the steps warming the learning rate up (fsllm's ``warmup_ratio``)."""
+    """fsllm's ``FSTrainer`` for a trained baseline: trains on ``feats``, scores the model with ``dev_eval``
+    (model -> dev metrics) ``evals_per_epoch`` times per epoch and at the last step, keeps the weights of
+    the best evaluation by ``metric`` (the first of equal ones), stops after ``patience`` evaluations
+    without a new best (the stock ``EarlyStoppingCallback``, as FS runs' ``early_stopping_patience``) and
+    logs to ``train_log.jsonl`` in the format of FS runs. ``resumable``: the checkpoints hold what
+    ``train_on_dev(trainer, run_dir, resume_from=...)`` continues from. ``callbacks``: more
+    ``TrainerCallback``s (a benchmark's step meter); ``bf16``: bf16 autocast; ``warmup_ratio``: the share
+    of the steps warming the learning rate up (fsllm's ``warmup_ratio``)."""
     import datasets
+    from transformers import EarlyStoppingCallback
 
-    from fsllm.training import JsonlLogCallback
+    from fsllm.training import EvaluateAtEndCallback, FSTrainer, JsonlLogCallback
 
     train_ds = datasets.Dataset.from_list(list(feats))
-    Trainer, EvalAtEnd = _make_trainer_cls()
-    return Trainer(
+    cbs = [JsonlLogCallback(Path(run_dir) / "train_log.jsonl"), EvaluateAtEndCallback(), *callbacks]
+    if patience is not None and has_dev:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=patience))
+    return FSTrainer(
         model=model,
-        args=_training_args(run_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        args=_training_args(Path(run_dir), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, metric=metric,
                             eval_steps=eval_steps_for(len(feats), batch_size, evals_per_epoch), max_steps=max_steps,
                             has_dev=has_dev, checkpoints=resumable, bf16=bf16, warmup_ratio=warmup_ratio),
         train_dataset=train_ds,
         eval_dataset=train_ds if has_dev else None,  # a placeholder: evaluation is ``dev_eval`` on the dev examples
         data_collator=collator,
-        callbacks=[JsonlLogCallback(run_dir / "train_log.jsonl"), EvalAtEnd(), *callbacks],
-        dev_eval=dev_eval,
-        metric=metric,
-        patience=patience,
-        state_dir=Path(run_dir) if resumable else None,
+        callbacks=cbs,
+        evaluator=dev_eval if has_dev else None,
+        # the stock length-grouped order: the committed baseline cells were trained in it
+        epoch_seeded_order=False,
     )
 
 
@@ -647,8 +571,6 @@ def _prep_dir(run_dir: Path) -> Path:
 
 
 RUN_SETTINGS = "run_settings.json"  # what a resumable baseline run was started with
-SELECTION = "selection.json"  # the dev evaluations so far: [[step, score], ...]
-SELECTION_BEST = "selection_best.pt"  # the trainable weights of the best one
 
 
 def resumable_dir(run_dir: Path, settings: dict) -> tuple[Path, str | None]:
@@ -658,7 +580,9 @@ def resumable_dir(run_dir: Path, settings: dict) -> tuple[Path, str | None]:
     run_dir = Path(run_dir)
     settings = json.loads(json.dumps(settings))
     saved = run_dir / RUN_SETTINGS
-    if saved.is_file() and json.loads(saved.read_text()) == settings and not (run_dir / "metrics.json").exists():
+    # a run of the earlier trainer kept its dev selection in selection.json, which its checkpoints lack: start over
+    if saved.is_file() and json.loads(saved.read_text()) == settings and not (run_dir / "metrics.json").exists() \
+            and not (run_dir / "selection.json").exists():
         folder = RunFolder(run_dir).checkpoints_dir
         ckpts = sorted((d for d in folder.iterdir() if checkpoint_step(d) is not None), key=checkpoint_step) \
             if folder.is_dir() else []
@@ -677,23 +601,20 @@ def _strip(m: dict | None) -> dict | None:
     return {k: v for k, v in m.items() if k not in ("confusion_matrix",)}
 
 
-def train_with_selection(trainer, resume_from: str | None = None) -> dict[str, Any]:
-    """Train (or continue from the checkpoint ``resume_from``), restore the weights of the best dev
-    evaluation; the ``trainable_params`` and ``train`` entries of the run's metrics."""
+def train_on_dev(trainer, run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
+    """Train (or continue from the checkpoint ``resume_from``) a ``baseline_trainer``, which ends on the
+    weights of the best dev evaluation; the ``trainable_params`` and ``train`` entries of the run's metrics."""
     t0 = time.time()
     if resume_from:
-        step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
-        trainer.restore_selection(step)
-        RunFolder(trainer.state_dir).truncate_log(step)  # a resumed run writes them again
+        step = json.loads((Path(resume_from) / TRAINER_STATE_FILE).read_text())["global_step"]
+        RunFolder(run_dir).truncate_log(step)  # a resumed run writes them again
     out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.time() - t0
-    trainer.restore_best()
-    best = trainer.best
-    if trainer.state_dir is not None:  # training is over: what a resume needed goes
-        shutil.rmtree(Path(trainer.args.output_dir), ignore_errors=True)
-        (Path(trainer.state_dir) / SELECTION_BEST).unlink(missing_ok=True)
-    train = {"steps": trainer.state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
-             "best_step": best[1] if best else None, "best_dev_metric": best[0] if best else None}
+    state = trainer.state
+    best = state.best_model_checkpoint is not None
+    shutil.rmtree(Path(trainer.args.output_dir), ignore_errors=True)  # training is over: what a resume needed goes
+    train = {"steps": state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
+             "best_step": state.best_global_step if best else None, "best_dev_metric": state.best_metric if best else None}
     if resume_from:  # seconds and loss then cover the resumed part only
         train["resumed_from_step"] = step
     return {"trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad), "train": train}
@@ -704,11 +625,14 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], splits: Sequence[tuple[st
     """Score ``splits`` (each ``(name, examples)``; empty ones are skipped) with ``evaluate(name, examples)``, write
     ``predictions_<split>.jsonl`` and ``metrics.json``; the end of every baseline run.
 
-    With a ``trainer`` that selected on dev, the selected evaluation is the dev result (scoring is
-    deterministic: the same weights are not scored on dev again).
+    With a ``trainer`` that selected on dev (``metrics["train"]["best_step"]``), the selected evaluation is
+    the dev result: scoring is deterministic, so the same weights are not scored on dev again, unless the
+    run resumed after that evaluation (its weights, reloaded, then score what they scored).
     """
-    if trainer is not None and trainer.best is not None:
-        metrics["dev"] = _strip(trainer.best[3])
+    best_step = metrics.get("train", {}).get("best_step")
+    if trainer is not None and best_step is not None:
+        selected = trainer.evaluations.get(best_step)
+        metrics["dev"] = _strip(selected if selected is not None else trainer.evaluator(trainer.model))
         splits = [(name, exs) for name, exs in splits if name != "dev"]
     for split, exs in splits:
         if not exs:
@@ -786,7 +710,7 @@ def run_instruction_tuning(
         return evaluate_scoring(m, tok, spec, sp.task, sp.dev, sp.labels, max_length, eval_batch_size, max_new_tokens,
                                 progress="dev")[0]
 
-    trainer = select_on_dev_trainer(
+    trainer = baseline_trainer(
         model, run_dir, feats, right_padding_collator("token", tok),  # prompt + answer tokens, labels -100 on the prompt
         dev_eval, has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps,
@@ -795,7 +719,7 @@ def run_instruction_tuning(
         "task": sp.task, "data": data, "data_source": sp.source, "method": "instruction-tuned",
         "prompt": spec.instruction, "chat_template": uses_chat(tok), "primary_metric": metric,
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)}, **cuts,
-        **train_with_selection(trainer),
+        **train_on_dev(trainer, run_dir),
     }
     return finish_run(
         run_dir, metrics, (("dev", sp.dev), ("test", sp.test)),
@@ -995,7 +919,7 @@ def run_encoder(
             feats.append(f)
 
     metric = primary_metric(sp.task, sp.problem_type)
-    trainer = select_on_dev_trainer(
+    trainer = baseline_trainer(
         model, run_dir, feats, right_padding_collator(sp.task, tok),
         lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size, target)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -1007,7 +931,7 @@ def run_encoder(
         "precision": precision,
         "primary_metric": metric, "max_length": length, **({"target_mean_std": list(target)} if target else {}),
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
-        **train_with_selection(trainer, resume_from),
+        **train_on_dev(trainer, run_dir, resume_from),
     }
     if not evaluate_test:
         model.save_pretrained(run_dir / SAVED_MODEL)
@@ -1110,7 +1034,7 @@ def run_hf_native(
     label2id = {v: k for k, v in enumerate(sp.labels)}
     feats, _ = make_features(sp.task, sp.train, tok, label2id, max_length)
     metric = primary_metric(sp.task)
-    trainer = select_on_dev_trainer(
+    trainer = baseline_trainer(
         model, run_dir, feats, right_padding_collator(sp.task, tok),
         lambda m: evaluate_classifier(m, tok, sp.task, sp.dev, sp.labels, max_length, eval_batch_size)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -1121,7 +1045,7 @@ def run_hf_native(
         "task": sp.task, "data": data, "data_source": sp.source, "method": "hf-native", "backbone": model_name,
         "precision": precision,
         "labels": list(sp.labels), "primary_metric": metric, "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
-        **train_with_selection(trainer, resume_from),
+        **train_on_dev(trainer, run_dir, resume_from),
     }
     if not evaluate_test:
         model.save_pretrained(run_dir / SAVED_MODEL)

@@ -270,6 +270,41 @@ def test_a_collapsed_dev_evaluation_warns_with_the_step(tmp_path, monkeypatch, c
     assert "collapsed" not in caplog.text
 
 
+def test_fstrainer_selects_a_model_without_load_trained_weights_through_an_evaluator_the_stock_way(tmp_path):
+    """A model that is not an FS model (here a plain causal LM) trains through ``FSTrainer``: dev is scored
+    by ``evaluator``, whose whole result is kept by step, and the best checkpoint is saved and reloaded by
+    the stock ``Trainer`` code, as ``load_trained_weights`` is not there."""
+    import transformers
+    from conftest import _config, build_word_tokenizer
+
+    tok = build_word_tokenizer()
+    cfg = _config("llama", 2)
+    cfg.vocab_size = len(tok)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg)
+    feats = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [5, 6, 7]}] * 4
+    ds = datasets.Dataset.from_list(feats)
+    seen: dict[int, dict] = {}
+
+    def evaluator(m) -> dict:
+        step = trainer.state.global_step
+        seen[step] = {n: p.detach().clone() for n, p in m.named_parameters()}
+        return {"accuracy": {2: 0.9, 4: 0.1}[step], "labels": ["kept", "whole"]}
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True,
+                             max_steps=4, per_device_train_batch_size=2, learning_rate=1e-2,
+                             eval_strategy="steps", eval_steps=2, save_strategy="steps", save_steps=2,
+                             load_best_model_at_end=True, metric_for_best_model="accuracy")
+    trainer = FSTrainer(model=model, args=args, train_dataset=ds, eval_dataset=ds,
+                        data_collator=make_collator("token", tok), evaluator=evaluator)
+    trainer.train()
+    assert sorted(seen) == [2, 4] and trainer.state.best_global_step == 2
+    assert all(torch.equal(p.detach(), seen[2][n]) for n, p in model.named_parameters())
+    assert trainer.evaluations[2] == {"accuracy": 0.9, "labels": ["kept", "whole"]}
+    with pytest.raises(ValueError, match="fs_eval or evaluator"):
+        FSTrainer(model=model, args=args, fs_eval=(tok, [], 16, 8), evaluator=evaluator)
+
+
 # ------------------------------------------------------------------ the loss over accumulated batches
 
 

@@ -412,17 +412,110 @@ def test_hf_native_is_bidirectional_lora_and_its_deferred_test_equals_the_direct
         assert direct["dev"] == deferred["dev"]
 
 
-def test_select_on_dev_trainer_stops_after_patience_evaluations_without_a_new_best(tmp_path):
-    tok = transformers.AutoTokenizer.from_pretrained(_tiny_llm_dir(tmp_path))
-    model = _tiny_causal_lm(len(tok))
-    feats = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [5, 6, 7]}] * 8
-    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9, 0.95])
-    trainer = B.select_on_dev_trainer(
-        model, tmp_path / "run", feats, B.right_padding_collator("token", tok), lambda m: {"f1": next(scores)},
-        has_dev=True, metric="f1", epochs=10, batch_size=4, lr=1e-3, seed=0, evals_per_epoch=1, patience=2)
-    B.train_with_selection(trainer)
-    assert trainer.state.global_step == 8  # 4 evaluations (2 steps each): best at the 2nd, 2 without a new best
-    assert trainer.best[0] == 0.7 and trainer.best[1] == 4
+class ScriptedDev:
+    """A dev evaluator that returns the score scripted for the step it runs at, and keeps the weights it saw.
+
+    A later call on weights it has seen (a resumed run's selected weights) returns what they scored then,
+    as a real evaluator, a function of the weights, would."""
+
+    def __init__(self, scores: dict[int, float]):
+        self.scores, self.trainer = scores, None
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+        self.seen: dict[bytes, dict] = {}
+        self.calls: list[int] = []  # the step of each call
+
+    def __call__(self, model) -> dict:
+        self.calls.append(self.trainer.state.global_step)
+        key = b"".join(p.detach().numpy().tobytes() for p in model.parameters())
+        if key not in self.seen:
+            step = self.trainer.state.global_step
+            self.weights[step] = {n: p.detach().clone() for n, p in model.named_parameters()}
+            self.seen[key] = {"f1": self.scores[step], "step": step, "per_type": {"X": {"f1": self.scores[step]}}}
+        return self.seen[key]
+
+
+def _scripted_run(tmp_path, name, scores, *, seed=0, **kw):
+    """A baseline trainer on a tiny causal LM (8 examples, batches of 4: an evaluation every 2 steps)."""
+    tok = build_word_tokenizer()
+    feats = [{"input_ids": [5, 6, 7, 8][: 2 + i % 3], "attention_mask": [1] * (2 + i % 3),
+              "labels": [5, 6, 7, 8][: 2 + i % 3]} for i in range(8)]
+    dev = ScriptedDev(scores)
+    trainer = B.baseline_trainer(
+        _tiny_causal_lm(len(tok), seed), tmp_path / name, feats, B.right_padding_collator("token", tok), dev,
+        has_dev=True, metric="f1", batch_size=4, lr=1e-2, seed=seed, evals_per_epoch=1, **kw)
+    dev.trainer = trainer
+    (tmp_path / name).mkdir(parents=True, exist_ok=True)
+    return trainer, dev
+
+
+def _same_weights(model, weights) -> bool:
+    return all(torch.equal(p.detach(), weights[n]) for n, p in model.named_parameters())
+
+
+def _dev_of(trainer, tmp_path, name, train) -> dict:
+    return B.finish_run(tmp_path / name, {"train": train["train"]}, [("dev", [{"x": 1}])], None, trainer)["dev"]
+
+
+def test_baseline_selection_keeps_the_first_best_evaluation_and_stops_after_patience(tmp_path):
+    """The kept weights are those of the best dev evaluation, the first of equal bests wins, and training stops
+    after ``patience`` evaluations without a new best; the run's ``dev`` is that evaluation's dict."""
+    from fsllm.training import EpochSeededLengthGroupedSampler
+
+    trainer, dev = _scripted_run(tmp_path, "run", {2: 0.5, 4: 0.7, 6: 0.7, 8: 0.6, 10: 0.9}, epochs=10, patience=2)
+    # the stock length-grouped order (the global RNG's), which the committed baseline cells were trained in
+    assert type(trainer._get_train_sampler()).__name__ == "LengthGroupedSampler"
+    assert not isinstance(trainer._get_train_sampler(), EpochSeededLengthGroupedSampler)
+    train = B.train_on_dev(trainer, tmp_path / "run")
+    assert dev.calls == [2, 4, 6, 8]  # stopped: 6 ties, 8 is lower, so 10 (0.9) is never reached
+    assert train["train"]["steps"] == 8
+    assert train["train"]["best_step"] == 4 and train["train"]["best_dev_metric"] == 0.7
+    assert _same_weights(trainer.model, dev.weights[4]) and not _same_weights(trainer.model, dev.weights[6])
+    assert _dev_of(trainer, tmp_path, "run", train) == {"f1": 0.7, "step": 4, "per_type": {"X": {"f1": 0.7}}}
+    assert not (tmp_path / "run" / "checkpoints").exists()  # training over, the checkpoints go
+    evals = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines() if "eval_f1" in x]
+    assert [(r["step"], r["eval_f1"]) for r in evals] == [(2, 0.5), (4, 0.7), (6, 0.7), (8, 0.6)]
+
+
+def test_baseline_selection_evaluates_the_last_step_and_can_keep_it(tmp_path):
+    """A run whose length is not a multiple of the evaluation interval is evaluated at its last step too,
+    once, and those final weights compete."""
+    trainer, dev = _scripted_run(tmp_path, "run", {2: 0.5, 4: 0.6, 5: 0.8}, epochs=1, max_steps=5)
+    train = B.train_on_dev(trainer, tmp_path / "run")
+    assert dev.calls == [2, 4, 5] and train["train"]["best_step"] == 5
+    assert _same_weights(trainer.model, dev.weights[5])
+
+
+def test_a_resumed_baseline_keeps_the_best_evaluation_made_before_the_interruption(tmp_path, monkeypatch):
+    """Killed after the checkpoint of its best evaluation, the resumed run continues with that best (and its
+    patience count): it ends on those weights, reports that step and that evaluation, as the whole run does."""
+    # patience 3: stops at 10; a resume that forgot the count (or the best) would go on to the 0.95 of step 12
+    scores = {2: 0.5, 4: 0.9, 6: 0.4, 8: 0.6, 10: 0.7, 12: 0.95, 14: 0.5, 16: 0.5, 18: 0.5, 20: 0.5}
+    whole, whole_dev = _scripted_run(tmp_path, "whole", scores, epochs=10, patience=3, resumable=True)
+    whole_train = B.train_on_dev(whole, tmp_path / "whole")
+    assert whole_train["train"]["best_step"] == 4 and whole_train["train"]["steps"] == 10
+    real_step = transformers.Trainer.training_step
+
+    def dies_after_step_6(self, *a, **k):
+        if self.state.global_step == 6:  # after the checkpoint of the evaluation at step 6
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", dies_after_step_6)
+    cut, cut_dev = _scripted_run(tmp_path, "cut", scores, epochs=10, patience=3, resumable=True)
+    with pytest.raises(KeyboardInterrupt):
+        B.train_on_dev(cut, tmp_path / "cut")
+    monkeypatch.setattr(transformers.Trainer, "training_step", real_step)
+    checkpoint = tmp_path / "cut" / "checkpoints" / "checkpoint-6"
+    assert checkpoint.is_dir()
+    resumed, resumed_dev = _scripted_run(tmp_path, "cut", scores, epochs=10, patience=3, resumable=True)
+    resumed_dev.seen = cut_dev.seen  # the same evaluator: what the weights scored before the interruption
+    train = B.train_on_dev(resumed, tmp_path / "cut", str(checkpoint))
+    assert resumed_dev.calls == [8, 10]  # only the evaluations after the checkpoint run again
+    assert train["train"]["resumed_from_step"] == 6
+    assert train["train"]["best_step"] == whole_train["train"]["best_step"]
+    assert train["train"]["best_dev_metric"] == whole_train["train"]["best_dev_metric"]
+    assert _same_weights(resumed.model, whole_dev.weights[4]) and _same_weights(resumed.model, cut_dev.weights[4])
+    assert _dev_of(resumed, tmp_path, "cut", train) == _dev_of(whole, tmp_path, "whole", whole_train)
 
 
 def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(tmp_path, monkeypatch):
@@ -612,7 +705,22 @@ def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_p
     steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()
              if "eval_f1" in x]
     assert steps == [3, 6, 9]  # the evaluations after the checkpoint are not logged twice
-    assert not (tmp_path / "cut" / "checkpoints").exists() and not (tmp_path / "cut" / B.SELECTION_BEST).exists()
+    assert not (tmp_path / "cut" / "checkpoints").exists()
+
+
+def test_a_run_folder_of_the_earlier_baseline_trainer_starts_over(tmp_path):
+    """Its checkpoints hold no dev selection (that was in selection.json): resuming them would forget the best."""
+    settings = {"method": "hf-native", "seed": 0}
+    for name, old_trainer in (("new", False), ("old", True)):
+        run_dir, resume = B.resumable_dir(tmp_path / name, settings)
+        assert resume is None
+        (run_dir / "checkpoints" / "checkpoint-3").mkdir(parents=True)
+        (run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+        if old_trainer:
+            (run_dir / "selection.json").write_text("[[3, 0.5]]")
+        run_dir, resume = B.resumable_dir(tmp_path / name, settings)
+        assert (resume is None) == old_trainer, name
+        assert (run_dir / "checkpoints").is_dir() != old_trainer
 
 
 def test_an_fs_run_folder_written_before_a_new_option_existed_is_still_the_same_run(tmp_path):

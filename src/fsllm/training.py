@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,13 +243,28 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class FSTrainer(Trainer):
-    """``Trainer`` that saves only what training changes and evaluates at the word level."""
+    """``Trainer`` that saves only what training changes and evaluates at the word level.
 
-    def __init__(self, *args, fs_eval: tuple | None = None, tokens_per_batch: float | None = None, **kwargs):  # noqa: F811 (the re-exported function of that name is not used here)
+    An FS model's run passes ``fs_eval`` (its dev split, scored by :func:`fsllm.evaluation.evaluate_examples`).
+    Any other model (a PEFT-wrapped ``AutoModelFor...``, a plain encoder) may use it too: ``evaluator``
+    scores the model on dev and returns its metrics, and a model without ``load_trained_weights``
+    saves, resumes and reloads its best checkpoint the stock ``Trainer`` way.
+    """
+
+    def __init__(self, *args, fs_eval: tuple | None = None, evaluator: Callable[[Any], dict] | None = None,
+                 tokens_per_batch: float | None = None, epoch_seeded_order: bool = True, **kwargs):  # noqa: F811 (the re-exported function of that name is not used here)
+        if fs_eval is not None and evaluator is not None:
+            raise ValueError("FSTrainer takes fs_eval or evaluator, not both")
         super().__init__(*args, **kwargs)
         self.fs_eval = fs_eval  # (tokenizer, dev examples, max_length, batch size)
+        #: the model -> its dev metrics (numbers are logged and selected on; the whole dict is kept by step)
+        self.evaluator = evaluator if evaluator is not None else (self._word_level_evaluation if fs_eval is not None else None)
+        #: this process's dev evaluations by step, as the evaluator returned them (a resumed run has the later ones)
+        self.evaluations: dict[int, dict] = {}
         # labelled tokens in an average training batch: set for a length-balanced token loss
         self.tokens_per_batch = tokens_per_batch
+        # False: the stock length-grouped order, drawn from the global RNG (not reproduced by a resume)
+        self.epoch_seeded_order = epoch_seeded_order
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The stock loss (the model sums it over the step's ``num_items_in_batch`` labelled tokens, see
@@ -296,29 +311,40 @@ class FSTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         ds = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or ds is None:
+        if self.args.train_sampling_strategy != "group_by_length" or ds is None or not self.epoch_seeded_order:
             return super()._get_train_sampler(train_dataset)
         lengths = [len(x) for x in ds["input_ids"]]
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return EpochSeededLengthGroupedSampler(batch, lengths, self.args.data_seed or self.args.seed)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        (model or self.model).load_trained_weights(resume_from_checkpoint)
+        target = model or self.model
+        if not hasattr(target, "load_trained_weights"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target.load_trained_weights(resume_from_checkpoint)
 
     def _load_best_model(self) -> None:
+        if not hasattr(self.model, "load_trained_weights"):
+            return super()._load_best_model()
         logger.info("best dev checkpoint: %s (%s)", self.state.best_model_checkpoint, self.state.best_metric)
         self.model.load_trained_weights(self.state.best_model_checkpoint)
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        if self.fs_eval is None:
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+    def _word_level_evaluation(self, model) -> dict:
+        """The evaluator of ``fs_eval``: ``fsllm eval``'s code path, with a warning when the model has collapsed."""
         tokenizer, examples, max_length, batch_size = self.fs_eval
-        start = time.time()
-        metrics, records = evaluate_examples(self.model, tokenizer, examples, max_length, batch_size, progress="dev")
+        metrics, records = evaluate_examples(model, tokenizer, examples, max_length, batch_size, progress="dev")
         if (collapsed := collapse_message(records)) is not None:
             logger.warning("step %d: %s; the model has collapsed to one answer. If later evaluations say the same, "
                            "train again with a lower learning rate (--lr; the default is 2e-4) or another --seed",
                            self.state.global_step, collapsed)
+        return metrics
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        if self.evaluator is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        start = time.time()
+        metrics = self.evaluator(self.model)
+        self.evaluations[self.state.global_step] = metrics
         out = {f"{metric_key_prefix}_{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         out[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 2)
         self.log(out)
