@@ -364,3 +364,33 @@ def test_an_fsdp_launch_on_gpus_is_refused_in_one_line_before_anything_is_writte
     assert fsdp_launch()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: on_gpu)
     assert fsdp_launch() == on_gpu  # a CPU machine: accelerate runs DDP, fsllm trains
+
+
+def test_a_resumed_run_keeps_its_early_stopping_count(tmp_path, tiny_model_dir):
+    """Early stopping's count of evaluations without a new best is part of the run: an interrupted run
+    resumed must stop where the uninterrupted one stops, not wait ``patience`` more evaluations."""
+    from conftest import write_csv_dir
+
+    from fsllm.training import train
+
+    data = write_csv_dir(tmp_path)
+    # a rate so small that the dev score never moves: the first evaluation stays the best
+    common = dict(data=str(data), model=str(tiny_model_dir), batch_size=2, learning_rate=1e-12, eval_steps=1,
+                  max_steps=8, early_stopping_patience=2, evaluate_test=False, logging_steps=1)
+
+    def steps_run(run) -> int:
+        return json.loads((run / "metrics.json").read_text())["train"]["steps"]
+
+    train(output_dir=str(tmp_path / "whole"), **common)
+    whole = steps_run(tmp_path / "whole")
+    assert whole == 3  # best at 1, no better at 2 and 3: patience 2 stops it
+
+    class Interrupt(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:  # step 2 evaluated and checkpointed: one evaluation without a new best
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(output_dir=str(tmp_path / "cut"), callbacks=[Interrupt()], **common)
+    train(resume=True, output_dir=str(tmp_path / "cut"))
+    assert steps_run(tmp_path / "cut") == whole

@@ -507,6 +507,8 @@ def training_arguments(cfg: TrainConfig, folder: RunFolder, metric: str, has_dev
         load_best_model_at_end=has_dev,
         metric_for_best_model=metric if has_dev else None,
         greater_is_better=metric not in LOWER_IS_BETTER,
+        # a resumed run continues early stopping's count of evaluations without a new best from the checkpoint
+        restore_callback_states_from_checkpoint=True,
         logging_first_step=True,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         report_to="none",
