@@ -7,8 +7,8 @@ The packaged SmolLM2-135M as ``FSForTokenClassification`` (FSConfig defaults), o
 seeded CoNLL-2003 training sentences. Reported: the compile time (first compiled step), the
 largest logit difference against eager in eval mode (no dropout, so the same function), and the
 median step time (zero_grad + forward with loss + backward) of the compiled and the eager model
-timed in alternation after one untimed round (``timing.compare_steps``). Dropout draws other masks under inductor, so the
-training losses of the two differ by that alone.
+timed in alternation after one untimed round (``timing.compare_steps``). Dropout draws other masks
+under inductor, so the training losses of the two differ by that alone.
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ def small_phase(url: str, texts: list[str], clients: int, long_done: threading.E
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, texts))
-    out = {"n": len(lat), "errors": errors, "p50_s": round(percentile(lat, 0.5), 3), "p99_s": round(percentile(lat, 0.99), 3),
+    out = {"n": len(lat), "errors": errors, "p50_s": round(percentile(lat, 0.5), 3),
+           "p99_s": round(percentile(lat, 0.99), 3),
            "max_s": round(max(lat), 3)}
     if long_done is not None:
         out["answered_before_long"] = before_long

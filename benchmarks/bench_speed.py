@@ -341,8 +341,8 @@ def worker_memory(spec: dict) -> dict:
 
 def measure_memory(spec: dict, workdir: Path) -> dict:
     """Run ``worker_memory`` in a fresh Python process and return its JSON."""
-    return common.run_worker(__file__, "--_memory-worker", spec, workdir / f"mem-{spec['kind']}-{time.monotonic_ns()}.json",
-                             f"memory worker for {spec['kind']}")
+    spec_path = workdir / f"mem-{spec['kind']}-{time.monotonic_ns()}.json"
+    return common.run_worker(__file__, "--_memory-worker", spec, spec_path, f"memory worker for {spec['kind']}")
 
 
 # ============================================================================ parts
@@ -1050,6 +1050,17 @@ def _section(title: str, part: dict, machine: dict) -> list[str]:
     return [title, "", _part_line(part, machine), ""]
 
 
+def _table_head(*columns: str) -> list[str]:
+    """A markdown table's header row and separator."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def _target_lines(part: dict) -> list[str]:
+    """One line per target a part checks: its ratio and PASS or FAIL."""
+    return [f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}"
+            for name, c in part.get("targets", {}).items()]
+
+
 def markdown_summary(data: dict) -> str:
     P = data.get("parts", {})
     m = data["machine"]
@@ -1063,16 +1074,16 @@ def markdown_summary(data: dict) -> str:
     if "time" in o:
         s = o["setup"]
         lines += [
-            *_section(f"### overhead (batch {s['batch_size']}, shape {s['padded_shape']}, {s['repeats']} repeats)", o, m),
+            *_section(f"### overhead (batch {s['batch_size']}, shape {s['padded_shape']}, {s['repeats']} repeats)",
+                      o, m),
         ]
         for prec in s.get("precisions", ["fp32"]):
             sfx = _suffix(prec)
             lines += [
                 f"{prec}{' (forward under autocast)' if prec == 'bf16' else ''}:",
                 "",
-                "| config | step median s | IQR s | time vs baseline | time vs hf-native | step peak MB "
-                "| mem vs baseline | mem vs hf-native | masks/forward (bytes) |",
-                "|---|---|---|---|---|---|---|---|---|",
+                *_table_head("config", "step median s", "IQR s", "time vs baseline", "time vs hf-native",
+                             "step peak MB", "mem vs baseline", "mem vs hf-native", "masks/forward (bytes)"),
             ]
             for k, t in o.get("time" + sfx, {}).items():
                 mem = o.get("memory" + sfx, {}).get(k, {})
@@ -1087,15 +1098,14 @@ def markdown_summary(data: dict) -> str:
         if o.get("bf16_speedup"):
             lines.append("- bf16 autocast step speed-up over fp32: "
                          + ", ".join(f"{k} {v}x" for k, v in o["bf16_speedup"].items()))
-        for name, c in o.get("targets", {}).items():
-            lines.append(f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}")
+        lines += _target_lines(o)
         lines.append("")
     tr = P.get("train", {})
     if tr.get("runs"):
         lines += [
             *_section("### train", tr, m),
-            "| recipe | steps | step time s (median over seeds) | real tok/s | padded tok/s | dev F1 mean ± std | dev F1 by seed | in-loop evals |",
-            "|---|---|---|---|---|---|---|---|",
+            *_table_head("recipe", "steps", "step time s (median over seeds)", "real tok/s", "padded tok/s",
+                         "dev F1 mean ± std", "dev F1 by seed", "in-loop evals"),
         ]
         for k, r in tr["runs"].items():
             std = f" ± {r['dev_f1_std']:.4f}" if r.get("dev_f1_std") is not None else ""
@@ -1110,15 +1120,14 @@ def markdown_summary(data: dict) -> str:
             lines.append(f"- {key[len('speedup_'):-len('_vs_ls')]} vs LS-LLaMA/BiLLM: {tr[key]}")
         if tr.get("fsllm_vs_hf_native"):
             lines.append(f"- fsllm vs hf_native (step time ratio > 1: fsllm faster): {tr['fsllm_vs_hf_native']}")
-        for name, c in tr.get("targets", {}).items():
-            lines.append(f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}")
+        lines += _target_lines(tr)
         lines.append("")
     inf = P.get("inference", {})
     if inf.get("runs"):
         lines += [
             *_section(f"### inference ({inf['setup']['sentences']} test sentences; {inf['setup']['model']})", inf, m),
-            "| path | seconds | sentences/s | fsllm speedup | sentence agreement | word agreement | test F1 |",
-            "|---|---|---|---|---|---|---|",
+            *_table_head("path", "seconds", "sentences/s", "fsllm speedup", "sentence agreement", "word agreement",
+                         "test F1"),
         ]
         for k, r in inf["runs"].items():
             speed = r.get("fsllm_speedup", "-")
@@ -1168,8 +1177,8 @@ def markdown_summary(data: dict) -> str:
     if sc.get("rows"):
         lines += [
             *_section("### scaling (batch 1)", sc, m),
-            "| L | bidir s | decay s | causal s | decay/causal | bidir MB | decay MB | causal MB | decay layer masks/fwd (bytes) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            *_table_head("L", "bidir s", "decay s", "causal s", "decay/causal", "bidir MB", "decay MB", "causal MB",
+                         "decay layer masks/fwd (bytes)"),
         ]
         for L, row in sc["rows"].items():
             b, d, c = row["fs-bidirectional"], row["fs-decay"], row["fs-causal"]

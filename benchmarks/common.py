@@ -1,4 +1,5 @@
-"""What every benchmark script records the same way: the machine, the code's commit, and result files.
+"""What every benchmark script records the same way: the machine, the code's commit, and result files;
+and how a script runs a measurement in a fresh process (:func:`run_worker`). Timing lives in ``timing.py``.
 
 A result is read against the machine and the code that produced it, so these are written by one
 function each, not by a copy per script (copies drift: one script read the CPU flags, another the

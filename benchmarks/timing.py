@@ -146,7 +146,9 @@ class RssPeak:
 
     @property
     def method(self) -> str:
-        return "VmHWM after reset via /proc/self/clear_refs" if self.reset else "VmHWM without reset (includes load+warmup)"
+        if self.reset:
+            return "VmHWM after reset via /proc/self/clear_refs"
+        return "VmHWM without reset (includes load+warmup)"
 
 
 def rss_peak(fn: Callable[[], T]) -> tuple[T, RssPeak]:

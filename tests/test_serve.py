@@ -736,7 +736,8 @@ def test_every_create_app_option_reaches_each_worker_process(monkeypatch):
 
     values = dict(max_batch_size=7, max_wait_ms=2.5, max_queue=9, max_batch_tokens=777, max_input_tokens=300,
                   precision="bf16", device="cpu", ner_decoding="viterbi", word_scores="mean")
-    keywords = [p.name for p in inspect.signature(app_module.create_app).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    params = inspect.signature(app_module.create_app).parameters.values()
+    keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
     assert set(keywords) - {"model_id"} == set(values)  # a new option of create_app must be handed on too
 
     def load(env: dict[str, str | None]) -> dict:
