@@ -19,11 +19,11 @@ import argparse
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import common
 import torch
+from timing import time_repeats
 
 from fsllm.data import load_any
 from fsllm.evaluation import FORWARD_OVERHEAD_TOKENS, length_chunks
@@ -38,14 +38,8 @@ def forward_seconds(model, n: int, length: int, repeats: int) -> float:
     torch.manual_seed(0)
     ids = torch.randint(100, 1000, (n, length))
     mask = torch.ones_like(ids)
-    times = []
     with torch.inference_mode():
-        model(input_ids=ids, attention_mask=mask)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        return time_repeats(lambda: model(input_ids=ids, attention_mask=mask), repeats, warmup=1).median
 
 
 def padded_work(lengths: list[int], batch_size: int) -> tuple[int, int, int]:

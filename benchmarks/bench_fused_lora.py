@@ -6,41 +6,29 @@
 The packaged SmolLM2-135M as ``FSForTokenClassification`` (FSConfig defaults: LoRA 8/32/0.1 on all
 210 projections, ``FastDropout``), one batch of 16 seeded CoNLL-2003 training sentences; a step is
 zero_grad + forward with loss + backward. Two copies of the same model, one whose LoRA layers run
-PEFT's ``lora.Linear.forward`` again, are timed in alternation (``bench_speed.time_round_robin``,
+PEFT's ``lora.Linear.forward`` again, are timed in alternation (``timing.compare_steps``,
 one untimed round), so drifts in the machine's speed hit both alike. Loss and gradients of one seeded step
 are compared first: the fused forward must not change them.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
-from pathlib import Path
 
 import common
 import torch
-from bench_qlora import batch_of_conll
-from bench_speed import time_round_robin, train_step
+from bench_speed import step_ab_setup, train_step
 from peft.tuners.lora import Linear as LoraLinear
+from timing import compare_steps
 
-from fsllm import FSForTokenClassification, load_tokenizer
+from fsllm import FSForTokenClassification
 from fsllm.fused_lora import FusedLoraLinear
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=10, help="timed steps per variant [10]")
-    p.add_argument("--threads", type=int, default=2, help="torch threads [2]")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fused_lora.json")
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    tok = load_tokenizer("smollm2-135m")
-    batch, num_labels = batch_of_conll(tok)
-    torch.manual_seed(0)
+    a, batch, num_labels = step_ab_setup(__doc__, argv, repeats=10, out="fused_lora.json")
     fused = FSForTokenClassification.from_backbone("smollm2-135m", num_labels=num_labels).train()
     with torch.no_grad():  # a trained-looking adapter: B away from zero, so the update is computed for real
         for n, prm in fused.named_parameters():
@@ -59,17 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(float(loss))
         grads.append({n: prm.grad.clone() for n, prm in model.named_parameters() if prm.requires_grad})
     max_grad_diff = max(float((grads[0][n] - grads[1][n]).abs().max()) for n in grads[0])
-    timings = time_round_robin({name: (lambda m=m: train_step(m, batch)) for name, m in (("fused", fused), ("peft", peft))},
-                               a.repeats, warmup=1)
-    times = {k: t.samples for k, t in timings.items()}
-    med = {k: t.median for k, t in timings.items()}
+    steps = compare_steps({name: (lambda m=m: train_step(m, batch)) for name, m in (("fused", fused), ("peft", peft))},
+                          a.repeats)
     data = {
         "command": "python benchmarks/bench_fused_lora.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": common.git_commit(), "machine": common.machine_info(), "lora_layers": len(layers),
         "tokens": int(batch["attention_mask"].sum()), "loss": losses, "max_grad_diff": max_grad_diff,
-        "step_seconds": {k: [round(t, 4) for t in v] for k, v in times.items()},
-        "median_seconds": {k: round(v, 4) for k, v in med.items()},
-        "fused_vs_peft": round(med["fused"] / med["peft"], 4),
+        **steps,
     }
     common.write_json(a.out, data, indent=1)
     print(json.dumps({k: data[k] for k in ("loss", "max_grad_diff", "median_seconds", "fused_vs_peft")}))

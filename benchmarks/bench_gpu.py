@@ -38,46 +38,26 @@ import argparse
 import json
 import math
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import common
 import torch
+from timing import cuda_peak_mib, cuda_sync, time_round_robin
 
 from fsllm.attention import DECAY_HORIZON_BIAS as DEFAULT_HORIZON_BIAS
 
+#: the LlamaConfig fields a shape sets, in the order of the rows below
+SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "num_hidden_layers", "vocab_size")
 SHAPES = {
-    # Llama-3.2-1B: 16 layers, hidden 2048, 32 query / 8 key-value heads of 64, MLP 8192
-    "llama-1b": dict(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        num_hidden_layers=16,
-        vocab_size=128256,
-    ),
-    # Llama-2-7B: 32 layers, hidden 4096, 32 heads of 128, MLP 11008
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_hidden_layers=2,
-        vocab_size=256,
-    ),
-    "llama-7b": dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        head_dim=128,
-        num_hidden_layers=32,
-        vocab_size=32000,
-    ),
+    name: dict(zip(SHAPE_FIELDS, row, strict=True))
+    for name, row in {
+        "llama-1b": (2048, 8192, 32, 8, 64, 16, 128256),  # Llama-3.2-1B: 32 query / 8 key-value heads of 64
+        "llama-7b": (4096, 11008, 32, 32, 128, 32, 32000),  # Llama-2-7B: 32 heads of 128
+        "tiny": (64, 128, 4, 2, 16, 2, 256),  # the --smoke run's
+    }.items()
 }
 
 #: name -> (FS mode of every layer, attention implementation, horizon on)
@@ -133,11 +113,6 @@ def step(model, batch) -> None:
         p.grad = None
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 CHECK_PAIRS = [
     ("decay-flex", "decay-sdpa"),
     ("decay-flex-full", "decay-sdpa"),
@@ -176,11 +151,11 @@ def profile(model, names: list[str], batch, steps: int = 2) -> dict:
     for n in names:
         set_variant(model, n)
         step(model, batch)
-        _sync()
+        cuda_sync()
         with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(steps):
                 step(model, batch)
-            _sync()
+            cuda_sync()
         kernels = {}
         for e in prof.key_averages():
             t = getattr(e, "self_device_time_total", 0) or getattr(e, "self_cuda_time_total", 0)
@@ -201,7 +176,6 @@ def profile(model, names: list[str], batch, steps: int = 2) -> dict:
 
 def measure(model, names: list[str], batch, repeats: int, warmup: int) -> dict:
     cuda = batch["input_ids"].is_cuda
-    times: dict[str, list[float]] = {n: [] for n in names}
     peak: dict[str, float] = {}
     errors: dict[str, str] = {}
     for n in names:  # warmup (compiles flex) and peak memory, one variant at a time
@@ -209,35 +183,24 @@ def measure(model, names: list[str], batch, repeats: int, warmup: int) -> dict:
             set_variant(model, n)
             for _ in range(warmup):
                 step(model, batch)
-            _sync()
-            before = torch.cuda.memory_allocated() if cuda else 0
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            step(model, batch)
-            _sync()
-            peak[n] = (torch.cuda.max_memory_allocated() - before) / 2**20 if cuda else float("nan")
+            peak[n] = cuda_peak_mib(lambda: step(model, batch)) if cuda else float("nan")
         except torch.cuda.OutOfMemoryError as e:
             errors[n] = f"out of memory: {str(e).splitlines()[0]}"
             torch.cuda.empty_cache()
     live = [n for n in names if n not in errors]
-    for _ in range(repeats):  # timed, round-robin so drifts hit every variant alike
-        for n in live:
-            set_variant(model, n)
-            _sync()
-            t0 = time.perf_counter()
-            step(model, batch)
-            _sync()
-            times[n].append(time.perf_counter() - t0)
+    # timed, round-robin so drifts hit every variant alike; switching variants is not timed
+    times = time_round_robin({n: (lambda: step(model, batch)) for n in live}, repeats, warmup=0, sync=True,
+                             prepare=lambda n: set_variant(model, n)) if live else {}
     out = {}
     for n in names:
         if n in errors:
             out[n] = {"error": errors[n]}
             continue
-        ts = sorted(times[n])
+        t = times[n]
         out[n] = {
-            "step_median_ms": round(1000 * statistics.median(ts), 3),
-            "step_min_ms": round(1000 * ts[0], 3),
-            "step_max_ms": round(1000 * ts[-1], 3),
+            "step_median_ms": round(1000 * t.median, 3),
+            "step_min_ms": round(1000 * t.min, 3),
+            "step_max_ms": round(1000 * t.max, 3),
             "peak_step_mib": round(peak[n], 1),
         }
     set_variant(model, REFERENCE)

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import baselines
 import common
 import torch
+from timing import Timing, timed
 
 from fsllm import FSForTokenClassification, load_tokenizer
 from fsllm.data import load_named
@@ -76,15 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         label = scorer(row, labels)
         label(sentences[:8], 8)  # warmup
-        one = []
-        for s in sentences:
-            t0 = time.perf_counter()
-            label([s], 1)
-            one.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        label(sentences, 64)
-        batched = time.perf_counter() - t0
-        rows[row] = {"ms_per_sentence_alone_median": round(1000 * statistics.median(one), 2),
+        one = Timing([timed(partial(label, [s], 1))[1] for s in sentences])  # one sample per sentence
+        _, batched = timed(partial(label, sentences, 64))
+        rows[row] = {"ms_per_sentence_alone_median": round(1000 * one.median, 2),
                      "ms_per_sentence_batched": round(1000 * batched / len(sentences), 2),
                      "sentences_per_s_batched": round(len(sentences) / batched, 1)}
         print(row, json.dumps(rows[row]), flush=True)

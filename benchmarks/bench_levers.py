@@ -10,7 +10,7 @@ The packaged SmolLM2-135M as ``FSForTokenClassification`` (9 labels), one synthe
 (as in ``bench_memory.py``): build the model and an AdamW over its trainable parameters, one warmup
 step (forward + backward + optimizer step, so the optimizer state exists), then the trainable
 parameters' bytes, their gradients' and the optimizer state's bytes, VmRSS, a reset of the kernel's
-high-water mark, ``--steps`` timed steps (``bench_speed.time_round_robin``), and the steps' peak
+high-water mark, ``--steps`` timed steps (``timing.time_repeats``), and the steps' peak
 (VmHWM - VmRSS before them: what a step allocates on top of what the process already holds).
 The step is ``bench_speed.train_step`` (zero_grad, forward with loss, backward) plus the optimizer
 step, which full fine-tuning makes expensive. A separate head or lambda learning rate and the lambda
@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import common
 import torch
+from timing import rss_peak, time_repeats
 
 BACKBONE = "smollm2-135m"
 NUM_LABELS = 9
@@ -81,32 +81,21 @@ def worker(spec: dict) -> dict:
                                         if torch.is_tensor(v) and v.dim() > 0),
     }
     model.zero_grad(set_to_none=True)
-    common.release_free_memory()
-    base = common.rss_mb()
-    reset = common.reset_peak_rss()
-    timing = bench_speed.time_round_robin({"step": step}, repeats=spec["steps"], warmup=0)["step"]
-    peak = common.peak_rss_mb()
+    timing, mem = rss_peak(lambda: time_repeats(step, repeats=spec["steps"], warmup=0))
     return {
         "fs": spec["fs"],
         **sizes,
-        "rss_after_load_and_warmup_mb": round(base, 1),
-        "rss_growth_from_start_mb": round(base - rss_start, 1),
-        "step_peak_mb": round(peak - base, 1),
-        "peak_method": "VmHWM after reset via /proc/self/clear_refs" if reset else "VmHWM without reset",
+        "rss_after_load_and_warmup_mb": round(mem.rss_before_mb, 1),
+        "rss_growth_from_start_mb": round(mem.rss_before_mb - rss_start, 1),
+        "step_peak_mb": round(mem.step_peak_mb, 1),
+        "peak_method": "VmHWM after reset via /proc/self/clear_refs" if mem.reset else "VmHWM without reset",
         "step_seconds": timing.to_dict(),
     }
 
 
 def run_config(name: str, spec: dict, workdir: Path) -> dict:
-    path = workdir / f"{name}.json"
-    path.write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_worker", str(path)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-    line = next(x for x in reversed(proc.stdout.splitlines()) if x.startswith("@@RESULT "))
-    return json.loads(line[len("@@RESULT "):])
+    return common.run_worker(__file__, "--_worker", spec, workdir / f"{name}.json", name, env=env)
 
 
 def markdown(data: dict) -> str:
@@ -144,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._worker:
-        print("@@RESULT " + json.dumps(worker(json.loads(Path(a._worker).read_text()))), flush=True)
+        common.print_result(worker(json.loads(Path(a._worker).read_text())))
         return 0
     setup = {"batch_size": a.batch_size, "length": a.length, "threads": a.threads, "steps": a.steps}
     data = {"command": "python benchmarks/bench_levers.py " + " ".join(argv if argv is not None else sys.argv[1:]),

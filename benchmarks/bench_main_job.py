@@ -16,10 +16,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import common
+from timing import timed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for precision in [x.strip() for x in a.precisions.split(",") if x.strip()]:
         run = a.runs / f"main-{precision}"
         cmd = [sys.executable, "-m", "fsllm.cli", "train", "--precision", precision, "--output", str(run)]
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        seconds = time.perf_counter() - t0
+        _, seconds = timed(lambda cmd=cmd: subprocess.run(cmd, check=True))
         metrics = json.loads((run / "metrics.json").read_text())
         config = json.loads((run / "config.json").read_text())
         log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import common
 import torch
+from bench_speed import synthetic_batch
+from timing import rss_peak, timed
 
 from fsllm.backbones import decoder_layers
 
@@ -47,9 +48,6 @@ NUM_LABELS = 9  # CoNLL-2003's IOB2 tags
 SEED = 0
 GRAD_TOLERANCE = 1e-5
 REPO = Path(__file__).resolve().parent.parent
-
-
-# ----------------------------------------------------------------------------- memory helpers
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -85,23 +83,10 @@ def worker(spec: dict) -> dict:
     enabled = [bool(getattr(layer, "gradient_checkpointing", False)) for layer in layers]
     common.release_free_memory()
     rss_loaded = common.rss_mb()
-    g = torch.Generator().manual_seed(SEED + spec["length"])
-    ids = torch.randint(0, model.config.decoder_config.vocab_size, (1, spec["length"]), generator=g)
-    batch = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": torch.randint(0, NUM_LABELS, (1, spec["length"]), generator=g),
-    }
+    batch = synthetic_batch(spec["length"], NUM_LABELS, model.config.decoder_config.vocab_size, seed=SEED)
     train_step(model, batch)  # warmup: weights page in, first-call allocations, thread pools
     model.zero_grad(set_to_none=True)
-    common.release_free_memory()
-    base = common.rss_mb()
-    peak_before = common.peak_rss_mb()
-    ok = common.reset_peak_rss()
-    t0 = time.perf_counter()
-    loss = train_step(model, batch)
-    seconds = time.perf_counter() - t0
-    peak = common.peak_rss_mb()
+    (loss, seconds), mem = rss_peak(lambda: timed(lambda: train_step(model, batch)))
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
     torch.save({"loss": loss, "grads": grads}, spec["grads_path"])
     return {
@@ -114,12 +99,12 @@ def worker(spec: dict) -> dict:
         "layers": len(enabled),
         "rss_at_start_mb": round(rss_start, 1),
         "rss_after_load_mb": round(rss_loaded, 1),
-        "peak_load_and_warmup_mb": round(peak_before, 1),
-        "rss_before_step_mb": round(base, 1),
-        "peak_rss_mb": round(peak, 1),
-        "step_peak_mb": round(peak - base, 1),
-        "peak_reset": ok,
-        "method": "VmHWM after reset via /proc/self/clear_refs" if ok else "VmHWM without reset (includes load+warmup)",
+        "peak_load_and_warmup_mb": round(mem.peak_before_reset_mb, 1),
+        "rss_before_step_mb": round(mem.rss_before_mb, 1),
+        "peak_rss_mb": round(mem.peak_rss_mb, 1),
+        "step_peak_mb": round(mem.step_peak_mb, 1),
+        "peak_reset": mem.reset,
+        "method": mem.method,
         "loss": float(loss),
         "trainable_tensors_with_grad": len(grads),
         "step_seconds_not_a_result": round(seconds, 2),  # the machine may be loaded: not a timing result
@@ -128,15 +113,7 @@ def worker(spec: dict) -> dict:
 
 def run_cell(spec: dict, workdir: Path, env: dict[str, str]) -> dict:
     spec_path = workdir / f"spec-{spec['length']}-{int(spec['checkpointing'])}.json"
-    spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", str(spec_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {spec} failed:\n{proc.stderr[-3000:]}")
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("@@RESULT "):
-            return json.loads(line[len("@@RESULT "):])
-    raise RuntimeError(f"worker {spec} printed no result:\n{proc.stdout[-2000:]}")
+    return common.run_worker(__file__, "--_worker", spec, spec_path, f"worker {spec}", env=env)
 
 
 def compare(a_path: str, b_path: str) -> dict:
@@ -207,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._worker:
-        print("@@RESULT " + json.dumps(worker(json.loads(Path(a._worker).read_text()))), flush=True)
+        common.print_result(worker(json.loads(Path(a._worker).read_text())))
         return 0
     lengths = [int(x) for x in a.lengths.split(",")]
     env = dict(os.environ)

@@ -19,31 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import common
 import torch
+from bench_speed import batch_of_conll
+from timing import rss_peak, time_repeats, timed
 
 BACKBONE = "smollm2-135m"
 VARIANTS = ("fp32", "bf16", "4bit")
 REPO = Path(__file__).resolve().parent.parent
-
-
-def batch_of_conll(tokenizer, n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
-    """``n`` seeded CoNLL-2003 training sentences as one padded batch with first-sub-token labels."""
-    from bench_speed import conll_batch
-
-    from fsllm.data import load_any
-    from fsllm.training import build_label_maps, seeded_subset
-
-    td = load_any("conll2003")
-    train = seeded_subset(list(td.splits["train"]), n, seed)
-    id2label = build_label_maps("token", list(td.splits["train"]), td.label_names)
-    return conll_batch(train, tokenizer, {v: k for k, v in id2label.items()}), len(id2label)
 
 
 def worker(variant: str, steps: int) -> dict:
@@ -54,32 +41,25 @@ def worker(variant: str, steps: int) -> dict:
     tok = load_tokenizer(BACKBONE)
     batch, num_labels = batch_of_conll(tok)
     load = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "4bit": {"quantize": "4bit"}}[variant]
-    t0 = time.perf_counter()
     torch.manual_seed(0)
-    model = FSForTokenClassification.from_backbone(BACKBONE, num_labels=num_labels, **load)
-    load_s = time.perf_counter() - t0
+    model, load_s = timed(lambda: FSForTokenClassification.from_backbone(BACKBONE, num_labels=num_labels, **load))
     stored = [*model.backbone.named_parameters(), *model.backbone.named_buffers()]
     weight_bytes = sum(t.numel() * t.element_size() for n, t in stored if "lora_" not in n)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3)
     model.train()
 
-    def step() -> float:
-        start = time.perf_counter()
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
         model(**batch).loss.backward()
         opt.step()
-        return time.perf_counter() - start
 
     step()  # warmup: weights paged in, first-call allocations, optimizer state created
-    common.release_free_memory()
-    rss_loaded = common.rss_mb()
-    common.reset_peak_rss()
-    times = [step() for _ in range(steps)]
+    times, mem = rss_peak(lambda: time_repeats(step, steps, warmup=0))
     return {
         "variant": variant, "load_seconds": round(load_s, 2), "backbone_weight_mb": round(weight_bytes / 2**20, 1),
-        "rss_after_warmup_mb": round(rss_loaded - rss0, 1), "peak_rss_mb": round(common.peak_rss_mb() - rss0, 1),
-        "step_seconds_median": round(statistics.median(times), 3), "step_seconds": [round(t, 3) for t in times],
+        "rss_after_warmup_mb": round(mem.rss_before_mb - rss0, 1), "peak_rss_mb": round(mem.peak_rss_mb - rss0, 1),
+        "step_seconds_median": round(times.median, 3), "step_seconds": [round(t, 3) for t in times.samples],
         "trainable_params": sum(p.numel() for p in trainable), "tokens_per_batch": int(batch["attention_mask"].sum()),
         "torch_threads": torch.get_num_threads(),
     }

@@ -45,6 +45,7 @@ from typing import Any
 
 import common
 from pydantic import BaseModel
+from timing import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,11 +270,6 @@ def batch_delta(before: dict[str, float] | None, after: dict[str, float] | None)
             "forwards_by_batch_size_le": buckets}
 
 
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
-
-
 def run_level(url: str, texts: list[str], requests: int, concurrency: int, reference: list[Any] | None, task: str,
               tol: float, timeout: float) -> tuple[dict, list[dict]]:
     before = batch_histogram(url)
@@ -288,8 +284,8 @@ def run_level(url: str, texts: list[str], requests: int, concurrency: int, refer
     row = {
         "concurrency": concurrency, "requests": len(recs), "ok": len(ok), "correct": correct,
         "mismatched": len(ok) - correct, "errors": errors, "wall_s": round(wall, 3),
-        "requests_per_s": round(len(ok) / wall, 2), "p50_ms": round(_pct(lat, 0.50), 2),
-        "p99_ms": round(_pct(lat, 0.99), 2), "mean_ms": round(statistics.fmean(lat), 2),
+        "requests_per_s": round(len(ok) / wall, 2), "p50_ms": round(percentile(lat, 0.50), 2),
+        "p99_ms": round(percentile(lat, 0.99), 2), "mean_ms": round(statistics.fmean(lat), 2),
         "error_examples": [r["answer"] for r in recs if r["status"] != 200][:3],
     }
     if batches:

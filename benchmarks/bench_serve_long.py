@@ -36,6 +36,7 @@ from pathlib import Path
 
 import common
 from bench_serve import _free_port, default_texts, stop
+from timing import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,11 +73,6 @@ def text_of_tokens(model: str, tokens: int) -> str:
     return " ".join(_FILLER[i % len(_FILLER)] for i in range(lo))
 
 
-def _pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
-
-
 def small_phase(url: str, texts: list[str], clients: int, long_done: threading.Event | None = None) -> dict:
     import httpx
 
@@ -95,7 +91,8 @@ def small_phase(url: str, texts: list[str], clients: int, long_done: threading.E
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, texts))
-    out = {"n": len(lat), "errors": errors, "p50_s": round(_pct(lat, 0.5), 3), "p99_s": round(_pct(lat, 0.99), 3),
+    out = {"n": len(lat), "errors": errors, "p50_s": round(percentile(lat, 0.5), 3),
+           "p99_s": round(percentile(lat, 0.99), 3),
            "max_s": round(max(lat), 3)}
     if long_done is not None:
         out["answered_before_long"] = before_long

@@ -31,18 +31,18 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import common
 import torch
+from timing import Timing, rss_peak, time_repeats, time_round_robin, timed
 
 PARTS = ("overhead", "train", "inference", "flops", "scaling")
 FS_KINDS = ("fs-bidirectional", "fs-decay", "fs-causal")
@@ -80,51 +80,6 @@ log = logging.getLogger("bench_speed")
 
 
 # ============================================================================ small helpers
-
-
-@dataclass
-class Timing:
-    """Summary of repeated wall-clock measurements (seconds)."""
-
-    samples: list[float]
-    median: float = 0.0
-    q1: float = 0.0
-    q3: float = 0.0
-    iqr: float = 0.0
-    min: float = 0.0
-
-    def __post_init__(self):
-        s = sorted(self.samples)
-        self.median = statistics.median(s)
-        if len(s) >= 2:
-            q = statistics.quantiles(s, n=4, method="inclusive")
-            self.q1, self.q3 = q[0], q[2]
-        else:
-            self.q1 = self.q3 = s[0]
-        self.iqr = self.q3 - self.q1
-        self.min = s[0]
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["samples"] = [round(x, 6) for x in self.samples]
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
-
-
-def time_round_robin(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, Timing]:
-    """Time each function ``repeats`` times, interleaved; the starting config rotates every round
-    so none is always first (the first call after another model's step runs on colder caches)."""
-    names = list(fns)
-    for _ in range(warmup):
-        for n in names:
-            fns[n]()
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for n in order:
-            t0 = time.perf_counter()
-            fns[n]()
-            samples[n].append(time.perf_counter() - t0)
-    return {n: Timing(s) for n, s in samples.items()}
 
 
 class Results:
@@ -220,6 +175,36 @@ def conll_batch(examples: list[dict], tok, label2id: dict[str, int], max_length:
     keep = ("input_ids", "attention_mask", "labels")
     feats = [token_classification_features(ex["tokens"], ex["tags"], tok, label2id, max_length)[0] for ex in examples]
     return dict(make_collator("token", tok)([{k: f[k] for k in keep} for f in feats]))
+
+
+def batch_of_conll(tokenizer, n: int = 16, seed: int = 0) -> tuple[dict[str, torch.Tensor], int]:
+    """``n`` seeded CoNLL-2003 training sentences as one padded batch with first-sub-token labels,
+    and the number of labels."""
+    from fsllm.data import load_any
+    from fsllm.training import build_label_maps, seeded_subset
+
+    td = load_any("conll2003")
+    train = seeded_subset(list(td.splits["train"]), n, seed)
+    id2label = build_label_maps("token", list(td.splits["train"]), td.label_names)
+    return conll_batch(train, tokenizer, {v: k for k, v in id2label.items()}), len(id2label)
+
+
+def step_ab_setup(doc: str, argv: list[str] | None, repeats: int, out: str) -> tuple[argparse.Namespace, dict, int]:
+    """Options, batch and label count of the scripts that time two variants of one training step
+    (``bench_compile``, ``bench_fused_lora``): ``--repeats``, ``--threads`` (set here), ``--out``
+    (``out`` under benchmarks/results), and one batch of 16 seeded CoNLL-2003 sentences. Seeds torch
+    with 0 last, so the caller's model is built from the same seed as before."""
+    from fsllm import load_tokenizer
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=repeats, help=f"timed steps per variant [{repeats}]")
+    p.add_argument("--threads", type=int, default=2, help="torch threads [2]")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / out)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    batch, num_labels = batch_of_conll(load_tokenizer(BACKBONE))
+    torch.manual_seed(0)
+    return a, batch, num_labels
 
 
 def synthetic_batch(length: int, num_labels: int, vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -329,22 +314,15 @@ def worker_memory(spec: dict) -> dict:
             batch = synthetic_batch(int(item), len(id2label), spec["vocab"])
         train_step(model, batch, precision)  # warmup: first-call allocations, autograd and thread pools
         model.zero_grad(set_to_none=True)
-        common.release_free_memory()
-        base = common.rss_mb()
-        peak_load_warmup = max(peak_load_warmup, common.peak_rss_mb())
-        ok = common.reset_peak_rss()
-        for _ in range(spec["steps"]):
-            train_step(model, batch, precision)
-        peak = common.peak_rss_mb()
+        _, mem = rss_peak(lambda b=batch: [train_step(model, b, precision) for _ in range(spec["steps"])])
+        peak_load_warmup = max(peak_load_warmup, mem.peak_before_reset_mb)
         results.append(
             {
                 "item": item,
-                "rss_before_step_mb": round(base, 1),
-                "peak_rss_mb": round(peak, 1),
-                "step_peak_mb": round(peak - base, 1),
-                "method": "VmHWM after reset via /proc/self/clear_refs"
-                if ok
-                else "VmHWM without reset (includes load+warmup)",
+                "rss_before_step_mb": round(mem.rss_before_mb, 1),
+                "peak_rss_mb": round(mem.peak_rss_mb, 1),
+                "step_peak_mb": round(mem.step_peak_mb, 1),
+                "method": mem.method,
             }
         )
         model.zero_grad(set_to_none=True)
@@ -364,15 +342,7 @@ def worker_memory(spec: dict) -> dict:
 def measure_memory(spec: dict, workdir: Path) -> dict:
     """Run ``worker_memory`` in a fresh Python process and return its JSON."""
     spec_path = workdir / f"mem-{spec['kind']}-{time.monotonic_ns()}.json"
-    spec_path.write_text(json.dumps(spec))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-worker", str(spec_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory worker for {spec['kind']} failed:\n{proc.stderr[-3000:]}")
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("@@RESULT "):
-            return json.loads(line[len("@@RESULT ") :])
-    raise RuntimeError(f"memory worker for {spec['kind']} printed no result:\n{proc.stdout[-2000:]}")
+    return common.run_worker(__file__, "--_memory-worker", spec, spec_path, f"memory worker for {spec['kind']}")
 
 
 # ============================================================================ parts
@@ -437,9 +407,9 @@ def part_overhead(ctx: Ctx) -> None:
     fns = {
         f"{k}@{p}": (lambda m=m, p=p: train_step(m, batch, p)) for p in a.overhead_precisions for k, m in models.items()
     }
-    timed = time_round_robin(fns, a.repeats, a.warmup)
+    by_run = time_round_robin(fns, a.repeats, a.warmup)
     for p in a.overhead_precisions:
-        timings = {k: timed[f"{k}@{p}"] for k in kinds}
+        timings = {k: by_run[f"{k}@{p}"] for k in kinds}
         base = timings[BASELINE].median
         res["time" + _suffix(p)] = {
             k: {
@@ -453,7 +423,7 @@ def part_overhead(ctx: Ctx) -> None:
         res["tokens_per_s" + _suffix(p)] = {k: round(real / t.median, 1) for k, t in timings.items()}
     if "bf16" in a.overhead_precisions and "fp32" in a.overhead_precisions:
         # how much faster each config's step is under bf16 autocast than in fp32 (same batch, same run)
-        res["bf16_speedup"] = {k: _ratio(timed[f"{k}@fp32"].median, timed[f"{k}@bf16"].median) for k in kinds}
+        res["bf16_speedup"] = {k: _ratio(by_run[f"{k}@fp32"].median, by_run[f"{k}@bf16"].median) for k in kinds}
     ctx.results.save()
     del models
     common.release_free_memory()
@@ -771,9 +741,7 @@ def part_inference(ctx: Ctx) -> None:
     warm = sentences[:8]
 
     predict_word_tags(predictor.model, ctx.tok, warm, a.infer_max_length, 64)
-    t0 = time.perf_counter()
-    fs_tags, _, _ = predict_word_tags(predictor.model, ctx.tok, sentences, a.infer_max_length, 64)
-    dt = time.perf_counter() - t0
+    (fs_tags, _, _), dt = timed(lambda: predict_word_tags(predictor.model, ctx.tok, sentences, a.infer_max_length, 64))
     runs["fsllm"] = {"seconds": round(dt, 2), "sentences_per_s": round(len(sentences) / dt, 2)}
     gold = [list(ex["tags"]) for ex in test]
     if a.model_dir:
@@ -785,9 +753,7 @@ def part_inference(ctx: Ctx) -> None:
     bf = Predictor(load_model(a.model_dir) if a.model_dir else copy.deepcopy(model), ctx.tok,
                    max_length=a.infer_max_length, batch_size=64, precision="bf16")
     predict_word_tags(bf.model, ctx.tok, warm, a.infer_max_length, 64)
-    t0 = time.perf_counter()
-    bf_tags, _, _ = predict_word_tags(bf.model, ctx.tok, sentences, a.infer_max_length, 64)
-    dt = time.perf_counter() - t0
+    (bf_tags, _, _), dt = timed(lambda m=bf.model: predict_word_tags(m, ctx.tok, sentences, a.infer_max_length, 64))
     words = sum(len(w) for w in sentences)
     runs["fsllm_bf16"] = {
         "seconds": round(dt, 2), "sentences_per_s": round(len(sentences) / dt, 2),
@@ -807,9 +773,7 @@ def part_inference(ctx: Ctx) -> None:
         pipe = pipeline("token-classification", model=folder, device="cpu")
     for name, kw in (("pipeline_bs1", {}), ("pipeline_bs64", {"batch_size": 64})):
         pipe([" ".join(w) for w in warm], ignore_labels=[], **kw)
-        t0 = time.perf_counter()
-        out = pipe(texts, ignore_labels=[], **kw)
-        dt = time.perf_counter() - t0
+        out, dt = timed(lambda kw=kw: pipe(texts, ignore_labels=[], **kw))
         sps = len(sentences) / dt
         p_tags = [_pipeline_word_tags(ents, w) for ents, w in zip(out, sentences, strict=True)]
         same_sent = sum(p == f for p, f in zip(p_tags, fs_tags, strict=True))
@@ -829,9 +793,7 @@ def part_inference(ctx: Ctx) -> None:
     hf = build_model(HF_NATIVE, ctx.id2label).merge_and_unload().eval()
     hf_pipe = pipeline("token-classification", model=hf, tokenizer=ctx.tok, device="cpu")
     hf_pipe([" ".join(w) for w in warm], ignore_labels=[], batch_size=64)
-    t0 = time.perf_counter()
-    hf_pipe(texts, ignore_labels=[], batch_size=64)
-    dt = time.perf_counter() - t0
+    _, dt = timed(lambda p=hf_pipe: p(texts, ignore_labels=[], batch_size=64))
     runs["hf_native_pipeline_bs64"] = {"seconds": round(dt, 2), "sentences_per_s": round(len(sentences) / dt, 2),
                                        "fsllm_speedup": _ratio(runs["fsllm"]["sentences_per_s"], len(sentences) / dt)}
     del hf, hf_pipe
@@ -846,13 +808,7 @@ def part_inference(ctx: Ctx) -> None:
 def _matmul_gflops(n: int, dtype: torch.dtype, repeats: int) -> dict:
     x = torch.randn(n, n).to(dtype)
     y = torch.randn(n, n).to(dtype)
-    torch.mm(x, y)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(x, y)
-        ts.append(time.perf_counter() - t0)
-    t = Timing(ts)
+    t = time_repeats(lambda: torch.mm(x, y), repeats, warmup=1)
     return {
         "n": n,
         "dtype": str(dtype).replace("torch.", ""),
@@ -918,7 +874,7 @@ def part_flops(ctx: Ctx) -> None:
     model = build_model("fs-bidirectional", ctx.id2label)
     batch = conll_batch(ctx.sample("train", a.batch_size), ctx.tok, ctx.label2id, a.max_length)
     flops, by_op = _count_flops(lambda: train_step(model, batch))
-    t = time_round_robin({"step": lambda: train_step(model, batch)}, a.repeats, a.warmup)["step"]
+    t = time_repeats(lambda: train_step(model, batch), a.repeats, a.warmup)
     res["train_step"] = {
         "model": "fs-bidirectional, forward + backward (no optimizer step)",
         **_flops_record(model, batch["input_ids"].shape, flops, by_op, t, peak_fp32, training=True),
@@ -931,7 +887,7 @@ def part_flops(ctx: Ctx) -> None:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 train_step(model, batch)
 
-        t16 = time_round_robin({"step": bf16_step}, a.repeats, a.warmup)["step"]
+        t16 = time_repeats(bf16_step, a.repeats, a.warmup)
         rec = _flops_record(model, batch["input_ids"].shape, flops, by_op, t16, peak_fp32, training=True)
         rec["fraction_of_bf16_peak"] = round(flops / t16.median / peak_bf16, 4)
         # where a bf16 step's time goes: on an AMX CPU the bf16 SDPA backward was the slow part
@@ -1002,7 +958,7 @@ def part_flops(ctx: Ctx) -> None:
             model(**ibatch)
 
     flops_i, by_op_i = _count_flops(infer)
-    t = time_round_robin({"infer": infer}, a.repeats, a.warmup)["infer"]
+    t = time_repeats(infer, a.repeats, a.warmup)
     res["inference_batch"] = {
         "model": "fs-bidirectional, LoRA merged, inference_mode",
         **_flops_record(model, ibatch["input_ids"].shape, flops_i, by_op_i, t, peak_fp32, training=False),
@@ -1010,7 +966,7 @@ def part_flops(ctx: Ctx) -> None:
     ctx.results.save()
     if peak_bf16:
         model.to(torch.bfloat16)  # what Predictor(precision="bf16") runs
-        t16 = time_round_robin({"infer": infer}, a.repeats, a.warmup)["infer"]
+        t16 = time_repeats(infer, a.repeats, a.warmup)
         rec = _flops_record(model, ibatch["input_ids"].shape, flops_i, by_op_i, t16, peak_fp32, training=False)
         rec["fraction_of_bf16_peak"] = round(flops_i / t16.median / peak_bf16, 4)
         res["inference_batch_bf16"] = {"model": "fs-bidirectional, LoRA merged, weights in bf16", **rec}
@@ -1089,6 +1045,22 @@ def _part_line(part: dict, fallback: dict) -> str:
     )
 
 
+def _section(title: str, part: dict, machine: dict) -> list[str]:
+    """A part's heading and the line that says where and how it ran."""
+    return [title, "", _part_line(part, machine), ""]
+
+
+def _table_head(*columns: str) -> list[str]:
+    """A markdown table's header row and separator."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def _target_lines(part: dict) -> list[str]:
+    """One line per target a part checks: its ratio and PASS or FAIL."""
+    return [f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}"
+            for name, c in part.get("targets", {}).items()]
+
+
 def markdown_summary(data: dict) -> str:
     P = data.get("parts", {})
     m = data["machine"]
@@ -1102,19 +1074,16 @@ def markdown_summary(data: dict) -> str:
     if "time" in o:
         s = o["setup"]
         lines += [
-            f"### overhead (batch {s['batch_size']}, shape {s['padded_shape']}, {s['repeats']} repeats)",
-            "",
-            _part_line(o, m),
-            "",
+            *_section(f"### overhead (batch {s['batch_size']}, shape {s['padded_shape']}, {s['repeats']} repeats)",
+                      o, m),
         ]
         for prec in s.get("precisions", ["fp32"]):
             sfx = _suffix(prec)
             lines += [
                 f"{prec}{' (forward under autocast)' if prec == 'bf16' else ''}:",
                 "",
-                "| config | step median s | IQR s | time vs baseline | time vs hf-native | step peak MB "
-                "| mem vs baseline | mem vs hf-native | masks/forward (bytes) |",
-                "|---|---|---|---|---|---|---|---|---|",
+                *_table_head("config", "step median s", "IQR s", "time vs baseline", "time vs hf-native",
+                             "step peak MB", "mem vs baseline", "mem vs hf-native", "masks/forward (bytes)"),
             ]
             for k, t in o.get("time" + sfx, {}).items():
                 mem = o.get("memory" + sfx, {}).get(k, {})
@@ -1129,18 +1098,14 @@ def markdown_summary(data: dict) -> str:
         if o.get("bf16_speedup"):
             lines.append("- bf16 autocast step speed-up over fp32: "
                          + ", ".join(f"{k} {v}x" for k, v in o["bf16_speedup"].items()))
-        for name, c in o.get("targets", {}).items():
-            lines.append(f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}")
+        lines += _target_lines(o)
         lines.append("")
     tr = P.get("train", {})
     if tr.get("runs"):
         lines += [
-            "### train",
-            "",
-            _part_line(tr, m),
-            "",
-            "| recipe | steps | step time s (median over seeds) | real tok/s | padded tok/s | dev F1 mean ± std | dev F1 by seed | in-loop evals |",
-            "|---|---|---|---|---|---|---|---|",
+            *_section("### train", tr, m),
+            *_table_head("recipe", "steps", "step time s (median over seeds)", "real tok/s", "padded tok/s",
+                         "dev F1 mean ± std", "dev F1 by seed", "in-loop evals"),
         ]
         for k, r in tr["runs"].items():
             std = f" ± {r['dev_f1_std']:.4f}" if r.get("dev_f1_std") is not None else ""
@@ -1155,18 +1120,14 @@ def markdown_summary(data: dict) -> str:
             lines.append(f"- {key[len('speedup_'):-len('_vs_ls')]} vs LS-LLaMA/BiLLM: {tr[key]}")
         if tr.get("fsllm_vs_hf_native"):
             lines.append(f"- fsllm vs hf_native (step time ratio > 1: fsllm faster): {tr['fsllm_vs_hf_native']}")
-        for name, c in tr.get("targets", {}).items():
-            lines.append(f"- target {name}: {c['ratio']} -> {'PASS' if c['pass'] else 'FAIL'}")
+        lines += _target_lines(tr)
         lines.append("")
     inf = P.get("inference", {})
     if inf.get("runs"):
         lines += [
-            f"### inference ({inf['setup']['sentences']} test sentences; {inf['setup']['model']})",
-            "",
-            _part_line(inf, m),
-            "",
-            "| path | seconds | sentences/s | fsllm speedup | sentence agreement | word agreement | test F1 |",
-            "|---|---|---|---|---|---|---|",
+            *_section(f"### inference ({inf['setup']['sentences']} test sentences; {inf['setup']['model']})", inf, m),
+            *_table_head("path", "seconds", "sentences/s", "fsllm speedup", "sentence agreement", "word agreement",
+                         "test F1"),
         ]
         for k, r in inf["runs"].items():
             speed = r.get("fsllm_speedup", "-")
@@ -1186,10 +1147,7 @@ def markdown_summary(data: dict) -> str:
     if fl.get("peak_matmul"):
         pk = fl["peak_matmul"]
         lines += [
-            "### flops",
-            "",
-            _part_line(fl, m),
-            "",
+            *_section("### flops", fl, m),
             "- peak matmul: " + ", ".join(f"{k} {v['gflops']} GFLOP/s (n={v['n']})" for k, v in pk.items()),
         ]
         for k in ("train_step", "train_step_bf16_autocast", "inference_batch", "inference_batch_bf16"):
@@ -1218,12 +1176,9 @@ def markdown_summary(data: dict) -> str:
     sc = P.get("scaling", {})
     if sc.get("rows"):
         lines += [
-            "### scaling (batch 1)",
-            "",
-            _part_line(sc, m),
-            "",
-            "| L | bidir s | decay s | causal s | decay/causal | bidir MB | decay MB | causal MB | decay layer masks/fwd (bytes) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            *_section("### scaling (batch 1)", sc, m),
+            *_table_head("L", "bidir s", "decay s", "causal s", "decay/causal", "bidir MB", "decay MB", "causal MB",
+                         "decay layer masks/fwd (bytes)"),
         ]
         for L, row in sc["rows"].items():
             b, d, c = row["fs-bidirectional"], row["fs-decay"], row["fs-causal"]
@@ -1360,7 +1315,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     if a.memory_worker:
         spec = json.loads(Path(a.memory_worker).read_text())
-        print("@@RESULT " + json.dumps(worker_memory(spec)), flush=True)
+        common.print_result(worker_memory(spec))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(a.threads)

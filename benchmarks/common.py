@@ -1,4 +1,5 @@
-"""What every benchmark script records the same way: the machine, the code's commit, and result files.
+"""What every benchmark script records the same way: the machine, the code's commit, and result files;
+and how a script runs a measurement in a fresh process (:func:`run_worker`). Timing lives in ``timing.py``.
 
 A result is read against the machine and the code that produced it, so these are written by one
 function each, not by a copy per script (copies drift: one script read the CPU flags, another the
@@ -16,6 +17,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -177,3 +179,31 @@ def release_free_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# ----------------------------------------------------------------------------- fresh-process workers
+
+RESULT_MARK = "@@RESULT "
+
+
+def print_result(result: Any) -> None:
+    """A worker's answer to :func:`run_worker`: one marked JSON line (anything else it prints is ignored)."""
+    print(RESULT_MARK + json.dumps(result), flush=True)
+
+
+def run_worker(script: str | os.PathLike, flag: str, spec: dict, spec_path: Path, what: str,
+               env: dict[str, str] | None = None) -> dict:
+    """Run ``python script flag spec_path`` in a fresh process (so no measurement inherits another's heap)
+    with ``spec`` written to ``spec_path``, and return the result the worker printed with :func:`print_result`.
+
+    ``what`` names the worker in the errors raised when it fails or prints no result.
+    """
+    spec_path.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(Path(script).resolve()), flag, str(spec_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    raise RuntimeError(f"{what} printed no result:\n{proc.stdout[-2000:]}")

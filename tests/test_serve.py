@@ -724,3 +724,36 @@ def test_forward_threads_leave_a_core_to_the_http_side(monkeypatch):
     assert forward_threads(2, workers=2) == 2
     with pytest.raises(FSLLMError, match="--threads"):
         forward_threads(0)
+
+
+def test_every_create_app_option_reaches_each_worker_process(monkeypatch):
+    """``--workers N`` hands create_app's options to each process through the environment and ``app_from_env``
+    reads them back: one table serves both sides, so every option (all of create_app's keywords but
+    ``model_id``) arrives with its value and type, and one left out or None arrives as create_app's default."""
+    import inspect
+
+    from fsllm.serving import app as app_module
+
+    values = dict(max_batch_size=7, max_wait_ms=2.5, max_queue=9, max_batch_tokens=777, max_input_tokens=300,
+                  precision="bf16", device="cpu", ner_decoding="viterbi", word_scores="mean")
+    params = inspect.signature(app_module.create_app).parameters.values()
+    keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    assert set(keywords) - {"model_id"} == set(values)  # a new option of create_app must be handed on too
+
+    def load(env: dict[str, str | None]) -> dict:
+        for k in [k for k in os.environ if k.startswith("FSLLM_SERVE_")]:
+            monkeypatch.delenv(k)
+        for k, v in env.items():
+            if v is not None:
+                monkeypatch.setenv(k, v)
+        got: dict = {}
+        monkeypatch.setattr(app_module, "create_app", lambda model, **kw: got.update(kw, model=model))
+        monkeypatch.setattr(torch, "set_num_threads", lambda n: got.update(threads=n))
+        app_module.app_from_env()
+        return got
+
+    assert load(app_module.worker_env("some/run", 3, **values)) == {**values, "model": "some/run", "threads": 3}
+    assert load(app_module.worker_env("some/run", None, max_batch_tokens=None, precision="fp32")) == {
+        "model": "some/run", "precision": "fp32"}
+    with pytest.raises(TypeError, match="max_batch"):
+        app_module.worker_env("some/run", None, max_batch=3)

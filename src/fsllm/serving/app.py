@@ -44,6 +44,20 @@ ENV_PRECISION = "FSLLM_SERVE_PRECISION"
 ENV_NER_DECODING = "FSLLM_SERVE_NER_DECODING"
 ENV_WORD_SCORES = "FSLLM_SERVE_WORD_SCORES"
 
+#: :func:`create_app`'s options that ``--workers N`` hands each process: the variable each travels in and
+#: how :func:`app_from_env` reads it back. One table for both sides, so an option cannot reach one and not the other.
+_ENV_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "max_batch_size": (ENV_MAX_BATCH_SIZE, int),
+    "max_wait_ms": (ENV_MAX_WAIT_MS, float),
+    "max_queue": (ENV_MAX_QUEUE, int),
+    "max_batch_tokens": (ENV_MAX_BATCH_TOKENS, int),
+    "max_input_tokens": (ENV_MAX_INPUT_TOKENS, int),
+    "precision": (ENV_PRECISION, str),
+    "device": (ENV_DEVICE, str),
+    "ner_decoding": (ENV_NER_DECODING, str),
+    "word_scores": (ENV_WORD_SCORES, str),
+}
+
 #: Inputs longer than this (characters, whole request) are tokenised (and NER answers decoded) off the event loop.
 _THREADPOOL_CHARS = 20_000
 
@@ -340,6 +354,18 @@ def create_app(
     return app
 
 
+def worker_env(model: str | os.PathLike, threads: int | None, **options: Any) -> dict[str, str | None]:
+    """The environment that hands ``model``, the torch thread count and :func:`create_app`'s ``options`` to
+    :func:`app_from_env` in each worker process. ``None`` values mean unset, so that a variable left in the
+    caller's environment is not taken for an option; an option left out gets :func:`create_app`'s default."""
+    unknown = sorted(set(options) - set(_ENV_OPTIONS))
+    if unknown:
+        raise TypeError(f"worker_env: unknown create_app options {unknown}")
+    env: dict[str, str | None] = {ENV_MODEL: str(model), ENV_TORCH_THREADS: None if threads is None else str(threads)}
+    env.update({_ENV_OPTIONS[k][0]: None if v is None else str(v) for k, v in options.items()})
+    return env
+
+
 def app_from_env() -> FastAPI:
     """App factory for ``uvicorn --factory fsllm.serving:app_from_env`` (what ``--workers N`` starts in each process)."""
     model = os.environ.get(ENV_MODEL)
@@ -350,16 +376,6 @@ def app_from_env() -> FastAPI:
         import torch
 
         torch.set_num_threads(int(threads))
-    max_input, batch_tokens = os.environ.get(ENV_MAX_INPUT_TOKENS), os.environ.get(ENV_MAX_BATCH_TOKENS)
-    return create_app(
-        model,
-        max_batch_size=int(os.environ.get(ENV_MAX_BATCH_SIZE, 32)),
-        max_wait_ms=float(os.environ.get(ENV_MAX_WAIT_MS, 5)),
-        max_queue=int(os.environ.get(ENV_MAX_QUEUE, 256)),
-        max_batch_tokens=int(batch_tokens) if batch_tokens else None,
-        max_input_tokens=int(max_input) if max_input else None,
-        precision=os.environ.get(ENV_PRECISION, "fp32"),
-        device=os.environ.get(ENV_DEVICE, "auto"),
-        ner_decoding=os.environ.get(ENV_NER_DECODING) or None,
-        word_scores=os.environ.get(ENV_WORD_SCORES) or None,
-    )
+    # an unset (or empty) variable: create_app's default
+    options = {k: read(os.environ[var]) for k, (var, read) in _ENV_OPTIONS.items() if os.environ.get(var)}
+    return create_app(model, **options)

@@ -10,20 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FSLLMError
-from .app import (
-    ENV_DEVICE,
-    ENV_MAX_BATCH_SIZE,
-    ENV_MAX_BATCH_TOKENS,
-    ENV_MAX_INPUT_TOKENS,
-    ENV_MAX_QUEUE,
-    ENV_MAX_WAIT_MS,
-    ENV_MODEL,
-    ENV_NER_DECODING,
-    ENV_PRECISION,
-    ENV_TORCH_THREADS,
-    ENV_WORD_SCORES,
-    create_app,
-)
+from .app import create_app, worker_env
 from .metrics import MULTIPROC_ENV
 
 
@@ -121,26 +108,18 @@ def serve(
     resolve_device(device)  # a GPU that is not there fails here, once, not in every worker
     n_threads = forward_threads(threads, workers)
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=None)
+    options = dict(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                   max_batch_tokens=max_batch_tokens, max_input_tokens=max_input_tokens, precision=precision,
+                   device=device, ner_decoding=ner_decoding, word_scores=word_scores)
     if workers == 1:
         if n_threads is not None:
             import torch
 
             torch.set_num_threads(n_threads)
-        app = create_app(model, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                         max_batch_tokens=max_batch_tokens, max_input_tokens=max_input_tokens, precision=precision,
-                         device=device, ner_decoding=ner_decoding, word_scores=word_scores)
+        app = create_app(model, **options)
         uvicorn.run(app, **common)
         return 0
-    # None: unset, so a value left in the caller's environment is not taken for an option
-    env: dict[str, str | None] = {
-        ENV_MODEL: str(model), ENV_MAX_BATCH_SIZE: str(max_batch_size), ENV_MAX_WAIT_MS: str(max_wait_ms),
-        ENV_MAX_QUEUE: str(max_queue), ENV_PRECISION: precision, ENV_DEVICE: device or "auto",
-        ENV_MAX_BATCH_TOKENS: None if max_batch_tokens is None else str(max_batch_tokens),
-        ENV_MAX_INPUT_TOKENS: None if max_input_tokens is None else str(max_input_tokens),
-        ENV_NER_DECODING: ner_decoding, ENV_WORD_SCORES: word_scores,
-        # N processes share the cores instead of each taking all
-        ENV_TORCH_THREADS: None if n_threads is None else str(n_threads),
-    }
+    env = worker_env(model, n_threads, **options)  # N processes share the cores instead of each taking all
     own_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         own_dir = env[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="fsllm-metrics-")
