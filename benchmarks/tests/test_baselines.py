@@ -210,6 +210,49 @@ def test_cell_ids_plan_order_and_skip(tmp_path):
         PL.plan("ner", [1000], [0], only=["no-such-row"], n_train=14041)
 
 
+#: what each module of benchmarks/papertables/ may import from the package: each stage only the ones
+#: before it, the report none of the running ones (it renders cell JSONs), so there is no cycle
+PAPERTABLES_LAYERS = {
+    "rows": set(), "machine": set(), "planner": {"rows"}, "runner": {"rows", "planner", "machine"},
+    "grid": {"planner", "runner"}, "report": {"rows", "planner", "machine"},
+}
+
+
+def papertables_imports(path: Path) -> set[str]:
+    """The package modules a module of benchmarks/papertables/ imports (``from .x import`` or ``from papertables.x``)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found.update(a.name for a in node.names)
+            elif (node.module or "").startswith("papertables"):
+                found.add((node.module.split(".") + [""])[1] or node.names[0].name)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("papertables."))
+    return found
+
+
+def test_papertables_modules_import_only_the_stages_before_them():
+    folder = ROOT / "benchmarks" / "papertables"
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    assert modules == set(PAPERTABLES_LAYERS), "a new module needs its place in PAPERTABLES_LAYERS"
+    for name, allowed in PAPERTABLES_LAYERS.items():
+        assert papertables_imports(folder / f"{name}.py") <= allowed, name
+
+
+def test_paper_tables_dry_run_lists_the_plan(tmp_path, capsys, monkeypatch):
+    """The command line's ``--dry-run`` (planner, estimates, status) through ``paper_tables.main``."""
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # main sets it: restored after the test
+    assert P.main(["ablation", "--dry-run", "--sizes", "1000", "--seeds", "0", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("table ablation (rt-polarity): 4 cells, 0 done, 4 to run")
+    assert "fs-swiglu-mean__n1000__s0" in out and out.rstrip().splitlines()[-1].startswith("total to run:")
+
+
 def test_alias_reuse_and_dev_curve(tmp_path):
     budget = PL.Budget()
     out = tmp_path / "out"
