@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from papertables.planner import REPO  # noqa: E402
+from papertables.planner import GRID_PLAN_KEYS, REPO  # noqa: E402
 from papertables.report import load_records  # noqa: E402
 from papertables.rows import TABLES  # noqa: E402
 
 #: how a grid was planned, not how a cell trained (the rate it trained at is compared as ``lr``)
-PLAN_KEYS = ("lr", "encoder_lr", "lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed", "grid_seeds")
+PLAN_KEYS = ("lr", "encoder_lr", *GRID_PLAN_KEYS)
 
 
 def changed_settings(new: dict, old: dict) -> dict:

@@ -20,35 +20,37 @@ from pathlib import Path
 import baselines
 from common import write_json
 
-from .planner import Budget, Cell, cell_path, is_done, run_dir_of
+from .planner import GRID_PLAN_KEYS, Budget, Cell, cell_path, is_done, run_dir_of
 from .runner import cell_command, loss_curves, run_cell, scalars, score_fs_test
 
 logger = logging.getLogger("paper")
 
 
-def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
-                  command: str = "") -> dict:
-    """Run a cell whose row has a learning-rate grid: the grid first (dev only, resumable member by
-    member), then the cell at the chosen rate. A grid-seed cell at a grid size is its chosen member
-    itself, scored on test once; other cells train at the chosen rate."""
-    from fsllm.selection import choose_rate, rate_key
-
+def grid_members(cell: Cell, budget: Budget) -> list[Cell]:
+    """The members a cell's rate is chosen from: each rate of its row's grid, at the grid size its
+    size maps to, for each grid seed (seed by seed, rates in the grid's order)."""
     g = budget.grid_size_for(cell.row, cell.size)
     assert g is not None
-    seeds = budget.seeds_of_grid
-    rates = budget.grid_for(cell.row)
-    members = [cell.grid_member(g, s, lr) for s in seeds for lr in rates]
+    return [cell.grid_member(g, s, lr) for s in budget.seeds_of_grid for lr in budget.grid_for(cell.row)]
+
+
+def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, runs: Path, *,
+                  mpnet_dir: str | None, command: str) -> dict[str, dict]:
+    """Run the members not finished yet (dev only; a member is finished when its JSON exists) and
+    return every member's record by cell id."""
     for k, m in enumerate(members, 1):
         if not is_done(out, m):
             logger.info("  grid %d/%d: %s/%s", k, len(members), cell.table, m.id)
             run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
-    done = {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members}
-    # a grid compares members trained alike; one from another budget would bias the choice (the grid's
-    # own plan, which rates and sizes it covers, does not change how a member trained)
-    plan_keys = ("lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed", "grid_seeds")
+    return {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members}
 
+
+def check_members(cell: Cell, members: list[Cell], done: dict[str, dict], budget: Budget, out: Path) -> None:
+    """Refuse a member that trained under another budget: a grid compares members trained alike, and
+    one from another budget would bias the choice (the grid's own plan, which rates and sizes it
+    covers, does not change how a member trained)."""
     def training(settings: dict | None) -> dict:
-        return {k: v for k, v in (settings or {}).items() if k not in plan_keys}
+        return {k: v for k, v in (settings or {}).items() if k not in GRID_PLAN_KEYS}
 
     mine = training(json.loads(json.dumps(budget.for_row(cell.row))))
     for m in members:
@@ -57,17 +59,41 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
             diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
             raise SystemExit(f"{cell_path(out, cell.table, m.id)}: this grid member ran with other settings "
                              f"(differing: {', '.join(diff)}); remove it or write to another --out")
+
+
+def choose(cell: Cell, done: dict[str, dict], budget: Budget) -> dict:
+    """The grid's record for the cell JSON: its size and seed(s), each rate's dev score and the chosen rate.
+
+    fsllm train's rule (:func:`fsllm.selection.choose_rate`): a rate is scored by its mean dev over the
+    grid seeds (one seed's noise can flip a close grid), and the first rate of the grid wins a tie (the
+    grid is written from the smallest rate up)."""
+    from fsllm.selection import choose_rate, rate_key
+
+    g = budget.grid_size_for(cell.row, cell.size)
+    seeds = budget.seeds_of_grid
+    rates = budget.grid_for(cell.row)
     per_seed = {rate_key(lr): {str(s): done[cell.grid_member(g, s, lr).id]["dev_metric"] for s in seeds} for lr in rates}
-    # fsllm train's rule (fsllm.selection.choose_rate): a rate is scored by its mean dev over the grid
-    # seeds (one seed's noise can flip a close grid), and the first rate of the grid wins a tie (the grid
-    # is written from the smallest rate up)
     chosen, means = choose_rate({lr: list(per_seed[rate_key(lr)].values()) for lr in rates})
     scores = {rate_key(lr): means[lr] for lr in rates}
     grid = {"size": g, "seed": seeds[0], "dev": scores, "chosen_lr": chosen}
     if len(seeds) > 1:
         grid.update(seeds=list(seeds), dev_per_seed=per_seed)
-    logger.info("%s/%s: grid dev %s -> lr %g", cell.table, cell.id, scores, chosen)
+    return grid
+
+
+def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
+                  command: str = "") -> dict:
+    """Run a cell whose row has a learning-rate grid: the grid first (dev only, resumable member by
+    member), then the cell at the chosen rate. A grid-seed cell at a grid size is its chosen member
+    itself, scored on test once (:func:`score_chosen_member`); other cells train at the chosen rate."""
+    members = grid_members(cell, budget)
+    done = train_members(cell, members, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
+    check_members(cell, members, done, budget, out)
+    grid = choose(cell, done, budget)
+    chosen = grid["chosen_lr"]
+    logger.info("%s/%s: grid dev %s -> lr %g", cell.table, cell.id, grid["dev"], chosen)
     earlier = json.loads(cell_path(out, cell.table, cell.id).read_text()) if is_done(out, cell) else None
+    replaced = None
     if earlier is not None:  # the grid was extended after this cell ran
         if earlier.get("lr") == chosen:  # the choice stands: the cell is what it would be, its record updated
             earlier.update(grid=grid, settings=budget.for_row(cell.row), cell_command=cell_command(cell, budget, out, runs),
@@ -78,13 +104,21 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
         # a new choice: the cell runs again and says what it replaces (its test score was seen)
         replaced = {"lr": earlier.get("lr"), "dev_metric": earlier.get("dev_metric"), "test": earlier.get("test"),
                     "grid_dev": (earlier.get("grid") or {}).get("dev")}
-    if cell.size != g or cell.seed not in seeds:
+    if cell.size != grid["size"] or cell.seed not in budget.seeds_of_grid:
         rec = run_cell(cell, budget, out, runs, mpnet_dir=mpnet_dir, command=command, lr=chosen, grid=grid)
-        if earlier is not None:
+        if replaced is not None:
             rec["replaces"] = replaced
             write_json(cell_path(out, cell.table, cell.id), rec)
         return rec
-    # the chosen member of this cell's seed is the cell: score its saved model on test, once
+    return score_chosen_member(cell, budget, out, runs, grid, done, replaced, mpnet_dir=mpnet_dir, command=command)
+
+
+def score_chosen_member(cell: Cell, budget: Budget, out: Path, runs: Path, grid: dict, done: dict[str, dict],
+                        replaced: dict | None, *, mpnet_dir: str | None, command: str) -> dict:
+    """A grid-seed cell at its grid size is its seed's chosen member: score the member's saved model on
+    test, once, and write the member's record as the cell's (``replaced``: the record of a cell an
+    extended grid chose another rate for)."""
+    g, chosen = grid["size"], grid["chosen_lr"]
     best = cell.grid_member(g, cell.seed, chosen)
     rec = dict(done[best.id])
     run_dir = run_dir_of(runs, cell.table, best.id)
@@ -115,9 +149,9 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
                loss_curves=loss_curves(run_dir / "train_log.jsonl"),
                test_seconds=round(time.time() - t0, 1), cell_command=cell_command(cell, budget, out, runs),
                chosen_member=str(cell_path(out, cell.table, best.id).relative_to(out)),
-               finished_at=time.strftime("%Y-%m-%d %H:%M:%S"), **({"replaces": replaced} if earlier is not None else {}))
+               finished_at=time.strftime("%Y-%m-%d %H:%M:%S"), **({"replaces": replaced} if replaced is not None else {}))
     # the members of its own seed are charged to the cell (each grid seed's cell pays for its own runs)
-    rec["cell_seconds"] = round(sum(done[cell.grid_member(g, cell.seed, lr).id]["cell_seconds"] for lr in rates)
-                                + rec["test_seconds"], 1)
+    own = sum(done[cell.grid_member(g, cell.seed, lr).id]["cell_seconds"] for lr in budget.grid_for(cell.row))
+    rec["cell_seconds"] = round(own + rec["test_seconds"], 1)
     write_json(cell_path(out, cell.table, cell.id), rec)
     return rec

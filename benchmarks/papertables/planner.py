@@ -21,6 +21,9 @@ from .rows import ALIASES, TABLE_DATA, TABLE_ROWS, Row
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "paper"
 DEFAULT_RUNS = REPO / "runs" / "paper"
+#: the budget's fields that say how a grid is planned (which rates, sizes and seeds it covers), not how
+#: a run trains: members and cells that differ only there trained alike
+GRID_PLAN_KEYS = ("lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed", "grid_seeds")
 
 
 @dataclass
