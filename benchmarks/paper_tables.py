@@ -31,8 +31,8 @@ evaluations without a new best (the same rule for every row), so ``--epochs`` is
         --evals-per-epoch 1 --dev-subset 500 --lr-grid 2e-4,5e-4,1e-3 --grid-sizes 1000
 
 This file is the command line only; the machinery is the package ``papertables`` beside it: the rows
-(``rows``), the budget, cells, run order and estimates (``planner``), running a cell (``runner``), the
-learning-rate grids (``grid``) and the report (``report``).
+(``rows``), the budget, cells, run order and estimates (``planner``), the machine a cell records
+(``machine``), running a cell (``runner``), the learning-rate grids (``grid``) and the report (``report``).
 """
 
 from __future__ import annotations
