@@ -233,25 +233,14 @@ def encoder_dir(name: str, mpnet_dir: str | None) -> Path:
     return d
 
 
-def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
-             command: str = "", lr: float | None = None, grid: dict | None = None) -> dict:
-    """Run one cell and write its JSON; returns the record.
-
-    ``lr`` overrides the budget's rate (the rate a grid chose); a grid member (``cell.lr``) trains at
-    its own rate and defers its test evaluation. ``grid`` (the grid's dev scores) goes into the record.
-    """
-    from fsllm.metrics import primary_metric
-
-    run_dir = run_dir_of(runs, cell.table, cell.id)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    machine = machine_info()  # at the start: the commit whose code this cell runs
+def train_row(cell: Cell, budget: Budget, run_dir: Path, lr: float | None, evaluate_test: bool,
+              mpnet_dir: str | None) -> tuple[dict, dict[str, Any]]:
+    """Train (or reread, or resume) one cell the way its row's kind trains: FS rows through fsllm, the
+    others through ``baselines.py``. Returns the run's metrics and the extras its record carries."""
     row = cell.row
-    lr = cell.lr if cell.lr is not None else lr
-    evaluate_test = cell.lr is None
     extras: dict[str, Any] = {}
     if row.kind == "fs":
-        metrics, extras = run_fs(cell, budget, run_dir, lr, evaluate_test)
+        return run_fs(cell, budget, run_dir, lr, evaluate_test)
     elif row.kind == "hf-native":
         metrics = baselines.run_hf_native(
             cell.dataset, run_dir, model_name=budget.model, train_subset=cell.size, dev_subset=budget.dev_subset or None,
@@ -286,6 +275,26 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
         )
     else:  # pragma: no cover
         raise ValueError(row.kind)
+    return metrics, extras
+
+
+def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
+             command: str = "", lr: float | None = None, grid: dict | None = None) -> dict:
+    """Run one cell and write its JSON; returns the record.
+
+    ``lr`` overrides the budget's rate (the rate a grid chose); a grid member (``cell.lr``) trains at
+    its own rate and defers its test evaluation. ``grid`` (the grid's dev scores) goes into the record.
+    """
+    from fsllm.metrics import primary_metric
+
+    run_dir = run_dir_of(runs, cell.table, cell.id)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    machine = machine_info()  # at the start: the commit whose code this cell runs
+    row = cell.row
+    lr = cell.lr if cell.lr is not None else lr
+    evaluate_test = cell.lr is None
+    metrics, extras = train_row(cell, budget, run_dir, lr, evaluate_test, mpnet_dir)
     task = metrics["task"]
     metric = metrics.get("primary_metric") or primary_metric(task)
     dev = metrics.get("dev")
@@ -323,7 +332,6 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
             record[k] = metrics[k]
     write_json(cell_path(out, cell.table, cell.id), record)
     return record
-
 
 
 def try_reuse(cell: Cell, budget: Budget, out: Path) -> bool:
