@@ -75,6 +75,7 @@ def _ints(s: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: a table (or ``report``), what to run, the budget and the estimates' constants."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", choices=[*TABLES, "report"])
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="seeds of the multi-seed rows (others: the first) [0,1,2]")
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def budget_from(a: argparse.Namespace) -> Budget:
+    """The table's :class:`~papertables.planner.Budget` from the parsed command line."""
     return Budget(model=a.model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, encoder_lr=a.encoder_lr,
                   max_length=a.max_length, dev_subset=a.dev_subset or None, evals_per_epoch=a.evals_per_epoch,
                   it_evals_per_epoch=a.it_evals_per_epoch, gen_tokens=a.gen_tokens, max_steps=a.max_steps,
@@ -133,6 +135,7 @@ def budget_from(a: argparse.Namespace) -> Budget:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Write the report, print the plan (``--dry-run``) or run a table's pending cells; the exit status."""
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -119,6 +119,7 @@ class Cell:
 
     @property
     def id(self) -> str:
+        """The cell's name (:func:`cell_id`), with ``__lr<rate>`` for a grid member."""
         cid = cell_id(self.row.name, self.size, self.seed)
         return cid if self.lr is None else f"{cid}__lr{self.lr:g}"
 
@@ -241,9 +242,11 @@ class CostModel:
     ENC_EVAL: ClassVar[dict] = {"minilm": 0.1, "mpnet": 0.8}
 
     def per_example_eval(self, dataset: str) -> float:
+        """Seconds to evaluate the FS model on one example of ``dataset``."""
         return self.conll_test_s / 3453 * self.LEN.get(dataset, 1.0)
 
     def seconds(self, cell: Cell, budget: Budget, n_dev: int, n_test: int, n_labels: int) -> float:
+        """Estimated wall-clock of one run of ``cell``: loading, training steps, dev evaluations, test."""
         ds, row = cell.dataset, cell.row
         lf = self.LEN.get(ds, 1.0)
         e = self.per_example_eval(ds)

@@ -40,10 +40,12 @@ class Row:
 
     @property
     def fs_overrides(self) -> dict:
+        """The row's ``FSConfig`` overrides as keyword arguments."""
         return dict(self.fs)
 
     @property
     def train_overrides(self) -> dict:
+        """The row's ``TrainConfig`` overrides as keyword arguments."""
         return dict(self.train)
 
 
