@@ -236,10 +236,71 @@ def latency_figure(rows: dict[str, list[tuple[int, float, float, int]]], latency
     return path
 
 
-def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[int] | None = None) -> tuple[list[str], dict]:
-    """Markdown lines of one table, and its dev-curve series."""
+def figure_lines(table: str, recs: list[dict], real_sizes: Sequence[int], metric: str,
+                 out: Path) -> tuple[list[str], dict[str, list]]:
+    """Draw a table's figures beside the report (dev metric and losses against step, first seed of each
+    row and size; test metric against training size and, for NER, against inference cost) and return
+    the markdown lines that show them, with the dev-curve series."""
     from fsllm.plots import plot_curves
 
+    lines: list[str] = []
+    curve_rows = {"ner": ["fs-bidirectional", "causal", "hf-native"],
+                  "ablation": [r.name for r in TABLE_ROWS["ablation"]]}.get(
+        table, ["fs-bidirectional", "causal-last", "causal-mean", "hf-native"])
+    series: dict[str, list] = {}
+    for row_name in curve_rows:
+        for size in real_sizes:
+            cands = sorted((r for r in recs if r["method"] == row_name and r["train_size"] == size and r.get("dev_curve")),
+                           key=lambda r: r["seed"])
+            if cands:
+                series[f"{row_name} n={size} (seed {cands[0]['seed']})"] = [tuple(p) for p in cands[0]["dev_curve"]]
+    if series:
+        png = Path(out) / f"dev_curves_{table}.png"
+        plot_curves(series, png, xlabel="training step", ylabel=f"dev {metric}", title=f"{table}: dev {metric} vs step")
+        lines += [f"![dev curves]({png.name})", ""]
+    for which in ("train", "dev"):  # the losses of the same runs, where the cells recorded them
+        losses: dict[str, list] = {}
+        for row_name in curve_rows:
+            for size in real_sizes:
+                cands = sorted((r for r in recs if r["method"] == row_name and r["train_size"] == size
+                                and (r.get("loss_curves") or {}).get(which)), key=lambda r: r["seed"])
+                if cands:
+                    losses[f"{row_name} n={size} (seed {cands[0]['seed']})"] = [tuple(p) for p in cands[0]["loss_curves"][which]]
+        if losses:
+            png = Path(out) / f"{which}_loss_{table}.png"
+            plot_curves(losses, png, xlabel="training step", ylabel=f"{which} loss", title=f"{table}: {which} loss vs step")
+            lines += [f"![{which} loss]({png.name})", ""]
+    # test metric against the training-set size, one line per row, the seeds' spread as error bars
+    sized = {name: pts for name in SIZE_FIGURE_ROWS if (pts := size_points(recs, name, metric))}
+    if sized:
+        png = Path(out) / f"{metric}_vs_size_{table}.png"
+        size_figure(sized, png, metric, title=f"{table}: test {metric} against training sentences")
+        lines += [f"![test {metric} against training size]({png.name})", ""]
+    latency = REPO / "benchmarks" / "results" / "latency.json"
+    if table == "ner" and latency.is_file() and sized:
+        png = Path(out) / f"{metric}_vs_latency_{table}.png"
+        if latency_figure(sized, json.loads(latency.read_text()), png, metric):
+            lines += [f"![test {metric} against inference cost]({png.name})",
+                      "", f"Inference cost: `{json.loads(latency.read_text())['command']}` "
+                      "([latency.json](../latency.json)); causal runs the FS model's forward.", ""]
+    return lines, series
+
+
+def command_lines(recs: list[dict]) -> list[str]:
+    """The commands that produced a table's cells, then one command per cell (and its ``fsllm train``)."""
+    lines: list[str] = []
+    cmds = sorted({r.get("command", "") for r in recs if r.get("command")})
+    if cmds:
+        lines += ["Commands that produced these cells:", "", "```"] + cmds + ["```", ""]
+        lines += ["<details><summary>one command per cell</summary>", "", "```"]
+        lines += [f"# {r['cell_id']}\n{r.get('cell_command', '')}" + (f"\n# = {r['fsllm_command']}" if r.get("fsllm_command") else "")
+                  for r in sorted(recs, key=lambda r: r["cell_id"])]
+        lines += ["```", "", "</details>", ""]
+    return lines
+
+
+def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[int] | None = None) -> tuple[list[str], dict]:
+    """Markdown lines of one table, and its dev-curve series."""
     recs, stale = split_stale(load_records(out, table))
     dataset = TABLE_DATA[table]
     try:
@@ -352,54 +413,9 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
         lines.append(f"Not run ({len(missing)} of {len(planned)} planned cells): "
                      + ", ".join(c.id for c in missing) + ".")
         lines.append("")
-    # curves
-    curve_rows = {"ner": ["fs-bidirectional", "causal", "hf-native"],
-                  "ablation": [r.name for r in TABLE_ROWS["ablation"]]}.get(
-        table, ["fs-bidirectional", "causal-last", "causal-mean", "hf-native"])
-    series: dict[str, list] = {}
-    for row_name in curve_rows:
-        for size in real_sizes:
-            cands = sorted((r for r in recs if r["method"] == row_name and r["train_size"] == size and r.get("dev_curve")),
-                           key=lambda r: r["seed"])
-            if cands:
-                series[f"{row_name} n={size} (seed {cands[0]['seed']})"] = [tuple(p) for p in cands[0]["dev_curve"]]
-    if series:
-        png = Path(out) / f"dev_curves_{table}.png"
-        plot_curves(series, png, xlabel="training step", ylabel=f"dev {metric}", title=f"{table}: dev {metric} vs step")
-        lines += [f"![dev curves]({png.name})", ""]
-    for which in ("train", "dev"):  # the losses of the same runs, where the cells recorded them
-        losses: dict[str, list] = {}
-        for row_name in curve_rows:
-            for size in real_sizes:
-                cands = sorted((r for r in recs if r["method"] == row_name and r["train_size"] == size
-                                and (r.get("loss_curves") or {}).get(which)), key=lambda r: r["seed"])
-                if cands:
-                    losses[f"{row_name} n={size} (seed {cands[0]['seed']})"] = [tuple(p) for p in cands[0]["loss_curves"][which]]
-        if losses:
-            png = Path(out) / f"{which}_loss_{table}.png"
-            plot_curves(losses, png, xlabel="training step", ylabel=f"{which} loss", title=f"{table}: {which} loss vs step")
-            lines += [f"![{which} loss]({png.name})", ""]
-    # test metric against the training-set size, one line per row, the seeds' spread as error bars
-    sized = {name: pts for name in SIZE_FIGURE_ROWS if (pts := size_points(recs, name, metric))}
-    if sized:
-        png = Path(out) / f"{metric}_vs_size_{table}.png"
-        size_figure(sized, png, metric, title=f"{table}: test {metric} against training sentences")
-        lines += [f"![test {metric} against training size]({png.name})", ""]
-    latency = REPO / "benchmarks" / "results" / "latency.json"
-    if table == "ner" and latency.is_file() and sized:
-        png = Path(out) / f"{metric}_vs_latency_{table}.png"
-        if latency_figure(sized, json.loads(latency.read_text()), png, metric):
-            lines += [f"![test {metric} against inference cost]({png.name})",
-                      "", f"Inference cost: `{json.loads(latency.read_text())['command']}` "
-                      "([latency.json](../latency.json)); causal runs the FS model's forward.", ""]
-    # commands
-    cmds = sorted({r.get("command", "") for r in recs if r.get("command")})
-    if cmds:
-        lines += ["Commands that produced these cells:", "", "```"] + cmds + ["```", ""]
-        lines += ["<details><summary>one command per cell</summary>", "", "```"]
-        lines += [f"# {r['cell_id']}\n{r.get('cell_command', '')}" + (f"\n# = {r['fsllm_command']}" if r.get("fsllm_command") else "")
-                  for r in sorted(recs, key=lambda r: r["cell_id"])]
-        lines += ["```", "", "</details>", ""]
+    fig_lines, series = figure_lines(table, recs, real_sizes, metric, out)
+    lines += fig_lines
+    lines += command_lines(recs)
     return lines, series
 
 
