@@ -4,7 +4,7 @@
     python benchmarks/max_length_audit.py [--datasets conll2003,rt-polarity,tweets-3] [--model smollm2-135m]
 
 A model folder written before ``FSLLMConfig.max_length`` existed records no ``max_length``, and
-``Predictor`` on such a folder reads 256 tokens; ``paper_tables.score_fs_test`` scored the test split
+``Predictor`` on such a folder reads 256 tokens; ``papertables.runner.score_fs_test`` scored the test split
 of the grid-chosen FS cells that way, after training and dev selection at 128. An input whose
 features are the same at both lengths gets the same prediction, so a cell's test score can move only
 through the inputs counted here. The features are built by the code ``evaluate_examples`` runs

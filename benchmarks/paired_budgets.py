@@ -20,10 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import paper_tables as P  # noqa: E402
+from papertables.planner import GRID_PLAN_KEYS, REPO  # noqa: E402
+from papertables.report import load_records  # noqa: E402
+from papertables.rows import TABLES  # noqa: E402
 
 #: how a grid was planned, not how a cell trained (the rate it trained at is compared as ``lr``)
-PLAN_KEYS = ("lr", "encoder_lr", "lr_grid", "encoder_lr_grid", "grid_sizes", "grid_seed", "grid_seeds")
+PLAN_KEYS = ("lr", "encoder_lr", *GRID_PLAN_KEYS)
 
 
 def changed_settings(new: dict, old: dict) -> dict:
@@ -40,9 +42,9 @@ def changed_settings(new: dict, old: dict) -> dict:
 def paired(out: Path, base: Path) -> list[dict]:
     """One entry per cell of ``out`` that has a counterpart in ``base``, with both scores."""
     pairs = []
-    for table in P.TABLES:
-        mine = {r["cell_id"]: r for r in P.load_records(out, table)}
-        theirs = {r["cell_id"]: r for r in P.load_records(base, table)}
+    for table in TABLES:
+        mine = {r["cell_id"]: r for r in load_records(out, table)}
+        theirs = {r["cell_id"]: r for r in load_records(base, table)}
         for cid, r in sorted(mine.items()):
             b = theirs.get(cid)
             if b is None:
@@ -102,7 +104,7 @@ def report(out: Path, base: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="cells with the changed budget")
-    p.add_argument("--base", type=Path, default=P.REPO / "benchmarks/results/tuned", help="the cells they pair with")
+    p.add_argument("--base", type=Path, default=REPO / "benchmarks/results/tuned", help="the cells they pair with")
     p.add_argument("--write", type=Path, default=None, help="markdown file [OUT/PAIRED.md]")
     a = p.parse_args(argv)
     text = report(a.out, a.base)

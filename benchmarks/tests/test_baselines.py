@@ -1,5 +1,5 @@
-"""Fast tests of the paper-table helpers (benchmarks/baselines.py, benchmarks/paper_tables.py)
-on tiny random models built from configs and tokenizers built here."""
+"""Fast tests of the paper-table helpers (benchmarks/baselines.py, benchmarks/paper_tables.py and its
+package benchmarks/papertables/) on tiny random models built from configs and tokenizers built here."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
 import baselines as B
 import paper_tables as P
+from common import write_json
 from conftest import build_word_tokenizer
+from papertables import grid as G
+from papertables import planner as PL
+from papertables import report as R
+from papertables import runner as RN
+from papertables.rows import TABLE_DATA
 
 
 @pytest.fixture(autouse=True)
@@ -181,7 +187,7 @@ def test_instruction_examples_sequence_and_token():
 
 
 def test_cell_ids_plan_order_and_skip(tmp_path):
-    cells = P.plan("ner", [1000, 4000], [0, 1, 2], n_train=14041)
+    cells = PL.plan("ner", [1000, 4000], [0, 1, 2], n_train=14041)
     ids = [c.id for c in cells]
     assert len(ids) == len(set(ids))
     assert ids[:3] == ["fs-bidirectional__n1000__s0", "causal__n1000__s0", "hf-native__n1000__s0"]
@@ -192,46 +198,89 @@ def test_cell_ids_plan_order_and_skip(tmp_path):
     assert sum(c.row.name == "fs-bidirectional" for c in cells) == 6
     assert sum(c.row.name == "hf-native" for c in cells) == 6  # the commodity row: every seed and size
     # sizes beyond the training split become the whole split, once
-    small = P.plan("bbc-news", [1000, 4000, 9000], [0], n_train=1701)
+    small = PL.plan("bbc-news", [1000, 4000, 9000], [0], n_train=1701)
     assert sorted({c.size for c in small if c.size}) == [1000, 1701]
     # a cell whose JSON exists is skipped
     out = tmp_path / "out"
-    assert P.pending(cells, out) == cells
-    P.write_json(P.cell_path(out, "ner", cells[0].id), {"done": True})
-    assert P.pending(cells, out) == cells[1:]
-    assert P.is_done(out, cells[0]) and not P.is_done(out, cells[1])
+    assert PL.pending(cells, out) == cells
+    write_json(PL.cell_path(out, "ner", cells[0].id), {"done": True})
+    assert PL.pending(cells, out) == cells[1:]
+    assert PL.is_done(out, cells[0]) and not PL.is_done(out, cells[1])
     with pytest.raises(SystemExit):
-        P.plan("ner", [1000], [0], only=["no-such-row"], n_train=14041)
+        PL.plan("ner", [1000], [0], only=["no-such-row"], n_train=14041)
+
+
+#: what each module of benchmarks/papertables/ may import from the package: each stage only the ones
+#: before it, the report none of the running ones (it renders cell JSONs), so there is no cycle
+PAPERTABLES_LAYERS = {
+    "rows": set(), "machine": set(), "planner": {"rows"}, "runner": {"rows", "planner", "machine"},
+    "grid": {"planner", "runner"}, "report": {"rows", "planner", "machine"},
+}
+
+
+def papertables_imports(path: Path) -> set[str]:
+    """The package modules a module of benchmarks/papertables/ imports (``from .x import`` or ``from papertables.x``)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found.update(a.name for a in node.names)
+            elif (node.module or "").startswith("papertables"):
+                found.add((node.module.split(".") + [""])[1] or node.names[0].name)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("papertables."))
+    return found
+
+
+def test_papertables_modules_import_only_the_stages_before_them():
+    folder = ROOT / "benchmarks" / "papertables"
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    assert modules == set(PAPERTABLES_LAYERS), "a new module needs its place in PAPERTABLES_LAYERS"
+    for name, allowed in PAPERTABLES_LAYERS.items():
+        assert papertables_imports(folder / f"{name}.py") <= allowed, name
+
+
+def test_paper_tables_dry_run_lists_the_plan(tmp_path, capsys, monkeypatch):
+    """The command line's ``--dry-run`` (planner, estimates, status) through ``paper_tables.main``."""
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # main sets it: restored after the test
+    assert P.main(["ablation", "--dry-run", "--sizes", "1000", "--seeds", "0", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("table ablation (rt-polarity): 4 cells, 0 done, 4 to run")
+    assert "fs-swiglu-mean__n1000__s0" in out and out.rstrip().splitlines()[-1].startswith("total to run:")
 
 
 def test_alias_reuse_and_dev_curve(tmp_path):
-    budget = P.Budget()
+    budget = PL.Budget()
     out = tmp_path / "out"
-    cell = next(c for c in P.plan("ablation", [1000], [0], n_train=8452) if c.row.name == "fs-swiglu-mean")
-    assert not P.try_reuse(cell, budget, out)
+    cell = next(c for c in PL.plan("ablation", [1000], [0], n_train=8452) if c.row.name == "fs-swiglu-mean")
+    assert not RN.try_reuse(cell, budget, out)
     src = {"method": "fs-bidirectional", "settings": budget.for_row(cell.row), "test": {"accuracy": 0.8}}
-    P.write_json(P.cell_path(out, "rt-polarity", "fs-bidirectional__n1000__s0"), src)
-    assert P.try_reuse(cell, budget, out)
-    rec = json.loads(P.cell_path(out, "ablation", cell.id).read_text())
+    write_json(PL.cell_path(out, "rt-polarity", "fs-bidirectional__n1000__s0"), src)
+    assert RN.try_reuse(cell, budget, out)
+    rec = json.loads(PL.cell_path(out, "ablation", cell.id).read_text())
     assert rec["method"] == "fs-swiglu-mean" and rec["reused_from"].startswith("rt-polarity")
     log = tmp_path / "train_log.jsonl"
     log.write_text("\n".join(json.dumps(r) for r in [
         {"step": 1, "loss": 2.0}, {"step": 5, "eval_f1": 0.2}, {"step": 5, "eval_f1": 0.2}, {"step": 10, "eval_f1": 0.4},
     ]) + "\n")
-    assert P.dev_curve(log, "f1") == [[5.0, 0.2], [10.0, 0.4]]
+    assert RN.dev_curve(log, "f1") == [[5.0, 0.2], [10.0, 0.4]]
 
 
 def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
-    monkeypatch.setattr(P, "_TRAIN_SIZES", {d: 10**5 for d in set(P.TABLE_DATA.values())})
+    monkeypatch.setattr(PL, "_TRAIN_SIZES", {d: 10**5 for d in set(TABLE_DATA.values())})
     out = tmp_path / "out"
     for row, seed, f1 in (("fs-bidirectional", 0, 0.50), ("fs-bidirectional", 1, 0.52), ("causal", 0, 0.60)):
-        P.write_json(P.cell_path(out, "ner", P.cell_id(row, 1000, seed)), {
-            "cell_id": P.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
+        write_json(PL.cell_path(out, "ner", PL.cell_id(row, 1000, seed)), {
+            "cell_id": PL.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
             "test": {"f1": f1}, "dev_metric": f1,
             "train_seconds": 60, "cell_seconds": 90, "dev_curve": [[1, f1 / 2], [2, f1]], "command": "python x",
             "cell_command": "python y", "settings": {"lr": 0.001}, "machine": {"cpu": "test cpu", "cores": 2},
         })
-    path = P.write_report(out, [0, 1, 2])
+    path = R.write_report(out, [0, 1, 2])
     text = path.read_text()
     assert "FS does NOT beat causal" in text
     assert "51.00 ± 1.41" in text and "| fs-bidirectional | 1000 |" in text
@@ -249,12 +298,12 @@ def test_cells_of_a_grid_since_extended_are_stale():
     g4 = {**g3, "dev": {**g3["dev"], "0.002": 0.9}, "chosen_lr": 2e-3}
     recs = [{"method": "hf-native", "cell_id": "a", "grid": g4}, {"method": "hf-native", "cell_id": "b", "grid": g3},
             {"method": "fs-bidirectional", "cell_id": "c", "grid": g3}, {"method": "minilm", "cell_id": "d"}]
-    fresh, stale = P.split_stale(recs)
+    fresh, stale = R.split_stale(recs)
     assert [r["cell_id"] for r in stale] == ["b"] and [r["cell_id"] for r in fresh] == ["a", "c", "d"]
     # a grid at another size, with other rates, is its own choice: neither side goes stale
     g4000 = {"size": 4000, "seed": 0, "dev": {"0.0005": 0.8}, "chosen_lr": 5e-4}
     recs.append({"method": "hf-native", "cell_id": "e", "grid": g4000})
-    fresh, stale = P.split_stale(recs)
+    fresh, stale = R.split_stale(recs)
     assert [r["cell_id"] for r in stale] == ["b"] and [r["cell_id"] for r in fresh] == ["a", "c", "d", "e"]
 
 
@@ -264,12 +313,12 @@ def test_grid_lines_show_each_rate_bold_the_chosen_and_flag_an_edge():
             {"method": "fs-bidirectional", "grid": {"size": 1000, "seed": 0,
                                                     "dev": {"0.0002": 0.7, "0.001": 0.8, "0.0005": 0.9},
                                                     "chosen_lr": 5e-4}}]
-    lines = P.grid_lines(recs)
+    lines = R.grid_lines(recs)
     fs = next(x for x in lines if x.startswith("- fs-bidirectional"))
     assert fs == "- fs-bidirectional, n=1000, seed 0: 0.0002: 70.00, **0.0005: 90.00**, 0.001: 80.00"
     hf = next(x for x in lines if x.startswith("- hf-native"))
     assert "**0.001: 85.00**" in hf and hf.endswith("(the chosen rate is the grid's edge)")
-    assert P.grid_lines([{"method": "x"}]) == []
+    assert R.grid_lines([{"method": "x"}]) == []
 
 
 # ----------------------------------------------------------------------------- end to end on tiny models
@@ -520,7 +569,7 @@ def test_a_resumed_baseline_keeps_the_best_evaluation_made_before_the_interrupti
 
 def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(tmp_path, monkeypatch):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    budget = P.Budget(lr_grid=(2e-4, 5e-4, 1e-3), grid_sizes=(1000,), grid_seed=0, patience=2)
+    budget = PL.Budget(lr_grid=(2e-4, 5e-4, 1e-3), grid_sizes=(1000,), grid_seed=0, patience=2)
     dev = {2e-4: 0.60, 5e-4: 0.70, 1e-3: 0.70}  # a tie: the smaller rate, first in the grid, wins
     calls = []
 
@@ -531,10 +580,10 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
                "dev_metric": dev[rate] if cell.lr is not None else 0.5, "cell_seconds": 10.0,
                "settings": budget.for_row(cell.row),
                "test": None if cell.lr is not None else {"f1": 0.4}, "grid": grid}
-        P.write_json(P.cell_path(out, cell.table, cell.id), rec)
-        run_dir = P.run_dir_of(runs, cell.table, cell.id)
+        write_json(PL.cell_path(out, cell.table, cell.id), rec)
+        run_dir = PL.run_dir_of(runs, cell.table, cell.id)
         (run_dir / "model").mkdir(parents=True, exist_ok=True)
-        P.write_json(run_dir / "metrics.json", {})
+        write_json(run_dir / "metrics.json", {})
         return rec
 
     scored = []
@@ -544,91 +593,91 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
         scored.append(Path(run_dir).name)
         return {"test": {"f1": 0.42}, "sizes": {"test": 3453}}
 
-    monkeypatch.setattr(P, "run_cell", fake_run_cell)
+    monkeypatch.setattr(G, "run_cell", fake_run_cell)
     monkeypatch.setattr(B, "score_saved_test", fake_score)
-    cells = {c.id: c for c in P.plan("ner", [1000, 4000], [0, 1], only=["hf-native"], n_train=14041)}
-    first = P.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
+    cells = {c.id: c for c in PL.plan("ner", [1000, 4000], [0, 1], only=["hf-native"], n_train=14041)}
+    first = G.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
     assert "retrained_for_test" not in first
     assert [c[1] for c in calls] == [2e-4, 5e-4, 1e-3] and not any(c[2] for c in calls)  # dev only
     assert scored == ["hf-native__n1000__s0__lr0.0005"]  # the chosen member alone meets the test split
     assert first["grid"]["chosen_lr"] == 5e-4 and first["lr"] == 5e-4 and first["test"] == {"f1": 0.42}
     assert first["grid"]["dev"] == {"0.0002": 0.6, "0.0005": 0.7, "0.001": 0.7}
-    assert json.loads(P.cell_path(out, "ner", "hf-native__n1000__s0").read_text())["cell_id"] == "hf-native__n1000__s0"
+    assert json.loads(PL.cell_path(out, "ner", "hf-native__n1000__s0").read_text())["cell_id"] == "hf-native__n1000__s0"
     calls.clear()
     for cid in ("hf-native__n1000__s1", "hf-native__n4000__s0"):
-        rec = P.run_with_grid(cells[cid], budget, out, runs)
+        rec = G.run_with_grid(cells[cid], budget, out, runs)
         assert rec["lr"] == 5e-4 and rec["grid"]["chosen_lr"] == 5e-4
     assert calls == [("hf-native__n1000__s1", 5e-4, True), ("hf-native__n4000__s0", 5e-4, True)]  # no grid rerun
     assert scored == ["hf-native__n1000__s0__lr0.0005"]
     # the grid's members stay out of the table's records
-    assert {r["cell_id"] for r in P.load_records(out, "ner")} == {
+    assert {r["cell_id"] for r in R.load_records(out, "ner")} == {
         "hf-native__n1000__s0", "hf-native__n1000__s1", "hf-native__n4000__s0"}
-    cmd = P.cell_command(cells["hf-native__n1000__s1"], budget, out, runs)
+    cmd = RN.cell_command(cells["hf-native__n1000__s1"], budget, out, runs)
     assert "--lr-grid 0.0002,0.0005,0.001" in cmd and "--grid-seed 0" in cmd and "--patience 2" in cmd
     # seeds added later reuse seed 0's grid: the grid seed does not follow the first of --seeds
     assert P.budget_from(P.build_parser().parse_args(["ner", "--seeds", "1,2"])).grid_seed == 0
     # a grid whose members ran under another budget (here fp32, asked for bf16) is refused, not mixed
     with pytest.raises(SystemExit, match="other settings.*precision"):
-        P.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, precision="bf16"), out, runs)
+        G.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, precision="bf16"), out, runs)
     # ... but a grid planned wider (more sizes) reuses the members it already has
     calls.clear()
-    P.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, grid_sizes=(1000, 4000)), out, runs)
+    G.run_with_grid(cells["hf-native__n1000__s1"], dataclasses.replace(budget, grid_sizes=(1000, 4000)), out, runs)
     assert calls == []  # the finished cell is kept: same members, same choice
 
     # The grid extended by a rate (its choice was at an edge): only the new member trains; where the
     # choice stands the cells are kept with their grid record updated, and nothing meets test again.
     wider = dataclasses.replace(budget, lr_grid=(2e-4, 5e-4, 1e-3, 2e-3))
     done_cells = [cells[c] for c in ("hf-native__n1000__s0", "hf-native__n1000__s1")]
-    assert P.pending(done_cells, out) == [] and P.pending(done_cells, out, wider) == done_cells
+    assert PL.pending(done_cells, out) == [] and PL.pending(done_cells, out, wider) == done_cells
     dev[2e-3] = 0.65
     calls.clear()
     for c in done_cells:
-        rec = P.run_with_grid(c, wider, out, runs)
+        rec = G.run_with_grid(c, wider, out, runs)
         assert rec["lr"] == 5e-4 and set(rec["grid"]["dev"]) == {"0.0002", "0.0005", "0.001", "0.002"}
         assert rec["settings"]["lr_grid"] == [2e-4, 5e-4, 1e-3, 2e-3] and "replaces" not in rec
     assert calls == [("hf-native__n1000__s0__lr0.002", 2e-3, False)]
     assert scored == ["hf-native__n1000__s0__lr0.0005"]
-    assert P.pending(done_cells, out, wider) == []
+    assert PL.pending(done_cells, out, wider) == []
     # a new member that wins: the cells run again at its rate and record what they replace
     widest = dataclasses.replace(budget, lr_grid=(2e-4, 5e-4, 1e-3, 2e-3, 5e-3))
     dev[5e-3] = 0.9
     calls.clear()
-    first = P.run_with_grid(done_cells[0], widest, out, runs)
-    second = P.run_with_grid(done_cells[1], widest, out, runs)
+    first = G.run_with_grid(done_cells[0], widest, out, runs)
+    second = G.run_with_grid(done_cells[1], widest, out, runs)
     assert calls == [("hf-native__n1000__s0__lr0.005", 5e-3, False), ("hf-native__n1000__s1", 5e-3, True)]
     assert scored[-1] == "hf-native__n1000__s0__lr0.005" and first["lr"] == 5e-3
     assert first["replaces"]["lr"] == 5e-4 and first["replaces"]["test"] == {"f1": 0.42}
     assert second["lr"] == 5e-3 and second["replaces"]["lr"] == 5e-4
-    assert json.loads(P.cell_path(out, "ner", "hf-native__n1000__s1").read_text())["replaces"]["lr"] == 5e-4
+    assert json.loads(PL.cell_path(out, "ner", "hf-native__n1000__s1").read_text())["replaces"]["lr"] == 5e-4
     dev.pop(5e-3), dev.pop(2e-3)
     for lr in (2e-3, 5e-3):  # back to the three-rate grid for what follows
-        P.cell_path(out, "ner", f"hf-native__n1000__s0__lr{lr:g}").unlink()
+        PL.cell_path(out, "ner", f"hf-native__n1000__s0__lr{lr:g}").unlink()
     scored.clear()
 
     # The grid's JSONs survive but the run folders do not (a fresh machine): the chosen member alone
     # trains again, and is then scored on test, once.
-    P.cell_path(out, "ner", "hf-native__n1000__s0").unlink()
+    PL.cell_path(out, "ner", "hf-native__n1000__s0").unlink()
     shutil.rmtree(runs)
     calls.clear()
     dev[5e-4] = 0.69  # the retrained run's dev score is the one kept, the first one recorded beside it
-    again = P.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
+    again = G.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
     assert calls == [("hf-native__n1000__s0__lr0.0005", 5e-4, False)]
     assert scored == ["hf-native__n1000__s0__lr0.0005"] and again["test"] == {"f1": 0.42}
     assert again["retrained_for_test"]["first_dev_metric"] == 0.7 and again["dev_metric"] == 0.69
     assert again["grid"]["dev"]["0.0005"] == 0.7 and again["grid"]["dev_retrained"] == 0.69
     # ... and the member's JSON keeps the score the choice was made on: another seed run afterwards
     # still trains at 5e-4, though the retrained 0.69 is below 1e-3's 0.70
-    member = json.loads(P.cell_path(out, "ner", "hf-native__n1000__s0__lr0.0005").read_text())
+    member = json.loads(PL.cell_path(out, "ner", "hf-native__n1000__s0__lr0.0005").read_text())
     assert member["dev_metric"] == 0.7 and member["retrained"]["dev_metric"] == 0.69
-    P.cell_path(out, "ner", "hf-native__n1000__s1").unlink()
+    PL.cell_path(out, "ner", "hf-native__n1000__s1").unlink()
     calls.clear()
-    later = P.run_with_grid(cells["hf-native__n1000__s1"], budget, out, runs)
+    later = G.run_with_grid(cells["hf-native__n1000__s1"], budget, out, runs)
     assert calls == [("hf-native__n1000__s1", 5e-4, True)] and later["grid"]["chosen_lr"] == 5e-4
 
 
 def test_a_grid_over_several_seeds_chooses_on_the_mean_and_each_grid_seed_is_its_own_member(tmp_path, monkeypatch):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    budget = P.Budget(lr_grid=(2e-4, 5e-4), grid_sizes=(1000,), grid_seeds=(0, 1), patience=2)
+    budget = PL.Budget(lr_grid=(2e-4, 5e-4), grid_sizes=(1000,), grid_seeds=(0, 1), patience=2)
     # seed 0 alone would choose 2e-4; the mean over seeds 0 and 1 chooses 5e-4 (0.675 against 0.60)
     dev = {(0, 2e-4): 0.70, (0, 5e-4): 0.60, (1, 2e-4): 0.50, (1, 5e-4): 0.75}
     calls, scored = [], []
@@ -640,19 +689,19 @@ def test_a_grid_over_several_seeds_chooses_on_the_mean_and_each_grid_seed_is_its
                "dev_metric": dev[(cell.seed, rate)] if cell.lr is not None else 0.5, "cell_seconds": 10.0 + cell.seed,
                "settings": budget.for_row(cell.row), "test": None if cell.lr is not None else {"f1": 0.4},
                "grid": grid}
-        P.write_json(P.cell_path(out, cell.table, cell.id), rec)
-        (P.run_dir_of(runs, cell.table, cell.id) / "model").mkdir(parents=True, exist_ok=True)
-        P.write_json(P.run_dir_of(runs, cell.table, cell.id) / "metrics.json", {})
+        write_json(PL.cell_path(out, cell.table, cell.id), rec)
+        (PL.run_dir_of(runs, cell.table, cell.id) / "model").mkdir(parents=True, exist_ok=True)
+        write_json(PL.run_dir_of(runs, cell.table, cell.id) / "metrics.json", {})
         return rec
 
     def fake_score(kind, data, run_dir, **kw):
         scored.append(Path(run_dir).name)
         return {"test": {"f1": 0.42}, "sizes": {"test": 3453}}
 
-    monkeypatch.setattr(P, "run_cell", fake_run_cell)
+    monkeypatch.setattr(G, "run_cell", fake_run_cell)
     monkeypatch.setattr(B, "score_saved_test", fake_score)
-    cells = {c.id: c for c in P.plan("ner", [1000], [0, 1, 2], only=["hf-native"], n_train=14041)}
-    s0 = P.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
+    cells = {c.id: c for c in PL.plan("ner", [1000], [0, 1, 2], only=["hf-native"], n_train=14041)}
+    s0 = G.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
     assert sorted(c[0] for c in calls) == sorted(f"hf-native__n1000__s{s}__lr{lr:g}" for s in (0, 1) for lr in (2e-4, 5e-4))
     assert s0["lr"] == 5e-4 and s0["grid"]["chosen_lr"] == 5e-4 and s0["grid"]["seeds"] == [0, 1]
     assert s0["grid"]["dev"] == {"0.0002": pytest.approx(0.60), "0.0005": pytest.approx(0.675)}
@@ -660,18 +709,18 @@ def test_a_grid_over_several_seeds_chooses_on_the_mean_and_each_grid_seed_is_its
     assert s0["chosen_member"] == "ner/grid/hf-native__n1000__s0__lr0.0005.json"
     assert s0["cell_seconds"] == pytest.approx(2 * 10.0 + s0["test_seconds"])  # its own seed's two members
     calls.clear()
-    s1 = P.run_with_grid(cells["hf-native__n1000__s1"], budget, out, runs)
-    s2 = P.run_with_grid(cells["hf-native__n1000__s2"], budget, out, runs)
+    s1 = G.run_with_grid(cells["hf-native__n1000__s1"], budget, out, runs)
+    s2 = G.run_with_grid(cells["hf-native__n1000__s2"], budget, out, runs)
     assert calls == [("hf-native__n1000__s2", 5e-4)]  # seed 1 is its own member; seed 2 trains at the choice
     assert scored == ["hf-native__n1000__s0__lr0.0005", "hf-native__n1000__s1__lr0.0005"]
     assert s1["lr"] == s2["lr"] == 5e-4 and s1["dev_metric"] == 0.75 and s1["test"] == {"f1": 0.42}
-    cmd = P.cell_command(cells["hf-native__n1000__s2"], budget, out, runs)
+    cmd = RN.cell_command(cells["hf-native__n1000__s2"], budget, out, runs)
     assert "--grid-seeds 0,1" in cmd and "--grid-seed " not in cmd
-    assert P.grid_lines([s0])[2].startswith("- hf-native, n=1000, seeds 0,1 (mean): 0.0002: 60.00, **0.0005: 67.50**")
+    assert R.grid_lines([s0])[2].startswith("- hf-native, n=1000, seeds 0,1 (mean): 0.0002: 60.00, **0.0005: 67.50**")
     a = P.budget_from(P.build_parser().parse_args(["ner", "--grid-seeds", "0,1", "--grid-sizes", "1000"]))
     assert a.grid_seeds == (0, 1) and a.seeds_of_grid == (0, 1)
     # a single-seed grid reads as before: no per-seed record, the grid seed alone
-    assert P.Budget(lr_grid=(2e-4,), grid_sizes=(1000,)).seeds_of_grid == (0,)
+    assert PL.Budget(lr_grid=(2e-4,), grid_sizes=(1000,)).seeds_of_grid == (0,)
 
 
 def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_path, monkeypatch):
@@ -724,55 +773,55 @@ def test_a_run_folder_of_the_earlier_baseline_trainer_starts_over(tmp_path):
 
 
 def test_an_fs_run_folder_written_before_a_new_option_existed_is_still_the_same_run(tmp_path):
-    cell = next(c for c in P.plan("ner", [1000], [0], only=["fs-bidirectional"], n_train=14041))
+    cell = next(c for c in PL.plan("ner", [1000], [0], only=["fs-bidirectional"], n_train=14041))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = P.fs_train_config(cell, P.Budget(), run_dir)
+    cfg = RN.fs_train_config(cell, PL.Budget(), run_dir)
     old = cfg.to_dict()
     old.pop("lr_scheduler_type")  # what fsllm wrote before it existed (and before the run format key)
     (run_dir / "config.json").write_text(json.dumps(old))
-    assert P.same_run(run_dir, cfg)  # resumed, not deleted
-    assert not P.same_run(run_dir, P.fs_train_config(cell, P.Budget(lr=5e-4), run_dir))
+    assert RN.same_run(run_dir, cfg)  # resumed, not deleted
+    assert not RN.same_run(run_dir, RN.fs_train_config(cell, PL.Budget(lr=5e-4), run_dir))
     (run_dir / "config.json").write_text("{not json")
-    assert not P.same_run(run_dir, cfg)
+    assert not RN.same_run(run_dir, cfg)
 
 
 def test_the_budget_precision_reaches_every_trained_row_and_fp32_cells_keep_their_settings(tmp_path):
     """``--precision bf16`` trains the FS, causal, hf-native and encoder rows under autocast; the
     instruction-tuned row does not take it, and an fp32 budget writes the settings of earlier cells."""
-    cells = {c.row.name: c for c in P.plan("ner", [1000], [0], n_train=14041)}
-    bf16, fp32 = P.Budget(precision="bf16"), P.Budget()
+    cells = {c.row.name: c for c in PL.plan("ner", [1000], [0], n_train=14041)}
+    bf16, fp32 = PL.Budget(precision="bf16"), PL.Budget()
     for name in ("fs-bidirectional", "causal", "hf-native", "minilm"):
         assert bf16.for_row(cells[name].row)["precision"] == "bf16", name
         assert "precision" not in fp32.for_row(cells[name].row), name  # as every committed fp32 cell
     assert "precision" not in bf16.for_row(cells["instruction-tuned"].row)
     assert "precision" not in bf16.for_row(cells["zero-shot"].row)
     run_dir = tmp_path / "run"
-    assert P.fs_train_config(cells["fs-bidirectional"], bf16, run_dir).precision == "bf16"
-    assert P.fs_train_config(cells["causal"], bf16, run_dir).precision == "bf16"
-    assert P.fs_train_config(cells["fs-bidirectional"], fp32, run_dir).precision == "fp32"
-    assert "--precision bf16" in P.fsllm_command(P.fs_train_config(cells["fs-bidirectional"], bf16, run_dir))
+    assert RN.fs_train_config(cells["fs-bidirectional"], bf16, run_dir).precision == "bf16"
+    assert RN.fs_train_config(cells["causal"], bf16, run_dir).precision == "bf16"
+    assert RN.fs_train_config(cells["fs-bidirectional"], fp32, run_dir).precision == "fp32"
+    assert "--precision bf16" in RN.fsllm_command(RN.fs_train_config(cells["fs-bidirectional"], bf16, run_dir))
     assert P.budget_from(P.build_parser().parse_args(["ner", "--precision", "bf16"])).precision == "bf16"
-    assert "--precision bf16" in P.cell_command(cells["hf-native"], bf16, tmp_path, tmp_path)
-    assert "--precision" not in P.cell_command(cells["hf-native"], fp32, tmp_path, tmp_path)
-    assert "--precision" not in P.cell_command(cells["zero-shot"], bf16, tmp_path, tmp_path)
+    assert "--precision bf16" in RN.cell_command(cells["hf-native"], bf16, tmp_path, tmp_path)
+    assert "--precision" not in RN.cell_command(cells["hf-native"], fp32, tmp_path, tmp_path)
+    assert "--precision" not in RN.cell_command(cells["zero-shot"], bf16, tmp_path, tmp_path)
 
 
 def test_the_budget_warmup_reaches_every_trained_row_and_unset_it_keeps_earlier_settings(tmp_path):
     """``--warmup-ratio`` warms the FS, causal, hf-native and encoder rows up; left at 0 it writes the
     settings (and commands) of the cells committed before it existed."""
-    cells = {c.row.name: c for c in P.plan("ner", [1000], [0], n_train=14041)}
-    warm, cold = P.Budget(warmup_ratio=0.1), P.Budget()
+    cells = {c.row.name: c for c in PL.plan("ner", [1000], [0], n_train=14041)}
+    warm, cold = PL.Budget(warmup_ratio=0.1), PL.Budget()
     for name in ("fs-bidirectional", "causal", "hf-native", "minilm"):
         assert warm.for_row(cells[name].row)["warmup_ratio"] == 0.1, name
         assert "warmup_ratio" not in cold.for_row(cells[name].row), name
-        assert "--warmup-ratio 0.1" in P.cell_command(cells[name], warm, tmp_path, tmp_path), name
-        assert "--warmup-ratio" not in P.cell_command(cells[name], cold, tmp_path, tmp_path), name
+        assert "--warmup-ratio 0.1" in RN.cell_command(cells[name], warm, tmp_path, tmp_path), name
+        assert "--warmup-ratio" not in RN.cell_command(cells[name], cold, tmp_path, tmp_path), name
     assert "warmup_ratio" not in warm.for_row(cells["instruction-tuned"].row)
     assert "warmup_ratio" not in warm.for_row(cells["zero-shot"].row)
-    cfg = P.fs_train_config(cells["causal"], warm, tmp_path / "run")
-    assert cfg.warmup_ratio == 0.1 and "--warmup-ratio 0.1" in P.fsllm_command(cfg)
-    assert P.fs_train_config(cells["fs-bidirectional"], cold, tmp_path / "run").warmup_ratio == 0.0
+    cfg = RN.fs_train_config(cells["causal"], warm, tmp_path / "run")
+    assert cfg.warmup_ratio == 0.1 and "--warmup-ratio 0.1" in RN.fsllm_command(cfg)
+    assert RN.fs_train_config(cells["fs-bidirectional"], cold, tmp_path / "run").warmup_ratio == 0.0
     assert P.budget_from(P.build_parser().parse_args(["ner", "--warmup-ratio", "0.1"])).warmup_ratio == 0.1
 
 
@@ -831,10 +880,10 @@ def test_paired_budgets_pairs_cells_by_seed_and_rate_and_names_the_changed_setti
     import paired_budgets as PB
 
     def cell(out, seed, dev, test, lr=2e-3, **settings):
-        rec = {"cell_id": P.cell_id("fs-bidirectional", 1000, seed), "method": "fs-bidirectional", "train_size": 1000,
+        rec = {"cell_id": PL.cell_id("fs-bidirectional", 1000, seed), "method": "fs-bidirectional", "train_size": 1000,
                "seed": seed, "primary_metric": "accuracy", "lr": lr, "dev_metric": dev, "test": {"accuracy": test},
                "settings": {"epochs": 4.0, **settings}}
-        P.write_json(P.cell_path(out, "tweets-3", rec["cell_id"]), rec)
+        write_json(PL.cell_path(out, "tweets-3", rec["cell_id"]), rec)
 
     new, base = tmp_path / "warmup", tmp_path / "tuned"
     for seed, (d0, t0, d1, t1) in enumerate([(0.70, 0.77, 0.72, 0.78), (0.55, 0.56, 0.75, 0.79)]):

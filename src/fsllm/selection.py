@@ -4,8 +4,8 @@
 one member per rate and grid seed, each a plain run folder with its test split left alone, chooses
 the rate whose dev score, averaged over the grid seeds, is best (a tie goes to the rate written
 first), keeps the chosen rate's member of ``--seed`` as the run's model and scores test with it,
-once. The same rule chooses the rate in ``benchmarks/paper_tables.py``, which calls
-:func:`choose_rate`.
+once. The same rule chooses the rate in ``benchmarks/paper_tables.py``, whose grids
+(``benchmarks/papertables/grid.py``) call :func:`choose_rate`.
 
 Layout of a grid run folder (everything else of a run folder is :mod:`fsllm.run`'s)::
 

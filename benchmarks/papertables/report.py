@@ -1,0 +1,472 @@
+"""``REPORT.md`` of a results folder and its figures, rendered from the cell JSONs alone.
+
+The report trains nothing and reads no run folder: every number it prints is in a cell's JSON
+(which records its settings, machine and commit), so it can be rebuilt anywhere from the
+committed results, and it plans each table only to list the cells not run yet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import baselines
+
+from .machine import machine_info
+from .planner import REPO, plan, train_size_of
+from .rows import DEFAULT_SIZES, TABLE_DATA, TABLE_METRIC, TABLE_ROWS, TABLES, paper_number
+
+logger = logging.getLogger("paper")
+
+
+def fmt(v: float | None, scale: float = 100.0) -> str:
+    """A score in % with two decimals ("—" when missing)."""
+    return "—" if v is None else f"{v * scale:.2f}"
+
+
+def _mean_std(vals: list[float]) -> tuple[float | None, float | None]:
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def _ms(vals: list[float]) -> str:
+    m, s = _mean_std(vals)
+    if m is None:
+        return "—"
+    return f"{m * 100:.2f} ± {s * 100:.2f}" if s is not None else f"{m * 100:.2f}"
+
+
+#: the rows each table's FS row is compared with seed by seed (where both share seeds)
+PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "fs-linear", "fs-decay-0.1", "minilm", "mpnet"],
+               "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
+
+
+def paired_lines(table: str, recs: list[dict], metric: str) -> list[str]:
+    """Paired differences, FS row minus each other row, over the seeds both ran at one size.
+
+    The seed draws the training subset and the dev subset too, so a paired difference removes that
+    shared noise: its mean ± standard error says more than two means ± std side by side."""
+    fs_row = "fs-swiglu-mean" if table == "ablation" else "fs-bidirectional"
+    others = PAIRED_ROWS.get(table, ["causal-last", "causal-mean", "hf-native", "minilm"])
+    vals: dict[tuple[str, int, int], tuple[float | None, float | None]] = {}
+    for r in recs:
+        test = (r.get("test") or {}).get(metric)
+        vals[(r["method"], r["train_size"], r["seed"])] = (test, r.get("dev_metric"))
+    lines = []
+    for size in sorted({k[1] for k in vals if k[0] == fs_row}):
+        for other in others:
+            seeds = sorted(s for (m, n, s) in vals if m == other and n == size and (fs_row, size, s) in vals)
+            if len(seeds) < 2:
+                continue
+            cols = []
+            for i, what in ((0, f"test {metric}"), (1, "dev")):
+                d = [vals[(fs_row, size, s)][i] - vals[(other, size, s)][i] for s in seeds
+                     if vals[(fs_row, size, s)][i] is not None and vals[(other, size, s)][i] is not None]
+                if len(d) < 2:
+                    continue
+                sem = statistics.stdev(d) / math.sqrt(len(d))
+                cols.append(f"{what} {statistics.fmean(d) * 100:+.2f} ± {sem * 100:.2f} "
+                            f"({', '.join(f'{x * 100:+.1f}' for x in d)})")
+            if cols:
+                lines.append(f"- n={size}, {fs_row} − {other}, seeds {','.join(map(str, seeds))}: " + "; ".join(cols) + ".")
+    if not lines:
+        return []
+    return ["**Paired by seed** (FS row minus the other; mean ± standard error, then per seed)", "", *lines, ""]
+
+
+def grid_lines(recs: list[dict]) -> list[str]:
+    """Each row's learning-rate grid as its cells recorded it: dev score per rate, the chosen one bold."""
+    grids = {}
+    for r in recs:
+        g = r.get("grid")
+        if g and g.get("dev"):
+            grids[(r["method"], g["size"], tuple(g.get("seeds") or [g["seed"]]))] = g
+    if not grids:
+        return []
+    lines = ["**Learning-rate grids** (dev score per rate at the grid's size and seed; the chosen rate, in bold, "
+             "trains every seed of the row; only the chosen member meets the test split)", ""]
+    for (row, size, seed), g in sorted(grids.items()):
+        cells = [f"**{lr}: {fmt(v)}**" if float(lr) == g["chosen_lr"] else f"{lr}: {fmt(v)}"
+                 for lr, v in sorted(g["dev"].items(), key=lambda kv: float(kv[0]))]
+        edge = sorted(float(x) for x in g["dev"])
+        warn = " (the chosen rate is the grid's edge)" if g["chosen_lr"] in (edge[0], edge[-1]) else ""
+        which = f"seed {seed[0]}" if len(seed) == 1 else f"seeds {','.join(map(str, seed))} (mean)"
+        lines.append(f"- {row}, n={size}, {which}: " + ", ".join(cells) + warn)
+    return [*lines, ""]
+
+
+def load_records(out: Path, table: str) -> list[dict]:
+    """The finished cells of a table under ``out`` (grid members, under ``grid/``, left out)."""
+    folder = Path(out) / table
+    if not folder.is_dir():
+        return []
+    recs = []
+    for p in sorted(folder.glob("*.json")):
+        try:
+            recs.append(json.loads(p.read_text()))
+        except json.JSONDecodeError:
+            logger.warning("%s: not valid JSON, ignored", p)
+    return recs
+
+
+def split_stale(recs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Cells that ran before their row's grid was extended (their grid lacks rates another cell of the
+    row has, from a grid at the same size) are stale until they run again: kept out of the means,
+    listed apart. Grids at different sizes are separate choices and never make each other stale."""
+    def key(r: dict) -> tuple[str, object]:
+        return r["method"], (r.get("grid") or {}).get("size")
+
+    grids = [set((r.get("grid") or {}).get("dev") or {}) for r in recs]
+    rates: dict[tuple[str, object], set] = {}
+    for r, mine in zip(recs, grids):
+        rates.setdefault(key(r), set()).update(mine)
+    fresh, stale = [], []
+    for r, mine in zip(recs, grids):
+        (stale if mine and mine < rates[key(r)] else fresh).append(r)
+    return fresh, stale
+
+
+def _verdict(table: str, size: int, by: dict, fs_row: str, causal_rows: Sequence[str], metric: str) -> list[str]:
+    lines = []
+    fs_vals = by.get((fs_row, size), [])
+    for c in causal_rows:
+        cv = by.get((c, size), [])
+        if not fs_vals and not cv:
+            continue
+        if not fs_vals or not cv:
+            lines.append(f"- n={size}: {fs_row} vs {c}: not comparable yet (runs: {len(fs_vals)} vs {len(cv)}).")
+            continue
+        fm, fsd = _mean_std(fs_vals)
+        cm, csd = _mean_std(cv)
+        diff = (fm - cm) * 100
+        noise = max(fsd or 0.0, csd or 0.0) * 100
+        seeds = f"{len(fs_vals)} vs {len(cv)} seed(s)"
+        if diff > 0:
+            tag = f"**FS beats {c}** by {diff:+.2f} points"
+            if noise and diff <= noise:
+                tag += f" (within the seed spread, std up to {noise:.2f})"
+        else:
+            tag = f"**FS does NOT beat {c}** ({diff:+.2f} points)"
+        lines.append(f"- n={size}: {fs_row} {_ms(fs_vals)} vs {c} {_ms(cv)} test {metric} ({seeds}): {tag}.")
+    return lines
+
+
+#: rows drawn in the figure of test metric against training size (those a user chooses between)
+SIZE_FIGURE_ROWS = ("fs-bidirectional", "hf-native", "causal", "causal-last", "minilm", "mpnet")
+
+
+def size_points(recs: Sequence[dict], row: str, metric: str) -> list[tuple[int, float, float, int]]:
+    """``(size, mean, std, seeds)`` of a row's test ``metric`` per training size (std 0 for one seed)."""
+    by: dict[int, list[float]] = {}
+    for r in recs:
+        if r["method"] == row and (r.get("test") or {}).get(metric) is not None:
+            by.setdefault(r["train_size"], []).append(r["test"][metric])
+    return [(n, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for n, v in sorted(by.items())]
+
+
+def size_figure(rows: dict[str, list[tuple[int, float, float, int]]], path: Path, metric: str, title: str) -> Path:
+    """One line per row through its mean at each size, error bars of one standard deviation."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, pts in rows.items():
+        seeds = [p[3] for p in pts]
+        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
+                    capsize=3, label=f"{name} ({'/'.join(map(str, seeds))} seed{'' if seeds == [1] else 's'})")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    sizes = sorted({p[0] for pts in rows.values() for p in pts})
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.set_xlabel("training sentences")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def latency_figure(rows: dict[str, list[tuple[int, float, float, int]]], latency: dict, path: Path,
+                   metric: str) -> Path | None:
+    """Each row's test metric at every training size against its inference cost per sentence
+    (batched), one marker per size; ``None`` when no row has both."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogLocator, StrMethodFormatter
+
+    cost_of = {"causal": "fs-bidirectional"}  # the same forward, another mask
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = 0
+    for name, pts in rows.items():
+        cost = latency["rows"].get(cost_of.get(name, name), {}).get("ms_per_sentence_batched")
+        if cost is None:
+            continue
+        ax.errorbar([cost] * len(pts), [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
+                    linestyle="none", capsize=3, label=f"{name} ({cost:.3g} ms)")
+        left = drawn % 2 == 1  # rows of similar cost label their sizes on opposite sides
+        for n, mean, _, _ in pts:
+            ax.annotate(f"{n:,}", (cost, 100 * mean), textcoords="offset points", xytext=(-5 if left else 5, -3),
+                        ha="right" if left else "left", fontsize=7)
+        drawn += 1
+    if not drawn:
+        return None
+    ax.set_xscale("log")  # round 1-2-5 ticks; the rows' own costs are in the legend (close costs' ticks would overlap)
+    ax.minorticks_off()
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.set_xlabel("inference ms per sentence (batches of 64, CPU)")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(f"test {metric} (labels: training sentences) against inference cost")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def figure_lines(table: str, recs: list[dict], real_sizes: Sequence[int], metric: str,
+                 out: Path) -> tuple[list[str], dict[str, list]]:
+    """Draw a table's figures beside the report (dev metric and losses against step, first seed of each
+    row and size; test metric against training size and, for NER, against inference cost) and return
+    the markdown lines that show them, with the dev-curve series."""
+    from fsllm.plots import plot_curves
+
+    lines: list[str] = []
+    curve_rows = {"ner": ["fs-bidirectional", "causal", "hf-native"],
+                  "ablation": [r.name for r in TABLE_ROWS["ablation"]]}.get(
+        table, ["fs-bidirectional", "causal-last", "causal-mean", "hf-native"])
+    series: dict[str, list] = {}
+    for row_name in curve_rows:
+        for size in real_sizes:
+            cands = sorted((r for r in recs if r["method"] == row_name and r["train_size"] == size and r.get("dev_curve")),
+                           key=lambda r: r["seed"])
+            if cands:
+                series[f"{row_name} n={size} (seed {cands[0]['seed']})"] = [tuple(p) for p in cands[0]["dev_curve"]]
+    if series:
+        png = Path(out) / f"dev_curves_{table}.png"
+        plot_curves(series, png, xlabel="training step", ylabel=f"dev {metric}", title=f"{table}: dev {metric} vs step")
+        lines += [f"![dev curves]({png.name})", ""]
+    for which in ("train", "dev"):  # the losses of the same runs, where the cells recorded them
+        losses: dict[str, list] = {}
+        for row_name in curve_rows:
+            for size in real_sizes:
+                cands = sorted((r for r in recs if r["method"] == row_name and r["train_size"] == size
+                                and (r.get("loss_curves") or {}).get(which)), key=lambda r: r["seed"])
+                if cands:
+                    losses[f"{row_name} n={size} (seed {cands[0]['seed']})"] = [tuple(p) for p in cands[0]["loss_curves"][which]]
+        if losses:
+            png = Path(out) / f"{which}_loss_{table}.png"
+            plot_curves(losses, png, xlabel="training step", ylabel=f"{which} loss", title=f"{table}: {which} loss vs step")
+            lines += [f"![{which} loss]({png.name})", ""]
+    # test metric against the training-set size, one line per row, the seeds' spread as error bars
+    sized = {name: pts for name in SIZE_FIGURE_ROWS if (pts := size_points(recs, name, metric))}
+    if sized:
+        png = Path(out) / f"{metric}_vs_size_{table}.png"
+        size_figure(sized, png, metric, title=f"{table}: test {metric} against training sentences")
+        lines += [f"![test {metric} against training size]({png.name})", ""]
+    latency = REPO / "benchmarks" / "results" / "latency.json"
+    if table == "ner" and latency.is_file() and sized:
+        png = Path(out) / f"{metric}_vs_latency_{table}.png"
+        if latency_figure(sized, json.loads(latency.read_text()), png, metric):
+            lines += [f"![test {metric} against inference cost]({png.name})",
+                      "", f"Inference cost: `{json.loads(latency.read_text())['command']}` "
+                      "([latency.json](../latency.json)); causal runs the FS model's forward.", ""]
+    return lines, series
+
+
+def command_lines(recs: list[dict]) -> list[str]:
+    """The commands that produced a table's cells, then one command per cell (and its ``fsllm train``)."""
+    lines: list[str] = []
+    cmds = sorted({r.get("command", "") for r in recs if r.get("command")})
+    if cmds:
+        lines += ["Commands that produced these cells:", "", "```"] + cmds + ["```", ""]
+        lines += ["<details><summary>one command per cell</summary>", "", "```"]
+        lines += [f"# {r['cell_id']}\n{r.get('cell_command', '')}" + (f"\n# = {r['fsllm_command']}" if r.get("fsllm_command") else "")
+                  for r in sorted(recs, key=lambda r: r["cell_id"])]
+        lines += ["```", "", "</details>", ""]
+    return lines
+
+
+def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[int] | None = None) -> tuple[list[str], dict]:
+    """Markdown lines of one table, and its dev-curve series."""
+    recs, stale = split_stale(load_records(out, table))
+    dataset = TABLE_DATA[table]
+    try:
+        n_train = train_size_of(dataset)
+    except Exception:  # noqa: BLE001 - data package missing: plan from the records only
+        n_train = 10**9
+    planned = plan(table, sizes or DEFAULT_SIZES[table], seeds, n_train=n_train)
+    done = {(r["method"], r["train_size"], r["seed"]) for r in recs}
+    metric = TABLE_METRIC.get(table, "accuracy")
+    lines = [f"## {table} ({dataset})", ""]
+    if not recs:
+        lines += ["Not run: no finished cells.", ""]
+    # values per (row, size)
+    by: dict[tuple[str, int], list[float]] = {}
+    by_macro: dict[tuple[str, int], list[float]] = {}
+    by_dev: dict[tuple[str, int], list[float]] = {}
+    by_sec: dict[tuple[str, int], list[float]] = {}
+    for r in recs:
+        key = (r["method"], r["train_size"])
+        test = r.get("test") or {}
+        if metric in test:
+            by.setdefault(key, []).append(test[metric])
+        if "macro_f1" in test and table != "ner":
+            by_macro.setdefault(key, []).append(test["macro_f1"])
+        if r.get("dev_metric") is not None:
+            by_dev.setdefault(key, []).append(r["dev_metric"])
+        if r.get("train_seconds") is not None:
+            by_sec.setdefault(key, []).append(r["train_seconds"])
+    planned_keys: dict[tuple[str, int], int] = {}
+    for c in planned:
+        planned_keys[(c.row.name, c.size)] = planned_keys.get((c.row.name, c.size), 0) + 1
+    keys = list(planned_keys)
+    for r in recs:
+        k = (r["method"], r["train_size"])
+        if k not in planned_keys:
+            keys.append(k)
+            planned_keys[k] = 0
+    order = {r.name: i for i, r in enumerate(TABLE_ROWS[table])}
+    keys.sort(key=lambda k: (order.get(k[0], len(order)), k[1]))
+    smoke = {(r["method"], r["train_size"]) for r in recs
+             if (r.get("settings") or {}).get("test_subset") or ((r.get("settings") or {}).get("max_steps") or -1) > 0}
+    head = f"| row | train size | test {metric} (mean ± std) | n |"
+    sep = "|---|---|---|---|"
+    if table != "ner":
+        head += " test macro-F1 |"
+        sep += "---|"
+    head += " dev (selected) | train wall-clock (mean) | paper (analogue) |"
+    sep += "---|---|---|"
+    intro = (f"Test {metric} in %, mean ± sample std over seeds (n = finished seeds / planned). "
+             "Paper numbers are LLaMA-2-7B on the analogous data set: context, not a target.")
+    lines += [intro, "", head, sep]
+    for row_name, size in keys:
+        k = (row_name, size)
+        n_done = len(by.get(k, []))
+        size_s = "0 (no training)" if size == 0 else str(size)
+        if n_done == 0:
+            why = ""
+            if row_name == "mpnet":
+                why = " (MPNet not installed: see below)" if baselines.mpnet_dir(None)[0] is None else ""
+            cols = f"| {row_name} | {size_s} | not run{why} | 0/{planned_keys[k]} |"
+            if table != "ner":
+                cols += " — |"
+            cols += f" — | — | {paper_number(table, row_name)} |"
+            lines.append(cols)
+            continue
+        secs = by_sec.get(k, [])
+        wall = f"{statistics.fmean(secs) / 60:.1f} min" if secs and statistics.fmean(secs) > 0 else "—"
+        mark = " †" if k in smoke else ""
+        cols = f"| {row_name}{mark} | {size_s} | {_ms(by[k])} | {n_done}/{planned_keys[k] or n_done} |"
+        if table != "ner":
+            cols += f" {_ms(by_macro.get(k, []))} |"
+        cols += f" {_ms(by_dev.get(k, []))} | {wall} | {paper_number(table, row_name)} |"
+        lines.append(cols)
+    lines.append("")
+    if smoke:
+        lines += ["† smoke settings (test subset or capped training steps): not comparable with the other rows.", ""]
+    # FS vs causal
+    real_sizes = sorted({c.size for c in planned if c.size} | {r["train_size"] for r in recs if r["train_size"]})
+    if table == "ner":
+        comps = [("fs-bidirectional", ["causal"])]
+    elif table == "ablation":
+        comps = [("fs-swiglu-mean", ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"])]
+    else:
+        comps = [("fs-bidirectional", ["causal-last", "causal-mean"])]
+    lines.append("**FS vs causal**" if table != "ablation" else "**Default head/pooling vs the alternatives**")
+    lines.append("")
+    verdicts = [v for fs_row, others in comps for size in real_sizes for v in _verdict(table, size, by, fs_row, others, metric)]
+    lines += verdicts or ["- not run yet."]
+    lines.append("")
+    lines += paired_lines(table, recs, metric)
+    lines += grid_lines(recs)
+    # learned lambdas
+    lam = [r for r in recs if r.get("learned_lambdas")]
+    for r in lam:
+        v = r["learned_lambdas"]
+        lines.append(f"- {r['cell_id']}: learned lambda per layer min {min(v):.3f}, mean {statistics.fmean(v):.3f}, "
+                     f"max {max(v):.3f} (init 0.5).")
+    if lam:
+        lines.append("")
+    # failed and not run
+    errors = sorted(p.name[: -len(".error.txt")] for p in (Path(out) / table).glob("*.error.txt")) if (Path(out) / table).is_dir() else []
+    if errors:
+        lines += [f"Failed (traceback in `{table}/<cell>.error.txt`): " + ", ".join(errors) + ".", ""]
+    if stale:
+        lines += ["Stale (trained at the rate of a grid since extended; not in the means until they run again): "
+                  + ", ".join(f"{r['cell_id']} (lr {r.get('lr'):g}, test {fmt((r.get('test') or {}).get(metric))})"
+                              for r in stale) + ".", ""]
+    missing = [c for c in planned if (c.row.name, c.size, c.seed) not in done]
+    if missing:
+        lines.append(f"Not run ({len(missing)} of {len(planned)} planned cells): "
+                     + ", ".join(c.id for c in missing) + ".")
+        lines.append("")
+    fig_lines, series = figure_lines(table, recs, real_sizes, metric, out)
+    lines += fig_lines
+    lines += command_lines(recs)
+    return lines, series
+
+
+def write_report(out: Path, seeds: Sequence[int]) -> Path:
+    """Write ``out/REPORT.md`` and its figures beside it: every table, from the cell JSONs under ``out``."""
+    out = Path(out)
+    all_recs = {t: load_records(out, t) for t in TABLES}
+    lines = [
+        "# Paper tables at CPU scale",
+        "",
+        (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python benchmarks/paper_tables.py report` from the cell "
+         f"JSONs under `{os.path.relpath(out, REPO) if str(out).startswith(str(REPO)) else out}`."),
+        "",
+        ("Backbone: SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32) for the FS, causal, zero-shot and "
+         "instruction-tuned rows; encoders all-MiniLM-L6-v2 / all-mpnet-base-v2. The paper used LLaMA-2-7B on "
+         "SST-2/SST-5/AGNews/Twitter-Fin/CoNLL-2003/OntoNotes with full training sets; we use the offline "
+         "stand-ins (rt-polarity ~ SST-2, rt-5 ~ SST-5, bbc-news ~ AGNews (topic), tweets-3 ~ Twitter-Fin, "
+         "CoNLL-2003 itself) and 1,000/4,000 training examples, so the paper column is context only."),
+        "",
+        ("Seeds: 3 for fs-bidirectional, causal rows, minilm, mpnet (and every ablation row); 1 (the first seed) for "
+         "the other rows. The seed picks the training subset as well as the initialisation. Zero-shot is deterministic "
+         "(greedy / likelihood scoring) and has no dev selection."),
+        "",
+    ]
+    settings = {json.dumps(r.get("settings"), sort_keys=True) for recs in all_recs.values() for r in recs}
+    if settings:
+        lines += ["Budgets found in the cells (per row kind):", ""]
+        for s in sorted(settings):
+            lines.append(f"- `{s}`")
+        lines.append("")
+    # one line per machine set-up; the commits that ran on it (each cell JSON has its own) listed after it
+    machines: dict[str, set[str]] = {}
+    recorded = [r["machine"] for recs in all_recs.values() for r in recs if r.get("machine")]
+    for d in recorded or [machine_info()]:
+        line = (f"{d.get('cpu')}, {d.get('cores')} cores ({d.get('torch_threads')} torch threads)"
+                + (f", GPU {d['gpu']}" if d.get("gpu") else "")
+                + f"; Python {d.get('python')}, torch {d.get('torch')}, transformers {d.get('transformers')}, "
+                f"peft {d.get('peft')}; {d.get('platform')}")
+        machines.setdefault(line, set()).update([d["fsllm_commit"]] if d.get("fsllm_commit") else [])
+    lines += ["Machine(s) the cells ran on:", ""]
+    for line, commits in sorted(machines.items()):
+        lines.append(f"- {line}" + (f" (fsllm commits {', '.join(sorted(commits))})" if commits else ""))
+    lines.append("")
+    total = sum((r.get("cell_seconds") or 0) for recs in all_recs.values() for r in recs)
+    lines += [f"Total compute in finished cells: {total / 3600:.1f} h.", ""]
+    for t in TABLES:
+        tl, _ = table_report(t, out, seeds)
+        lines += tl
+    if baselines.mpnet_dir(None)[0] is None:
+        lines += ["## MPNet", "", baselines.MPNET_INSTALL, ""]
+    path = out / "REPORT.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
