@@ -685,10 +685,11 @@ def run_instruction_tuning(
     train_subset: int | None = 1000, dev_subset: int | None = 1000, test_subset: int | None = None, seed: int = 0,
     epochs: float = 3.0, lr: float = 1e-3, batch_size: int = 16, max_length: int = 128, evals_per_epoch: int = 1,
     max_new_tokens: int = 64, eval_batch_size: int = 16, lora_r: int = 8, lora_alpha: int = 32,
-    lora_dropout: float = 0.1, max_steps: int = -1,
+    lora_dropout: float = 0.1, max_steps: int = -1, evaluate_test: bool = True,
 ) -> dict:
     """LoRA-tune the causal LM to write the answer after the zero-shot prompt; select on dev by
-    the zero-shot scoring (accuracy of likelihood scoring, or span F1 of generated entity lists)."""
+    the zero-shot scoring (accuracy of likelihood scoring, or span F1 of generated entity lists).
+    ``evaluate_test=False``: a grid member, scored on dev only (the model is not saved)."""
     from peft import LoraConfig, get_peft_model
     from transformers import set_seed
 
@@ -722,7 +723,7 @@ def run_instruction_tuning(
         **train_on_dev(trainer, run_dir),
     }
     return finish_run(
-        run_dir, metrics, (("dev", sp.dev), ("test", sp.test)),
+        run_dir, metrics, (("dev", sp.dev), ("test", sp.test if evaluate_test else [])),
         lambda split, exs: evaluate_scoring(model, tok, spec, sp.task, exs, sp.labels, max_length, eval_batch_size,
                                             max_new_tokens, progress=split),
         trainer,

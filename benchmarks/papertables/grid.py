@@ -85,7 +85,8 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
                   command: str = "") -> dict:
     """Run a cell whose row has a learning-rate grid: the grid first (dev only, resumable member by
     member), then the cell at the chosen rate. A grid-seed cell at a grid size is its chosen member
-    itself, scored on test once (:func:`score_chosen_member`); other cells train at the chosen rate."""
+    itself, scored on test once (:func:`score_chosen_member`); other cells, and instruction-tuned
+    cells (whose runs save no model), train at the chosen rate."""
     members = grid_members(cell, budget)
     done = train_members(cell, members, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
     check_members(cell, members, done, budget, out)
@@ -104,7 +105,8 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
         # a new choice: the cell runs again and says what it replaces (its test score was seen)
         replaced = {"lr": earlier.get("lr"), "dev_metric": earlier.get("dev_metric"), "test": earlier.get("test"),
                     "grid_dev": (earlier.get("grid") or {}).get("dev")}
-    if cell.size != grid["size"] or cell.seed not in budget.seeds_of_grid:
+    # an instruction-tuned run keeps no model to score later: its grid-seed cell trains again at the chosen rate
+    if cell.size != grid["size"] or cell.seed not in budget.seeds_of_grid or cell.row.kind == "instruction-tuned":
         rec = run_cell(cell, budget, out, runs, mpnet_dir=mpnet_dir, command=command, lr=chosen, grid=grid)
         if replaced is not None:
             rec["replaces"] = replaced

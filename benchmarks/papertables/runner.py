@@ -271,7 +271,7 @@ def train_row(cell: Cell, budget: Budget, run_dir: Path, lr: float | None, evalu
             cell.dataset, run_dir, model_name=budget.model, train_subset=cell.size, dev_subset=budget.dev_subset or None,
             test_subset=budget.test_subset, seed=cell.seed, epochs=budget.epochs, lr=budget.lr if lr is None else lr,
             batch_size=budget.batch_size, max_length=budget.max_length, evals_per_epoch=budget.it_evals_per_epoch,
-            max_new_tokens=budget.gen_tokens, max_steps=budget.max_steps,
+            max_new_tokens=budget.gen_tokens, max_steps=budget.max_steps, evaluate_test=evaluate_test,
         )
     else:  # pragma: no cover
         raise ValueError(row.kind)

@@ -361,6 +361,11 @@ def test_instruction_tuning_and_zero_shot_run_on_a_tiny_lm(tmp_path):
     assert m["dev"]["accuracy"] == m["train"]["best_dev_metric"]  # the selected evaluation, not re-run
     log = [json.loads(x) for x in (tmp_path / "it" / "train_log.jsonl").read_text().splitlines()]
     assert sum("eval_accuracy" in r for r in log) == 1  # the last step is evaluated once, not twice
+    # a grid member is scored on dev only: test is not seen
+    g = B.run_instruction_tuning(data, tmp_path / "it-member", model_name=str(model_dir), train_subset=8, dev_subset=2,
+                                 test_subset=4, epochs=1, batch_size=4, max_steps=1, lr=1e-3, evaluate_test=False)
+    assert "test" not in g and "accuracy" in g["dev"]
+    assert not (tmp_path / "it-member" / "predictions_test.jsonl").exists()
     ner = str(_ner_data(tmp_path))
     z = B.run_zero_shot(ner, tmp_path / "zs", model_name=str(model_dir), test_subset=2, max_new_tokens=3)
     assert z["test"]["n_sentences"] == 2 and "dev" not in z
@@ -673,6 +678,31 @@ def test_lr_grid_chooses_on_dev_scores_test_once_and_other_seeds_reuse_the_rate(
     calls.clear()
     later = G.run_with_grid(cells["hf-native__n1000__s1"], budget, out, runs)
     assert calls == [("hf-native__n1000__s1", 5e-4, True)] and later["grid"]["chosen_lr"] == 5e-4
+
+
+def test_an_instruction_tuned_grid_keeps_test_for_the_cell_trained_again_at_the_chosen_rate(tmp_path, monkeypatch):
+    """Instruction-tuned runs save no model, so the grid-seed cell cannot be its chosen member scored
+    later: its members see dev only, and the cell trains again at the chosen rate (test once, there)."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    budget = PL.Budget(lr_grid=(5e-4, 1e-3), grid_sizes=(1000,), grid_seed=0)
+    dev = {5e-4: 0.3, 1e-3: 0.5}
+    calls = []
+
+    def fake_it(data, run_dir, *, lr, evaluate_test=True, **kw):
+        calls.append((Path(run_dir).name, lr, evaluate_test))
+        m = {"task": "token", "primary_metric": "f1", "dev": {"f1": dev[lr]}, "train": {"steps": 1, "seconds": 1.0},
+             "sizes": {"train": 1000}}
+        return {**m, "test": {"f1": 0.2}} if evaluate_test else m
+
+    monkeypatch.setattr(B, "run_instruction_tuning", fake_it)
+    monkeypatch.setattr(B, "score_saved_test", lambda *a, **k: pytest.fail("no saved model to score"))
+    cell = {c.id: c for c in PL.plan("ner", [1000], [0], only=["instruction-tuned"], n_train=14041)}[
+        "instruction-tuned__n1000__s0"]
+    rec = G.run_with_grid(cell, budget, out, runs)
+    assert calls == [("instruction-tuned__n1000__s0__lr0.0005", 5e-4, False),
+                     ("instruction-tuned__n1000__s0__lr0.001", 1e-3, False),
+                     ("instruction-tuned__n1000__s0", 1e-3, True)]
+    assert rec["lr"] == 1e-3 and rec["test"] == {"f1": 0.2} and rec["grid"]["chosen_lr"] == 1e-3
 
 
 def test_a_grid_over_several_seeds_chooses_on_the_mean_and_each_grid_seed_is_its_own_member(tmp_path, monkeypatch):
