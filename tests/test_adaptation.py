@@ -226,14 +226,24 @@ def test_adapt_writes_a_causal_lm_folder_that_fsllm_train_takes_as_a_backbone(tm
 
 
 class _Stop(TrainerCallback):
-    """Kill the run after ``step`` (as a crash would), once."""
+    """Kill the run once ``step`` is logged (as a crash after the log, before the next checkpoint, would)."""
 
     def __init__(self, step: int):
         self.step = step
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if state.global_step == self.step:
             raise RuntimeError("killed")
+
+
+class _Steps(TrainerCallback):
+    """The steps a session trains."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
 
 
 def test_an_interrupted_adaptation_resumes_where_it_stopped(tmp_path, tiny_causal_lm_dir):
@@ -250,11 +260,14 @@ def test_an_interrupted_adaptation_resumes_where_it_stopped(tmp_path, tiny_causa
     assert (out / "checkpoints" / "checkpoint-4").is_dir()
     with pytest.raises(FSLLMError, match="cannot change steps"):
         adapt(resume=True, output_dir=str(out), steps=10)
-    assert adapt(resume=True, output_dir=str(out)) == out
+    assert [json.loads(ln)["step"] for ln in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
+    session = _Steps()
+    assert adapt(resume=True, output_dir=str(out), callbacks=[session]) == out
+    assert session.steps == [5, 6]  # from checkpoint-4, not from the beginning
 
     assert json.loads((out / ADAPTATION_FILE).read_text())["steps"] == 6
     steps = [json.loads(ln)["step"] for ln in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [s for s in steps] == sorted(steps) and steps.count(5) == 1  # step 5 logged once: the killed run's dropped
+    assert steps == [1, 2, 3, 4, 5, 6, 6]  # step 5 logged once: the killed run's record was dropped (6: the summary)
     a, b = _weights(whole), _weights(out)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # the same weights as the uninterrupted run
 
