@@ -67,7 +67,8 @@ class AdaptConfig:
 
     Defaults are LLM2Vec's MNTP recipe (mask 20 %, LoRA r 16 / alpha 32 / dropout 0.05) except the
     number of steps and the learning rate: LLM2Vec trains 1,000 steps of batch 32 at lr 5e-5 on a GPU;
-    the default here is 100 steps of batch 8 (about 3 minutes for SmolLM2-135M on a 2-core CPU, see
+    the default here is 100 steps of batch 8, 800 texts, about what the main job's training reads (1,000
+    sentences) and so about its cost on a CPU (5 to 9 s a step for SmolLM2-135M on one thread, see
     docs/levers.md), with a higher rate (1e-4) for the ten times fewer steps. Neither is tuned.
     """
 
@@ -88,8 +89,9 @@ class AdaptConfig:
     output_dir: str | None = setting(
         None, "the adapted model folder (default runs/<model>-mntp-<time>): fsllm train --model takes it; "
         "checkpoints and train_log.jsonl are written there while adapting", flags=("--output", "-o"))
-    steps: int = setting(100, "optimizer steps (LLM2Vec: 1,000 on a GPU; 100 take about 3 minutes for "
-                         "SmolLM2-135M at batch 8 on a 2-core CPU)")
+    steps: int = setting(100, "optimizer steps (LLM2Vec: 1,000 of batch 32 on a GPU). 100 of batch 8 read 800 texts, "
+                         "about what the main job trains on, at about its cost: 5 to 9 s a step for SmolLM2-135M on "
+                         "one CPU thread (docs/levers.md)")
     batch_size: int = setting(8, "texts per step")
     learning_rate: float = setting(1e-4, "peak learning rate, linear decay to 0 (LLM2Vec: 5e-5 over 1,000 steps)",
                                    flags=("--lr",))
@@ -466,7 +468,7 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
     """Adapt a decoder to released attention by MNTP with LoRA; write the merged causal-LM folder, return its path.
 
     ``adapt(AdaptConfig(model=..., data=...))`` or ``adapt(model=..., text_file=...)``. The folder holds the
-    weights, the tokenizer and ``fsllm_adaptation.json`` (the config, steps, time and final loss);
+    weights, the tokenizer and ``fsllm_adaptation.json`` (the settings, the steps, the first and last logged loss);
     ``fsllm train --model FOLDER`` reads it as a backbone. With ``resume=True`` and the ``output_dir`` of an
     interrupted adaptation, training continues from its last checkpoint with its saved configuration.
     ``callbacks`` are passed to the ``Trainer`` with fsllm's own (the log written as training goes).
@@ -512,8 +514,8 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=cfg.precision == "bf16",
         fp16=cfg.precision == "fp16", disable_tqdm=False,
     )
-    trainer = MNTPTrainer(model=model, args=args, train_dataset=dataset,
-                          data_collator=MNTPCollator(tokenizer.pad_token_id, mask_id, special, cfg.mask_probability, cfg.seed),
+    collator = MNTPCollator(tokenizer.pad_token_id, mask_id, special, cfg.mask_probability, cfg.seed)
+    trainer = MNTPTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[JsonlLogCallback(out / TRAIN_LOG_FILE), *callbacks], fs_state=state)
     checkpoint = last_adapter_checkpoint(out / CHECKPOINTS_DIR) if resume else None
     if resume:
