@@ -315,3 +315,37 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_causal_lm_dir, 
     out.mkdir()
     (out / "something").write_text("x")
     assert "already exists" in _fails(capsys, [*base, "--text-file", str(texts)])
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_every_adapt_setting_has_help_and_an_option(tmp_path):
+    import dataclasses
+
+    from fsllm.cli import adapt_config_from_args
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["adapt"].format_help()
+    for f in dataclasses.fields(AdaptConfig):
+        assert f.metadata.get("help"), f"AdaptConfig.{f.name} has no help"
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in help_text, flag
+        value = {int: "3", float: "0.5"}.get(type(f.default))
+        if "choices" in f.metadata:
+            value = f.metadata["choices"][-1]
+        if value is not None:
+            a = build_parser().parse_args(["adapt", flag, value])
+            assert getattr(adapt_config_from_args(a), f.name) == (type(f.default)(value) if f.default is not None else value)
+    # a plain text file replaces the data set, also over a --config that names one
+    saved = tmp_path / "settings.json"
+    saved.write_text(json.dumps({"data": "rt-polarity", "steps": 5}))
+    for argv in (["--text-file", "t.txt"], ["--config", str(saved), "--text-file", "t.txt"]):
+        cfg = adapt_config_from_args(build_parser().parse_args(["adapt", *argv]))
+        assert (cfg.text_file, cfg.data) == ("t.txt", None)
+    assert adapt_config_from_args(build_parser().parse_args(["adapt", "--config", str(saved)])).steps == 5
+    saved.write_text(json.dumps({"text_file": "t.txt"}))  # and --data replaces a --config's text file
+    cfg = adapt_config_from_args(build_parser().parse_args(["adapt", "--config", str(saved), "--data", "rt-polarity"]))
+    assert (cfg.text_file, cfg.data) == (None, "rt-polarity")
+    saved.write_text(json.dumps({"no_such_setting": 1}))
+    with pytest.raises(FSLLMError, match="no_such_setting"):
+        adapt_config_from_args(build_parser().parse_args(["adapt", "--config", str(saved)]))
