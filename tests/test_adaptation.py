@@ -158,6 +158,27 @@ def test_attention_is_released_while_adapting(lora):
     assert torch.allclose(a[0, :-1], b[0, :-1], atol=1e-6)  # the control: causal attention does not
 
 
+def test_decay_attention_while_adapting_weighs_the_future_by_its_lambda():
+    tok, model = word_llama_lm()
+    model.eval()
+    ids = torch.tensor([tok.convert_tokens_to_ids("John visited Paris today".split())])
+    other = ids.clone()
+    other[0, -1] = tok.convert_tokens_to_ids("yesterday")
+    mask = torch.ones_like(ids)
+
+    def change_at_0(**attention) -> float:
+        state = release_attention(model, AdaptConfig(**attention))
+        with torch.no_grad():
+            return (released_logits(model, state, ids, mask)[0, 0] - released_logits(model, state, other, mask)[0, 0]).abs().max().item()
+
+    bidirectional = change_at_0(attention="bidirectional")
+    assert change_at_0(attention="decay", decay_lambda=0.0) == pytest.approx(bidirectional, abs=1e-6)
+    assert 0 < change_at_0(attention="decay", decay_lambda=1.0) < bidirectional
+    assert change_at_0(attention="decay", decay_lambda=60.0) < 1e-6  # a token 3 away weighs e^-180: causal
+    with pytest.raises(ConfigError, match="out of range"):
+        release_attention(model, AdaptConfig(fs_layers=[5]))  # a 2-layer model
+
+
 # ------------------------------------------------------------------ data
 
 
@@ -176,6 +197,12 @@ def test_only_the_training_split_is_read(tmp_path):
 
     kept = [" ".join(r["tokens"]) for r in load_any(str(single)).splits["train"]]
     assert training_texts(AdaptConfig(data=str(single))) == kept and len(kept) == 27
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("text,other,label\n" + "a great film,it was loved,positive\nboring plot,hated it,negative\n" * 10)
+    rows = load_any(str(pairs), text_pair_column="other").splits["train"]
+    expected = [t for r in rows for t in (r["text"], r["text_pair"])]  # a pair's two texts, train rows only
+    assert training_texts(AdaptConfig(data=str(pairs), text_pair_column="other")) == expected and len(expected) == 36
 
     lines = tmp_path / "texts.txt"
     lines.write_text("first text\n\n  \nsecond text\n")
