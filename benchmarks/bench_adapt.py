@@ -4,8 +4,8 @@
 
 Runs ``fsllm.adapt`` on the main job's 1,000 CoNLL-2003 training sentences (default settings otherwise: batch
 8, max length 128, LoRA r 16 on every projection, bidirectional attention) for ``--steps`` steps, then the
-MNTP loss (bidirectional and causal attention) of the backbone before and after on 128 fixed batches' worth of
-those training texts with fixed masks: a check that the adaptation lowers its own objective, not a measure of
+MNTP loss (bidirectional and causal attention) of the backbone before and after on 128 of those training
+texts with fixed masks (the default 80/10/10 masking): a check that the adaptation lowers its own objective, not a measure of
 accuracy. Writes ``adapt_<precision>_<threads>t.json``: seconds per step (the Trainer's ``train_runtime`` over
 the steps, model loading and saving left out), the wall time of the whole command, peak RSS, the losses and
 the machine's load average before and after (the CPU may be shared).
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from fsllm.adaptation import (
+    BERT_SPLIT,
     AdaptConfig,
     MNTPCollator,
     adapt,
@@ -41,7 +42,8 @@ def probe(model_path: str, texts: list[str]) -> dict[str, float]:
     """The mean MNTP loss of ``model_path`` on ``texts`` (batches of 16, masks fixed by the seed) per attention."""
     tok = load_tokenizer("smollm2-135m")
     special = [i for i in tok.all_special_ids if i is not None]
-    collate = MNTPCollator(tok.pad_token_id, mask_token_id(tok), special, 0.2, seed=123)
+    collate = MNTPCollator(tok.pad_token_id, mask_token_id(tok), special, 0.2, seed=123, split=BERT_SPLIT,
+                           vocab_size=len(tok))  # fsllm adapt's default masking
     batches = [collate([{"input_ids": tok(t, truncation=True, max_length=128)["input_ids"]} for t in texts[i:i + 16]])
                for i in range(0, len(texts), 16)]
     model = load_causal_lm(model_path).eval()

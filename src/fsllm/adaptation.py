@@ -14,10 +14,11 @@ implementation is set to the registered ``fsllm_<impl>`` and every forward runs 
 ``FSAttentionState`` holding the per-layer modes, as ``FSModel.encode`` does; no modeling file is
 copied. Training is the stock ``Trainer`` with its checkpoints, resume and progress bar.
 
-What follows LLM2Vec's ``experiments/run_mntp.py`` and its released MNTP configurations: 20 % of the
-tokens masked, every one of them replaced by the mask token (no 80/10/10 split), the tokenizer's mask
-token or else ``"_"``, special tokens never masked, LoRA on every projection of the decoder layers
-(r 16, alpha 32, dropout 0.05). What differs: far fewer steps by default (``steps``), texts read one
+What follows LLM2Vec's ``experiments/run_mntp.py`` and its released MNTP configurations for Llama: 20 % of
+the tokens chosen, of which 80 % are replaced by the mask token, 10 % by a random token and 10 % kept
+(transformers' ``DataCollatorForLanguageModeling``; ``full_masking`` is the ``all_mask`` collator of its
+Mistral recipe), the tokenizer's mask token or else ``"_"``, special tokens never masked, LoRA on every
+projection of the decoder layers (r 16, alpha 32, dropout 0.05). What differs: far fewer steps by default (``steps``), texts read one
 per example (no concatenation into blocks), and the first token of a text is never masked (no
 position before it could predict it; LLM2Vec masks it and drops its label, which only corrupts the
 input).
@@ -96,8 +97,13 @@ class AdaptConfig:
     batch_size: int = setting(8, "texts per step")
     learning_rate: float = setting(1e-4, "peak learning rate, linear decay to 0 (LLM2Vec: 5e-5 over 1,000 steps)",
                                    flags=("--lr",))
-    mask_probability: float = setting(0.2, "share of the maskable tokens replaced by the mask token (LLM2Vec's best "
-                                      "recipes: 0.2); special tokens, padding and a text's first token never are")
+    mask_probability: float = setting(
+        0.2, "share of the maskable tokens to predict (LLM2Vec: 0.2 for its Llama recipes); of those, 80 % are "
+        "replaced by the mask token, 10 % by a random token and 10 % kept, as BERT and LLM2Vec's 0.2 recipes do. "
+        "Special tokens, padding and a text's first token are never chosen")
+    full_masking: bool = setting(
+        False, "replace every chosen token by the mask token, no random or kept ones (LLM2Vec's all_mask collator, "
+        "which its Mistral recipe uses with --mask-probability 0.8)")
     mask_token: str | None = setting(
         None, "the token that replaces masked tokens (default: the tokenizer's mask token, else '_' as in LLM2Vec); "
         "must be one token of the vocabulary")
@@ -240,16 +246,35 @@ def maskable_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, sp
     return real & ~first & ~special
 
 
+#: what becomes of the chosen tokens (shares replaced by the mask token, by a random token, kept as they are):
+#: BERT's split, which LLM2Vec's 20 % recipes use (its ``data_collator_type="default"``, transformers'
+#: ``DataCollatorForLanguageModeling``); ``FULL_MASKING`` is its ``all_mask`` collator
+BERT_SPLIT = (0.8, 0.1, 0.1)
+FULL_MASKING = (1.0, 0.0, 0.0)
+
+
 def mask_tokens(
     input_ids: torch.Tensor, maskable: torch.Tensor, probability: float, mask_id: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, split: tuple[float, float, float] = FULL_MASKING,
+    vocab_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(masked input_ids, labels)``: each maskable position is chosen with ``probability``; a chosen
-    position's input becomes ``mask_id`` and its label the original token, every other label is -100
-    (LLM2Vec's full masking: no 80/10/10 split)."""
-    chosen = (torch.rand(input_ids.shape, generator=generator, device=input_ids.device) < probability) & maskable
+    position's label is its original token, every other label is -100. A chosen input becomes ``mask_id``,
+    a random token of ``vocab_size`` or stays as it is, in the shares ``split`` (``BERT_SPLIT``: 80/10/10;
+    the default ``FULL_MASKING``: the mask token always)."""
+    device = input_ids.device
+    chosen = (torch.rand(input_ids.shape, generator=generator, device=device) < probability) & maskable
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
-    return input_ids.masked_fill(chosen, mask_id), labels
+    fate = torch.rand(input_ids.shape, generator=generator, device=device)
+    to_mask = chosen & (fate < split[0])
+    to_random = chosen & (fate >= split[0]) & (fate < split[0] + split[1])
+    out = input_ids.masked_fill(to_mask, mask_id)
+    if bool(to_random.any()):
+        if vocab_size is None:
+            raise ValueError("a split with random tokens needs vocab_size")
+        random = torch.randint(vocab_size, input_ids.shape, generator=generator, device=device, dtype=input_ids.dtype)
+        out = torch.where(to_random, random, out)
+    return out, labels
 
 
 class MNTPCollator:
@@ -262,10 +287,12 @@ class MNTPCollator:
     and a text gets new masks whenever it comes in another batch (the batches are shuffled every epoch).
     """
 
-    def __init__(self, pad_id: int, mask_id: int, special_ids: Sequence[int], probability: float, seed: int = 0):
+    def __init__(self, pad_id: int, mask_id: int, special_ids: Sequence[int], probability: float, seed: int = 0,
+                 split: tuple[float, float, float] = FULL_MASKING, vocab_size: int | None = None):
         self.pad_id, self.mask_id, self.probability = int(pad_id), int(mask_id), float(probability)
         self.special_ids = sorted({int(i) for i in special_ids})
         self.seed = int(seed)
+        self.split, self.vocab_size = split, vocab_size
 
     def generator(self, input_ids: torch.Tensor) -> torch.Generator:
         """The generator of one batch's masks: seeded by ``seed`` and the batch's token ids."""
@@ -281,7 +308,7 @@ class MNTPCollator:
             ids[row, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
             attention[row, :n] = 1
         masked, labels = mask_tokens(ids, maskable_positions(ids, attention, self.special_ids), self.probability,
-                                     self.mask_id, self.generator(ids))
+                                     self.mask_id, self.generator(ids), self.split, self.vocab_size)
         return {"input_ids": masked, "attention_mask": attention, "labels": labels}
 
 
@@ -515,7 +542,8 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=cfg.precision == "bf16",
         fp16=cfg.precision == "fp16", disable_tqdm=False,
     )
-    collator = MNTPCollator(tokenizer.pad_token_id, mask_id, special, cfg.mask_probability, cfg.seed)
+    collator = MNTPCollator(tokenizer.pad_token_id, mask_id, special, cfg.mask_probability, cfg.seed,
+                            FULL_MASKING if cfg.full_masking else BERT_SPLIT, len(tokenizer))
     trainer = MNTPTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[JsonlLogCallback(out / TRAIN_LOG_FILE), *callbacks], fs_state=state)
     checkpoint = last_adapter_checkpoint(out / CHECKPOINTS_DIR) if resume else None
