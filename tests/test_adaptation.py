@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from fsllm.adaptation import (
     ADAPTATION_FILE,
+    BERT_SPLIT,
     AdaptConfig,
     MNTPCollator,
     adapt,
@@ -66,6 +67,23 @@ def test_mask_tokens_chooses_the_configured_share_of_the_maskable_tokens():
     assert torch.equal(masked[chosen], torch.full((int(chosen.sum()),), 99))  # every chosen token is masked
     assert torch.equal(masked[~chosen], ids[~chosen])  # and nothing else changes
     assert torch.equal(labels[chosen], ids[chosen])
+
+
+def test_the_chosen_tokens_are_split_80_10_10_as_bert_and_llm2vec_do():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 1000, (64, 200), generator=g)
+    maskable = torch.ones_like(ids, dtype=torch.bool)
+    masked, labels = mask_tokens(ids, maskable, 0.5, mask_id=3, generator=g, split=BERT_SPLIT, vocab_size=1000)
+    chosen = labels != -100
+    assert torch.equal(labels[chosen], ids[chosen])  # every chosen token is predicted, whatever its input became
+    assert torch.equal(masked[~chosen], ids[~chosen])
+    n = chosen.sum().item()
+    as_mask = (masked[chosen] == 3).sum().item() / n
+    kept = (masked[chosen] == ids[chosen]).sum().item() / n  # kept, or drawn at random as itself (1 in 1,000)
+    assert 0.78 < as_mask < 0.82 and 0.09 < kept < 0.11 and 0.09 < 1 - as_mask - kept < 0.11
+    assert int(masked.max()) < 1000
+    with pytest.raises(ValueError, match="vocab_size"):
+        mask_tokens(ids, maskable, 0.5, mask_id=3, split=BERT_SPLIT)
 
 
 def test_the_collator_pads_right_and_never_masks_padding():

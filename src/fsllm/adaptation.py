@@ -19,9 +19,9 @@ the tokens chosen, of which 80 % are replaced by the mask token, 10 % by a rando
 (transformers' ``DataCollatorForLanguageModeling``; ``full_masking`` is the ``all_mask`` collator of its
 Mistral recipe), the tokenizer's mask token or else ``"_"``, special tokens never masked, LoRA on every
 projection of the decoder layers (r 16, alpha 32, dropout 0.05). What differs: far fewer steps by default (``steps``), texts read one
-per example (no concatenation into blocks), and the first token of a text is never masked (no
-position before it could predict it; LLM2Vec masks it and drops its label, which only corrupts the
-input).
+per example (no concatenation into blocks), and the first token of a text is never chosen (no
+position before it could predict it; LLM2Vec can choose it when the tokenizer adds no BOS, and the
+shift then drops its label, which only corrupts the input).
 """
 
 from __future__ import annotations

@@ -207,8 +207,8 @@ def train_config_from_args(a: argparse.Namespace):
 
 ADAPT_DESCRIPTION = (
     "Adapt a decoder to the attention fsllm train will release, without labels: LLM2Vec's masked next-token "
-    "prediction (20% of the tokens masked, each predicted by the next-token head at the position before it, LoRA "
-    "trained and merged). Writes an ordinary causal-LM folder (weights, tokenizer, fsllm_adaptation.json) that "
+    "prediction (20% of the tokens chosen and masked, each predicted by the next-token head at the position "
+    "before it, LoRA trained and merged). Writes an ordinary causal-LM folder (weights, tokenizer, fsllm_adaptation.json) that "
     "fsllm train --model FOLDER takes as a backbone. Reads only the training split of --data (or --text-file, one "
     "text per line). Its effect on accuracy is not measured yet (docs/levers.md)."
 )
