@@ -282,7 +282,7 @@ class _Stop(TrainerCallback):
 
 
 class _Steps(TrainerCallback):
-    """The steps a session trains."""
+    """The steps one call of adapt trains."""
 
     def __init__(self):
         self.steps: list[int] = []
@@ -306,9 +306,9 @@ def test_an_interrupted_adaptation_resumes_where_it_stopped(tmp_path, tiny_causa
     with pytest.raises(FSLLMError, match="cannot change steps"):
         adapt(resume=True, output_dir=str(out), steps=10)
     assert [json.loads(ln)["step"] for ln in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
-    session = _Steps()
-    assert adapt(resume=True, output_dir=str(out), callbacks=[session]) == out
-    assert session.steps == [5, 6]  # from checkpoint-4, not from the beginning
+    resumed = _Steps()
+    assert adapt(resume=True, output_dir=str(out), callbacks=[resumed]) == out
+    assert resumed.steps == [5, 6]  # from checkpoint-4, not from the beginning
 
     assert json.loads((out / ADAPTATION_FILE).read_text())["steps"] == 6
     steps = [json.loads(ln)["step"] for ln in (out / "train_log.jsonl").read_text().splitlines()]

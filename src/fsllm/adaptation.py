@@ -558,9 +558,9 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
     merged.save_pretrained(out)
     load_tokenizer_files(cfg.model).save_pretrained(out)
     # the logged losses (each the mean since the previous log) span a resumed run's whole history, which
-    # ``result.training_loss`` (this session's steps only) does not
+    # ``result.training_loss`` (the steps of this call only) does not
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    record.update(complete=True, steps=trainer.state.global_step, seconds_this_session=round(seconds, 1),
+    record.update(complete=True, steps=trainer.state.global_step, train_seconds_last_call=round(seconds, 1),
                   loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                   attn_implementation=impl)
     atomic.write_text(out / ADAPTATION_FILE, json.dumps(record, indent=2))
