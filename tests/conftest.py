@@ -125,6 +125,27 @@ def tiny_model_dir(tmp_path_factory):
     return out
 
 
+def word_llama_lm(seed: int = 0):
+    """A tiny random Llama causal LM (2 layers, its own LM head) with the word-level tokenizer plus a mask token
+    ``<mask>``: ``(tokenizer, model)``, a stand-in for a decoder with its next-token head (``fsllm adapt``)."""
+    tok = build_word_tokenizer()
+    tok.add_special_tokens({"mask_token": "<mask>"})
+    cfg = _config("llama", 2)
+    cfg.vocab_size = len(tok)
+    torch.manual_seed(seed)
+    return tok, transformers.LlamaForCausalLM(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory):
+    """A saved tiny Llama causal LM with its tokenizer (``word_llama_lm``)."""
+    out = tmp_path_factory.mktemp("tiny-llama-lm")
+    tok, model = word_llama_lm()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
 

@@ -6,7 +6,8 @@ The public API is small; everything else lives in one module per concern:
 models, registered with transformers' Auto classes on import), ``model_card``,
 ``backbones`` (loading models), ``data`` (readers and
 the data set catalogue), ``tokenization``, ``prepare`` (data for a run), ``training``,
-``evaluation``, ``run`` (the run folder), ``metrics``, ``inference`` and ``cli``.
+``evaluation``, ``run`` (the run folder), ``metrics``, ``inference``, ``adaptation`` (``fsllm adapt``:
+unsupervised adaptation of a backbone to released attention before training) and ``cli``.
 """
 
 import logging as _logging
@@ -29,6 +30,8 @@ from .modeling import (
 __version__ = "0.1.0"
 
 _LAZY = {
+    "adapt": ("adaptation", "adapt"),
+    "AdaptConfig": ("adaptation", "AdaptConfig"),
     "train": ("training", "train"),
     "TrainConfig": ("training", "TrainConfig"),
     "RunResult": ("run", "RunResult"),
@@ -47,6 +50,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AdaptConfig",
     "BUILTIN_MODELS",
     "ConfigError",
     "DataError",
@@ -61,6 +65,7 @@ __all__ = [
     "RunResult",
     "TrainConfig",
     "ModelFolderError",
+    "adapt",
     "load_backbone",
     "load_model",
     "load_tokenizer",

@@ -1,4 +1,4 @@
-"""The ``fsllm`` command line: train, eval, predict, serve, datasets, models.
+"""The ``fsllm`` command line: adapt, train, eval, predict, serve, datasets, models.
 
 Errors on bad input print one line (``fsllm: error: ...``) and exit with status 2;
 ``--debug`` shows the full traceback instead.
@@ -205,6 +205,15 @@ def train_config_from_args(a: argparse.Namespace):
     return dataclasses.replace(cfg, fs=dataclasses.replace(cfg.fs, **fs), **top)
 
 
+ADAPT_DESCRIPTION = (
+    "Adapt a decoder to the attention fsllm train will release, without labels: LLM2Vec's masked next-token "
+    "prediction (20% of the tokens chosen and masked, each predicted by the next-token head at the position "
+    "before it, LoRA trained and merged). Writes an ordinary causal-LM folder (weights, tokenizer, fsllm_adaptation.json) that "
+    "fsllm train --model FOLDER takes as a backbone. Reads only the training split of --data (or --text-file, one "
+    "text per line). Its effect on accuracy is not measured yet (docs/levers.md)."
+)
+
+
 def _main_job_description() -> str:
     job = ", ".join(f"{k}={v}" for k, v in load_recipe(MAIN_JOB_RECIPE).items())
     return (
@@ -232,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dataclass_options(t, TrainConfig, "training (fsllm.TrainConfig)")
     add_dataclass_options(t, FSConfig, "FS model (fsllm.FSConfig)", dest_prefix=FS_DEST)
+
+    ad = sub.add_parser("adapt", help="adapt a decoder to released attention without labels (LLM2Vec's MNTP), "
+                        "before fsllm train", description=ADAPT_DESCRIPTION)
+    ad.add_argument("--config", default=None, metavar="FILE.json",
+                    help="start from these adaptation settings (an adapted folder's fsllm_adaptation.json, or a JSON "
+                         "object of AdaptConfig fields); the flags given override it")
+    ad.add_argument("--resume", action="store_true",
+                    help="continue the interrupted adaptation in --output from its last checkpoint")
+    from .adaptation import AdaptConfig
+
+    add_dataclass_options(ad, AdaptConfig, "adaptation (fsllm.AdaptConfig)")
 
     e = sub.add_parser("eval", help="evaluate a trained model on a data split")
     e.add_argument("model", help="run folder or saved model folder")
@@ -400,6 +420,54 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def adapt_config_from_args(a: argparse.Namespace):
+    """The ``AdaptConfig`` of ``fsllm adapt``: ``--config FILE`` (an adapted folder's record or a JSON object of
+    fields), then every flag given on top."""
+    from .adaptation import AdaptConfig
+    from .errors import ConfigError
+
+    given = {f.name: vars(a)[f.name] for f in dataclasses.fields(AdaptConfig) if f.name in vars(a)}
+    base: dict[str, Any] = {}
+    if a.config:
+        try:
+            saved = json.loads(Path(a.config).read_text())
+        except OSError as e:
+            raise FSLLMError(f"{a.config}: {e.strerror}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FSLLMError(f"{a.config}: not a readable JSON file ({e})".splitlines()[0]) from None
+        if isinstance(saved, dict) and isinstance(saved.get("config"), dict):  # an adapted folder's record
+            saved = saved["config"]
+        if not isinstance(saved, dict):
+            raise FSLLMError(f"{a.config}: adaptation settings are a JSON object of AdaptConfig fields")
+        base = {k: v for k, v in saved.items() if k != "output_dir"}
+    if "text_file" in given and "data" not in given:
+        base.pop("data", None)
+    if "data" in given and "text_file" not in given:
+        base.pop("text_file", None)
+    try:
+        return AdaptConfig.from_dict({**base, **given})
+    except ConfigError as e:
+        raise FSLLMError(f"{a.config}: {e}" if a.config else str(e)) from None
+
+
+def cmd_adapt(a: argparse.Namespace) -> int:
+    from .adaptation import ADAPTATION_FILE, AdaptConfig, adapt
+
+    if a.resume:
+        given = vars(a)
+        if a.config:
+            raise FSLLMError("--resume continues the adaptation as its folder says and cannot take --config")
+        top = {f.name: given[f.name] for f in dataclasses.fields(AdaptConfig) if f.name in given}
+        out = adapt(resume=True, **top)
+    else:
+        out = adapt(adapt_config_from_args(a))
+    record = json.loads((out / ADAPTATION_FILE).read_text())
+    print(f"adapted: {record['steps']} steps, MNTP loss {record['loss_first']:.4f} at the first log, "
+          f"{record['loss_last']:.4f} at the last")
+    print(f"model: {out}  (fsllm train --model {out} ...)")
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluation import evaluate_examples
     from .inference import Predictor
@@ -497,7 +565,7 @@ def cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "serve": cmd_serve, "datasets": cmd_datasets, "models": cmd_models}
+COMMANDS = {"adapt": cmd_adapt, "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "serve": cmd_serve, "datasets": cmd_datasets, "models": cmd_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -512,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.command is None:
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.INFO if a.command == "train" else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if a.command in ("train", "adapt") else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return COMMANDS[a.command](a)
