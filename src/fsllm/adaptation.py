@@ -69,9 +69,8 @@ class AdaptConfig:
     Defaults are LLM2Vec's MNTP recipe (mask 20 %, LoRA r 16 / alpha 32 / dropout 0.05) except the
     number of steps and the learning rate: LLM2Vec trains 1,000 steps of batch 32 at lr 5e-5 on a GPU;
     the default here is 100 steps of batch 8, 800 texts, about a quarter of what the main job's training
-    reads (3 epochs of 1,000 sentences), which keeps it to minutes on a CPU (3 to 9 s a step for
-    SmolLM2-135M on one thread, see docs/levers.md), with a higher rate (1e-4) for the ten times fewer
-    steps. Neither is tuned.
+    reads (3 epochs of 1,000 sentences), which keeps it to minutes on a CPU (its measured cost is in
+    docs/levers.md), with a higher rate (1e-4) for the ten times fewer steps. Neither is tuned.
     """
 
     model: str = setting("smollm2-135m", "the decoder to adapt: built-in name (fsllm models), folder or hub id of a "
@@ -92,8 +91,7 @@ class AdaptConfig:
         None, "the adapted model folder (default runs/<model>-mntp-<time>): fsllm train --model takes it; "
         "checkpoints and train_log.jsonl are written there while adapting", flags=("--output", "-o"))
     steps: int = setting(100, "optimizer steps (LLM2Vec: 1,000 of batch 32 on a GPU). 100 of batch 8 read 800 texts, "
-                         "a quarter of what the main job's training reads: minutes on a CPU, 3 to 9 s a step for "
-                         "SmolLM2-135M on one thread (docs/levers.md)")
+                         "a quarter of what the main job's training reads: minutes on a CPU (cost: docs/levers.md)")
     batch_size: int = setting(8, "texts per step")
     learning_rate: float = setting(1e-4, "peak learning rate, linear decay to 0 (LLM2Vec: 5e-5 over 1,000 steps)",
                                    flags=("--lr",))
