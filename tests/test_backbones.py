@@ -305,11 +305,13 @@ def test_missing_local_model_folder_is_one_line(name):
         load_backbone(name)
 
 
-def test_cli_names_the_missing_model_folder(tmp_path, capsys):
+def test_cli_names_the_missing_model_folder(tmp_path, capsys, caplog):
+    caplog.set_level("INFO")
     code = main(["train", "--model", "/no/such/model", "--data", "conll2003", "--max-steps", "1",
                  "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code != 0 and "model '/no/such/model': no such folder" in err and "Traceback" not in err
+    assert not [r for r in caplog.records if r.name == "fsllm.prepare"]  # refused before the data set was read
     assert not (tmp_path / "run").exists()
 
 

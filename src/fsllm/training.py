@@ -42,7 +42,7 @@ from transformers.trainer_pt_utils import (
 )
 
 from . import atomic
-from .backbones import backbone_num_layers, load_tokenizer
+from .backbones import backbone_num_layers, load_tokenizer, resolve_backbone_path
 from .config import TrainConfig, resolve_backbone_dtype, resolve_precision, torch_dtype
 from .errors import FSLLMError
 from .evaluation import collapse_message, evaluate_examples
@@ -633,6 +633,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     A list of learning rates trains a grid and keeps the rate best on dev (``fsllm.selection``).
     """
     cfg, folder = resolve_config(config, resume, overrides)
+    resolve_backbone_path(cfg.model)  # a missing model folder is named now, not after the data has loaded
     if isinstance(cfg.learning_rate, list):  # a learning-rate grid: one run (this function) per rate, chosen on dev
         return train_grid(cfg, folder, resume=resume, callbacks=callbacks, train_one=train)
     set_seed(cfg.seed)
