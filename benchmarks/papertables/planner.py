@@ -91,6 +91,8 @@ class Budget:
                 for k in ("epochs", "batch_size", "lr", "dev_subset", "evals_per_epoch", "it_evals_per_epoch", "max_steps",
                           "patience", "lr_grid", "grid_sizes", "precision", "warmup_ratio"):
                     d.pop(k, None)
+        if row.adapt:
+            d["adapt"] = dict(row.adapt)
         if not self.grid_for(row):
             d.pop("grid_sizes", None), d.pop("grid_seed", None), d.pop("grid_seeds", None)
         elif self.grid_seeds:

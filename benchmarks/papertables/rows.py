@@ -34,6 +34,7 @@ class Row:
     fs: tuple = ()  # FSConfig overrides as (key, value) pairs
     train: tuple = ()  # TrainConfig overrides (key, value) pairs, e.g. the precision
     encoder: str | None = None  # "minilm" | "mpnet"
+    adapt: tuple = ()  # FS rows: AdaptConfig overrides as (key, value) pairs; non-empty: fsllm adapt runs first
     multi_seed: bool = False  # all --seeds; otherwise the first seed only
     primary: bool = False  # FS or causal: first in the run order
     note: str = ""
@@ -50,10 +51,11 @@ class Row:
 
 
 def _fs(name: str, multi: bool = False, primary: bool = False, note: str = "", train: dict | None = None,
-        **kw: Any) -> Row:
-    """An FS row: ``kw`` are its ``FSConfig`` overrides, ``train`` its ``TrainConfig`` ones."""
+        adapt: dict | None = None, **kw: Any) -> Row:
+    """An FS row: ``kw`` are its ``FSConfig`` overrides, ``train`` its ``TrainConfig`` ones, ``adapt`` the
+    ``AdaptConfig`` ones of an ``fsllm adapt`` stage run before training."""
     return Row(name, "fs", tuple(kw.items()), tuple((train or {}).items()), multi_seed=multi, primary=primary,
-               note=note)
+               note=note, adapt=tuple((adapt or {}).items()))
 
 
 FS_BIDIR = _fs("fs-bidirectional", multi=True, primary=True, note="FSConfig default: bidirectional, mean pooling, SwiGLU head")
@@ -87,6 +89,8 @@ LEVERS = [
         note="decay lambda annealed linearly from 10 (near causal) to 0 (bidirectional) over training"),
     _fs("fs-dora", multi=True, use_dora=True, note="DoRA at fsllm's LoRA rank 8"),
     _fs("fs-r16-rslora", multi=True, lora_r=16, use_rslora=True, note="LoRA rank 16 with rsLoRA scaling"),
+    _fs("fs-adapt", multi=True, adapt={"steps": 100},
+        note="fsllm adapt first (LLM2Vec's MNTP, 100 steps on the cell's training texts), then fs-bidirectional"),
 ]
 
 TABLE_ROWS: dict[str, list[Row]] = {

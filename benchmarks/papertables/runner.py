@@ -168,13 +168,55 @@ def same_run(run_dir: Path, cfg: TrainConfig) -> bool:
     return json.loads(json.dumps(saved.to_dict())) == json.loads(json.dumps(cfg.to_dict()))
 
 
+def adapt_config(cell: Cell, budget: Budget, run_dir: Path):
+    """The ``AdaptConfig`` of an FS row with an adaptation stage: the cell's training texts (the same
+    seeded subset its training draws), the budget's backbone, length and precision, the row's attention."""
+    from fsllm.adaptation import AdaptConfig
+
+    fields = {f.name for f in dataclasses.fields(AdaptConfig)}
+    released = {k: v for k, v in cell.row.fs_overrides.items() if k in ("attention", "decay_lambda", "fs_layers")}
+    return AdaptConfig(model=budget.model, data=cell.dataset, train_subset=cell.size, seed=cell.seed,
+                       max_length=budget.max_length, precision=budget.precision,
+                       output_dir=str(run_dir.with_name(run_dir.name + "__adapted")),
+                       **{k: v for k, v in released.items() if k in fields}, **dict(cell.row.adapt))
+
+
+def adapt_backbone(cell: Cell, budget: Budget, run_dir: Path) -> tuple[Path, dict]:
+    """Run (or resume, or reuse) the cell's ``fsllm adapt`` stage; the adapted folder and its record.
+
+    The folder sits beside the run folder (``<cell>__adapted``), so starting the training over keeps it."""
+    from fsllm.adaptation import ADAPTATION_FILE, adapt
+
+    cfg = adapt_config(cell, budget, run_dir)
+    out = Path(cfg.output_dir)
+    record_path = out / ADAPTATION_FILE
+    saved = json.loads(record_path.read_text()) if record_path.is_file() else None
+    if saved is not None and saved.get("config") == json.loads(json.dumps(cfg.to_dict())):
+        if not saved.get("complete"):
+            logger.info("%s: resuming the interrupted adaptation", out)
+            adapt(resume=True, output_dir=str(out))
+    else:
+        if out.exists():
+            logger.warning("%s: holds another adaptation; starting over", out)
+            shutil.rmtree(out)
+        adapt(cfg)
+    record = json.loads(record_path.read_text())
+    keep = ("steps", "train_seconds_last_call", "loss_first", "loss_last", "texts")
+    return out, {"folder": str(out), "config": record["config"], **{k: record.get(k) for k in keep}}
+
+
 def run_fs(cell: Cell, budget: Budget, run_dir: Path, lr: float | None = None,
            evaluate_test: bool = True) -> tuple[dict, dict]:
-    """Train (or resume, or reread) an FS cell; returns (metrics.json, extras)."""
+    """Train (or resume, or reread) an FS cell; returns (metrics.json, extras). A row with an adaptation
+    stage adapts its backbone first (:func:`adapt_backbone`) and trains on the adapted folder."""
     from fsllm.training import train
 
     cfg = fs_train_config(cell, budget, run_dir, lr, evaluate_test)
-    extras = {"fsllm_command": fsllm_command(cfg)}
+    extras: dict[str, Any] = {}
+    if cell.row.adapt:
+        adapted, extras["adapt"] = adapt_backbone(cell, budget, run_dir)
+        cfg = dataclasses.replace(cfg, model=str(adapted))
+    extras["fsllm_command"] = fsllm_command(cfg)
     if same_run(run_dir, cfg):
         if (run_dir / "metrics.json").is_file():
             logger.info("%s: finished run folder found, reusing its metrics", run_dir)

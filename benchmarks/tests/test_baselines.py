@@ -934,3 +934,47 @@ def test_paired_budgets_pairs_cells_by_seed_and_rate_and_names_the_changed_setti
     assert "+11.00 ± 9.00" in row  # dev: +2 and +20 points
     assert "+12.00 ± 11.00" in row  # test: +1 and +23 points
     assert "s1: 56.0 → 79.0" in row
+
+
+def test_an_adapt_row_adapts_on_its_cells_training_texts_then_trains_on_the_adapted_folder(tmp_path, monkeypatch):
+    """``fs-adapt``: ``fsllm adapt`` on the cell's own training subset (same data, size and seed), beside
+    the run folder; the run trains on the adapted folder; a finished adaptation is reused, an
+    interrupted one resumed, and only this row's settings name the stage."""
+    import fsllm.adaptation as A
+    import fsllm.training as T
+
+    cells = {c.row.name: c for c in PL.plan("ner", [1000], [0], n_train=14041)}
+    cell, budget = cells["fs-adapt"], PL.Budget(precision="bf16")
+    run_dir = tmp_path / "ner" / cell.id
+    adapts, trained = [], []
+
+    def fake_adapt(config=None, *, resume=False, **overrides):
+        adapts.append((config, resume))
+        out = Path(overrides.get("output_dir") or config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = config or A.AdaptConfig.from_dict(json.loads((out / A.ADAPTATION_FILE).read_text())["config"])
+        (out / A.ADAPTATION_FILE).write_text(json.dumps({"config": cfg.to_dict(), "complete": True, "steps": cfg.steps}))
+        return out
+
+    def fake_train(cfg=None, **kw):
+        trained.append(cfg.model)
+        return SimpleNamespace(metrics={"task": "token"}, model_dir=tmp_path / "none")
+
+    monkeypatch.setattr(A, "adapt", fake_adapt)
+    monkeypatch.setattr(T, "train", fake_train)
+    monkeypatch.setattr(RN, "_learned_lambdas", lambda d: None)
+    _, extras = RN.run_fs(cell, budget, run_dir)
+    cfg = adapts[0][0]
+    assert (cfg.data, cfg.train_subset, cfg.seed, cfg.steps) == ("conll2003", 1000, 0, 100)
+    assert (cfg.attention, cfg.precision, cfg.max_length, cfg.model) == ("bidirectional", "bf16", 128, "smollm2-135m")
+    adapted = run_dir.with_name(cell.id + "__adapted")
+    assert Path(cfg.output_dir) == adapted and trained == [str(adapted)]
+    assert extras["adapt"]["steps"] == 100 and f"--model {adapted}" in extras["fsllm_command"]
+    RN.run_fs(cell, budget, run_dir)  # finished: reused
+    assert len(adapts) == 1 and trained[-1] == str(adapted)
+    record = json.loads((adapted / A.ADAPTATION_FILE).read_text())
+    (adapted / A.ADAPTATION_FILE).write_text(json.dumps({**record, "complete": False}))
+    RN.run_fs(cell, budget, run_dir)  # interrupted: resumed, not started over
+    assert adapts[-1] == (None, True) and len(adapts) == 2
+    assert budget.for_row(cell.row)["adapt"] == {"steps": 100}
+    assert "adapt" not in budget.for_row(cells["fs-bidirectional"].row)
