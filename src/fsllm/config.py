@@ -424,7 +424,8 @@ class TrainConfig:
         None, "anneal the decay lambda during training, causal-like first and released at the end: 'linear' or "
         "'cosine' from lambda_start to the model's decay_lambda (FSConfig; 0 = bidirectional) over the first "
         "lambda_schedule_fraction of the steps, then kept there. Needs --attention decay without learnable_lambda; "
-        "acts on the layers fs_layers releases (all by default). The saved model computes with decay_lambda",
+        "acts on the layers fs_layers releases (all by default). The saved model (best on dev) computes with the "
+        "lambda of the step it was selected at, which its config records as decay_lambda",
         choices=LAMBDA_SCHEDULES)
     lambda_start: float = setting(
         10.0, "lambda_schedule: the decay lambda at the first step (10: a future key one token away weighs e^-10, "
