@@ -46,7 +46,8 @@ def _ms(vals: list[float]) -> str:
 #: the rows each table's FS row is compared with seed by seed (where both share seeds)
 PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "fs-linear", "fs-decay-0.1", "minilm", "mpnet",
                        # the accuracy levers (docs/levers.md), each alone against the default
-                       "fs-repeat2-causal", "fs-repeat2", "fs-lambda-schedule", "fs-dora", "fs-r16-rslora", "fs-adapt"],
+                       "fs-repeat2-causal", "fs-repeat2", "fs-lambda-schedule", "fs-lambda-schedule-0.3", "fs-dora",
+                       "fs-r16-rslora", "fs-adapt"],
                "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
 
 
