@@ -320,6 +320,16 @@ def train_row(cell: Cell, budget: Budget, run_dir: Path, lr: float | None, evalu
     return metrics, extras
 
 
+def inference_cost(metrics: dict) -> dict:
+    """``test_ms_per_sentence``: the test split's evaluation time per example (batched, on the cell's
+    machine and threads), where the run recorded it; ``{}`` otherwise."""
+    test = metrics.get("test") or {}
+    n = (metrics.get("sizes") or {}).get("test") or test.get("n_sentences") or test.get("n")
+    if not test.get("seconds") or not n:
+        return {}
+    return {"test_ms_per_sentence": round(1000 * test["seconds"] / n, 2)}
+
+
 def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
              command: str = "", lr: float | None = None, grid: dict | None = None) -> dict:
     """Run one cell and write its JSON; returns the record.
@@ -360,6 +370,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
         "sizes": metrics.get("sizes"),
         "train_seconds": metrics.get("train", {}).get("seconds"),
         "train_steps": metrics.get("train", {}).get("steps"),
+        **inference_cost(metrics),
         "cell_seconds": round(time.time() - t0, 1),
         **curves_of(run_dir / "train_log.jsonl", metric),
         "run_dir": os.path.relpath(run_dir, REPO) if str(run_dir).startswith(str(REPO)) else str(run_dir),

@@ -978,3 +978,10 @@ def test_an_adapt_row_adapts_on_its_cells_training_texts_then_trains_on_the_adap
     assert adapts[-1] == (None, True) and len(adapts) == 2
     assert budget.for_row(cell.row)["adapt"] == {"steps": 100}
     assert "adapt" not in budget.for_row(cells["fs-bidirectional"].row)
+
+
+def test_a_cell_records_its_inference_cost_per_test_sentence():
+    assert RN.inference_cost({"test": {"seconds": 6.0}, "sizes": {"test": 3000}}) == {"test_ms_per_sentence": 2.0}
+    assert RN.inference_cost({"test": {"seconds": 6.0, "n_sentences": 1500}}) == {"test_ms_per_sentence": 4.0}
+    assert RN.inference_cost({"test": {"f1": 0.5}, "sizes": {"test": 3000}}) == {}  # a run that did not time it
+    assert RN.inference_cost({"dev": {"seconds": 1.0}}) == {}  # test deferred (a grid member)

@@ -607,7 +607,9 @@ def write_report(
     for split, exs in (("dev", data.dev), ("test", data.test if cfg.evaluate_test else [])):
         if not exs:
             continue
+        t0 = time.time()
         m, records = evaluate_examples(model, tokenizer, exs, cfg.max_length, cfg.eval_batch_size, progress=split)
+        m["seconds"] = round(time.time() - t0, 1)  # the inference cost of the split, as the baselines record it
         metrics[split] = m
         folder.write_predictions(split, records)
         cm = m.get("confusion_matrix")

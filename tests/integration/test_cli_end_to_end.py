@@ -345,6 +345,7 @@ def test_cli_text_pairs_end_to_end_and_served(tmp_path, tiny_model_dir, tiny_seq
                             "--text-pair-column", "hypothesis"], capsys)
     assert rc == 0, err
     test_metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert isinstance(test_metrics["seconds"], float)  # the split's inference time, beside its scores
     assert json.loads(out)["accuracy"] == test_metrics["accuracy"] and json.loads(out)["loss"] == pytest.approx(
         test_metrics["loss"], abs=1e-6)
 
