@@ -176,18 +176,10 @@ class AdaptConfig:
 def read_text_file(path: str | os.PathLike) -> list[str]:
     """The non-blank lines of a plain text file (decoded as fsllm's data readers decode: a BOM picks
     UTF-8/16/32, bad bytes and control characters are an error at their line)."""
-    from .data.readers import decode_text, split_lines
+    from .data.readers import read_text, split_lines
 
     p = str(path)
-    try:
-        raw = Path(p).read_bytes()
-    except FileNotFoundError:
-        raise DataError("text file not found", p) from None
-    except IsADirectoryError:
-        raise DataError("is a folder, expected a text file (one text per line)", p) from None
-    except OSError as e:
-        raise DataError(f"cannot read: {e.strerror}", p) from None
-    texts = [line.strip() for line in split_lines(decode_text(raw, p)) if line.strip()]
+    texts = [line.strip() for line in split_lines(read_text(p)) if line.strip()]
     if not texts:
         raise DataError("no text in the file (every line is blank): give one text per line", p)
     return texts

@@ -169,7 +169,7 @@ def decode_text(raw: bytes, p: str) -> str:
     return text
 
 
-def _read_text(path: str | os.PathLike) -> str:
+def read_text(path: str | os.PathLike) -> str:
     """Read ``path`` as text (:func:`decode_text`); a missing file or a folder -> DataError."""
     p = str(path)
     try:
@@ -351,7 +351,7 @@ def read_conll(
     """
     p = str(path)
     _norm_scheme(scheme)
-    text = _read_text(p)
+    text = read_text(p)
     if not text.strip():
         raise DataError("empty file: no sentences found", p)
 
@@ -467,7 +467,7 @@ def read_table(
     fmt = fmt.lower()
     if fmt not in ("csv", "tsv", "jsonl", "json"):
         raise FSLLMError(f"unknown table format {fmt!r}; choose csv, tsv, jsonl or json")
-    text = _read_text(p)
+    text = read_text(p)
     if not text.strip():
         raise DataError("empty file", p)
 
