@@ -37,6 +37,7 @@ import logging
 import math
 import shutil
 import statistics
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -227,7 +228,9 @@ def _finish(cfg: TrainConfig, folder: RunFolder, members: list, metric: str) -> 
     data = prepare_data(mcfg)
     model = load_model(folder.model_dir)
     if data.test and cfg.evaluate_test:
+        t0 = time.time()
         m, records = _score(model, load_tokenizer(mcfg.model), data.test, mcfg)
+        m["seconds"] = round(time.time() - t0, 1)  # as a plain run records its splits' inference time
         metrics["test"] = m
         folder.write_predictions("test", records)
         labels = m.get("labels") or m.get("confusion_labels")
