@@ -115,14 +115,17 @@ def word_llama(seed: int = 0):
     return tok, transformers.LlamaModel(cfg)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A saved tiny Llama (2 layers) with its word-level tokenizer: a stand-in backbone for CLI tests."""
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok, model = word_llama()
+def _saved(out: Path, tok, model) -> Path:
+    """``model`` and ``tok`` saved in ``out``, a folder ``from_pretrained`` reads back."""
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny Llama (2 layers) with its word-level tokenizer: a stand-in backbone for CLI tests."""
+    return _saved(tmp_path_factory.mktemp("tiny-llama"), *word_llama())
 
 
 def word_llama_lm(seed: int = 0):
@@ -139,11 +142,7 @@ def word_llama_lm(seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_causal_lm_dir(tmp_path_factory):
     """A saved tiny Llama causal LM with its tokenizer (``word_llama_lm``)."""
-    out = tmp_path_factory.mktemp("tiny-llama-lm")
-    tok, model = word_llama_lm()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return _saved(tmp_path_factory.mktemp("tiny-llama-lm"), *word_llama_lm())
 
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]

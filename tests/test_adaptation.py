@@ -151,14 +151,19 @@ def test_a_batch_without_masked_tokens_gives_a_zero_loss_with_a_graph():
 # ------------------------------------------------------------------ released attention
 
 
-@pytest.mark.parametrize("lora", [False, True])
-def test_attention_is_released_while_adapting(lora):
+def _lm_and_two_texts():
+    """The tiny causal LM in eval mode and two texts that differ in their last token only (with their mask)."""
     tok, model = word_llama_lm()
     model.eval()
     ids = torch.tensor([tok.convert_tokens_to_ids("John visited Paris today".split())])
     other = ids.clone()
     other[0, -1] = tok.convert_tokens_to_ids("yesterday")
-    mask = torch.ones_like(ids)
+    return model, ids, other, torch.ones_like(ids)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_attention_is_released_while_adapting(lora):
+    model, ids, other, mask = _lm_and_two_texts()
     state = release_attention(model, AdaptConfig(attention="bidirectional"))
     if lora:
         from peft import get_peft_model
@@ -177,12 +182,7 @@ def test_attention_is_released_while_adapting(lora):
 
 
 def test_decay_attention_while_adapting_weighs_the_future_by_its_lambda():
-    tok, model = word_llama_lm()
-    model.eval()
-    ids = torch.tensor([tok.convert_tokens_to_ids("John visited Paris today".split())])
-    other = ids.clone()
-    other[0, -1] = tok.convert_tokens_to_ids("yesterday")
-    mask = torch.ones_like(ids)
+    model, ids, other, mask = _lm_and_two_texts()
 
     def change_at_0(**attention) -> float:
         state = release_attention(model, AdaptConfig(**attention))
