@@ -621,25 +621,33 @@ def train_on_dev(trainer, run_dir: Path, resume_from: str | None = None) -> dict
 
 
 def finish_run(run_dir: Path, metrics: dict[str, Any], splits: Sequence[tuple[str, Sequence[dict]]],
-               evaluate: Callable[[str, Sequence[dict]], tuple[dict, list[dict]]], trainer=None) -> dict[str, Any]:
+               evaluate: Callable[[str, Sequence[dict]], tuple[dict, list[dict]]], trainer=None,
+               decodings: bool = False) -> dict[str, Any]:
     """Score ``splits`` (each ``(name, examples)``; empty ones are skipped) with ``evaluate(name, examples)``, write
     ``predictions_<split>.jsonl`` and ``metrics.json``; the end of every baseline run.
 
     With a ``trainer`` that selected on dev (``metrics["train"]["best_step"]``), the selected evaluation is
     the dev result: scoring is deterministic, so the same weights are not scored on dev again, unless the
-    run resumed after that evaluation (its weights, reloaded, then score what they scored).
+    run resumed after that evaluation (its weights, reloaded, then score what they scored). With
+    ``decodings`` (``evaluate`` scores NER under every decoding), a NER run's dev is read once more for
+    those scores, which training's evaluations do not compute.
     """
     best_step = metrics.get("train", {}).get("best_step")
     if trainer is not None and best_step is not None:
         selected = trainer.evaluations.get(best_step)
         metrics["dev"] = _strip(selected if selected is not None else trainer.evaluator(trainer.model))
+        dev = dict(splits).get("dev")
+        if decodings and metrics.get("task") == "token" and dev:
+            decodings = evaluate("dev", dev)[0].get("decodings")
+            if decodings is not None:
+                metrics["dev"]["decodings"] = decodings
         splits = [(name, exs) for name, exs in splits if name != "dev"]
     for split, exs in splits:
         if not exs:
             continue
         t0 = time.time()
         m, rec = evaluate(split, exs)
-        m["seconds"] = round(time.time() - t0, 1)
+        m["seconds"] = round(time.time() - t0 - m.pop("decodings_seconds", 0.0), 1)  # inference alone
         metrics[split] = _strip(m)
         RunFolder(run_dir).write_predictions(split, rec)
     write_json(run_dir / "metrics.json", metrics)
@@ -830,20 +838,49 @@ def encoder_token_features(tokenizer, words: Sequence[str], tags: Sequence[str] 
     return f, first
 
 
+def encoder_decodings(logits: Sequence[np.ndarray], word_ids: Sequence[Sequence[int | None]], firsts: Sequence[Sequence[int]],
+                      gold: Sequence[Sequence[str]], labels: Sequence[str]) -> dict[str, dict]:
+    """An encoder's NER scores under every decoding (greedy / Viterbi x first / mean sub-token), read by
+    fsllm's own functions, so the encoder rows get the same inference options as the FS rows. A word that
+    lost all its sub-tokens to truncation is "O", as in the greedy reading."""
+    from fsllm.decoding import NER_DECODINGS, WORD_SCORES, decode_words, word_log_probs
+    from fsllm.metrics import ner_metrics
+
+    o_row = np.where(np.asarray(labels) == "O", 0.0, -1e9)
+    out = {}
+    for scores in WORD_SCORES:
+        per_word = []
+        for lg, wids, first in zip(logits, word_ids, firsts):
+            ids, at = [-1 if w is None else w for w in wids], set(first)
+            rows = word_log_probs(np.asarray(lg, dtype=np.float64), ids, [k in at for k in range(len(ids))], scores)
+            per_word.append(np.stack([rows[k] if k >= 0 else o_row for k in first]) if first
+                            else np.zeros((0, len(labels))))
+        for decoding in NER_DECODINGS:
+            tags = [decode_words(lp, labels, decoding)[0] for lp in per_word]
+            m = ner_metrics(gold, tags)
+            out[f"{decoding}/{scores}"] = {k: m[k] for k in ("precision", "recall", "f1")}
+    return out
+
+
 def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
-                     batch_size: int = 64, target: tuple[float, float] | None = None) -> tuple[dict, list[dict]]:
+                     batch_size: int = 64, target: tuple[float, float] | None = None,
+                     all_decodings: bool = False) -> tuple[dict, list[dict]]:
     """Metrics and records of an encoder; ``target`` = (mean, std): a regression model whose output is
-    the standardised target, mapped back to the data's units before scoring."""
+    the standardised target, mapped back to the data's units before scoring; ``all_decodings``: NER
+    scored under every decoding too (:func:`encoder_decodings`)."""
     from fsllm.inference import batched_logits
     from fsllm.metrics import classification_metrics, ner_metrics, regression_metrics
 
     pad = tokenizer.pad_token_id or 0
     if task == "token":
-        feats, firsts = [], []
+        feats, firsts, word_ids = [], [], []
         for ex in examples:
             f, first = encoder_token_features(tokenizer, ex["tokens"], None, None, max_length)
             feats.append(f)
             firsts.append(first)
+            if all_decodings:
+                word_ids.append(tokenizer(list(ex["tokens"]), is_split_into_words=True, truncation=True,
+                                          max_length=max_length).word_ids())
         logits = batched_logits(model, feats, batch_size, pad)
         preds, lost = [], 0
         for lg, first in zip(logits, firsts):
@@ -855,8 +892,13 @@ def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labe
                 else:
                     tags.append(labels[int(lg[k].argmax())])
             preds.append(tags)
-        m = ner_metrics([list(ex["tags"]) for ex in examples], preds)
+        gold = [list(ex["tags"]) for ex in examples]
+        m = ner_metrics(gold, preds)
         m["words_without_subtoken"] = lost
+        if all_decodings:
+            t0 = time.time()
+            m["decodings"] = encoder_decodings(logits, word_ids, firsts, gold, labels)
+            m["decodings_seconds"] = round(time.time() - t0, 2)
         recs = [{"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p} for ex, p in zip(examples, preds)]
         return m, recs
     feats = [dict(tokenizer(ex["text"], truncation=True, max_length=max_length)) for ex in examples]
@@ -939,8 +981,9 @@ def run_encoder(
         tok.save_pretrained(run_dir / SAVED_MODEL)
     return finish_run(
         run_dir, metrics, (("dev", sp.dev), ("test", sp.test if evaluate_test else [])),
-        lambda split, exs: evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size, target),
-        trainer,
+        lambda split, exs: evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size, target,
+                                            all_decodings=True),
+        trainer, decodings=True,
     )
 
 
@@ -978,18 +1021,24 @@ def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer,
 
 
 def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
-                        batch_size: int = 64) -> tuple[dict, list[dict]]:
+                        batch_size: int = 64, all_decodings: bool = False) -> tuple[dict, list[dict]]:
     """Metrics and records of a decoder classifier fed fsllm's features (words by offsets, first
-    sub-token labels, windows), read by fsllm's own word-tag and probability functions."""
-    from fsllm.evaluation import predict_word_tags, sequence_probabilities, token_loss, word_features
+    sub-token labels, windows), read by fsllm's own word-tag and probability functions; ``all_decodings``:
+    NER scored under every decoding too, as fsllm's own evaluation does (``fsllm.evaluation.decoding_scores``)."""
+    from fsllm.evaluation import decoding_scores, predict_word_tags, sequence_probabilities, token_loss, word_features
     from fsllm.metrics import classification_metrics, ner_metrics
 
     if task == "token":
         sentences = [ex["tokens"] for ex in examples]
         features = word_features(sentences, tokenizer, max_length)
         preds, _, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, features=features)
-        m = ner_metrics([list(ex["tags"]) for ex in examples], preds)
+        gold = [list(ex["tags"]) for ex in examples]
+        m = ner_metrics(gold, preds)
         m["loss"] = token_loss(examples, features, logits, {v: k for k, v in enumerate(labels)})
+        if all_decodings:
+            t0 = time.time()
+            m["decodings"] = decoding_scores(model, tokenizer, sentences, gold, max_length, features, logits)
+            m["decodings_seconds"] = round(time.time() - t0, 2)
         recs = [{"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p} for ex, p in zip(examples, preds)]
         return m, recs
     probs = sequence_probabilities(model, tokenizer, examples, max_length, batch_size)
@@ -1052,8 +1101,9 @@ def run_hf_native(
         model.save_pretrained(run_dir / SAVED_MODEL)
     return finish_run(
         run_dir, metrics, (("dev", sp.dev), ("test", sp.test if evaluate_test else [])),
-        lambda split, exs: evaluate_classifier(model, tok, sp.task, exs, sp.labels, max_length, eval_batch_size),
-        trainer,
+        lambda split, exs: evaluate_classifier(model, tok, sp.task, exs, sp.labels, max_length, eval_batch_size,
+                                               all_decodings=True),
+        trainer, decodings=True,
     )
 
 
@@ -1075,7 +1125,7 @@ def score_saved_test(kind: str, data: str, run_dir: Path, *, model_name: str = "
         labels = metrics["labels"]  # the training subset's label map, not the full split's
         tok = load_tokenizer(model_name)
         model = load_hf_native(model_name, sp.task, labels, tok, adapter=saved).eval()
-        m, recs = evaluate_classifier(model, tok, sp.task, sp.test, labels, max_length, batch_size)
+        m, recs = evaluate_classifier(model, tok, sp.task, sp.test, labels, max_length, batch_size, all_decodings=True)
     elif kind == "encoder":
         tok = AutoTokenizer.from_pretrained(str(saved))
         cls = AutoModelForTokenClassification if sp.task == "token" else AutoModelForSequenceClassification
@@ -1083,10 +1133,10 @@ def score_saved_test(kind: str, data: str, run_dir: Path, *, model_name: str = "
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         target = tuple(metrics["target_mean_std"]) if "target_mean_std" in metrics else None
         m, recs = evaluate_encoder(model, tok, sp.task, sp.test, labels, metrics.get("max_length", max_length),
-                                   batch_size, target)
+                                   batch_size, target, all_decodings=True)
     else:
         raise ValueError(f"score_saved_test: unknown kind {kind!r}")
-    m["seconds"] = round(time.time() - t0, 1)
+    m["seconds"] = round(time.time() - t0 - m.pop("decodings_seconds", 0.0), 1)
     metrics["test"] = _strip(m)
     metrics.setdefault("sizes", {})["test"] = len(sp.test)
     RunFolder(run_dir).write_predictions("test", recs)

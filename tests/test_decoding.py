@@ -250,18 +250,51 @@ def test_eval_decoding_flag_scores_the_same_model_both_ways(tmp_path, capsys):
     folder, _ = _saved_ner_model(tmp_path, "llama")
     data = write_conll_dir(tmp_path)
     scores = {}
-    for decoding in ("greedy", "viterbi"):
+    for decoding, word_scores in (("greedy", "first"), ("viterbi", "first"), ("greedy", "mean"), ("viterbi", "mean")):
+        reading = f"{decoding}/{word_scores}"
         rc = main(["eval", str(folder), "--data", str(data), "--split", "test", "--device", "cpu",
-                   "--decoding", decoding, "-o", str(tmp_path / f"{decoding}.jsonl")])
+                   "--decoding", decoding, "--word-scores", word_scores, "-o", str(tmp_path / f"{decoding}.jsonl")])
         out = capsys.readouterr()
         assert rc == 0, out.err
-        scores[decoding] = json.loads(out.out)
+        scores[reading] = json.loads(out.out)
         records = [json.loads(x) for x in (tmp_path / f"{decoding}.jsonl").read_text().splitlines()]
-        pred = Predictor.from_pretrained(folder, ner_decoding=decoding).predict(words=[r["tokens"] for r in records])
+        pred = Predictor.from_pretrained(folder, ner_decoding=decoding,
+                                         word_scores=word_scores).predict(words=[r["tokens"] for r in records])
         assert [r["pred"] for r in records] == [p["tags"] for p in pred]
-        assert scores[decoding]["n_pred_entities"] == sum(len(p["entities"]) for p in pred)
+        assert scores[reading]["n_pred_entities"] == sum(len(p["entities"]) for p in pred)
+    # every run also prints the table of all four readings of its one forward, whatever its own decoding:
+    # each entry is what `--decoding D --word-scores W` scores
+    for reading, s in scores.items():
+        assert s["decodings"] == scores["greedy/first"]["decodings"]
+        assert s["decodings"][reading] == {k: s[k] for k in ("precision", "recall", "f1")}
     rc = main(["eval", str(tmp_path / "bb-llama"), "--data", str(data), "--decoding", "viterbi"])
     assert rc == 2
+
+
+def test_the_decodings_table_names_each_reading_by_the_decoding_that_scored_it(tmp_path):
+    """Gold tags are one reading's own output: that reading, and only that one, scores 1.0 in the table."""
+    from tokenizers import pre_tokenizers
+
+    folder, tok = _saved_ner_model(tmp_path, "qwen2")
+    # punctuation splits a word into sub-tokens, so the first and mean readings differ
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                                   pre_tokenizers.Punctuation()])
+    tok.save_pretrained(folder)
+    words = [s.split() for s in ("John lives in Paris-London", "Mary visited London-Paris-John with John",
+                                 "Paris and London.John", "John Mary-Paris London lives visited-in-Paris",
+                                 "in-in-in John.Mary visited Paris-London-Mary", "with John-John Mary lives-in London")]
+    readings = [(d, w) for d in ("greedy", "viterbi") for w in ("first", "mean")]
+    outputs = {r: [p["tags"] for p in Predictor.from_pretrained(folder, ner_decoding=r[0], word_scores=r[1])
+                   .predict(words=words)] for r in readings}
+    assert len({json.dumps(o) for o in outputs.values()}) == 4  # the four readings tag these sentences differently
+    pred = Predictor.from_pretrained(folder)
+    for (decoding, scores), gold in outputs.items():
+        exs = [{"tokens": w, "tags": g} for w, g in zip(words, gold)]
+        m, _ = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, all_decodings=True)
+        table = {k: v["f1"] for k, v in m["decodings"].items()}
+        assert table[f"{decoding}/{scores}"] == 1.0, table
+        assert sorted(table.values())[-2] < 1.0, table
+        assert m["decodings_seconds"] >= 0
 
 
 def test_decoding_options_refused_for_a_sequence_model(tiny_seq_model_dir, capsys):
@@ -394,6 +427,10 @@ def test_fsllm_train_saves_the_decoding_and_scores_dev_with_it(tmp_path, tiny_mo
     assert pred.decoding == ("viterbi", "mean")
     records = [json.loads(x) for x in (run / "predictions_dev.jsonl").read_text().splitlines()]
     assert [r["pred"] for r in records] == [p["tags"] for p in pred.predict(words=[r["tokens"] for r in records])]
+    # the run's dev result also says what each other decoding would have scored, its own among them
+    dev = json.loads((run / "metrics.json").read_text())["dev"]
+    assert len(dev["decodings"]) == 4 and dev["decodings"]["viterbi/mean"]["f1"] == dev["f1"]
+    assert "decodings_seconds" not in dev
 
 
 def test_an_eval_mode_loss_reads_the_heads_own_logits(tmp_path):

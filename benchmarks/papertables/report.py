@@ -105,6 +105,77 @@ def grid_lines(recs: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+#: the NER readings of one forward (``fsllm.evaluation.decoding_scores``), the cells' own reading first
+READINGS = ("greedy/first", "greedy/mean", "viterbi/first", "viterbi/mean")
+
+
+def cell_decodings(rec: dict, out: Path, split: str) -> tuple[dict[str, float] | None, str]:
+    """A NER cell's F1 under each reading on ``split`` ("dev" or "test") and where it comes from: the cell's
+    own record (its dev subset, its test split), else a later ``ner_decoding.py`` scoring of its model
+    under ``out/decoding/`` (whose dev is the full validation split)."""
+    own = (rec.get(split) or {}).get("decodings")
+    if own:
+        return {k: v["f1"] for k, v in own.items()}, "cell"
+    f = Path(out) / "decoding" / f"{rec['cell_id']}_{'validation' if split == 'dev' else 'test'}.json"
+    if f.is_file():
+        return {k: v["f1"] for k, v in json.loads(f.read_text())["results"].items()}, "decoding/"
+    return None, ""
+
+
+def decoding_lines(table: str, recs: list[dict], out: Path) -> list[str]:
+    """NER: each row's test F1 under every decoding, mean over the seeds scored under all of them, the
+    reading its dev scores choose in bold; then each lever row paired by seed with fs-bidirectional
+    under the reading dev chooses for both."""
+    if TABLE_METRIC.get(table) != "f1":
+        return []
+    scored: dict[tuple[str, int], list[tuple[int, dict, dict | None, str]]] = {}
+    for r in recs:
+        test, src = cell_decodings(r, out, "test")
+        if test and all(k in test for k in READINGS):
+            dev, _ = cell_decodings(r, out, "dev")
+            scored.setdefault((r["method"], r["train_size"]), []).append((r["seed"], test, dev, src))
+    if not scored:
+        return []
+    order = {r.name: i for i, r in enumerate(TABLE_ROWS[table])}
+    lines = ["**NER decodings** (test F1 of the same trained models under each reading: greedy or IOB2-constrained "
+             "Viterbi, a word's scores from its first sub-token or the mean of its sub-tokens; mean over seeds; "
+             "bold: the reading with the best mean dev F1, chosen without the test split)", "",
+             "| row | train size | seeds | " + " | ".join(READINGS) + " | dev chose | source |",
+             "|---|---|---|" + "---|" * len(READINGS) + "---|---|"]
+    chosen: dict[tuple[str, int], str] = {}
+    for key in sorted(scored, key=lambda k: (order.get(k[0], len(order)), k[1])):
+        cells = sorted(scored[key], key=lambda c: c[0])
+        devs = [c[2] for c in cells if c[2] and all(k in c[2] for k in READINGS)]
+        pick = max(READINGS, key=lambda k: statistics.fmean(d[k] for d in devs)) if len(devs) == len(cells) else None
+        if pick:
+            chosen[key] = pick
+        vals = [fmt(statistics.fmean(c[1][k] for c in cells)) for k in READINGS]
+        vals = [f"**{v}**" if k == pick else v for k, v in zip(READINGS, vals)]
+        srcs = sorted({c[3] for c in cells})
+        lines.append(f"| {key[0]} | {key[1]} | {','.join(str(c[0]) for c in cells)} | " + " | ".join(vals)
+                     + f" | {pick or '—'} | {', '.join(srcs)} |")
+    lines += ["", "Dev is the cell's own dev subset where the cell scored its decodings, the full validation split "
+              "where `decoding/` did (see its README).", ""]
+    paired = []
+    for (row, size), cells in sorted(scored.items()):
+        base = {c[0]: c[1] for c in scored.get(("fs-bidirectional", size), [])}
+        if row == "fs-bidirectional" or (row, size) not in chosen or ("fs-bidirectional", size) not in chosen:
+            continue
+        seeds = [c[0] for c in cells if c[0] in base]
+        if len(seeds) < 2:
+            continue
+        mine, theirs = chosen[(row, size)], chosen[("fs-bidirectional", size)]
+        d = [c[1][mine] - base[c[0]][theirs] for c in cells if c[0] in base]
+        sem = statistics.stdev(d) / math.sqrt(len(d))
+        paired.append(f"- n={size}, {row} ({mine}) − fs-bidirectional ({theirs}), seeds {','.join(map(str, seeds))}: "
+                      f"test F1 {statistics.fmean(d) * 100:+.2f} ± {sem * 100:.2f} "
+                      f"({', '.join(f'{x * 100:+.1f}' for x in d)}).")
+    if paired:
+        lines += ["**Paired by seed, each under the decoding its dev chose** (mean ± standard error, then per seed)",
+                  "", *paired, ""]
+    return lines
+
+
 def load_records(out: Path, table: str) -> list[dict]:
     """The finished cells of a table under ``out`` (grid members, under ``grid/``, left out)."""
     folder = Path(out) / table
@@ -239,6 +310,51 @@ def latency_figure(rows: dict[str, list[tuple[int, float, float, int]]], latency
     return path
 
 
+def time_points(recs: Sequence[dict], metric: str) -> dict[tuple[str, int], tuple[float, float, float, int]]:
+    """``(row, size) -> (mean train minutes, mean test metric, its std, seeds)`` over the cells that have both
+    (a resumed cell's training time covers only its last part, so it is left out)."""
+    by: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for r in recs:
+        test = (r.get("test") or {}).get(metric)
+        if test is not None and r.get("train_seconds") and r["train_size"] and not r.get("resumed"):
+            by.setdefault((r["method"], r["train_size"]), []).append((r["train_seconds"] / 60, test))
+    return {k: (statistics.fmean(m for m, _ in v), statistics.fmean(t for _, t in v),
+                statistics.stdev(t for _, t in v) if len(v) > 1 else 0.0, len(v)) for k, v in by.items()}
+
+
+def time_figure(points: dict[tuple[str, int], tuple[float, float, float, int]], path: Path, metric: str,
+                title: str) -> Path:
+    """Accuracy and training cost together: each row and size at its mean training minutes and mean test
+    metric (error bars: one std over seeds), one marker shape per training size, rows named beside them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import LogLocator, StrMethodFormatter
+
+    fig = Figure(figsize=(7.2, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    shapes = dict(zip(sorted({n for _, n in points}), "os^Dv<>p"))
+    for n, shape in shapes.items():
+        pts = {row: p for (row, size), p in points.items() if size == n}
+        ax.errorbar([p[0] for p in pts.values()], [100 * p[1] for p in pts.values()],
+                    yerr=[100 * p[2] for p in pts.values()], marker=shape, linestyle="none", capsize=3,
+                    label=f"{n:,} training sentences")
+        for row, p in pts.items():
+            ax.annotate(f"{row} ({p[3]})", (p[0], 100 * p[1]), textcoords="offset points", xytext=(4, 3), fontsize=6)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.set_xlabel("training wall-clock, minutes (mean over seeds; log scale)")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
 def figure_lines(table: str, recs: list[dict], real_sizes: Sequence[int], metric: str,
                  out: Path) -> tuple[list[str], dict[str, list]]:
     """Draw a table's figures beside the report (dev metric and losses against step, first seed of each
@@ -279,6 +395,14 @@ def figure_lines(table: str, recs: list[dict], real_sizes: Sequence[int], metric
         png = Path(out) / f"{metric}_vs_size_{table}.png"
         size_figure(sized, png, metric, title=f"{table}: test {metric} against training sentences")
         lines += [f"![test {metric} against training size]({png.name})", ""]
+    timed = time_points(recs, metric)
+    if timed:
+        png = Path(out) / f"{metric}_vs_train_time_{table}.png"
+        time_figure(timed, png, metric, title=f"{table}: test {metric} against training time")
+        lines += [f"![test {metric} against training time]({png.name})", "",
+                  "Training time is each cell's own wall-clock on the machine and threads it records (in parentheses "
+                  "beside a row: its seeds; a resumed cell, timed over its last part only, is left out); cells that "
+                  "shared the machine with other work ran slower.", ""]
     latency = REPO / "benchmarks" / "results" / "latency.json"
     if table == "ner" and latency.is_file() and sized:
         png = Path(out) / f"{metric}_vs_latency_{table}.png"
@@ -394,6 +518,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     lines += verdicts or ["- not run yet."]
     lines.append("")
     lines += paired_lines(table, recs, metric)
+    lines += decoding_lines(table, recs, out)
     lines += grid_lines(recs)
     # learned lambdas
     lam = [r for r in recs if r.get("learned_lambdas")]

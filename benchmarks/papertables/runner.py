@@ -66,12 +66,12 @@ def loss_curves(log_path: Path) -> dict[str, list[list[float]]]:
 
 
 def scalars(m: dict | None) -> dict | None:
-    """A metrics dict's numbers (and per-type / per-label tables), for the cell JSON."""
+    """A metrics dict's numbers (and per-type / per-label tables, NER scores under every decoding), for the cell JSON."""
     if m is None:
         return None
     keep = {}
     for k, v in m.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) or k in ("per_type", "per_label"):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) or k in ("per_type", "per_label", "decodings"):
             keep[k] = v
     return keep
 
@@ -250,8 +250,8 @@ def score_fs_test(cell: Cell, budget: Budget, run_dir: Path) -> dict:
     if pred.max_length != budget.max_length:
         raise SystemExit(f"{run_dir}: trained at max_length {pred.max_length}, the budget says {budget.max_length}")
     test = baselines.load_splits(cell.dataset, 0, 0, budget.test_subset, cell.seed).test
-    m, records = evaluate_examples(pred.model, pred.tokenizer, test, pred.max_length, progress="test")
-    metrics["test"] = {k: v for k, v in m.items() if k != "confusion_matrix"}
+    m, records = evaluate_examples(pred.model, pred.tokenizer, test, pred.max_length, progress="test", all_decodings=True)
+    metrics["test"] = {k: v for k, v in m.items() if k not in ("confusion_matrix", "decodings_seconds")}
     metrics.setdefault("sizes", {})["test"] = len(test)
     RunFolder(run_dir).write_predictions("test", records)
     write_json(run_dir / "metrics.json", metrics)

@@ -291,6 +291,43 @@ def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
     assert (out / "f1_vs_latency_ner.png").is_file()
     assert "93.51" in text  # the paper's number for context
     assert "Learning-rate grids" not in text  # no cell had a grid
+    assert (out / "f1_vs_train_time_ner.png").is_file() and "![test f1 against training time]" in text
+
+
+def _decoded(f1s: dict) -> dict:
+    return {k: {"precision": v, "recall": v, "f1": v} for k, v in f1s.items()}
+
+
+def test_the_report_scores_every_decoding_chooses_on_dev_and_pairs_the_levers_under_their_choice(tmp_path):
+    out = tmp_path / "out"
+    # fs-bidirectional's dev favours viterbi/mean, the lever's viterbi/first; test says otherwise for the lever
+    cells = {
+        ("fs-bidirectional", 0): ({"greedy/first": .70, "greedy/mean": .69, "viterbi/first": .71, "viterbi/mean": .74},
+                                  {"greedy/first": .60, "greedy/mean": .61, "viterbi/first": .62, "viterbi/mean": .64}),
+        ("fs-bidirectional", 1): ({"greedy/first": .72, "greedy/mean": .70, "viterbi/first": .73, "viterbi/mean": .75},
+                                  {"greedy/first": .62, "greedy/mean": .60, "viterbi/first": .63, "viterbi/mean": .66}),
+        ("fs-r16-rslora", 0): ({"greedy/first": .74, "greedy/mean": .73, "viterbi/first": .78, "viterbi/mean": .76},
+                               {"greedy/first": .66, "greedy/mean": .65, "viterbi/first": .67, "viterbi/mean": .69}),
+        ("fs-r16-rslora", 1): ({"greedy/first": .75, "greedy/mean": .74, "viterbi/first": .77, "viterbi/mean": .76},
+                               {"greedy/first": .67, "greedy/mean": .66, "viterbi/first": .70, "viterbi/mean": .71}),
+    }
+    for (row, seed), (dev, test) in cells.items():
+        write_json(PL.cell_path(out, "ner", PL.cell_id(row, 1000, seed)), {
+            "cell_id": PL.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
+            "test": {"f1": test["greedy/first"], "decodings": _decoded(test)},
+            "dev": {"f1": dev["greedy/first"], "decodings": _decoded(dev)}, "dev_metric": dev["greedy/first"],
+            "train_seconds": 600 if seed == 0 else 60, "resumed": seed == 1, "settings": {"lr": 0.001},
+        })
+    lines = R.decoding_lines("ner", R.load_records(out, "ner"), out)
+    text = "\n".join(lines)
+    assert "| fs-bidirectional | 1000 | 0,1 | 61.00 | 60.50 | 62.50 | **65.00** | viterbi/mean | cell |" in text
+    assert "| fs-r16-rslora | 1000 | 0,1 | 66.50 | 65.50 | **68.50** | 70.00 | viterbi/first | cell |" in text
+    # the lever's viterbi/first (test .67, .70) against the default's viterbi/mean (.64, .66): +3, +4
+    assert "fs-r16-rslora (viterbi/first) − fs-bidirectional (viterbi/mean), seeds 0,1: test F1 +3.50 ± 0.50" in text
+    # a resumed cell's training time covers its last part only: the figure leaves it out
+    assert R.time_points(R.load_records(out, "ner"), "f1") == {("fs-bidirectional", 1000): (10.0, .60, 0.0, 1),
+                                                             ("fs-r16-rslora", 1000): (10.0, .66, 0.0, 1)}
+    assert R.decoding_lines("rt-polarity", R.load_records(out, "ner"), out) == []  # NER tables only
 
 
 def test_cells_of_a_grid_since_extended_are_stale():
@@ -389,6 +426,12 @@ def test_encoder_runs_on_a_tiny_bert(tmp_path):
     m = B.run_encoder(str(_ner_data(tmp_path)), tmp_path / "enc-ner", enc, train_subset=6, dev_subset=4, epochs=1,
                       batch_size=4, max_steps=2, ner_max_length=32)
     assert m["task"] == "token" and m["test"]["words_without_subtoken"] == 0 and "f1" in m["test"]
+    # every decoding is scored on dev and test, and the greedy / first one is the encoder's own reading
+    readings = {"greedy/first", "greedy/mean", "viterbi/first", "viterbi/mean"}
+    assert set(m["dev"]["decodings"]) == set(m["test"]["decodings"]) == readings
+    assert m["test"]["decodings"]["greedy/first"]["f1"] == m["test"]["f1"]
+    assert m["dev"]["decodings"]["greedy/first"]["f1"] == m["dev"]["f1"]
+    assert "decodings_seconds" not in m["test"]
     s = B.run_encoder(str(_seq_data(tmp_path)), tmp_path / "enc-seq", enc, train_subset=8, dev_subset=4, epochs=1,
                       batch_size=4, max_steps=2, evals_per_epoch=2)
     assert s["task"] == "sequence" and 0 <= s["test"]["accuracy"] <= 1
@@ -462,6 +505,10 @@ def test_hf_native_is_bidirectional_lora_and_its_deferred_test_equals_the_direct
             return {k: v for k, v in m["test"].items() if k != "seconds"}
 
         assert scores(later) == scores(direct) and later["sizes"]["test"] == 4
+        if direct["task"] == "token":  # every decoding scored, greedy / first being the run's own reading
+            assert direct["test"]["decodings"]["greedy/first"]["f1"] == direct["test"]["f1"]
+            assert direct["dev"]["decodings"]["greedy/first"]["f1"] == direct["dev"]["f1"]
+            assert len(direct["test"]["decodings"]) == 4 and "decodings_seconds" not in direct["test"]
         assert scores(json.loads((tmp_path / "deferred" / "metrics.json").read_text())) == scores(direct)
         assert direct["dev"] == deferred["dev"]
 
@@ -985,3 +1032,10 @@ def test_a_cell_records_its_inference_cost_per_test_sentence():
     assert RN.inference_cost({"test": {"seconds": 6.0, "n_sentences": 1500}}) == {"test_ms_per_sentence": 4.0}
     assert RN.inference_cost({"test": {"f1": 0.5}, "sizes": {"test": 3000}}) == {}  # a run that did not time it
     assert RN.inference_cost({"dev": {"seconds": 1.0}}) == {}  # test deferred (a grid member)
+
+
+def test_a_cell_keeps_the_scores_under_every_decoding_and_drops_the_long_tables():
+    readings = {"greedy/first": {"f1": 0.7}, "viterbi/mean": {"f1": 0.72}}
+    kept = RN.scalars({"f1": 0.7, "decodings": readings, "confusion_matrix": [[1, 0], [0, 1]], "labels": ["O", "B-X"],
+                       "per_type": {"X": {"f1": 0.7}}})
+    assert kept == {"f1": 0.7, "decodings": readings, "per_type": {"X": {"f1": 0.7}}}

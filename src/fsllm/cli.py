@@ -481,13 +481,15 @@ def cmd_eval(a: argparse.Namespace) -> int:
                         label_column=a.label_column, labels=pred.model.label2id,
                         problem_type=getattr(config, "problem_type", None) if pred.task == "sequence" else None,
                         text_pair_column=pair_column, label_separator=a.label_separator)
-    metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split)
+    metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split,
+                                         all_decodings=True)
     if a.output:
         with open(a.output, "w") as f:
             for r in records:
                 f.write(json.dumps(r) + "\n")
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))} | {
-        "per_type": metrics.get("per_type"), "per_label": metrics.get("per_label")}, indent=2))
+        "per_type": metrics.get("per_type"), "per_label": metrics.get("per_label")}
+        | ({"decodings": metrics["decodings"]} if "decodings" in metrics else {}), indent=2))
     return 0
 
 

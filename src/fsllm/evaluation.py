@@ -9,13 +9,14 @@ approximation.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .decoding import check_decoding, decode_words, decoding_of, raw_logits, word_log_probs
+from .decoding import NER_DECODINGS, WORD_SCORES, check_decoding, decode_words, decoding_of, raw_logits, word_log_probs
 from .errors import DataError
 from .metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
 from .modeling import FSModel
@@ -234,6 +235,30 @@ def token_loss(examples: Sequence[dict], features: tuple[list[dict], list[int]],
     return total / count if count else 0.0
 
 
+def decoding_scores(
+    model: FSModel,
+    tokenizer,
+    sentences: Sequence[Sequence[str]],
+    gold: Sequence[Sequence[str]],
+    max_length: int,
+    features: tuple[list[dict], list[int]],
+    logits: Sequence[np.ndarray],
+) -> dict[str, dict]:
+    """Strict span precision / recall / F1 of one forward's logits under every NER decoding.
+
+    Keys are ``"{ner_decoding}/{word_scores}"`` (greedy or viterbi, first or mean): the readings a user
+    chooses between on dev (``FSConfig.ner_decoding`` / ``word_scores``), scored without another forward.
+    """
+    out = {}
+    for decoding in NER_DECODINGS:
+        for scores in WORD_SCORES:
+            tags, _, _ = predict_word_tags(model, tokenizer, sentences, max_length, features=features, logits=logits,
+                                           ner_decoding=decoding, word_scores=scores)
+            m = ner_metrics(gold, tags)
+            out[f"{decoding}/{scores}"] = {k: m[k] for k in ("precision", "recall", "f1")}
+    return out
+
+
 def evaluate_examples(
     model: FSModel,
     tokenizer,
@@ -243,14 +268,17 @@ def evaluate_examples(
     progress: bool | str = False,
     ner_decoding: str | None = None,
     word_scores: str | None = None,
+    all_decodings: bool = False,
 ) -> tuple[dict, list[dict]]:
     """Metrics and per-example predictions of ``model`` on labelled examples.
 
     Token examples are ``{"tokens", "tags"}`` and are scored at the word level with
     strict IOB2 span F1 (the entities of ``fsllm.decoding.iob2_spans``), their tags decoded as
     ``ner_decoding`` / ``word_scores`` say (``None``: the model's own, see :func:`predict_word_tags`);
-    sequence examples are ``{"text", "label"}``. A gold label the model does not know is an error
-    (it would silently count as wrong).
+    ``all_decodings``: also ``metrics["decodings"]``, the scores under every decoding
+    (:func:`decoding_scores`, from the same forward), and the seconds that took (``decodings_seconds``).
+    Sequence examples are ``{"text", "label"}``. A gold label the model does not know is an error (it
+    would silently count as wrong).
     """
     if model.task == "token":
         for n, ex in enumerate(examples):
@@ -261,8 +289,13 @@ def evaluate_examples(
         features = word_features(sentences, tokenizer, max_length)
         tags, scores, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress, features,
                                                  ner_decoding, word_scores)
-        metrics = ner_metrics([list(ex["tags"]) for ex in examples], tags)
+        gold = [list(ex["tags"]) for ex in examples]
+        metrics = ner_metrics(gold, tags)
         metrics["loss"] = token_loss(examples, features, logits, model.label2id)
+        if all_decodings:
+            t0 = time.time()
+            metrics["decodings"] = decoding_scores(model, tokenizer, sentences, gold, max_length, features, logits)
+            metrics["decodings_seconds"] = round(time.time() - t0, 2)  # not inference: a caller timing that subtracts it
         records = [
             {"tokens": list(ex["tokens"]), "tags": list(ex["tags"]), "pred": p, "score": [round(x, 4) for x in s]}
             for ex, p, s in zip(examples, tags, scores)

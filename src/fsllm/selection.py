@@ -253,7 +253,8 @@ def _score(model, tokenizer, examples: Sequence[dict], cfg: TrainConfig) -> tupl
     fp32 = cfg.precision == "fp32"
     ctx = contextlib.nullcontext() if fp32 else torch.autocast(device.type, dtype=torch_dtype(cfg.precision))
     with ctx:
-        return evaluate_examples(model, tokenizer, examples, cfg.max_length, cfg.eval_batch_size, progress="test")
+        return evaluate_examples(model, tokenizer, examples, cfg.max_length, cfg.eval_batch_size, progress="test",
+                                 all_decodings=True)
 
 
 def _copy_plots(member: RunFolder, folder: RunFolder) -> list[Path]:
