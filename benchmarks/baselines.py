@@ -994,11 +994,13 @@ SAVED_MODEL = "model"
 
 
 def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer, adapter: str | Path | None = None,
-                   lora_r: int = 8, lora_alpha: int = 32, lora_dropout: float = 0.1):
+                   lora_r: int = 8, lora_alpha: int = 32, lora_dropout: float = 0.1, use_rslora: bool = False,
+                   use_dora: bool = False):
     """``AutoModelFor{Token,Sequence}Classification`` of the backbone with ``config.is_causal = False``
     (transformers >= 5.2: bidirectional attention, padding keys still masked), wrapped in PEFT LoRA on
     fsllm's default targets with the ``score`` head in ``modules_to_save``; with ``adapter``, the saved
-    adapter of a finished run instead of a fresh one."""
+    adapter of a finished run instead of a fresh one. ``use_rslora`` / ``use_dora``: PEFT's own options,
+    the capacity an FS row with ``FSConfig.use_rslora`` / ``use_dora`` gets, so the commodity path can have it too."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
@@ -1014,8 +1016,8 @@ def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer,
     model = cls.from_pretrained(path, config=config, dtype=torch.float32, attn_implementation="sdpa")
     if adapter is not None:
         return PeftModel.from_pretrained(model, str(adapter))
-    lcfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                      target_modules=default_lora_targets(model), modules_to_save=["score"],
+    lcfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora,
+                      use_dora=use_dora, target_modules=default_lora_targets(model), modules_to_save=["score"],
                       task_type="TOKEN_CLS" if task == "token" else "SEQ_CLS")
     return get_peft_model(model, lcfg)
 
@@ -1055,12 +1057,13 @@ def run_hf_native(
     dev_subset: int | None = 1000, test_subset: int | None = None, seed: int = 0, epochs: float = 3.0,
     lr: float = 1e-3, batch_size: int = 16, max_length: int = 128, evals_per_epoch: int = 1,
     eval_batch_size: int = 64, max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True,
-    precision: str = "fp32", callbacks: Sequence = (), warmup_ratio: float = 0.0,
+    precision: str = "fp32", callbacks: Sequence = (), warmup_ratio: float = 0.0, lora: dict | None = None,
 ) -> dict:
     """Train the ``hf-native`` row: what a user gets from transformers + PEFT alone (see the module doc),
     with the FS rows' data, subsets, tokenisation, budget and dev selection. ``precision``: "fp32"
     (the paper tables' protocol), "bf16" (autocast) or "auto" (fsllm's rule, ``resolve_precision``);
-    ``callbacks``: more ``TrainerCallback``s."""
+    ``callbacks``: more ``TrainerCallback``s; ``lora``: :func:`load_hf_native`'s LoRA options (rank,
+    alpha, rsLoRA, DoRA) where they differ from its defaults."""
     from transformers import set_seed
 
     from fsllm.backbones import load_tokenizer
@@ -1076,11 +1079,12 @@ def run_hf_native(
         test_subset=test_subset, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, evaluate_test=evaluate_test,
         **({"precision": precision} if precision != "fp32" else {}),  # fp32 runs keep their earlier settings
-        **({"warmup_ratio": warmup_ratio} if warmup_ratio else {})))
+        **({"warmup_ratio": warmup_ratio} if warmup_ratio else {}),
+        **({"lora": dict(lora)} if lora else {})))  # runs at the default LoRA keep their earlier settings
     set_seed(seed)
     sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
     tok = load_tokenizer(model_name)
-    model = load_hf_native(model_name, sp.task, sp.labels, tok)
+    model = load_hf_native(model_name, sp.task, sp.labels, tok, **(lora or {}))
     label2id = {v: k for k, v in enumerate(sp.labels)}
     feats, _ = make_features(sp.task, sp.train, tok, label2id, max_length)
     metric = primary_metric(sp.task)

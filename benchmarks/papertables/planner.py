@@ -93,6 +93,8 @@ class Budget:
                     d.pop(k, None)
         if row.adapt:
             d["adapt"] = dict(row.adapt)
+        if row.lora:
+            d["lora"] = dict(row.lora)
         if not self.grid_for(row):
             d.pop("grid_sizes", None), d.pop("grid_seed", None), d.pop("grid_seeds", None)
         elif self.grid_seeds:

@@ -47,8 +47,13 @@ def _ms(vals: list[float]) -> str:
 PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "fs-linear", "fs-decay-0.1", "minilm", "mpnet",
                        # the accuracy levers (docs/levers.md), each alone against the default
                        "fs-repeat2-causal", "fs-repeat2", "fs-lambda-schedule", "fs-lambda-schedule-0.3", "fs-dora",
-                       "fs-r16-rslora", "fs-adapt"],
+                       "fs-r16-rslora", "fs-adapt", "fs-r16-rslora-repeat2-causal", "hf-native-r16-rslora"],
                "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
+
+
+#: further pairs: the combined levers against each of their parts and the rows given the same capacity
+COMBINED_PAIRS = {"ner": [("fs-r16-rslora-repeat2-causal", o) for o in
+                          ("fs-r16-rslora", "fs-repeat2-causal", "hf-native-r16-rslora", "hf-native", "mpnet")]}
 
 
 def paired_lines(table: str, recs: list[dict], metric: str) -> list[str]:
@@ -58,13 +63,14 @@ def paired_lines(table: str, recs: list[dict], metric: str) -> list[str]:
     shared noise: its mean ± standard error says more than two means ± std side by side."""
     fs_row = "fs-swiglu-mean" if table == "ablation" else "fs-bidirectional"
     others = PAIRED_ROWS.get(table, ["causal-last", "causal-mean", "hf-native", "minilm"])
+    pairs = [(fs_row, o) for o in others] + COMBINED_PAIRS.get(table, [])
     vals: dict[tuple[str, int, int], tuple[float | None, float | None]] = {}
     for r in recs:
         test = (r.get("test") or {}).get(metric)
         vals[(r["method"], r["train_size"], r["seed"])] = (test, r.get("dev_metric"))
     lines = []
-    for size in sorted({k[1] for k in vals if k[0] == fs_row}):
-        for other in others:
+    for size in sorted({k[1] for k in vals}):
+        for fs_row, other in pairs:
             seeds = sorted(s for (m, n, s) in vals if m == other and n == size and (fs_row, size, s) in vals)
             if len(seeds) < 2:
                 continue
@@ -157,19 +163,21 @@ def decoding_lines(table: str, recs: list[dict], out: Path) -> list[str]:
     lines += ["", "Dev is the cell's own dev subset where the cell scored its decodings, the full validation split "
               "where `decoding/` did (see its README).", ""]
     paired = []
-    for (row, size), cells in sorted(scored.items()):
-        base = {c[0]: c[1] for c in scored.get(("fs-bidirectional", size), [])}
-        if row == "fs-bidirectional" or (row, size) not in chosen or ("fs-bidirectional", size) not in chosen:
-            continue
-        seeds = [c[0] for c in cells if c[0] in base]
-        if len(seeds) < 2:
-            continue
-        mine, theirs = chosen[(row, size)], chosen[("fs-bidirectional", size)]
-        d = [c[1][mine] - base[c[0]][theirs] for c in cells if c[0] in base]
-        sem = statistics.stdev(d) / math.sqrt(len(d))
-        paired.append(f"- n={size}, {row} ({mine}) − fs-bidirectional ({theirs}), seeds {','.join(map(str, seeds))}: "
-                      f"test F1 {statistics.fmean(d) * 100:+.2f} ± {sem * 100:.2f} "
-                      f"({', '.join(f'{x * 100:+.1f}' for x in d)}).")
+    pairs = sorted({(row, "fs-bidirectional") for row, _ in scored if row != "fs-bidirectional"})
+    for size in sorted({n for _, n in scored}):
+        for row, other in pairs + COMBINED_PAIRS.get(table, []):
+            if (row, size) not in chosen or (other, size) not in chosen:
+                continue
+            base = {c[0]: c[1] for c in scored[(other, size)]}
+            cells = [c for c in scored[(row, size)] if c[0] in base]
+            if len(cells) < 2:
+                continue
+            mine, theirs = chosen[(row, size)], chosen[(other, size)]
+            d = [c[1][mine] - base[c[0]][theirs] for c in cells]
+            sem = statistics.stdev(d) / math.sqrt(len(d))
+            paired.append(f"- n={size}, {row} ({mine}) − {other} ({theirs}), seeds {','.join(str(c[0]) for c in cells)}: "
+                          f"test F1 {statistics.fmean(d) * 100:+.2f} ± {sem * 100:.2f} "
+                          f"({', '.join(f'{x * 100:+.1f}' for x in d)}).")
     if paired:
         lines += ["**Paired by seed, each under the decoding its dev chose** (mean ± standard error, then per seed)",
                   "", *paired, ""]

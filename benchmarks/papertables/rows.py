@@ -35,6 +35,7 @@ class Row:
     train: tuple = ()  # TrainConfig overrides (key, value) pairs, e.g. the precision
     encoder: str | None = None  # "minilm" | "mpnet"
     adapt: tuple = ()  # FS rows: AdaptConfig overrides as (key, value) pairs; non-empty: fsllm adapt runs first
+    lora: tuple = ()  # hf-native rows: baselines.load_hf_native's LoRA options as (key, value) pairs
     multi_seed: bool = False  # all --seeds; otherwise the first seed only
     primary: bool = False  # FS or causal: first in the run order
     note: str = ""
@@ -95,12 +96,19 @@ LEVERS = [
     _fs("fs-adapt", multi=True, adapt={"steps": 100},
         note="fsllm adapt first (LLM2Vec's MNTP, 100 steps on the cell's training texts), then fs-bidirectional"),
 ]
+# The screen's two largest single gains together, and the commodity path given the same capacity (rank 16,
+# rsLoRA: every option that is not FS's own; repetition is FS's own, so hf-native does not get it)
+COMBINED = _fs("fs-r16-rslora-repeat2-causal", multi=True, attention="causal", repeat=2, lora_r=16, use_rslora=True,
+               note="fs-r16-rslora and fs-repeat2-causal together")
+HF_NATIVE_R16 = Row("hf-native-r16-rslora", "hf-native", lora=(("lora_r", 16), ("use_rslora", True)), multi_seed=True,
+                    note="hf-native with fs-r16-rslora's capacity: PEFT LoRA rank 16 with rsLoRA")
 
 TABLE_ROWS: dict[str, list[Row]] = {
     "ner": [
         FS_BIDIR,
         _fs("causal", multi=True, primary=True, attention="causal", note="'w/o FS': the backbone's causal mask"),
-        HF_NATIVE, DECAY_01_SEEDS, *DECAYS[1:], LEARNABLE, LAST_HALF, BF16, LINEAR, *LEVERS, ZERO, IT, MINILM, MPNET,
+        HF_NATIVE, DECAY_01_SEEDS, *DECAYS[1:], LEARNABLE, LAST_HALF, BF16, LINEAR, *LEVERS, COMBINED, HF_NATIVE_R16,
+        ZERO, IT, MINILM, MPNET,
     ],
     **{
         t: [

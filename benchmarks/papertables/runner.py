@@ -289,7 +289,7 @@ def train_row(cell: Cell, budget: Budget, run_dir: Path, lr: float | None, evalu
             test_subset=budget.test_subset, seed=cell.seed, epochs=budget.epochs, lr=budget.lr if lr is None else lr,
             batch_size=budget.batch_size, max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch,
             max_steps=budget.max_steps, patience=budget.patience, evaluate_test=evaluate_test,
-            precision=budget.precision, warmup_ratio=budget.warmup_ratio,
+            precision=budget.precision, warmup_ratio=budget.warmup_ratio, lora=dict(row.lora),
         )
     elif row.kind == "encoder":
         d = encoder_dir(row.encoder, mpnet_dir)

@@ -1039,3 +1039,19 @@ def test_a_cell_keeps_the_scores_under_every_decoding_and_drops_the_long_tables(
     kept = RN.scalars({"f1": 0.7, "decodings": readings, "confusion_matrix": [[1, 0], [0, 1]], "labels": ["O", "B-X"],
                        "per_type": {"X": {"f1": 0.7}}})
     assert kept == {"f1": 0.7, "decodings": readings, "per_type": {"X": {"f1": 0.7}}}
+
+
+def test_hf_native_given_fs_capacity_trains_rank_16_rslora_and_records_it(tmp_path, monkeypatch):
+    model_dir = _tiny_llm_dir(tmp_path)
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = B.load_hf_native(str(model_dir), "token", ["O", "B-PER"], tok, lora_r=16, use_rslora=True)
+    lora = next(m for n, m in model.named_modules() if n.endswith("q_proj") and hasattr(m, "scaling"))
+    assert lora.r["default"] == 16 and lora.scaling["default"] == pytest.approx(32 / 16 ** 0.5)  # rsLoRA, not 32/16
+    # the row hands its options to the runner, and the run folder's settings say them (a default run's do not)
+    seen = {}
+    monkeypatch.setattr(B, "run_hf_native", lambda *a, **kw: seen.update(kw) or {"task": "token"})
+    cells = {c.row.name: c for c in PL.plan("ner", [1000], [0], only=["hf-native", "hf-native-r16-rslora"], n_train=10**5)}
+    RN.train_row(cells["hf-native-r16-rslora"], PL.Budget(), tmp_path / "r", None, True, None)
+    assert seen["lora"] == {"lora_r": 16, "use_rslora": True}
+    assert PL.Budget().for_row(cells["hf-native-r16-rslora"].row)["lora"] == {"lora_r": 16, "use_rslora": True}
+    assert "lora" not in PL.Budget().for_row(cells["hf-native"].row)
