@@ -47,7 +47,7 @@ def _ms(vals: list[float]) -> str:
 PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "fs-linear", "fs-decay-0.1", "minilm", "mpnet",
                        # the accuracy levers (docs/levers.md), each alone against the default
                        "fs-repeat2-causal", "fs-repeat2", "fs-lambda-schedule", "fs-lambda-schedule-0.3", "fs-dora",
-                       "fs-r16-rslora", "fs-adapt", "fs-r16-rslora-repeat2-causal", "hf-native-r16-rslora"],
+                       "fs-r16-rslora", "fs-adapt", "fs-full", "fs-r16-rslora-repeat2-causal", "hf-native-r16-rslora"],
                "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
 
 

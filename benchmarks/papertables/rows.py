@@ -95,6 +95,10 @@ LEVERS = [
     _fs("fs-r16-rslora", multi=True, lora_r=16, use_rslora=True, note="LoRA rank 16 with rsLoRA scaling"),
     _fs("fs-adapt", multi=True, adapt={"steps": 100},
         note="fsllm adapt first (LLM2Vec's MNTP, 100 steps on the cell's training texts), then fs-bidirectional"),
+    # every weight trained: the recipe of the 210M decoder that ties MLM encoders on CoNLL-2003 (10% warm-up,
+    # its own rate, chosen on dev by a grid: the LoRA rows' 1e-3 would wreck the backbone), the new head at 1e-3
+    _fs("fs-full", multi=True, full_finetune=True, train={"head_learning_rate": 1e-3, "warmup_ratio": 0.1},
+        note="full fine-tuning (no LoRA), 10% warm-up, the head at 1e-3, the backbone's rate chosen on dev"),
 ]
 # The screen's two largest single gains together, and the commodity path given the same capacity (rank 16,
 # rsLoRA: every option that is not FS's own; repetition is FS's own, so hf-native does not get it)

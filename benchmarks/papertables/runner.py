@@ -127,9 +127,9 @@ def fs_train_config(cell: Cell, budget: Budget, run_dir: Path, lr: float | None 
         eval_steps=baselines.eval_steps_for(cell.size, budget.batch_size, budget.evals_per_epoch),
         early_stopping_patience=budget.patience, evaluate_test=evaluate_test,
         # the budget's precision (fp32 or bf16, never ``auto``: a resumed run must match its saved
-        # config, and ``auto`` would be saved resolved) unless the row sets its own
-        seed=cell.seed, warmup_ratio=budget.warmup_ratio,
-        **({"precision": budget.precision} | cell.row.train_overrides),
+        # config, and ``auto`` would be saved resolved) and warm-up, unless the row sets its own
+        seed=cell.seed,
+        **({"precision": budget.precision, "warmup_ratio": budget.warmup_ratio} | cell.row.train_overrides),
     )
 
 

@@ -1055,3 +1055,12 @@ def test_hf_native_given_fs_capacity_trains_rank_16_rslora_and_records_it(tmp_pa
     assert seen["lora"] == {"lora_r": 16, "use_rslora": True}
     assert PL.Budget().for_row(cells["hf-native-r16-rslora"].row)["lora"] == {"lora_r": 16, "use_rslora": True}
     assert "lora" not in PL.Budget().for_row(cells["hf-native"].row)
+
+
+def test_every_fs_row_builds_its_train_config_and_a_row_may_set_its_own_warmup(tmp_path):
+    budget = PL.Budget(warmup_ratio=0.05)
+    cfgs = {c.row.name: RN.fs_train_config(c, budget, tmp_path / c.id)
+            for c in PL.plan("ner", [1000], [0], n_train=10**5) if c.row.kind == "fs"}
+    assert cfgs["fs-full"].warmup_ratio == 0.1 and cfgs["fs-full"].head_learning_rate == 1e-3
+    assert cfgs["fs-full"].fs.full_finetune and not cfgs["fs-bidirectional"].fs.full_finetune
+    assert {n: c.warmup_ratio for n, c in cfgs.items() if n != "fs-full"} == {n: 0.05 for n in cfgs if n != "fs-full"}
