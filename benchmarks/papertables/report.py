@@ -253,24 +253,30 @@ def size_points(recs: Sequence[dict], row: str, metric: str) -> list[tuple[int, 
     return [(n, statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for n, v in sorted(by.items())]
 
 
-def size_figure(rows: dict[str, list[tuple[int, float, float, int]]], path: Path, metric: str, title: str) -> Path:
-    """One line per row through its mean at each size, error bars of one standard deviation."""
+def _axes(size: tuple[float, float] = (6.4, 4.2)):
+    """A figure (Agg canvas, no pyplot state) and its one axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    fig = Figure(figsize=size, dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, pts in rows.items():
-        seeds = [p[3] for p in pts]
-        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
-                    capsize=3, label=f"{name} ({'/'.join(map(str, seeds))} seed{'' if seeds == [1] else 's'})")
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _log_ticks(ax) -> None:
+    """A log x axis with round 1-2-5 ticks and no minor ones."""
+    from matplotlib.ticker import LogLocator, StrMethodFormatter
+
     ax.set_xscale("log")
     ax.minorticks_off()
-    sizes = sorted({p[0] for pts in rows.values() for p in pts})
-    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
-    ax.set_xlabel("training sentences")
-    ax.set_ylabel(f"test {metric} (%)")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+
+
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, grid and legend the axes the same way in every figure, and write it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -279,18 +285,26 @@ def size_figure(rows: dict[str, list[tuple[int, float, float, int]]], path: Path
     return path
 
 
+def size_figure(rows: dict[str, list[tuple[int, float, float, int]]], path: Path, metric: str, title: str) -> Path:
+    """One line per row through its mean at each size, error bars of one standard deviation."""
+    fig, ax = _axes()
+    for name, pts in rows.items():
+        seeds = [p[3] for p in pts]
+        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], marker="o",
+                    capsize=3, label=f"{name} ({'/'.join(map(str, seeds))} seed{'' if seeds == [1] else 's'})")
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    sizes = sorted({p[0] for pts in rows.values() for p in pts})
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    return _save(fig, ax, path, "training sentences", f"test {metric} (%)", title)
+
+
 def latency_figure(rows: dict[str, list[tuple[int, float, float, int]]], latency: dict, path: Path,
                    metric: str) -> Path | None:
     """Each row's test metric at every training size against its inference cost per sentence
     (batched), one marker per size; ``None`` when no row has both."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import LogLocator, StrMethodFormatter
-
     cost_of = {"causal": "fs-bidirectional"}  # the same forward, another mask
-    fig = Figure(figsize=(6.4, 4.2), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _axes()
     drawn = 0
     for name, pts in rows.items():
         cost = latency["rows"].get(cost_of.get(name, name), {}).get("ms_per_sentence_batched")
@@ -305,17 +319,9 @@ def latency_figure(rows: dict[str, list[tuple[int, float, float, int]]], latency
         drawn += 1
     if not drawn:
         return None
-    ax.set_xscale("log")  # round 1-2-5 ticks; the rows' own costs are in the legend (close costs' ticks would overlap)
-    ax.minorticks_off()
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
-    ax.set_xlabel("inference ms per sentence (batches of 64, CPU)")
-    ax.set_ylabel(f"test {metric} (%)")
-    ax.set_title(f"test {metric} (labels: training sentences) against inference cost")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    _log_ticks(ax)  # round ticks; the rows' own costs are in the legend (close costs' ticks would overlap)
+    return _save(fig, ax, path, "inference ms per sentence (batches of 64, CPU)", f"test {metric} (%)",
+                 f"test {metric} (labels: training sentences) against inference cost")
 
 
 def time_points(recs: Sequence[dict], metric: str) -> dict[tuple[str, int], tuple[float, float, float, int]]:
@@ -334,13 +340,7 @@ def time_figure(points: dict[tuple[str, int], tuple[float, float, float, int]], 
                 title: str) -> Path:
     """Accuracy and training cost together: each row and size at its mean training minutes and mean test
     metric (error bars: one std over seeds), one marker shape per training size, rows named beside them."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import LogLocator, StrMethodFormatter
-
-    fig = Figure(figsize=(7.2, 4.8), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = _axes((7.2, 4.8))
     shapes = dict(zip(sorted({n for _, n in points}), "os^Dv<>p"))
     for n, shape in shapes.items():
         pts = {row: p for (row, size), p in points.items() if size == n}
@@ -349,18 +349,8 @@ def time_figure(points: dict[tuple[str, int], tuple[float, float, float, int]], 
                     label=f"{n:,} training sentences")
         for row, p in pts.items():
             ax.annotate(f"{row} ({p[3]})", (p[0], 100 * p[1]), textcoords="offset points", xytext=(4, 3), fontsize=6)
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
-    ax.set_xlabel("training wall-clock, minutes (mean over seeds; log scale)")
-    ax.set_ylabel(f"test {metric} (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    return path
+    _log_ticks(ax)
+    return _save(fig, ax, path, "training wall-clock, minutes (mean over seeds; log scale)", f"test {metric} (%)", title)
 
 
 def figure_lines(table: str, recs: list[dict], real_sizes: Sequence[int], metric: str,
