@@ -143,7 +143,7 @@ def stray_logits(monkeypatch):
 
 
 def test_a_stray_inside_tag_gives_the_same_entities_in_predict_serve_and_eval(tiny_ner_model_dir, stray_logits):
-    pred = Predictor.from_pretrained(tiny_ner_model_dir)
+    pred = Predictor.from_pretrained(tiny_ner_model_dir, ner_decoding="greedy")  # the default would mend the stray tag
     words = ["John", "lives", "in", "Paris"]
     (by_words,) = pred.predict(words=[words])
     assert by_words["tags"] == ["O", "I-PER", "O", "B-LOC"]
@@ -203,7 +203,7 @@ def _best_valid_tags(folder, tok, sentence):
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
 def test_viterbi_saved_with_the_model_reaches_predictor_and_cli(tmp_path, family, capsys):
-    folder, tok = _saved_ner_model(tmp_path, family, ner_decoding="viterbi")
+    folder, tok = _saved_ner_model(tmp_path, family, ner_decoding="viterbi", word_scores="first")
     assert json.loads((folder / "config.json").read_text())["fs"]["ner_decoding"] == "viterbi"
     loaded = load_model(folder)
     assert loaded.config.fs["ner_decoding"] == "viterbi" and loaded.fs_config.ner_decoding == "viterbi"
@@ -231,12 +231,17 @@ def test_viterbi_saved_with_the_model_reaches_predictor_and_cli(tmp_path, family
 
 def test_word_scores_and_decoding_are_reading_options_of_any_saved_model(tmp_path, capsys):
     folder, _ = _saved_ner_model(tmp_path, "llama")  # saved with the defaults
-    assert Predictor.from_pretrained(folder).decoding == ("greedy", "first")
-    pred = Predictor.from_pretrained(folder, ner_decoding="viterbi", word_scores="mean")
-    assert pred.decoding == ("viterbi", "mean") and pred.model.fs_config.word_scores == "mean"
+    assert Predictor.from_pretrained(folder).decoding == ("viterbi", "mean")
+    pred = Predictor.from_pretrained(folder, ner_decoding="greedy", word_scores="first")
+    assert pred.decoding == ("greedy", "first") and pred.model.fs_config.word_scores == "first"
     out = tmp_path / "again"
     pred.model.save_pretrained(out)  # what a reader chose travels with the folder it saves
-    assert json.loads((out / "config.json").read_text())["fs"]["word_scores"] == "mean"
+    assert json.loads((out / "config.json").read_text())["fs"]["word_scores"] == "first"
+    # a folder saved before the options existed was selected on dev under greedy / first: it reads so still
+    config = json.loads((folder / "config.json").read_text())
+    del config["fs"]["ner_decoding"], config["fs"]["word_scores"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert Predictor.from_pretrained(folder).decoding == ("greedy", "first")
     with pytest.raises(ConfigError, match="word_scores must be one of first, mean"):
         Predictor.from_pretrained(folder, word_scores="max")
     with pytest.raises(SystemExit):
@@ -314,7 +319,7 @@ def test_fsllm_serve_decoding_flag_answers_the_predictors_viterbi_entities(tmp_p
 
     import httpx
 
-    folder, _ = _saved_ner_model(tmp_path, "llama")  # saved greedy: the flag alone asks for Viterbi
+    folder, _ = _saved_ner_model(tmp_path, "llama", ner_decoding="greedy", word_scores="first")  # the flag asks for Viterbi
     texts = [" ".join(s) for s in SENTENCES]
     viterbi_ents = Predictor.from_pretrained(folder, ner_decoding="viterbi").predict(texts)
     assert viterbi_ents != Predictor.from_pretrained(folder).predict(texts), "greedy and Viterbi agree: no test"

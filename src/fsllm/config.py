@@ -34,7 +34,7 @@ from transformers.trainer_utils import SchedulerType
 
 from .attention import SUPPORTED_IMPLEMENTATIONS
 from .backbones import QUANTIZATIONS
-from .decoding import NER_DECODINGS, WORD_SCORES, check_decoding
+from .decoding import DEFAULT_DECODING, DEFAULT_WORD_SCORES, NER_DECODINGS, WORD_SCORES, check_decoding
 from .errors import ConfigError, FSLLMError
 
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
@@ -130,12 +130,13 @@ class FSConfig:
         flags=("--lora-targets",), parse=parse_names)
     use_lora: bool = setting(True, "adapt the backbone with LoRA; off (--no-use-lora): train the head only, a frozen backbone probe")
     ner_decoding: str = setting(
-        "greedy", "token tasks: how word tags are read from the scores: 'greedy' (each word's best label; an I-X that "
+        "viterbi", "token tasks: how word tags are read from the scores: 'greedy' (each word's best label; an I-X that "
         "follows neither B-X nor I-X then starts no entity, as strict IOB2 scoring reads it) or 'viterbi' (the best "
-        "sequence of labels that is valid IOB2: no such stray I-X). A reading option: fsllm eval, predict and serve "
-        "take --decoding to override what the model folder says", choices=NER_DECODINGS, flags=("--decoding",))
+        "sequence of labels that is valid IOB2: no such stray I-X; the default: with word_scores 'mean', what dev "
+        "chose on the NER levers screen, docs/design.md). A reading option: fsllm eval, predict "
+        "and serve take --decoding to override what the model folder says", choices=NER_DECODINGS, flags=("--decoding",))
     word_scores: str = setting(
-        "first", "token tasks: a word's scores from its 'first' sub-token (the one training labels) or the 'mean' "
+        "mean", "token tasks: a word's scores from its 'first' sub-token (the one training labels) or the 'mean' "
         "of its sub-tokens' log-probabilities. A reading option: fsllm eval, predict and serve take --word-scores",
         choices=WORD_SCORES)
     # capacity and sequence repetition (all off by default)
@@ -625,7 +626,10 @@ class FSLLMConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        self.fs = FSConfig.from_dict(self.fs or {}).to_dict()  # validated, every field present
+        # validated, every field present; a saved ``fs`` without the decoding fields was written before they
+        # existed, and selected on dev under the reading of that time (not today's FSConfig default)
+        legacy = {"ner_decoding": DEFAULT_DECODING, "word_scores": DEFAULT_WORD_SCORES} if self.fs else {}
+        self.fs = FSConfig.from_dict({**legacy, **self.fs} if self.fs else {}).to_dict()
         if self.problem_type not in PROBLEM_TYPES:
             raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
         if self.problem_type is not None and self.task != "sequence":

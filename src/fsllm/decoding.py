@@ -33,6 +33,8 @@ NER_DECODINGS = ("greedy", "viterbi")
 #: ``FSConfig.word_scores``: a word's scores from its first sub-token, or the mean of its sub-tokens' log-probabilities
 WORD_SCORES = ("first", "mean")
 
+#: how a model that does not say reads (a baseline's ``AutoModelForTokenClassification``, a folder saved before
+#: the fields existed: it was selected on dev under this reading); ``FSConfig``'s defaults are Viterbi / mean
 DEFAULT_DECODING = "greedy"
 DEFAULT_WORD_SCORES = "first"
 

@@ -452,16 +452,23 @@ TEXTS = ["John Smith visited Paris .", "Mary works for Google in London today", 
 def test_pipelines_load_the_fs_model_and_agree_with_predict(tmp_path):
     folders = _trained_word_models(tmp_path)
 
+    from fsllm.decoding import set_decoding
+
     ner = pipeline("token-classification", model=str(folders["token"]), aggregation_strategy="first")
     assert type(ner.model) is FSForTokenClassification
-    ours = Predictor.from_pretrained(folders["token"]).predict(TEXTS)
-    theirs = ner(TEXTS)
-    assert sum(len(e) for e in ours) >= 3  # the comparison covers real entities
-    for a, b in zip(theirs, ours):
-        assert [(e["entity_group"], e["start"], e["end"], e["word"]) for e in a] == [
-            (e["entity_group"], e["start"], e["end"], e["word"]) for e in b
-        ]
-        assert [float(e["score"]) for e in a] == pytest.approx([e["score"] for e in b], abs=1e-5)
+    # the model's own decoding (the default, Viterbi over mean sub-token scores): the same entities; then
+    # greedy over first sub-tokens, where a word's score is its first token's probability as the pipeline's is
+    for decoding, scores in (("viterbi", "mean"), ("greedy", "first")):
+        set_decoding(ner.model, decoding, scores)
+        pred = Predictor.from_pretrained(folders["token"], ner_decoding=decoding, word_scores=scores)
+        ours, theirs = pred.predict(TEXTS), ner(TEXTS)
+        assert sum(len(e) for e in ours) >= 3  # the comparison covers real entities
+        for a, b in zip(theirs, ours):
+            assert [(e["entity_group"], e["start"], e["end"], e["word"]) for e in a] == [
+                (e["entity_group"], e["start"], e["end"], e["word"]) for e in b
+            ]
+            if scores == "first":
+                assert [float(e["score"]) for e in a] == pytest.approx([e["score"] for e in b], abs=1e-5)
 
     clf = pipeline("text-classification", model=str(folders["sequence"]))
     assert type(clf.model) is FSForSequenceClassification
