@@ -118,8 +118,11 @@ def fs_train_config(cell: Cell, budget: Budget, run_dir: Path, lr: float | None 
     from fsllm.config import FSConfig
     from fsllm.training import TrainConfig
 
+    # every row of a table selects its checkpoint under the same NER reading, the baselines' (greedy over first
+    # sub-tokens), and records the others (``decodings``), from which the report chooses each row's on dev
+    fs = FSConfig(**({"ner_decoding": "greedy", "word_scores": "first"} | cell.row.fs_overrides))
     return TrainConfig(
-        data=cell.dataset, model=budget.model, output_dir=str(run_dir), fs=FSConfig(**cell.row.fs_overrides),
+        data=cell.dataset, model=budget.model, output_dir=str(run_dir), fs=fs,
         epochs=budget.epochs, max_steps=budget.max_steps, batch_size=budget.batch_size,
         learning_rate=budget.lr if lr is None else lr,
         max_length=budget.max_length, train_subset=cell.size, dev_subset=budget.dev_subset or None,

@@ -1064,3 +1064,5 @@ def test_every_fs_row_builds_its_train_config_and_a_row_may_set_its_own_warmup(t
     assert cfgs["fs-full"].warmup_ratio == 0.1 and cfgs["fs-full"].head_learning_rate == 1e-3
     assert cfgs["fs-full"].fs.full_finetune and not cfgs["fs-bidirectional"].fs.full_finetune
     assert {n: c.warmup_ratio for n, c in cfgs.items() if n != "fs-full"} == {n: 0.05 for n in cfgs if n != "fs-full"}
+    # checkpoints chosen under the baselines' NER reading, whatever fsllm's default (the report picks one on dev)
+    assert {(c.fs.ner_decoding, c.fs.word_scores) for c in cfgs.values()} == {("greedy", "first")}
