@@ -133,7 +133,7 @@ class FSConfig:
         "viterbi", "token tasks: how word tags are read from the scores: 'greedy' (each word's best label; an I-X that "
         "follows neither B-X nor I-X then starts no entity, as strict IOB2 scoring reads it) or 'viterbi' (the best "
         "sequence of labels that is valid IOB2: no such stray I-X; the default: with word_scores 'mean', what dev "
-        "chose on the NER levers screen, docs/design.md). A reading option: fsllm eval, predict "
+        "chose for the default model on the NER levers screen, docs/design.md). A reading option: fsllm eval, predict "
         "and serve take --decoding to override what the model folder says", choices=NER_DECODINGS, flags=("--decoding",))
     word_scores: str = setting(
         "mean", "token tasks: a word's scores from its 'first' sub-token (the one training labels) or the 'mean' "
