@@ -638,9 +638,9 @@ def finish_run(run_dir: Path, metrics: dict[str, Any], splits: Sequence[tuple[st
         metrics["dev"] = _strip(selected if selected is not None else trainer.evaluator(trainer.model))
         dev = dict(splits).get("dev")
         if decodings and metrics.get("task") == "token" and dev:
-            decodings = evaluate("dev", dev)[0].get("decodings")
-            if decodings is not None:
-                metrics["dev"]["decodings"] = decodings
+            table = evaluate("dev", dev)[0].get("decodings")
+            if table is not None:
+                metrics["dev"]["decodings"] = table
         splits = [(name, exs) for name, exs in splits if name != "dev"]
     for split, exs in splits:
         if not exs:
