@@ -817,9 +817,10 @@ def mpnet_dir(explicit: str | None = None) -> tuple[Path | None, str]:
 
 
 def encoder_token_features(tokenizer, words: Sequence[str], tags: Sequence[str] | None, label2id: dict | None,
-                           max_length: int) -> tuple[dict, list[int]]:
-    """Encoder input for one sentence (first sub-token of a word carries its label, others -100)
-    and the index of each word's first sub-token (-1 if the word lost all its sub-tokens)."""
+                           max_length: int) -> tuple[dict, list[int], list[int | None]]:
+    """Encoder input for one sentence (first sub-token of a word carries its label, others -100),
+    the index of each word's first sub-token (-1 if the word lost all its sub-tokens) and each
+    sub-token's word (``None`` for special tokens; what mean sub-token scores need)."""
     enc = tokenizer(list(words), is_split_into_words=True, truncation=True, max_length=max_length)
     wids = enc.word_ids()
     first = [-1] * len(words)
@@ -835,7 +836,7 @@ def encoder_token_features(tokenizer, words: Sequence[str], tags: Sequence[str] 
     f = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     if tags is not None:
         f["labels"] = labels
-    return f, first
+    return f, first, wids
 
 
 def encoder_decodings(logits: Sequence[np.ndarray], word_ids: Sequence[Sequence[int | None]], firsts: Sequence[Sequence[int]],
@@ -875,12 +876,10 @@ def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labe
     if task == "token":
         feats, firsts, word_ids = [], [], []
         for ex in examples:
-            f, first = encoder_token_features(tokenizer, ex["tokens"], None, None, max_length)
+            f, first, wids = encoder_token_features(tokenizer, ex["tokens"], None, None, max_length)
             feats.append(f)
             firsts.append(first)
-            if all_decodings:
-                word_ids.append(tokenizer(list(ex["tokens"]), is_split_into_words=True, truncation=True,
-                                          max_length=max_length).word_ids())
+            word_ids.append(wids)
         logits = batched_logits(model, feats, batch_size, pad)
         preds, lost = [], 0
         for lg, first in zip(logits, firsts):

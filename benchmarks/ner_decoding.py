@@ -1,7 +1,7 @@
 """Score a trained NER model under each decoding: greedy / Viterbi (IOB2) x first / mean sub-token.
 
-One forward over the split, then the four readings of the same logits (``predict_word_tags`` with
-``features=`` and ``logits=``), each scored by ``fsllm.metrics.ner_metrics`` (seqeval, strict IOB2),
+One forward over the split, then the four readings of the same logits
+(``fsllm.evaluation.decoding_readings``, as a run's ``decodings`` table reads them), each scored by ``fsllm.metrics.ner_metrics`` (seqeval, strict IOB2),
 as ``fsllm eval --decoding D --word-scores W`` scores each. Also counts the sentences whose greedy tags
 hold a stray ``I-`` (an ``I-X`` after neither ``B-X`` nor ``I-X``), the case the decodings differ on.
 ``--pipeline N``: also, on the first N sentences (words joined by spaces), whether
@@ -19,9 +19,9 @@ import json
 import time
 from pathlib import Path
 
-from fsllm.decoding import NER_DECODINGS, WORD_SCORES, entities_from_tags, iob2_spans, set_decoding, word_start_table
+from fsllm.decoding import entities_from_tags, iob2_spans, set_decoding, word_start_table
 from fsllm.decoding import raw_logits as raw
-from fsllm.evaluation import batched_logits, predict_word_tags, word_features
+from fsllm.evaluation import batched_logits, decoding_readings, word_features
 from fsllm.inference import Predictor
 from fsllm.metrics import ner_metrics
 from fsllm.prepare import eval_examples
@@ -74,22 +74,19 @@ def main() -> None:
         logits = batched_logits(pred.model, features[0], a.batch_size, pred.tokenizer.pad_token_id or 0, progress=a.split)
     forward_s = time.time() - start
     results = {}
-    for decoding in NER_DECODINGS:
-        for scores in WORD_SCORES:
-            tags, _, _ = predict_word_tags(pred.model, pred.tokenizer, sentences, pred.max_length, features=features,
-                                           logits=logits, ner_decoding=decoding, word_scores=scores)
-            m = ner_metrics(gold, tags)
-            stray = sum(any(t.startswith("I-") for t in tg) and
-                        sum(e - s for _, s, e in iob2_spans(tg)) < sum(t != "O" for t in tg) for tg in tags)
-            results[f"{decoding}/{scores}"] = {k: m[k] for k in ("precision", "recall", "f1", "n_pred_entities",
-                                                                 "n_correct_entities")} | {"sentences_with_stray_I": stray}
-            if a.pipeline:
-                same = pipeline_agreement(pred, sentences[: a.pipeline], tags[: a.pipeline], decoding, scores)
-                results[f"{decoding}/{scores}"]["pipeline_identical_sentences"] = f"{same}/{min(a.pipeline, len(tags))}"
-            print(f"{decoding:8s} {scores:6s} f1 {m['f1']:.4f}  P {m['precision']:.4f}  R {m['recall']:.4f}  "
-                  f"pred {m['n_pred_entities']}  stray-I sentences {stray}"
-                  + (f"  pipeline() identical {results[f'{decoding}/{scores}']['pipeline_identical_sentences']}"
-                     if a.pipeline else ""))
+    for key, tags in decoding_readings(pred.model, pred.tokenizer, sentences, pred.max_length, features, logits):
+        decoding, scores = key.split("/")
+        m = ner_metrics(gold, tags)
+        stray = sum(any(t.startswith("I-") for t in tg) and
+                    sum(e - s for _, s, e in iob2_spans(tg)) < sum(t != "O" for t in tg) for tg in tags)
+        results[key] = {k: m[k] for k in ("precision", "recall", "f1", "n_pred_entities",
+                                          "n_correct_entities")} | {"sentences_with_stray_I": stray}
+        if a.pipeline:
+            same = pipeline_agreement(pred, sentences[: a.pipeline], tags[: a.pipeline], decoding, scores)
+            results[key]["pipeline_identical_sentences"] = f"{same}/{min(a.pipeline, len(tags))}"
+        print(f"{decoding:8s} {scores:6s} f1 {m['f1']:.4f}  P {m['precision']:.4f}  R {m['recall']:.4f}  "
+              f"pred {m['n_pred_entities']}  stray-I sentences {stray}"
+              + (f"  pipeline() identical {results[key]['pipeline_identical_sentences']}" if a.pipeline else ""))
     out = {"model": str(a.model), "data": a.data, "split": a.split, "subset": a.subset, "n_sentences": len(exs),
            "n_gold_entities": ner_metrics(gold, gold)["n_true_entities"], "forward_seconds": round(forward_s, 1),
            "results": results}

@@ -417,7 +417,7 @@ def test_encoder_runs_on_a_tiny_bert(tmp_path):
     enc = tmp_path / "tiny-bert"
     enc.mkdir()
     (enc / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = transformers.BertTokenizerFast(vocab_file=str(enc / "vocab.txt"))
+    tok = transformers.BertTokenizerFast(vocab=str(enc / "vocab.txt"))
     tok.save_pretrained(enc)
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -439,6 +439,35 @@ def test_encoder_runs_on_a_tiny_bert(tmp_path):
     assert s["dev"]["accuracy"] == s["train"]["best_dev_metric"]
     log = [json.loads(x) for x in (tmp_path / "enc-seq" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "eval_accuracy" in r] == [1, 2]
+
+
+def test_an_encoders_mean_reading_averages_each_words_sub_token_log_probabilities(tmp_path):
+    """Words split into word pieces: gold tags made from the greedy / mean reading (computed here from the
+    model's own forward, one sentence at a time) score 1.0 under that reading, and not under first pieces."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "jo", "##hn", "vis", "##ited", "par", "##is", "in", "lon", "##d", "##on"]
+    tok = transformers.BertTokenizerFast(vocab={w: k for k, w in enumerate(vocab)})
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    torch.manual_seed(0)
+    model = transformers.BertForTokenClassification(transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=64, num_labels=len(labels))).eval()
+    sents = [["John", "visited", "Paris"], ["John", "in", "London"], ["Paris", "visited", "London", "in"],
+             ["London", "John", "Paris", "visited"]]
+    mean_tags, first_tags = [], []
+    for words in sents:
+        enc = tok(words, is_split_into_words=True, return_tensors="pt")
+        with torch.no_grad():
+            logp = torch.log_softmax(model(**enc).logits[0].double(), -1).numpy()
+        wids = enc.word_ids()
+        assert len(wids) > len(words) + 2  # the words do split into pieces
+        pieces = [[k for k, w in enumerate(wids) if w == n] for n in range(len(words))]
+        mean_tags.append([labels[int(logp[ks].mean(0).argmax())] for ks in pieces])
+        first_tags.append([labels[int(logp[ks[0]].argmax())] for ks in pieces])
+    assert mean_tags != first_tags and any(t != "O" for tg in mean_tags for t in tg)
+    exs = [{"tokens": w, "tags": t} for w, t in zip(sents, mean_tags)]
+    m, _ = B.evaluate_encoder(model, tok, "token", exs, labels, 32, batch_size=2, all_decodings=True)
+    assert m["decodings"]["greedy/mean"]["f1"] == 1.0
+    assert m["decodings"]["greedy/first"]["f1"] < 1.0
 
 
 def test_mpnet_assembled_from_the_five_part_packages(tmp_path, monkeypatch):

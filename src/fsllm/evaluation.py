@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -235,6 +235,23 @@ def token_loss(examples: Sequence[dict], features: tuple[list[dict], list[int]],
     return total / count if count else 0.0
 
 
+def decoding_readings(
+    model: FSModel,
+    tokenizer,
+    sentences: Sequence[Sequence[str]],
+    max_length: int,
+    features: tuple[list[dict], list[int]],
+    logits: Sequence[np.ndarray],
+) -> Iterator[tuple[str, list[list[str]]]]:
+    """Each NER reading of one forward's logits: ``("{ner_decoding}/{word_scores}", word tags)`` for
+    greedy and Viterbi over first and mean sub-token scores, without another forward."""
+    for decoding in NER_DECODINGS:
+        for scores in WORD_SCORES:
+            tags, _, _ = predict_word_tags(model, tokenizer, sentences, max_length, features=features, logits=logits,
+                                           ner_decoding=decoding, word_scores=scores)
+            yield f"{decoding}/{scores}", tags
+
+
 def decoding_scores(
     model: FSModel,
     tokenizer,
@@ -247,15 +264,13 @@ def decoding_scores(
     """Strict span precision / recall / F1 of one forward's logits under every NER decoding.
 
     Keys are ``"{ner_decoding}/{word_scores}"`` (greedy or viterbi, first or mean): the readings a user
-    chooses between on dev (``FSConfig.ner_decoding`` / ``word_scores``), scored without another forward.
+    chooses between on dev (``FSConfig.ner_decoding`` / ``word_scores``), scored without another forward
+    (:func:`decoding_readings`).
     """
     out = {}
-    for decoding in NER_DECODINGS:
-        for scores in WORD_SCORES:
-            tags, _, _ = predict_word_tags(model, tokenizer, sentences, max_length, features=features, logits=logits,
-                                           ner_decoding=decoding, word_scores=scores)
-            m = ner_metrics(gold, tags)
-            out[f"{decoding}/{scores}"] = {k: m[k] for k in ("precision", "recall", "f1")}
+    for key, tags in decoding_readings(model, tokenizer, sentences, max_length, features, logits):
+        m = ner_metrics(gold, tags)
+        out[key] = {k: m[k] for k in ("precision", "recall", "f1")}
     return out
 
 
