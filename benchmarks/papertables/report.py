@@ -51,9 +51,16 @@ PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "fs-linear", "fs-decay-
                "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
 
 
-#: further pairs: the combined levers against each of their parts and the rows given the same capacity
-COMBINED_PAIRS = {"ner": [("fs-r16-rslora-repeat2-causal", o) for o in
-                          ("fs-r16-rslora", "fs-repeat2-causal", "hf-native-r16-rslora", "hf-native", "mpnet")]}
+#: further pairs: the combined levers against each of their parts, and the capacity lever (rank 16, rsLoRA)
+#: against the commodity path given the same capacity and the best encoder (the 4,000 / sentence confirmations)
+_R16_PAIRS = [("fs-r16-rslora", o) for o in ("hf-native-r16-rslora", "hf-native")]
+COMBINED_PAIRS = {
+    "ner": [("fs-r16-rslora-repeat2-causal", o) for o in
+            ("fs-r16-rslora", "fs-repeat2-causal", "hf-native-r16-rslora", "hf-native", "mpnet")]
+    + _R16_PAIRS + [("fs-r16-rslora", "mpnet")],  # fs-bidirectional − fs-r16-rslora is a PAIRED_ROWS pair
+    **{t: [*_R16_PAIRS, ("fs-r16-rslora", "fs-bidirectional"), ("fs-r16-rslora", "minilm")]
+       for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")},
+}
 
 
 def paired_lines(table: str, recs: list[dict], metric: str) -> list[str]:

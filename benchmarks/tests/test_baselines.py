@@ -330,6 +330,25 @@ def test_the_report_scores_every_decoding_chooses_on_dev_and_pairs_the_levers_un
     assert R.decoding_lines("rt-polarity", R.load_records(out, "ner"), out) == []  # NER tables only
 
 
+def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_and_the_encoders(tmp_path):
+    out = tmp_path / "out"
+    scores = {("fs-r16-rslora", "ner"): (.86, .88), ("hf-native-r16-rslora", "ner"): (.87, .86), ("mpnet", "ner"): (.90, .89),
+              ("fs-r16-rslora", "rt-polarity"): (.85, .84), ("hf-native-r16-rslora", "rt-polarity"): (.80, .83),
+              ("minilm", "rt-polarity"): (.81, .80)}
+    for (row, table), per_seed in scores.items():
+        metric = "f1" if table == "ner" else "accuracy"
+        for seed, v in enumerate(per_seed):
+            write_json(PL.cell_path(out, table, PL.cell_id(row, 4000, seed)), {
+                "cell_id": PL.cell_id(row, 4000, seed), "method": row, "train_size": 4000, "seed": seed,
+                "test": {metric: v}, "dev_metric": v, "settings": {"lr": 0.001}})
+    ner = "\n".join(R.paired_lines("ner", R.load_records(out, "ner"), "f1"))
+    assert "fs-r16-rslora − hf-native-r16-rslora, seeds 0,1: test f1 +0.50 ± 1.50 (-1.0, +2.0)" in ner
+    assert "fs-r16-rslora − mpnet, seeds 0,1: test f1 -2.50 ± 1.50 (-4.0, -1.0)" in ner
+    rt = "\n".join(R.paired_lines("rt-polarity", R.load_records(out, "rt-polarity"), "accuracy"))
+    assert "fs-r16-rslora − hf-native-r16-rslora, seeds 0,1: test accuracy +3.00 ± 2.00 (+5.0, +1.0)" in rt
+    assert "fs-r16-rslora − minilm, seeds 0,1: test accuracy +4.00 ± 0.00 (+4.0, +4.0)" in rt
+
+
 def test_cells_of_a_grid_since_extended_are_stale():
     g3 = {"size": 1000, "seed": 0, "dev": {"0.001": 0.8, "0.0005": 0.7}, "chosen_lr": 1e-3}
     g4 = {**g3, "dev": {**g3["dev"], "0.002": 0.9}, "chosen_lr": 2e-3}
