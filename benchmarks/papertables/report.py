@@ -552,6 +552,15 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     return lines, series
 
 
+def backbones_of(all_recs: dict[str, list[dict]]) -> str:
+    """The decoder backbone(s) the cells trained (their budget's ``model``; SmolLM2 where none ran yet), as
+    fsllm's built-in model list describes them."""
+    from fsllm.backbones import BUILTIN_MODELS
+
+    names = sorted({(r.get("settings") or {}).get("model") for recs in all_recs.values() for r in recs} - {None})
+    return "; ".join(BUILTIN_MODELS[n].description if n in BUILTIN_MODELS else n for n in names or ["smollm2-135m"])
+
+
 def write_report(out: Path, seeds: Sequence[int]) -> Path:
     """Write ``out/REPORT.md`` and its figures beside it: every table, from the cell JSONs under ``out``."""
     out = Path(out)
@@ -562,7 +571,7 @@ def write_report(out: Path, seeds: Sequence[int]) -> Path:
         (f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python benchmarks/paper_tables.py report` from the cell "
          f"JSONs under `{os.path.relpath(out, REPO) if str(out).startswith(str(REPO)) else out}`."),
         "",
-        ("Backbone: SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to fp32) for the FS, causal, zero-shot and "
+        (f"Backbone: {backbones_of(all_recs)} for the FS, causal, hf-native, zero-shot and "
          "instruction-tuned rows; encoders all-MiniLM-L6-v2 / all-mpnet-base-v2. The paper used LLaMA-2-7B on "
          "SST-2/SST-5/AGNews/Twitter-Fin/CoNLL-2003/OntoNotes with full training sets; we use the offline "
          "stand-ins (rt-polarity ~ SST-2, rt-5 ~ SST-5, bbc-news ~ AGNews (topic), tweets-3 ~ Twitter-Fin, "

@@ -349,6 +349,14 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     assert "fs-r16-rslora − minilm, seeds 0,1: test accuracy +4.00 ± 0.00 (+4.0, +4.0)" in rt
 
 
+def test_the_report_names_the_backbone_its_cells_trained():
+    smol = {"ner": [{"settings": {"model": "smollm2-135m"}}, {"settings": {"encoder_lr": 5e-5}}]}
+    assert R.backbones_of(smol).startswith("SmolLM2-135M-Instruct")
+    gemma = {"ner": [{"settings": {"model": "gemma3-270m"}}], "rt-polarity": [{"settings": None}]}
+    assert R.backbones_of(gemma).startswith("Gemma-3-270m base") and "SmolLM2" not in R.backbones_of(gemma)
+    assert R.backbones_of({}).startswith("SmolLM2")  # nothing ran yet: the tables' default backbone
+
+
 def test_cells_of_a_grid_since_extended_are_stale():
     g3 = {"size": 1000, "seed": 0, "dev": {"0.001": 0.8, "0.0005": 0.7}, "chosen_lr": 1e-3}
     g4 = {**g3, "dev": {**g3["dev"], "0.002": 0.9}, "chosen_lr": 2e-3}
