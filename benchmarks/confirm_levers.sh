@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The confirmations of the accuracy levers (docs/levers.md), as two lanes of paper-table commands that
+# can run side by side, one torch thread each (a 2-core machine). Every command skips the cells already
+# written and resumes an interrupted run folder from its last checkpoint, so rerunning a lane after an
+# interruption continues it; the order is the order of importance.
+#
+#   OMP_NUM_THREADS=1 bash benchmarks/confirm_levers.sh a > lane-a.log 2>&1 &
+#   OMP_NUM_THREADS=1 bash benchmarks/confirm_levers.sh b > lane-b.log 2>&1 &
+#   DRY_RUN=1 bash benchmarks/confirm_levers.sh a     # each command's plan: cells done, to run, estimates
+#
+# RUNS_DIR (second argument, default runs/) holds the run folders; RESULTS (environment, default
+# benchmarks/results) the cell JSONs, e.g. a checkout's own when the lanes run from a copy of it.
+# A command that fails is reported and the lane goes on to the next one.
+#
+# Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again at its tuned rate
+# (its cells then carry every NER reading), the paper's instruction-tuned and zero-shot rows, the
+# screen's remaining seeds. Lane b: the sentence confirmations (rt-polarity, tweets-3 at 1,000), hf-native
+# given the same capacity at NER 4,000, Gemma-3-270m, the rest of the screen's seeds.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+lane=${1:?usage: confirm_levers.sh a|b [RUNS_DIR]}
+runs=${2:-runs}
+tables=(python benchmarks/paper_tables.py)
+res=${RESULTS:-benchmarks/results}
+[ -n "${DRY_RUN:-}" ] && tables+=(--dry-run)
+
+screen() {  # ROW SEED: one cell of the NER 1,000 screen
+  "${tables[@]}" ner --out $res/levers-screen --runs "$runs/levers-screen" --sizes 1000 --epochs 3 --lr 1e-3 \
+    --dev-subset 500 --precision bf16 --only "$1" --seeds "$2"
+}
+confirm_ner() {  # ROWS [extra flags]: NER 4,000, the tuned table's budget, rates on the mean dev of seeds 0-2
+  local rows=$1; shift
+  "${tables[@]}" ner --out $res/confirm-4000 --runs "$runs/confirm-4000" --sizes 4000 --seeds 0,1,2 --epochs 4 \
+    --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 5e-4,1e-3 \
+    --grid-sizes 4000 --grid-seeds 0,1,2 --only "$rows" "$@"
+}
+sentences() {  # TABLE ROWS OUT [extra flags]: 1,000 sentences, the same budget, three-seed grids
+  local table=$1 rows=$2 out=$3; shift 3
+  "${tables[@]}" "$table" --out "$out" --runs "$runs/$(basename "$out")" --sizes 1000 --seeds 0,1,2 --epochs 4 \
+    --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 2e-4,5e-4,1e-3 \
+    --encoder-lr-grid 1e-5,2e-5,5e-5,1e-4 --grid-sizes 1000 --grid-seeds 0,1,2 --only "$rows" "$@"
+}
+paper() {  # TABLE ROWS: the paper table's own budget (3 epochs, lr 1e-3, fp32), seed 0
+  "${tables[@]}" "$1" --out $res/paper --runs "$runs/paper" --sizes 1000 --seeds 0 --dev-subset 500 \
+    --evals-per-epoch 1 --only "$2"
+}
+
+case $lane in
+  a)
+    confirm_ner fs-r16-rslora
+    "${tables[@]}" ner --out $res/confirm-4000 --runs "$runs/confirm-4000" --sizes 4000 --seeds 0,1,2 --epochs 10 \
+      --patience 2 --evals-per-epoch 1 --dev-subset 500 --precision bf16 --encoder-lr 5e-5 --only mpnet
+    paper ner zero-shot,instruction-tuned
+    paper rt-polarity instruction-tuned
+    for cell in fs-decay-0.1:1 fs-lambda-schedule-0.3:1 fs-dora:1 fs-adapt:1 fs-lambda-schedule:1; do
+      screen "${cell%%:*}" "${cell##*:}"
+    done
+    ;;
+  b)
+    for t in rt-polarity tweets-3; do
+      sentences "$t" fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
+    done
+    confirm_ner hf-native-r16-rslora
+    # the second backbone: FS (fsllm's head is the only way to NER on Gemma 3: transformers has no
+    # Gemma3 token-classification class), and hf-native where it can run (sequence classification)
+    sentences rt-polarity fs-r16-rslora,fs-bidirectional,hf-native $res/gemma3 --model gemma3-270m
+    "${tables[@]}" ner --out $res/gemma3 --runs "$runs/gemma3" --sizes 4000 --seeds 0,1,2 --epochs 4 --patience 2 \
+      --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 5e-4,1e-3 --grid-sizes 4000 \
+      --grid-seeds 0,1,2 --only fs-r16-rslora --model gemma3-270m
+    for cell in fs-lambda-schedule-0.3:2 fs-dora:2 fs-adapt:2 fs-lambda-schedule:2; do
+      screen "${cell%%:*}" "${cell##*:}"
+    done
+    ;;
+  *) echo "confirm_levers.sh: lane must be a or b, got '$lane'" >&2; exit 2 ;;
+esac
+echo "lane $lane: done"
