@@ -38,7 +38,7 @@ sentences() {  # TABLE ROWS OUT [extra flags]: 1,000 sentences, the same budget,
   local table=$1 rows=$2 out=$3; shift 3
   "${tables[@]}" "$table" --out "$out" --runs "$runs/$(basename "$out")" --sizes 1000 --seeds 0,1,2 --epochs 4 \
     --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 2e-4,5e-4,1e-3 \
-    --encoder-lr-grid 1e-5,2e-5,5e-5,1e-4 --grid-sizes 1000 --grid-seeds 0,1,2 --only "$rows" "$@"
+    --encoder-lr-grid 1e-5,2e-5,5e-5,1e-4,2e-4 --grid-sizes 1000 --grid-seeds 0,1,2 --only "$rows" "$@"
 }
 paper() {  # TABLE ROWS: the paper table's own budget (3 epochs, lr 1e-3, fp32), seed 0
   "${tables[@]}" "$1" --out $res/paper --runs "$runs/paper" --sizes 1000 --seeds 0 --dev-subset 500 \
