@@ -439,7 +439,14 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
         n_train = train_size_of(dataset)
     except Exception:  # noqa: BLE001 - data package missing: plan from the records only
         n_train = 10**9
-    planned = plan(table, sizes or DEFAULT_SIZES[table], seeds, n_train=n_train)
+    # a folder that ran some rows of a table at some sizes (a screen, a confirmation) plans those rows at those
+    # sizes only; the other rows are named once below the table rather than as "not run" lines and entries
+    ran = [*recs, *stale]
+    ran_sizes = [n for n in DEFAULT_SIZES[table] if any(r["train_size"] == n for r in ran)]
+    planned = plan(table, sizes or ran_sizes or DEFAULT_SIZES[table], seeds, n_train=n_train)
+    present = {r["method"] for r in ran}
+    absent = [row.name for row in TABLE_ROWS[table] if present and row.name not in present]
+    planned = [c for c in planned if not present or c.row.name in present]
     done = {(r["method"], r["train_size"], r["seed"]) for r in recs}
     metric = TABLE_METRIC.get(table, "accuracy")
     lines = [f"## {table} ({dataset})", ""]
@@ -507,6 +514,8 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
         cols += f" {_ms(by_dev.get(k, []))} | {wall} | {paper_number(table, row_name)} |"
         lines.append(cols)
     lines.append("")
+    if absent:
+        lines += [f"Rows of the {table} table with no cell in this folder: {', '.join(absent)}.", ""]
     if smoke:
         lines += ["† smoke settings (test subset or capped training steps): not comparable with the other rows.", ""]
     # FS vs causal
@@ -603,7 +612,12 @@ def write_report(out: Path, seeds: Sequence[int]) -> Path:
     lines.append("")
     total = sum((r.get("cell_seconds") or 0) for recs in all_recs.values() for r in recs)
     lines += [f"Total compute in finished cells: {total / 3600:.1f} h.", ""]
+    empty = [t for t in TABLES if not all_recs[t]]
+    if len(empty) < len(TABLES):  # a folder of some tables (a screen, a confirmation): the others named once
+        lines += [f"Tables with no cell in this folder: {', '.join(empty)}.", ""] if empty else []
     for t in TABLES:
+        if t in empty and len(empty) < len(TABLES):
+            continue
         tl, _ = table_report(t, out, seeds)
         lines += tl
     if baselines.mpnet_dir(None)[0] is None:

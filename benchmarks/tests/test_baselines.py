@@ -273,9 +273,10 @@ def test_alias_reuse_and_dev_curve(tmp_path):
 def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
     monkeypatch.setattr(PL, "_TRAIN_SIZES", {d: 10**5 for d in set(TABLE_DATA.values())})
     out = tmp_path / "out"
-    for row, seed, f1 in (("fs-bidirectional", 0, 0.50), ("fs-bidirectional", 1, 0.52), ("causal", 0, 0.60)):
-        write_json(PL.cell_path(out, "ner", PL.cell_id(row, 1000, seed)), {
-            "cell_id": PL.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
+    for row, size, seed, f1 in (("fs-bidirectional", 1000, 0, 0.50), ("fs-bidirectional", 1000, 1, 0.52),
+                                ("causal", 1000, 0, 0.60), ("fs-bidirectional", 4000, 0, 0.70)):
+        write_json(PL.cell_path(out, "ner", PL.cell_id(row, size, seed)), {
+            "cell_id": PL.cell_id(row, size, seed), "method": row, "train_size": size, "seed": seed,
             "test": {"f1": f1}, "dev_metric": f1,
             "train_seconds": 60, "cell_seconds": 90, "dev_curve": [[1, f1 / 2], [2, f1]], "command": "python x",
             "cell_command": "python y", "settings": {"lr": 0.001}, "machine": {"cpu": "test cpu", "cores": 2},
@@ -284,7 +285,12 @@ def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
     text = path.read_text()
     assert "FS does NOT beat causal" in text
     assert "51.00 ± 1.41" in text and "| fs-bidirectional | 1000 |" in text
-    assert "not run" in text and "Not run (" in text
+    assert "| causal | 4000 | not run | 0/3 |" in text and "Not run (" in text
+    # the rows and tables this folder did not run are named once, not planned cell by cell
+    assert "Rows of the ner table with no cell in this folder: hf-native, fs-decay-0.1," in text
+    assert "Tables with no cell in this folder: rt-polarity, rt-5," in text and "## rt-polarity" not in text
+    not_run = next(line for line in text.splitlines() if line.startswith("Not run ("))
+    assert "causal__n1000__s1" in not_run and "causal__n4000__s0" in not_run and "hf-native" not in not_run
     assert (out / "dev_curves_ner.png").is_file()
     # rows measured at one size only still get their point in the size and cost figures
     assert (out / "f1_vs_size_ner.png").is_file() and "![test f1 against training size]" in text
