@@ -438,6 +438,46 @@ def test_fsllm_train_saves_the_decoding_and_scores_dev_with_it(tmp_path, tiny_mo
     assert "decodings_seconds" not in dev
 
 
+def test_one_threads_raw_reading_leaves_another_threads_pipeline_logits_alone(tmp_path):
+    """Threads sharing a model (a Predictor behind a threaded server): a reader's raw_logits in one thread
+    must neither reach a pipeline() forward in another nor, overlapping another reader's, outlive both."""
+    import threading
+
+    folder, tok = _saved_ner_model(tmp_path, "llama", ner_decoding="viterbi")
+    model = load_model(folder).eval()
+    ids = torch.tensor([tok(" ".join(SENTENCES[1]), add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        with raw_logits(model):
+            raw = model(ids).logits
+        ordered = model(ids).logits
+    assert not torch.equal(raw, ordered)
+    inside, done = [threading.Event() for _ in range(2)], [threading.Event() for _ in range(2)]
+    seen = {}
+
+    def reader(k):  # enters raw_logits, waits, reads, leaves when told
+        with torch.no_grad(), raw_logits(model):
+            inside[k].set()
+            done[k].wait(10)
+            seen[k] = model(ids).logits
+
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(2)]
+    threads[0].start()
+    assert inside[0].wait(10)
+    threads[1].start()
+    assert inside[1].wait(10)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ordered)  # both readers are inside: this thread is not
+    done[0].set()  # the first reader leaves while the second is still inside
+    threads[0].join(10)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ordered)
+    done[1].set()
+    threads[1].join(10)
+    assert torch.equal(seen[0], raw) and torch.equal(seen[1], raw)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, ordered)  # and nothing is left switched after both
+
+
 def test_an_eval_mode_loss_reads_the_heads_own_logits(tmp_path):
     folder, tok = _saved_ner_model(tmp_path, "llama", ner_decoding="viterbi")
     model = load_model(folder).eval()

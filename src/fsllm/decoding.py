@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import contextvars
 import dataclasses
 import zlib
 from collections.abc import Sequence
@@ -276,20 +277,28 @@ def word_starts(config, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     return real & ~space_only & (marked | after_space | first), real & ~space_only
 
 
+#: set within :func:`raw_logits`, per thread (and asyncio task): one caller's raw reading never leaks into
+#: another's forward, as a flag on the shared model would when threads share a Predictor
+_RAW = contextvars.ContextVar("fsllm_raw_logits", default=False)
+
+
 @contextlib.contextmanager
 def raw_logits(model):
     """Within it, an FS token model's ``forward`` returns its head's logits as they are: what fsllm's own
     readers (:func:`fsllm.evaluation.predict_word_tags`) decode, pool and score the loss with. Outside,
-    in eval mode, ``forward`` orders them for ``pipeline()`` (:func:`pipeline_logits`)."""
-    before = getattr(model, "pipeline_decoding", None)
-    if before is None:  # not an FS token model (a baseline): nothing to switch
-        yield
-        return
-    model.pipeline_decoding = False
+    in eval mode, ``forward`` orders them for ``pipeline()`` (:func:`pipeline_logits`). The switch is the
+    calling thread's own, so other threads using the same model meanwhile still get ordered logits."""
+    token = _RAW.set(True)
     try:
         yield
     finally:
-        model.pipeline_decoding = before
+        _RAW.reset(token)
+
+
+def reads_raw(model) -> bool:
+    """Whether an FS token model's eval-mode ``forward`` returns its head's logits as they are here: within
+    :func:`raw_logits` in this thread, or with the model's ``pipeline_decoding`` switched off."""
+    return _RAW.get() or not getattr(model, "pipeline_decoding", False)
 
 
 def pipeline_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -306,7 +315,7 @@ def pipeline_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     its tokenizer), without BIO labels, in training and within :func:`raw_logits`, the logits are
     returned as they are.
     """
-    if model.training or not getattr(model, "pipeline_decoding", False):
+    if model.training or reads_raw(model):
         return logits
     bio = model._bio_labels()
     cache = model.__dict__.setdefault("_word_start_cache", {})

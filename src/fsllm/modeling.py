@@ -473,7 +473,7 @@ class FSForTokenClassification(FSModel):
         return TokenClassifierOutput(loss=loss, logits=logits)
 
     #: eval-mode logits ordered for pipeline() (``fsllm.decoding.pipeline_logits``); fsllm's own readers
-    #: switch it off (``fsllm.decoding.raw_logits``)
+    #: read the head's logits within ``fsllm.decoding.raw_logits`` (a per-thread switch, not this flag)
     pipeline_decoding: bool = True
 
     def pipeline_logits(
@@ -485,9 +485,10 @@ class FSForTokenClassification(FSModel):
         The tag is the one the configured ``FSConfig.ner_decoding`` gives the word (see
         ``fsllm.decoding.pipeline_logits``). In training, with ``labels`` (a loss reads the head's own
         logits), and for fsllm's own readers, ``logits`` as they are."""
-        if self.training or labels is not None or not self.pipeline_decoding:
+        from .decoding import pipeline_logits, reads_raw
+
+        if self.training or labels is not None or reads_raw(self):
             return logits
-        from .decoding import pipeline_logits
 
         return pipeline_logits(self, input_ids, attention_mask, logits)
 
