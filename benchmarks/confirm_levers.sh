@@ -14,8 +14,8 @@
 #
 # Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again at its tuned rate
 # (its cells then carry every NER reading), the paper's instruction-tuned and zero-shot rows, the
-# screen's remaining seeds. Lane b: the sentence confirmations (rt-polarity, tweets-3 at 1,000), hf-native
-# given the same capacity at NER 4,000, Gemma-3-270m, the rest of the screen's seeds.
+# screen's remaining seeds. Lane b: the sentence confirmation on rt-polarity (1,000), hf-native given the
+# same capacity at NER 4,000, the same on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: confirm_levers.sh a|b [RUNS_DIR]}
@@ -57,10 +57,9 @@ case $lane in
     done
     ;;
   b)
-    for t in rt-polarity tweets-3; do
-      sentences "$t" fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
-    done
+    sentences rt-polarity fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
     confirm_ner hf-native-r16-rslora
+    sentences tweets-3 fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
     # the second backbone: FS (fsllm's head is the only way to NER on Gemma 3: transformers has no
     # Gemma3 token-classification class), and hf-native where it can run (sequence classification)
     sentences rt-polarity fs-r16-rslora,fs-bidirectional,hf-native $res/gemma3 --model gemma3-270m
