@@ -13,9 +13,10 @@
 # A command that fails is reported and the lane goes on to the next one.
 #
 # Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again at its tuned rate
-# (its cells then carry every NER reading), the paper's instruction-tuned and zero-shot rows, the
-# screen's remaining seeds. Lane b: the sentence confirmation on rt-polarity (1,000), hf-native given the
-# same capacity at NER 4,000, the same on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
+# (its cells then carry every NER reading), both on the full training set (FS at the rate chosen at
+# 4,000), the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the
+# sentence confirmation on rt-polarity (1,000), hf-native given the same capacity at NER 4,000 and on the
+# full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: confirm_levers.sh a|b [RUNS_DIR]}
@@ -40,6 +41,17 @@ sentences() {  # TABLE ROWS OUT [extra flags]: 1,000 sentences, the same budget,
     --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 2e-4,5e-4,1e-3 \
     --encoder-lr-grid 1e-5,2e-5,5e-5,1e-4,2e-4 --grid-sizes 1000 --grid-seeds 0,1,2 --only "$rows" "$@"
 }
+full_set() {  # ROW [flags]: the full CoNLL-2003 training set, the tuned table's full-set budget (2 epochs),
+  # at the rate the row's grid chose at 4,000 (the planner's rule for sizes above the grid's)
+  local row=$1; shift
+  local cell=$res/confirm-4000/ner/${row}__n4000__s0.json lr
+  if ! lr=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['lr'])" "$cell" 2>/dev/null); then
+    echo "full set, $row: no rate chosen at 4,000 yet ($cell); skipped" >&2
+    return 0
+  fi
+  "${tables[@]}" ner --out $res/confirm-full --runs "$runs/confirm-full" --sizes 14041 --seeds 0,1,2 --epochs 2 \
+    --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr "$lr" --only "$row" "$@"
+}
 paper() {  # TABLE ROWS: the paper table's own budget (3 epochs, lr 1e-3, fp32), seed 0
   "${tables[@]}" "$1" --out $res/paper --runs "$runs/paper" --sizes 1000 --seeds 0 --dev-subset 500 \
     --evals-per-epoch 1 --only "$2"
@@ -50,6 +62,9 @@ case $lane in
     confirm_ner fs-r16-rslora
     "${tables[@]}" ner --out $res/confirm-4000 --runs "$runs/confirm-4000" --sizes 4000 --seeds 0,1,2 --epochs 10 \
       --patience 2 --evals-per-epoch 1 --dev-subset 500 --precision bf16 --encoder-lr 5e-5 --only mpnet
+    full_set fs-r16-rslora
+    "${tables[@]}" ner --out $res/confirm-full --runs "$runs/confirm-full" --sizes 14041 --seeds 0,1,2 --epochs 2 \
+      --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --encoder-lr 5e-5 --only mpnet
     paper ner zero-shot,instruction-tuned
     paper rt-polarity instruction-tuned
     for cell in fs-decay-0.1:1 fs-lambda-schedule-0.3:1 fs-dora:1 fs-adapt:1 fs-lambda-schedule:1; do
@@ -59,6 +74,7 @@ case $lane in
   b)
     sentences rt-polarity fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
     confirm_ner hf-native-r16-rslora
+    full_set hf-native-r16-rslora
     sentences tweets-3 fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
     # the second backbone: FS (fsllm's head is the only way to NER on Gemma 3: transformers has no
     # Gemma3 token-classification class), and hf-native where it can run (sequence classification)
