@@ -54,6 +54,45 @@ def test_moe_defaults_adapt_dense_projections_not_experts_or_routers():
     assert not any(type(m).__name__ == "ParamWrapper" for m in model.modules())
 
 
+def test_exact_targets_hold_in_the_calling_thread_only_and_end_with_it(monkeypatch):
+    """Models built in other threads meanwhile keep PEFT's rewrite, and blocks that overlap across threads
+    leave it working after both end (swapping the function in and out did neither)."""
+    import threading
+
+    import peft.utils.transformers_weight_conversion as conversion
+
+    from fsllm.backbones import exact_lora_targets
+
+    calls = []
+    monkeypatch.setattr(conversion, "convert_peft_config_for_transformers",
+                        lambda *a, **k: calls.append(threading.current_thread().name))
+
+    def convert():  # as PEFT calls it: through the module, at the time
+        conversion.convert_peft_config_for_transformers(None, None, None)
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def builder():
+        with exact_lora_targets():
+            inside.set()
+            leave.wait(10)
+            convert()
+
+    t = threading.Thread(target=builder, name="builder")
+    t.start()
+    assert inside.wait(10)
+    convert()  # this thread is not in the block: PEFT rewrites
+    assert calls == ["MainThread"]
+    with exact_lora_targets():  # a block of this thread that ends before the other thread's
+        convert()
+    assert calls == ["MainThread"]
+    leave.set()
+    t.join(10)
+    assert calls == ["MainThread"]  # the builder, still in its block, skipped it
+    convert()
+    assert calls == ["MainThread", "MainThread"]
+
+
 def test_expert_parameters_on_request_need_dropout_zero(tmp_path):
     from fsllm import FSConfig
 

@@ -10,12 +10,14 @@ loads read directly.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import importlib.metadata
 import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,6 +435,11 @@ def lora_config(model: nn.Module, *, r: int, alpha: float, dropout: float, targe
                       **options)
 
 
+#: set within :func:`exact_lora_targets`, per thread (and asyncio task); the lock guards wrapping PEFT once
+_EXACT_TARGETS = contextvars.ContextVar("fsllm_exact_lora_targets", default=False)
+_HOOK_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def exact_lora_targets() -> Iterator[None]:
     """Within the block PEFT takes the target names of a ``LoraConfig`` as they are.
@@ -442,18 +449,29 @@ def exact_lora_targets() -> Iterator[None]:
     adapter trained on transformers 4 still loads; for fsllm's targets, found on the transformers 5 model, that
     would adapt the experts (refusing any dropout) instead of the dense projections of those names. fsllm's
     adapters are written and read by this same code, so the rewrite never applies to them.
+
+    PEFT's rewrite is wrapped once, to skip itself where the calling thread is within this block: models
+    built meanwhile in other threads (PEFT used directly, another fsllm block ending first) keep PEFT's
+    own behaviour, which swapping the function in and out around the block would not guarantee.
     """
     try:
         import peft.utils.transformers_weight_conversion as conversion
     except ImportError:  # a PEFT from before the rewrite: the names are taken as they are already
         yield
         return
-    original = conversion.convert_peft_config_for_transformers
-    conversion.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    with _HOOK_LOCK:
+        original = conversion.convert_peft_config_for_transformers
+        if not getattr(original, "_fsllm_exact_targets", False):
+            def convert(*args, **kwargs):
+                return None if _EXACT_TARGETS.get() else original(*args, **kwargs)
+
+            convert._fsllm_exact_targets = True
+            conversion.convert_peft_config_for_transformers = convert
+    token = _EXACT_TARGETS.set(True)
     try:
         yield
     finally:
-        conversion.convert_peft_config_for_transformers = original
+        _EXACT_TARGETS.reset(token)
 
 
 def model_config_summary(name_or_path: str) -> dict:
