@@ -76,6 +76,8 @@ case $lane in
     confirm_ner hf-native-r16-rslora
     full_set hf-native-r16-rslora
     sentences tweets-3 fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
+    # today's default under the same selection, to pair rank 16 with it seed by seed on sentences too
+    for t in rt-polarity tweets-3; do sentences "$t" fs-bidirectional $res/confirm-sentences; done
     # the second backbone: FS (fsllm's head is the only way to NER on Gemma 3: transformers has no
     # Gemma3 token-classification class), and hf-native where it can run (sequence classification)
     sentences rt-polarity fs-r16-rslora,fs-bidirectional,hf-native $res/gemma3 --model gemma3-270m
