@@ -355,6 +355,39 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     assert "fs-r16-rslora − minilm, seeds 0,1: test accuracy +4.00 ± 0.00 (+4.0, +4.0)" in rt
 
 
+def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_much_they_are_missed(tmp_path):
+    out = tmp_path / "out"
+
+    def cell(table, row, size, seed, test, dev=None, **extra):
+        rec = {"cell_id": PL.cell_id(row, size, seed), "method": row, "train_size": size, "seed": seed,
+               "test": test, "dev_metric": 0.5, "settings": {}, **extra}
+        if dev:
+            rec["dev"] = {"decodings": _decoded(dev)}
+        write_json(PL.cell_path(out, table, rec["cell_id"]), rec)
+
+    # dev prefers viterbi/mean for FS: its test there (.90, .92) is what the targets read, not greedy/first
+    for seed, (gf, vm) in enumerate([(.85, .90), (.87, .92)]):
+        readings = {"greedy/first": gf, "greedy/mean": gf, "viterbi/first": gf, "viterbi/mean": vm}
+        dev = {**{k: .80 for k in readings}, "viterbi/mean": .85}
+        cell("ner", "fs-r16-rslora", 4000, seed, {"f1": gf, "decodings": _decoded(readings)}, dev)
+        cell("ner", "hf-native-r16-rslora", 4000, seed, {"f1": .895 + .01 * seed})
+        cell("ner", "mpnet", 4000, seed, {"f1": .89})
+        cell("ner", "fs-r16-rslora", 14041, seed, {"f1": .905 + .004 * seed})
+    text = "\n".join(R.target_lines("ner", R.load_records(out, "ner"), out))
+    assert "fs-r16-rslora, full training set: 90.70 over seeds 0,1 against 91.00: **missed by 0.30**." in text
+    assert "fs-r16-rslora, 4,000 (viterbi/mean): 91.00 against MPNet's 89.00: **met**." in text
+    # paired: (.90 - .895) and (.92 - .905) = +1.0 on average, the margin itself
+    assert "fs-r16-rslora, 4,000: +1.00 paired over seeds 0,1 against hf-native-r16-rslora, target +1.0: **met**." in text
+    labels = {"negative": {"support": 50}, "positive": {"support": 50}}
+    for seed, acc in enumerate([.82, .58, .84]):  # seed 1 is within 10 points of the majority's 50%
+        cell("rt-polarity", "fs-r16-rslora", 1000, seed, {"accuracy": acc, "per_label": labels})
+        cell("rt-polarity", "minilm", 1000, seed, {"accuracy": .80, "per_label": labels})
+    text = "\n".join(R.target_lines("rt-polarity", R.load_records(out, "rt-polarity"), out))
+    assert "fs-r16-rslora, 1,000: 74.67 against the best other row, minilm 80.00: **missed by 5.33**." in text
+    assert "fs-r16-rslora, 1,000: collapsed seeds 1: **missed**." in text
+    assert R.target_lines("rt-5", [], out) == []
+
+
 def test_the_report_names_the_backbone_its_cells_trained():
     smol = {"ner": [{"settings": {"model": "smollm2-135m"}}, {"settings": {"encoder_lr": 5e-5}}]}
     assert R.backbones_of(smol).startswith("SmolLM2-135M-Instruct")
