@@ -79,8 +79,8 @@ case $lane in
     # today's default under the same selection, to pair rank 16 with it seed by seed on sentences too
     for t in rt-polarity tweets-3; do sentences "$t" fs-bidirectional $res/confirm-sentences; done
     # the second backbone: FS (fsllm's head is the only way to NER on Gemma 3: transformers has no
-    # Gemma3 token-classification class), and hf-native where it can run (sequence classification)
-    sentences rt-polarity fs-r16-rslora,fs-bidirectional,hf-native $res/gemma3 --model gemma3-270m
+    # Gemma3 token-classification class), and hf-native at the same capacity where it can run (sequences)
+    sentences rt-polarity fs-r16-rslora,hf-native-r16-rslora $res/gemma3 --model gemma3-270m
     "${tables[@]}" ner --out $res/gemma3 --runs "$runs/gemma3" --sizes 4000 --seeds 0,1,2 --epochs 4 --patience 2 \
       --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 5e-4,1e-3 --grid-sizes 4000 \
       --grid-seeds 0,1,2 --only fs-r16-rslora --model gemma3-270m
