@@ -15,9 +15,12 @@ finds under each reading (the model's ``word_starts`` computed from its tokenize
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
+
+import torch
 
 from fsllm.decoding import entities_from_tags, iob2_spans, set_decoding, word_start_table
 from fsllm.decoding import raw_logits as raw
@@ -60,6 +63,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="write the results here (JSON)")
     p.add_argument("--pipeline", type=int, default=0, metavar="N", help="compare pipeline() on the first N sentences")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="the forward's autocast: a run trained under bf16 scored its dev and test under the Trainer's "
+                        "bf16 autocast, which bf16 here comes close to (within bf16's rounding); fp32 (default) reads "
+                        "the weights as saved")
     a = p.parse_args()
 
     pred = Predictor.from_pretrained(a.model, batch_size=a.batch_size)
@@ -70,7 +77,8 @@ def main() -> None:
     gold = [list(ex["tags"]) for ex in exs]
     start = time.time()
     features = word_features(sentences, pred.tokenizer, pred.max_length)
-    with raw(pred.model):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if a.precision == "bf16" else contextlib.nullcontext()
+    with raw(pred.model), autocast:
         logits = batched_logits(pred.model, features[0], a.batch_size, pred.tokenizer.pad_token_id or 0, progress=a.split)
     forward_s = time.time() - start
     results = {}
@@ -87,7 +95,8 @@ def main() -> None:
         print(f"{decoding:8s} {scores:6s} f1 {m['f1']:.4f}  P {m['precision']:.4f}  R {m['recall']:.4f}  "
               f"pred {m['n_pred_entities']}  stray-I sentences {stray}"
               + (f"  pipeline() identical {results[key]['pipeline_identical_sentences']}" if a.pipeline else ""))
-    out = {"model": str(a.model), "data": a.data, "split": a.split, "subset": a.subset, "n_sentences": len(exs),
+    out = {"model": str(a.model), "data": a.data, "split": a.split, "subset": a.subset, "precision": a.precision,
+           "n_sentences": len(exs),
            "n_gold_entities": ner_metrics(gold, gold)["n_true_entities"], "forward_seconds": round(forward_s, 1),
            "results": results}
     if a.out:
