@@ -440,6 +440,22 @@ def test_health_info_and_prometheus_metrics(seq_server):
     assert metric(text, "fsllm_texts_total") >= 1 and metric(text, "fsllm_requests_in_flight") == 1  # the scrape
 
 
+def test_the_token_budget_counts_what_a_repeating_model_reads(tmp_path):
+    """A model that repeats its input (FSConfig.repeat = 2) reads each text twice in a forward: the batcher
+    counts twice its tokens against max_batch_tokens, and the CPU default holds one of its windows."""
+    for cls, task in ((FSForTokenClassification, "token"), (FSForSequenceClassification, "sequence")):
+        labels = NER_LABELS if task == "token" else SEQ_LABELS
+        unit = {"input_ids": [5, 6, 7]} if task == "token" else "a text"
+        for reps in (1, 2):
+            tok, backbone = word_llama(seed=5)  # from_backbone wraps the backbone it is given
+            folder = _save(cls.from_backbone(backbone, fs_config=FSConfig(repeat=reps), id2label=labels), tok,
+                           tmp_path / f"{task}-{reps}")
+            app = create_app(Predictor.from_pretrained(folder, max_length=300), device="cpu")
+            batcher = app.state.batcher
+            assert batcher.size_of(unit) == reps * (3 if task == "token" else len("a text"))
+            assert batcher.max_batch_tokens == max(512, reps * 300) == app.state.info["max_batch_tokens"]
+
+
 def test_info_has_every_field_of_teis_info_schema_for_sequence_and_ner_models(seq_server, ner_server):
     """``/info`` validates against TEI's published ``Info`` schema, with every property present (the nullable
     ones as null), for a sequence and an NER model, and keeps fsllm's own fields."""

@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="texts waiting at most; beyond, requests get 503 + Retry-After (default 256)")
     sv.add_argument("--max-batch-tokens", type=int, default=None,
                     help="most tokens in one forward; a long NER text's windows go in chunks of it between other "
-                         "requests' texts (default: 16384 on a GPU, as TEI; on a CPU 512, or the model's max length "
+                         "requests' texts; a model trained with --repeat K counts each text K times, as it reads "
+                         "it (default: 16384 on a GPU, as TEI; on a CPU 512, or the model's max length times K "
                          "if longer)")
     sv.add_argument("--max-input-tokens", type=int, default=None,
                     help="NER models: most sub-tokens in one input, longer ones get 413 (default 32768; TEI's "

@@ -67,15 +67,16 @@ GPU_MAX_BATCH_TOKENS = 16384  # TEI's default
 CPU_MAX_BATCH_TOKENS = 512
 
 
-def default_max_batch_tokens(device: str, max_length: int) -> int:
-    """TEI's 16,384 tokens a forward on a GPU; on a CPU, 512 or one window (``max_length``) if longer.
+def default_max_batch_tokens(device: str, max_length: int, repeat: int = 1) -> int:
+    """TEI's 16,384 tokens a forward on a GPU; on a CPU, 512 or one window (``max_length``, times the
+    model's ``FSConfig.repeat``: a repeating model's forward reads each text that many times) if longer.
 
     Why so few on a CPU: there a forward's time grows with its tokens (a 256-token window of a 135M-parameter
     model takes seconds on one core), and a request queued behind a long text's chunk waits for that
     forward; batching short texts gains little past a few hundred tokens, since it saves the per-call
     cost and the padding, not the arithmetic (docs/serving.md).
     """
-    return GPU_MAX_BATCH_TOKENS if device.startswith("cuda") else max(CPU_MAX_BATCH_TOKENS, max_length)
+    return GPU_MAX_BATCH_TOKENS if device.startswith("cuda") else max(CPU_MAX_BATCH_TOKENS, max_length * repeat)
 
 
 def _versions() -> dict[str, str]:
@@ -161,7 +162,8 @@ def create_app(
     as the folder says; see :class:`~fsllm.inference.Predictor`).
 
     ``max_batch_tokens``: most tokens in one forward (a long NER text's windows go in chunks of it,
-    between other requests' texts; default :func:`default_max_batch_tokens`). ``max_input_tokens``: token (NER) models only, most sub-tokens in one
+    between other requests' texts; default :func:`default_max_batch_tokens`), counted as the model reads them
+    (a model with ``FSConfig.repeat = K`` reads each text K times). ``max_input_tokens``: token (NER) models only, most sub-tokens in one
     input (default :data:`DEFAULT_MAX_INPUT_TOKENS`); a sequence model's limit is its max input length.
     """
     from ..inference import Predictor
@@ -180,14 +182,17 @@ def create_app(
                           f"is the one it was trained with ({predictor.max_length} tokens)")
     max_input = predictor.max_length if task == "sequence" else (max_input_tokens or DEFAULT_MAX_INPUT_TOKENS)
     device_name = str(next(predictor.model.parameters()).device)
+    # the tokens a forward holds: a model that repeats its input (FSConfig.repeat) reads each text k times
+    repeat = int((getattr(predictor.model.config, "fs", None) or {}).get("repeat", 1) or 1)
     if max_batch_tokens is None:
-        max_batch_tokens = default_max_batch_tokens(device_name, predictor.max_length)
+        max_batch_tokens = default_max_batch_tokens(device_name, predictor.max_length, repeat)
     paired = task == "sequence" and bool(getattr(predictor.model.config, "text_pair", False))
     id2label = {int(k): v for k, v in predictor.model.id2label.items()}
     metrics = Metrics()
     batcher = DynamicBatcher(
         _run_batch_fn(predictor, max_batch_size), max_batch_size, max_wait_ms, max_queue, on_batch=metrics.observe_batch,
-        max_batch_tokens=max_batch_tokens, size_of=(lambda w: len(w["input_ids"])) if task == "token" else len,
+        max_batch_tokens=max_batch_tokens,
+        size_of=(lambda w: repeat * len(w["input_ids"])) if task == "token" else (lambda t: repeat * len(t)),
         on_depth=metrics.queue_depth.set,
     )
     backbone = getattr(predictor.model, "backbone_ref", None) or getattr(
