@@ -445,14 +445,14 @@ def test_the_token_budget_counts_what_a_repeating_model_reads(tmp_path):
     counts twice its tokens against max_batch_tokens, and the CPU default holds one of its windows."""
     for cls, task in ((FSForTokenClassification, "token"), (FSForSequenceClassification, "sequence")):
         labels = NER_LABELS if task == "token" else SEQ_LABELS
-        unit = {"input_ids": [5, 6, 7]} if task == "token" else "a text"
+        unit = {"input_ids": [5, 6, 7]} if task == "token" else [5, 6, 7]  # an NER window / a text's token ids
         for reps in (1, 2):
             tok, backbone = word_llama(seed=5)  # from_backbone wraps the backbone it is given
             folder = _save(cls.from_backbone(backbone, fs_config=FSConfig(repeat=reps), id2label=labels), tok,
                            tmp_path / f"{task}-{reps}")
             app = create_app(Predictor.from_pretrained(folder, max_length=300), device="cpu")
             batcher = app.state.batcher
-            assert batcher.size_of(unit) == reps * (3 if task == "token" else len("a text"))
+            assert batcher.size_of(unit) == reps * 3
             assert batcher.max_batch_tokens == max(512, reps * 300) == app.state.info["max_batch_tokens"]
 
 
