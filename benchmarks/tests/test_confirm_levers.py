@@ -1,0 +1,63 @@
+"""benchmarks/confirm_levers.sh: the commands each lane runs, in order, with ``python`` replaced by a stub that
+prints its arguments (``python -c`` still runs, as the full-set step reads the rate chosen at 4,000 with it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "confirm_levers.sh"
+
+
+def _lane(tmp_path: Path, lane: str, results: Path) -> tuple[int, list[list[str]], str]:
+    stub = tmp_path / "bin"
+    stub.mkdir(exist_ok=True)
+    (stub / "python").write_text(f'#!/bin/sh\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\necho "$@"\n')
+    (stub / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub}{os.pathsep}{os.environ['PATH']}", "RESULTS": str(results)}
+    env.pop("DRY_RUN", None)
+    p = subprocess.run(["bash", str(SCRIPT), lane, str(tmp_path / "runs")], env=env, capture_output=True, text=True,
+                       timeout=60)
+    commands = [line.split() for line in p.stdout.splitlines() if line.startswith("benchmarks/paper_tables.py")]
+    return p.returncode, commands, p.stderr
+
+
+def _flag(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_chosen_at_4000(tmp_path):
+    results = tmp_path / "results"
+    code, cmds, err = _lane(tmp_path, "a", results)
+    assert code == 0
+    # no 4,000 cell yet: the full-set step says so and is skipped, the lane goes on
+    assert "full set, fs-r16-rslora: no rate chosen at 4,000 yet" in err
+    assert [(c[1], _flag(c, "--only"), _flag(c, "--sizes")) for c in cmds[:3]] == [
+        ("ner", "fs-r16-rslora", "4000"), ("ner", "mpnet", "4000"), ("ner", "mpnet", "14041")]
+    assert _flag(cmds[0], "--grid-seeds") == "0,1,2" and _flag(cmds[0], "--out") == f"{results}/confirm-4000"
+    assert all(_flag(c, "--runs").startswith(str(tmp_path / "runs")) for c in cmds)
+    (results / "confirm-4000" / "ner").mkdir(parents=True)
+    (results / "confirm-4000" / "ner" / "fs-r16-rslora__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
+    code, cmds, err = _lane(tmp_path, "a", results)
+    full = [c for c in cmds if _flag(c, "--only") == "fs-r16-rslora" and _flag(c, "--sizes") == "14041"]
+    assert code == 0 and "no rate chosen" not in err and len(full) == 1
+    assert _flag(full[0], "--lr") == "0.0005" and _flag(full[0], "--epochs") == "2"
+    assert "--lr-grid" not in full[0] and _flag(full[0], "--out") == f"{results}/confirm-full"
+
+
+@pytest.mark.parametrize("lane", ["b", "c"])
+def test_lane_b_starts_with_rt_polarity_and_an_unknown_lane_is_refused(tmp_path, lane):
+    code, cmds, err = _lane(tmp_path, lane, tmp_path / "results")
+    if lane == "c":
+        assert code == 2 and "lane must be a or b" in err and not cmds
+        return
+    assert code == 0
+    assert (cmds[0][1], _flag(cmds[0], "--only")) == ("rt-polarity", "fs-r16-rslora,hf-native-r16-rslora,minilm")
+    assert (cmds[1][1], _flag(cmds[1], "--only"), _flag(cmds[1], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
+    gemma = [c for c in cmds if "--model" in c]
+    assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)
