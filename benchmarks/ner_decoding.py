@@ -1,8 +1,8 @@
 """Score a trained NER model under each decoding: greedy / Viterbi (IOB2) x first / mean sub-token.
 
 One forward over the split, then the four readings of the same logits
-(``fsllm.evaluation.decoding_readings``, as a run's ``decodings`` table reads them), each scored by ``fsllm.metrics.ner_metrics`` (seqeval, strict IOB2),
-as ``fsllm eval --decoding D --word-scores W`` scores each. Also counts the sentences whose greedy tags
+(``fsllm.evaluation.decoding_readings``, as a run's ``decodings`` table reads them), each scored by
+``fsllm.metrics.ner_metrics`` (seqeval, strict IOB2), as ``fsllm eval --decoding D --word-scores W`` scores each. Also counts the sentences whose greedy tags
 hold a stray ``I-`` (an ``I-X`` after neither ``B-X`` nor ``I-X``), the case the decodings differ on.
 ``--pipeline N``: also, on the first N sentences (words joined by spaces), whether
 ``pipeline("token-classification", aggregation_strategy="first")`` on the model finds the entities fsllm
