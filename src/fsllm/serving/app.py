@@ -183,7 +183,7 @@ def create_app(
     max_input = predictor.max_length if task == "sequence" else (max_input_tokens or DEFAULT_MAX_INPUT_TOKENS)
     device_name = str(next(predictor.model.parameters()).device)
     # the tokens a forward holds: a model that repeats its input (FSConfig.repeat) reads each text k times
-    repeat = int((getattr(predictor.model.config, "fs", None) or {}).get("repeat", 1) or 1)
+    repeat = predictor.model.fs_config.repeat
     if max_batch_tokens is None:
         max_batch_tokens = default_max_batch_tokens(device_name, predictor.max_length, repeat)
     paired = task == "sequence" and bool(getattr(predictor.model.config, "text_pair", False))
