@@ -451,6 +451,9 @@ def test_one_threads_raw_reading_leaves_another_threads_pipeline_logits_alone(tm
             raw = model(ids).logits
         ordered = model(ids).logits
     assert not torch.equal(raw, ordered)
+    other = load_model(folder).eval()  # another model in the reader's own thread is not switched either
+    with torch.no_grad(), raw_logits(model):
+        assert torch.equal(other(ids).logits, ordered) and torch.equal(model(ids).logits, raw)
     inside, done = [threading.Event() for _ in range(2)], [threading.Event() for _ in range(2)]
     seen = {}
 

@@ -277,9 +277,9 @@ def word_starts(config, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     return real & ~space_only & (marked | after_space | first), real & ~space_only
 
 
-#: set within :func:`raw_logits`, per thread (and asyncio task): one caller's raw reading never leaks into
-#: another's forward, as a flag on the shared model would when threads share a Predictor
-_RAW = contextvars.ContextVar("fsllm_raw_logits", default=False)
+#: the models (by ``id``) within :func:`raw_logits` in this thread (and asyncio task): one caller's raw reading
+#: never leaks into another's forward, as a flag on the shared model would when threads share a Predictor
+_RAW: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("fsllm_raw_logits", default=frozenset())
 
 
 @contextlib.contextmanager
@@ -287,8 +287,9 @@ def raw_logits(model):
     """Within it, an FS token model's ``forward`` returns its head's logits as they are: what fsllm's own
     readers (:func:`fsllm.evaluation.predict_word_tags`) decode, pool and score the loss with. Outside,
     in eval mode, ``forward`` orders them for ``pipeline()`` (:func:`pipeline_logits`). The switch is the
-    calling thread's own, so other threads using the same model meanwhile still get ordered logits."""
-    token = _RAW.set(True)
+    calling thread's own and ``model``'s, so other threads using the same model meanwhile, and other models,
+    still get ordered logits."""
+    token = _RAW.set(_RAW.get() | {id(model)})
     try:
         yield
     finally:
@@ -298,7 +299,7 @@ def raw_logits(model):
 def reads_raw(model) -> bool:
     """Whether an FS token model's eval-mode ``forward`` returns its head's logits as they are here: within
     :func:`raw_logits` in this thread, or with the model's ``pipeline_decoding`` switched off."""
-    return _RAW.get() or not getattr(model, "pipeline_decoding", False)
+    return id(model) in _RAW.get() or not getattr(model, "pipeline_decoding", False)
 
 
 def pipeline_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
