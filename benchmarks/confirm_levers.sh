@@ -41,16 +41,18 @@ sentences() {  # TABLE ROWS OUT [extra flags]: 1,000 sentences, the same budget,
     --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 2e-4,5e-4,1e-3 \
     --encoder-lr-grid 1e-5,2e-5,5e-5,1e-4,2e-4 --grid-sizes 1000 --grid-seeds 0,1,2 --only "$rows" "$@"
 }
-full_set() {  # ROW [flags]: the full CoNLL-2003 training set, the tuned table's full-set budget (2 epochs),
-  # at the rate the row's grid chose at 4,000 (the planner's rule for sizes above the grid's)
-  local row=$1; shift
-  local cell=$res/confirm-4000/ner/${row}__n4000__s0.json lr
+full_budget() {  # [flags]: the full CoNLL-2003 training set, the tuned table's full-set budget (2 epochs)
+  "${tables[@]}" ner --out $res/confirm-full --runs "$runs/confirm-full" --sizes 14041 --seeds 0,1,2 --epochs 2 \
+    --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 "$@"
+}
+full_set() {  # ROW: a LoRA row on the full set at the rate its grid chose at 4,000 (the planner's rule for
+  # sizes above the grid's)
+  local row=$1 cell=$res/confirm-4000/ner/${1}__n4000__s0.json lr
   if ! lr=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['lr'])" "$cell" 2>/dev/null); then
     echo "full set, $row: no rate chosen at 4,000 yet ($cell); skipped" >&2
     return 0
   fi
-  "${tables[@]}" ner --out $res/confirm-full --runs "$runs/confirm-full" --sizes 14041 --seeds 0,1,2 --epochs 2 \
-    --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr "$lr" --only "$row" "$@"
+  full_budget --lr "$lr" --only "$row"
 }
 paper() {  # TABLE ROWS: the paper table's own budget (3 epochs, lr 1e-3, fp32), seed 0
   "${tables[@]}" "$1" --out $res/paper --runs "$runs/paper" --sizes 1000 --seeds 0 --dev-subset 500 \
@@ -63,8 +65,7 @@ case $lane in
     "${tables[@]}" ner --out $res/confirm-4000 --runs "$runs/confirm-4000" --sizes 4000 --seeds 0,1,2 --epochs 10 \
       --patience 2 --evals-per-epoch 1 --dev-subset 500 --precision bf16 --encoder-lr 5e-5 --only mpnet
     full_set fs-r16-rslora
-    "${tables[@]}" ner --out $res/confirm-full --runs "$runs/confirm-full" --sizes 14041 --seeds 0,1,2 --epochs 2 \
-      --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --encoder-lr 5e-5 --only mpnet
+    full_budget --encoder-lr 5e-5 --only mpnet
     paper ner zero-shot,instruction-tuned
     paper rt-polarity instruction-tuned
     for cell in fs-decay-0.1:1 fs-lambda-schedule-0.3:1 fs-dora:1 fs-adapt:1 fs-lambda-schedule:1; do
