@@ -546,13 +546,18 @@ def standardiser(sp: Splits) -> tuple[float, float]:
     return float(ys.mean()), float(ys.std()) or 1.0
 
 
-def load_splits(data: str, train_subset: int | None, dev_subset: int | None, test_subset: int | None, seed: int) -> Splits:
-    """The subsets ``fsllm.training.train`` draws for the same options and seed."""
+def load_splits(data: str, train_subset: int | None, dev_subset: int | None, test_subset: int | None, seed: int,
+                document_context: int = 0) -> Splits:
+    """The subsets ``fsllm.training.train`` draws for the same options and seed (``document_context``: NER
+    sentences carry their neighbours, attached before the subsets as training attaches them)."""
     from fsllm.data import load_any
+    from fsllm.prepare import attach_document_context
     from fsllm.training import build_label_maps, seeded_subset
 
     td = load_any(data)
     splits = {k: list(v) for k, v in td.splits.items()}
+    if document_context and td.task == "token":
+        splits = {k: attach_document_context(v, document_context, f"{data} {k}") for k, v in splits.items()}
     train = seeded_subset(splits["train"], train_subset, seed)
     dev = seeded_subset(splits.get("validation", []), dev_subset, seed)
     test = seeded_subset(splits.get("test", []), test_subset, seed)

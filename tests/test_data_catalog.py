@@ -178,8 +178,11 @@ def test_conll2003_content(loaded):
     assert td.splits["train"][0] == {
         "tokens": ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
         "tags": ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"],
+        "document": 0,
     }
-    assert td.splits["train"][1] == {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]}
+    assert td.splits["train"][1] == {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"], "document": 0}
+    # the shared task's documents (Tjong Kim Sang & De Meulder 2003, Table 1: 946 / 216 / 231 articles)
+    assert {k: len(set(v["document"])) for k, v in td.splits.items()} == {"train": 946, "validation": 216, "test": 231}
     tags = {t for s in td.splits.values() for seq in s["tags"] for t in seq}
     assert tags == {"O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"}
     assert td.label_names == ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -191,6 +194,8 @@ def test_wnut16_content(loaded):
     assert td.task == "token" and td.label_names is None
     types = {t[2:] for s in td.splits.values() for seq in s["tags"] for t in seq if t != "O"}
     assert types == WNUT_TYPES
+    # shuffled tweets: no document, so --document-context gives no tweet another's words as context
+    assert all("document" not in s.column_names for s in td.splits.values())
     # the first tweet of the file (line 28908 has the same tweet tokenised with "I'm")
     first = [r for s in td.splits.values() for r in s if r["tokens"][:2] == ["@paulwalk", "It"] and "'m" in r["tokens"]]
     assert len(first) == 1
@@ -369,7 +374,7 @@ def test_load_any_conll_folder(tmp_path):
     td = load_any(str(d))
     assert td.task == "token"
     assert {k: len(v) for k, v in td.splits.items()} == {"train": 2, "validation": 1, "test": 1}
-    assert td.splits["test"][0] == {"tokens": ["Dee"], "tags": ["B-PER"]}
+    assert td.splits["test"][0] == {"tokens": ["Dee"], "tags": ["B-PER"], "document": 0}
     with pytest.raises(DataError, match="task 'sequence' requested"):
         load_any(str(d), task="sequence")
 

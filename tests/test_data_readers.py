@@ -67,10 +67,11 @@ def test_conll_iob2_kept_docstart_and_trailing_blanks(tmp_path):
     p = write(tmp_path, "a.conll", text)
     stats = {}
     out = read_conll(p, stats=stats)
+    # -DOCSTART- lines separate documents: the first opens document 0, the second document 1
     assert out == [
-        {"tokens": ["EU", "rejects", "German"], "tags": ["B-ORG", "O", "B-MISC"]},
-        {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"]},
-        {"tokens": ["Bonn"], "tags": ["B-LOC"]},
+        {"tokens": ["EU", "rejects", "German"], "tags": ["B-ORG", "O", "B-MISC"], "document": 0},
+        {"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "I-PER"], "document": 0},
+        {"tokens": ["Bonn"], "tags": ["B-LOC"], "document": 1},
     ]
     assert stats == {"scheme": "iob2", "repairs": 0, "sentences": 3, "tokens": 6}
 
@@ -78,9 +79,9 @@ def test_conll_iob2_kept_docstart_and_trailing_blanks(tmp_path):
 def test_conll_no_final_blank_crlf_and_tabs(tmp_path):
     # tab-separated: the token may contain a space; CRLF line ends; no blank line at the end
     p = write(tmp_path, "b.txt", "New York\tB-LOC\r\nis\tO\r\n\r\nhi\tO")
-    assert read_conll(p) == [
-        {"tokens": ["New York", "is"], "tags": ["B-LOC", "O"]},
-        {"tokens": ["hi"], "tags": ["O"]},
+    assert read_conll(p) == [  # no -DOCSTART-: one document
+        {"tokens": ["New York", "is"], "tags": ["B-LOC", "O"], "document": 0},
+        {"tokens": ["hi"], "tags": ["O"], "document": 0},
     ]
 
 
@@ -92,7 +93,7 @@ def test_conll_whitespace_only_line_separates(tmp_path):
 def test_conll_token_and_tag_columns(tmp_path):
     p = write(tmp_path, "d.txt", "1 Obama NNP B-PER x\n2 spoke VBD O x\n")
     out = read_conll(p, token_col=1, tag_col=3)
-    assert out == [{"tokens": ["Obama", "spoke"], "tags": ["B-PER", "O"]}]
+    assert out == [{"tokens": ["Obama", "spoke"], "tags": ["B-PER", "O"], "document": 0}]
 
 
 def test_conll_hyphenated_type(tmp_path):
@@ -482,7 +483,10 @@ def expect_one_line(path: Path, line: int | None, *words: str) -> str:
     ],
 )
 def test_conll_legal_variants_read_the_same(tmp_path, name, data):
-    assert read_conll(write(tmp_path, name, data)) == CONLL_ROWS
+    rows = read_conll(write(tmp_path, name, data))
+    assert [{k: r[k] for k in ("tokens", "tags")} for r in rows] == CONLL_ROWS
+    # one document, but for the variant whose -DOCSTART- lines put each sentence in its own
+    assert [r["document"] for r in rows] == ([0, 1] if name == "docstart.conll" else [0, 0])
 
 
 def test_conll_long_token_and_long_bad_line(tmp_path):

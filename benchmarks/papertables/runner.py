@@ -252,7 +252,9 @@ def score_fs_test(cell: Cell, budget: Budget, run_dir: Path) -> dict:
     pred = Predictor.from_pretrained(run_dir, merge=True)
     if pred.max_length != budget.max_length:
         raise SystemExit(f"{run_dir}: trained at max_length {pred.max_length}, the budget says {budget.max_length}")
-    test = baselines.load_splits(cell.dataset, 0, 0, budget.test_subset, cell.seed).test
+    # a model trained with document context reads each test sentence with its neighbours, as training scored dev
+    context = int(getattr(pred.model.config, "document_context", 0) or 0)
+    test = baselines.load_splits(cell.dataset, 0, 0, budget.test_subset, cell.seed, document_context=context).test
     m, records = evaluate_examples(pred.model, pred.tokenizer, test, pred.max_length, progress="test", all_decodings=True)
     metrics["test"] = {k: v for k, v in m.items() if k not in ("confusion_matrix", "decodings_seconds")}
     metrics.setdefault("sizes", {})["test"] = len(test)

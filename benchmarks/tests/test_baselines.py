@@ -183,6 +183,23 @@ def test_instruction_examples_sequence_and_token():
     assert feats[0]["input_ids"][-len(answer_ids):] == answer_ids
 
 
+def test_load_splits_attaches_document_context_before_drawing_subsets(tmp_path):
+    """A model trained with document context is scored (score_fs_test) on sentences with their real
+    neighbours: those of the whole file, not of the subset drawn."""
+    from conftest import write_conll_dir
+
+    from fsllm.tokenization import with_document_context
+
+    data = str(write_conll_dir(tmp_path))
+    full = with_document_context(B.load_splits(data, None, None, None, 0).train, 8)
+    neighbours = {tuple(e["tokens"]): (e["context_left"], e["context_right"]) for e in full}
+    sp = B.load_splits(data, 3, None, None, 0, document_context=8)
+    assert len(sp.train) == 3 and any(e["context_left"] or e["context_right"] for e in sp.train)
+    for e in sp.train:
+        assert (e["context_left"], e["context_right"]) == neighbours[tuple(e["tokens"])]
+    assert "context_left" not in B.load_splits(data, 3, None, None, 0).train[0]  # none asked: none attached
+
+
 # ----------------------------------------------------------------------------- cells, skipping, curves
 
 

@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--pre-split", action="store_true",
                     help='NER: each input is a JSON object {"tokens": [...]} of words already split (e.g. by a '
-                         'segmenter for Chinese or Thai); out: the object plus "tags" and "entities"')
+                         'segmenter for Chinese or Thai); out: the object plus "tags" and "entities". A "document" '
+                         'field (any id) groups consecutive sentences into documents, read with their neighbours '
+                         'by a model trained with --document-context')
     _add_inference_options(pr)
     _add_decoding_options(pr)
 
@@ -481,7 +483,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     exs = eval_examples(a.data, a.split, a.subset, task=pred.task, text_column=a.text_column,
                         label_column=a.label_column, labels=pred.model.label2id,
                         problem_type=getattr(config, "problem_type", None) if pred.task == "sequence" else None,
-                        text_pair_column=pair_column, label_separator=a.label_separator)
+                        text_pair_column=pair_column, label_separator=a.label_separator,
+                        document_context=getattr(config, "document_context", 0) if pred.task == "token" else 0)
     metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split,
                                          all_decodings=True)
     if a.output:
@@ -505,7 +508,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
                                      **_decoding_overrides(a))
         if pred.task != "token":
             raise FSLLMError(f"--pre-split applies to NER models; {a.model} is a sequence classifier")
-        results = pred.predict(words=[o["tokens"] for o in objs], progress="predict" if len(objs) > 200 else False)
+        # objects that name their "document" are read with their neighbours by a model trained so
+        documents = [o.get("document") for o in objs] if any("document" in o for o in objs) else None
+        results = pred.predict(words=[o["tokens"] for o in objs], documents=documents,
+                               progress="predict" if len(objs) > 200 else False)
         for o, r in zip(objs, results):
             out = {**o, "tags": r["tags"], "entities": r["entities"]}
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")

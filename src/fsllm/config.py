@@ -369,6 +369,11 @@ class TrainConfig:
         "linear", "how the learning rate moves after warm-up (transformers' schedulers: linear decay to 0, cosine, "
         "constant, ...)", choices=tuple(t.value for t in SchedulerType), trainer=("lr_scheduler_type",))
     max_length: int = setting(128, "tokens per input (NER: longer sentences become overlapping windows)")
+    document_context: int = setting(
+        0, "NER: read each sentence with up to N sub-tokens of the sentences around it in its document on each side, "
+        "within max_length (CoNLL -DOCSTART- lines separate documents; a file without them is one document). The "
+        "context is read, never labelled or scored; the model keeps N, so eval and predict read documents the same "
+        "way (default 0: each sentence alone)", metavar="N")
     train_subset: int | None = setting(None, "use N training examples (a seeded sample, the same for every method)")
     dev_subset: int | None = setting(None, "use N dev examples (seeded sample)")
     test_subset: int | None = setting(None, "use N test examples (seeded sample)")
@@ -494,6 +499,8 @@ class TrainConfig:
         for name in ("batch_size", "eval_batch_size", "max_length", "logging_steps"):
             if not (_is_int(getattr(self, name)) and getattr(self, name) > 0):
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not (_is_int(self.document_context) and self.document_context >= 0):
+            raise ConfigError(f"document_context must be an integer >= 0, got {self.document_context!r}")
         for name in ("train_subset", "dev_subset", "test_subset", "eval_steps", "save_total_limit",
                      "early_stopping_patience", "pad_to_length"):
             value = getattr(self, name)
@@ -594,6 +601,10 @@ class FSLLMConfig(PreTrainedConfig):
             ``Predictor``, ``fsllm eval / predict / serve`` unless told otherwise. ``None`` in a folder
             written before the field existed: those read 256 tokens (``inference.DEFAULT_MAX_LENGTH``),
             as they always did, unless the run folder around them says otherwise (its ``config.json``).
+        document_context: token models only: the sub-tokens of its document's neighbouring sentences read on
+            each side of a sentence (``TrainConfig.document_context``); ``Predictor`` and ``fsllm eval / predict``
+            read documents so when they are given them (CoNLL ``-DOCSTART-`` documents, ``documents=``). 0 (also in
+            folders written before the field): each sentence alone.
         backbone_dtype: the dtype the backbone's frozen weights were loaded in for training
             (``TrainConfig.backbone_dtype``: ``"fp32"``, ``"bf16"`` or ``"fp16"``); a small folder loads its
             backbone in it again, so predictions use the weights that were evaluated. LoRA and the head
@@ -620,6 +631,7 @@ class FSLLMConfig(PreTrainedConfig):
     word_starts: dict | None = None
     # how the model reads its inputs, as trained (``TrainConfig``): None in folders written before the fields
     max_length: int | None = None
+    document_context: int = 0
     backbone_dtype: str | None = None
 
     def __post_init__(self, **kwargs):
@@ -640,6 +652,8 @@ class FSLLMConfig(PreTrainedConfig):
             raise ValueError(f"multi_label_threshold must be in (0, 1), got {self.multi_label_threshold!r}")
         if self.max_length is not None and not (_is_int(self.max_length) and self.max_length > 0):
             raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}")
+        if not (_is_int(self.document_context) and self.document_context >= 0):
+            raise ValueError(f"document_context must be an integer >= 0, got {self.document_context!r}")
         if self.backbone_dtype is not None and self.backbone_dtype not in BACKBONE_DTYPES[1:]:
             raise ValueError(f"backbone_dtype must be one of {', '.join(BACKBONE_DTYPES[1:])} or None, "
                              f"got {self.backbone_dtype!r}")

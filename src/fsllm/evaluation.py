@@ -21,6 +21,8 @@ from .errors import DataError
 from .metrics import classification_metrics, multilabel_metrics, ner_metrics, regression_metrics
 from .modeling import FSModel
 from .tokenization import (
+    Context,
+    context_of,
     merge_window_predictions,
     pair_features,
     sequence_features,
@@ -105,16 +107,34 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def word_features(
-    sentences: Sequence[Sequence[str]], tokenizer, max_length: int = 128
+    sentences: Sequence[Sequence[str]], tokenizer, max_length: int = 128,
+    contexts: Sequence[Context | None] | None = None, context_tokens: int = 0,
 ) -> tuple[list[dict], list[int]]:
     """The model inputs of tokenised sentences (windows of at most ``max_length``) and, for each,
-    the index of the sentence it belongs to."""
+    the index of the sentence it belongs to. ``contexts``: each sentence's document context (or
+    ``None``), read with up to ``context_tokens`` sub-tokens a side (see ``token_classification_features``)."""
+    if contexts is not None and len(contexts) != len(sentences):
+        raise ValueError(f"{len(sentences)} sentences but {len(contexts)} contexts")
     feats, owner = [], []
     for n, words in enumerate(sentences):
-        for f in token_classification_features(list(words), None, tokenizer, None, max_length):
+        context = contexts[n] if contexts is not None else None
+        for f in token_classification_features(list(words), None, tokenizer, None, max_length, context=context,
+                                               context_tokens=context_tokens):
             feats.append(f)
             owner.append(n)
     return feats, owner
+
+
+def document_context_of(model) -> int:
+    """The sub-tokens of document context a side the model was trained to read (``FSLLMConfig.document_context``;
+    0 for a model without it, a baseline's included)."""
+    return int(getattr(model.config, "document_context", 0) or 0)
+
+
+def example_contexts(examples: Sequence[dict]) -> list[Context | None] | None:
+    """Each example's document context (``fsllm.tokenization.with_document_context``), or ``None`` when none has any."""
+    contexts = [context_of(ex) for ex in examples]
+    return contexts if any(c is not None for c in contexts) else None
 
 
 def predict_word_tags(
@@ -128,6 +148,7 @@ def predict_word_tags(
     ner_decoding: str | None = None,
     word_scores: str | None = None,
     logits: Sequence[np.ndarray] | None = None,
+    contexts: Sequence[Context | None] | None = None,
 ) -> tuple[list[list[str]], list[list[float]], list[np.ndarray]]:
     """Word-level tags and scores for tokenised sentences (windows merged), plus per-feature logits.
 
@@ -137,14 +158,16 @@ def predict_word_tags(
     model's logits of those features, likewise (to read the same forward under several decodings).
     ``ner_decoding`` / ``word_scores``: see ``fsllm.decoding``; ``None`` takes the model's own
     (``FSConfig.ner_decoding`` / ``FSConfig.word_scores``; greedy / first for a model without them).
-    A word's score is its probability of the tag it got.
+    A word's score is its probability of the tag it got. ``contexts``: each sentence's document context,
+    read as far as the model was trained to (:func:`document_context_of`); ``None``: each sentence alone.
     """
     check_decoding(ner_decoding, word_scores)
     own_decoding, own_scores = decoding_of(model)
     ner_decoding, word_scores = ner_decoding or own_decoding, word_scores or own_scores
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     labels = [id2label[i] for i in range(len(id2label))]
-    feats, owner = features if features is not None else word_features(sentences, tokenizer, max_length)
+    feats, owner = (features if features is not None
+                    else word_features(sentences, tokenizer, max_length, contexts, document_context_of(model)))
     if logits is None:
         with raw_logits(model):  # the head's own logits, not those ordered for pipeline()
             logits = batched_logits(model, feats, batch_size, tokenizer.pad_token_id or 0, progress)
@@ -287,7 +310,8 @@ def evaluate_examples(
 ) -> tuple[dict, list[dict]]:
     """Metrics and per-example predictions of ``model`` on labelled examples.
 
-    Token examples are ``{"tokens", "tags"}`` and are scored at the word level with
+    Token examples are ``{"tokens", "tags"}`` (with ``context_left`` / ``context_right``, their document
+    context, read as far as the model was trained to) and are scored at the word level with
     strict IOB2 span F1 (the entities of ``fsllm.decoding.iob2_spans``), their tags decoded as
     ``ner_decoding`` / ``word_scores`` say (``None``: the model's own, see :func:`predict_word_tags`);
     ``all_decodings``: also ``metrics["decodings"]``, the scores under every decoding
@@ -301,7 +325,8 @@ def evaluate_examples(
                 if t not in model.label2id:
                     raise DataError(f"example {n}: unknown label {t!r} (model labels: {sorted(model.label2id)})")
         sentences = [ex["tokens"] for ex in examples]
-        features = word_features(sentences, tokenizer, max_length)
+        # examples that carry their document context are read with it (prepare.attach_document_context)
+        features = word_features(sentences, tokenizer, max_length, example_contexts(examples), document_context_of(model))
         tags, scores, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, progress, features,
                                                  ner_decoding, word_scores)
         gold = [list(ex["tags"]) for ex in examples]

@@ -29,7 +29,9 @@ from .evaluation import (  # noqa: F401
     _sigmoid,
     _softmax,
     batched_logits,
+    document_context_of,
     evaluate_examples,
+    example_contexts,
     example_features,
     labels_over_threshold,
     predict_word_tags,
@@ -39,7 +41,7 @@ from .evaluation import (  # noqa: F401
 from .modeling import FSModel, load_model
 from .run import MODEL_DIR, RunFolder
 from .segmentation import segment
-from .tokenization import join_words
+from .tokenization import join_words, with_document_context
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ class Predictor:
         *,
         words: Iterable[Sequence[str]] | None = None,
         text_pairs: Iterable[str] | None = None,
+        documents: Iterable[Any] | None = None,
     ) -> list:
         """Sequence tasks: ``{"label", "score"}`` per text (multi-label: ``{"labels": [...]}``, regression:
         ``{"value"}``, see :meth:`result_of`). Token tasks: a list of entity spans per text.
@@ -160,11 +163,18 @@ class Predictor:
         already split, e.g. by a dictionary segmenter or from a CoNLL file; each result is then
         ``{"tokens", "tags", "scores", "entities"}`` with the entities' offsets into
         ``" ".join(tokens)``, the text the model reads.
+
+        ``documents=`` (with ``words=``): each sentence's document (any value; consecutive sentences with
+        the same one form a document, in order). A model trained with document context
+        (``FSLLMConfig.document_context``) then reads each sentence with its neighbours, as it was trained;
+        without it, each sentence is read alone. A raw text is read whole, so it is its own context.
         """
         if words is not None:
             if texts is not None or text_pairs is not None:
                 raise FSLLMError("give either texts or words=, not both")
-            return self._predict_words(words, progress)
+            return self._predict_words(words, progress, documents)
+        if documents is not None:
+            raise FSLLMError("documents= goes with words= (sentences already split); a raw text is read whole")
         if texts is None:
             raise FSLLMError("no texts given")
         texts = list(texts)
@@ -215,7 +225,8 @@ class Predictor:
         return {"label": self.model.id2label[int(scores.argmax())], "score": float(scores.max())}
 
 
-    def _predict_words(self, words: Iterable[Sequence[str]], progress: bool | str) -> list[dict]:
+    def _predict_words(self, words: Iterable[Sequence[str]], progress: bool | str,
+                       documents: Iterable[Any] | None = None) -> list[dict]:
         """Tags for pre-split sentences (see :meth:`predict`); bad input is a DataError naming the sentence."""
         if self.task != "token":
             raise FSLLMError("words= (pre-split input) applies to token-classification (NER) models only")
@@ -226,8 +237,17 @@ class Predictor:
             for k, w in enumerate(ws):
                 if not isinstance(w, str) or not w.strip():
                     raise DataError(f"input {n + 1}: word {k + 1} is {w!r}; words must be non-empty strings")
+        contexts = None
+        if documents is not None:
+            documents = list(documents)
+            if len(documents) != len(sentences):
+                raise DataError(f"{len(sentences)} sentences but {len(documents)} documents")
+            context = document_context_of(self.model)
+            examples = with_document_context([{"tokens": ws, "document": d} for ws, d in zip(sentences, documents)],
+                                             context)
+            contexts = example_contexts(examples) if context else None
         tags, scores, _ = predict_word_tags(
-            self.model, self.tokenizer, sentences, self.max_length, self.batch_size, progress
+            self.model, self.tokenizer, sentences, self.max_length, self.batch_size, progress, contexts=contexts
         )
         out = []
         for ws, tg, sc in zip(sentences, tags, scores):

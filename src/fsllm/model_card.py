@@ -89,6 +89,8 @@ def model_card_text(config: FSLLMConfig, metrics: dict[str, Any] | None = None, 
         + f", an RMSNorm + {'SwiGLU' if fs.head == 'swiglu' else 'linear'} head"
         + _training_phrase(fs)
         + (f", the text read {fs.repeat} times (sequence repetition)" if fs.repeat > 1 else "")
+        + (f", each sentence read with up to {config.document_context} sub-tokens of its document on each side "
+           "(`Predictor.predict(words=..., documents=...)`)" if getattr(config, "document_context", 0) else "")
         + ".",
         "",
         f"Labels: {labels}.",

@@ -19,7 +19,13 @@ from .config import TrainConfig
 from .data import load_any, load_eval_split
 from .errors import ConfigError, DataError
 from .metrics import METRIC_NAMES, primary_metric
-from .tokenization import pair_features, sequence_features, token_classification_features
+from .tokenization import (
+    context_of,
+    pair_features,
+    sequence_features,
+    token_classification_features,
+    with_document_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,12 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     splits = {name: list(ds) for name, ds in data.splits.items()}
     if "train" not in splits or not splits["train"]:
         raise DataError(f"{cfg.data}: no training examples")
+    if cfg.document_context:
+        if task != "token":
+            raise ConfigError("document_context applies to token (NER) tasks: a sequence example is read whole")
+        # before the subsets are drawn, so a sampled sentence keeps its real neighbours
+        splits = {name: attach_document_context(exs, cfg.document_context, f"{cfg.data} {name}")
+                  for name, exs in splits.items()}
     train_ex = seeded_subset(splits["train"], cfg.train_subset, cfg.seed)
     dev_ex = seeded_subset(splits.get("validation", []), cfg.dev_subset, cfg.seed)
     test_ex = seeded_subset(splits.get("test", []), cfg.test_subset, cfg.seed)
@@ -88,15 +100,26 @@ def prepare_data(cfg: TrainConfig) -> PreparedData:
     return prepared
 
 
+def attach_document_context(examples: list[dict], tokens: int, where: str = "data") -> list[dict]:
+    """:func:`fsllm.tokenization.with_document_context` with a warning when the data marks no documents
+    (a hub dataset without a ``document`` column): every sentence is then read alone."""
+    if examples and not any("document" in ex for ex in examples):
+        logger.warning("document_context: %s marks no documents (CoNLL -DOCSTART- lines or a 'document' column); "
+                       "each sentence is read alone", where)
+    return with_document_context(examples, tokens)
+
+
 def prepare_features(cfg: TrainConfig, data: PreparedData, tokenizer) -> Features:
     """Tokenise the training and dev splits (the test split is scored from raw examples in the report)."""
     task, problem_type = data.task, data.problem_type
-    feats, altered = make_features(task, data.train, tokenizer, data.label2id, cfg.max_length, problem_type)
+    feats, altered = make_features(task, data.train, tokenizer, data.label2id, cfg.max_length, problem_type,
+                                   cfg.document_context)
     if altered:
         what = "split into overlapping windows" if task == "token" else "truncated"
         logger.warning("%d of %d training examples longer than %d tokens were %s", altered, len(data.train), cfg.max_length, what)
     train_ds = datasets.Dataset.from_list(feats)
-    dev_ds = (datasets.Dataset.from_list(make_features(task, data.dev, tokenizer, data.label2id, cfg.max_length, problem_type)[0])
+    dev_ds = (datasets.Dataset.from_list(make_features(task, data.dev, tokenizer, data.label2id, cfg.max_length, problem_type,
+                                                       cfg.document_context)[0])
               if data.dev else None)
     balanced = cfg.length_balanced_loss and task == "token"
     if cfg.length_balanced_loss and not balanced:
@@ -105,10 +128,14 @@ def prepare_features(cfg: TrainConfig, data: PreparedData, tokenizer) -> Feature
                     tokens_per_batch(feats, cfg.batch_size) if balanced else None)
 
 
-def eval_examples(data: str, split: str, subset: int | None, *, seed: int = 42, **options) -> list[dict]:
+def eval_examples(data: str, split: str, subset: int | None, *, seed: int = 42, document_context: int = 0,
+                  **options) -> list[dict]:
     """The labelled examples ``fsllm eval`` scores: a split (or a whole file), read against the model's
-    options (``options`` go to :func:`fsllm.data.load_eval_split`), seeded subset as in training."""
+    options (``options`` go to :func:`fsllm.data.load_eval_split`), seeded subset as in training;
+    ``document_context`` (the model's): each sentence with its neighbours, attached before the subset."""
     rows, _source = load_eval_split(data, split, **options)
+    if document_context:
+        rows = attach_document_context(rows, document_context, f"{data} {split}")
     return seeded_subset(rows, subset, seed)
 
 
@@ -160,18 +187,21 @@ def check_labels(task: str, split: str, examples: Sequence[dict], label2id: dict
 
 def make_features(
     task: str, examples: Sequence[dict], tokenizer, label2id: dict[str, int], max_length: int,
-    problem_type: str | None = None,
+    problem_type: str | None = None, document_context: int = 0,
 ) -> tuple[list[dict], int]:
     """Model inputs for training; returns the features and the number of truncated/windowed examples.
 
     ``labels`` is the label id (single label), a multi-hot float vector (multi-label) or the raw
     target (regression: the model standardises it). An example with ``text_pair`` is a pair.
+    ``document_context``: the sub-tokens of context read on each side of a sentence that carries it
+    (:func:`attach_document_context`).
     """
     feats: list[dict] = []
     altered = 0
     for ex in examples:
         if task == "token":
-            windows = token_classification_features(ex["tokens"], ex["tags"], tokenizer, label2id, max_length)
+            windows = token_classification_features(ex["tokens"], ex["tags"], tokenizer, label2id, max_length,
+                                                    context=context_of(ex), context_tokens=document_context)
             altered += len(windows) > 1
             feats.extend({k: w[k] for k in ("input_ids", "attention_mask", "labels")} for w in windows)
         else:

@@ -6,10 +6,18 @@ The first sub-token of a word carries the word's label, the others ``-100``.
 Sentences longer than ``max_length`` are split into overlapping windows so no
 word loses its prediction; at prediction time a word takes its label from the
 window where it sits farthest from an edge (the most context on both sides).
+
+Document context (``TrainConfig.document_context``): a sentence may be read with
+the words around it in its document, up to a number of sub-tokens on each side
+within ``max_length``. Those sub-tokens belong to no word of the sentence: they are
+read, never labelled or predicted, so the model sees what a reader of the whole
+article sees ("Jordan" after "Michael Jordan scored ...") and is scored on the
+sentence alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -106,6 +114,78 @@ def windows(n: int, max_len: int, stride: int) -> list[tuple[int, int]]:
         start = end - stride
 
 
+#: the keys of an example's document context (:func:`with_document_context`): the words before and after it
+CONTEXT_KEYS = ("context_left", "context_right")
+
+Context = tuple[Sequence[str], Sequence[str]]
+
+
+def with_document_context(examples: Sequence[dict], words: int) -> list[dict]:
+    """The examples, each with up to ``words`` words of the sentences before and after it in its document
+    (``context_left`` / ``context_right``, nearest words kept).
+
+    ``examples`` are in document order; ``document`` (:func:`fsllm.data.read_conll` numbers CoNLL's
+    ``-DOCSTART-`` documents) says which one each is in. An example without it has no known neighbours
+    and gets no context. Attach the context before drawing a subset, so a sampled sentence keeps its real
+    neighbours. ``words`` bounds the words kept, which is enough for as many sub-tokens (a word has at
+    least one): :func:`token_classification_features` cuts them to its ``context_tokens``.
+    """
+    out = [dict(ex) for ex in examples]
+    if words <= 0:
+        return out
+    for i, ex in enumerate(out):
+        doc = ex.get("document")
+        left: list[str] = []
+        right: list[str] = []
+        if doc is not None:
+            j = i - 1
+            while j >= 0 and len(left) < words and examples[j].get("document") == doc:
+                left = list(examples[j]["tokens"]) + left
+                j -= 1
+            j = i + 1
+            while j < len(examples) and len(right) < words and examples[j].get("document") == doc:
+                right += list(examples[j]["tokens"])
+                j += 1
+        ex[CONTEXT_KEYS[0]], ex[CONTEXT_KEYS[1]] = left[len(left) - words:] if len(left) > words else left, right[:words]
+    return out
+
+
+def context_of(example: dict) -> Context | None:
+    """An example's document context (:func:`with_document_context`), or ``None`` when it has none."""
+    left, right = (example.get(k) or [] for k in CONTEXT_KEYS)
+    return (left, right) if left or right else None
+
+
+def _features_in_context(
+    words: list[str], tags: list[str] | None, tokenizer: PreTrainedTokenizerBase, label2id: dict[str, int] | None,
+    prefix: list[int], budget: int, context: Context, context_tokens: int,
+) -> dict | None:
+    """One input: the sentence with up to ``context_tokens`` sub-tokens of its context on each side, the
+    whole within ``budget``; the room one side cannot fill goes to the other. ``None`` when the sentence
+    alone does not fit (it is then cut into windows without context)."""
+    left, right = list(context[0]), list(context[1])
+    lo, hi = len(left), len(left) + len(words)
+    # one tokenisation of the whole passage, so the sentence's words are split as they are inside a text
+    feats = encode_words(left + list(words) + right, tokenizer)
+    inside = [k for k, w in enumerate(feats.word_ids) if lo <= w < hi]
+    a, b = inside[0], inside[-1] + 1
+    room = budget - (b - a)
+    if room < 0:
+        return None
+    n_left, n_right = min(a, context_tokens), min(len(feats.input_ids) - b, context_tokens)
+    take_left = min(n_left, max(room // 2, room - n_right))
+    take_right = min(n_right, room - take_left)
+    s, e = a - take_left, b + take_right
+    wids = [w - lo if lo <= w < hi else -1 for w in feats.word_ids[s:e]]
+    first = [f and w >= 0 for f, w in zip(feats.first_subtoken[s:e], wids)]
+    ids = prefix + feats.input_ids[s:e]
+    item = {"input_ids": ids, "attention_mask": [1] * len(ids), "word_ids": [-1] * len(prefix) + wids,
+            "first": [False] * len(prefix) + first, "window": (s, e)}
+    if tags is not None:
+        item["labels"] = [-100] * len(prefix) + [label2id[tags[w]] if f else -100 for w, f in zip(wids, first)]
+    return item
+
+
 def token_classification_features(
     words: list[str],
     tags: list[str] | None,
@@ -113,12 +193,23 @@ def token_classification_features(
     label2id: dict[str, int] | None,
     max_length: int,
     stride: int | None = None,
+    context: Context | None = None,
+    context_tokens: int = 0,
 ) -> list[dict]:
     """Model inputs for one sentence: one dict per window with ``input_ids``, ``attention_mask``,
-    ``labels`` (when tags are given) and ``word_ids`` (kept for mapping predictions back)."""
-    feats = encode_words(words, tokenizer)
+    ``labels`` (when tags are given) and ``word_ids`` (kept for mapping predictions back).
+
+    ``context`` (the words before and after the sentence in its document, :func:`with_document_context`)
+    and ``context_tokens`` > 0: one input holding the sentence and up to that many sub-tokens of context
+    on each side, which get no word (``word_ids`` -1) and no label; a sentence that does not fit
+    ``max_length`` alone is cut into windows without context as before."""
     prefix = _bos_prefix(tokenizer)
     budget = max_length - len(prefix)
+    if context is not None and context_tokens > 0 and (context[0] or context[1]):
+        item = _features_in_context(words, tags, tokenizer, label2id, prefix, budget, context, context_tokens)
+        if item is not None:
+            return [item]
+    feats = encode_words(words, tokenizer)
     stride = stride if stride is not None else budget // 4
     out = []
     for s, e in windows(len(feats.input_ids), budget, stride):

@@ -485,6 +485,7 @@ def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
     model.config.max_length = cfg.max_length
     if data.task == "token":
         model.config.whitespace_token_ids = whitespace_token_ids(tokenizer)
+        model.config.document_context = cfg.document_context  # read so again by eval, predict and the test score
     if data.problem_type == "regression":
         targets = torch.tensor([float(ex["label"]) for ex in data.train], dtype=torch.float64)
         std = float(targets.std()) if len(targets) > 1 else 0.0

