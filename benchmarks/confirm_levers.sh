@@ -15,8 +15,8 @@
 # Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again at its tuned rate
 # (its cells then carry every NER reading), both on the full training set (FS at the rate chosen at
 # 4,000), the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the
-# sentence confirmation on rt-polarity (1,000), hf-native given the same capacity at NER 4,000 and on the
-# full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
+# sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64, three seeds),
+# hf-native given the same capacity at NER 4,000 and on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: confirm_levers.sh a|b [RUNS_DIR]}
@@ -74,6 +74,8 @@ case $lane in
     ;;
   b)
     sentences rt-polarity fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
+    # document context, screened as the other levers were, before the full set fixes the recipe it runs
+    for seed in 0 1 2; do screen fs-doc64 $seed; done
     confirm_ner hf-native-r16-rslora
     full_set hf-native-r16-rslora
     sentences tweets-3 fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences

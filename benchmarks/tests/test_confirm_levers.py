@@ -51,13 +51,16 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
 
 
 @pytest.mark.parametrize("lane", ["b", "c"])
-def test_lane_b_starts_with_rt_polarity_and_an_unknown_lane_is_refused(tmp_path, lane):
+def test_lane_b_starts_with_rt_polarity_then_document_context_and_an_unknown_lane_is_refused(tmp_path, lane):
     code, cmds, err = _lane(tmp_path, lane, tmp_path / "results")
     if lane == "c":
         assert code == 2 and "lane must be a or b" in err and not cmds
         return
     assert code == 0
     assert (cmds[0][1], _flag(cmds[0], "--only")) == ("rt-polarity", "fs-r16-rslora,hf-native-r16-rslora,minilm")
-    assert (cmds[1][1], _flag(cmds[1], "--only"), _flag(cmds[1], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
+    # then the document-context screen, a seed at a time, before the commodity path at 4,000
+    assert [(_flag(c, "--only"), _flag(c, "--seeds"), _flag(c, "--sizes")) for c in cmds[1:4]] == [
+        ("fs-doc64", s, "1000") for s in "012"]
+    assert (cmds[4][1], _flag(cmds[4], "--only"), _flag(cmds[4], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
     gemma = [c for c in cmds if "--model" in c]
     assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)
