@@ -821,13 +821,47 @@ def mpnet_dir(explicit: str | None = None) -> tuple[Path | None, str]:
     return (found, "") if found else (None, f"{target}: assembled, but no config.json + weights inside")
 
 
+def _encoder_ids_in_context(tokenizer, words: Sequence[str], context, context_tokens: int,
+                            max_length: int) -> tuple[list[int], list[int | None]] | None:
+    """An encoder's ids and word ids for a sentence read with its document context, cut by fsllm's rule
+    (``fsllm.tokenization.context_window``: up to ``context_tokens`` word pieces a side within ``max_length``
+    with the special tokens); the context's pieces get no word. ``None`` when the sentence alone does not fit."""
+    from fsllm.tokenization import context_window
+
+    left, right = list(context[0]), list(context[1])
+    lo, hi = len(left), len(left) + len(words)
+    enc = tokenizer(left + list(words) + right, is_split_into_words=True)
+    all_ids, all_wids = enc["input_ids"], enc.word_ids()
+    # the encoder's special tokens (a CLS, a SEP) are the pieces of no word at either end
+    head = next(k for k, w in enumerate(all_wids) if w is not None)
+    tail = len(all_wids) - 1 - next(k for k, w in enumerate(reversed(all_wids)) if w is not None)
+    ids, wids = all_ids[head : tail + 1], all_wids[head : tail + 1]
+    inside = [k for k, w in enumerate(wids) if lo <= w < hi]
+    budget = max_length - head - (len(all_ids) - 1 - tail)
+    span = context_window(inside[0], inside[-1] + 1, len(ids), budget, context_tokens)
+    if span is None:
+        return None
+    s, e = span
+    words_of = [w - lo if lo <= w < hi else None for w in wids[s:e]]
+    return (all_ids[:head] + ids[s:e] + all_ids[tail + 1 :],
+            [None] * head + words_of + [None] * (len(all_ids) - 1 - tail))
+
+
 def encoder_token_features(tokenizer, words: Sequence[str], tags: Sequence[str] | None, label2id: dict | None,
-                           max_length: int) -> tuple[dict, list[int], list[int | None]]:
+                           max_length: int, context=None,
+                           context_tokens: int = 0) -> tuple[dict, list[int], list[int | None]]:
     """Encoder input for one sentence (first sub-token of a word carries its label, others -100),
     the index of each word's first sub-token (-1 if the word lost all its sub-tokens) and each
-    sub-token's word (``None`` for special tokens; what mean sub-token scores need)."""
-    enc = tokenizer(list(words), is_split_into_words=True, truncation=True, max_length=max_length)
-    wids = enc.word_ids()
+    sub-token's word (``None`` for special tokens; what mean sub-token scores need). ``context`` (the
+    sentence's document context) and ``context_tokens`` > 0: read with it, as fsllm's features are."""
+    in_context = (_encoder_ids_in_context(tokenizer, words, context, context_tokens, max_length)
+                  if context is not None and context_tokens > 0 and (context[0] or context[1]) else None)
+    if in_context is not None:
+        ids, wids = in_context
+        enc = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+    else:
+        enc = tokenizer(list(words), is_split_into_words=True, truncation=True, max_length=max_length)
+        wids = enc.word_ids()
     first = [-1] * len(words)
     labels = []
     prev = None
@@ -870,18 +904,21 @@ def encoder_decodings(logits: Sequence[np.ndarray], word_ids: Sequence[Sequence[
 
 def evaluate_encoder(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
                      batch_size: int = 64, target: tuple[float, float] | None = None,
-                     all_decodings: bool = False) -> tuple[dict, list[dict]]:
+                     all_decodings: bool = False, document_context: int = 0) -> tuple[dict, list[dict]]:
     """Metrics and records of an encoder; ``target`` = (mean, std): a regression model whose output is
     the standardised target, mapped back to the data's units before scoring; ``all_decodings``: NER
-    scored under every decoding too (:func:`encoder_decodings`)."""
+    scored under every decoding too (:func:`encoder_decodings`); ``document_context``: NER sentences read
+    with that many word pieces of their context a side (the examples' ``context_left`` / ``context_right``)."""
     from fsllm.inference import batched_logits
     from fsllm.metrics import classification_metrics, ner_metrics, regression_metrics
+    from fsllm.tokenization import context_of
 
     pad = tokenizer.pad_token_id or 0
     if task == "token":
         feats, firsts, word_ids = [], [], []
         for ex in examples:
-            f, first, wids = encoder_token_features(tokenizer, ex["tokens"], None, None, max_length)
+            f, first, wids = encoder_token_features(tokenizer, ex["tokens"], None, None, max_length,
+                                                    context_of(ex), document_context)
             feats.append(f)
             firsts.append(first)
             word_ids.append(wids)
@@ -923,13 +960,15 @@ def run_encoder(
     test_subset: int | None = None, seed: int = 0, epochs: float = 3.0, lr: float = 5e-5, batch_size: int = 16,
     max_length: int = 128, ner_max_length: int = 512, evals_per_epoch: int = 1, eval_batch_size: int = 64,
     max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True, precision: str = "fp32",
-    warmup_ratio: float = 0.0,
+    warmup_ratio: float = 0.0, document_context: int = 0,
 ) -> dict:
     """Full fine-tuning of an encoder with a token/sequence classification head, selected on dev.
     NER uses ``ner_max_length`` (default 512, the encoders' limit) so no CoNLL word loses its
     prediction; sequence tasks truncate to ``max_length`` like the FS models. Regression data
     (``rt-score``) gets one output trained with MSE on targets standardised on train, as FS runs do,
-    and is selected on dev Spearman."""
+    and is selected on dev Spearman. ``document_context``: NER sentences read with up to that many word
+    pieces of their document a side, within ``max_length`` (the FS rows' budget, not ``ner_max_length``),
+    as ``fsllm train --document-context`` reads them."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -938,15 +977,18 @@ def run_encoder(
     )
 
     from fsllm.metrics import primary_metric
+    from fsllm.tokenization import context_of
 
     run_dir, resume_from = resumable_dir(run_dir, dict(
         method="encoder", data=data, model_dir=str(model_dir), train_subset=train_subset, dev_subset=dev_subset,
         test_subset=test_subset, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
         ner_max_length=ner_max_length, evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience,
         evaluate_test=evaluate_test, **({"precision": precision} if precision != "fp32" else {}),
-        **({"warmup_ratio": warmup_ratio} if warmup_ratio else {})))  # unset keys keep earlier runs resumable
+        **({"warmup_ratio": warmup_ratio} if warmup_ratio else {}),
+        **({"document_context": document_context} if document_context else {})))  # unset keys keep earlier runs resumable
     set_seed(seed)
-    sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
+    sp = load_splits(data, train_subset, dev_subset, test_subset, seed, document_context=document_context)
+    context = document_context if sp.task == "token" else 0
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     id2label = dict(enumerate(sp.labels))
     label2id = {v: k for k, v in id2label.items()}
@@ -955,9 +997,12 @@ def run_encoder(
     extra = {"problem_type": "regression"} if regression else {}
     model = cls.from_pretrained(str(model_dir), num_labels=len(sp.labels), id2label=id2label, label2id=label2id, **extra)
     target = standardiser(sp) if regression else None
-    length = min(ner_max_length if sp.task == "token" else max_length, getattr(tok, "model_max_length", 512) or 512)
+    # with document context a sentence and its context share the FS rows' max_length, as in fsllm
+    length = min(ner_max_length if sp.task == "token" and not context else max_length,
+                 getattr(tok, "model_max_length", 512) or 512)
     if sp.task == "token":
-        feats = [encoder_token_features(tok, ex["tokens"], ex["tags"], label2id, length)[0] for ex in sp.train]
+        feats = [encoder_token_features(tok, ex["tokens"], ex["tags"], label2id, length, context_of(ex), context)[0]
+                 for ex in sp.train]
     else:
         feats = []
         for ex in sp.train:
@@ -968,7 +1013,8 @@ def run_encoder(
     metric = primary_metric(sp.task, sp.problem_type)
     trainer = baseline_trainer(
         model, run_dir, feats, right_padding_collator(sp.task, tok),
-        lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size, target)[0],
+        lambda m: evaluate_encoder(m, tok, sp.task, sp.dev, sp.labels, length, eval_batch_size, target,
+                                   document_context=context)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, resumable=True,
         bf16=precision == "bf16", warmup_ratio=warmup_ratio,
@@ -977,6 +1023,7 @@ def run_encoder(
         "task": sp.task, "data": data, "data_source": sp.source, "method": "encoder", "encoder": str(model_dir),
         "precision": precision,
         "primary_metric": metric, "max_length": length, **({"target_mean_std": list(target)} if target else {}),
+        **({"document_context": context} if context else {}),
         "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
         **train_on_dev(trainer, run_dir, resume_from),
     }
@@ -986,7 +1033,7 @@ def run_encoder(
     return finish_run(
         run_dir, metrics, (("dev", sp.dev), ("test", sp.test if evaluate_test else [])),
         lambda split, exs: evaluate_encoder(model, tok, sp.task, exs, sp.labels, length, eval_batch_size, target,
-                                            all_decodings=True),
+                                            all_decodings=True, document_context=context),
         trainer, decodings=True,
     )
 
@@ -1027,16 +1074,25 @@ def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer,
 
 
 def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
-                        batch_size: int = 64, all_decodings: bool = False) -> tuple[dict, list[dict]]:
+                        batch_size: int = 64, all_decodings: bool = False,
+                        document_context: int = 0) -> tuple[dict, list[dict]]:
     """Metrics and records of a decoder classifier fed fsllm's features (words by offsets, first
     sub-token labels, windows), read by fsllm's own word-tag and probability functions; ``all_decodings``:
-    NER scored under every decoding too, as fsllm's own evaluation does (``fsllm.evaluation.decoding_scores``)."""
-    from fsllm.evaluation import decoding_scores, predict_word_tags, sequence_probabilities, token_loss, word_features
+    NER scored under every decoding too, as fsllm's own evaluation does (``fsllm.evaluation.decoding_scores``);
+    ``document_context``: NER sentences read with their context, as fsllm's features read it."""
+    from fsllm.evaluation import (
+        decoding_scores,
+        example_contexts,
+        predict_word_tags,
+        sequence_probabilities,
+        token_loss,
+        word_features,
+    )
     from fsllm.metrics import classification_metrics, ner_metrics
 
     if task == "token":
         sentences = [ex["tokens"] for ex in examples]
-        features = word_features(sentences, tokenizer, max_length)
+        features = word_features(sentences, tokenizer, max_length, example_contexts(examples), document_context)
         preds, _, logits = predict_word_tags(model, tokenizer, sentences, max_length, batch_size, features=features)
         gold = [list(ex["tags"]) for ex in examples]
         m = ner_metrics(gold, preds)
@@ -1062,12 +1118,15 @@ def run_hf_native(
     lr: float = 1e-3, batch_size: int = 16, max_length: int = 128, evals_per_epoch: int = 1,
     eval_batch_size: int = 64, max_steps: int = -1, patience: int | None = None, evaluate_test: bool = True,
     precision: str = "fp32", callbacks: Sequence = (), warmup_ratio: float = 0.0, lora: dict | None = None,
+    document_context: int = 0,
 ) -> dict:
     """Train the ``hf-native`` row: what a user gets from transformers + PEFT alone (see the module doc),
     with the FS rows' data, subsets, tokenisation, budget and dev selection. ``precision``: "fp32"
     (the paper tables' protocol), "bf16" (autocast) or "auto" (fsllm's rule, ``resolve_precision``);
     ``callbacks``: more ``TrainerCallback``s; ``lora``: :func:`load_hf_native`'s LoRA options (rank,
-    alpha, rsLoRA, DoRA) where they differ from its defaults."""
+    alpha, rsLoRA, DoRA) where they differ from its defaults; ``document_context``: NER sentences read with
+    their document's neighbours, as ``fsllm train --document-context`` reads them (not FS's own: the
+    commodity path gets it too)."""
     from transformers import set_seed
 
     from fsllm.backbones import load_tokenizer
@@ -1084,17 +1143,20 @@ def run_hf_native(
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, evaluate_test=evaluate_test,
         **({"precision": precision} if precision != "fp32" else {}),  # fp32 runs keep their earlier settings
         **({"warmup_ratio": warmup_ratio} if warmup_ratio else {}),
-        **({"lora": dict(lora)} if lora else {})))  # runs at the default LoRA keep their earlier settings
+        **({"lora": dict(lora)} if lora else {}),  # runs at the default LoRA keep their earlier settings
+        **({"document_context": document_context} if document_context else {})))
     set_seed(seed)
-    sp = load_splits(data, train_subset, dev_subset, test_subset, seed)
+    sp = load_splits(data, train_subset, dev_subset, test_subset, seed, document_context=document_context)
+    context = document_context if sp.task == "token" else 0
     tok = load_tokenizer(model_name)
     model = load_hf_native(model_name, sp.task, sp.labels, tok, **(lora or {}))
     label2id = {v: k for k, v in enumerate(sp.labels)}
-    feats, _ = make_features(sp.task, sp.train, tok, label2id, max_length)
+    feats, _ = make_features(sp.task, sp.train, tok, label2id, max_length, document_context=context)
     metric = primary_metric(sp.task)
     trainer = baseline_trainer(
         model, run_dir, feats, right_padding_collator(sp.task, tok),
-        lambda m: evaluate_classifier(m, tok, sp.task, sp.dev, sp.labels, max_length, eval_batch_size)[0],
+        lambda m: evaluate_classifier(m, tok, sp.task, sp.dev, sp.labels, max_length, eval_batch_size,
+                                      document_context=context)[0],
         has_dev=bool(sp.dev), metric=metric, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
         evals_per_epoch=evals_per_epoch, max_steps=max_steps, patience=patience, resumable=True,
         callbacks=callbacks, bf16=precision == "bf16", warmup_ratio=warmup_ratio,
@@ -1103,6 +1165,7 @@ def run_hf_native(
         "task": sp.task, "data": data, "data_source": sp.source, "method": "hf-native", "backbone": model_name,
         "precision": precision,
         "labels": list(sp.labels), "primary_metric": metric, "sizes": {"train": len(sp.train), "dev": len(sp.dev), "test": len(sp.test)},
+        **({"document_context": context} if context else {}),
         **train_on_dev(trainer, run_dir, resume_from),
     }
     if not evaluate_test:
@@ -1110,7 +1173,7 @@ def run_hf_native(
     return finish_run(
         run_dir, metrics, (("dev", sp.dev), ("test", sp.test if evaluate_test else [])),
         lambda split, exs: evaluate_classifier(model, tok, sp.task, exs, sp.labels, max_length, eval_batch_size,
-                                               all_decodings=True),
+                                               all_decodings=True, document_context=context),
         trainer, decodings=True,
     )
 
@@ -1126,14 +1189,16 @@ def score_saved_test(kind: str, data: str, run_dir: Path, *, model_name: str = "
 
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    sp = load_splits(data, 0, 0, test_subset, seed)
+    context = int(metrics.get("document_context", 0))  # the run read its sentences with their context: so does its test
+    sp = load_splits(data, 0, 0, test_subset, seed, document_context=context)
     saved = run_dir / SAVED_MODEL
     t0 = time.time()
     if kind == "hf-native":
         labels = metrics["labels"]  # the training subset's label map, not the full split's
         tok = load_tokenizer(model_name)
         model = load_hf_native(model_name, sp.task, labels, tok, adapter=saved).eval()
-        m, recs = evaluate_classifier(model, tok, sp.task, sp.test, labels, max_length, batch_size, all_decodings=True)
+        m, recs = evaluate_classifier(model, tok, sp.task, sp.test, labels, max_length, batch_size, all_decodings=True,
+                                      document_context=context)
     elif kind == "encoder":
         tok = AutoTokenizer.from_pretrained(str(saved))
         cls = AutoModelForTokenClassification if sp.task == "token" else AutoModelForSequenceClassification
@@ -1141,7 +1206,7 @@ def score_saved_test(kind: str, data: str, run_dir: Path, *, model_name: str = "
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         target = tuple(metrics["target_mean_std"]) if "target_mean_std" in metrics else None
         m, recs = evaluate_encoder(model, tok, sp.task, sp.test, labels, metrics.get("max_length", max_length),
-                                   batch_size, target, all_decodings=True)
+                                   batch_size, target, all_decodings=True, document_context=context)
     else:
         raise ValueError(f"score_saved_test: unknown kind {kind!r}")
     m["seconds"] = round(time.time() - t0 - m.pop("decodings_seconds", 0.0), 1)

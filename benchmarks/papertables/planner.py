@@ -95,6 +95,8 @@ class Budget:
             d["adapt"] = dict(row.adapt)
         if row.lora:
             d["lora"] = dict(row.lora)
+        if row.document_context:
+            d["document_context"] = row.document_context
         if not self.grid_for(row):
             d.pop("grid_sizes", None), d.pop("grid_seed", None), d.pop("grid_seeds", None)
         elif self.grid_seeds:

@@ -36,6 +36,9 @@ class Row:
     encoder: str | None = None  # "minilm" | "mpnet"
     adapt: tuple = ()  # FS rows: AdaptConfig overrides as (key, value) pairs; non-empty: fsllm adapt runs first
     lora: tuple = ()  # hf-native rows: baselines.load_hf_native's LoRA options as (key, value) pairs
+    # hf-native and encoder rows: NER sentences read with this many sub-tokens of document context a side (FS
+    # rows set TrainConfig.document_context through ``train``)
+    document_context: int = 0
     multi_seed: bool = False  # all --seeds; otherwise the first seed only
     primary: bool = False  # FS or causal: first in the run order
     note: str = ""
@@ -111,13 +114,23 @@ COMBINED = _fs("fs-r16-rslora-repeat2-causal", multi=True, attention="causal", r
                note="fs-r16-rslora and fs-repeat2-causal together")
 HF_NATIVE_R16 = Row("hf-native-r16-rslora", "hf-native", lora=(("lora_r", 16), ("use_rslora", True)), multi_seed=True,
                     note="hf-native with fs-r16-rslora's capacity: PEFT LoRA rank 16 with rsLoRA")
+# Document context is not FS's own: should fs-doc64 pass the screen, its confirmation gives every row the same
+# 64 sub-tokens a side (MPNet's word pieces by the same rule, within the same max_length)
+DOC64 = [
+    _fs("fs-r16-rslora-doc64", multi=True, lora_r=16, use_rslora=True, train={"document_context": 64},
+        note="fs-r16-rslora with document context (--document-context 64)"),
+    Row("hf-native-r16-rslora-doc64", "hf-native", lora=(("lora_r", 16), ("use_rslora", True)), document_context=64,
+        multi_seed=True, note="hf-native-r16-rslora with the same document context"),
+    Row("mpnet-doc64", "encoder", encoder="mpnet", document_context=64, multi_seed=True,
+        note="MPNet with the same document context, within the FS rows' max_length"),
+]
 
 TABLE_ROWS: dict[str, list[Row]] = {
     "ner": [
         FS_BIDIR,
         _fs("causal", multi=True, primary=True, attention="causal", note="'w/o FS': the backbone's causal mask"),
         HF_NATIVE, DECAY_01_SEEDS, *DECAYS[1:], LEARNABLE, LAST_HALF, BF16, LINEAR, *LEVERS, COMBINED, HF_NATIVE_R16,
-        ZERO, IT, MINILM, MPNET,
+        *DOC64, ZERO, IT, MINILM, MPNET,
     ],
     **{
         t: [

@@ -295,6 +295,7 @@ def train_row(cell: Cell, budget: Budget, run_dir: Path, lr: float | None, evalu
             batch_size=budget.batch_size, max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch,
             max_steps=budget.max_steps, patience=budget.patience, evaluate_test=evaluate_test,
             precision=budget.precision, warmup_ratio=budget.warmup_ratio, lora=dict(row.lora),
+            document_context=row.document_context,
         )
     elif row.kind == "encoder":
         d = encoder_dir(row.encoder, mpnet_dir)
@@ -305,7 +306,7 @@ def train_row(cell: Cell, budget: Budget, run_dir: Path, lr: float | None, evalu
             epochs=budget.epochs, lr=budget.encoder_lr if lr is None else lr, batch_size=budget.batch_size,
             max_length=budget.max_length, evals_per_epoch=budget.evals_per_epoch, max_steps=budget.max_steps,
             patience=budget.patience, evaluate_test=evaluate_test, precision=budget.precision,
-            warmup_ratio=budget.warmup_ratio,
+            warmup_ratio=budget.warmup_ratio, document_context=row.document_context,
         )
     elif row.kind == "zero-shot":
         metrics = baselines.run_zero_shot(

@@ -208,7 +208,8 @@ def test_cell_ids_plan_order_and_skip(tmp_path):
     ids = [c.id for c in cells]
     assert len(ids) == len(set(ids))
     assert ids[:3] == ["fs-bidirectional__n1000__s0", "causal__n1000__s0", "hf-native__n1000__s0"]
-    assert {c.row.name for c in cells[3:5]} == {"minilm", "mpnet"} and all(c.tier == 1 for c in cells[3:5])
+    encoders = {"minilm", "mpnet", "mpnet-doc64"}  # tier 1: the encoders at the smallest size and first seed
+    assert {c.row.name for c in cells[3:6]} == encoders and all(c.tier == 1 for c in cells[3:6])
     assert [c.tier for c in cells] == sorted(c.tier for c in cells)
     assert sum(c.row.name == "zero-shot" for c in cells) == 1
     assert sum(c.row.name == "fs-decay-0.5" for c in cells) == 2  # one seed per size
@@ -506,7 +507,8 @@ def test_encoder_runs_on_a_tiny_bert(tmp_path):
     cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=37, max_position_embeddings=64)
     transformers.BertModel(cfg).save_pretrained(enc)
-    m = B.run_encoder(str(_ner_data(tmp_path)), tmp_path / "enc-ner", enc, train_subset=6, dev_subset=4, epochs=1,
+    ner = str(_ner_data(tmp_path))
+    m = B.run_encoder(ner, tmp_path / "enc-ner", enc, train_subset=6, dev_subset=4, epochs=1,
                       batch_size=4, max_steps=2, ner_max_length=32)
     assert m["task"] == "token" and m["test"]["words_without_subtoken"] == 0 and "f1" in m["test"]
     # every decoding is scored on dev and test, and the greedy / first one is the encoder's own reading
@@ -515,6 +517,15 @@ def test_encoder_runs_on_a_tiny_bert(tmp_path):
     assert m["test"]["decodings"]["greedy/first"]["f1"] == m["test"]["f1"]
     assert m["dev"]["decodings"]["greedy/first"]["f1"] == m["dev"]["f1"]
     assert "decodings_seconds" not in m["test"]
+    # with document context: the FS rows' max_length holds sentence and context, and a deferred test reads it again
+    ckw = dict(train_subset=6, dev_subset=4, test_subset=4, epochs=1, batch_size=4, max_steps=2, max_length=16,
+               document_context=4)
+    c = B.run_encoder(ner, tmp_path / "enc-doc", enc, **ckw)
+    assert (c["document_context"], c["max_length"]) == (4, 16)
+    B.run_encoder(ner, tmp_path / "enc-doc-deferred", enc, evaluate_test=False, **ckw)
+    later = B.score_saved_test("encoder", ner, tmp_path / "enc-doc-deferred", test_subset=4)
+    assert {k: v for k, v in later["test"].items() if k != "seconds"} == \
+        {k: v for k, v in c["test"].items() if k != "seconds"}
     s = B.run_encoder(str(_seq_data(tmp_path)), tmp_path / "enc-seq", enc, train_subset=8, dev_subset=4, epochs=1,
                       batch_size=4, max_steps=2, evals_per_epoch=2)
     assert s["task"] == "sequence" and 0 <= s["test"]["accuracy"] <= 1
@@ -551,6 +562,66 @@ def test_an_encoders_mean_reading_averages_each_words_sub_token_log_probabilitie
     m, _ = B.evaluate_encoder(model, tok, "token", exs, labels, 32, batch_size=2, all_decodings=True)
     assert m["decodings"]["greedy/mean"]["f1"] == 1.0
     assert m["decodings"]["greedy/first"]["f1"] < 1.0
+
+
+def test_an_encoder_reads_document_context_by_fsllms_rule(tmp_path):
+    """MPNet's rows with document context: word pieces of the context around the sentence, between the
+    encoder's own special tokens, cut to the budget as fsllm cuts its own, never labelled."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "jo", "##hn", "visited", "par", "##is", "in", "london", "the", "eu"]
+    tok = transformers.BertTokenizerFast(vocab={w: k for k, w in enumerate(vocab)})
+    label2id = {"O": 0, "B-PER": 1, "B-LOC": 2}
+    words, tags = ["John", "visited", "Paris"], ["B-PER", "O", "B-LOC"]
+    context = (["the", "EU"], ["in", "London"])
+    f, first, wids = B.encoder_token_features(tok, words, tags, label2id, 32, context, 8)
+    assert tok.convert_ids_to_tokens(f["input_ids"]) == [
+        "[CLS]", "the", "eu", "jo", "##hn", "visited", "par", "##is", "in", "london", "[SEP]"]
+    assert wids == [None, None, None, 0, 0, 1, 2, 2, None, None, None]
+    assert f["labels"] == [-100, -100, -100, 1, -100, 0, 2, -100, -100, -100, -100]
+    assert first == [3, 5, 6]
+    # one piece a side: the nearest; a budget the sentence alone overflows: no context, truncated as before
+    f1, _, _ = B.encoder_token_features(tok, words, tags, label2id, 32, context, 1)
+    assert tok.convert_ids_to_tokens(f1["input_ids"]) == ["[CLS]", "eu", "jo", "##hn", "visited", "par", "##is", "in",
+                                                          "[SEP]"]
+    assert B.encoder_token_features(tok, words, tags, label2id, 5, context, 8) == \
+        B.encoder_token_features(tok, words, tags, label2id, 5)
+
+
+def test_document_context_rows_record_it_in_their_settings_and_pass_it_to_their_runner(monkeypatch, tmp_path):
+    from papertables.rows import TABLE_ROWS
+
+    rows = {r.name: r for r in TABLE_ROWS["ner"]}
+    budget = PL.Budget()
+    # a finished cell is reused only when its settings match: the context is one of them
+    assert budget.for_row(rows["mpnet-doc64"])["document_context"] == 64
+    assert "document_context" not in budget.for_row(rows["mpnet"])
+    assert dict(rows["fs-r16-rslora-doc64"].train)["document_context"] == 64
+    seen = {}
+    monkeypatch.setattr(B, "run_hf_native", lambda *a, **kw: seen.update(kw) or {"task": "token"})
+    (cell,) = PL.plan("ner", [4000], [0], only=["hf-native-r16-rslora-doc64"])
+    RN.train_row(cell, budget, tmp_path, None, True, None)
+    assert seen["document_context"] == 64 and seen["lora"] == {"lora_r": 16, "use_rslora": True}
+
+
+def test_the_baselines_train_and_score_with_document_context(tmp_path):
+    """hf-native and the encoder given document context: the run records it, reads dev and test with it,
+    and a deferred test (score_saved_test) reads it again, to the same scores; without it the reading differs."""
+    model_dir = _tiny_llm_dir(tmp_path)
+    data = str(_ner_data(tmp_path))  # no -DOCSTART-: each file is one document, so every sentence has neighbours
+    kw = dict(model_name=str(model_dir), train_subset=6, dev_subset=4, test_subset=4, epochs=1, batch_size=4,
+              max_steps=2, lr=1e-2, document_context=4)
+    direct = B.run_hf_native(data, tmp_path / "direct", **kw)
+    assert direct["document_context"] == 4
+    B.run_hf_native(data, tmp_path / "deferred", evaluate_test=False, **kw)
+    later = B.score_saved_test("hf-native", data, tmp_path / "deferred", model_name=str(model_dir), test_subset=4)
+    assert {k: v for k, v in later["test"].items() if k != "seconds"} == \
+        {k: v for k, v in direct["test"].items() if k != "seconds"}
+    # the context is read: the same model scores another loss on the sentences alone
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = B.load_hf_native(str(model_dir), "token", direct["labels"], tok, adapter=tmp_path / "deferred" / B.SAVED_MODEL)
+    test = B.load_splits(data, 0, 0, 4, 0, document_context=4).test
+    with_context = B.evaluate_classifier(model.eval(), tok, "token", test, direct["labels"], 128, document_context=4)[0]
+    alone = B.evaluate_classifier(model, tok, "token", test, direct["labels"], 128)[0]
+    assert with_context["loss"] == pytest.approx(later["test"]["loss"]) and abs(with_context["loss"] - alone["loss"]) > 1e-4
 
 
 def test_mpnet_assembled_from_the_five_part_packages(tmp_path, monkeypatch):

@@ -156,6 +156,19 @@ def context_of(example: dict) -> Context | None:
     return (left, right) if left or right else None
 
 
+def context_window(start: int, end: int, n: int, budget: int, context_tokens: int) -> tuple[int, int] | None:
+    """The tokens ``[s, e)`` of a passage of ``n`` tokens read for the sentence at ``[start, end)``: the
+    sentence and up to ``context_tokens`` tokens on each side, at most ``budget`` in all, the room one side
+    cannot fill given to the other; ``None`` when the sentence alone exceeds ``budget``. The one rule of
+    fsllm's features and the baselines' (an encoder's word pieces), so every row reads the same context."""
+    room = budget - (end - start)
+    if room < 0:
+        return None
+    n_left, n_right = min(start, context_tokens), min(n - end, context_tokens)
+    take_left = min(n_left, max(room // 2, room - n_right))
+    return start - take_left, end + min(n_right, room - take_left)
+
+
 def _features_in_context(
     words: list[str], tags: list[str] | None, tokenizer: PreTrainedTokenizerBase, label2id: dict[str, int] | None,
     prefix: list[int], budget: int, context: Context, context_tokens: int,
@@ -168,14 +181,10 @@ def _features_in_context(
     # one tokenisation of the whole passage, so the sentence's words are split as they are inside a text
     feats = encode_words(left + list(words) + right, tokenizer)
     inside = [k for k, w in enumerate(feats.word_ids) if lo <= w < hi]
-    a, b = inside[0], inside[-1] + 1
-    room = budget - (b - a)
-    if room < 0:
+    span = context_window(inside[0], inside[-1] + 1, len(feats.input_ids), budget, context_tokens)
+    if span is None:
         return None
-    n_left, n_right = min(a, context_tokens), min(len(feats.input_ids) - b, context_tokens)
-    take_left = min(n_left, max(room // 2, room - n_right))
-    take_right = min(n_right, room - take_left)
-    s, e = a - take_left, b + take_right
+    s, e = span
     wids = [w - lo if lo <= w < hi else -1 for w in feats.word_ids[s:e]]
     first = [f and w >= 0 for f, w in zip(feats.first_subtoken[s:e], wids)]
     ids = prefix + feats.input_ids[s:e]
