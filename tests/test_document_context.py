@@ -207,3 +207,28 @@ def test_a_model_without_context_ignores_documents(tiny_ner_model_dir):
     pred = Predictor.from_pretrained(tiny_ner_model_dir)
     sentences = [s.split() for s in CONLL_DEV.split("\n") if s][:2]
     assert pred.predict(words=sentences, documents=[0, 0]) == pred.predict(words=sentences)
+
+
+def test_an_fsllm_that_predates_document_context_refuses_such_a_folder(context_run, tiny_ner_model_dir, monkeypatch,
+                                                                      tmp_path):
+    """An older fsllm would take ``document_context`` for an unknown attribute and read each sentence alone
+    without a word; the folder's format (3 with context, 2 without) makes it refuse instead."""
+    import shutil
+
+    from fsllm import persistence
+    from fsllm.errors import ModelFolderError
+
+    _, result = context_run
+    assert json.loads((result.model_dir / "config.json").read_text())["fsllm_format"] == 3
+    assert json.loads((tiny_ner_model_dir / "config.json").read_text())["fsllm_format"] == 2
+    monkeypatch.setattr(persistence, "FSLLM_FORMAT", 2)  # what the format check of an fsllm of format 2 sees
+    with pytest.raises(ModelFolderError, match="written by a newer fsllm"):
+        persistence.load_config(result.model_dir)
+    assert persistence.load_config(tiny_ner_model_dir).document_context == 0
+    monkeypatch.undo()
+    newer = tmp_path / "newer"
+    shutil.copytree(tiny_ner_model_dir, newer)
+    raw = json.loads((newer / "config.json").read_text())
+    (newer / "config.json").write_text(json.dumps({**raw, "fsllm_format": 4}))
+    with pytest.raises(ModelFolderError, match=r"written by a newer fsllm \(format 4\)"):
+        persistence.load_config(newer)

@@ -558,6 +558,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: the newest model-folder format this fsllm reads (``FSLLMConfig.fsllm_format``)
+FSLLM_FORMAT = 3
+
+
 class FSLLMConfig(PreTrainedConfig):
     """``config.json`` of a saved FS model: the transformers side of an ``FSConfig``.
 
@@ -573,6 +577,9 @@ class FSLLMConfig(PreTrainedConfig):
             or ``flex_attention``).
         merged: the folder holds the whole model with LoRA merged into the backbone weights
             (``model.safetensors``), instead of a LoRA adapter and a backbone reference.
+        fsllm_format: the folder's format: 2, or 3 where ``document_context`` is set, so that an fsllm
+            that predates the field refuses the folder instead of reading each sentence alone; this fsllm
+            reads formats up to ``FSLLM_FORMAT``.
         problem_type: the standard transformers field: ``"single_label_classification"`` (softmax +
             cross-entropy; ``None`` means the same), ``"multi_label_classification"`` (one sigmoid per
             label, binary cross-entropy) or ``"regression"`` (``num_labels=1``, MSE). ``pipeline()``
@@ -620,7 +627,7 @@ class FSLLMConfig(PreTrainedConfig):
     decoder_config: dict | PreTrainedConfig | None = None
     backbone_attn_implementation: str = "sdpa"
     merged: bool = False
-    fsllm_format: int = 2
+    fsllm_format: int = 2  # 3 where document_context is set (see to_dict); FSLLM_FORMAT is the newest read
     multi_label_threshold: float = 0.5
     label_thresholds: dict | None = None
     target_mean: float = 0.0
@@ -657,6 +664,16 @@ class FSLLMConfig(PreTrainedConfig):
         if self.backbone_dtype is not None and self.backbone_dtype not in BACKBONE_DTYPES[1:]:
             raise ValueError(f"backbone_dtype must be one of {', '.join(BACKBONE_DTYPES[1:])} or None, "
                              f"got {self.backbone_dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The saved config, as format 3 where document context is set.
+
+        An fsllm that predates the field refuses such a folder ("written by a newer fsllm") instead of
+        reading each sentence alone without a word."""
+        d = super().to_dict()
+        if d.get("document_context"):
+            d["fsllm_format"] = max(int(d.get("fsllm_format") or 2), 3)
+        return d
 
     def threshold_of(self, label: str) -> float:
         """The decision threshold of one label of a multi-label model (its own one, else the global one)."""

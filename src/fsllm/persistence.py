@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import attention as fs_attention
 from .backbones import BUILTIN_MODELS, dequantized_merge, is_quantized, load_backbone
-from .config import FSLLMConfig, torch_dtype
+from .config import FSLLM_FORMAT, FSLLMConfig, torch_dtype
 from .errors import ConfigError, ModelFolderError
 from .filenames import ADAPTER_DIR, CONFIG_NAME, HEAD_NAME, LEGACY_CONFIG_NAME, MODEL_CARD_NAME
 
@@ -360,7 +360,7 @@ def load_config(folder: str | os.PathLike) -> FSLLMConfig:
         raise ModelFolderError(f"{path}: corrupt ({e})") from e
     if raw.get("model_type") != FSLLMConfig.model_type:
         raise ModelFolderError(f"{folder}: not an fsllm model folder (config.json is a {raw.get('model_type')!r} model)")
-    if raw.get("fsllm_format", 0) > FSLLMConfig.fsllm_format:
+    if raw.get("fsllm_format", 0) > FSLLM_FORMAT:
         raise ModelFolderError(f"{path}: written by a newer fsllm (format {raw['fsllm_format']}); upgrade fsllm")
     try:
         return FSLLMConfig.from_pretrained(str(folder))
