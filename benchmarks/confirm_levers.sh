@@ -12,9 +12,9 @@
 # benchmarks/results) the cell JSONs, e.g. a checkout's own when the lanes run from a copy of it.
 # A command that fails is reported and the lane goes on to the next one.
 #
-# Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again at its tuned rate
-# (its cells then carry every NER reading), both on the full training set (FS at the rate chosen at
-# 4,000), the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the
+# Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again under the same
+# three-seed grid (its cells then carry every NER reading), both on the full training set at the rates chosen at
+# 4,000, the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the
 # sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64, three seeds),
 # hf-native given the same capacity at NER 4,000 and on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
 set -uo pipefail
@@ -45,14 +45,14 @@ full_budget() {  # [flags]: the full CoNLL-2003 training set, the tuned table's 
   "${tables[@]}" ner --out $res/confirm-full --runs "$runs/confirm-full" --sizes 14041 --seeds 0,1,2 --epochs 2 \
     --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 "$@"
 }
-full_set() {  # ROW: a LoRA row on the full set at the rate its grid chose at 4,000 (the planner's rule for
-  # sizes above the grid's)
-  local row=$1 cell=$res/confirm-4000/ner/${1}__n4000__s0.json lr
+full_set() {  # ROW [RATE_FLAG]: a row on the full set at the rate its grid chose at 4,000 (the planner's rule
+  # for sizes above the grid's); RATE_FLAG is --lr (LoRA rows, the default) or --encoder-lr (encoders)
+  local row=$1 flag=${2:---lr} cell=$res/confirm-4000/ner/${1}__n4000__s0.json lr
   if ! lr=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['lr'])" "$cell" 2>/dev/null); then
     echo "full set, $row: no rate chosen at 4,000 yet ($cell); skipped" >&2
     return 0
   fi
-  full_budget --lr "$lr" --only "$row"
+  full_budget "$flag" "$lr" --only "$row"
 }
 paper() {  # TABLE ROWS: the paper table's own budget (3 epochs, lr 1e-3, fp32), seed 0
   "${tables[@]}" "$1" --out $res/paper --runs "$runs/paper" --sizes 1000 --seeds 0 --dev-subset 500 \
@@ -62,10 +62,12 @@ paper() {  # TABLE ROWS: the paper table's own budget (3 epochs, lr 1e-3, fp32),
 case $lane in
   a)
     confirm_ner fs-r16-rslora
+    # MPNet under the same three-seed selection (the tuned table chose its 5e-5 on seed 0 alone)
     "${tables[@]}" ner --out $res/confirm-4000 --runs "$runs/confirm-4000" --sizes 4000 --seeds 0,1,2 --epochs 10 \
-      --patience 2 --evals-per-epoch 1 --dev-subset 500 --precision bf16 --encoder-lr 5e-5 --only mpnet
+      --patience 2 --evals-per-epoch 1 --dev-subset 500 --precision bf16 --encoder-lr 5e-5 \
+      --encoder-lr-grid 2e-5,5e-5,1e-4 --grid-sizes 4000 --grid-seeds 0,1,2 --only mpnet
     full_set fs-r16-rslora
-    full_budget --encoder-lr 5e-5 --only mpnet
+    full_set mpnet --encoder-lr
     paper ner zero-shot,instruction-tuned
     paper rt-polarity instruction-tuned
     for cell in fs-decay-0.1:1 fs-lambda-schedule-0.3:1 fs-dora:1 fs-adapt:1 fs-lambda-schedule:1; do

@@ -35,19 +35,24 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     results = tmp_path / "results"
     code, cmds, err = _lane(tmp_path, "a", results)
     assert code == 0
-    # no 4,000 cell yet: the full-set step says so and is skipped, the lane goes on
+    # no 4,000 cell yet: the full-set steps say so and are skipped, the lane goes on
     assert "full set, fs-r16-rslora: no rate chosen at 4,000 yet" in err
-    assert [(c[1], _flag(c, "--only"), _flag(c, "--sizes")) for c in cmds[:3]] == [
-        ("ner", "fs-r16-rslora", "4000"), ("ner", "mpnet", "4000"), ("ner", "mpnet", "14041")]
+    assert "full set, mpnet: no rate chosen at 4,000 yet" in err
+    assert [(c[1], _flag(c, "--only"), _flag(c, "--sizes")) for c in cmds[:2]] == [
+        ("ner", "fs-r16-rslora", "4000"), ("ner", "mpnet", "4000")]
     assert _flag(cmds[0], "--grid-seeds") == "0,1,2" and _flag(cmds[0], "--out") == f"{results}/confirm-4000"
+    # MPNet under the same three-seed selection as the LoRA rows
+    assert (_flag(cmds[1], "--encoder-lr-grid"), _flag(cmds[1], "--grid-seeds")) == ("2e-5,5e-5,1e-4", "0,1,2")
     assert all(_flag(c, "--runs").startswith(str(tmp_path / "runs")) for c in cmds)
     (results / "confirm-4000" / "ner").mkdir(parents=True)
     (results / "confirm-4000" / "ner" / "fs-r16-rslora__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
+    (results / "confirm-4000" / "ner" / "mpnet__n4000__s0.json").write_text(json.dumps({"lr": 1e-4}))
     code, cmds, err = _lane(tmp_path, "a", results)
-    full = [c for c in cmds if _flag(c, "--only") == "fs-r16-rslora" and _flag(c, "--sizes") == "14041"]
-    assert code == 0 and "no rate chosen" not in err and len(full) == 1
-    assert _flag(full[0], "--lr") == "0.0005" and _flag(full[0], "--epochs") == "2"
-    assert "--lr-grid" not in full[0] and _flag(full[0], "--out") == f"{results}/confirm-full"
+    full = {_flag(c, "--only"): c for c in cmds if _flag(c, "--sizes") == "14041"}
+    assert code == 0 and "no rate chosen" not in err and set(full) == {"fs-r16-rslora", "mpnet"}
+    assert _flag(full["fs-r16-rslora"], "--lr") == "0.0005" and _flag(full["fs-r16-rslora"], "--epochs") == "2"
+    assert _flag(full["mpnet"], "--encoder-lr") == "0.0001" and "--lr" not in full["mpnet"]
+    assert all("--lr-grid" not in c and _flag(c, "--out") == f"{results}/confirm-full" for c in full.values())
 
 
 @pytest.mark.parametrize("lane", ["b", "c"])
