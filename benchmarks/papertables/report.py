@@ -662,6 +662,21 @@ def backbones_of(all_recs: dict[str, list[dict]]) -> str:
     return "; ".join(BUILTIN_MODELS[n].description if n in BUILTIN_MODELS else n for n in names or ["smollm2-135m"])
 
 
+def seeds_sentence(all_recs: dict[str, list[dict]]) -> str:
+    """Which rows ran several seeds and which one, as the cells say (rows are multi-seed by choice, and a
+    focused folder runs its own selection of them)."""
+    by_row: dict[str, set[int]] = {}
+    for recs in all_recs.values():
+        for r in recs:
+            by_row.setdefault(r["method"], set()).add(r["seed"])
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for row, seeds in by_row.items():
+        groups.setdefault(tuple(sorted(seeds)), []).append(row)
+    parts = [f"{len(k)} ({', '.join(map(str, k))}) for {', '.join(sorted(v))}"
+             for k, v in sorted(groups.items(), key=lambda kv: (-len(kv[0]), kv[0]))]
+    return "Seeds in the cells: " + ("; ".join(parts) if parts else "none yet") + "."
+
+
 def write_report(out: Path, seeds: Sequence[int]) -> Path:
     """Write ``out/REPORT.md`` and its figures beside it: every table, from the cell JSONs under ``out``."""
     out = Path(out)
@@ -678,9 +693,8 @@ def write_report(out: Path, seeds: Sequence[int]) -> Path:
          "stand-ins (rt-polarity ~ SST-2, rt-5 ~ SST-5, bbc-news ~ AGNews (topic), tweets-3 ~ Twitter-Fin, "
          "CoNLL-2003 itself) and 1,000/4,000 training examples, so the paper column is context only."),
         "",
-        ("Seeds: 3 for fs-bidirectional, causal rows, minilm, mpnet (and every ablation row); 1 (the first seed) for "
-         "the other rows. The seed picks the training subset as well as the initialisation. Zero-shot is deterministic "
-         "(greedy / likelihood scoring) and has no dev selection."),
+        (f"{seeds_sentence(all_recs)} The seed picks the training subset as well as the initialisation. Zero-shot "
+         "is deterministic (greedy / likelihood scoring) and has no dev selection."),
         "",
     ]
     settings = {json.dumps(r.get("settings"), sort_keys=True) for recs in all_recs.values() for r in recs}

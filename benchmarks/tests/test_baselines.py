@@ -406,6 +406,14 @@ def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_muc
     assert R.target_lines("rt-5", [], out) == []
 
 
+def test_the_report_says_which_rows_ran_which_seeds_from_the_cells():
+    recs = {"ner": [{"method": "fs-r16-rslora", "seed": s} for s in (0, 1, 2)] + [{"method": "mpnet", "seed": 1}],
+            "rt-polarity": [{"method": "minilm", "seed": s} for s in (0, 1, 2)] + [{"method": "zero-shot", "seed": 0}]}
+    assert R.seeds_sentence(recs) == ("Seeds in the cells: 3 (0, 1, 2) for fs-r16-rslora, minilm; 1 (0) for "
+                                      "zero-shot; 1 (1) for mpnet.")
+    assert R.seeds_sentence({"ner": []}) == "Seeds in the cells: none yet."
+
+
 def test_the_report_names_the_backbone_its_cells_trained():
     smol = {"ner": [{"settings": {"model": "smollm2-135m"}}, {"settings": {"encoder_lr": 5e-5}}]}
     assert R.backbones_of(smol).startswith("SmolLM2-135M-Instruct")
