@@ -247,6 +247,14 @@ class CostModel:
     ENC_TRAIN: ClassVar[dict] = {"minilm": 0.15, "mpnet": 1.2}
     ENC_EVAL: ClassVar[dict] = {"minilm": 0.1, "mpnet": 0.8}
 
+    def input_scale(self, row: Row, budget: Budget, dataset: str) -> float:
+        """A row's input tokens relative to the data's own: sequence repetition reads K copies, and document
+        context adds up to N tokens a side (within max_length) to a CoNLL sentence of 22."""
+        own = 22 * self.LEN.get(dataset, 1.0)
+        context = dict(row.train).get("document_context") or row.document_context
+        tokens = min(budget.max_length, own + 2 * context) if context else own
+        return tokens / own * int(dict(row.fs).get("repeat", 1))
+
     def per_example_eval(self, dataset: str) -> float:
         """Seconds to evaluate the FS model on one example of ``dataset``."""
         return self.conll_test_s / 3453 * self.LEN.get(dataset, 1.0)
@@ -254,8 +262,9 @@ class CostModel:
     def seconds(self, cell: Cell, budget: Budget, n_dev: int, n_test: int, n_labels: int) -> float:
         """Estimated wall-clock of one run of ``cell``: loading, training steps, dev evaluations, test."""
         ds, row = cell.dataset, cell.row
-        lf = self.LEN.get(ds, 1.0)
-        e = self.per_example_eval(ds)
+        scale = self.input_scale(row, budget, ds)
+        lf = self.LEN.get(ds, 1.0) * scale
+        e = self.per_example_eval(ds) * scale
         steps = math.ceil(cell.size / budget.batch_size) * budget.epochs
         if budget.max_steps > 0:
             steps = min(steps, budget.max_steps)

@@ -610,6 +610,20 @@ def test_document_context_rows_record_it_in_their_settings_and_pass_it_to_their_
     assert seen["document_context"] == 64 and seen["lora"] == {"lora_r": 16, "use_rslora": True}
 
 
+def test_the_dry_run_estimate_counts_the_tokens_repetition_and_document_context_add():
+    budget, cost = PL.Budget(), PL.CostModel()
+    cells = {c.row.name: c for c in PL.plan("ner", [1000], [0], only=["fs-bidirectional", "fs-repeat2", "fs-doc64",
+                                                                      "mpnet", "mpnet-doc64"])}
+
+    def secs(name):
+        return cost.seconds(cells[name], budget, n_dev=500, n_test=3453, n_labels=9) - cost.load_s
+
+    # 22 tokens a CoNLL sentence: repeated twice 44; with 64 a side, within max_length, 128
+    assert secs("fs-repeat2") == pytest.approx(2 * secs("fs-bidirectional"))
+    assert secs("fs-doc64") == pytest.approx(128 / 22 * secs("fs-bidirectional"))
+    assert secs("mpnet-doc64") == pytest.approx(128 / 22 * secs("mpnet"))
+
+
 def test_the_baselines_train_and_score_with_document_context(tmp_path):
     """hf-native and the encoder given document context: the run records it, reads dev and test with it,
     and a deferred test (score_saved_test) reads it again, to the same scores; without it the reading differs."""
