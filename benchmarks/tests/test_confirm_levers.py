@@ -41,6 +41,7 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     assert [(c[1], _flag(c, "--only"), _flag(c, "--sizes")) for c in cmds[:2]] == [
         ("ner", "fs-r16-rslora", "4000"), ("ner", "mpnet", "4000")]
     assert _flag(cmds[0], "--grid-seeds") == "0,1,2" and _flag(cmds[0], "--out") == f"{results}/confirm-4000"
+    assert _flag(cmds[0], "--lr-grid") == "2.5e-4,5e-4,1e-3"  # extended below the edge two seeds preferred
     # MPNet under the same three-seed selection as the LoRA rows
     assert (_flag(cmds[1], "--encoder-lr-grid"), _flag(cmds[1], "--grid-seeds")) == ("2e-5,5e-5,1e-4", "0,1,2")
     assert all(_flag(c, "--runs").startswith(str(tmp_path / "runs")) for c in cmds)
