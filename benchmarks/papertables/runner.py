@@ -243,6 +243,7 @@ def run_fs(cell: Cell, budget: Budget, run_dir: Path, lr: float | None = None,
 def score_fs_test(cell: Cell, budget: Budget, run_dir: Path) -> dict:
     """Score the test split with the model an FS run selected on dev (a grid member that deferred its
     test evaluation), as ``fsllm eval`` does; adds ``test`` to its ``metrics.json`` and returns it."""
+    from fsllm.evaluation import document_context_of
     from fsllm.inference import Predictor, evaluate_examples
     from fsllm.run import RunFolder
 
@@ -253,8 +254,8 @@ def score_fs_test(cell: Cell, budget: Budget, run_dir: Path) -> dict:
     if pred.max_length != budget.max_length:
         raise SystemExit(f"{run_dir}: trained at max_length {pred.max_length}, the budget says {budget.max_length}")
     # a model trained with document context reads each test sentence with its neighbours, as training scored dev
-    context = int(getattr(pred.model.config, "document_context", 0) or 0)
-    test = baselines.load_splits(cell.dataset, 0, 0, budget.test_subset, cell.seed, document_context=context).test
+    test = baselines.load_splits(cell.dataset, 0, 0, budget.test_subset, cell.seed,
+                                 document_context=document_context_of(pred.model)).test
     m, records = evaluate_examples(pred.model, pred.tokenizer, test, pred.max_length, progress="test", all_decodings=True)
     metrics["test"] = {k: v for k, v in m.items() if k not in ("confusion_matrix", "decodings_seconds")}
     metrics.setdefault("sizes", {})["test"] = len(test)

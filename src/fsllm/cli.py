@@ -472,7 +472,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .evaluation import evaluate_examples
+    from .evaluation import document_context_of, evaluate_examples
     from .inference import Predictor
     from .prepare import eval_examples
 
@@ -484,7 +484,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
                         label_column=a.label_column, labels=pred.model.label2id,
                         problem_type=getattr(config, "problem_type", None) if pred.task == "sequence" else None,
                         text_pair_column=pair_column, label_separator=a.label_separator,
-                        document_context=getattr(config, "document_context", 0) if pred.task == "token" else 0)
+                        document_context=document_context_of(pred.model) if pred.task == "token" else 0)
     metrics, records = evaluate_examples(pred.model, pred.tokenizer, exs, pred.max_length, a.batch_size, progress=a.split,
                                          all_decodings=True)
     if a.output:

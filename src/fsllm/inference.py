@@ -242,10 +242,9 @@ class Predictor:
             documents = list(documents)
             if len(documents) != len(sentences):
                 raise DataError(f"{len(sentences)} sentences but {len(documents)} documents")
-            context = document_context_of(self.model)
-            examples = with_document_context([{"tokens": ws, "document": d} for ws, d in zip(sentences, documents)],
-                                             context)
-            contexts = example_contexts(examples) if context else None
+            if context := document_context_of(self.model):  # a model without it reads each sentence alone
+                contexts = example_contexts(with_document_context(
+                    [{"tokens": ws, "document": d} for ws, d in zip(sentences, documents)], context))
         tags, scores, _ = predict_word_tags(
             self.model, self.tokenizer, sentences, self.max_length, self.batch_size, progress, contexts=contexts
         )

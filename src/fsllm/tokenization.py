@@ -146,7 +146,7 @@ def with_document_context(examples: Sequence[dict], words: int) -> list[dict]:
             while j < len(examples) and len(right) < words and examples[j].get("document") == doc:
                 right += list(examples[j]["tokens"])
                 j += 1
-        ex[CONTEXT_KEYS[0]], ex[CONTEXT_KEYS[1]] = left[len(left) - words:] if len(left) > words else left, right[:words]
+        ex[CONTEXT_KEYS[0]], ex[CONTEXT_KEYS[1]] = left[-words:], right[:words]
     return out
 
 
