@@ -114,6 +114,14 @@ COMBINED = _fs("fs-r16-rslora-repeat2-causal", multi=True, attention="causal", r
                note="fs-r16-rslora and fs-repeat2-causal together")
 HF_NATIVE_R16 = Row("hf-native-r16-rslora", "hf-native", lora=(("lora_r", 16), ("use_rslora", True)), multi_seed=True,
                     note="hf-native with fs-r16-rslora's capacity: PEFT LoRA rank 16 with rsLoRA")
+# Sentences: at rank 16 and one selection, hf-native (last token, linear head) led FS (mean pooling, SwiGLU) on
+# rt-polarity. FS's other readings, screened on dev at the rate both rank-16 rows chose there (5e-4), paired by
+# seed with fs-r16-rslora (last is hf-native's pooling; max led a one-seed rank-8 ablation on test)
+R16_POOLINGS = [
+    _fs(f"fs-r16-rslora-{p}", multi=True, lora_r=16, use_rslora=True, pooling=p,
+        note=f"fs-r16-rslora with {p} pooling (screened at fs-r16-rslora's chosen rate, no grid of its own)")
+    for p in ("max", "last")
+]
 # Document context is not FS's own: should fs-doc64 pass the screen, its confirmation gives every row the same
 # 64 sub-tokens a side (MPNet's word pieces by the same rule, within the same max_length)
 DOC64 = [
@@ -139,7 +147,7 @@ TABLE_ROWS: dict[str, list[Row]] = {
                 note="'w/o FS' as in the paper: causal mask, last-token pooling"),
             _fs("causal-mean", multi=True, primary=True, attention="causal", pooling="mean",
                 note="causal mask, mean pooling"),
-            HF_NATIVE, DECAYS[1], R16, HF_NATIVE_R16, ZERO, IT, MINILM,
+            HF_NATIVE, DECAYS[1], R16, HF_NATIVE_R16, *R16_POOLINGS, ZERO, IT, MINILM,
         ]
         for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")
     },

@@ -358,7 +358,7 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     out = tmp_path / "out"
     scores = {("fs-r16-rslora", "ner"): (.86, .88), ("hf-native-r16-rslora", "ner"): (.87, .86), ("mpnet", "ner"): (.90, .89),
               ("fs-r16-rslora", "rt-polarity"): (.85, .84), ("hf-native-r16-rslora", "rt-polarity"): (.80, .83),
-              ("minilm", "rt-polarity"): (.81, .80)}
+              ("minilm", "rt-polarity"): (.81, .80), ("fs-r16-rslora-max", "rt-polarity"): (.86, .87)}
     for (row, table), per_seed in scores.items():
         metric = "f1" if table == "ner" else "accuracy"
         for seed, v in enumerate(per_seed):
@@ -371,6 +371,9 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     rt = "\n".join(R.paired_lines("rt-polarity", R.load_records(out, "rt-polarity"), "accuracy"))
     assert "fs-r16-rslora − hf-native-r16-rslora, seeds 0,1: test accuracy +3.00 ± 2.00 (+5.0, +1.0)" in rt
     assert "fs-r16-rslora − minilm, seeds 0,1: test accuracy +4.00 ± 0.00 (+4.0, +4.0)" in rt
+    # FS's other poolings, against rank 16's default reading and the commodity path at its capacity
+    assert "fs-r16-rslora-max − fs-r16-rslora, seeds 0,1: test accuracy +2.00 ± 1.00 (+1.0, +3.0)" in rt
+    assert "fs-r16-rslora-max − hf-native-r16-rslora, seeds 0,1: test accuracy +5.00 ± 1.00 (+6.0, +4.0)" in rt
 
 
 def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_much_they_are_missed(tmp_path):
@@ -400,6 +403,8 @@ def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_muc
     for seed, acc in enumerate([.82, .58, .84]):  # seed 1 is within 10 points of the majority's 50%
         cell("rt-polarity", "fs-r16-rslora", 1000, seed, {"accuracy": acc, "per_label": labels})
         cell("rt-polarity", "minilm", 1000, seed, {"accuracy": .80, "per_label": labels})
+        # an FS variant screened beside it is a candidate, not the rival the target names
+        cell("rt-polarity", "fs-r16-rslora-max", 1000, seed, {"accuracy": .90, "per_label": labels})
     text = "\n".join(R.target_lines("rt-polarity", R.load_records(out, "rt-polarity"), out))
     assert "fs-r16-rslora, 1,000: 74.67 against the best other row, minilm 80.00: **missed by 5.33**." in text
     assert "fs-r16-rslora, 1,000: collapsed seeds 1: **missed**." in text
