@@ -559,7 +559,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
             by_macro.setdefault(key, []).append(test["macro_f1"])
         if r.get("dev_metric") is not None:
             by_dev.setdefault(key, []).append(r["dev_metric"])
-        if r.get("train_seconds") is not None:
+        if r.get("train_seconds") is not None and not r.get("resumed"):  # a resumed cell timed its last part only
             by_sec.setdefault(key, []).append(r["train_seconds"])
     planned_keys: dict[tuple[str, int], int] = {}
     for c in planned:
@@ -600,6 +600,8 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
             continue
         secs = by_sec.get(k, [])
         wall = f"{statistics.fmean(secs) / 60:.1f} min" if secs and statistics.fmean(secs) > 0 else "—"
+        if len(secs) < n_done:
+            wall += f" ({len(secs)} of {n_done}: resumed cells left out)" if secs else " (resumed)"
         mark = " †" if k in smoke else ""
         cols = f"| {row_name}{mark} | {size_s} | {_ms(by[k])} | {n_done}/{planned_keys[k] or n_done} |"
         if table != "ner":

@@ -298,11 +298,14 @@ def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
             "test": {"f1": f1}, "dev_metric": f1,
             "train_seconds": 60, "cell_seconds": 90, "dev_curve": [[1, f1 / 2], [2, f1]], "command": "python x",
             "cell_command": "python y", "settings": {"lr": 0.001}, "machine": {"cpu": "test cpu", "cores": 2},
+            # a resumed cell timed only the part after its checkpoint
+            **({"resumed": True, "train_seconds": 6} if (row, seed) == ("fs-bidirectional", 1) else {}),
         })
     path = R.write_report(out, [0, 1, 2])
     text = path.read_text()
     assert "FS does NOT beat causal" in text
     assert "51.00 ± 1.41" in text and "| fs-bidirectional | 1000 |" in text
+    assert "| 1.0 min (1 of 2: resumed cells left out) |" in text and "| causal | 1000 | 60.00 | 1/3 | 60.00 | 1.0 min |" in text
     assert "| causal | 4000 | not run | 0/3 |" in text and "Not run (" in text
     # the rows and tables this folder did not run are named once, not planned cell by cell
     assert "Rows of the ner table with no cell in this folder: hf-native, fs-decay-0.1," in text
