@@ -15,7 +15,8 @@
 # Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again under the same
 # three-seed grid (its cells then carry every NER reading), both on the full training set at the rates chosen at
 # 4,000, the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the
-# sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64, three seeds), FS's
+# sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16, three
+# seeds each), FS's
 # max and last poolings on rt-polarity (fs-r16-rslora's rate),
 # hf-native given the same capacity at NER 4,000 and on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
 set -uo pipefail
@@ -80,6 +81,7 @@ case $lane in
     sentences rt-polarity fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
     # document context, screened as the other levers were, before the full set fixes the recipe it runs
     for seed in 0 1 2; do screen fs-doc64 $seed; done
+    for seed in 0 1 2; do screen fs-doc16 $seed; done  # a quarter of the context, at about half the cost
     # hf-native's reading led FS's on rt-polarity: FS's other poolings, at the rate both rank-16 rows chose (no grid)
     "${tables[@]}" rt-polarity --out $res/confirm-sentences --runs "$runs/confirm-sentences" --sizes 1000 \
       --seeds 0,1,2 --epochs 4 --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 5e-4 \

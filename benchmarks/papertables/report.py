@@ -47,7 +47,8 @@ def _ms(vals: list[float]) -> str:
 PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "fs-linear", "fs-decay-0.1", "minilm", "mpnet",
                        # the accuracy levers (docs/levers.md), each alone against the default
                        "fs-repeat2-causal", "fs-repeat2", "fs-lambda-schedule", "fs-lambda-schedule-0.3", "fs-dora",
-                       "fs-r16-rslora", "fs-adapt", "fs-full", "fs-r16-rslora-repeat2-causal", "hf-native-r16-rslora"],
+                       "fs-r16-rslora", "fs-adapt", "fs-full", "fs-doc64", "fs-doc16", "fs-r16-rslora-repeat2-causal",
+                       "hf-native-r16-rslora"],
                "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
 
 
@@ -57,7 +58,8 @@ _R16_PAIRS = [("fs-r16-rslora", o) for o in ("hf-native-r16-rslora", "hf-native"
 COMBINED_PAIRS = {
     "ner": [("fs-r16-rslora-repeat2-causal", o) for o in
             ("fs-r16-rslora", "fs-repeat2-causal", "hf-native-r16-rslora", "hf-native", "mpnet")]
-    + _R16_PAIRS + [("fs-r16-rslora", "mpnet")],  # fs-bidirectional − fs-r16-rslora is a PAIRED_ROWS pair
+    + _R16_PAIRS + [("fs-r16-rslora", "mpnet"),  # fs-bidirectional − fs-r16-rslora is a PAIRED_ROWS pair
+                    ("fs-doc64", "fs-r16-rslora"), ("fs-doc64", "fs-doc16")],  # document context: against rank 16, its size
     **{t: [*_R16_PAIRS, ("fs-r16-rslora", "fs-bidirectional"), ("fs-r16-rslora", "minilm"),
            *[(f"fs-r16-rslora-{p}", o) for p in ("max", "last") for o in ("fs-r16-rslora", "hf-native-r16-rslora")]]
        for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")},

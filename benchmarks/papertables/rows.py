@@ -103,9 +103,11 @@ LEVERS = [
     # its own rate, chosen on dev by a grid: the LoRA rows' 1e-3 would wreck the backbone), the new head at 1e-3
     _fs("fs-full", multi=True, full_finetune=True, train={"head_learning_rate": 1e-3, "warmup_ratio": 0.1},
         note="full fine-tuning (no LoRA), 10% warm-up, the head at 1e-3, the backbone's rate chosen on dev"),
-    # FLERT's document context (64 sub-tokens a side, within max_length): read, never labelled
-    _fs("fs-doc64", multi=True, train={"document_context": 64},
-        note="each sentence read with up to 64 sub-tokens of its document on each side (--document-context 64)"),
+    # FLERT's document context (64 sub-tokens a side, within max_length): read, never labelled; and a quarter of
+    # it, since the context's tokens are the cost (an average sentence read in about 54 sub-tokens, not 128)
+    *[_fs(f"fs-doc{n}", multi=True, train={"document_context": n},
+          note=f"each sentence read with up to {n} sub-tokens of its document on each side (--document-context {n})")
+      for n in (64, 16)],
 ]
 # The screen's two largest single gains together, and the commodity path given the same capacity (rank 16,
 # rsLoRA: every option that is not FS's own; repetition is FS's own, so hf-native does not get it). The

@@ -379,6 +379,21 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     assert "fs-r16-rslora-max − hf-native-r16-rslora, seeds 0,1: test accuracy +5.00 ± 1.00 (+6.0, +4.0)" in rt
 
 
+def test_the_document_context_screen_is_paired_with_the_default_rank_16_and_its_other_size(tmp_path):
+    out = tmp_path / "out"
+    f1s = {"fs-bidirectional": (.75, .76), "fs-doc64": (.80, .82), "fs-doc16": (.79, .80), "fs-r16-rslora": (.80, .79)}
+    for row, per_seed in f1s.items():
+        for seed, v in enumerate(per_seed):
+            write_json(PL.cell_path(out, "ner", PL.cell_id(row, 1000, seed)), {
+                "cell_id": PL.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
+                "test": {"f1": v}, "dev_metric": v, "settings": {"lr": 0.001}})
+    text = "\n".join(R.paired_lines("ner", R.load_records(out, "ner"), "f1"))
+    assert "fs-bidirectional − fs-doc64, seeds 0,1: test f1 -5.50 ± 0.50 (-5.0, -6.0)" in text
+    assert "fs-bidirectional − fs-doc16, seeds 0,1: test f1 -4.00 ± 0.00 (-4.0, -4.0)" in text
+    assert "fs-doc64 − fs-r16-rslora, seeds 0,1: test f1 +1.50 ± 1.50 (+0.0, +3.0)" in text
+    assert "fs-doc64 − fs-doc16, seeds 0,1: test f1 +1.50 ± 0.50 (+1.0, +2.0)" in text
+
+
 def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_much_they_are_missed(tmp_path):
     out = tmp_path / "out"
 

@@ -65,15 +65,15 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     assert code == 0
     assert (cmds[0][1], _flag(cmds[0], "--only")) == ("rt-polarity", "fs-r16-rslora,hf-native-r16-rslora,minilm")
     # then the document-context screen, a seed at a time
-    assert [(_flag(c, "--only"), _flag(c, "--seeds"), _flag(c, "--sizes")) for c in cmds[1:4]] == [
-        ("fs-doc64", s, "1000") for s in "012"]
+    assert [(_flag(c, "--only"), _flag(c, "--seeds"), _flag(c, "--sizes")) for c in cmds[1:7]] == [
+        (f"fs-doc{n}", s, "1000") for n in (64, 16) for s in "012"]
     # FS's other poolings at the rate rank 16 chose on rt-polarity, in the same folder, without a grid of their own
-    assert (cmds[4][1], _flag(cmds[4], "--only"), _flag(cmds[4], "--lr")) == (
+    assert (cmds[7][1], _flag(cmds[7], "--only"), _flag(cmds[7], "--lr")) == (
         "rt-polarity", "fs-r16-rslora-max,fs-r16-rslora-last", "5e-4")
-    assert "--lr-grid" not in cmds[4] and _flag(cmds[4], "--out") == _flag(cmds[0], "--out")
-    assert [_flag(cmds[4], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")] == [
+    assert "--lr-grid" not in cmds[7] and _flag(cmds[7], "--out") == _flag(cmds[0], "--out")
+    assert [_flag(cmds[7], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")] == [
         _flag(cmds[0], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")]
     # before the commodity path at 4,000
-    assert (cmds[5][1], _flag(cmds[5], "--only"), _flag(cmds[5], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
+    assert (cmds[8][1], _flag(cmds[8], "--only"), _flag(cmds[8], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
     gemma = [c for c in cmds if "--model" in c]
     assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)
