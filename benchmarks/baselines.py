@@ -496,10 +496,10 @@ def baseline_trainer(
     import datasets
     from transformers import EarlyStoppingCallback
 
-    from fsllm.training import EvaluateAtEndCallback, FSTrainer, JsonlLogCallback
+    from fsllm.training import EvaluateAtEndCallback, FSTrainer, JsonlLogCallback, TrainingClock
 
     train_ds = datasets.Dataset.from_list(list(feats))
-    cbs = [JsonlLogCallback(Path(run_dir) / "train_log.jsonl"), EvaluateAtEndCallback(), *callbacks]
+    cbs = [JsonlLogCallback(Path(run_dir) / "train_log.jsonl"), EvaluateAtEndCallback(), TrainingClock(), *callbacks]
     if patience is not None and has_dev:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=patience))
     return FSTrainer(
@@ -609,19 +609,20 @@ def _strip(m: dict | None) -> dict | None:
 def train_on_dev(trainer, run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
     """Train (or continue from the checkpoint ``resume_from``) a ``baseline_trainer``, which ends on the
     weights of the best dev evaluation; the ``trainable_params`` and ``train`` entries of the run's metrics."""
+    from fsllm.training import train_timing
+
     t0 = time.time()
     if resume_from:
         step = json.loads((Path(resume_from) / TRAINER_STATE_FILE).read_text())["global_step"]
         RunFolder(run_dir).truncate_log(step)  # a resumed run writes them again
     out = trainer.train(resume_from_checkpoint=resume_from)
-    seconds = time.time() - t0
+    # the whole run's seconds, resumed or not (fsllm's TrainingClock); the loss covers the resumed part only
+    timing = train_timing(trainer, time.time() - t0, resume_from)
     state = trainer.state
     best = state.best_model_checkpoint is not None
     shutil.rmtree(Path(trainer.args.output_dir), ignore_errors=True)  # training is over: what a resume needed goes
-    train = {"steps": state.global_step, "seconds": round(seconds, 1), "loss": out.training_loss,
+    train = {"steps": state.global_step, **timing, "loss": out.training_loss,
              "best_step": state.best_global_step if best else None, "best_dev_metric": state.best_metric if best else None}
-    if resume_from:  # seconds and loss then cover the resumed part only
-        train["resumed_from_step"] = step
     return {"trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad), "train": train}
 
 

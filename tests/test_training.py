@@ -394,3 +394,46 @@ def test_a_resumed_run_keeps_its_early_stopping_count(tmp_path, tiny_model_dir):
         train(output_dir=str(tmp_path / "cut"), callbacks=[Interrupt()], **common)
     train(resume=True, output_dir=str(tmp_path / "cut"))
     assert steps_run(tmp_path / "cut") == whole
+
+
+def test_a_resumed_run_reports_the_whole_training_time_not_its_last_part(tmp_path, tiny_model_dir):
+    """``train.seconds`` is the run's training time over every process that trained it (a cost figure reads
+    it): the seconds up to the checkpoint are saved with it and added on resume. A checkpoint written before
+    the clock existed cannot say, and the metrics then give no ``seconds_before_resume``."""
+    import time
+
+    from conftest import write_csv_dir
+
+    from fsllm.training import train
+
+    data = write_csv_dir(tmp_path)
+    common = dict(data=str(data), model=str(tiny_model_dir), batch_size=2, eval_steps=1, max_steps=4,
+                  evaluate_test=False, logging_steps=1)
+
+    class SlowThenInterrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            time.sleep(0.4)  # steps 1 and 2 take at least 0.8 s before the checkpoint of step 2
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    def seconds(run) -> dict:
+        return json.loads((run / "metrics.json").read_text())["train"]
+
+    train(output_dir=str(tmp_path / "whole"), **common)
+    assert "resumed_from_step" not in seconds(tmp_path / "whole")
+    for name in ("cut", "old"):
+        with pytest.raises(KeyboardInterrupt):
+            train(output_dir=str(tmp_path / name), callbacks=[SlowThenInterrupt()], **common)
+    state = tmp_path / "old" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    saved = json.loads(state.read_text())
+    assert "TrainingClock" in saved["stateful_callbacks"]
+    del saved["stateful_callbacks"]["TrainingClock"]  # as a checkpoint of an earlier fsllm
+    state.write_text(json.dumps(saved))
+    for name in ("cut", "old"):
+        train(resume=True, output_dir=str(tmp_path / name))
+    cut, old = seconds(tmp_path / "cut"), seconds(tmp_path / "old")
+    assert cut["resumed_from_step"] == 2 and cut["seconds_before_resume"] >= 0.8
+    assert cut["seconds"] >= cut["seconds_before_resume"] and cut["seconds"] < cut["seconds_before_resume"] + 60
+    assert old["resumed_from_step"] == 2 and "seconds_before_resume" not in old and old["seconds"] > 0

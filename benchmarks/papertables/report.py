@@ -286,6 +286,13 @@ def target_lines(table: str, recs: list[dict], out: Path) -> list[str]:
             "", *lines, ""]
 
 
+def partly_timed(rec: dict) -> bool:
+    """A resumed cell whose training time covers its last part only: one trained before fsllm's training clock
+    (``train.seconds_before_resume``) carried the time before a resume across it."""
+    resumed = rec.get("resumed") or "train_resumed_from_step" in rec
+    return bool(resumed) and "train_seconds_before_resume" not in rec
+
+
 def load_records(out: Path, table: str) -> list[dict]:
     """The finished cells of a table under ``out`` (grid members, under ``grid/``, left out)."""
     folder = Path(out) / table
@@ -428,11 +435,11 @@ def latency_figure(rows: dict[str, list[tuple[int, float, float, int]]], latency
 
 def time_points(recs: Sequence[dict], metric: str) -> dict[tuple[str, int], tuple[float, float, float, int]]:
     """``(row, size) -> (mean train minutes, mean test metric, its std, seeds)`` over the cells that have both
-    (a resumed cell's training time covers only its last part, so it is left out)."""
+    (a cell timed over its last part only, resumed before the training clock, is left out: :func:`partly_timed`)."""
     by: dict[tuple[str, int], list[tuple[float, float]]] = {}
     for r in recs:
         test = (r.get("test") or {}).get(metric)
-        if test is not None and r.get("train_seconds") and r["train_size"] and not r.get("resumed"):
+        if test is not None and r.get("train_seconds") and r["train_size"] and not partly_timed(r):
             by.setdefault((r["method"], r["train_size"]), []).append((r["train_seconds"] / 60, test))
     return {k: (statistics.fmean(m for m, _ in v), statistics.fmean(t for _, t in v),
                 statistics.stdev(t for _, t in v) if len(v) > 1 else 0.0, len(v)) for k, v in by.items()}
@@ -500,9 +507,10 @@ def figure_lines(table: str, recs: list[dict], real_sizes: Sequence[int], metric
         png = Path(out) / f"{metric}_vs_train_time_{table}.png"
         time_figure(timed, png, metric, title=f"{table}: test {metric} against training time")
         lines += [f"![test {metric} against training time]({png.name})", "",
-                  "Training time is each cell's own wall-clock on the machine and threads it records (in parentheses "
-                  "beside a row: its seeds; a resumed cell, timed over its last part only, is left out); cells that "
-                  "shared the machine with other work ran slower.", ""]
+                  "Training time is each cell's own wall-clock on the machine and threads it records, over every "
+                  "process that trained it (in parentheses beside a row: its seeds; a cell resumed before fsllm kept "
+                  "the time before a resume, timed over its last part only, is left out); cells that shared the "
+                  "machine with other work ran slower.", ""]
     latency = REPO / "benchmarks" / "results" / "latency.json"
     if table == "ner" and latency.is_file() and sized:
         png = Path(out) / f"{metric}_vs_latency_{table}.png"
@@ -561,7 +569,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
             by_macro.setdefault(key, []).append(test["macro_f1"])
         if r.get("dev_metric") is not None:
             by_dev.setdefault(key, []).append(r["dev_metric"])
-        if r.get("train_seconds") is not None and not r.get("resumed"):  # a resumed cell timed its last part only
+        if r.get("train_seconds") is not None and not partly_timed(r):
             by_sec.setdefault(key, []).append(r["train_seconds"])
     planned_keys: dict[tuple[str, int], int] = {}
     for c in planned:
@@ -603,7 +611,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
         secs = by_sec.get(k, [])
         wall = f"{statistics.fmean(secs) / 60:.1f} min" if secs and statistics.fmean(secs) > 0 else "—"
         if len(secs) < n_done:
-            wall += f" ({len(secs)} of {n_done}: resumed cells left out)" if secs else " (resumed)"
+            wall += f" ({len(secs)} of {n_done}: partly timed cells left out)" if secs else " (partly timed)"
         mark = " †" if k in smoke else ""
         cols = f"| {row_name}{mark} | {size_s} | {_ms(by[k])} | {n_done}/{planned_keys[k] or n_done} |"
         if table != "ner":

@@ -327,6 +327,15 @@ def train_row(cell: Cell, budget: Budget, run_dir: Path, lr: float | None, evalu
     return metrics, extras
 
 
+def train_time(metrics: dict) -> dict:
+    """A cell's training time and steps from its run's metrics; for a resumed run also the step it resumed
+    from and the seconds before it, which ``train_seconds`` includes (absent: an fsllm before the training
+    clock could not carry them, and ``train_seconds`` is the last part's)."""
+    train = metrics.get("train", {})
+    return {"train_seconds": train.get("seconds"), "train_steps": train.get("steps"),
+            **{f"train_{k}": train[k] for k in ("resumed_from_step", "seconds_before_resume") if k in train}}
+
+
 def inference_cost(metrics: dict) -> dict:
     """``test_ms_per_sentence``: the test split's evaluation time per example (batched, on the cell's
     machine and threads), where the run recorded it; ``{}`` otherwise."""
@@ -375,8 +384,7 @@ def run_cell(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: st
         "dev": scalars(dev),
         "test": scalars(metrics.get("test")),
         "sizes": metrics.get("sizes"),
-        "train_seconds": metrics.get("train", {}).get("seconds"),
-        "train_steps": metrics.get("train", {}).get("steps"),
+        **train_time(metrics),
         **inference_cost(metrics),
         "cell_seconds": round(time.time() - t0, 1),
         **curves_of(run_dir / "train_log.jsonl", metric),

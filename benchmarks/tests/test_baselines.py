@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -300,12 +301,15 @@ def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
             "cell_command": "python y", "settings": {"lr": 0.001}, "machine": {"cpu": "test cpu", "cores": 2},
             # a resumed cell timed only the part after its checkpoint
             **({"resumed": True, "train_seconds": 6} if (row, seed) == ("fs-bidirectional", 1) else {}),
+            # resumed with the training clock: its seconds cover the whole run and count
+            **({"resumed": True, "train_resumed_from_step": 3, "train_seconds_before_resume": 40}
+               if (row, seed) == ("causal", 0) else {}),
         })
     path = R.write_report(out, [0, 1, 2])
     text = path.read_text()
     assert "FS does NOT beat causal" in text
     assert "51.00 ± 1.41" in text and "| fs-bidirectional | 1000 |" in text
-    assert "| 1.0 min (1 of 2: resumed cells left out) |" in text and "| causal | 1000 | 60.00 | 1/3 | 60.00 | 1.0 min |" in text
+    assert "| 1.0 min (1 of 2: partly timed cells left out) |" in text and "| causal | 1000 | 60.00 | 1/3 | 60.00 | 1.0 min |" in text
     assert "| causal | 4000 | not run | 0/3 |" in text and "Not run (" in text
     # the rows and tables this folder did not run are named once, not planned cell by cell
     assert "Rows of the ner table with no cell in this folder: hf-native, fs-decay-0.1," in text
@@ -827,6 +831,7 @@ def test_a_resumed_baseline_keeps_the_best_evaluation_made_before_the_interrupti
     def dies_after_step_6(self, *a, **k):
         if self.state.global_step == 6:  # after the checkpoint of the evaluation at step 6
             raise KeyboardInterrupt
+        time.sleep(0.1)  # steps 1 to 6 take at least 0.6 s before that checkpoint
         return real_step(self, *a, **k)
 
     monkeypatch.setattr(transformers.Trainer, "training_step", dies_after_step_6)
@@ -841,6 +846,8 @@ def test_a_resumed_baseline_keeps_the_best_evaluation_made_before_the_interrupti
     train = B.train_on_dev(resumed, tmp_path / "cut", str(checkpoint))
     assert resumed_dev.calls == [8, 10]  # only the evaluations after the checkpoint run again
     assert train["train"]["resumed_from_step"] == 6
+    # the whole run's training time: the part before the checkpoint, saved with it, and the resumed part
+    assert train["train"]["seconds_before_resume"] >= 0.6 and train["train"]["seconds"] >= 0.6
     assert train["train"]["best_step"] == whole_train["train"]["best_step"]
     assert train["train"]["best_dev_metric"] == whole_train["train"]["best_dev_metric"]
     assert _same_weights(resumed.model, whole_dev.weights[4]) and _same_weights(resumed.model, cut_dev.weights[4])
@@ -1260,6 +1267,17 @@ def test_a_cell_records_its_inference_cost_per_test_sentence():
     assert RN.inference_cost({"test": {"seconds": 6.0, "n_sentences": 1500}}) == {"test_ms_per_sentence": 4.0}
     assert RN.inference_cost({"test": {"f1": 0.5}, "sizes": {"test": 3000}}) == {}  # a run that did not time it
     assert RN.inference_cost({"dev": {"seconds": 1.0}}) == {}  # test deferred (a grid member)
+
+
+def test_a_cell_records_its_whole_training_time_and_whether_a_resume_could_carry_it():
+    assert RN.train_time({"train": {"seconds": 90.0, "steps": 10}}) == {"train_seconds": 90.0, "train_steps": 10}
+    resumed = {"train": {"seconds": 90.0, "steps": 10, "resumed_from_step": 4, "seconds_before_resume": 35.0}}
+    cell = RN.train_time(resumed)
+    assert cell == {"train_seconds": 90.0, "train_steps": 10, "train_resumed_from_step": 4,
+                    "train_seconds_before_resume": 35.0}
+    assert not R.partly_timed({**cell, "resumed": True})
+    old = RN.train_time({"train": {"seconds": 20.0, "steps": 10, "resumed_from_step": 4}})
+    assert R.partly_timed(old) and R.partly_timed({"resumed": True, "train_seconds": 20.0})
 
 
 def test_a_cell_keeps_the_scores_under_every_decoding_and_drops_the_long_tables():

@@ -36,6 +36,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_pt_utils import (
     LengthGroupedSampler,
     get_length_grouped_indices,
@@ -132,6 +133,49 @@ class JsonlLogCallback(TrainerCallback):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as f:
                 f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class TrainingClock(TrainerCallback, ExportableState):
+    """The training wall-clock of a run over every process that trained it.
+
+    Why: a resumed run's own wall-clock covers only its last part, and a cost figure needs the whole. The
+    seconds so far are saved with each checkpoint (the Trainer's ``ExportableState``) and restored on resume;
+    the work a killed process did after its last checkpoint is done again, and counted once.
+    """
+
+    def __init__(self, seconds_before: float = 0.0, restored: bool = False):
+        self.seconds_before = float(seconds_before)  # up to the checkpoint this process resumed from
+        self.restored = restored  # True once the Trainer restored it from a checkpoint
+        self._started: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.time()
+        # a checkpoint written before the clock existed has no entry for it, and the Trainer's save expects one
+        state.stateful_callbacks.setdefault(type(self).__name__, {})
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + (time.time() - self._started if self._started is not None else 0.0)
+
+    def state(self) -> dict:
+        return {"args": {"seconds_before": round(self.seconds, 3), "restored": True}, "attributes": {}}
+
+
+def train_timing(trainer: Trainer, seconds_this_call: float, checkpoint: str | Path | None) -> dict[str, Any]:
+    """The ``train`` entries on time of a run's metrics: ``seconds`` over the whole run (every process that
+    trained it, through :class:`TrainingClock`) and, for a resumed run, the step it resumed from and the
+    seconds before it. A checkpoint written before the clock existed cannot say: ``seconds`` is then this
+    call's alone and ``seconds_before_resume`` is absent."""
+    if checkpoint is None:
+        return {"seconds": round(seconds_this_call, 1)}
+    timing: dict[str, Any] = {"resumed_from_step": checkpoint_step(Path(checkpoint))}
+    clock = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainingClock)), None)
+    if clock is not None and clock.restored:
+        timing["seconds_before_resume"] = round(clock.seconds_before, 1)
+        timing["seconds"] = round(clock.seconds_before + seconds_this_call, 1)
+    else:
+        timing["seconds"] = round(seconds_this_call, 1)
+    return timing
 
 
 class EvaluateAtEndCallback(TrainerCallback):
@@ -531,7 +575,8 @@ def build_trainer(
     """The ``FSTrainer`` with the run's callbacks: the log written as training goes, a last evaluation at
     the final step, early stopping when asked for (and there is a dev split to stop on)."""
     has_dev = bool(data.dev)
-    cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), *lever_callbacks(cfg), *callbacks]
+    cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), TrainingClock(), *lever_callbacks(cfg),
+           *callbacks]
     if cfg.early_stopping_patience and has_dev:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = FSTrainer(
@@ -549,8 +594,9 @@ def build_trainer(
     return trainer
 
 
-def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, float]:
-    """Run the Trainer (from the last complete checkpoint when resuming); the output and seconds taken.
+def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, dict[str, Any]]:
+    """Run the Trainer (from the last complete checkpoint when resuming); the output and its timing
+    (:func:`train_timing`: the whole run's seconds, resumed or not).
 
     A resumed run drops the log records its killed predecessor wrote after that checkpoint, so the log
     reads as one uninterrupted run.
@@ -564,12 +610,12 @@ def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, float
             logger.info("resuming from %s", checkpoint)
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=checkpoint)
-    return out, time.time() - t0
+    return out, train_timing(trainer, time.time() - t0, checkpoint)
 
 
 def write_report(
     cfg: TrainConfig, folder: RunFolder, model: FSModel, tokenizer, data: PreparedData, features: Features,
-    trainer: FSTrainer, train_out: Any, train_seconds: float,
+    trainer: FSTrainer, train_out: Any, timing: dict[str, Any],
 ) -> RunResult:
     """Save the final model (best on dev), evaluate dev and test, write metrics, predictions and plots.
 
@@ -594,7 +640,7 @@ def write_report(
         "total_params": total,
         "train": {
             "steps": trainer.state.global_step,
-            "seconds": round(train_seconds, 1),
+            **timing,
             "loss": train_out.training_loss,
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "best_dev_metric": trainer.state.best_metric,
@@ -653,7 +699,7 @@ def train(config: TrainConfig | None = None, *, resume: bool = False, callbacks:
     trainer = build_trainer(cfg, folder, model, tokenizer, data, features, callbacks)
     if trainer.is_fsdp_enabled:  # accelerate's own decision, should it shard where fsdp_launch did not foresee it
         raise FSLLMError(FSDP_REFUSED)
-    train_out, seconds = fit(trainer, folder, resume)
+    train_out, timing = fit(trainer, folder, resume)
     if not is_main_process():
         return RunResult(folder.path, {}, [])
-    return write_report(cfg, folder, model, tokenizer, data, features, trainer, train_out, seconds)
+    return write_report(cfg, folder, model, tokenizer, data, features, trainer, train_out, timing)
