@@ -310,7 +310,12 @@ def test_an_interrupted_adaptation_resumes_where_it_stopped(tmp_path, tiny_causa
     assert adapt(resume=True, output_dir=str(out), callbacks=[resumed]) == out
     assert resumed.steps == [5, 6]  # from checkpoint-4, not from the beginning
 
-    assert json.loads((out / ADAPTATION_FILE).read_text())["steps"] == 6
+    record = json.loads((out / ADAPTATION_FILE).read_text())
+    assert record["steps"] == 6 and record["resumed_from_step"] == 4
+    # the whole run's training time: the seconds before checkpoint-4, saved with it, and this call's
+    assert record["train_seconds"] == pytest.approx(record["seconds_before_resume"] + record["train_seconds_last_call"],
+                                                    abs=0.11)
+    assert record["seconds_before_resume"] > 0
     steps = [json.loads(ln)["step"] for ln in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 6]  # step 5 logged once: the killed run's record was dropped (6: the summary)
     a, b = _weights(whole), _weights(out)

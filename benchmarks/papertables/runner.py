@@ -204,7 +204,7 @@ def adapt_backbone(cell: Cell, budget: Budget, run_dir: Path) -> tuple[Path, dic
             shutil.rmtree(out)
         adapt(cfg)
     record = json.loads(record_path.read_text())
-    keep = ("steps", "train_seconds_last_call", "loss_first", "loss_last", "texts")
+    keep = ("steps", "train_seconds", "train_seconds_last_call", "loss_first", "loss_last", "texts")
     return out, {"folder": str(out), "config": record["config"], **{k: record.get(k) for k in keep}}
 
 

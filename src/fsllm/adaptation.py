@@ -50,7 +50,7 @@ from .backbones import decoder_layers, exact_lora_targets, load_tokenizer, lora_
 from .config import ATTENTION_MODES, PRECISIONS, FSConfig, parse_fs_layers, parse_names, resolve_precision, setting
 from .errors import ConfigError, DataError, FSLLMError
 from .run import CHECKPOINTS_DIR, TRAIN_LOG_FILE, TRAINER_STATE_FILE, _truncate_log, checkpoint_step
-from .training import JsonlLogCallback
+from .training import JsonlLogCallback, TrainingClock, train_timing
 
 logger = logging.getLogger(__name__)
 
@@ -529,13 +529,15 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_strategy="steps", save_steps=cfg.save_steps,
         save_total_limit=1, eval_strategy="no", report_to="none", remove_unused_columns=False,
+        restore_callback_states_from_checkpoint=True,  # the training clock's seconds so far
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=cfg.precision == "bf16",
         fp16=cfg.precision == "fp16", disable_tqdm=False,
     )
     collator = MNTPCollator(tokenizer.pad_token_id, mask_id, special, cfg.mask_probability, cfg.seed,
                             FULL_MASKING if cfg.full_masking else BERT_SPLIT, len(tokenizer))
     trainer = MNTPTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          callbacks=[JsonlLogCallback(out / TRAIN_LOG_FILE), *callbacks], fs_state=state)
+                          callbacks=[JsonlLogCallback(out / TRAIN_LOG_FILE), TrainingClock(), *callbacks],
+                          fs_state=state)
     checkpoint = last_adapter_checkpoint(out / CHECKPOINTS_DIR) if resume else None
     if resume:
         _truncate_log(out / TRAIN_LOG_FILE, checkpoint_step(checkpoint) if checkpoint else 0)
@@ -543,6 +545,7 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
     t0 = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.time() - t0
+    timing = train_timing(trainer, seconds, checkpoint)  # the whole run's seconds, resumed or not
     merged = model.merge_and_unload()
     merged.set_attn_implementation(impl := fs_attention.base_implementation_name(merged.config._attn_implementation))
     merged.save_pretrained(out)
@@ -550,7 +553,8 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
     # the logged losses (each the mean since the previous log) span a resumed run's whole history, which
     # ``result.training_loss`` (the steps of this call only) does not
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    record.update(complete=True, steps=trainer.state.global_step, train_seconds_last_call=round(seconds, 1),
+    record.update(complete=True, steps=trainer.state.global_step, train_seconds=timing.pop("seconds"),
+                  train_seconds_last_call=round(seconds, 1), **timing,
                   loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                   attn_implementation=impl)
     atomic.write_text(out / ADAPTATION_FILE, json.dumps(record, indent=2))
