@@ -13,12 +13,13 @@
 # A command that fails is reported and the lane goes on to the next one.
 #
 # Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again under the same
-# three-seed grid (its cells then carry every NER reading), both on the full training set at the rates chosen at
-# 4,000, the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the
-# sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16, three
-# seeds each), FS's
-# max and last poolings on rt-polarity (fs-r16-rslora's rate),
-# hf-native given the same capacity at NER 4,000 and on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
+# three-seed grid (its cells then carry every NER reading), both with document context (64 sub-tokens a side) at
+# the rates chosen there, both on the full training set at the rates chosen at 4,000, the paper's
+# instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the sentence confirmation on
+# rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16, three seeds each), FS's max and
+# last poolings on rt-polarity (fs-r16-rslora's rate), hf-native given the same capacity at NER 4,000 (then with
+# document context) and on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the
+# screen's seeds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: confirm_levers.sh a|b [RUNS_DIR]}
@@ -48,14 +49,30 @@ full_budget() {  # [flags]: the full CoNLL-2003 training set, the tuned table's 
   "${tables[@]}" ner --out $res/confirm-full --runs "$runs/confirm-full" --sizes 14041 --seeds 0,1,2 --epochs 2 \
     --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 "$@"
 }
+chosen_lr() {  # ROW: the rate ROW ran at 4,000 (its seed-0 cell: a grid's choice), or fail
+  python -c "import json, sys; print(json.load(open(sys.argv[1]))['lr'])" "$res/confirm-4000/ner/${1}__n4000__s0.json" \
+    2>/dev/null
+}
 full_set() {  # ROW [RATE_FLAG]: a row on the full set at the rate its grid chose at 4,000 (the planner's rule
   # for sizes above the grid's); RATE_FLAG is --lr (LoRA rows, the default) or --encoder-lr (encoders)
-  local row=$1 flag=${2:---lr} cell=$res/confirm-4000/ner/${1}__n4000__s0.json lr
-  if ! lr=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['lr'])" "$cell" 2>/dev/null); then
-    echo "full set, $row: no rate chosen at 4,000 yet ($cell); skipped" >&2
+  local row=$1 flag=${2:---lr} lr
+  if ! lr=$(chosen_lr "$row"); then
+    echo "full set, $row: no rate chosen at 4,000 yet ($res/confirm-4000/ner/${row}__n4000__s0.json); skipped" >&2
     return 0
   fi
   full_budget "$flag" "$lr" --only "$row"
+}
+confirm_doc() {  # ROW BASE [RATE_FLAG [flags]]: ROW, which is BASE with document context, at NER 4,000 (seeds 0-2)
+  # at the rate BASE's three-seed grid chose there: the context adds input, not parameters, and a grid of
+  # its own would cost three times as much at about 3x the tokens; every row with context is treated alike
+  local row=$1 base=$2 flag=${3:---lr} lr
+  shift $(( $# < 3 ? $# : 3 ))
+  if ! lr=$(chosen_lr "$base"); then
+    echo "document context, $row: no rate chosen for $base at 4,000 yet; skipped" >&2
+    return 0
+  fi
+  "${tables[@]}" ner --out $res/confirm-4000 --runs "$runs/confirm-4000" --sizes 4000 --seeds 0,1,2 --epochs 4 \
+    --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 "$flag" "$lr" --only "$row" "$@"
 }
 paper() {  # TABLE ROWS: the paper table's own budget (3 epochs, lr 1e-3, fp32), seed 0
   "${tables[@]}" "$1" --out $res/paper --runs "$runs/paper" --sizes 1000 --seeds 0 --dev-subset 500 \
@@ -69,6 +86,10 @@ case $lane in
     "${tables[@]}" ner --out $res/confirm-4000 --runs "$runs/confirm-4000" --sizes 4000 --seeds 0,1,2 --epochs 10 \
       --patience 2 --evals-per-epoch 1 --dev-subset 500 --precision bf16 --encoder-lr 5e-5 \
       --encoder-lr-grid 2e-5,5e-5,1e-4 --grid-sizes 4000 --grid-seeds 0,1,2 --only mpnet
+    # document context (the screen's largest gain) with rank 16, and MPNet given the same context, before the
+    # full set; hf-native's is in lane b, after its grid
+    confirm_doc fs-r16-rslora-doc64 fs-r16-rslora
+    confirm_doc mpnet-doc64 mpnet --encoder-lr --epochs 10 --evals-per-epoch 1
     full_set fs-r16-rslora
     full_set mpnet --encoder-lr
     paper ner zero-shot,instruction-tuned
@@ -87,6 +108,7 @@ case $lane in
       --seeds 0,1,2 --epochs 4 --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 5e-4 \
       --only fs-r16-rslora-max,fs-r16-rslora-last
     confirm_ner hf-native-r16-rslora
+    confirm_doc hf-native-r16-rslora-doc64 hf-native-r16-rslora
     full_set hf-native-r16-rslora
     sentences tweets-3 fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences
     # today's default under the same selection, to pair rank 16 with it seed by seed on sentences too

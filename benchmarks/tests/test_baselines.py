@@ -385,7 +385,8 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
 
 def test_the_document_context_screen_is_paired_with_the_default_rank_16_and_its_other_size(tmp_path):
     out = tmp_path / "out"
-    f1s = {"fs-bidirectional": (.75, .76), "fs-doc64": (.80, .82), "fs-doc16": (.79, .80), "fs-r16-rslora": (.80, .79)}
+    f1s = {"fs-bidirectional": (.75, .76), "fs-doc64": (.80, .82), "fs-doc16": (.79, .80), "fs-r16-rslora": (.80, .79),
+           "fs-r16-rslora-doc64": (.83, .84), "hf-native-r16-rslora-doc64": (.82, .84)}
     for row, per_seed in f1s.items():
         for seed, v in enumerate(per_seed):
             write_json(PL.cell_path(out, "ner", PL.cell_id(row, 1000, seed)), {
@@ -396,6 +397,8 @@ def test_the_document_context_screen_is_paired_with_the_default_rank_16_and_its_
     assert "fs-bidirectional − fs-doc16, seeds 0,1: test f1 -4.00 ± 0.00 (-4.0, -4.0)" in text
     assert "fs-doc64 − fs-r16-rslora, seeds 0,1: test f1 +1.50 ± 1.50 (+0.0, +3.0)" in text
     assert "fs-doc64 − fs-doc16, seeds 0,1: test f1 +1.50 ± 0.50 (+1.0, +2.0)" in text
+    assert "fs-r16-rslora-doc64 − hf-native-r16-rslora-doc64, seeds 0,1: test f1 +0.50 ± 0.50 (+1.0, +0.0)" in text
+    assert "fs-r16-rslora-doc64 − fs-r16-rslora, seeds 0,1: test f1 +4.00 ± 1.00 (+3.0, +5.0)" in text
 
 
 def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_much_they_are_missed(tmp_path):
@@ -416,11 +419,19 @@ def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_muc
         cell("ner", "hf-native-r16-rslora", 4000, seed, {"f1": .895 + .01 * seed})
         cell("ner", "mpnet", 4000, seed, {"f1": .89})
         cell("ner", "fs-r16-rslora", 14041, seed, {"f1": .905 + .004 * seed})
+        # with document context: held against the rows given the same context
+        cell("ner", "fs-r16-rslora-doc64", 4000, seed, {"f1": .92 + .01 * seed})
+        cell("ner", "mpnet-doc64", 4000, seed, {"f1": .915})
+        cell("ner", "hf-native-r16-rslora-doc64", 4000, seed, {"f1": .91 + .005 * seed})
     text = "\n".join(R.target_lines("ner", R.load_records(out, "ner"), out))
     assert "fs-r16-rslora, full training set: 90.70 over seeds 0,1 against 91.00: **missed by 0.30**." in text
-    assert "fs-r16-rslora, 4,000 (viterbi/mean): 91.00 against MPNet's 89.00: **met**." in text
+    assert "fs-r16-rslora, 4,000 (viterbi/mean): 91.00 against mpnet 89.00: **met**." in text
     # paired: (.90 - .895) and (.92 - .905) = +1.0 on average, the margin itself
     assert "fs-r16-rslora, 4,000: +1.00 paired over seeds 0,1 against hf-native-r16-rslora, target +1.0: **met**." in text
+    assert "fs-r16-rslora-doc64, 4,000: 92.50 against mpnet-doc64 91.50: **met**." in text
+    assert ("fs-r16-rslora-doc64, 4,000: +1.25 paired over seeds 0,1 against hf-native-r16-rslora-doc64, target +1.0: "
+            "**met**.") in text
+    assert "fs-r16-rslora-doc64, 4,000: 92.50 against mpnet " not in text
     labels = {"negative": {"support": 50}, "positive": {"support": 50}}
     for seed, acc in enumerate([.82, .58, .84]):  # seed 1 is within 10 points of the majority's 50%
         cell("rt-polarity", "fs-r16-rslora", 1000, seed, {"accuracy": acc, "per_label": labels})

@@ -38,6 +38,8 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     # no 4,000 cell yet: the full-set steps say so and are skipped, the lane goes on
     assert "full set, fs-r16-rslora: no rate chosen at 4,000 yet" in err
     assert "full set, mpnet: no rate chosen at 4,000 yet" in err
+    assert "document context, fs-r16-rslora-doc64: no rate chosen for fs-r16-rslora at 4,000 yet; skipped" in err
+    assert "document context, mpnet-doc64: no rate chosen for mpnet at 4,000 yet; skipped" in err
     assert [(c[1], _flag(c, "--only"), _flag(c, "--sizes")) for c in cmds[:2]] == [
         ("ner", "fs-r16-rslora", "4000"), ("ner", "mpnet", "4000")]
     assert _flag(cmds[0], "--grid-seeds") == "0,1,2" and _flag(cmds[0], "--out") == f"{results}/confirm-4000"
@@ -49,6 +51,14 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     (results / "confirm-4000" / "ner" / "fs-r16-rslora__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
     (results / "confirm-4000" / "ner" / "mpnet__n4000__s0.json").write_text(json.dumps({"lr": 1e-4}))
     code, cmds, err = _lane(tmp_path, "a", results)
+    # document context at 4,000 at the rate each row's grid chose without it, before the full set
+    doc = {_flag(c, "--only"): c for c in cmds if _flag(c, "--only").endswith("-doc64")}
+    assert list(doc) == ["fs-r16-rslora-doc64", "mpnet-doc64"]
+    assert max(cmds.index(c) for c in doc.values()) < min(cmds.index(c) for c in cmds if _flag(c, "--sizes") == "14041")
+    assert _flag(doc["fs-r16-rslora-doc64"], "--lr") == "0.0005" and "--lr-grid" not in doc["fs-r16-rslora-doc64"]
+    mp = doc["mpnet-doc64"]  # MPNet's own budget: the later flag wins
+    assert _flag(mp, "--encoder-lr") == "0.0001" and mp[len(mp) - 1 - mp[::-1].index("--epochs") + 1] == "10"
+    assert all(_flag(c, "--sizes") == "4000" and _flag(c, "--seeds") == "0,1,2" for c in doc.values())
     full = {_flag(c, "--only"): c for c in cmds if _flag(c, "--sizes") == "14041"}
     assert code == 0 and "no rate chosen" not in err and set(full) == {"fs-r16-rslora", "mpnet"}
     assert _flag(full["fs-r16-rslora"], "--lr") == "0.0005" and _flag(full["fs-r16-rslora"], "--epochs") == "2"
@@ -75,5 +85,15 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
         _flag(cmds[0], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")]
     # before the commodity path at 4,000
     assert (cmds[8][1], _flag(cmds[8], "--only"), _flag(cmds[8], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
+    assert "document context, hf-native-r16-rslora-doc64: no rate chosen for hf-native-r16-rslora" in err
+    cells = tmp_path / "results" / "confirm-4000" / "ner"
+    cells.mkdir(parents=True)
+    (cells / "hf-native-r16-rslora__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
+    code, cmds, err = _lane(tmp_path, lane, tmp_path / "results")
+    only = [_flag(c, "--only") for c in cmds]
+    doc = cmds[only.index("hf-native-r16-rslora-doc64")]
+    assert code == 0 and _flag(doc, "--lr") == "0.0005" and _flag(doc, "--sizes") == "4000"
+    full = cmds[only.index("hf-native-r16-rslora-doc64") + 1]  # then the full set
+    assert _flag(full, "--only") == "hf-native-r16-rslora" and _flag(full, "--sizes") == "14041"
     gemma = [c for c in cmds if "--model" in c]
     assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)
