@@ -16,9 +16,10 @@
 # three-seed grid (its cells then carry every NER reading), both with document context (64 sub-tokens a side) at
 # the rates chosen there, both on the full training set at the rates chosen at 4,000, the paper's
 # instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the sentence confirmation on
-# rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16, three seeds each), FS's max and
-# last poolings on rt-polarity (fs-r16-rslora's rate), hf-native given the same capacity at NER 4,000 (then with
-# document context) and on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the
+# rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16, three seeds each) and of rank 16's
+# update scale at rank 8 (fs-alpha64), FS's max and last poolings on rt-polarity (fs-r16-rslora's rate), hf-native
+# given the same capacity at NER 4,000, today's default there under the same selection, hf-native with document
+# context at 4,000 and on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the
 # screen's seeds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -103,11 +104,17 @@ case $lane in
     # document context, screened as the other levers were, before the full set fixes the recipe it runs
     for seed in 0 1 2; do screen fs-doc64 $seed; done
     for seed in 0 1 2; do screen fs-doc16 $seed; done  # a quarter of the context, at about half the cost
+    # the capacity lever's control: rank 16 + rsLoRA doubles the update's scale too; this is that scale at rank 8
+    for seed in 0 1 2; do screen fs-alpha64 $seed; done
     # hf-native's reading led FS's on rt-polarity: FS's other poolings, at the rate both rank-16 rows chose (no grid)
     "${tables[@]}" rt-polarity --out $res/confirm-sentences --runs "$runs/confirm-sentences" --sizes 1000 \
       --seeds 0,1,2 --epochs 4 --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 5e-4 \
       --only fs-r16-rslora-max,fs-r16-rslora-last
     confirm_ner hf-native-r16-rslora
+    # today's default under the same three-seed selection on this machine, for the default's decision: its grid
+    # is rank 16's in scale x rate (rank 8's scale is half rsLoRA's at rank 16; its earlier choice, 1e-3, lay at
+    # the lower edge of 1e-3 and 2e-3)
+    confirm_ner fs-bidirectional --lr-grid 5e-4,1e-3,2e-3
     confirm_doc hf-native-r16-rslora-doc64 hf-native-r16-rslora
     full_set hf-native-r16-rslora
     sentences tweets-3 fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences

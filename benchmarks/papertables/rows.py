@@ -108,6 +108,11 @@ LEVERS = [
     *[_fs(f"fs-doc{n}", multi=True, train={"document_context": n},
           note=f"each sentence read with up to {n} sub-tokens of its document on each side (--document-context {n})")
       for n in (64, 16)],
+    # the control for the capacity lever: rsLoRA at rank 16 doubles the update's scale (alpha / sqrt(16) = 8 against
+    # the default's alpha / 8 = 4), and with Adam a LoRA update grows with scale x rate, so at one rate fs-r16-rslora
+    # also trains as if at twice the default's rate; this row has that scale at the default's rank
+    _fs("fs-alpha64", multi=True, lora_alpha=64,
+        note="the default's rank 8 with lora_alpha 64: fs-r16-rslora's update scale (8), not its rank"),
 ]
 # The screen's two largest single gains together, and the commodity path given the same capacity (rank 16,
 # rsLoRA: every option that is not FS's own; repetition is FS's own, so hf-native does not get it). The

@@ -401,6 +401,19 @@ def test_the_document_context_screen_is_paired_with_the_default_rank_16_and_its_
     assert "fs-r16-rslora-doc64 − fs-r16-rslora, seeds 0,1: test f1 +4.00 ± 1.00 (+3.0, +5.0)" in text
 
 
+def test_rank_16_is_paired_with_its_update_scale_at_the_default_rank(tmp_path):
+    out = tmp_path / "out"
+    f1s = {"fs-bidirectional": (.75, .76), "fs-r16-rslora": (.80, .79), "fs-alpha64": (.79, .77)}
+    for row, per_seed in f1s.items():
+        for seed, v in enumerate(per_seed):
+            write_json(PL.cell_path(out, "ner", PL.cell_id(row, 1000, seed)), {
+                "cell_id": PL.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
+                "test": {"f1": v}, "dev_metric": v, "settings": {"lr": 0.001}})
+    text = "\n".join(R.paired_lines("ner", R.load_records(out, "ner"), "f1"))
+    assert "fs-bidirectional − fs-alpha64, seeds 0,1: test f1 -2.50 ± 1.50 (-4.0, -1.0)" in text
+    assert "fs-r16-rslora − fs-alpha64, seeds 0,1: test f1 +1.50 ± 0.50 (+1.0, +2.0)" in text
+
+
 def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_much_they_are_missed(tmp_path):
     out = tmp_path / "out"
 

@@ -74,9 +74,11 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
         return
     assert code == 0
     assert (cmds[0][1], _flag(cmds[0], "--only")) == ("rt-polarity", "fs-r16-rslora,hf-native-r16-rslora,minilm")
-    # then the document-context screen, a seed at a time
-    assert [(_flag(c, "--only"), _flag(c, "--seeds"), _flag(c, "--sizes")) for c in cmds[1:7]] == [
-        (f"fs-doc{n}", s, "1000") for n in (64, 16) for s in "012"]
+    # then the document-context screen and the capacity lever's control, a seed at a time, at the screen's rate
+    assert [(_flag(c, "--only"), _flag(c, "--seeds"), _flag(c, "--sizes")) for c in cmds[1:10]] == [
+        (row, s, "1000") for row in ("fs-doc64", "fs-doc16", "fs-alpha64") for s in "012"]
+    assert {_flag(c, "--lr") for c in cmds[1:10]} == {"1e-3"}
+    cmds = cmds[:1] + cmds[4:]  # the rest as before the control was queued
     # FS's other poolings at the rate rank 16 chose on rt-polarity, in the same folder, without a grid of their own
     assert (cmds[7][1], _flag(cmds[7], "--only"), _flag(cmds[7], "--lr")) == (
         "rt-polarity", "fs-r16-rslora-max,fs-r16-rslora-last", "5e-4")
@@ -85,6 +87,11 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
         _flag(cmds[0], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")]
     # before the commodity path at 4,000
     assert (cmds[8][1], _flag(cmds[8], "--only"), _flag(cmds[8], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
+    # then today's default under the same selection, on the grid of the same scale x rate as rank 16's
+    default = cmds[9]
+    assert (_flag(default, "--only"), _flag(default, "--sizes"), _flag(default, "--grid-seeds")) == (
+        "fs-bidirectional", "4000", "0,1,2")
+    assert default[len(default) - 1 - default[::-1].index("--lr-grid") + 1] == "5e-4,1e-3,2e-3"  # the later flag wins
     assert "document context, hf-native-r16-rslora-doc64: no rate chosen for hf-native-r16-rslora" in err
     cells = tmp_path / "results" / "confirm-4000" / "ner"
     cells.mkdir(parents=True)
