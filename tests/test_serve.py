@@ -348,6 +348,47 @@ def test_ner_answers_pipeline_entities_with_offsets_and_windows_long_texts(ner_s
         assert c.post("/predict", json={"inputs": long_text}).status_code == 200  # no 413 for NER
 
 
+def test_pre_split_sentences_are_read_with_their_documents_as_the_predictor_reads_them(tmp_path, seq_server):
+    tok, backbone = word_llama(seed=5)
+    model = FSForTokenClassification.from_backbone(
+        backbone, fs_config=FSConfig(lora_dropout=0.0, head_dropout=0.0), id2label=NER_LABELS)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.mul_(2.0)
+    model.config.document_context = 4  # as a run with --document-context 4 saves it
+    predictor = Predictor.from_pretrained(_save(model, tok, tmp_path / "ctx"), max_length=16)
+    words = [s.split() for s in sentences(5, seed=7)]
+    docs = ["a", "a", "a", 7, 7]
+    want = predictor.predict(words=words, documents=docs)
+    alone = predictor.predict(words=words)
+    # the context is read: a sentence with neighbours scores otherwise than alone
+    assert max(abs(a - b) for p, q in zip(want, alone) for a, b in zip(p["scores"], q["scores"])) > 1e-3
+
+    def same(got: list[dict], expected: list[dict]) -> bool:
+        return all(g["tokens"] == e["tokens"] and g["tags"] == e["tags"] and same_entities(g["entities"], e["entities"])
+                   and g["scores"] == pytest.approx(e["scores"], abs=2e-4) for g, e in zip(got, expected))
+
+    with LiveServer(create_app(predictor, max_batch_size=4, max_wait_ms=5)) as s:
+        assert httpx.get(s.url + "/info", timeout=TIMEOUT).json()["document_context"] == 4
+        r = httpx.post(s.url + "/predict", json={"inputs": [{"tokens": w, "document": d} for w, d in zip(words, docs)]},
+                       timeout=TIMEOUT)
+        assert r.status_code == 200 and len(r.json()) == len(words) and same(r.json(), want)
+        # without documents (or one sentence per request) each sentence is read alone
+        r = httpx.post(s.url + "/ner", json={"inputs": [{"tokens": w} for w in words]}, timeout=TIMEOUT)
+        assert r.status_code == 200 and same(r.json(), alone)
+        for body, status, says in [
+            ({"inputs": ["John lives here", {"tokens": ["John"]}]}, 422, "texts or sentences, not both"),
+            ({"inputs": [{"tokens": []}]}, 422, "malformed request"),
+            ({"inputs": [{"tokens": ["John", " "]}]}, 422, "input 0: word 2 is ' '"),
+            ({"inputs": [{"tokens": ["John"], "doc": 1}]}, 422, "malformed request"),  # a misspelt key is refused
+        ]:
+            r = httpx.post(s.url + "/predict", json=body, timeout=TIMEOUT)
+            assert (r.status_code, r.json()["error_type"]) == (status, "validation") and says in r.json()["error"], r.text
+    r = httpx.post(seq_server.url + "/predict", json={"inputs": [{"tokens": ["a", "film"]}]}, timeout=TIMEOUT)
+    assert r.status_code == 422 and "apply to token-classification (NER) models" in r.json()["error"]
+
+
 def test_ner_input_limit_answers_413_with_teis_body_and_is_reported_in_info(ner_predictor, seq_predictor, seq_dir,
                                                                            monkeypatch):
     """A text of exactly ``max_input_tokens`` sub-tokens is served, one more is a 413 in TEI's error body

@@ -52,6 +52,14 @@ RUN_MODEL_DIR = MODEL_DIR
 DEFAULT_MAX_LENGTH = 256
 
 
+def words_result(words: list[str], tags: list[str], scores: list[float]) -> dict:
+    """The answer for one pre-split sentence (``Predictor.predict(words=...)``, ``fsllm predict --pre-split``,
+    the server): its words, tags and scores, and its entities with offsets into ``" ".join(words)``."""
+    text, spans = join_words(words)
+    return {"tokens": words, "tags": tags, "scores": [round(x, 4) for x in scores],
+            "entities": entities_from_tags(tags, scores, spans, text)}
+
+
 class Predictor:
     """Load a trained model (a run folder or a saved model folder) and predict raw texts.
 
@@ -248,10 +256,5 @@ class Predictor:
         tags, scores, _ = predict_word_tags(
             self.model, self.tokenizer, sentences, self.max_length, self.batch_size, progress, contexts=contexts
         )
-        out = []
-        for ws, tg, sc in zip(sentences, tags, scores):
-            text, spans = join_words(ws)
-            out.append({"tokens": ws, "tags": tg, "scores": [round(x, 4) for x in sc],
-                        "entities": entities_from_tags(tg, sc, spans, text)})
-        return out
+        return [words_result(ws, tg, sc) for ws, tg, sc in zip(sentences, tags, scores)]
 

@@ -17,18 +17,22 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, FSLLMError
+from ..evaluation import document_context_of
 from .batcher import DynamicBatcher, QueueFull
 from .metrics import CONTENT_TYPE, Metrics
 from .schema import (
     PredictRequest,
+    Sentence,
     ServeError,
     encode_ner,
+    encode_ner_words,
     encode_pair,
     encode_sequence,
     error_response,
     label_scores,
     ner_entities,
     parse_inputs,
+    pre_split_sentences,
 )
 
 #: Environment variables read by :func:`app_from_env` (how ``--workers N`` hands options to each process).
@@ -60,6 +64,15 @@ _ENV_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 #: Inputs longer than this (characters, whole request) are tokenised (and NER answers decoded) off the event loop.
 _THREADPOOL_CHARS = 20_000
+
+
+def _chars(item: str | tuple[str, str] | Sentence) -> int:
+    """The characters of one input (a text, a pair, a pre-split sentence), to tell a large request."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, Sentence):
+        return sum(len(w) + 1 for w in item.tokens)
+    return len(item[0]) + len(item[1])
 
 #: Defaults of the limits (``fsllm serve --help`` and docs/serving.md say the same).
 DEFAULT_MAX_INPUT_TOKENS = 32768
@@ -208,6 +221,8 @@ def create_app(
         "problem_type": getattr(predictor.model.config, "problem_type", None) if task == "sequence" else None,
         "text_pairs": paired,
         "ner_decoding": dict(zip(("ner_decoding", "word_scores"), predictor.decoding)) if task == "token" else None,
+        # sub-tokens of context a side a pre-split sentence that names its document is read with (0: alone)
+        "document_context": document_context_of(predictor.model) if task == "token" else None,
         "truncation": "413 unless truncate=true" if task == "sequence" else "none: long texts are split into windows",
         "max_batch_size": max_batch_size,
         "max_wait_ms": max_wait_ms,
@@ -275,6 +290,8 @@ def create_app(
     def encode(texts: list, req: PredictRequest) -> list[Any]:
         """Model inputs per text; a bad or over-long text is a 422 / 413 before anything is queued."""
         tok, n = predictor.tokenizer, predictor.max_length
+        if texts and isinstance(texts[0], Sentence):
+            return encode_ner_words(tok, texts, n, max_input, document_context_of(predictor.model))
         if task == "token":
             return [encode_ner(tok, t, n, max_input, k) for k, t in enumerate(texts)]
         if paired:
@@ -286,11 +303,15 @@ def create_app(
             raise ServeError(424, f"this model is a {task} classifier; use POST /predict", "backend")
         batcher.announce()
         try:
-            texts, is_batch = parse_inputs(req.inputs, pairs=paired)
+            sentences = pre_split_sentences(req.inputs)
+            if sentences is not None and task != "token":
+                raise ServeError(422, "pre-split sentences ({\"tokens\": [...]}) apply to token-classification (NER) "
+                                      "models; send texts")
+            texts, is_batch = (sentences, True) if sentences is not None else parse_inputs(req.inputs, pairs=paired)
             if len(texts) > max_queue:
                 raise ServeError(413, f"batch of {len(texts)} inputs is larger than the server's queue ({max_queue}); "
                                       "split it")
-            big = sum(len(t) if isinstance(t, str) else len(t[0]) + len(t[1]) for t in texts) >= _THREADPOOL_CHARS
+            big = sum(_chars(t) for t in texts) >= _THREADPOOL_CHARS
             encoded = await run_in_threadpool(encode, texts, req) if big else encode(texts, req)
         except BaseException:
             batcher.withdraw()

@@ -16,9 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import DataError
 from ..evaluation import predict_word_tags
-from ..inference import entities_from_tags, labels_over_threshold, scores_of
+from ..inference import entities_from_tags, labels_over_threshold, scores_of, words_result
 from ..segmentation import segment
-from ..tokenization import sequence_ids, token_classification_features
+from ..tokenization import (
+    context_of,
+    join_words,
+    sequence_ids,
+    token_classification_features,
+    with_document_context,
+)
 
 
 class ServeError(Exception):
@@ -37,15 +43,29 @@ def error_response(status: int, message: str, error_type: str, headers: dict[str
     return JSONResponse({"error": message, "error_type": error_type}, status_code=status, headers=headers)
 
 
+class Sentence(BaseModel):
+    """fsllm's extension of TEI's inputs, for NER models: a sentence already split into words, as
+    ``fsllm predict --pre-split`` and ``Predictor.predict(words=..., documents=...)`` take it."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key would otherwise be a sentence read without it
+
+    tokens: list[str] = Field(description="the sentence's words, each read as one word", min_length=1)
+    document: str | int | None = Field(
+        None, description="any id of the sentence's document: consecutive sentences of a request with the same one form "
+        "a document, in order, and a model trained with document context reads each with its neighbours")
+
+
 class PredictRequest(BaseModel):
     """TEI's ``PredictRequest``. Unknown fields (``parameters`` from ``huggingface_hub``) are ignored, as TEI does."""
 
     model_config = ConfigDict(extra="ignore")
 
-    inputs: str | list[str | list[str]] = Field(
+    inputs: str | list[str | list[str] | Sentence] = Field(
         description="A text, a batch of texts ``[text, ...]``, or TEI's batch form ``[[text], [text_a, text_b], ...]`` "
-        "(two-element rows are text pairs, for models trained on pairs; they must then send pairs only).",
-        examples=["John lives in Paris.", [["a great film"], ["a boring plot"]]],
+        "(two-element rows are text pairs, for models trained on pairs; they must then send pairs only). NER models "
+        "also take a batch of sentences already split into words, ``[{\"tokens\": [...], \"document\": id}, ...]``.",
+        examples=["John lives in Paris.", [["a great film"], ["a boring plot"]],
+                  [{"tokens": ["John", "lives", "in", "Paris", "."], "document": "d1"}]],
     )
     raw_scores: bool = Field(False, description="return the logits instead of softmax probabilities")
     truncate: bool | None = Field(False, description="cut over-long inputs instead of answering 413 (sequence tasks)")
@@ -71,6 +91,8 @@ def parse_inputs(
         batch = False
     else:
         rows, batch = list(inputs), True
+        if any(isinstance(r, Sentence) for r in rows):
+            raise ServeError(422, "pre-split sentences ({\"tokens\": [...]}) go alone: send texts or sentences, not both")
         if pairs and len(rows) == 2 and all(isinstance(r, str) for r in rows):
             # TEI's single pair: ``"inputs": ["text_a", "text_b"]``
             rows, batch = [list(rows)], False
@@ -160,13 +182,15 @@ def label_scores(logits: np.ndarray, id2label: dict[int, str], raw_scores: bool,
 class NerInput:
     """An NER text ready for the batcher: its word spans and the model inputs of its windows."""
 
-    __slots__ = ("text", "spans", "windows", "n_tokens")
+    __slots__ = ("text", "spans", "windows", "n_tokens", "words")
 
-    def __init__(self, text: str, spans: list[tuple[int, int]], windows: list[dict], n_tokens: int):
+    def __init__(self, text: str, spans: list[tuple[int, int]], windows: list[dict], n_tokens: int,
+                 words: list[str] | None = None):
         self.text = text
         self.spans = spans
         self.windows = windows
         self.n_tokens = n_tokens
+        self.words = words  # a pre-split sentence's words (:func:`encode_ner_words`); None for a text
 
 
 def encode_ner(tokenizer, text: str, max_length: int, max_input_tokens: int, index: int = 0) -> NerInput:
@@ -191,16 +215,60 @@ def encode_ner(tokenizer, text: str, max_length: int, max_input_tokens: int, ind
     return NerInput(text, [(w.start, w.end) for w in words], windows, n_tokens)
 
 
+def pre_split_sentences(inputs: Any) -> list[Sentence] | None:
+    """A request's pre-split sentences (:class:`Sentence`), or ``None`` when it sends texts; a batch that
+    mixes the two is a 422 (from :func:`parse_inputs`), as is a sentence with an empty word."""
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(r, Sentence) for r in inputs):
+        return None
+    for n, sentence in enumerate(inputs):
+        for k, w in enumerate(sentence.tokens):
+            if not w.strip():
+                raise ServeError(422, f"input {n}: word {k + 1} is {w!r}; words must be non-empty strings")
+    return inputs
+
+
+def encode_ner_words(tokenizer, sentences: list[Sentence], max_length: int, max_input_tokens: int,
+                     document_context: int = 0) -> list[NerInput]:
+    """The model inputs of pre-split sentences: windows as :func:`encode_ner` cuts them, or, for a model
+    trained with document context (``document_context`` sub-tokens a side) and sentences that name their
+    document, each sentence with its neighbours in the request, as ``Predictor.predict(words=...,
+    documents=...)`` reads them; more than ``max_input_tokens`` sub-tokens in a sentence is a 413."""
+    words = [list(s.tokens) for s in sentences]
+    contexts: list = [None] * len(words)
+    if document_context and any(s.document is not None for s in sentences):
+        contexts = [context_of(ex) for ex in with_document_context(
+            [{"tokens": ws, "document": s.document} for ws, s in zip(words, sentences)], document_context)]
+    out = []
+    for n, (ws, context) in enumerate(zip(words, contexts)):
+        if len(ws) > max_input_tokens:
+            raise _too_long(n, f"{len(ws)} words", max_input_tokens)
+        try:
+            windows = token_classification_features(ws, None, tokenizer, None, max_length, context=context,
+                                                    context_tokens=document_context)
+        except DataError as e:
+            raise ServeError(422, f"input {n}: {e}") from None
+        # the sentence's own sub-tokens (a window read in context also holds its neighbours')
+        n_tokens = sum(w >= 0 for w in windows[0]["word_ids"]) if len(windows) == 1 else windows[-1]["window"][1]
+        if n_tokens > max_input_tokens:
+            raise _too_long(n, f"{n_tokens} tokens", max_input_tokens)
+        text, spans = join_words(ws)
+        out.append(NerInput(text, spans, windows, n_tokens, words=ws))
+    return out
+
+
 def _too_long(index: int, what: str, limit: int) -> ServeError:
     return ServeError(413, f"input {index}: {what}, more than the server's max input length {limit} tokens "
                            "(--max-input-tokens); split the text")
 
 
-def ner_entities(inp: NerInput, window_logits: list[np.ndarray], model: Any, tokenizer: Any) -> list[dict]:
+def ner_entities(inp: NerInput, window_logits: list[np.ndarray], model: Any, tokenizer: Any) -> list[dict] | dict:
     """Entities of one text from its windows' logits, read as ``Predictor.predict`` reads them (the tests
     compare the two): ``fsllm.evaluation.predict_word_tags`` with the model's decoding (``ner_decoding``,
-    ``word_scores``) on the logits the batcher computed, then strict IOB2 spans."""
-    words = [inp.text[s:e] for s, e in inp.spans]
+    ``word_scores``) on the logits the batcher computed, then strict IOB2 spans. A pre-split sentence answers
+    as ``Predictor.predict(words=...)`` does: ``{"tokens", "tags", "scores", "entities"}``."""
+    words = inp.words if inp.words is not None else [inp.text[s:e] for s, e in inp.spans]
     tags, scores, _ = predict_word_tags(model, tokenizer, [words], features=(inp.windows, [0] * len(inp.windows)),
                                         logits=window_logits)
+    if inp.words is not None:
+        return words_result(inp.words, tags[0], scores[0])
     return entities_from_tags(tags[0], scores[0], inp.spans, inp.text)
