@@ -202,8 +202,8 @@ def decoding_lines(table: str, recs: list[dict], out: Path) -> list[str]:
     return lines
 
 
-#: the rows the targets are checked for: fsllm's default and the candidate for its next default
-TARGET_ROWS = ("fs-bidirectional", "fs-r16-rslora", "fs-r16-rslora-doc64")
+#: the rows the targets are checked for: fsllm's default and the candidates for its next default
+TARGET_ROWS = ("fs-bidirectional", "fs-r16-rslora", "fs-r16-rslora-doc64", "fs-r16-rslora-repeat2-causal")
 #: NER at 4,000: the rows a target row is held against, the encoder and the commodity path (first: the same
 #: capacity); a row with document context against the rows given the same context
 NER_RIVALS = {"fs-r16-rslora-doc64": ("mpnet-doc64", ("hf-native-r16-rslora-doc64",))}

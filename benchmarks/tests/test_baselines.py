@@ -436,6 +436,8 @@ def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_muc
         cell("ner", "fs-r16-rslora-doc64", 4000, seed, {"f1": .92 + .01 * seed})
         cell("ner", "mpnet-doc64", 4000, seed, {"f1": .915})
         cell("ner", "hf-native-r16-rslora-doc64", 4000, seed, {"f1": .91 + .005 * seed})
+        # FS's own lever with rank 16: held against the commodity path at the same capacity, without it
+        cell("ner", "fs-r16-rslora-repeat2-causal", 4000, seed, {"f1": .90 + .01 * seed})
     text = "\n".join(R.target_lines("ner", R.load_records(out, "ner"), out))
     assert "fs-r16-rslora, full training set: 90.70 over seeds 0,1 against 91.00: **missed by 0.30**." in text
     assert "fs-r16-rslora, 4,000 (viterbi/mean): 91.00 against mpnet 89.00: **met**." in text
@@ -445,6 +447,8 @@ def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_muc
     assert ("fs-r16-rslora-doc64, 4,000: +1.25 paired over seeds 0,1 against hf-native-r16-rslora-doc64, target +1.0: "
             "**met**.") in text
     assert "fs-r16-rslora-doc64, 4,000: 92.50 against mpnet " not in text
+    assert ("fs-r16-rslora-repeat2-causal, 4,000: +0.50 paired over seeds 0,1 against hf-native-r16-rslora, "
+            "target +1.0: **missed by 0.50**.") in text
     labels = {"negative": {"support": 50}, "positive": {"support": 50}}
     for seed, acc in enumerate([.82, .58, .84]):  # seed 1 is within 10 points of the majority's 50%
         cell("rt-polarity", "fs-r16-rslora", 1000, seed, {"accuracy": acc, "per_label": labels})

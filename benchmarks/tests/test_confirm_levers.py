@@ -38,8 +38,9 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     # no 4,000 cell yet: the full-set steps say so and are skipped, the lane goes on
     assert "full set, fs-r16-rslora: no rate chosen at 4,000 yet" in err
     assert "full set, mpnet: no rate chosen at 4,000 yet" in err
-    assert "document context, fs-r16-rslora-doc64: no rate chosen for fs-r16-rslora at 4,000 yet; skipped" in err
-    assert "document context, mpnet-doc64: no rate chosen for mpnet at 4,000 yet; skipped" in err
+    assert "fs-r16-rslora-repeat2-causal at 4,000: no rate chosen for fs-r16-rslora yet; skipped" in err
+    assert "fs-r16-rslora-doc64 at 4,000: no rate chosen for fs-r16-rslora yet; skipped" in err
+    assert "mpnet-doc64 at 4,000: no rate chosen for mpnet yet; skipped" in err
     assert [(c[1], _flag(c, "--only"), _flag(c, "--sizes")) for c in cmds[:2]] == [
         ("ner", "fs-r16-rslora", "4000"), ("ner", "mpnet", "4000")]
     assert _flag(cmds[0], "--grid-seeds") == "0,1,2" and _flag(cmds[0], "--out") == f"{results}/confirm-4000"
@@ -51,9 +52,11 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     (results / "confirm-4000" / "ner" / "fs-r16-rslora__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
     (results / "confirm-4000" / "ner" / "mpnet__n4000__s0.json").write_text(json.dumps({"lr": 1e-4}))
     code, cmds, err = _lane(tmp_path, "a", results)
-    # document context at 4,000 at the rate each row's grid chose without it, before the full set
-    doc = {_flag(c, "--only"): c for c in cmds if _flag(c, "--only").endswith("-doc64")}
-    assert list(doc) == ["fs-r16-rslora-doc64", "mpnet-doc64"]
+    # repetition with rank 16, then document context, at 4,000 at the rate each base row's grid chose, before the
+    # full set
+    doc = {_flag(c, "--only"): c for c in cmds if _flag(c, "--only").endswith(("-doc64", "-repeat2-causal"))}
+    assert list(doc) == ["fs-r16-rslora-repeat2-causal", "fs-r16-rslora-doc64", "mpnet-doc64"]
+    assert _flag(doc["fs-r16-rslora-repeat2-causal"], "--lr") == "0.0005"
     assert max(cmds.index(c) for c in doc.values()) < min(cmds.index(c) for c in cmds if _flag(c, "--sizes") == "14041")
     assert _flag(doc["fs-r16-rslora-doc64"], "--lr") == "0.0005" and "--lr-grid" not in doc["fs-r16-rslora-doc64"]
     mp = doc["mpnet-doc64"]  # MPNet's own budget: the later flag wins
@@ -92,7 +95,7 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     assert (_flag(default, "--only"), _flag(default, "--sizes"), _flag(default, "--grid-seeds")) == (
         "fs-bidirectional", "4000", "0,1,2")
     assert default[len(default) - 1 - default[::-1].index("--lr-grid") + 1] == "5e-4,1e-3,2e-3"  # the later flag wins
-    assert "document context, hf-native-r16-rslora-doc64: no rate chosen for hf-native-r16-rslora" in err
+    assert "hf-native-r16-rslora-doc64 at 4,000: no rate chosen for hf-native-r16-rslora yet" in err
     cells = tmp_path / "results" / "confirm-4000" / "ner"
     cells.mkdir(parents=True)
     (cells / "hf-native-r16-rslora__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
