@@ -383,16 +383,20 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     assert "fs-r16-rslora-max − hf-native-r16-rslora, seeds 0,1: test accuracy +5.00 ± 1.00 (+6.0, +4.0)" in rt
 
 
-def test_the_document_context_screen_is_paired_with_the_default_rank_16_and_its_other_size(tmp_path):
-    out = tmp_path / "out"
-    f1s = {"fs-bidirectional": (.75, .76), "fs-doc64": (.80, .82), "fs-doc16": (.79, .80), "fs-r16-rslora": (.80, .79),
-           "fs-r16-rslora-doc64": (.83, .84), "hf-native-r16-rslora-doc64": (.82, .84)}
+def _ner_pairs_of(out: Path, f1s: dict[str, tuple[float, ...]]) -> str:
+    """The NER report's paired lines for cells at 1,000 sentences with these test F1s (dev the same), per seed."""
     for row, per_seed in f1s.items():
         for seed, v in enumerate(per_seed):
             write_json(PL.cell_path(out, "ner", PL.cell_id(row, 1000, seed)), {
                 "cell_id": PL.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
                 "test": {"f1": v}, "dev_metric": v, "settings": {"lr": 0.001}})
-    text = "\n".join(R.paired_lines("ner", R.load_records(out, "ner"), "f1"))
+    return "\n".join(R.paired_lines("ner", R.load_records(out, "ner"), "f1"))
+
+
+def test_the_document_context_screen_is_paired_with_the_default_rank_16_and_its_other_size(tmp_path):
+    text = _ner_pairs_of(tmp_path / "out", {
+        "fs-bidirectional": (.75, .76), "fs-doc64": (.80, .82), "fs-doc16": (.79, .80), "fs-r16-rslora": (.80, .79),
+        "fs-r16-rslora-doc64": (.83, .84), "hf-native-r16-rslora-doc64": (.82, .84)})
     assert "fs-bidirectional − fs-doc64, seeds 0,1: test f1 -5.50 ± 0.50 (-5.0, -6.0)" in text
     assert "fs-bidirectional − fs-doc16, seeds 0,1: test f1 -4.00 ± 0.00 (-4.0, -4.0)" in text
     assert "fs-doc64 − fs-r16-rslora, seeds 0,1: test f1 +1.50 ± 1.50 (+0.0, +3.0)" in text
@@ -402,14 +406,8 @@ def test_the_document_context_screen_is_paired_with_the_default_rank_16_and_its_
 
 
 def test_rank_16_is_paired_with_its_update_scale_at_the_default_rank(tmp_path):
-    out = tmp_path / "out"
-    f1s = {"fs-bidirectional": (.75, .76), "fs-r16-rslora": (.80, .79), "fs-alpha64": (.79, .77)}
-    for row, per_seed in f1s.items():
-        for seed, v in enumerate(per_seed):
-            write_json(PL.cell_path(out, "ner", PL.cell_id(row, 1000, seed)), {
-                "cell_id": PL.cell_id(row, 1000, seed), "method": row, "train_size": 1000, "seed": seed,
-                "test": {"f1": v}, "dev_metric": v, "settings": {"lr": 0.001}})
-    text = "\n".join(R.paired_lines("ner", R.load_records(out, "ner"), "f1"))
+    text = _ner_pairs_of(tmp_path / "out", {"fs-bidirectional": (.75, .76), "fs-r16-rslora": (.80, .79),
+                                            "fs-alpha64": (.79, .77)})
     assert "fs-bidirectional − fs-alpha64, seeds 0,1: test f1 -2.50 ± 1.50 (-4.0, -1.0)" in text
     assert "fs-r16-rslora − fs-alpha64, seeds 0,1: test f1 +1.50 ± 0.50 (+1.0, +2.0)" in text
 
