@@ -74,6 +74,7 @@ def _chars(item: str | tuple[str, str] | Sentence) -> int:
         return sum(len(w) + 1 for w in item.tokens)
     return len(item[0]) + len(item[1])
 
+
 #: Defaults of the limits (``fsllm serve --help`` and docs/serving.md say the same).
 DEFAULT_MAX_INPUT_TOKENS = 32768
 GPU_MAX_BATCH_TOKENS = 16384  # TEI's default
