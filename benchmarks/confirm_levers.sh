@@ -14,8 +14,8 @@
 #
 # Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), MPNet again under the same
 # three-seed grid (its cells then carry every NER reading), rank 16 with repetition under the causal mask at its
-# rate, both with document context (64 sub-tokens a side) at the rates chosen there, both on the full training set at the rates chosen at 4,000, the paper's
-# instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the sentence confirmation on
+# rate, both with document context (64 sub-tokens a side) at the rates chosen there, both on the full training
+# set at the rates chosen at 4,000, the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds. Lane b: the sentence confirmation on
 # rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16, three seeds each) and of rank 16's
 # update scale at rank 8 (fs-alpha64), FS's max and last poolings on rt-polarity (fs-r16-rslora's rate), hf-native
 # given the same capacity at NER 4,000, today's default there under the same selection, hf-native with document
