@@ -51,18 +51,22 @@ def test_every_field_has_help_and_an_option(cls, prefix):
 
 def test_without_data_the_main_job_and_flags_on_top():
     job = load_recipe(MAIN_JOB_RECIPE)
+    fs = job.pop("fs")
     cfg = train_config_from_args(parse())
-    assert {k: getattr(cfg, k) for k in job} == job
-    cfg = train_config_from_args(parse("--epochs", "1", "--attention", "causal"))
+    assert {k: getattr(cfg, k) for k in job} == job and {k: getattr(cfg.fs, k) for k in fs} == fs
+    assert (cfg.fs.lora_r, cfg.fs.use_rslora) == (16, True)  # what the screen's dev chose at this budget
+    cfg = train_config_from_args(parse("--epochs", "1", "--attention", "causal", "--lora-r", "8"))
     assert cfg.epochs == 1 and cfg.train_subset == job["train_subset"] and cfg.fs.attention == "causal"
+    assert (cfg.fs.lora_r, cfg.fs.use_rslora) == (8, True)  # a flag on top of the recipe's fs, the rest kept
     assert train_config_from_args(parse("--data", "rt-polarity")) == TrainConfig(data="rt-polarity")
 
 
 def test_train_help_describes_the_main_job(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert "main job" in out and "conll2003" in out and MAIN_JOB_RECIPE in out
+    assert "lora_r=16, use_rslora=True" in out
 
 
 def test_today_flag_names_still_work():
