@@ -19,6 +19,7 @@ from ..evaluation import predict_word_tags
 from ..inference import entities_from_tags, labels_over_threshold, scores_of, words_result
 from ..segmentation import segment
 from ..tokenization import (
+    Context,
     context_of,
     join_words,
     sequence_ids,
@@ -182,15 +183,16 @@ def label_scores(logits: np.ndarray, id2label: dict[int, str], raw_scores: bool,
 class NerInput:
     """An NER text ready for the batcher: its word spans and the model inputs of its windows."""
 
-    __slots__ = ("text", "spans", "windows", "n_tokens", "words")
+    __slots__ = ("text", "spans", "windows", "n_tokens", "pre_split")
 
     def __init__(self, text: str, spans: list[tuple[int, int]], windows: list[dict], n_tokens: int,
-                 words: list[str] | None = None):
+                 pre_split: bool = False):
         self.text = text
         self.spans = spans
         self.windows = windows
         self.n_tokens = n_tokens
-        self.words = words  # a pre-split sentence's words (:func:`encode_ner_words`); None for a text
+        # a sentence sent as words (:func:`encode_ner_words`): ``text`` is them joined by spaces, ``spans`` theirs
+        self.pre_split = pre_split
 
 
 def encode_ner(tokenizer, text: str, max_length: int, max_input_tokens: int, index: int = 0) -> NerInput:
@@ -203,16 +205,29 @@ def encode_ner(tokenizer, text: str, max_length: int, max_input_tokens: int, ind
     words = segment(text)
     if not words:
         raise ServeError(422, f"input {index}: no words in {text[:40]!r} (only invisible or control characters)")
+    windows, n_tokens = _ner_windows(tokenizer, [w.form for w in words], max_length, max_input_tokens, index)
+    return NerInput(text, [(w.start, w.end) for w in words], windows, n_tokens)
+
+
+def _ner_windows(tokenizer, words: list[str], max_length: int, max_input_tokens: int, index: int,
+                 context: Context | None = None, context_tokens: int = 0) -> tuple[list[dict], int]:
+    """The windows the model reads for one input's words (``fsllm.tokenization.token_classification_features``,
+    with its document ``context`` where given) and the input's own sub-tokens; more words or sub-tokens than
+    ``max_input_tokens`` is a 413, words the tokenizer cannot read a 422."""
     if len(words) > max_input_tokens:
         raise _too_long(index, f"{len(words)} words", max_input_tokens)
     try:
-        windows = token_classification_features([w.form for w in words], None, tokenizer, None, max_length)
+        windows = token_classification_features(words, None, tokenizer, None, max_length, context=context,
+                                                context_tokens=context_tokens)
     except DataError as e:
         raise ServeError(422, f"input {index}: {e}") from None
-    n_tokens = windows[-1]["window"][1]
+    if context is not None and len(windows) == 1:  # read in context: the window holds its neighbours' too
+        n_tokens = sum(w >= 0 for w in windows[0]["word_ids"])
+    else:
+        n_tokens = windows[-1]["window"][1]
     if n_tokens > max_input_tokens:
         raise _too_long(index, f"{n_tokens} tokens", max_input_tokens)
-    return NerInput(text, [(w.start, w.end) for w in words], windows, n_tokens)
+    return windows, n_tokens
 
 
 def pre_split_sentences(inputs: Any) -> list[Sentence] | None:
@@ -240,19 +255,8 @@ def encode_ner_words(tokenizer, sentences: list[Sentence], max_length: int, max_
             [{"tokens": ws, "document": s.document} for ws, s in zip(words, sentences)], document_context)]
     out = []
     for n, (ws, context) in enumerate(zip(words, contexts)):
-        if len(ws) > max_input_tokens:
-            raise _too_long(n, f"{len(ws)} words", max_input_tokens)
-        try:
-            windows = token_classification_features(ws, None, tokenizer, None, max_length, context=context,
-                                                    context_tokens=document_context)
-        except DataError as e:
-            raise ServeError(422, f"input {n}: {e}") from None
-        # the sentence's own sub-tokens (a window read in context also holds its neighbours')
-        n_tokens = sum(w >= 0 for w in windows[0]["word_ids"]) if len(windows) == 1 else windows[-1]["window"][1]
-        if n_tokens > max_input_tokens:
-            raise _too_long(n, f"{n_tokens} tokens", max_input_tokens)
-        text, spans = join_words(ws)
-        out.append(NerInput(text, spans, windows, n_tokens, words=ws))
+        windows, n_tokens = _ner_windows(tokenizer, ws, max_length, max_input_tokens, n, context, document_context)
+        out.append(NerInput(*join_words(ws), windows, n_tokens, pre_split=True))
     return out
 
 
@@ -266,9 +270,9 @@ def ner_entities(inp: NerInput, window_logits: list[np.ndarray], model: Any, tok
     compare the two): ``fsllm.evaluation.predict_word_tags`` with the model's decoding (``ner_decoding``,
     ``word_scores``) on the logits the batcher computed, then strict IOB2 spans. A pre-split sentence answers
     as ``Predictor.predict(words=...)`` does: ``{"tokens", "tags", "scores", "entities"}``."""
-    words = inp.words if inp.words is not None else [inp.text[s:e] for s, e in inp.spans]
+    words = [inp.text[s:e] for s, e in inp.spans]
     tags, scores, _ = predict_word_tags(model, tokenizer, [words], features=(inp.windows, [0] * len(inp.windows)),
                                         logits=window_logits)
-    if inp.words is not None:
-        return words_result(inp.words, tags[0], scores[0])
+    if inp.pre_split:
+        return words_result(words, tags[0], scores[0])
     return entities_from_tags(tags[0], scores[0], inp.spans, inp.text)
