@@ -216,7 +216,8 @@ ADAPT_DESCRIPTION = (
 
 def _main_job_description() -> str:
     recipe = load_recipe(MAIN_JOB_RECIPE)
-    job = ", ".join(f"{k}={v}" for k, v in {**recipe, **recipe.pop("fs", {})}.items() if k != "fs")
+    fs = recipe.pop("fs", {})  # FSConfig fields, shown beside the TrainConfig ones
+    job = ", ".join(f"{k}={v}" for k, v in {**recipe, **fs}.items())
     return (
         "Train an FS model, select on dev, evaluate on test, write a run folder. Without --data or --config: the "
         f"main job (fsllm/recipes/{MAIN_JOB_RECIPE}: {job}), FS-SmolLM2 on 1,000 CoNLL-2003 training sentences, "
