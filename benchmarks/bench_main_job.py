@@ -1,11 +1,16 @@
 """The main job (the README's first command, ``fsllm train`` on its packaged recipe), timed whole.
 
-Runs it once per precision, one after the other, each in a fresh process as a user would, and
-records the wall clock of the whole command (loading, training, dev evaluations, the test split)
-with the run's test and dev F1, so a change of default is judged on the command users run:
+Runs it once per precision (and variant), one after the other, each in a fresh process as a user
+would, and records the wall clock of the whole command (loading, training, dev evaluations, the test
+split) with the run's test and dev F1, so a change of default is judged on the command users run:
 
     python benchmarks/bench_main_job.py --precisions fp32,auto --runs /tmp/main-job-runs \\
         --out benchmarks/results/main_job/precision.json
+
+A variant is the recipe with flags on top, e.g. a recipe against the one it replaced, in one run:
+
+    python benchmarks/bench_main_job.py --precisions auto --variant recipe= \\
+        --variant "rank8=--lora-r 8 --no-use-rslora" --runs /tmp/mj --out benchmarks/results/main_job/x.json
 
 Run it on an otherwise idle machine. Results: a JSON file and a markdown summary next to it.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", default="fp32,auto", help="comma-separated --precision values, run in this order")
     p.add_argument("--runs", type=Path, required=True, help="folder for the run folders (one per precision)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "main_job" / "precision.json")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="the recipe with these fsllm train flags on top (repeatable); none: the recipe alone")
     a = p.parse_args(argv)
+    variants = {}
+    for v in a.variant:
+        name, sep, flags = v.partition("=")
+        if not sep or not name.strip():
+            p.error(f"--variant takes NAME=FLAGS, got {v!r}")
+        variants[name.strip()] = shlex.split(flags)
 
     res = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -35,17 +49,21 @@ def main(argv: list[str] | None = None) -> int:
         "machine": common.machine_info(),
         "runs": {},
     }
-    for precision in [x.strip() for x in a.precisions.split(",") if x.strip()]:
-        run = a.runs / f"main-{precision}"
-        cmd = [sys.executable, "-m", "fsllm.cli", "train", "--precision", precision, "--output", str(run)]
+    precisions = [x.strip() for x in a.precisions.split(",") if x.strip()]
+    # a run's name: its precision, or variant/precision where variants are given
+    plan = [(precision, [], precision) for precision in precisions] if not variants else [
+        (precision, flags, f"{name}/{precision}") for name, flags in variants.items() for precision in precisions]
+    for precision, flags, key in plan:
+        run = a.runs / f"main-{key.replace('/', '-')}"
+        cmd = [sys.executable, "-m", "fsllm.cli", "train", "--precision", precision, *flags, "--output", str(run)]
         _, seconds = timed(lambda cmd=cmd: subprocess.run(cmd, check=True))
         metrics = json.loads((run / "metrics.json").read_text())
         config = json.loads((run / "config.json").read_text())
         log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]
         dev_evals = sum(r["eval_runtime"] for r in log if "eval_runtime" in r)
         loop = metrics["train"]["seconds"]
-        res["runs"][precision] = {
-            "command": f"fsllm train --precision {precision} --output {run}",
+        res["runs"][key] = {
+            "command": " ".join(["fsllm train --precision", precision, *map(shlex.quote, flags), "--output", str(run)]),
             "precision_used": config["precision"],
             "wall_seconds": round(seconds, 1),
             "train_seconds": round(loop, 1),  # the Trainer's loop: steps and dev evaluations
@@ -64,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         res["speedup_by_phase"] = {k: round(x["phases_seconds"][k] / y["phases_seconds"][k], 3)
                                    for k in x["phases_seconds"] if y["phases_seconds"][k]}
         common.write_json(a.out, res, newline=True)
-    lines = ["# The main job by precision", "", f"`{res['command']}`", "",
+    title = "# The main job by variant and precision" if variants else "# The main job by precision"
+    lines = [title, "", f"`{res['command']}`", "",
              f"commit {res['commit']}; {res['machine']['cpu_model']}, {res['machine']['torch_threads']} torch threads", "",
-             "| --precision | ran as | wall clock | training loop | steps | dev evaluations | outside the loop "
+             "| run | ran as | wall clock | training loop | steps | dev evaluations | outside the loop "
              "| test F1 | dev F1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for n, r in res["runs"].items():
         ph = r["phases_seconds"]
