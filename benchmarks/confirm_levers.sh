@@ -7,6 +7,7 @@
 #   OMP_NUM_THREADS=1 bash benchmarks/confirm_levers.sh a > lane-a.log 2>&1 &
 #   OMP_NUM_THREADS=1 bash benchmarks/confirm_levers.sh b > lane-b.log 2>&1 &
 #   DRY_RUN=1 bash benchmarks/confirm_levers.sh a     # each command's plan: cells done, to run, estimates
+#   bash benchmarks/confirm_levers.sh gpu > lane-gpu.log 2>&1  # on a CUDA machine: the longest runs (below)
 #
 # RUNS_DIR (second argument, default runs/) holds the run folders; RESULTS (environment, default
 # benchmarks/results) the cell JSONs, e.g. a checkout's own when the lanes run from a copy of it.
@@ -24,7 +25,7 @@
 # confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-lane=${1:?usage: confirm_levers.sh a|b [RUNS_DIR]}
+lane=${1:?usage: confirm_levers.sh a|b|gpu [RUNS_DIR]}
 runs=${2:-runs}
 tables=(python benchmarks/paper_tables.py)
 res=${RESULTS:-benchmarks/results}
@@ -55,14 +56,21 @@ chosen_lr() {  # ROW: the rate ROW ran at 4,000 (its seed-0 cell: a grid's choic
   python -c "import json, sys; print(json.load(open(sys.argv[1]))['lr'])" "$res/confirm-4000/ner/${1}__n4000__s0.json" \
     2>/dev/null
 }
-full_set() {  # ROW [RATE_FLAG]: a row on the full set at the rate its grid chose at 4,000 (the planner's rule
-  # for sizes above the grid's); RATE_FLAG is --lr (LoRA rows, the default) or --encoder-lr (encoders)
+full_set() {  # ROW [RATE_FLAG [flags]]: a row on the full set at the rate its grid chose at 4,000 (the planner's
+  # rule for sizes above the grid's); RATE_FLAG is --lr (LoRA rows, the default) or --encoder-lr (encoders)
   local row=$1 flag=${2:---lr} lr
+  shift $(( $# < 2 ? $# : 2 ))
   if ! lr=$(chosen_lr "$row"); then
     echo "full set, $row: no rate chosen at 4,000 yet ($res/confirm-4000/ner/${row}__n4000__s0.json); skipped" >&2
     return 0
   fi
-  full_budget "$flag" "$lr" --only "$row"
+  full_budget "$flag" "$lr" --only "$row" "$@"
+}
+each_seed() {  # COMMAND ARGS...: COMMAND once per seed 0-2 at the same time (--seeds N last, so it wins), for a
+  # GPU that one small model leaves mostly idle
+  local seed
+  for seed in 0 1 2; do "$@" --seeds "$seed" & done
+  wait
 }
 confirm_doc() {  # ROW BASE [RATE_FLAG [flags]]: ROW, which is BASE with more input (document context, or the
   # text read twice), at NER 4,000 (seeds 0-2) at the rate BASE's three-seed grid chose there: such a lever adds
@@ -136,6 +144,18 @@ case $lane in
       screen "${cell%%:*}" "${cell##*:}"
     done
     ;;
-  *) echo "confirm_levers.sh: lane must be a or b, got '$lane'" >&2; exit 2 ;;
+  gpu)
+    # The runs that take hours a cell on a 2-core CPU, for a CUDA machine, most needed first, each row's seeds
+    # side by side: rank 16 on the full set (the 91.0 target), rank 16 with document context at 4,000, the
+    # commodity path's grid at 4,000 and then its full set, the default's grid at 4,000. The cells record
+    # the GPU as their machine; their accuracy pairs with CPU cells, their training times do not.
+    each_seed full_set fs-r16-rslora --lr
+    each_seed confirm_doc fs-r16-rslora-doc64 fs-r16-rslora --lr
+    confirm_ner hf-native-r16-rslora
+    each_seed full_set hf-native-r16-rslora --lr
+    confirm_ner fs-bidirectional --lr-grid 5e-4,1e-3,2e-3
+    each_seed confirm_doc fs-r16-rslora-repeat2-causal fs-r16-rslora --lr
+    ;;
+  *) echo "confirm_levers.sh: lane must be a, b or gpu, got '$lane'" >&2; exit 2 ;;
 esac
 echo "lane $lane: done"
