@@ -56,6 +56,8 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     # full set
     doc = {_flag(c, "--only"): c for c in cmds if _flag(c, "--only").endswith(("-doc64", "-repeat2-causal"))}
     assert list(doc) == ["fs-r16-rslora-repeat2-causal", "fs-r16-rslora-doc64", "mpnet-doc64"]
+    # repetition, FS's own lever, before MPNet's nine-run grid
+    assert cmds.index(doc["fs-r16-rslora-repeat2-causal"]) < [_flag(c, "--only") for c in cmds].index("mpnet")
     assert _flag(doc["fs-r16-rslora-repeat2-causal"], "--lr") == "0.0005"
     assert max(cmds.index(c) for c in doc.values()) < min(cmds.index(c) for c in cmds if _flag(c, "--sizes") == "14041")
     assert _flag(doc["fs-r16-rslora-doc64"], "--lr") == "0.0005" and "--lr-grid" not in doc["fs-r16-rslora-doc64"]
@@ -73,7 +75,7 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
 def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an_unknown_lane_is_refused(tmp_path, lane):
     code, cmds, err = _lane(tmp_path, lane, tmp_path / "results")
     if lane == "c":
-        assert code == 2 and "lane must be a or b" in err and not cmds
+        assert code == 2 and "lane must be a, b or gpu" in err and not cmds
         return
     assert code == 0
     assert (cmds[0][1], _flag(cmds[0], "--only")) == ("rt-polarity", "fs-r16-rslora,hf-native-r16-rslora,minilm")
@@ -88,10 +90,18 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     assert "--lr-grid" not in cmds[7] and _flag(cmds[7], "--out") == _flag(cmds[0], "--out")
     assert [_flag(cmds[7], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")] == [
         _flag(cmds[0], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")]
+    # then both rank-16 rows again at that rate with every dev evaluation run (no early stopping), in their own folder
+    again = cmds[8]
+    assert (again[1], _flag(again, "--only"), _flag(again, "--lr"), _flag(again, "--sizes")) == (
+        "rt-polarity", "fs-r16-rslora,hf-native-r16-rslora", "5e-4", "1000")
+    assert "--patience" not in again and "--lr-grid" not in again
+    assert _flag(again, "--out") == f"{tmp_path / 'results'}/sentences-no-early-stop"
+    assert [_flag(again, f) for f in ("--seeds", "--epochs", "--evals-per-epoch", "--dev-subset")] == [
+        _flag(cmds[0], f) for f in ("--seeds", "--epochs", "--evals-per-epoch", "--dev-subset")]
     # before the commodity path at 4,000
-    assert (cmds[8][1], _flag(cmds[8], "--only"), _flag(cmds[8], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
+    assert (cmds[9][1], _flag(cmds[9], "--only"), _flag(cmds[9], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
     # then today's default under the same selection, on the grid of the same scale x rate as rank 16's
-    default = cmds[9]
+    default = cmds[10]
     assert (_flag(default, "--only"), _flag(default, "--sizes"), _flag(default, "--grid-seeds")) == (
         "fs-bidirectional", "4000", "0,1,2")
     assert default[len(default) - 1 - default[::-1].index("--lr-grid") + 1] == "5e-4,1e-3,2e-3"  # the later flag wins
@@ -107,3 +117,37 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     assert _flag(full, "--only") == "hf-native-r16-rslora" and _flag(full, "--sizes") == "14041"
     gemma = [c for c in cmds if "--model" in c]
     assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)
+
+
+def test_the_gpu_lane_runs_each_rows_seeds_side_by_side_once_its_rate_is_chosen(tmp_path):
+    results = tmp_path / "results"
+    code, cmds, err = _lane(tmp_path, "gpu", results)
+    assert code == 0
+    assert "full set, fs-r16-rslora: no rate chosen at 4,000 yet" in err
+    assert "fs-r16-rslora-doc64 at 4,000: no rate chosen for fs-r16-rslora yet; skipped" in err
+    # without a chosen rate only the grids run, one command each, every seed's grid inside it
+    assert [(_flag(c, "--only"), _flag(c, "--seeds")) for c in cmds] == [
+        ("hf-native-r16-rslora", "0,1,2"), ("fs-bidirectional", "0,1,2")]
+    cells = results / "confirm-4000" / "ner"
+    cells.mkdir(parents=True)
+    for row in ("fs-r16-rslora", "hf-native-r16-rslora"):
+        (cells / f"{row}__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
+    code, cmds, err = _lane(tmp_path, "gpu", results)
+    assert code == 0 and "no rate chosen" not in err
+
+    def seed(c):  # the last --seeds wins, as argparse reads it
+        return c[len(c) - 1 - c[::-1].index("--seeds") + 1]
+
+    steps = [(_flag(c, "--only"), _flag(c, "--sizes")) for c in cmds]
+    # the full set first, then document context at 4,000, the grids, hf-native's full set, repetition
+    assert list(dict.fromkeys(steps)) == [
+        ("fs-r16-rslora", "14041"), ("fs-r16-rslora-doc64", "4000"), ("hf-native-r16-rslora", "4000"),
+        ("hf-native-r16-rslora", "14041"), ("fs-bidirectional", "4000"), ("fs-r16-rslora-repeat2-causal", "4000")]
+    for step in steps:
+        runs = [seed(c) for c, s in zip(cmds, steps) if s == step]
+        if step[0] in ("hf-native-r16-rslora", "fs-bidirectional") and step[1] == "4000":
+            assert runs == ["0,1,2"]  # a grid: one command
+        else:
+            assert sorted(runs) == ["0", "1", "2"]  # each seed its own process
+    full = [c for c, s in zip(cmds, steps) if s == ("fs-r16-rslora", "14041")]
+    assert all(_flag(c, "--lr") == "0.0005" and _flag(c, "--out") == f"{results}/confirm-full" for c in full)
