@@ -191,7 +191,8 @@ def plan(table: str, sizes: Sequence[int], seeds: Sequence[int], only: Sequence[
     """The cells of a table in run order.
 
     Order: (0) FS and causal rows at the smallest size and first seed; (1) encoders there;
-    (2) the other seeds of the multi-seed rows at the smallest size; (3) everything else.
+    (2) the other multi-seed rows at the smallest size, every seed, and the other seeds of those above;
+    (3) everything else.
     Cheapest first within a tier (by ``est(cell)``, seconds). Sizes larger than the training
     split become the whole split (and duplicates are dropped); zero-shot has one cell (size 0).
     """
@@ -219,7 +220,8 @@ def plan(table: str, sizes: Sequence[int], seeds: Sequence[int], only: Sequence[
         for size in real_sizes:
             for seed in (seeds if r.multi_seed else seeds[:1]):
                 if size == smallest and seed == first_seed:
-                    tier = 0 if r.primary else (1 if r.kind == "encoder" else 3)
+                    # a multi-seed row's first seed no later than its others (the tie goes to seed order)
+                    tier = 0 if r.primary else (1 if r.kind == "encoder" else (2 if r.multi_seed else 3))
                 elif size == smallest and r.multi_seed:
                     tier = 2
                 else:

@@ -212,6 +212,9 @@ def test_cell_ids_plan_order_and_skip(tmp_path):
     encoders = {"minilm", "mpnet", "mpnet-doc64"}  # tier 1: the encoders at the smallest size and first seed
     assert {c.row.name for c in cells[3:6]} == encoders and all(c.tier == 1 for c in cells[3:6])
     assert [c.tier for c in cells] == sorted(c.tier for c in cells)
+    # a row that is neither primary nor an encoder runs its first seed before its others
+    lever = [c.seed for c in PL.plan("ner", [4000], [0, 1, 2], only=["fs-r16-rslora-repeat2-causal"], n_train=14041)]
+    assert lever == [0, 1, 2]
     assert sum(c.row.name == "zero-shot" for c in cells) == 1
     assert sum(c.row.name == "fs-decay-0.5" for c in cells) == 2  # one seed per size
     assert sum(c.row.name == "fs-bidirectional" for c in cells) == 6
