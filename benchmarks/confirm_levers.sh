@@ -20,9 +20,10 @@
 # remaining seeds.
 # Lane b: the sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64 and
 # fs-doc16, three seeds each) and of rank 16's update scale at rank 8 (fs-alpha64), FS's max and last poolings
-# on rt-polarity (fs-r16-rslora's rate), hf-native given the same capacity at NER 4,000, today's default there
-# under the same selection, hf-native with document context at 4,000 and on the full set, the sentence
-# confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
+# on rt-polarity (fs-r16-rslora's rate), the two rank-16 rows there again without early stopping, hf-native
+# given the same capacity at NER 4,000, today's default there under the same selection, hf-native with
+# document context at 4,000 and on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest
+# of the screen's seeds. Lane gpu: below.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: confirm_levers.sh a|b|gpu [RUNS_DIR]}
