@@ -90,18 +90,28 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     assert "--lr-grid" not in cmds[7] and _flag(cmds[7], "--out") == _flag(cmds[0], "--out")
     assert [_flag(cmds[7], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")] == [
         _flag(cmds[0], f) for f in ("--seeds", "--epochs", "--patience", "--evals-per-epoch", "--dev-subset")]
-    # then both rank-16 rows again at that rate with every dev evaluation run (no early stopping), in their own folder
+    # the first confirmation ran with early stopping, and says so
+    assert _flag(cmds[0], "--patience") == "2"
+    # then rank 16 again at that rate with every dev evaluation run (no early stopping), in its own folder
     again = cmds[8]
     assert (again[1], _flag(again, "--only"), _flag(again, "--lr"), _flag(again, "--sizes")) == (
-        "rt-polarity", "fs-r16-rslora,hf-native-r16-rslora", "5e-4", "1000")
+        "rt-polarity", "fs-r16-rslora", "5e-4", "1000")
     assert "--patience" not in again and "--lr-grid" not in again
     assert _flag(again, "--out") == f"{tmp_path / 'results'}/sentences-no-early-stop"
     assert [_flag(again, f) for f in ("--seeds", "--epochs", "--evals-per-epoch", "--dev-subset")] == [
         _flag(cmds[0], f) for f in ("--seeds", "--epochs", "--evals-per-epoch", "--dev-subset")]
+    # then the whole confirmation so, grids and all, in a folder of its own, before any NER run
+    redo = cmds[9]
+    assert cmds[0][-2:] == ["--patience", "2"] and redo == [
+        a.replace("/confirm-sentences", "/confirm-sentences-no-early-stop") for a in cmds[0][:-2]]
+    # and the other sentence confirmations with it
+    later = [c for c in cmds if c[1] in ("rt-polarity", "tweets-3") and cmds.index(c) > 9 and "--model" not in c]
+    assert later and all("--patience" not in c and _flag(c, "--out").endswith("/confirm-sentences-no-early-stop")
+                         for c in later)
     # before the commodity path at 4,000
-    assert (cmds[9][1], _flag(cmds[9], "--only"), _flag(cmds[9], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
+    assert (cmds[10][1], _flag(cmds[10], "--only"), _flag(cmds[10], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
     # then today's default under the same selection, on the grid of the same scale x rate as rank 16's
-    default = cmds[10]
+    default = cmds[11]
     assert (_flag(default, "--only"), _flag(default, "--sizes"), _flag(default, "--grid-seeds")) == (
         "fs-bidirectional", "4000", "0,1,2")
     assert default[len(default) - 1 - default[::-1].index("--lr-grid") + 1] == "5e-4,1e-3,2e-3"  # the later flag wins
