@@ -159,8 +159,9 @@ case $lane in
   gpu)
     # The runs that take hours a cell on a 2-core CPU, for a CUDA machine, most needed first, each row's seeds
     # side by side: rank 16 on the full set (the 91.0 target), rank 16 with document context at 4,000, the
-    # commodity path's grid at 4,000 and then its full set, the default's grid at 4,000. The cells record
-    # the GPU as their machine; their accuracy pairs with CPU cells, their training times do not.
+    # commodity path's grid at 4,000 and then its full set, the default's grid at 4,000, rank 16 with repetition
+    # at 4,000. The cells record the GPU as their machine; their accuracy pairs with CPU cells, their training
+    # times do not.
     each_seed full_set fs-r16-rslora --lr
     each_seed confirm_doc fs-r16-rslora-doc64 fs-r16-rslora --lr
     confirm_ner hf-native-r16-rslora

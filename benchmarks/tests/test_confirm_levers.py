@@ -31,6 +31,11 @@ def _flag(cmd: list[str], name: str) -> str:
     return cmd[cmd.index(name) + 1]
 
 
+def _last_flag(cmd: list[str], name: str) -> str:
+    """A flag's value as argparse reads it when it is given twice: the later one wins."""
+    return cmd[len(cmd) - cmd[::-1].index(name)]
+
+
 def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_chosen_at_4000(tmp_path):
     results = tmp_path / "results"
     code, cmds, err = _lane(tmp_path, "a", results)
@@ -62,7 +67,7 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     assert max(cmds.index(c) for c in doc.values()) < min(cmds.index(c) for c in cmds if _flag(c, "--sizes") == "14041")
     assert _flag(doc["fs-r16-rslora-doc64"], "--lr") == "0.0005" and "--lr-grid" not in doc["fs-r16-rslora-doc64"]
     mp = doc["mpnet-doc64"]  # MPNet's own budget: the later flag wins
-    assert _flag(mp, "--encoder-lr") == "0.0001" and mp[len(mp) - 1 - mp[::-1].index("--epochs") + 1] == "10"
+    assert _flag(mp, "--encoder-lr") == "0.0001" and _last_flag(mp, "--epochs") == "10"
     assert all(_flag(c, "--sizes") == "4000" and _flag(c, "--seeds") == "0,1,2" for c in doc.values())
     full = {_flag(c, "--only"): c for c in cmds if _flag(c, "--sizes") == "14041"}
     assert code == 0 and "no rate chosen" not in err and set(full) == {"fs-r16-rslora", "mpnet"}
@@ -114,7 +119,7 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     default = cmds[11]
     assert (_flag(default, "--only"), _flag(default, "--sizes"), _flag(default, "--grid-seeds")) == (
         "fs-bidirectional", "4000", "0,1,2")
-    assert default[len(default) - 1 - default[::-1].index("--lr-grid") + 1] == "5e-4,1e-3,2e-3"  # the later flag wins
+    assert _last_flag(default, "--lr-grid") == "5e-4,1e-3,2e-3"
     assert "hf-native-r16-rslora-doc64 at 4,000: no rate chosen for hf-native-r16-rslora yet" in err
     cells = tmp_path / "results" / "confirm-4000" / "ner"
     cells.mkdir(parents=True)
@@ -145,16 +150,13 @@ def test_the_gpu_lane_runs_each_rows_seeds_side_by_side_once_its_rate_is_chosen(
     code, cmds, err = _lane(tmp_path, "gpu", results)
     assert code == 0 and "no rate chosen" not in err
 
-    def seed(c):  # the last --seeds wins, as argparse reads it
-        return c[len(c) - 1 - c[::-1].index("--seeds") + 1]
-
     steps = [(_flag(c, "--only"), _flag(c, "--sizes")) for c in cmds]
     # the full set first, then document context at 4,000, the grids, hf-native's full set, repetition
     assert list(dict.fromkeys(steps)) == [
         ("fs-r16-rslora", "14041"), ("fs-r16-rslora-doc64", "4000"), ("hf-native-r16-rslora", "4000"),
         ("hf-native-r16-rslora", "14041"), ("fs-bidirectional", "4000"), ("fs-r16-rslora-repeat2-causal", "4000")]
     for step in steps:
-        runs = [seed(c) for c, s in zip(cmds, steps) if s == step]
+        runs = [_last_flag(c, "--seeds") for c, s in zip(cmds, steps) if s == step]
         if step[0] in ("hf-native-r16-rslora", "fs-bidirectional") and step[1] == "4000":
             assert runs == ["0,1,2"]  # a grid: one command
         else:
