@@ -51,19 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     precisions = [x.strip() for x in a.precisions.split(",") if x.strip()]
     # a run's name: its precision, or variant/precision where variants are given
-    plan = [(precision, [], precision) for precision in precisions] if not variants else [
-        (precision, flags, f"{name}/{precision}") for name, flags in variants.items() for precision in precisions]
+    plan = [(precision, flags, f"{name}/{precision}" if name else precision)
+            for name, flags in (variants or {"": []}).items() for precision in precisions]
     for precision, flags, key in plan:
         run = a.runs / f"main-{key.replace('/', '-')}"
-        cmd = [sys.executable, "-m", "fsllm.cli", "train", "--precision", precision, *flags, "--output", str(run)]
-        _, seconds = timed(lambda cmd=cmd: subprocess.run(cmd, check=True))
+        args = ["train", "--precision", precision, *flags, "--output", str(run)]
+        _, seconds = timed(lambda args=args: subprocess.run([sys.executable, "-m", "fsllm.cli", *args], check=True))
         metrics = json.loads((run / "metrics.json").read_text())
         config = json.loads((run / "config.json").read_text())
         log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]
         dev_evals = sum(r["eval_runtime"] for r in log if "eval_runtime" in r)
         loop = metrics["train"]["seconds"]
         res["runs"][key] = {
-            "command": " ".join(["fsllm train --precision", precision, *map(shlex.quote, flags), "--output", str(run)]),
+            "command": shlex.join(["fsllm", *args]),
             "precision_used": config["precision"],
             "wall_seconds": round(seconds, 1),
             "train_seconds": round(loop, 1),  # the Trainer's loop: steps and dev evaluations
