@@ -61,8 +61,9 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     # full set
     doc = {_flag(c, "--only"): c for c in cmds if _flag(c, "--only").endswith(("-doc64", "-repeat2-causal"))}
     assert list(doc) == ["fs-r16-rslora-repeat2-causal", "fs-r16-rslora-doc64", "mpnet-doc64"]
-    # repetition, FS's own lever, before MPNet's nine-run grid
-    assert cmds.index(doc["fs-r16-rslora-repeat2-causal"]) < [_flag(c, "--only") for c in cmds].index("mpnet")
+    # repetition, FS's own lever, and document context, FS's largest, before MPNet's nine-run grid
+    mpnet_grid = [_flag(c, "--only") for c in cmds].index("mpnet")
+    assert cmds.index(doc["fs-r16-rslora-repeat2-causal"]) < cmds.index(doc["fs-r16-rslora-doc64"]) < mpnet_grid
     assert _flag(doc["fs-r16-rslora-repeat2-causal"], "--lr") == "0.0005"
     assert max(cmds.index(c) for c in doc.values()) < min(cmds.index(c) for c in cmds if _flag(c, "--sizes") == "14041")
     assert _flag(doc["fs-r16-rslora-doc64"], "--lr") == "0.0005" and "--lr-grid" not in doc["fs-r16-rslora-doc64"]
