@@ -146,18 +146,34 @@ def choose_reading(devs: Sequence[dict[str, float]]) -> str:
     return max(READINGS, key=lambda k: statistics.fmean(d[k] for d in devs))
 
 
-def decoding_lines(table: str, recs: list[dict], out: Path) -> list[str]:
-    """NER: each row's test F1 under every decoding, mean over the seeds scored under all of them, the
-    reading its dev scores choose in bold; then each lever row paired by seed with fs-bidirectional
-    under the reading dev chooses for both."""
+Scored = dict[tuple[str, int], list[tuple[int, dict, dict | None, str]]]
+
+
+def reading_choices(table: str, recs: list[dict], out: Path) -> tuple[Scored, dict[tuple[str, int], str]]:
+    """NER: the cells scored on test under every reading, ``(row, size) -> [(seed, test, dev, source)]``, and
+    the reading each such row's mean dev F1 chooses, where every one of its scored cells has dev under them all.
+    The one rule behind both the decodings table and the targets."""
+    scored: Scored = {}
     if TABLE_METRIC.get(table) != "f1":
-        return []
-    scored: dict[tuple[str, int], list[tuple[int, dict, dict | None, str]]] = {}
+        return scored, {}
     for r in recs:
         test, src = cell_decodings(r, out, "test")
         if test and all(k in test for k in READINGS):
             dev, _ = cell_decodings(r, out, "dev")
             scored.setdefault((r["method"], r["train_size"]), []).append((r["seed"], test, dev, src))
+    chosen = {}
+    for key, cells in scored.items():
+        devs = [c[2] for c in cells if c[2] and all(k in c[2] for k in READINGS)]
+        if len(devs) == len(cells):
+            chosen[key] = choose_reading(devs)
+    return scored, chosen
+
+
+def decoding_lines(table: str, recs: list[dict], out: Path) -> list[str]:
+    """NER: each row's test F1 under every decoding, mean over the seeds scored under all of them, the
+    reading its dev scores choose in bold; then each lever row paired by seed with fs-bidirectional
+    under the reading dev chooses for both."""
+    scored, chosen = reading_choices(table, recs, out)
     if not scored:
         return []
     order = {r.name: i for i, r in enumerate(TABLE_ROWS[table])}
@@ -166,13 +182,9 @@ def decoding_lines(table: str, recs: list[dict], out: Path) -> list[str]:
              "bold: the reading with the best mean dev F1, chosen without the test split)", "",
              "| row | train size | seeds | " + " | ".join(READINGS) + " | dev chose | source |",
              "|---|---|---|" + "---|" * len(READINGS) + "---|---|"]
-    chosen: dict[tuple[str, int], str] = {}
     for key in sorted(scored, key=lambda k: (order.get(k[0], len(order)), k[1])):
         cells = sorted(scored[key], key=lambda c: c[0])
-        devs = [c[2] for c in cells if c[2] and all(k in c[2] for k in READINGS)]
-        pick = choose_reading(devs) if len(devs) == len(cells) else None
-        if pick:
-            chosen[key] = pick
+        pick = chosen.get(key)
         vals = [fmt(statistics.fmean(c[1][k] for c in cells)) for k in READINGS]
         vals = [f"**{v}**" if k == pick else v for k, v in zip(READINGS, vals)]
         srcs = sorted({c[3] for c in cells})
@@ -220,16 +232,18 @@ def tests_under_dev_choice(table: str, recs: list[dict], out: Path) -> dict[tupl
     """``(row, size) -> (reading, {seed: test metric})``: for NER under the reading the row's mean dev F1
     chooses when every cell scored them all (:func:`decoding_lines`), else each cell's own test score."""
     metric = TABLE_METRIC.get(table, "accuracy")
+    scored, chosen = reading_choices(table, recs, out)
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in recs:
         groups.setdefault((r["method"], r["train_size"]), []).append(r)
     got = {}
     for key, cells in groups.items():
-        tests = [cell_decodings(c, out, "test")[0] if metric == "f1" else None for c in cells]
-        devs = [cell_decodings(c, out, "dev")[0] if metric == "f1" else None for c in cells]
-        full = all(d and all(k in d for k in READINGS) for d in tests + devs)
-        reading = choose_reading(devs) if metric == "f1" and full else None
-        vals = {c["seed"]: t[reading] if reading else (c.get("test") or {}).get(metric) for c, t in zip(cells, tests)}
+        # a row some of whose cells lack a reading is read as each cell scored itself
+        reading = chosen.get(key) if len(scored.get(key, ())) == len(cells) else None
+        if reading:
+            vals = {seed: test[reading] for seed, test, _, _ in scored[key]}
+        else:
+            vals = {c["seed"]: (c.get("test") or {}).get(metric) for c in cells}
         got[key] = (reading, {s: v for s, v in vals.items() if v is not None})
     return got
 

@@ -450,6 +450,15 @@ def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_muc
     assert "fs-r16-rslora-doc64, 4,000: 92.50 against mpnet " not in text
     assert ("fs-r16-rslora-repeat2-causal, 4,000: +0.50 paired over seeds 0,1 against hf-native-r16-rslora, "
             "target +1.0: **missed by 0.50**.") in text
+    # a row one of whose cells was not scored under every reading is read as each cell scored itself, not under
+    # the reading its other cells' dev chose
+    for seed, (gf, vm) in enumerate([(.85, .95), (.86, .96)]):
+        readings = {"greedy/first": gf, "greedy/mean": gf, "viterbi/first": gf, "viterbi/mean": vm}
+        cell("ner", "fs-bidirectional", 4000, seed, {"f1": gf, "decodings": _decoded(readings)},
+             {**{k: .80 for k in readings}, "viterbi/mean": .85})
+    cell("ner", "fs-bidirectional", 4000, 2, {"f1": .87})
+    text = "\n".join(R.target_lines("ner", R.load_records(out, "ner"), out))
+    assert "fs-bidirectional, 4,000: 86.00 against mpnet 89.00: **missed by 3.00**." in text
     labels = {"negative": {"support": 50}, "positive": {"support": 50}}
     for seed, acc in enumerate([.82, .58, .84]):  # seed 1 is within 10 points of the majority's 50%
         cell("rt-polarity", "fs-r16-rslora", 1000, seed, {"accuracy": acc, "per_label": labels})
