@@ -158,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                c.table, c.id, rec.get("settings"))
     mpnet_missing = baselines.mpnet_dir(a.mpnet_dir)[1] if any(c.row.encoder == "mpnet" for c in todo) else ""
     command = shlex.join(["python", "benchmarks/paper_tables.py", *(argv if argv is not None else sys.argv[1:])])
+    shown, calibration = cost.calibrated(est, budget, a.table, a.out)
     if a.dry_run:
-        print_plan(a.table, cells, todo, a.out, budget, cost, est, mpnet_missing)
+        print_plan(a.table, cells, todo, a.out, budget, cost, shown, mpnet_missing, calibration)
         return 0
     if a.max_cells is not None:
         todo = todo[: a.max_cells]
@@ -168,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k, c in enumerate(todo, 1):
         if try_reuse(c, budget, a.out):
             continue
-        logger.info("[%d/%d] %s/%s (estimate %.1f min)", k, len(todo), a.table, c.id, est(c) / 60)
+        logger.info("[%d/%d] %s/%s (estimate %.1f min)", k, len(todo), a.table, c.id, shown(c) / 60)
         err = cell_path(a.out, a.table, c.id).with_suffix(".error.txt")
         try:
             if budget.grid_size_for(c.row, c.size) is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,6 +305,48 @@ class CostModel:
         return est
 
 
+    def calibrated(self, est: Callable[[Cell], float], budget: Budget, table: str,
+                   out: Path) -> tuple[Callable[[Cell], float], str]:
+        """``est`` scaled by what the finished runs under ``out`` (cells and grid members) took against this
+        model's estimate of each: a row by the median ratio of its own runs, a row with none by the median over
+        all. The constants are for two idle threads and one row at a time; runs sharing the CPU take longer, and
+        the constants misjudge some rows (document context, MPNet). Shown estimates only: the run order stays
+        the model's, so it does not move as cells finish. Returns the estimator and a line saying what it used."""
+        dataset = TABLE_DATA[table]
+        rows = {r.name: r for r in TABLE_ROWS[table]}
+        ratios: dict[str, list[float]] = {}
+        folder = Path(out) / table
+        for f in sorted([*folder.glob("*.json"), *folder.glob("grid/*.json")]):
+            try:
+                rec = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            row, settings = rows.get(rec.get("method")), rec.get("settings") or {}
+            if row is None or not rec.get("cell_seconds") or not rec.get("train_steps") or rec.get("reused_from"):
+                continue
+            ran = dataclasses.replace(budget, epochs=settings.get("epochs", budget.epochs),
+                                      evals_per_epoch=settings.get("evals_per_epoch", budget.evals_per_epoch),
+                                      batch_size=settings.get("batch_size", budget.batch_size),
+                                      max_steps=rec["train_steps"])
+            n_dev, n_test, n_labels = split_info(dataset)
+            n_dev = min(n_dev, settings.get("dev_subset") or n_dev)
+            n_test = min(n_test, settings.get("test_subset") or n_test)
+            model = self.seconds(Cell(table, row, dataset, rec["train_size"], rec.get("seed", 0)), ran, n_dev,
+                                 n_test, n_labels)
+            ratios.setdefault(row.name, []).append(rec["cell_seconds"] / model)
+        if not ratios:
+            return est, "not calibrated: no finished run in this folder"
+        overall = statistics.median(x for v in ratios.values() for x in v)
+        by_row = {name: statistics.median(v) for name, v in ratios.items()}
+
+        def scaled(c: Cell) -> float:
+            return est(c) * by_row.get(c.row.name, overall)
+
+        n = sum(map(len, ratios.values()))
+        return scaled, (f"calibrated on {n} finished runs here: x{overall:.2f} overall; by row "
+                        + ", ".join(f"{k} x{v:.2f}" for k, v in sorted(by_row.items())))
+
+
 _SPLIT_INFO: dict[str, tuple[int, int, int]] = {}
 
 
@@ -321,12 +364,13 @@ def split_info(dataset: str) -> tuple[int, int, int]:
     return _SPLIT_INFO[dataset]
 
 def print_plan(table: str, cells: Sequence[Cell], todo: Sequence[Cell], out: Path, budget: Budget, cost: CostModel,
-               est: Callable[[Cell], float], mpnet_missing: str) -> None:
+               est: Callable[[Cell], float], mpnet_missing: str, calibration: str = "") -> None:
     """``--dry-run``: the cells in run order with their status and estimate, and the hours left to run."""
     print(f"table {table} ({TABLE_DATA[table]}): {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run")
     print(f"budget: {json.dumps(dataclasses.asdict(budget))}")
     print(f"estimates: {cost.step_s} s per FS step (batch 16), {cost.conll_test_s} s per FS pass over the CoNLL "
-          f"test split, {cost.decode_step_s} s per decoding step (batch 16); rough")
+          f"test split, {cost.decode_step_s} s per decoding step (batch 16); rough"
+          + (f"; {calibration}" if calibration else ""))
     print(f"{'#':>3} {'cell':<34} {'tier':>4} {'status':<7} {'est min':>8} {'cum h':>6}")
     cum = 0.0
     for k, c in enumerate(cells, 1):

@@ -689,6 +689,38 @@ def test_the_dry_run_estimate_counts_the_tokens_repetition_and_document_context_
     assert secs("mpnet-doc64") == pytest.approx(128 / 22 * secs("mpnet"))
 
 
+def test_the_shown_estimates_are_calibrated_on_the_runs_that_finished_in_the_folder(tmp_path):
+    budget, cost = PL.Budget(epochs=2.0), PL.CostModel()
+    est = cost.estimator(budget, "conll2003")
+    cells = {c.row.name: c for c in PL.plan("ner", [1000], [0, 1], only=["fs-bidirectional", "fs-doc64", "mpnet"])
+             if c.seed == 1}
+    n_dev, n_test, n_labels = PL.split_info("conll2003")
+    settings = {"epochs": 2.0, "evals_per_epoch": 1, "batch_size": 16, "dev_subset": 500}
+
+    def finished(cell, ratio, steps, grid_lr=None):
+        ran = dataclasses.replace(budget, max_steps=steps, evals_per_epoch=1)
+        seconds = ratio * cost.seconds(dataclasses.replace(cell, seed=0), ran, min(n_dev, 500), n_test, n_labels)
+        cid = PL.cell_id(cell.row.name, 1000, 0) + (f"__lr{grid_lr:g}" if grid_lr else "")
+        write_json(PL.cell_path(tmp_path, "ner", cid), {"method": cell.row.name, "train_size": 1000, "seed": 0,
+                                                       "settings": settings, "cell_seconds": seconds,
+                                                       "train_steps": steps})
+
+    assert cost.calibrated(est, budget, "ner", tmp_path)[0] is est  # nothing finished: the model as it is
+    # fs-bidirectional took 3x the model (one run early-stopped at 40 of its 126 steps, one grid member), MPNet 1x
+    finished(cells["fs-bidirectional"], 3.0, 40)
+    finished(cells["fs-bidirectional"], 3.0, 126, grid_lr=1e-3)
+    finished(cells["mpnet"], 1.0, 126)
+    write_json(PL.cell_path(tmp_path, "ner", "fs-doc64__n1000__s0"), {  # reused from another table: not a run
+        "method": "fs-doc64", "train_size": 1000, "seed": 0, "settings": settings, "cell_seconds": 1.0,
+        "train_steps": 126, "reused_from": "ner/x"})
+    shown, line = cost.calibrated(est, budget, "ner", tmp_path)
+    assert shown(cells["fs-bidirectional"]) == pytest.approx(3 * est(cells["fs-bidirectional"]))
+    assert shown(cells["mpnet"]) == pytest.approx(est(cells["mpnet"]))
+    # a row with no run of its own: the median over every run (3, 3, 1)
+    assert shown(cells["fs-doc64"]) == pytest.approx(3 * est(cells["fs-doc64"]))
+    assert line.startswith("calibrated on 3 finished runs here: x3.00 overall")
+
+
 def test_the_baselines_train_and_score_with_document_context(tmp_path):
     """hf-native and the encoder given document context: the run records it, reads dev and test with it,
     and a deferred test (score_saved_test) reads it again, to the same scores; without it the reading differs."""
