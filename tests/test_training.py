@@ -128,6 +128,24 @@ def test_train_config_gradient_checkpointing_reaches_the_backbone(tmp_path, tiny
     assert flags == {False: [False, False], True: [True, True]}
 
 
+def test_the_run_passes_checkpointing_under_the_trainers_current_name_without_its_deprecation_warning(tmp_path):
+    import warnings
+    from types import SimpleNamespace
+
+    from fsllm import TrainConfig
+    from fsllm.training import TRAINING_ARGUMENT_NAMES, training_arguments
+
+    folder = SimpleNamespace(checkpoints_dir=tmp_path)
+    for on in (False, True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            args = training_arguments(TrainConfig(gradient_checkpointing=on), folder, "f1", has_dev=True)
+        assert not [w for w in caught if "gradient_checkpointing" in str(w.message)]
+        assert args.gradient_checkpointing is on
+        if "activation_checkpointing" in TRAINING_ARGUMENT_NAMES:
+            assert args.activation_checkpointing is on
+
+
 # ------------------------------------------------------------------ mixed precision
 
 

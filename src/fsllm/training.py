@@ -538,11 +538,17 @@ def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
     return model, tokenizer
 
 
+#: the arguments this transformers' ``TrainingArguments`` takes
+TRAINING_ARGUMENT_NAMES = frozenset(f.name for f in dataclasses.fields(TrainingArguments))
+
+
 def training_arguments(cfg: TrainConfig, folder: RunFolder, metric: str, has_dev: bool) -> TrainingArguments:
     """The stock ``TrainingArguments`` for a run: every Trainer setting the ``TrainConfig`` decides."""
     strategy = "no" if not has_dev else ("steps" if cfg.eval_steps else "epoch")
     # fields marked trainer=(...) go to those arguments unchanged: a new one needs no edit here
     passed = {arg: getattr(cfg, f.name) for f in dataclasses.fields(cfg) for arg in f.metadata.get("trainer", ())}
+    if "activation_checkpointing" in TRAINING_ARGUMENT_NAMES:  # its new name: the old warns on every run, even False
+        passed["activation_checkpointing"] = passed.pop("gradient_checkpointing")
     return TrainingArguments(
         output_dir=str(folder.checkpoints_dir),
         **passed,
