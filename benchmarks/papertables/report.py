@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import statistics
 import time
 from collections.abc import Sequence
@@ -544,14 +545,29 @@ def figure_lines(table: str, recs: list[dict], real_sizes: Sequence[int], metric
     return lines, series
 
 
+RESULTS_DIR = "benchmarks/results/"
+
+
+def portable(command: str) -> str:
+    """``command`` as run from a checkout's root: an absolute ``--out`` inside a checkout's ``benchmarks/results/``
+    is written from there. A cell records the path its process was given, absolute where a lane ran from one
+    checkout and wrote into another; the cell keeps it, the report shows what a reader would type."""
+    parts = shlex.split(command)
+    for k in range(len(parts) - 1):
+        if parts[k] == "--out" and parts[k + 1].startswith("/") and f"/{RESULTS_DIR}" in parts[k + 1]:
+            parts[k + 1] = RESULTS_DIR + parts[k + 1].rsplit(f"/{RESULTS_DIR}", 1)[1]
+    return shlex.join(parts)
+
+
 def command_lines(recs: list[dict]) -> list[str]:
     """The commands that produced a table's cells, then one command per cell (and its ``fsllm train``)."""
     lines: list[str] = []
-    cmds = sorted({r.get("command", "") for r in recs if r.get("command")})
+    cmds = sorted({portable(r["command"]) for r in recs if r.get("command")})
     if cmds:
-        lines += ["Commands that produced these cells:", "", "```"] + cmds + ["```", ""]
+        lines += ["Commands that produced these cells (run from the repository's root):", "", "```"] + cmds + ["```", ""]
         lines += ["<details><summary>one command per cell</summary>", "", "```"]
-        lines += [f"# {r['cell_id']}\n{r.get('cell_command', '')}" + (f"\n# = {r['fsllm_command']}" if r.get("fsllm_command") else "")
+        lines += [f"# {r['cell_id']}\n{portable(r.get('cell_command', ''))}"
+                  + (f"\n# = {r['fsllm_command']}" if r.get("fsllm_command") else "")
                   for r in sorted(recs, key=lambda r: r["cell_id"])]
         lines += ["```", "", "</details>", ""]
     return lines

@@ -1382,3 +1382,17 @@ def test_every_fs_row_builds_its_train_config_and_a_row_may_set_its_own_warmup(t
     assert {n: c.warmup_ratio for n, c in cfgs.items() if n != "fs-full"} == {n: 0.05 for n in cfgs if n != "fs-full"}
     # checkpoints chosen under the baselines' NER reading, whatever fsllm's default (the report picks one on dev)
     assert {(c.fs.ner_decoding, c.fs.word_scores) for c in cfgs.values()} == {("greedy", "first")}
+
+
+def test_the_report_shows_an_absolute_out_inside_a_checkouts_results_from_the_repository_root():
+    lane = "python benchmarks/paper_tables.py ner --out /srv/main/benchmarks/results/confirm-4000 --runs /srv/runs/x --only 'a b'"
+    assert R.portable(lane) == ("python benchmarks/paper_tables.py ner --out benchmarks/results/confirm-4000 "
+                                "--runs /srv/runs/x --only 'a b'")
+    for kept in ("python benchmarks/paper_tables.py ner --out benchmarks/results/tuned",  # already relative
+                 "python benchmarks/paper_tables.py ner --out /data/tables --runs /srv/benchmarks/results/r"):
+        assert R.portable(kept) == kept
+    # the same command recorded both ways is listed once
+    recs = [{"cell_id": f"c{k}", "command": cmd, "cell_command": cmd} for k, cmd in enumerate(
+        (lane, lane.replace("/srv/main/", "/home/u/fsllm/")))]
+    lines = R.command_lines(recs)
+    assert lines[3] == R.portable(lane) and lines[4] == "```"
