@@ -304,18 +304,18 @@ class CostModel:
 
         return est
 
-
     def calibrated(self, est: Callable[[Cell], float], budget: Budget, table: str,
                    out: Path) -> tuple[Callable[[Cell], float], str]:
         """``est`` scaled by what the finished runs under ``out`` (cells and grid members) took against this
         model's estimate of each: a row by the median ratio of its own runs, a row with none by the median over
-        all. The constants are for two idle threads and one row at a time; runs sharing the CPU take longer, and
-        the constants misjudge some rows (document context, MPNet). Shown estimates only: the run order stays
+        all. The constants are for two idle threads and one row at a time: runs sharing the CPU take longer, and
+        a row's input and eval costs are approximations. Shown estimates only: the run order stays
         the model's, so it does not move as cells finish. Returns the estimator and a line saying what it used."""
         dataset = TABLE_DATA[table]
         rows = {r.name: r for r in TABLE_ROWS[table]}
         ratios: dict[str, list[float]] = {}
         folder = Path(out) / table
+        n_dev_all, n_test_all, n_labels = split_info(dataset)
         for f in sorted([*folder.glob("*.json"), *folder.glob("grid/*.json")]):
             try:
                 rec = json.loads(f.read_text())
@@ -328,9 +328,8 @@ class CostModel:
                                       evals_per_epoch=settings.get("evals_per_epoch", budget.evals_per_epoch),
                                       batch_size=settings.get("batch_size", budget.batch_size),
                                       max_steps=rec["train_steps"])
-            n_dev, n_test, n_labels = split_info(dataset)
-            n_dev = min(n_dev, settings.get("dev_subset") or n_dev)
-            n_test = min(n_test, settings.get("test_subset") or n_test)
+            n_dev = min(n_dev_all, settings.get("dev_subset") or n_dev_all)
+            n_test = min(n_test_all, settings.get("test_subset") or n_test_all)
             model = self.seconds(Cell(table, row, dataset, rec["train_size"], rec.get("seed", 0)), ran, n_dev,
                                  n_test, n_labels)
             ratios.setdefault(row.name, []).append(rec["cell_seconds"] / model)
