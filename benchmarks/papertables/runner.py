@@ -228,7 +228,8 @@ def run_fs(cell: Cell, budget: Budget, run_dir: Path, lr: float | None = None,
             return metrics, extras
         logger.info("%s: resuming the interrupted run", run_dir)
         res = train(resume=True, output_dir=str(run_dir))
-        extras["resumed"] = True
+        # from a checkpoint, which the metrics name; a run killed before its first one started over, timed whole
+        extras["resumed"] = "resumed_from_step" in res.metrics.get("train", {})
         extras["learned_lambdas"] = _learned_lambdas(res.model_dir)
         return res.metrics, extras
     if (run_dir / "config.json").is_file():

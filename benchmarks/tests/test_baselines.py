@@ -1332,6 +1332,26 @@ def test_an_adapt_row_adapts_on_its_cells_training_texts_then_trains_on_the_adap
     assert "adapt" not in budget.for_row(cells["fs-bidirectional"].row)
 
 
+def test_an_interrupted_fs_cell_is_resumed_only_where_it_had_a_checkpoint(tmp_path, monkeypatch):
+    """Rerun on an interrupted run folder, a cell resumes it; killed before its first checkpoint, the run starts
+    over and its cell is timed whole, not flagged as timed over its last part."""
+    import fsllm.training as T
+
+    cell = next(c for c in PL.plan("ner", [1000], [0], only=["fs-bidirectional"], n_train=14041))
+    calls = []
+    monkeypatch.setattr(RN, "same_run", lambda run_dir, cfg: True)  # the folder holds this cell's run, unfinished
+    monkeypatch.setattr(RN, "_learned_lambdas", lambda d: None)
+    for train_metrics, resumed in (({"seconds": 5.0}, False),
+                                   ({"seconds": 9.0, "resumed_from_step": 4, "seconds_before_resume": 4.0}, True)):
+        monkeypatch.setattr(T, "train", lambda cfg=None, m=train_metrics, **kw: calls.append(kw) or SimpleNamespace(
+            metrics={"task": "token", "train": m}, model_dir=tmp_path / "none"))
+        metrics, extras = RN.run_fs(cell, PL.Budget(), tmp_path / "run")
+        assert calls[-1]["resume"] is True and extras["resumed"] is resumed
+        rec = {"resumed": extras["resumed"], **RN.train_time(metrics)}
+        assert R.partly_timed(rec) is False  # started over: whole; resumed with the clock: whole too
+    assert R.partly_timed({"resumed": True, "train_seconds": 9.0, "train_resumed_from_step": 4})  # before the clock
+
+
 def test_a_cell_records_its_inference_cost_per_test_sentence():
     assert RN.inference_cost({"test": {"seconds": 6.0}, "sizes": {"test": 3000}}) == {"test_ms_per_sentence": 2.0}
     assert RN.inference_cost({"test": {"seconds": 6.0, "n_sentences": 1500}}) == {"test_ms_per_sentence": 4.0}
