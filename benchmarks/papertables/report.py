@@ -298,7 +298,7 @@ def target_lines(table: str, recs: list[dict], out: Path) -> list[str]:
             others = {k[0]: mean(k) for k in got if k[1] == 1000 and not k[0].startswith("fs-")}
             if others:
                 best = max(others, key=others.get)
-                lines.append(f"- {fs}, 1,000: {fmt(m)} against the best other row, {best} {fmt(others[best])}: "
+                lines.append(f"- {fs}, 1,000: {fmt(m)} against the best other row in this folder, {best} {fmt(others[best])}: "
                              f"{verdict(m, others[best])}.")
             bad = sorted(r["seed"] for r in recs if r["method"] == fs and r["train_size"] == 1000 and collapsed(r))
             lines.append(f"- {fs}, 1,000: " + (f"collapsed seeds {', '.join(map(str, bad))}: **missed**." if bad

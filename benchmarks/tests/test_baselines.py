@@ -466,7 +466,7 @@ def test_the_targets_are_measured_under_the_reading_dev_chose_and_say_by_how_muc
         # an FS variant screened beside it is a candidate, not the rival the target names
         cell("rt-polarity", "fs-r16-rslora-max", 1000, seed, {"accuracy": .90, "per_label": labels})
     text = "\n".join(R.target_lines("rt-polarity", R.load_records(out, "rt-polarity"), out))
-    assert "fs-r16-rslora, 1,000: 74.67 against the best other row, minilm 80.00: **missed by 5.33**." in text
+    assert "fs-r16-rslora, 1,000: 74.67 against the best other row in this folder, minilm 80.00: **missed by 5.33**." in text
     assert "fs-r16-rslora, 1,000: collapsed seeds 1: **missed**." in text
     assert R.target_lines("rt-5", [], out) == []
 
