@@ -231,7 +231,7 @@ COLLAPSE_MARGIN = 0.10
 
 def tests_under_dev_choice(table: str, recs: list[dict], out: Path) -> dict[tuple[str, int], tuple[str | None, dict[int, float]]]:
     """``(row, size) -> (reading, {seed: test metric})``: for NER under the reading the row's mean dev F1
-    chooses when every cell scored them all (:func:`decoding_lines`), else each cell's own test score."""
+    chooses when every cell scored them all (:func:`reading_choices`), else each cell's own test score."""
     metric = TABLE_METRIC.get(table, "accuracy")
     scored, chosen = reading_choices(table, recs, out)
     groups: dict[tuple[str, int], list[dict]] = {}
