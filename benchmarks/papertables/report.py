@@ -104,6 +104,35 @@ def paired_lines(table: str, recs: list[dict], metric: str) -> list[str]:
     return ["**Paired by seed** (FS row minus the other; mean ± standard error, then per seed)", "", *lines, ""]
 
 
+def entity_type_lines(recs: list[dict]) -> list[str]:
+    """Test F1 per entity type, each row's mean over its seeds: where a gap between two rows lies.
+
+    The cells' own scoring (their test F1's reading); the types are those the cells scored. A row
+    whose cells did not record per-type scores is left out."""
+    per: dict[tuple[str, int], list[dict]] = {}
+    for r in recs:
+        pt = (r.get("test") or {}).get("per_type")
+        if pt:
+            per.setdefault((r["method"], r["train_size"]), []).append(pt)
+    if not per:
+        return []
+    types = sorted({t for cells in per.values() for pt in cells for t in pt})
+    order = {r.name: i for i, r in enumerate(TABLE_ROWS["ner"])}
+    lines = ["**Test F1 per entity type** (mean over seeds; precision / recall beside it; the cells' own reading)", "",
+             "| row | train size | n | " + " | ".join(types) + " |", "|---|---|---|" + "---|" * len(types)]
+    for (row, size), cells in sorted(per.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], len(order)), kv[0][0])):
+        cols = []
+        for t in types:
+            got = [pt[t] for pt in cells if t in pt]
+            if len(got) < len(cells):
+                cols.append("—")
+                continue
+            f1, p, rc = (statistics.fmean(g[k] for g in got) * 100 for k in ("f1", "precision", "recall"))
+            cols.append(f"{f1:.1f} ({p:.1f} / {rc:.1f})")
+        lines.append(f"| {row} | {size} | {len(cells)} | " + " | ".join(cols) + " |")
+    return [*lines, ""]
+
+
 def grid_lines(recs: list[dict]) -> list[str]:
     """Each row's learning-rate grid as its cells recorded it: dev score per rate, the chosen one bold."""
     grids = {}
@@ -676,6 +705,8 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     lines += verdicts or ["- not run yet."]
     lines.append("")
     lines += paired_lines(table, recs, metric)
+    if table == "ner":
+        lines += entity_type_lines(recs)
     lines += decoding_lines(table, recs, out)
     lines += target_lines(table, recs, out)
     lines += grid_lines(recs)

@@ -386,6 +386,29 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     assert "fs-r16-rslora-max − hf-native-r16-rslora, seeds 0,1: test accuracy +5.00 ± 1.00 (+6.0, +4.0)" in rt
 
 
+def test_the_ner_report_shows_each_rows_test_f1_per_entity_type(tmp_path):
+    out = tmp_path / "out"
+
+    def pt(per: float, org: float) -> dict:
+        return {"PER": {"precision": per, "recall": per - .02, "f1": per - .01},
+                "ORG": {"precision": org, "recall": org, "f1": org}}
+
+    for row, seed, per_type in (("fs-r16-rslora", 0, pt(.90, .80)), ("fs-r16-rslora", 1, pt(.92, .84)),
+                                ("mpnet", 0, pt(.96, .86)), ("mpnet", 1, {"PER": pt(.96, 0)["PER"]}),
+                                ("hf-native", 0, None)):
+        test = {"f1": .85, **({"per_type": per_type} if per_type else {})}
+        write_json(PL.cell_path(out, "ner", PL.cell_id(row, 4000, seed)), {
+            "cell_id": PL.cell_id(row, 4000, seed), "method": row, "train_size": 4000, "seed": seed,
+            "test": test, "dev_metric": .85, "settings": {"lr": 0.001}})
+    lines = R.entity_type_lines(R.load_records(out, "ner"))
+    assert "| row | train size | n | ORG | PER |" in lines
+    assert "| fs-r16-rslora | 4000 | 2 | 82.0 (82.0 / 82.0) | 90.0 (91.0 / 89.0) |" in lines
+    # a type one seed's cell did not score is not averaged over the other seed alone
+    assert "| mpnet | 4000 | 2 | — | 95.0 (96.0 / 94.0) |" in lines
+    assert not any(line.startswith("| hf-native ") for line in lines)  # no per-type scores recorded
+    assert "Test F1 per entity type" in "\n".join(R.table_report("ner", out, [0, 1])[0])
+
+
 def _ner_pairs_of(out: Path, f1s: dict[str, tuple[float, ...]]) -> str:
     """The NER report's paired lines for cells at 1,000 sentences with these test F1s (dev the same), per seed."""
     for row, per_seed in f1s.items():
