@@ -704,7 +704,7 @@ def run_instruction_tuning(
     """LoRA-tune the causal LM to write the answer after the zero-shot prompt; select on dev by
     the zero-shot scoring (accuracy of likelihood scoring, or span F1 of generated entity lists).
     ``evaluate_test=False``: a grid member, scored on dev only (the model is not saved)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import set_seed
 
     from fsllm.backbones import default_lora_targets
@@ -717,7 +717,7 @@ def run_instruction_tuning(
     spec = prompt_spec(dataset_name or data, sp.task, sp.labels)
     lcfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                       target_modules=default_lora_targets(model), task_type="CAUSAL_LM")
-    model = get_peft_model(model, lcfg)
+    model = quiet_peft_model(model, lcfg)
     feats, cuts = instruction_examples(tok, spec, sp.task, sp.train, max_length, max_new_tokens if sp.task == "token" else None)
     metric = primary_metric(sp.task)
 
@@ -1053,7 +1053,7 @@ def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer,
     fsllm's default targets with the ``score`` head in ``modules_to_save``; with ``adapter``, the saved
     adapter of a finished run instead of a fresh one. ``use_rslora`` / ``use_dora``: PEFT's own options,
     the capacity an FS row with ``FSConfig.use_rslora`` / ``use_dora`` gets, so the commodity path can have it too."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from fsllm.backbones import default_lora_targets, resolve_backbone_path
@@ -1071,7 +1071,19 @@ def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer,
     lcfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora,
                       use_dora=use_dora, target_modules=default_lora_targets(model), modules_to_save=["score"],
                       task_type="TOKEN_CLS" if task == "token" else "SEQ_CLS")
-    return get_peft_model(model, lcfg)
+    return quiet_peft_model(model, lcfg)
+
+
+def quiet_peft_model(model, lora_config):
+    """PEFT's ``get_peft_model`` without the FutureWarning it provokes from transformers 5.x (it reads the
+    deprecated ``is_gradient_checkpointing``): printed once per run, it is neither ours nor a user's to act on."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora_config)
 
 
 def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,
