@@ -707,7 +707,7 @@ def run_instruction_tuning(
     from peft import LoraConfig
     from transformers import set_seed
 
-    from fsllm.backbones import default_lora_targets
+    from fsllm.backbones import add_lora, default_lora_targets
     from fsllm.metrics import primary_metric
 
     run_dir = _prep_dir(run_dir)
@@ -717,7 +717,7 @@ def run_instruction_tuning(
     spec = prompt_spec(dataset_name or data, sp.task, sp.labels)
     lcfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                       target_modules=default_lora_targets(model), task_type="CAUSAL_LM")
-    model = quiet_peft_model(model, lcfg)
+    model = add_lora(model, lcfg, exact_targets=False)  # PEFT as a user calls it
     feats, cuts = instruction_examples(tok, spec, sp.task, sp.train, max_length, max_new_tokens if sp.task == "token" else None)
     metric = primary_metric(sp.task)
 
@@ -1056,7 +1056,7 @@ def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer,
     from peft import LoraConfig, PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    from fsllm.backbones import default_lora_targets, resolve_backbone_path
+    from fsllm.backbones import add_lora, default_lora_targets, resolve_backbone_path
 
     path = resolve_backbone_path(model_name)
     id2label = dict(enumerate(labels))
@@ -1071,19 +1071,7 @@ def load_hf_native(model_name: str, task: str, labels: Sequence[str], tokenizer,
     lcfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, use_rslora=use_rslora,
                       use_dora=use_dora, target_modules=default_lora_targets(model), modules_to_save=["score"],
                       task_type="TOKEN_CLS" if task == "token" else "SEQ_CLS")
-    return quiet_peft_model(model, lcfg)
-
-
-def quiet_peft_model(model, lora_config):
-    """PEFT's ``get_peft_model`` without the FutureWarning it provokes from transformers 5.x (it reads the
-    deprecated ``is_gradient_checkpointing``): printed once per run, it is neither ours nor a user's to act on."""
-    import warnings
-
-    from peft import get_peft_model
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, lora_config)
+    return add_lora(model, lcfg, exact_targets=False)  # PEFT as a user calls it
 
 
 def evaluate_classifier(model, tokenizer, task: str, examples: Sequence[dict], labels: Sequence[str], max_length: int,

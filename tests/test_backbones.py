@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import warnings
 
 import pytest
 import torch
@@ -41,6 +42,14 @@ def test_lora_targets_cover_gpt2_conv1d():
     model = FSForSequenceClassification.from_backbone(_sweep_backbone("gpt2"), num_labels=2)
     lora = [n for n, m in model.named_modules() if hasattr(m, "lora_A") and n.endswith("c_attn")]
     assert len(lora) == 2  # both layers' fused qkv Conv1D
+
+
+def test_wrapping_with_lora_prints_no_deprecation_a_user_cannot_act_on():
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing``; every FS model (and every run) printed it."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3)
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]
 
 
 def test_moe_defaults_adapt_dense_projections_not_experts_or_routers():

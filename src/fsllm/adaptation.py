@@ -34,7 +34,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 
 from . import atomic
 from . import attention as fs_attention
-from .backbones import decoder_layers, exact_lora_targets, load_tokenizer, lora_config, resolve_backbone_path
+from .backbones import add_lora, decoder_layers, load_tokenizer, lora_config, resolve_backbone_path
 from .config import ATTENTION_MODES, PRECISIONS, FSConfig, parse_fs_layers, parse_names, resolve_precision, setting
 from .errors import ConfigError, DataError, FSLLMError
 from .run import CHECKPOINTS_DIR, TRAIN_LOG_FILE, TRAINER_STATE_FILE, _truncate_log, checkpoint_step
@@ -510,14 +509,9 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
         logger.warning("%d of %d texts have no token to mask (one token long) and are left out", dropped, len(texts))
     model = load_causal_lm(cfg.model)
     state = release_attention(model, cfg)
-    from peft import get_peft_model
-
     lora = lora_config(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                        targets=cfg.lora_target_modules)
-    with warnings.catch_warnings(), exact_lora_targets():
-        # PEFT calls a transformers property deprecated in 5.x; not actionable for users
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(model, lora)
+    model = add_lora(model, lora)
     # the folder is written only once the data and the model have loaded: a bad input leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     record = {"method": "MNTP (LLM2Vec masked next-token prediction) with LoRA, merged", "complete": False,

@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,6 +473,17 @@ def exact_lora_targets() -> Iterator[None]:
         yield
     finally:
         _EXACT_TARGETS.reset(token)
+
+
+def add_lora(model: nn.Module, lora, *, exact_targets: bool = True) -> nn.Module:
+    """``peft.get_peft_model(model, lora)``, the targets taken as named (:func:`exact_lora_targets`; off for
+    callers that want PEFT's own renaming) and without the FutureWarning PEFT provokes from transformers 5.x
+    (it reads the deprecated ``is_gradient_checkpointing``): a line per model that no user can act on."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings(), (exact_lora_targets() if exact_targets else contextlib.nullcontext()):
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def model_config_summary(name_or_path: str) -> dict:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -39,9 +39,9 @@ from transformers.modeling_outputs import (
 
 from . import attention as fs_attention
 from .backbones import (
+    add_lora,
     base_model_of,
     decoder_layers,
-    exact_lora_targets,
     is_quantized,
     load_backbone,
     lora_config,
@@ -158,10 +158,7 @@ class FSModel(FolderMixin, PreTrainedModel):
             lora = lora_config(base, r=fs_config.lora_r, alpha=fs_config.lora_alpha, dropout=fs_config.lora_dropout,
                                targets=fs_config.lora_target_modules, use_rslora=fs_config.use_rslora,
                                use_dora=fs_config.use_dora)
-            with warnings.catch_warnings(), exact_lora_targets():
-                # PEFT calls a transformers property deprecated in 5.x; not actionable for users
-                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                base = get_peft_model(base, lora)
+            base = add_lora(base, lora)
             # PEFT's per-projection dropout dominates a CPU step; same statistics, cheaper masks
             use_fast_lora_dropout(base)
             # the LoRA update as one multiply-add (the same function, fewer passes over the output)
