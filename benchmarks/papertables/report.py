@@ -346,6 +346,11 @@ def partly_timed(rec: dict) -> bool:
     return bool(resumed) and "train_seconds_before_resume" not in rec
 
 
+def torch_threads(rec: dict) -> int | None:
+    """The torch threads the cell's (last) process trained with, as its machine record says."""
+    return (rec.get("machine") or {}).get("torch_threads")
+
+
 def load_records(out: Path, table: str) -> list[dict]:
     """The finished cells of a table under ``out`` (grid members, under ``grid/``, left out)."""
     folder = Path(out) / table
@@ -628,6 +633,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     by_macro: dict[tuple[str, int], list[float]] = {}
     by_dev: dict[tuple[str, int], list[float]] = {}
     by_sec: dict[tuple[str, int], list[float]] = {}
+    by_threads: dict[tuple[str, int], set] = {}
     for r in recs:
         key = (r["method"], r["train_size"])
         test = r.get("test") or {}
@@ -639,6 +645,8 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
             by_dev.setdefault(key, []).append(r["dev_metric"])
         if r.get("train_seconds") is not None and not partly_timed(r):
             by_sec.setdefault(key, []).append(r["train_seconds"])
+            by_threads.setdefault(key, set()).add(torch_threads(r))
+    usual_threads = statistics.mode([torch_threads(r) for r in recs]) if recs else None
     planned_keys: dict[tuple[str, int], int] = {}
     for c in planned:
         planned_keys[(c.row.name, c.size)] = planned_keys.get((c.row.name, c.size), 0) + 1
@@ -680,6 +688,9 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
         wall = f"{statistics.fmean(secs) / 60:.1f} min" if secs and statistics.fmean(secs) > 0 else "—"
         if len(secs) < n_done:
             wall += f" ({len(secs)} of {n_done}: partly timed cells left out)" if secs else " (partly timed)"
+        threads = by_threads.get(k, set())
+        if threads and threads != {usual_threads}:  # a time from another thread count is no time to compare
+            wall += f" (on {' and '.join(str(t) for t in sorted(threads, key=str))} torch threads)"
         mark = " †" if k in smoke else ""
         cols = f"| {row_name}{mark} | {size_s} | {_ms(by[k])} | {n_done}/{planned_keys[k] or n_done} |"
         if table != "ner":

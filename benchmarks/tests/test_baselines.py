@@ -410,6 +410,21 @@ def test_the_ner_report_shows_each_rows_test_f1_per_entity_type(tmp_path):
     assert "Test F1 per entity type" in "\n".join(R.table_report("ner", out, [0, 1])[0])
 
 
+def test_a_rows_training_time_says_when_its_cells_ran_on_another_number_of_threads(tmp_path, monkeypatch):
+    monkeypatch.setattr(PL, "_TRAIN_SIZES", {d: 10**5 for d in set(TABLE_DATA.values())})
+    out = tmp_path / "out"
+    for row, seed, threads in (("fs-r16-rslora", 0, 1), ("fs-r16-rslora", 1, 1), ("fs-r16-rslora-doc64", 0, 2),
+                               ("fs-r16-rslora-doc64", 1, 1), ("mpnet", 0, 2)):
+        write_json(PL.cell_path(out, "ner", PL.cell_id(row, 4000, seed)), {
+            "cell_id": PL.cell_id(row, 4000, seed), "method": row, "train_size": 4000, "seed": seed,
+            "test": {"f1": .85}, "dev_metric": .85, "settings": {"lr": 0.001}, "train_seconds": 600,
+            "machine": {"torch_threads": threads}})
+    text = "\n".join(R.table_report("ner", out, [0, 1])[0])
+    assert "| fs-r16-rslora | 4000 | 85.00 ± 0.00 | 2/2 | 85.00 ± 0.00 | 10.0 min | — |" in text
+    assert "| fs-r16-rslora-doc64 | 4000 | 85.00 ± 0.00 | 2/2 | 85.00 ± 0.00 | 10.0 min (on 1 and 2 torch threads) |" in text
+    assert "| mpnet | 4000 | 85.00 | 1/2 | 85.00 | 10.0 min (on 2 torch threads) |" in text
+
+
 def _ner_pairs_of(out: Path, f1s: dict[str, tuple[float, ...]]) -> str:
     """The NER report's paired lines for cells at 1,000 sentences with these test F1s (dev the same), per seed."""
     for row, per_seed in f1s.items():
