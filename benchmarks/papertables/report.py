@@ -690,7 +690,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
             wall += f" ({len(secs)} of {n_done}: partly timed cells left out)" if secs else " (partly timed)"
         threads = by_threads.get(k, set())
         if threads and threads != {usual_threads}:  # a time from another thread count is no time to compare
-            wall += f" (on {' and '.join(str(t) for t in sorted(threads, key=str))} torch threads)"
+            wall += f" (on {' and '.join(str(t) for t in sorted(threads, key=str))} torch thread{'' if threads == {1} else 's'})"
         mark = " †" if k in smoke else ""
         cols = f"| {row_name}{mark} | {size_s} | {_ms(by[k])} | {n_done}/{planned_keys[k] or n_done} |"
         if table != "ner":

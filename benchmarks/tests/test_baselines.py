@@ -414,7 +414,7 @@ def test_a_rows_training_time_says_when_its_cells_ran_on_another_number_of_threa
     monkeypatch.setattr(PL, "_TRAIN_SIZES", {d: 10**5 for d in set(TABLE_DATA.values())})
     out = tmp_path / "out"
     for row, seed, threads in (("fs-r16-rslora", 0, 1), ("fs-r16-rslora", 1, 1), ("fs-r16-rslora-doc64", 0, 2),
-                               ("fs-r16-rslora-doc64", 1, 1), ("mpnet", 0, 2)):
+                               ("fs-r16-rslora-doc64", 1, 1), ("mpnet", 0, 2), ("hf-native", 0, 1), ("hf-native", 1, 1), ("minilm", 0, 2), ("minilm", 1, 2)):
         write_json(PL.cell_path(out, "ner", PL.cell_id(row, 4000, seed)), {
             "cell_id": PL.cell_id(row, 4000, seed), "method": row, "train_size": 4000, "seed": seed,
             "test": {"f1": .85}, "dev_metric": .85, "settings": {"lr": 0.001}, "train_seconds": 600,
@@ -423,6 +423,15 @@ def test_a_rows_training_time_says_when_its_cells_ran_on_another_number_of_threa
     assert "| fs-r16-rslora | 4000 | 85.00 ± 0.00 | 2/2 | 85.00 ± 0.00 | 10.0 min | — |" in text
     assert "| fs-r16-rslora-doc64 | 4000 | 85.00 ± 0.00 | 2/2 | 85.00 ± 0.00 | 10.0 min (on 1 and 2 torch threads) |" in text
     assert "| mpnet | 4000 | 85.00 | 1/2 | 85.00 | 10.0 min (on 2 torch threads) |" in text
+    # the usual count is the table's most common: here one thread, then a table where two are usual
+    assert "| minilm | 4000 | 85.00 ± 0.00 | 2/2 | 85.00 ± 0.00 | 10.0 min (on 2 torch threads) |" in text
+    for seed in (0, 1, 2):
+        write_json(PL.cell_path(out, "rt-polarity", PL.cell_id("minilm", 1000, seed)), {
+            "cell_id": PL.cell_id("minilm", 1000, seed), "method": "minilm", "train_size": 1000, "seed": seed,
+            "test": {"accuracy": .8}, "dev_metric": .8, "settings": {"lr": 0.001}, "train_seconds": 60,
+            "machine": {"torch_threads": 1 if seed == 2 else 2}})
+    rt = "\n".join(R.table_report("rt-polarity", out, [0, 1, 2])[0])
+    assert "| 1.0 min (on 1 and 2 torch threads) |" in rt
 
 
 def _ner_pairs_of(out: Path, f1s: dict[str, tuple[float, ...]]) -> str:
