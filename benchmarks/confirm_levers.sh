@@ -6,6 +6,7 @@
 #
 #   OMP_NUM_THREADS=1 bash benchmarks/confirm_levers.sh a > lane-a.log 2>&1 &
 #   OMP_NUM_THREADS=1 bash benchmarks/confirm_levers.sh b > lane-b.log 2>&1 &
+#   OMP_NUM_THREADS=2 bash benchmarks/confirm_levers.sh a > lane-a.log 2>&1 &   # one lane alone: both cores
 #   DRY_RUN=1 bash benchmarks/confirm_levers.sh a     # each command's plan: cells done, to run, estimates
 #   bash benchmarks/confirm_levers.sh gpu > lane-gpu.log 2>&1  # on a CUDA machine: the longest runs (below)
 #

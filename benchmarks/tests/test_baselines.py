@@ -276,6 +276,21 @@ def test_paper_tables_dry_run_lists_the_plan(tmp_path, capsys, monkeypatch):
     assert "fs-swiglu-mean__n1000__s0" in out and out.rstrip().splitlines()[-1].startswith("total to run:")
 
 
+def test_a_table_run_trains_on_the_openmp_threads_it_is_given(monkeypatch):
+    """torch takes MKL_NUM_THREADS over OMP_NUM_THREADS: a lane given two OpenMP threads trains on two."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        P.use_omp_threads()
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset or empty: torch's own choice stays
+        P.use_omp_threads()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_alias_reuse_and_dev_curve(tmp_path):
     budget = PL.Budget()
     out = tmp_path / "out"
