@@ -765,7 +765,7 @@ def test_serve_leaves_the_callers_signal_handlers_and_environment_alone(seq_dir,
 
 def test_forward_threads_leave_a_core_to_the_http_side(monkeypatch):
     """The default keeps one core for the event loop and splits the rest among workers; an explicit value
-    wins; a set ``OMP_NUM_THREADS`` is the user's choice and is kept."""
+    wins; a set ``OMP_NUM_THREADS`` is the user's choice and is applied."""
     from fsllm.serving import forward_threads
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -776,7 +776,9 @@ def test_forward_threads_leave_a_core_to_the_http_side(monkeypatch):
     assert forward_threads(3) == 3
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert forward_threads() == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # applied even where MKL_NUM_THREADS says otherwise
+    assert forward_threads() == 4 and forward_threads(workers=2) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
     assert forward_threads() is None
     assert forward_threads(2, workers=2) == 2
     with pytest.raises(FSLLMError, match="--threads"):

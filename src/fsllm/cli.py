@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1, help="server processes, each with its own model copy (default 1)")
     sv.add_argument("--threads", type=int, default=None,
                     help="torch threads per process for the forward (default: the cores less one, left to HTTP and "
-                         "tokenising, shared by the workers; OMP_NUM_THREADS, when set, is kept)")
+                         "tokenising, shared by the workers; OMP_NUM_THREADS, when set, is used)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     _add_inference_options(sv)
     _add_decoding_options(sv)

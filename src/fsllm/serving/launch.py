@@ -15,8 +15,10 @@ from .metrics import MULTIPROC_ENV
 
 
 def forward_threads(threads: int | None = None, workers: int = 1) -> int | None:
-    """Torch threads for each server process's forward: ``threads`` when given; ``None`` (keep torch's own)
-    when ``OMP_NUM_THREADS`` is set; otherwise the cores torch would use, less one, shared by the workers.
+    """Torch threads for each server process's forward: ``threads`` when given; ``OMP_NUM_THREADS`` when it is
+    set (applied explicitly: torch would take ``MKL_NUM_THREADS`` over it when both are set; ``None``, torch's
+    own handling, when it is not a positive number); otherwise the cores torch would use, less one, shared by
+    the workers.
 
     Why one core less: the event loop (HTTP parsing, JSON, tokenising, NER post-processing) runs beside
     the forward, and a forward holding every core starves it; on 2 cores, one forward thread served
@@ -27,7 +29,8 @@ def forward_threads(threads: int | None = None, workers: int = 1) -> int | None:
             raise FSLLMError(f"--threads must be >= 1, got {threads}")
         return threads
     if "OMP_NUM_THREADS" in os.environ:
-        return None
+        omp = os.environ["OMP_NUM_THREADS"].strip()
+        return int(omp) if omp.isdigit() and int(omp) > 0 else None
     import torch
 
     return max(1, (torch.get_num_threads() - 1) // max(1, workers))
