@@ -149,9 +149,10 @@ def test_the_run_passes_checkpointing_under_the_trainers_current_name_without_it
 # ------------------------------------------------------------------ mixed precision
 
 
-def test_bf16_training_runs_under_autocast_and_rejects_bad_precisions(tmp_path, tiny_model_dir):
+def test_bf16_training_runs_under_autocast_and_rejects_bad_precisions(tmp_path, tiny_model_dir, caplog):
     """precision="bf16" trains under bf16 autocast (the backbone's projections compute in bf16) while
-    the trained weights stay fp32; unknown precisions and fp16 without a GPU are clear errors."""
+    the trained weights stay fp32; unknown precisions and fp16 without a GPU are clear errors. On a CPU
+    the log says how many torch threads train (MKL_NUM_THREADS can make it fewer than OMP_NUM_THREADS says)."""
     from transformers import TrainerCallback
 
     from fsllm.errors import FSLLMError
@@ -165,11 +166,14 @@ def test_bf16_training_runs_under_autocast_and_rejects_bad_precisions(tmp_path, 
             lin = next(m for n, m in model.named_modules() if n.endswith("q_proj.base_layer"))
             lin.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype) if mod.training else None)
 
-    result = train(
-        data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "bf16"), max_steps=2, batch_size=4,
-        precision="bf16", evaluate_test=False, callbacks=[WatchDtypes()],
-    )
+    with caplog.at_level("INFO", logger="fsllm.training"):
+        result = train(
+            data=str(data), model=str(tiny_model_dir), output_dir=str(tmp_path / "bf16"), max_steps=2, batch_size=4,
+            precision="bf16", evaluate_test=False, callbacks=[WatchDtypes()],
+        )
     assert seen == {torch.bfloat16}
+    if not torch.cuda.is_available():
+        assert f"training on {torch.get_num_threads()} torch threads" in caplog.text
     assert json.loads((result.run_dir / "config.json").read_text())["precision"] == "bf16"
     from safetensors.torch import load_file
 

@@ -614,6 +614,8 @@ def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, dict[
             logger.warning("%s: no complete checkpoint yet; starting from the beginning", folder.path)
         else:
             logger.info("resuming from %s", checkpoint)
+    if is_main_process() and trainer.args.device.type == "cpu":  # torch takes MKL_NUM_THREADS over OMP_NUM_THREADS
+        logger.info("training on %d torch threads", torch.get_num_threads())
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=checkpoint)
     return out, train_timing(trainer, time.time() - t0, checkpoint)
