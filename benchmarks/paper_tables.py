@@ -57,6 +57,8 @@ from papertables.report import fmt, write_report
 from papertables.rows import DEFAULT_SIZES, TABLE_DATA, TABLES
 from papertables.runner import Skip, run_cell, try_reuse
 
+from fsllm.threads import apply_omp_threads
+
 logger = logging.getLogger("paper")
 
 
@@ -164,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if a.max_cells is not None:
         todo = todo[: a.max_cells]
-    use_omp_threads()
+    apply_omp_threads()  # torch takes MKL_NUM_THREADS over OMP_NUM_THREADS: a lane trains on the threads it is given
     logger.info("table %s: %d cells, %d to run now", a.table, len(cells), len(todo))
     failed, skipped = [], []
     for k, c in enumerate(todo, 1):
@@ -201,16 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("failed: %s (tracebacks in %s/*.error.txt)", ", ".join(failed), a.out / a.table)
         return 1
     return 0
-
-
-def use_omp_threads() -> None:
-    """Train on ``OMP_NUM_THREADS`` torch threads when it is set: torch takes ``MKL_NUM_THREADS`` over it when
-    both are set, so a lane given two OpenMP threads beside ``MKL_NUM_THREADS=1`` would train on one."""
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:
-        import torch
-
-        torch.set_num_threads(int(threads))
 
 
 if __name__ == "__main__":

@@ -276,16 +276,15 @@ def test_paper_tables_dry_run_lists_the_plan(tmp_path, capsys, monkeypatch):
     assert "fs-swiglu-mean__n1000__s0" in out and out.rstrip().splitlines()[-1].startswith("total to run:")
 
 
-def test_a_table_run_trains_on_the_openmp_threads_it_is_given(monkeypatch):
+def test_a_table_run_trains_on_the_openmp_threads_it_is_given(tmp_path, monkeypatch):
     """torch takes MKL_NUM_THREADS over OMP_NUM_THREADS: a lane given two OpenMP threads trains on two."""
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # main sets it: restored after the test
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
-        P.use_omp_threads()
-        assert torch.get_num_threads() == 2
-        monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset or empty: torch's own choice stays
-        P.use_omp_threads()
+        monkeypatch.setenv("MKL_NUM_THREADS", "1")
+        P.main(["ablation", "--sizes", "1000", "--seeds", "0", "--max-cells", "0", "--out", str(tmp_path)])
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FSLLMError
+from .threads import apply_omp_threads, omp_threads
 
 #: ``fsllm train`` with no --data or --config: FS-SmolLM2 on CoNLL-2003, sized to finish in minutes on a
 #: 2-core CPU. Its lr is 1e-3 rather than the paper's 2e-4: a 135M backbone trained for this few steps
@@ -594,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO if a.command in ("train", "adapt") else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.command != "serve" and omp_threads() is not None:  # serve sets its workers' threads (forward_threads)
+        apply_omp_threads()
     try:
         return COMMANDS[a.command](a)
     except FSLLMError as e:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FSLLMError
+from ..threads import omp_threads
 from .app import create_app, worker_env
 from .metrics import MULTIPROC_ENV
 
@@ -29,8 +30,7 @@ def forward_threads(threads: int | None = None, workers: int = 1) -> int | None:
             raise FSLLMError(f"--threads must be >= 1, got {threads}")
         return threads
     if "OMP_NUM_THREADS" in os.environ:
-        omp = os.environ["OMP_NUM_THREADS"].strip()
-        return int(omp) if omp.isdigit() and int(omp) > 0 else None
+        return omp_threads()
     import torch
 
     return max(1, (torch.get_num_threads() - 1) // max(1, workers))
