@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +123,7 @@ def build_model(kind: str, id2label: dict[int, str]):
     default LoRA) or ``baseline`` (``AutoModelForTokenClassification`` + PEFT LoRA with the same
     target modules and rank; HF's own causal mask)."""
     from fsllm import FSConfig, FSForTokenClassification
-    from fsllm.backbones import builtin_model_path, default_lora_targets
+    from fsllm.backbones import add_lora, builtin_model_path, default_lora_targets
 
     torch.manual_seed(0)
     label2id = {v: k for k, v in id2label.items()}
@@ -136,7 +135,7 @@ def build_model(kind: str, id2label: dict[int, str]):
         labels = [id2label[i] for i in range(len(id2label))]
         model = baselines.load_hf_native(BACKBONE, "token", labels, load_tokenizer(BACKBONE))
     elif kind == BASELINE:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
         from transformers import AutoModelForTokenClassification
 
         defaults = FSConfig()
@@ -156,9 +155,7 @@ def build_model(kind: str, id2label: dict[int, str]):
             bias="none",
             task_type="TOKEN_CLS",
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model = get_peft_model(model, lora)
+        model = add_lora(model, lora, exact_targets=False)  # PEFT as a user calls it
     else:
         mode = kind.split("-", 1)[1]
         cfg = FSConfig(attention=mode, decay_lambda=DECAY_LAMBDA if mode == "decay" else 0.0)
