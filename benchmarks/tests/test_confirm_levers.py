@@ -42,6 +42,7 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     assert code == 0
     # no 4,000 cell yet: the full-set steps say so and are skipped, the lane goes on
     assert "full set, fs-r16-rslora: no rate chosen at 4,000 yet" in err
+    assert "full set, fs-r16-rslora-doc64: no rate chosen at 4,000 yet" in err
     assert "full set, mpnet: no rate chosen at 4,000 yet" in err
     assert "fs-r16-rslora-repeat2-causal at 4,000: no rate chosen for fs-r16-rslora yet; skipped" in err
     assert "fs-r16-rslora-doc64 at 4,000: no rate chosen for fs-r16-rslora yet; skipped" in err
@@ -56,10 +57,12 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     (results / "confirm-4000" / "ner").mkdir(parents=True)
     (results / "confirm-4000" / "ner" / "fs-r16-rslora__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
     (results / "confirm-4000" / "ner" / "mpnet__n4000__s0.json").write_text(json.dumps({"lr": 1e-4}))
+    (results / "confirm-4000" / "ner" / "fs-r16-rslora-doc64__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
     code, cmds, err = _lane(tmp_path, "a", results)
     # repetition with rank 16, then document context, at 4,000 at the rate each base row's grid chose, before the
     # full set
-    doc = {_flag(c, "--only"): c for c in cmds if _flag(c, "--only").endswith(("-doc64", "-repeat2-causal"))}
+    doc = {_flag(c, "--only"): c for c in cmds
+           if _flag(c, "--only").endswith(("-doc64", "-repeat2-causal")) and _flag(c, "--sizes") == "4000"}
     assert list(doc) == ["fs-r16-rslora-repeat2-causal", "fs-r16-rslora-doc64", "mpnet-doc64"]
     # repetition, FS's own lever, and document context, FS's largest, before MPNet's nine-run grid
     mpnet_grid = [_flag(c, "--only") for c in cmds].index("mpnet")
@@ -71,8 +74,10 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     assert _flag(mp, "--encoder-lr") == "0.0001" and _last_flag(mp, "--epochs") == "10"
     assert all(_flag(c, "--sizes") == "4000" and _flag(c, "--seeds") == "0,1,2" for c in doc.values())
     full = {_flag(c, "--only"): c for c in cmds if _flag(c, "--sizes") == "14041"}
-    assert code == 0 and "no rate chosen" not in err and set(full) == {"fs-r16-rslora", "mpnet"}
+    # FS's NER recipe (rank 16 with document context) first, then rank 16 alone, then MPNet
+    assert code == 0 and "no rate chosen" not in err and list(full) == ["fs-r16-rslora-doc64", "fs-r16-rslora", "mpnet"]
     assert _flag(full["fs-r16-rslora"], "--lr") == "0.0005" and _flag(full["fs-r16-rslora"], "--epochs") == "2"
+    assert _flag(full["fs-r16-rslora-doc64"], "--lr") == "0.0005"
     assert _flag(full["mpnet"], "--encoder-lr") == "0.0001" and "--lr" not in full["mpnet"]
     assert all("--lr-grid" not in c and _flag(c, "--out") == f"{results}/confirm-full" for c in full.values())
 
@@ -140,21 +145,21 @@ def test_the_gpu_lane_runs_each_rows_seeds_side_by_side_once_its_rate_is_chosen(
     code, cmds, err = _lane(tmp_path, "gpu", results)
     assert code == 0
     assert "full set, fs-r16-rslora: no rate chosen at 4,000 yet" in err
-    assert "fs-r16-rslora-doc64 at 4,000: no rate chosen for fs-r16-rslora yet; skipped" in err
+    assert "full set, fs-r16-rslora-doc64: no rate chosen at 4,000 yet" in err
     # without a chosen rate only the grids run, one command each, every seed's grid inside it
     assert [(_flag(c, "--only"), _flag(c, "--seeds")) for c in cmds] == [
         ("hf-native-r16-rslora", "0,1,2"), ("fs-bidirectional", "0,1,2")]
     cells = results / "confirm-4000" / "ner"
     cells.mkdir(parents=True)
-    for row in ("fs-r16-rslora", "hf-native-r16-rslora"):
+    for row in ("fs-r16-rslora", "fs-r16-rslora-doc64", "hf-native-r16-rslora"):
         (cells / f"{row}__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
     code, cmds, err = _lane(tmp_path, "gpu", results)
     assert code == 0 and "no rate chosen" not in err
 
     steps = [(_flag(c, "--only"), _flag(c, "--sizes")) for c in cmds]
-    # the full set first, then document context at 4,000, the grids, hf-native's full set, repetition
+    # the full set first, with document context and without, then the grids, hf-native's full set, repetition
     assert list(dict.fromkeys(steps)) == [
-        ("fs-r16-rslora", "14041"), ("fs-r16-rslora-doc64", "4000"), ("hf-native-r16-rslora", "4000"),
+        ("fs-r16-rslora-doc64", "14041"), ("fs-r16-rslora", "14041"), ("hf-native-r16-rslora", "4000"),
         ("hf-native-r16-rslora", "14041"), ("fs-bidirectional", "4000"), ("fs-r16-rslora-repeat2-causal", "4000")]
     for step in steps:
         runs = [_last_flag(c, "--seeds") for c, s in zip(cmds, steps) if s == step]
