@@ -1,10 +1,9 @@
 """How many torch threads a command runs on: ``OMP_NUM_THREADS`` when it is set, for every entry point.
 
 Why this exists: torch takes ``MKL_NUM_THREADS`` over ``OMP_NUM_THREADS`` when both are set, so a command
-started with ``OMP_NUM_THREADS=2 MKL_NUM_THREADS=1`` silently runs on one thread (a training step then
-takes about 1.6x as long on this project's 2-core machine). ``fsllm train``/``predict``/``evaluate``/
-``adapt``, ``fsllm serve`` and the benchmark runner all read the variable through this module, so they
-agree on what it means.
+started with ``OMP_NUM_THREADS=2 MKL_NUM_THREADS=1`` silently runs on one thread. Every ``fsllm`` command
+(``serve`` per worker, where ``--threads`` wins) and the benchmark runner read the variable through this
+module, so they agree on what it means.
 """
 
 from __future__ import annotations
