@@ -8,7 +8,16 @@ import json
 
 import pytest
 
-from fsllm.cli import FS_DEST, MAIN_JOB_RECIPE, build_parser, load_recipe, main, train_command, train_config_from_args
+from fsllm.cli import (
+    FS_DEST,
+    MAIN_JOB_RECIPE,
+    build_parser,
+    load_recipe,
+    main,
+    recipe_names,
+    train_command,
+    train_config_from_args,
+)
 from fsllm.config import FSConfig, TrainConfig
 from fsllm.errors import FSLLMError
 
@@ -59,6 +68,29 @@ def test_without_data_the_main_job_and_flags_on_top():
     assert cfg.epochs == 1 and cfg.train_subset == job["train_subset"] and cfg.fs.attention == "causal"
     assert (cfg.fs.lora_r, cfg.fs.use_rslora) == (8, True)  # a flag on top of the recipe's fs, the rest kept
     assert train_config_from_args(parse("--data", "rt-polarity")) == TrainConfig(data="rt-polarity")
+
+
+def test_a_packaged_recipe_with_flags_on_top(capsys):
+    assert set(recipe_names()) >= {"main_job", "ner_documents"}
+    for name in recipe_names():  # every packaged recipe is a valid configuration (an unknown field would raise)
+        cfg = train_config_from_args(parse("--recipe", name))
+        fields = load_recipe(name + ".json")
+        fs = fields.pop("fs", {})
+        assert {k: getattr(cfg, k) for k in fields} == fields and {k: getattr(cfg.fs, k) for k in fs} == fs
+    assert train_config_from_args(parse("--recipe", "main_job")) == train_config_from_args(parse())
+    cfg = train_config_from_args(parse("--recipe", "ner_documents", "--data", "mine/", "--word-scores", "mean"))
+    assert (cfg.data, cfg.document_context, cfg.fs.lora_r, cfg.fs.ner_decoding, cfg.fs.word_scores) == (
+        "mine/", 64, 16, "viterbi", "mean")
+    for argv, error in ((["--recipe", "no_such"], "invalid choice: 'no_such'"),
+                        (["--recipe", "main_job", "--config", "c.json"], "not allowed with argument")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            parse(*argv)
+        assert e.value.code == 2 and error in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "ner_documents: NER on text that comes in documents" in help_text  # each recipe's _about
 
 
 def test_train_help_describes_the_main_job(capsys):
@@ -133,7 +165,8 @@ def test_lr_scheduler_type_is_set_from_the_cli_saved_and_read_back_by_resume(tmp
     saved = (run / "config.json").read_text()
     for flags, named in ((["--lr", "1e-2", "--epochs", "3"], "cannot change epochs, learning_rate"),
                          (["--lora-r", "4"], "cannot change --lora-r"),
-                         (["--config", str(run / "config.json")], "cannot change --config")):
+                         (["--config", str(run / "config.json")], "cannot change --config"),
+                         (["--recipe", "main_job"], "cannot change --recipe")):
         capsys.readouterr()
         assert main(["train", "--resume", "-o", str(run), *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()

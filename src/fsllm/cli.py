@@ -67,9 +67,26 @@ def _decoding_overrides(a: argparse.Namespace) -> dict[str, str]:
     return {name: given[FS_DEST + name] for name in DECODING_FIELDS if FS_DEST + name in given}
 
 
-def load_recipe(name: str) -> dict[str, Any]:
-    """A packaged training configuration (``fsllm/recipes/<name>``): the ``TrainConfig`` fields it sets."""
+def _read_recipe(name: str) -> dict[str, Any]:
     return json.loads(files("fsllm").joinpath("recipes", name).read_text())
+
+
+def load_recipe(name: str) -> dict[str, Any]:
+    """A packaged training configuration (``fsllm/recipes/<name>``): the ``TrainConfig`` fields it sets (its
+    ``"_about"`` text, which says where the recipe's settings come from, left out)."""
+    return {k: v for k, v in _read_recipe(name).items() if not k.startswith("_")}
+
+
+def recipe_names() -> list[str]:
+    """The packaged recipes ``fsllm train --recipe`` takes: the file names in ``fsllm/recipes`` without ``.json``."""
+    return sorted(f.name[:-len(".json")] for f in files("fsllm").joinpath("recipes").iterdir() if f.name.endswith(".json"))
+
+
+def _recipes_help() -> str:
+    """--recipe's help: each recipe's name and its ``_about`` line."""
+    about = "; ".join(f"{n}: {_read_recipe(n + '.json').get('_about', '')}" for n in recipe_names())
+    return ("start from this packaged configuration (fsllm/recipes/NAME.json); the flags given override it, e.g. "
+            f"--data for your own CoNLL files. {about}")
 
 
 # The train options are generated from the dataclass fields by the small generator below rather than by
@@ -189,14 +206,16 @@ def train_command(cfg: Any) -> list[str]:
 
 
 def train_config_from_args(a: argparse.Namespace):
-    """The ``TrainConfig`` of ``fsllm train``: ``--config FILE`` (or, without --data, the main job), then
-    every flag given on top."""
+    """The ``TrainConfig`` of ``fsllm train``: ``--config FILE``, ``--recipe NAME`` or, without --data, the
+    main job, then every flag given on top."""
     from .config import FSConfig, TrainConfig
     from .run import load_config_file
 
     given = vars(a)
     if a.config:
         cfg = load_config_file(a.config)
+    elif getattr(a, "recipe", None):
+        cfg = TrainConfig.from_dict(load_recipe(a.recipe + ".json"))
     elif "data" not in given:
         cfg = TrainConfig.from_dict(load_recipe(MAIN_JOB_RECIPE))
     else:
@@ -237,9 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train, select on dev, evaluate on test, write a run folder",
                        description=_main_job_description())
-    t.add_argument("--config", default=None, metavar="FILE.json",
-                   help="start from this training configuration (a run's config.json, or any of its fields); "
-                        "the flags given override it")
+    start = t.add_mutually_exclusive_group()
+    start.add_argument("--config", default=None, metavar="FILE.json",
+                       help="start from this training configuration (a run's config.json, or any of its fields); "
+                            "the flags given override it")
+    start.add_argument("--recipe", default=None, choices=recipe_names(), help=_recipes_help().replace("%", "%%"))
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --output from its last checkpoint")
     from .config import FSConfig, TrainConfig
 
@@ -401,7 +422,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     if a.resume:
         given = vars(a)
-        fixed = ["--config"] if a.config else []
+        fixed = [flag for flag, value in (("--config", a.config), ("--recipe", a.recipe)) if value]
         fixed += [f"--{k[len(FS_DEST):].replace('_', '-')}" for k in given if k.startswith(FS_DEST)]
         if fixed:
             raise FSLLMError(f"--resume continues the run as its config.json says and cannot change {', '.join(fixed)}; "
