@@ -68,13 +68,15 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     mpnet_grid = [_flag(c, "--only") for c in cmds].index("mpnet")
     assert cmds.index(doc["fs-r16-rslora-repeat2-causal"]) < cmds.index(doc["fs-r16-rslora-doc64"]) < mpnet_grid
     assert _flag(doc["fs-r16-rslora-repeat2-causal"], "--lr") == "0.0005"
-    assert max(cmds.index(c) for c in doc.values()) < min(cmds.index(c) for c in cmds if _flag(c, "--sizes") == "14041")
+    full = {_flag(c, "--only"): c for c in cmds if _flag(c, "--sizes") == "14041"}
+    # FS's NER recipe on the full set (the 91.0 target) right after its 4,000 cells, before MPNet's grid; rank 16
+    # alone and MPNet there after MPNet's cells at 4,000
+    assert cmds.index(doc["fs-r16-rslora-doc64"]) + 1 == cmds.index(full["fs-r16-rslora-doc64"]) < mpnet_grid
+    assert cmds.index(doc["mpnet-doc64"]) < cmds.index(full["fs-r16-rslora"]) < cmds.index(full["mpnet"])
     assert _flag(doc["fs-r16-rslora-doc64"], "--lr") == "0.0005" and "--lr-grid" not in doc["fs-r16-rslora-doc64"]
     mp = doc["mpnet-doc64"]  # MPNet's own budget: the later flag wins
     assert _flag(mp, "--encoder-lr") == "0.0001" and _last_flag(mp, "--epochs") == "10"
     assert all(_flag(c, "--sizes") == "4000" and _flag(c, "--seeds") == "0,1,2" for c in doc.values())
-    full = {_flag(c, "--only"): c for c in cmds if _flag(c, "--sizes") == "14041"}
-    # FS's NER recipe (rank 16 with document context) first, then rank 16 alone, then MPNet
     assert code == 0 and "no rate chosen" not in err and list(full) == ["fs-r16-rslora-doc64", "fs-r16-rslora", "mpnet"]
     assert _flag(full["fs-r16-rslora"], "--lr") == "0.0005" and _flag(full["fs-r16-rslora"], "--epochs") == "2"
     assert _flag(full["fs-r16-rslora-doc64"], "--lr") == "0.0005"
