@@ -21,6 +21,7 @@ from fsllm.adaptation import (
     ADAPTATION_FILE,
     BERT_SPLIT,
     AdaptConfig,
+    MaskEpoch,
     MNTPCollator,
     adapt,
     mask_token_id,
@@ -94,17 +95,35 @@ def test_the_collator_pads_right_and_never_masks_padding():
     assert torch.equal(batch["labels"], torch.tensor([[-100, 6, 7, 8], [-100, 9, -100, -100]]))
 
 
-def test_the_masks_are_a_function_of_the_seed_and_the_batch_not_of_the_global_generator():
-    batch = [{"input_ids": list(range(4, 60))}, {"input_ids": list(range(60, 90))}]
+def test_the_masks_are_a_function_of_the_seed_the_epoch_and_the_text_alone():
+    long, short = {"input_ids": list(range(4, 60))}, {"input_ids": list(range(60, 90))}
     collate = MNTPCollator(pad_id=0, mask_id=99, special_ids=SPECIAL, probability=0.5, seed=3)
     torch.manual_seed(0)
-    first = collate(batch)
+    first = collate([long, short])
     torch.manual_seed(1)
-    again = collate(batch)
-    assert torch.equal(first["labels"], again["labels"])
-    other = MNTPCollator(pad_id=0, mask_id=99, special_ids=SPECIAL, probability=0.5, seed=4)(batch)
+    again = collate([long, short])
+    assert torch.equal(first["labels"], again["labels"])  # not torch's global generator
+    # not the batch: a text alone, or elsewhere in another batch, is masked as it was (what lets N processes
+    # with a share of the step each mask as one process with the whole step does)
+    alone = collate([short])
+    assert torch.equal(alone["labels"][0], first["labels"][1, :30])
+    assert torch.equal(alone["input_ids"][0], first["input_ids"][1, :30])
+    assert torch.equal(collate([short, long])["labels"][1], first["labels"][0])
+    assert (first["labels"][1, :30] != -100).any() and (first["labels"][1, 30:] == -100).all()
+    other = MNTPCollator(pad_id=0, mask_id=99, special_ids=SPECIAL, probability=0.5, seed=4)([long, short])
     assert not torch.equal(first["labels"], other["labels"])
-    assert not torch.equal(collate(batch[::-1])["labels"][1, :30], first["labels"][1, :30])  # another batch: new masks
+    collate.epoch = 1  # the next epoch: new masks
+    assert not torch.equal(collate([long])["labels"][0], first["labels"][0])
+
+
+def test_each_epoch_that_begins_is_told_to_the_collator_as_a_resumed_run_restores_it():
+    from transformers import TrainerControl, TrainerState
+
+    collate = MNTPCollator(pad_id=0, mask_id=99, special_ids=SPECIAL, probability=0.5)
+    callback = MaskEpoch(collate)
+    for done, epoch in ((None, 0), (0.0, 0), (1.0, 1), (2.0, 2), (1.4, 1)):  # 1.4: resumed within the second
+        callback.on_epoch_begin(None, TrainerState(epoch=done), TrainerControl())
+        assert collate.epoch == epoch
 
 
 def test_mask_token_is_the_tokenizers_else_a_blank_that_must_be_in_the_vocabulary():

@@ -48,7 +48,7 @@ from . import attention as fs_attention
 from .backbones import add_lora, decoder_layers, load_tokenizer, lora_config, resolve_backbone_path
 from .config import ATTENTION_MODES, PRECISIONS, FSConfig, parse_fs_layers, parse_names, resolve_precision, setting
 from .errors import ConfigError, DataError, FSLLMError
-from .run import CHECKPOINTS_DIR, TRAIN_LOG_FILE, TRAINER_STATE_FILE, _truncate_log, checkpoint_step
+from .run import CHECKPOINTS_DIR, TRAIN_LOG_FILE, TRAINER_STATE_FILE, _truncate_log, checkpoint_step, is_main_process
 from .training import JsonlLogCallback, TrainingClock, train_timing
 
 logger = logging.getLogger(__name__)
@@ -267,13 +267,19 @@ def mask_tokens(
 
 
 class MNTPCollator:
-    """Pads a batch of texts on the right and masks it (:func:`mask_tokens`).
+    """Pads a batch of texts on the right and masks it (:func:`mask_tokens`), each text by itself.
 
-    The masks are drawn from a generator seeded by ``seed`` and the batch's tokens, not from torch's global
-    generator: the ``Trainer``'s data loader collates the next batch before the step that precedes it ends, so
-    the global state a checkpoint saves has already drawn that batch's masks, and a resumed run would mask it
-    otherwise than the uninterrupted run did. Seeded by the batch, a resumed run draws the very same masks,
-    and a text gets new masks whenever it comes in another batch (the batches are shuffled every epoch).
+    A text's masks are drawn from a generator seeded by ``seed``, the ``epoch`` (set by :class:`MaskEpoch` as
+    each epoch begins) and the text's tokens, and by nothing else:
+
+    * not torch's global generator: the ``Trainer``'s data loader collates the next batch before the step
+      that precedes it ends, so the global state a checkpoint saves has already drawn that batch's masks,
+      and a resumed run would mask it otherwise than the uninterrupted run did;
+    * not the batch: under several processes each collates its own share of a step's texts, and masks
+      drawn per batch would differ from one process's, where the whole step is one batch. Drawn per text,
+      a run on N processes with batches of B masks every text as one process with batches of N*B does.
+
+    A text gets new masks every epoch.
     """
 
     def __init__(self, pad_id: int, mask_id: int, special_ids: Sequence[int], probability: float, seed: int = 0,
@@ -282,34 +288,54 @@ class MNTPCollator:
         self.special_ids = sorted({int(i) for i in special_ids})
         self.seed = int(seed)
         self.split, self.vocab_size = split, vocab_size
+        self.epoch = 0
 
-    def generator(self, input_ids: torch.Tensor) -> torch.Generator:
-        """The generator of one batch's masks: seeded by ``seed`` and the batch's token ids."""
-        digest = hashlib.blake2b(input_ids.numpy().tobytes(), digest_size=8, key=str(self.seed).encode()).digest()
+    def generator(self, input_ids: Sequence[int]) -> torch.Generator:
+        """The generator of one text's masks in this epoch: seeded by ``seed``, ``epoch`` and its token ids."""
+        tokens = torch.tensor([self.epoch, *input_ids], dtype=torch.long).numpy().tobytes()
+        digest = hashlib.blake2b(tokens, digest_size=8, key=str(self.seed).encode()).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         length = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), length), self.pad_id, dtype=torch.long)
+        masked = ids.clone()
+        labels = torch.full_like(ids, -100)
         attention = torch.zeros((len(features), length), dtype=torch.long)
         for row, f in enumerate(features):
             n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+            text = torch.tensor([f["input_ids"]], dtype=torch.long)
+            ones = torch.ones_like(text)
+            masked[row, :n], labels[row, :n] = (t[0] for t in mask_tokens(
+                text, maskable_positions(text, ones, self.special_ids), self.probability, self.mask_id,
+                self.generator(f["input_ids"]), self.split, self.vocab_size))
             attention[row, :n] = 1
-        masked, labels = mask_tokens(ids, maskable_positions(ids, attention, self.special_ids), self.probability,
-                                     self.mask_id, self.generator(ids), self.split, self.vocab_size)
         return {"input_ids": masked, "attention_mask": attention, "labels": labels}
 
 
-def mntp_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+class MaskEpoch(TrainerCallback):
+    """Tells the collator which epoch begins, so that a text is masked anew each epoch (and the same way
+    again when an interrupted run resumes within it: ``state.epoch`` is the epochs done, whole at the start
+    of one and restored with a checkpoint)."""
+
+    def __init__(self, collator: MNTPCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = math.floor(state.epoch or 0)
+
+
+def mntp_loss(logits: torch.Tensor, labels: torch.Tensor, num_items: torch.Tensor | int | None = None) -> torch.Tensor:
     """Cross-entropy of each masked token at position ``i`` against the logits at ``i - 1`` (the next-token
-    head, shifted by one), averaged over the batch's masked tokens; positions labelled -100 do not count.
-    A batch with no masked token gives a zero loss that still reaches every parameter's graph."""
+    head, shifted by one), summed over the batch's masked tokens (positions labelled -100 do not count) and
+    divided by ``num_items`` (default: their number, a mean). A batch with no masked token gives a zero loss
+    that still reaches every parameter's graph."""
     shifted, targets = logits[:, :-1], labels[:, 1:]
     picked = targets != -100
     if not bool(picked.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(shifted[picked].float(), targets[picked])
+    total = F.cross_entropy(shifted[picked].float(), targets[picked], reduction="sum")
+    return total / (picked.sum() if num_items is None else num_items)
 
 
 # ---------------------------------------------------------------------------------- model
@@ -388,17 +414,25 @@ def released_logits(model: torch.nn.Module, state: fs_attention.FSAttentionState
 
 class MNTPTrainer(Trainer):
     """The stock ``Trainer`` with the MNTP loss of the LM under released attention (:func:`released_logits`,
-    :func:`mntp_loss`): a mean over each batch's masked tokens, as LLM2Vec's cross-entropy is."""
+    :func:`mntp_loss`): a mean over the step's masked tokens, as LLM2Vec's cross-entropy is.
+
+    The mean is over the whole step's tokens, on every process together: the ``Trainer`` counts them
+    (``num_items_in_batch``, summed over the processes), each process divides its sum by that count, and the
+    loss is multiplied by the number of processes, which DDP's mean of the gradients divides out again. So a
+    step on N processes is the step of one process given all their texts, not a mean of N batch means.
+    """
 
     def __init__(self, *args, fs_state: fs_attention.FSAttentionState, **kwargs):
         super().__init__(*args, **kwargs)
         self.fs_state = fs_state
-        # the loss is a per-batch mean: the Trainer divides it by the accumulation steps itself
-        self.model_accepts_loss_kwargs = False
+        # counted per step and over the processes by the Trainer (labels[..., 1:]: the first token is never masked)
+        self.model_accepts_loss_kwargs = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logits = released_logits(model, self.fs_state, inputs["input_ids"], inputs["attention_mask"])
-        loss = mntp_loss(logits, inputs["labels"])
+        loss = mntp_loss(logits, inputs["labels"], num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, {"logits": logits}) if return_outputs else loss
 
 
@@ -446,8 +480,11 @@ def resolve_adapt_config(config: AdaptConfig | None, resume: bool, overrides: di
         logger.warning("precision auto: %s (%s)", cfg.precision, why)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
+        raise FSLLMError("with several processes, pass --output (each process must name the same folder)")
     out = Path(cfg.output_dir) if cfg.output_dir else _default_output(cfg)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # process 0 alone writes the folder: the others would find it begun by then
+    if is_main_process() and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FSLLMError(f"{out} already exists and is not empty: pass --resume to continue an adaptation there, "
                          "or another --output")
     cfg.output_dir = str(out)
@@ -489,6 +526,9 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
     ``fsllm train --model FOLDER`` reads it as a backbone. With ``resume=True`` and the ``output_dir`` of an
     interrupted adaptation, training continues from its last checkpoint with its saved configuration.
     ``callbacks`` are passed to the ``Trainer`` with fsllm's own (the log written as training goes).
+    Under ``torchrun`` / ``accelerate launch`` every process calls it with the same ``output_dir``; process 0
+    writes the folder, and N processes with ``batch_size`` B adapt as one process with N*B does
+    (``MNTPCollator``, ``MNTPTrainer`` in this module).
     """
     cfg = resolve_adapt_config(config, resume, overrides)
     out = Path(cfg.output_dir)
@@ -512,12 +552,15 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
     lora = lora_config(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                        targets=cfg.lora_target_modules)
     model = add_lora(model, lora)
-    # the folder is written only once the data and the model have loaded: a bad input leaves nothing behind
-    out.mkdir(parents=True, exist_ok=True)
+    # the folder is written only once the data and the model have loaded: a bad input leaves nothing behind;
+    # under torchrun / accelerate launch process 0 writes it, and the Trainer (DDP) keeps the weights in step
+    main = is_main_process()
     record = {"method": "MNTP (LLM2Vec masked next-token prediction) with LoRA, merged", "complete": False,
               "config": cfg.to_dict(), "texts": len(dataset), "mask_token_id": mask_id}
-    if not resume:
-        atomic.write_text(out / ADAPTATION_FILE, json.dumps(record, indent=2))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic.write_text(out / ADAPTATION_FILE, json.dumps(record, indent=2))
     args = TrainingArguments(
         output_dir=str(out / CHECKPOINTS_DIR), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
         learning_rate=cfg.learning_rate, lr_scheduler_type="linear", seed=cfg.seed, data_seed=cfg.seed,
@@ -530,16 +573,19 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
     collator = MNTPCollator(tokenizer.pad_token_id, mask_id, special, cfg.mask_probability, cfg.seed,
                             FULL_MASKING if cfg.full_masking else BERT_SPLIT, len(tokenizer))
     trainer = MNTPTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                          callbacks=[JsonlLogCallback(out / TRAIN_LOG_FILE), TrainingClock(), *callbacks],
+                          callbacks=[JsonlLogCallback(out / TRAIN_LOG_FILE), TrainingClock(), MaskEpoch(collator),
+                                     *callbacks],
                           fs_state=state)
     checkpoint = last_adapter_checkpoint(out / CHECKPOINTS_DIR) if resume else None
-    if resume:
+    if resume and main:
         _truncate_log(out / TRAIN_LOG_FILE, checkpoint_step(checkpoint) if checkpoint else 0)
         logger.info("resuming from %s", checkpoint or "the beginning (no complete checkpoint yet)")
     t0 = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.time() - t0
     timing = train_timing(trainer, seconds, checkpoint)  # the whole run's seconds, resumed or not
+    if not main:
+        return out
     merged = model.merge_and_unload()
     merged.set_attn_implementation(impl := fs_attention.base_implementation_name(merged.config._attn_implementation))
     merged.save_pretrained(out)

@@ -489,6 +489,10 @@ def cmd_adapt(a: argparse.Namespace) -> int:
         out = adapt(resume=True, **top)
     else:
         out = adapt(adapt_config_from_args(a))
+    from .run import is_main_process
+
+    if not is_main_process():  # under torchrun / accelerate launch process 0 writes the folder and reports
+        return 0
     record = json.loads((out / ADAPTATION_FILE).read_text())
     print(f"adapted: {record['steps']} steps, MNTP loss {record['loss_first']:.4f} at the first log, "
           f"{record['loss_last']:.4f} at the last")

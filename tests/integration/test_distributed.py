@@ -314,3 +314,44 @@ def test_ddp_on_two_processes_makes_the_one_process_step(tmp_path):
             assert got[name]["loss"] == pytest.approx(ref["loss"], rel=1e-5), name
             for w, v in ref["weights"].items():
                 torch.testing.assert_close(got[name]["weights"][w], v, atol=1e-6, rtol=1e-5, msg=f"{name}: {w}")
+
+
+ADAPT_TEXTS = ["John Smith visited Paris .", "Mary works for Google .", "Paris is in France .",
+               "Google hired John .", "Smith works in Paris .", "Mary visited France .",
+               "John works for Mary .", "France hired Smith ."]
+
+
+def test_torchrun_adapt_on_two_processes_is_one_process_with_the_whole_step(tmp_path, tiny_causal_lm_dir):
+    """``fsllm adapt`` under ``torchrun`` (two gloo processes, 2 texts each a step) writes one folder and
+    trains as one process with 4 texts a step: the same masks (drawn per text), the same loss (the mean over
+    the step's masked tokens on both processes together), the same merged weights, over two epochs."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(ADAPT_TEXTS) + "\n")
+    common = ["adapt", "--model", str(tiny_causal_lm_dir), "--text-file", str(texts), "--steps", "4",
+              "--logging-steps", "1", "--lr", "1e-2", "--lora-dropout", "0", "--precision", "fp32"]
+    env = _env()
+    one = subprocess.run([sys.executable, "-m", "fsllm.cli", *common, "--batch-size", "4", "-o", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fsllm.cli",
+         *common, "--batch-size", "2", "-o", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("adapted:") == 1  # process 0 reports
+    from fsllm.adaptation import ADAPTATION_FILE
+
+    records = [json.loads((tmp_path / d / ADAPTATION_FILE).read_text()) for d in ("one", "two")]
+    assert all(r["complete"] and r["steps"] == 4 for r in records)
+    logs = [[json.loads(ln) for ln in (tmp_path / d / "train_log.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    losses = [[(r["step"], r["loss"]) for r in log if "loss" in r] for log in logs]
+    assert [s for s, _ in losses[1]] == [1, 2, 3, 4]  # logged once, by process 0
+    assert [s for s, _ in losses[0]] == [1, 2, 3, 4]
+    assert [loss for _, loss in losses[1]] == pytest.approx([loss for _, loss in losses[0]], rel=1e-4)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("one", "two"))
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    base = load_file(str(Path(tiny_causal_lm_dir) / "model.safetensors"))
+    assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
