@@ -50,6 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baselines
+import torch
 from papertables.grid import run_with_grid
 from papertables.machine import code_commit
 from papertables.planner import DEFAULT_OUT, DEFAULT_RUNS, Budget, CostModel, cell_path, pending, plan, print_plan
@@ -57,7 +58,7 @@ from papertables.report import fmt, write_report
 from papertables.rows import DEFAULT_SIZES, TABLE_DATA, TABLES
 from papertables.runner import Skip, run_cell, try_reuse
 
-from fsllm.threads import apply_omp_threads
+from fsllm.threads import apply_omp_threads, omp_threads
 
 logger = logging.getLogger("paper")
 
@@ -160,7 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                c.table, c.id, rec.get("settings"))
     mpnet_missing = baselines.mpnet_dir(a.mpnet_dir)[1] if any(c.row.encoder == "mpnet" for c in todo) else ""
     command = shlex.join(["python", "benchmarks/paper_tables.py", *(argv if argv is not None else sys.argv[1:])])
-    shown, calibration = cost.calibrated(est, budget, a.table, a.out)
+    # the threads the runs will train on (apply_omp_threads below), for the estimates shown
+    threads = omp_threads() or torch.get_num_threads()
+    shown, calibration = cost.calibrated(est, budget, a.table, a.out, threads)
     if a.dry_run:
         print_plan(a.table, cells, todo, a.out, budget, cost, shown, mpnet_missing, calibration)
         return 0

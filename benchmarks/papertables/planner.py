@@ -305,15 +305,19 @@ class CostModel:
         return est
 
     def calibrated(self, est: Callable[[Cell], float], budget: Budget, table: str,
-                   out: Path) -> tuple[Callable[[Cell], float], str]:
+                   out: Path, threads: int | None = None) -> tuple[Callable[[Cell], float], str]:
         """``est`` scaled by what the finished runs under ``out`` (cells and grid members) took against this
         model's estimate of each: a row by the median ratio of its own runs, a row with none by the median over
-        all. The constants are for two idle threads and one row at a time: runs sharing the CPU take longer, and
-        a row's input and eval costs are approximations. Shown estimates only: the run order stays
-        the model's, so it does not move as cells finish. Returns the estimator and a line saying what it used."""
+        all. With ``threads`` (the torch threads the runs to come will train on), only the runs recorded at that
+        many threads count where there are any: a run on one thread takes about 1.7x one on two, which the
+        median would otherwise mix in. The constants are for two idle threads and one row at a time: runs sharing
+        the CPU take longer, and a row's input and eval costs are approximations. Shown estimates only: the run
+        order stays the model's, so it does not move as cells finish. Returns the estimator and a line saying
+        what it used."""
         dataset = TABLE_DATA[table]
         rows = {r.name: r for r in TABLE_ROWS[table]}
         ratios: dict[str, list[float]] = {}
+        ratios_here: dict[str, list[float]] = {}  # the runs at ``threads``
         folder = Path(out) / table
         n_dev_all, n_test_all, n_labels = split_info(dataset)
         for f in sorted([*folder.glob("*.json"), *folder.glob("grid/*.json")]):
@@ -333,8 +337,17 @@ class CostModel:
             model = self.seconds(Cell(table, row, dataset, rec["train_size"], rec.get("seed", 0)), ran, n_dev,
                                  n_test, n_labels)
             ratios.setdefault(row.name, []).append(rec["cell_seconds"] / model)
+            if threads is not None and (rec.get("machine") or {}).get("torch_threads") == threads:
+                ratios_here.setdefault(row.name, []).append(rec["cell_seconds"] / model)
         if not ratios:
             return est, "not calibrated: no finished run in this folder"
+        where = "here"
+        if threads is not None:
+            plural = "" if threads == 1 else "s"
+            if ratios_here:
+                ratios, where = ratios_here, f"here on {threads} torch thread{plural}, as the runs to come"
+            else:
+                where = f"here (none on {threads} torch thread{plural}, as the runs to come: every thread count)"
         overall = statistics.median(x for v in ratios.values() for x in v)
         by_row = {name: statistics.median(v) for name, v in ratios.items()}
 
@@ -342,7 +355,7 @@ class CostModel:
             return est(c) * by_row.get(c.row.name, overall)
 
         n = sum(map(len, ratios.values()))
-        return scaled, (f"calibrated on {n} finished runs here: x{overall:.2f} overall; by row "
+        return scaled, (f"calibrated on {n} finished runs {where}: x{overall:.2f} overall; by row "
                         + ", ".join(f"{k} x{v:.2f}" for k, v in sorted(by_row.items())))
 
 

@@ -781,6 +781,18 @@ def test_the_shown_estimates_are_calibrated_on_the_runs_that_finished_in_the_fol
     # a row with no run of its own: the median over every run (3, 3, 1)
     assert shown(cells["fs-doc64"]) == pytest.approx(3 * est(cells["fs-doc64"]))
     assert line.startswith("calibrated on 3 finished runs here: x3.00 overall")
+    # the runs to come train on one thread: runs recorded at one thread count alone (MPNet's, here at 2x), where any
+    # are; none at three threads: every run, and the line says so
+    rec = json.loads(PL.cell_path(tmp_path, "ner", PL.cell_id("mpnet", 1000, 0)).read_text())
+    rec.update(cell_seconds=2 * rec["cell_seconds"], machine={"torch_threads": 1})
+    write_json(PL.cell_path(tmp_path, "ner", PL.cell_id("mpnet", 1000, 0)), rec)
+    shown, line = cost.calibrated(est, budget, "ner", tmp_path, threads=1)
+    assert shown(cells["mpnet"]) == pytest.approx(2 * est(cells["mpnet"]))
+    assert shown(cells["fs-bidirectional"]) == pytest.approx(2 * est(cells["fs-bidirectional"]))  # the median of one
+    assert line.startswith("calibrated on 1 finished runs here on 1 torch thread, as the runs to come: x2.00 overall")
+    shown, line = cost.calibrated(est, budget, "ner", tmp_path, threads=3)
+    assert shown(cells["fs-bidirectional"]) == pytest.approx(3 * est(cells["fs-bidirectional"]))
+    assert line.startswith("calibrated on 3 finished runs here (none on 3 torch threads")
 
 
 def test_the_baselines_train_and_score_with_document_context(tmp_path):
