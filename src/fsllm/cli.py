@@ -230,7 +230,7 @@ ADAPT_DESCRIPTION = (
     "prediction (20% of the tokens chosen and masked, each predicted by the next-token head at the position "
     "before it, LoRA trained and merged). Writes an ordinary causal-LM folder (weights, tokenizer, fsllm_adaptation.json) that "
     "fsllm train --model FOLDER takes as a backbone. Reads only the training split of --data (or --text-file, one "
-    "text per line). Measured on one seed so far, where it cost accuracy (docs/levers.md)."
+    "text per line). Measured on two seeds so far, with no clear effect on accuracy (docs/levers.md)."
 )
 
 
