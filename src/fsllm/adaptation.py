@@ -48,7 +48,15 @@ from . import attention as fs_attention
 from .backbones import add_lora, decoder_layers, load_tokenizer, lora_config, resolve_backbone_path
 from .config import ATTENTION_MODES, PRECISIONS, FSConfig, parse_fs_layers, parse_names, resolve_precision, setting
 from .errors import ConfigError, DataError, FSLLMError
-from .run import CHECKPOINTS_DIR, TRAIN_LOG_FILE, TRAINER_STATE_FILE, _truncate_log, checkpoint_step, is_main_process
+from .run import (
+    CHECKPOINTS_DIR,
+    TRAIN_LOG_FILE,
+    TRAINER_STATE_FILE,
+    _truncate_log,
+    checkpoint_step,
+    is_main_process,
+    several_processes,
+)
 from .training import JsonlLogCallback, TrainingClock, train_timing
 
 logger = logging.getLogger(__name__)
@@ -480,7 +488,7 @@ def resolve_adapt_config(config: AdaptConfig | None, resume: bool, overrides: di
         logger.warning("precision auto: %s (%s)", cfg.precision, why)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
+    if several_processes() and not cfg.output_dir:
         raise FSLLMError("with several processes, pass --output (each process must name the same folder)")
     out = Path(cfg.output_dir) if cfg.output_dir else _default_output(cfg)
     # process 0 alone writes the folder: the others would find it begun by then

@@ -134,6 +134,12 @@ def load_config_file(path: str | Path, where: str | Path | None = None) -> Train
         raise FSLLMError(f"{path}: {e}") from None
 
 
+def several_processes() -> bool:
+    """Under torchrun / accelerate launch with more than one process: each must then be given the same
+    output folder (a default one is named by the clock, which the processes do not share)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def is_main_process() -> bool:
     """Under torchrun / accelerate launch every process runs ``train``; process 0 alone writes the run
     folder, and the Trainer (DDP) keeps the processes' weights in step."""

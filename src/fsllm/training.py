@@ -52,7 +52,7 @@ from .model_card import model_card_text
 from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
 from .plots import plot_confusion, plot_training
 from .prepare import Features, PreparedData, prepare_data, prepare_features
-from .run import RunFolder, RunResult, checkpoint_step, is_main_process
+from .run import RunFolder, RunResult, checkpoint_step, is_main_process, several_processes
 from .selection import train_grid
 from .tokenization import whitespace_token_ids
 
@@ -501,7 +501,7 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     if cfg.backbone_dtype == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("backbone_dtype fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not cfg.output_dir:
+    if several_processes() and not cfg.output_dir:
         raise FSLLMError("with several processes, pass --output (each process must name the same run folder)")
     run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_run_dir(cfg)
     cfg.output_dir = str(run_dir)
