@@ -8,6 +8,8 @@ one-line errors on bad input. Tiny models built from configs; no network.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,7 @@ from fsllm.adaptation import (
     training_texts,
 )
 from fsllm.cli import build_parser, main
-from fsllm.errors import ConfigError, FSLLMError
+from fsllm.errors import ConfigError, FSLLMError, TrainingInterrupted
 
 SPECIAL = [0, 1, 2, 3]  # <pad> <s> </s> <unk> of the word-level tokenizer
 
@@ -339,6 +341,40 @@ def test_an_interrupted_adaptation_resumes_where_it_stopped(tmp_path, tiny_causa
     assert steps == [1, 2, 3, 4, 5, 6, 6]  # step 5 logged once: the killed run's record was dropped (6: the summary)
     a, b = _weights(whole), _weights(out)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # the same weights as the uninterrupted run
+
+
+class _Signal(TrainerCallback):
+    """Sends this process SIGTERM as step ``at`` begins, as a scheduler would."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_stops_the_adaptation_with_a_checkpoint_at_the_step_and_resume_finishes_it(tmp_path,
+                                                                                          tiny_causal_lm_dir):
+    """A signal between checkpoints (every 4 steps here) saves one at the step it ends (3), and
+    ``--resume`` goes on from there to the weights of the uninterrupted adaptation."""
+    data = write_conll_dir(tmp_path)
+    cfg = dict(model=str(tiny_causal_lm_dir), data=str(data), steps=6, batch_size=2, save_steps=4, logging_steps=1,
+               learning_rate=1e-2, precision="fp32")
+    whole = adapt(AdaptConfig(**cfg, output_dir=str(tmp_path / "whole")))
+
+    out = tmp_path / "cut"
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 3.*fsllm adapt --resume") as stop:
+        adapt(AdaptConfig(**cfg, output_dir=str(out)), callbacks=[_Signal(3)])
+    assert stop.value.signum == signal.SIGTERM and stop.value.checkpoint.endswith("checkpoint-3")
+    assert not json.loads((out / ADAPTATION_FILE).read_text())["complete"]
+    assert signal.getsignal(signal.SIGTERM) == handler  # training's handler is not left behind
+    resumed = _Steps()
+    assert adapt(resume=True, output_dir=str(out), callbacks=[resumed]) == out
+    assert resumed.steps == [4, 5, 6]
+    a, b = _weights(whole), _weights(out)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 # ------------------------------------------------------------------ bad input

@@ -19,7 +19,7 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 from .backbones import BUILTIN_MODELS, load_backbone, load_tokenizer  # noqa: E402
 from .config import FSConfig, FSLLMConfig
-from .errors import ConfigError, DataError, FSLLMError, MissingPackageError, ModelFolderError
+from .errors import ConfigError, DataError, FSLLMError, MissingPackageError, ModelFolderError, TrainingInterrupted
 from .modeling import (
     FSForSequenceClassification,
     FSForTokenClassification,
@@ -59,6 +59,7 @@ __all__ = [
     "FSForSequenceClassification",
     "FSForTokenClassification",
     "FSLLMError",
+    "TrainingInterrupted",
     "FSModel",
     "MissingPackageError",
     "Predictor",

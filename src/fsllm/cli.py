@@ -1,7 +1,8 @@
 """The ``fsllm`` command line: adapt, train, eval, predict, serve, datasets, models.
 
 Errors on bad input print one line (``fsllm: error: ...``) and exit with status 2;
-``--debug`` shows the full traceback instead.
+``--debug`` shows the full traceback instead. ``train`` and ``adapt`` stopped by SIGTERM or Ctrl-C save a
+checkpoint at the end of the step and exit with 128 + the signal's number (143, 130); ``--resume`` continues.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .errors import FSLLMError
+from .errors import FSLLMError, TrainingInterrupted
 from .threads import apply_omp_threads, omp_threads
 
 #: ``fsllm train`` with no --data or --config: FS-SmolLM2 on CoNLL-2003, sized to finish in minutes on a
@@ -629,6 +630,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fsllm: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # a checkpoint was saved: the status a process killed by the signal has
+        print(f"fsllm: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("fsllm: interrupted", file=sys.stderr)
         return 130

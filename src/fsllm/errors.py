@@ -34,3 +34,18 @@ class ModelFolderError(FSLLMError):
 class ConfigError(FSLLMError, ValueError):
     """A bad configuration value (``FSConfig``, ``TrainConfig``): a ``ValueError`` where it is written,
     one line from the CLI."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (SIGTERM, Ctrl-C) after saving a checkpoint: not an error of the input.
+
+    ``fsllm.interruption.StopOnSignal`` stops the run; the CLI prints the message (which says how to
+    resume) and exits with 128 + ``signum``, the status of a process the signal killed.
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None, resume_hint: str):
+        import signal
+
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        saved = f"checkpoint {checkpoint} saved" if checkpoint else "no checkpoint could be saved"
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {saved}; {resume_hint}")

@@ -89,7 +89,8 @@ def last_complete_checkpoint(folder: Path) -> str | None:
 
 
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records written after ``step`` (the killed run went on past its last checkpoint).
+    """Drop log records written after ``step`` (the killed run went on past its last checkpoint), and the
+    summary (``train_runtime``, ...) of a call that a signal stopped: the resumed call writes the whole run's.
 
     A run killed in the middle of an append leaves a partial last line: it is dropped with the rest
     of what came after the checkpoint. A record that does not parse anywhere else means the file was
@@ -107,7 +108,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 logger.warning("%s: dropped a partial last record (the run was killed while writing it)", path)
                 break
             raise FSLLMError(f"{path}: line {n + 1} is not a JSON record; repair or delete the log to resume") from None
-        if isinstance(record, dict) and record.get("step", 0) <= step:
+        if isinstance(record, dict) and record.get("step", 0) <= step and "train_runtime" not in record:
             keep.append(ln)
     atomic.write_lines(path, keep)
 

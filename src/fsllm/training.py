@@ -47,6 +47,7 @@ from .backbones import backbone_num_layers, load_tokenizer, resolve_backbone_pat
 from .config import TrainConfig, resolve_backbone_dtype, resolve_precision, torch_dtype
 from .errors import FSLLMError
 from .evaluation import collapse_message, evaluate_examples
+from .interruption import StopOnSignal
 from .metrics import LOWER_IS_BETTER, multilabel_metrics
 from .model_card import model_card_text
 from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
@@ -581,8 +582,8 @@ def build_trainer(
     """The ``FSTrainer`` with the run's callbacks: the log written as training goes, a last evaluation at
     the final step, early stopping when asked for (and there is a dev split to stop on)."""
     has_dev = bool(data.dev)
-    cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), TrainingClock(), *lever_callbacks(cfg),
-           *callbacks]
+    cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), TrainingClock(), StopOnSignal(),
+           *lever_callbacks(cfg), *callbacks]
     if cfg.early_stopping_patience and has_dev:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = FSTrainer(
@@ -602,7 +603,8 @@ def build_trainer(
 
 def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, dict[str, Any]]:
     """Run the Trainer (from the last complete checkpoint when resuming); the output and its timing
-    (:func:`train_timing`: the whole run's seconds, resumed or not).
+    (:func:`train_timing`: the whole run's seconds, resumed or not). A run stopped by SIGTERM or Ctrl-C
+    saves a checkpoint at the end of its step and raises ``TrainingInterrupted`` (``fsllm.interruption``).
 
     A resumed run drops the log records its killed predecessor wrote after that checkpoint, so the log
     reads as one uninterrupted run.
@@ -618,6 +620,9 @@ def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, dict[
         logger.info("training on %d torch threads", torch.get_num_threads())
     t0 = time.time()
     out = trainer.train(resume_from_checkpoint=checkpoint)
+    stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+    stop.raise_if_stopped(trainer.state.global_step, folder.last_complete_checkpoint(),
+                          f"continue with `fsllm train --resume --output {folder.path}`")
     return out, train_timing(trainer, time.time() - t0, checkpoint)
 
 

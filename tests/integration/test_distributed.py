@@ -355,3 +355,41 @@ def test_torchrun_adapt_on_two_processes_is_one_process_with_the_whole_step(tmp_
     assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     base = load_file(str(Path(tiny_causal_lm_dir) / "model.safetensors"))
     assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+
+
+_SIGNAL_ONE_PROCESS = """
+import os, signal, sys
+from transformers import TrainerCallback
+import fsllm.training as training
+from fsllm.cli import main
+
+class SignalRank1(TrainerCallback):  # SIGTERM to process 1 alone, as step 2 begins
+    def on_step_begin(self, args, state, control, **kw):
+        if os.environ["RANK"] == "1" and state.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+levers = training.lever_callbacks
+training.lever_callbacks = lambda cfg: [*levers(cfg), SignalRank1()]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path, tiny_model_dir):
+    """Under ``torchrun`` a SIGTERM that reaches one process stops both at the end of the same step, with
+    one checkpoint there, and each says so: a process that went on alone would wait for the stopped one
+    in its next gradient reduction until the test's time limit."""
+    data = write_conll_dir(tmp_path)
+    script = tmp_path / "stop_rank1.py"
+    script.write_text(_SIGNAL_ONE_PROCESS)
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         "train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run), "--max-steps", "8",
+         "--eval-steps", "4", "--batch-size", "2"],
+        capture_output=True, text=True, env=_env(), timeout=180,
+    )
+    assert proc.returncode != 0 and not (run / "metrics.json").exists(), proc.stderr[-3000:]
+    assert proc.stderr.count("fsllm: stopped by SIGTERM at step 2") == 2, proc.stderr[-3000:]
+    assert sorted(d.name for d in (run / "checkpoints").iterdir()) == ["checkpoint-2"]
+    state = json.loads((run / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2

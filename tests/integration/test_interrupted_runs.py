@@ -133,3 +133,91 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, tiny_model_dir):
     got, want = losses(killed), losses(tmp_path / "full")
     assert [step for step, _ in got] == [step for step, _ in want]
     assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], abs=1e-5)
+
+
+# ------------------------------------------------------------------ stop on a signal and resume
+
+# ``fsllm train`` as a user runs it, each step slowed (before it runs) so the test can signal it in step 2
+CLI_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from transformers import TrainerCallback
+    import fsllm.training as training
+    from fsllm.cli import main
+
+    class Slow(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            time.sleep(float(sys.argv[1]))
+
+    levers = training.lever_callbacks
+    training.lever_callbacks = lambda cfg: [*levers(cfg), Slow()]
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def signal_once_logged(proc: subprocess.Popen, log: Path, signum: int, timeout: float = 240) -> None:
+    """Send ``signum`` to ``proc`` once its training log holds step 1's loss (polled, bounded in time)."""
+    deadline = time.time() + timeout
+
+    def record(line: str) -> dict:  # a line being written may be partial
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            return {}
+
+    def started() -> bool:
+        return log.is_file() and any(r.get("step") == 1 and "loss" in r for r in map(record, log.read_text().splitlines()))
+
+    while not started() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert started(), "the run never logged step 1"
+    proc.send_signal(signum)
+
+
+@pytest.mark.parametrize(("signum", "evaluation"), [(signal.SIGTERM, ["--eval-steps", "4"]), (signal.SIGINT, [])])
+def test_a_signal_stops_training_with_a_checkpoint_at_that_step_and_resume_finishes_it(tmp_path, tiny_model_dir,
+                                                                                      signum, evaluation):
+    """SIGTERM (a scheduler, ``kill``) or Ctrl-C in step 2: the step finishes, a checkpoint is saved there
+    (between evaluations: every 4 steps, or every epoch of 3 steps), ``fsllm train`` exits with 128 + the
+    signal and says how to resume, and ``--resume`` ends where an uninterrupted run ends, with its log (no
+    evaluation at the stop, where the epoch strategy would make one at the end of the cut epoch)."""
+    from fsllm.training import train
+
+    data = write_conll_dir(tmp_path)  # 10 sentences: 3 steps an epoch at batch 4
+    script = tmp_path / "cli.py"
+    script.write_text(CLI_SCRIPT)
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    args = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--max-steps", "10", "--batch-size", "4",
+            "--learning-rate", "5e-3", "--seed", "7", "--logging-steps", "1", *evaluation]
+
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, str(script), "1.0", *args, "--output-dir", str(stopped)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    signal_once_logged(proc, stopped / "train_log.jsonl", signum)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert not (stopped / "metrics.json").exists()
+    assert sorted(d.name for d in (stopped / "checkpoints").iterdir()) == ["checkpoint-2"]
+    state = json.loads((stopped / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    last = err.strip().splitlines()[-1]
+    assert f"stopped by {signal.Signals(signum).name} at step 2" in last and "--resume" in last, last
+
+    resumed = train(resume=True, output_dir=str(stopped))
+    full = subprocess.run([sys.executable, str(script), "0", *args, "--output-dir", str(tmp_path / "full")],
+                          capture_output=True, text=True, env=env)
+    assert full.returncode == 0, full.stderr[-2000:]
+    expected = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert resumed.metrics["train"]["steps"] == expected["train"]["steps"] == 10
+    assert resumed.metrics["train"]["best_checkpoint"].endswith(Path(expected["train"]["best_checkpoint"]).name)
+    assert resumed.metrics["train"]["best_dev_metric"] == pytest.approx(expected["train"]["best_dev_metric"])
+
+    def log(run):  # each record's step, keys and losses (the summary's timings differ from run to run)
+        rows = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+        return [(r["step"], sorted(k for k in r if not k.endswith(("runtime", "per_second"))), r.get("loss"))
+                for r in rows]
+
+    got, want = log(stopped), log(tmp_path / "full")
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert [g[2] for g in got] == pytest.approx([w[2] for w in want], abs=1e-5)
