@@ -496,10 +496,13 @@ def baseline_trainer(
     import datasets
     from transformers import EarlyStoppingCallback
 
+    from fsllm.interruption import StopOnSignal
     from fsllm.training import EvaluateAtEndCallback, FSTrainer, JsonlLogCallback, TrainingClock
 
     train_ds = datasets.Dataset.from_list(list(feats))
     cbs = [JsonlLogCallback(Path(run_dir) / "train_log.jsonl"), EvaluateAtEndCallback(), TrainingClock(), *callbacks]
+    if resumable:  # SIGTERM / Ctrl-C: a checkpoint at the step, as fsllm's runs (``train_on_dev`` raises after it)
+        cbs.append(StopOnSignal())
     if patience is not None and has_dev:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=patience))
     return FSTrainer(
@@ -609,6 +612,7 @@ def _strip(m: dict | None) -> dict | None:
 def train_on_dev(trainer, run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
     """Train (or continue from the checkpoint ``resume_from``) a ``baseline_trainer``, which ends on the
     weights of the best dev evaluation; the ``trainable_params`` and ``train`` entries of the run's metrics."""
+    from fsllm.interruption import StopOnSignal
     from fsllm.training import train_timing
 
     t0 = time.time()
@@ -616,6 +620,11 @@ def train_on_dev(trainer, run_dir: Path, resume_from: str | None = None) -> dict
         step = json.loads((Path(resume_from) / TRAINER_STATE_FILE).read_text())["global_step"]
         RunFolder(run_dir).truncate_log(step)  # a resumed run writes them again
     out = trainer.train(resume_from_checkpoint=resume_from)
+    stop = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal)), None)
+    if stop is not None:  # stopped by a signal: the checkpoint stays for the rerun that resumes it
+        step = trainer.state.global_step
+        saved = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+        stop.raise_if_stopped(step, str(saved) if saved.is_dir() else None, "rerun the cell to continue")
     # the whole run's seconds, resumed or not (fsllm's TrainingClock); the loss covers the resumed part only
     timing = train_timing(trainer, time.time() - t0, resume_from)
     state = trainer.state

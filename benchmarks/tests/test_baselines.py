@@ -964,6 +964,39 @@ def test_baseline_selection_evaluates_the_last_step_and_can_keep_it(tmp_path):
     assert _same_weights(trainer.model, dev.weights[5])
 
 
+def test_a_signalled_baseline_saves_its_step_and_resumes_from_it_to_the_whole_run(tmp_path, monkeypatch):
+    """SIGTERM in step 7 (between the evaluations of steps 6 and 8): the resumable baseline saves checkpoint-7,
+    ``train_on_dev`` raises ``TrainingInterrupted``, and the rerun resumes there to the whole run's choice."""
+    import os
+    import signal
+
+    from fsllm.errors import TrainingInterrupted
+
+    scores = {2: 0.5, 4: 0.9, 6: 0.4, 8: 0.6, 10: 0.7, 12: 0.95, 14: 0.5, 16: 0.5, 18: 0.5, 20: 0.5}
+    whole, whole_dev = _scripted_run(tmp_path, "whole", scores, epochs=10, patience=3, resumable=True)
+    whole_train = B.train_on_dev(whole, tmp_path / "whole")
+    real_step = transformers.Trainer.training_step
+
+    def signalled_in_step_7(self, *a, **k):
+        if self.state.global_step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", signalled_in_step_7)
+    cut, cut_dev = _scripted_run(tmp_path, "cut", scores, epochs=10, patience=3, resumable=True)
+    with pytest.raises(TrainingInterrupted, match="at step 7"):
+        B.train_on_dev(cut, tmp_path / "cut")
+    monkeypatch.setattr(transformers.Trainer, "training_step", real_step)
+    checkpoint = tmp_path / "cut" / "checkpoints" / "checkpoint-7"
+    assert checkpoint.is_dir() and cut_dev.calls == [2, 4, 6], sorted(p.name for p in checkpoint.parent.iterdir())
+    resumed, resumed_dev = _scripted_run(tmp_path, "cut", scores, epochs=10, patience=3, resumable=True)
+    resumed_dev.seen = cut_dev.seen
+    train = B.train_on_dev(resumed, tmp_path / "cut", str(checkpoint))
+    assert resumed_dev.calls == [8, 10] and train["train"]["resumed_from_step"] == 7
+    assert train["train"]["best_step"] == whole_train["train"]["best_step"] == 4
+    assert _same_weights(resumed.model, whole_dev.weights[4])
+
+
 def test_a_resumed_baseline_keeps_the_best_evaluation_made_before_the_interruption(tmp_path, monkeypatch):
     """Killed after the checkpoint of its best evaluation, the resumed run continues with that best (and its
     patience count): it ends on those weights, reports that step and that evaluation, as the whole run does."""

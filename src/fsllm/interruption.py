@@ -80,6 +80,9 @@ class StopOnSignal(TrainerCallback):
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True
+            # the Trainer deletes every checkpoint but the best at the end of training under save_total_limit=1:
+            # this one must stay for the resume (the next save of the resumed run rotates them again)
+            args.save_total_limit = None
 
     def on_epoch_end(self, args, state, control, **kwargs):
         # Stopped within an epoch: none of the epoch-end evaluation, save or log an epoch strategy asks for,
