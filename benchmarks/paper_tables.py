@@ -58,6 +58,7 @@ from papertables.report import fmt, write_report
 from papertables.rows import DEFAULT_SIZES, TABLE_DATA, TABLES
 from papertables.runner import Skip, run_cell, try_reuse
 
+from fsllm.errors import TrainingInterrupted
 from fsllm.threads import apply_omp_threads, omp_threads
 
 logger = logging.getLogger("paper")
@@ -186,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.warning("%s: skipped: %s", c.id, s)
             skipped.append(c.id)
             continue
+        except TrainingInterrupted as e:  # SIGTERM / Ctrl-C: the cell's run saved a checkpoint where it stopped
+            logger.warning("%s: %s; finished cells are kept, rerun to continue", c.id, e)
+            return 128 + e.signum
         except KeyboardInterrupt:
             logger.warning("interrupted during %s; finished cells are kept, rerun to continue", c.id)
             return 130

@@ -290,6 +290,25 @@ def test_a_table_run_trains_on_the_openmp_threads_it_is_given(tmp_path, monkeypa
         torch.set_num_threads(before)
 
 
+def test_a_signal_ends_the_table_run_at_its_cell_without_marking_it_failed(tmp_path, monkeypatch):
+    """A cell stopped by SIGTERM (its run checkpointed) ends the whole table run with 128 + the signal: the
+    next cells do not start and the stopped one is not written up as failed, so a rerun resumes it."""
+    import signal
+
+    from fsllm.errors import TrainingInterrupted
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # main sets it: restored after the test
+    started = []
+
+    def stopped(c, *a, **k):
+        started.append(c.id)
+        raise TrainingInterrupted(signal.SIGTERM, 7, "checkpoint-7", "rerun the cell to continue")
+
+    monkeypatch.setattr(P, "run_cell", stopped)
+    assert P.main(["ablation", "--sizes", "1000", "--seeds", "0", "--out", str(tmp_path)]) == 143
+    assert len(started) == 1 and not list(tmp_path.rglob("*.error.txt"))
+
+
 def test_alias_reuse_and_dev_curve(tmp_path):
     budget = PL.Budget()
     out = tmp_path / "out"
