@@ -47,7 +47,7 @@ from transformers import TrainerCallback
 from . import atomic
 from .backbones import is_quantized, load_tokenizer
 from .config import TrainConfig, torch_dtype
-from .errors import FSLLMError
+from .errors import FSLLMError, TrainingInterrupted
 from .evaluation import evaluate_examples
 from .metrics import LOWER_IS_BETTER
 from .model_card import model_card_text
@@ -171,6 +171,9 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
             gc.collect()  # the member's model and Trainer are gone: free their memory before the next one
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        except TrainingInterrupted as e:  # the member saved its checkpoint: the grid, not the member, resumes
+            raise TrainingInterrupted(e.signum, e.step, e.checkpoint,
+                                      f"continue the grid with `fsllm train --resume --output {folder.path}`") from None
         except Exception:
             # a model that does not load leaves nothing behind, as a plain run does
             if created and k == 1 and not Path(mcfg.output_dir).exists() and is_main_process():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
+import signal
 import statistics
 
 import pytest
@@ -17,7 +19,7 @@ from transformers import TrainerCallback
 import fsllm.selection as selection
 import fsllm.training as training
 from fsllm.cli import main
-from fsllm.errors import FSLLMError
+from fsllm.errors import FSLLMError, TrainingInterrupted
 from fsllm.training import train
 
 TINY = ["--max-steps", "1", "--batch-size", "4"]  # one step, dev scored once: members are cheap
@@ -144,6 +146,33 @@ def test_grid_resumes_mid_grid_and_matches_a_plain_run(tmp_path, tiny_model_dir,
     assert scores(plain.metrics["test"]) == scores(res.metrics["test"]) and "seconds" in res.metrics["test"]
     assert scores(plain.metrics["dev"]) == scores(res.metrics["dev"])
     assert members.test_calls == 2
+
+
+class SignalInMember(TrainerCallback):
+    """SIGTERM to this process as step 2 of the member trained at ``lr`` begins (a scheduler's stop)."""
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if args.learning_rate == self.lr and state.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_grid_stopped_by_a_signal_names_the_grid_to_resume_and_resumes_from_the_members_step(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """A signal in the second member: it saves its step (2, between evaluations every 3 steps), the message
+    gives the grid's folder (not the member's) to resume, and the grid resumes that member from step 2."""
+    Members(monkeypatch, {(1e-3, 42): 0.4, (5e-2, 42): 0.8})
+    data, run = write_csv_dir(tmp_path), tmp_path / "run"
+    options = dict(data=str(data), model=str(tiny_model_dir), max_steps=4, batch_size=4, eval_steps=3, seed=42)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(**options, output_dir=str(run), learning_rate=[1e-3, 5e-2], callbacks=[SignalInMember(5e-2)])
+    assert stop.value.step == 2 and f"--resume --output {run}`" in str(stop.value)
+    assert (run / "grid" / "lr0.05-seed42" / "checkpoints" / "checkpoint-2").is_dir()
+    start = StartStep()
+    res = train(resume=True, output_dir=str(run), callbacks=[start])
+    assert start.steps == [(5e-2, 2)] and res.metrics["grid"]["chosen_lr"] == 5e-2
 
 
 def test_grid_without_dev_split_is_refused_before_anything_is_written(tmp_path, tiny_model_dir, monkeypatch, capsys):
