@@ -136,7 +136,11 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     only = [_flag(c, "--only") for c in cmds]
     doc = cmds[only.index("hf-native-r16-rslora-doc64")]
     assert code == 0 and _flag(doc, "--lr") == "0.0005" and _flag(doc, "--sizes") == "4000"
-    full = cmds[only.index("hf-native-r16-rslora-doc64") + 1]  # then the full set
+    # the context row straight after hf-native's grid, then the default's grid, then hf-native's full set
+    assert only.index("hf-native-r16-rslora-doc64") == only.index("hf-native-r16-rslora") + 1
+    default = cmds[only.index("hf-native-r16-rslora-doc64") + 1]
+    assert (_flag(default, "--only"), _flag(default, "--sizes")) == ("fs-bidirectional", "4000")
+    full = cmds[only.index("hf-native-r16-rslora-doc64") + 2]
     assert _flag(full, "--only") == "hf-native-r16-rslora" and _flag(full, "--sizes") == "14041"
     gemma = [c for c in cmds if "--model" in c]
     assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)
