@@ -619,8 +619,12 @@ def train_on_dev(trainer, run_dir: Path, resume_from: str | None = None) -> dict
     if resume_from:
         step = json.loads((Path(resume_from) / TRAINER_STATE_FILE).read_text())["global_step"]
         RunFolder(run_dir).truncate_log(step)  # a resumed run writes them again
-    out = trainer.train(resume_from_checkpoint=resume_from)
     stop = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal)), None)
+    try:
+        out = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if stop is not None:
+            stop.restore()
     if stop is not None:  # stopped by a signal: the checkpoint stays for the rerun that resumes it
         step = trainer.state.global_step
         saved = Path(trainer.args.output_dir) / f"checkpoint-{step}"

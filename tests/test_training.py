@@ -388,6 +388,24 @@ def test_an_fsdp_launch_on_gpus_is_refused_in_one_line_before_anything_is_writte
     assert fsdp_launch() == on_gpu  # a CPU machine: accelerate runs DDP, fsllm trains
 
 
+def test_a_training_that_fails_gives_back_the_signal_handlers_it_replaced(tmp_path, tiny_model_dir):
+    """Training stops on SIGTERM / Ctrl-C with a checkpoint (``fsllm.interruption``) through handlers it installs;
+    a training that raises must put the caller's back, or the process would then ignore its first SIGTERM."""
+    import signal
+
+    from fsllm.training import train
+
+    class Fails(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise RuntimeError("failed in step 1")
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    with pytest.raises(RuntimeError, match="failed in step 1"):
+        train(data=str(write_conll_dir(tmp_path)), model=str(tiny_model_dir), output_dir=str(tmp_path / "run"),
+              max_steps=3, batch_size=4, callbacks=[Fails()])
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
 def test_a_resumed_run_keeps_its_early_stopping_count(tmp_path, tiny_model_dir):
     """Early stopping's count of evaluations without a new best is part of the run: an interrupted run
     resumed must stop where the uninterrupted one stops, not wait ``patience`` more evaluations."""

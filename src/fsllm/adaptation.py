@@ -590,7 +590,10 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
         _truncate_log(out / TRAIN_LOG_FILE, checkpoint_step(checkpoint) if checkpoint else 0)
         logger.info("resuming from %s", checkpoint or "the beginning (no complete checkpoint yet)")
     t0 = time.time()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        stop.restore()
     stop.raise_if_stopped(trainer.state.global_step, last_adapter_checkpoint(out / CHECKPOINTS_DIR),
                           f"continue with `fsllm adapt --resume --output {out}`")
     seconds = time.time() - t0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class FSLLMError(Exception):
     """Base class of every error fsllm raises on bad input or a bad environment."""
@@ -44,8 +46,6 @@ class TrainingInterrupted(Exception):
     """
 
     def __init__(self, signum: int, step: int, checkpoint: str | None, resume_hint: str):
-        import signal
-
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         saved = f"checkpoint {checkpoint} saved" if checkpoint else "no checkpoint could be saved"
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; {saved}; {resume_hint}")

@@ -34,8 +34,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopOnSignal(TrainerCallback):
     """On SIGTERM or SIGINT during training: save a checkpoint at the end of the running step and stop.
 
-    The handlers are installed when training begins and the previous ones restored when it ends, so a
-    signal before training (while the data loads) or after it (during the report) acts as it always did.
+    The handlers are installed when training begins and the previous ones restored when it ends (callers
+    also call :meth:`restore` in a ``finally``: a training that raises never reaches its end), so a signal
+    before training (while the data loads) or after it (during the report) acts as it always did.
     Signal handlers can only be set from the main thread: elsewhere (training run from a worker thread)
     the callback does nothing. ``signum`` is the signal that stopped the run (on every process), or None.
     """
@@ -47,14 +48,15 @@ class StopOnSignal(TrainerCallback):
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is not None:  # the second signal: stop now, as the signal would have without us
-            self._restore()
+            self.restore()
             signal.raise_signal(signum)
             return
         self.received = signum
         logger.warning("%s: stopping at the end of this step with a checkpoint (send it again to stop at once)",
                        signal.Signals(signum).name)
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put back the handlers training replaced (idempotent)."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
@@ -91,7 +93,7 @@ class StopOnSignal(TrainerCallback):
             control.should_evaluate = control.should_save = control.should_log = False
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._restore()
+        self.restore()
 
     def raise_if_stopped(self, step: int, checkpoint: str | None, resume_hint: str) -> None:
         """Raise :class:`TrainingInterrupted` if a signal stopped the run (after ``trainer.train`` returned)."""

@@ -619,8 +619,11 @@ def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, dict[
     if is_main_process() and trainer.args.device.type == "cpu":  # torch takes MKL_NUM_THREADS over OMP_NUM_THREADS
         logger.info("training on %d torch threads", torch.get_num_threads())
     t0 = time.time()
-    out = trainer.train(resume_from_checkpoint=checkpoint)
     stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+    try:
+        out = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        stop.restore()
     stop.raise_if_stopped(trainer.state.global_step, folder.last_complete_checkpoint(),
                           f"continue with `fsllm train --resume --output {folder.path}`")
     return out, train_timing(trainer, time.time() - t0, checkpoint)
