@@ -22,8 +22,8 @@
 # Lane b: the sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16,
 # three seeds each) and of rank 16's update scale at rank 8 (fs-alpha64), FS's max and last poolings on
 # rt-polarity (fs-r16-rslora's rate), rank 16 there again without early stopping and then the whole confirmation
-# so (grids and all), hf-native given the same capacity at NER 4,000 and then with document context there, today's
-# default at 4,000 under the same selection, hf-native on the full set, the sentence confirmation on tweets-3,
+# so (grids and all), hf-native given the same capacity at NER 4,000 and then with document context there, the
+# screen of LoRA+ (fs-loraplus), today's default at 4,000 under the same selection, hf-native on the full set, the sentence confirmation on tweets-3,
 # Gemma-3-270m, the rest of the screen's seeds. Lane gpu: below.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -147,6 +147,8 @@ case $lane in
     # the commodity path given FS's NER recipe's context at its rate: the target's pairing at 4,000 (FS's recipe
     # against hf-native at the same capacity and input), before the default's grid, which decides no target
     confirm_doc hf-native-r16-rslora-doc64 hf-native-r16-rslora
+    # the next capacity lever, screened as the others were (about 15 min a seed on one thread)
+    for seed in 0 1 2; do screen fs-loraplus $seed; done
     # today's default under the same three-seed selection on this machine, for the default's decision: its grid
     # is rank 16's in scale x rate (rank 8's scale is half rsLoRA's at rank 16; its earlier choice, 1e-3, lay at
     # the lower edge of 1e-3 and 2e-3)

@@ -14,6 +14,7 @@ from conftest import _perturb, tiny_backbone, word_llama, write_csv_dir
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+import fsllm.training as training
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification, load_model
 from fsllm.cli import main
 from fsllm.config import TrainConfig
@@ -112,6 +113,32 @@ def test_head_and_lambda_learning_rates_are_their_own(tmp_path, tiny_model_dir):
     assert step.moved("lora_") <= 1.01e-5
     rates = sorted({g["initial_lr"] for g in step.optimizer.param_groups if g["params"]})
     assert rates == pytest.approx([1e-5, 3e-3, 1e-2])
+
+
+def test_loraplus_trains_loras_b_matrices_at_its_multiple_of_the_rate(tmp_path, tiny_model_dir, capsys):
+    """``--loraplus-lr-ratio 16``: the B matrices get 16x --lr (Adam's first step moves each by about its rate;
+    A, multiplied by a zero B at the start, gets no gradient in that step), saved with the run, refused without
+    LoRA."""
+    data = write_csv_dir(tmp_path)
+    step = Step()
+    levers = training.lever_callbacks
+    try:
+        training.lever_callbacks = lambda cfg: [*levers(cfg), step]
+        rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "-o", str(tmp_path / "run"),
+                   "--max-steps", "1", "--batch-size", "4", "--lr", "1e-4", "--loraplus-lr-ratio", "16", "--no-test"])
+    finally:
+        training.lever_callbacks = levers
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["loraplus_lr_ratio"] == 16
+    assert 8e-4 < step.moved("lora_B") <= 1.62e-3
+    assert step.moved("head.") <= 1.01e-4
+    b_rates = {g["initial_lr"] for g in step.optimizer.param_groups
+               if any(p is q for p in g["params"] for n, q in step.model.named_parameters() if ".lora_B." in n)}
+    assert len(b_rates) == 1 and b_rates.pop() == pytest.approx(1.6e-3)
+    with pytest.raises(ConfigError, match="needs LoRA"):
+        TrainConfig(loraplus_lr_ratio=16, fs=FSConfig(full_finetune=True))
+    with pytest.raises(ConfigError, match="must be > 0"):
+        TrainConfig(loraplus_lr_ratio=0)
 
 
 # ------------------------------------------------------------------ full fine-tuning

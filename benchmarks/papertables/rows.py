@@ -113,6 +113,9 @@ LEVERS = [
     # also trains as if at twice the default's rate; this row has that scale at the default's rank
     _fs("fs-alpha64", multi=True, lora_alpha=64,
         note="the default's rank 8 with lora_alpha 64: fs-r16-rslora's update scale (8), not its rank"),
+    # the next capacity lever: LoRA+ (B learns faster than A), at the authors' recommended ratio, 2^4
+    _fs("fs-loraplus", multi=True, train={"loraplus_lr_ratio": 16.0},
+        note="LoRA+: the default's LoRA B matrices at 16x the rate (--loraplus-lr-ratio 16)"),
 ]
 # The screen's two largest single gains together, and the commodity path given the same capacity (rank 16,
 # rsLoRA: every option that is not FS's own; repetition is FS's own, so hf-native does not get it). The

@@ -123,8 +123,10 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
                          for c in later)
     # before the commodity path at 4,000
     assert (cmds[10][1], _flag(cmds[10], "--only"), _flag(cmds[10], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
-    # then today's default under the same selection, on the grid of the same scale x rate as rank 16's
-    default = cmds[11]
+    # then (hf-native's context row waiting for its rate) the LoRA+ screen and today's default under the same
+    # selection, on the grid of the same scale x rate as rank 16's
+    assert [_flag(c, "--only") for c in cmds[11:14]] == ["fs-loraplus"] * 3
+    default = cmds[14]
     assert (_flag(default, "--only"), _flag(default, "--sizes"), _flag(default, "--grid-seeds")) == (
         "fs-bidirectional", "4000", "0,1,2")
     assert _last_flag(default, "--lr-grid") == "5e-4,1e-3,2e-3"
@@ -138,9 +140,13 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     assert code == 0 and _flag(doc, "--lr") == "0.0005" and _flag(doc, "--sizes") == "4000"
     # the context row straight after hf-native's grid, then the default's grid, then hf-native's full set
     assert only.index("hf-native-r16-rslora-doc64") == only.index("hf-native-r16-rslora") + 1
-    default = cmds[only.index("hf-native-r16-rslora-doc64") + 1]
+    k = only.index("hf-native-r16-rslora-doc64")
+    # (the LoRA+ screen between, three seeds at the screen's budget)
+    assert [(only[k + i], _flag(cmds[k + i], "--seeds"), _flag(cmds[k + i], "--sizes")) for i in (1, 2, 3)] == [
+        ("fs-loraplus", s, "1000") for s in "012"]
+    default = cmds[k + 4]
     assert (_flag(default, "--only"), _flag(default, "--sizes")) == ("fs-bidirectional", "4000")
-    full = cmds[only.index("hf-native-r16-rslora-doc64") + 2]
+    full = cmds[k + 5]
     assert _flag(full, "--only") == "hf-native-r16-rslora" and _flag(full, "--sizes") == "14041"
     gemma = [c for c in cmds if "--model" in c]
     assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)

@@ -444,6 +444,9 @@ class TrainConfig:
         "the backbone's, as LoRA+ does for LoRA's B")
     lambda_learning_rate: float | None = setting(
         None, "peak learning rate of the learnable lambdas (learnable_lambda; default: --lr)")
+    loraplus_lr_ratio: float | None = setting(
+        None, "LoRA+ (Hayou et al. 2024): LoRA's B matrices learn at this multiple of --lr, the A matrices at --lr "
+        "(the authors use 2 to 16); none: one rate for both. Not measured on fsllm's tables yet (docs/levers.md)")
 
     def __post_init__(self) -> None:
         # A bad value fails here, before a run folder exists (``--epochs -1`` used to train zero
@@ -524,6 +527,13 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be > 0 (or None: --lr), got {value!r}")
+        if self.loraplus_lr_ratio is not None:
+            if not (_is_number(self.loraplus_lr_ratio) and math.isfinite(self.loraplus_lr_ratio)
+                    and self.loraplus_lr_ratio > 0):
+                raise ConfigError(f"loraplus_lr_ratio must be > 0 (or None: off), got {self.loraplus_lr_ratio!r}")
+            if not self.fs.use_lora or self.fs.full_finetune:
+                raise ConfigError("loraplus_lr_ratio sets the rate of LoRA's B matrices: it needs LoRA "
+                                  "(not --no-use-lora or --full-finetune)")
         if self.lambda_learning_rate is not None and not self.fs.learnable_lambda:
             raise ConfigError("lambda_learning_rate is the learning rate of learnable lambdas: it needs --learnable-lambda")
         if self.fs.full_finetune and self.quantize is not None:

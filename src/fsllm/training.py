@@ -252,8 +252,12 @@ def lever_callbacks(cfg: TrainConfig) -> list[TrainerCallback]:
 
 
 def part_learning_rates(cfg: TrainConfig) -> dict[str, float]:
-    """Peak learning rates of parts of the model that differ from ``--lr``: ``head`` and ``lambda``."""
-    rates = {"head": cfg.head_learning_rate, "lambda": cfg.lambda_learning_rate}
+    """Peak learning rates of parts of the model that differ from ``--lr``: ``head``, ``lambda`` and, under
+    LoRA+, ``lora_B`` (``loraplus_lr_ratio`` times ``--lr``; a grid's members each have one rate)."""
+    lora_b = None
+    if cfg.loraplus_lr_ratio is not None and not isinstance(cfg.learning_rate, list):
+        lora_b = cfg.learning_rate * cfg.loraplus_lr_ratio
+    rates = {"head": cfg.head_learning_rate, "lambda": cfg.lambda_learning_rate, "lora_B": lora_b}
     return {part: lr for part, lr in rates.items() if lr is not None}
 
 
@@ -263,6 +267,8 @@ def _part_of(name: str) -> str:
         return "head"
     if name == "fs_lambda_raw":
         return "lambda"
+    if ".lora_B." in name:  # PEFT's names: ...q_proj.lora_B.default.weight
+        return "lora_B"
     return "backbone"
 
 
