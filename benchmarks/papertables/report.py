@@ -154,6 +154,30 @@ def grid_lines(recs: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def grids_under_way_lines(table: str, recs: list[dict], out: Path) -> list[str]:
+    """The grid members finished so far of each row whose grid has not yet chosen (no cell of that row and size):
+    dev score per seed and rate, so a grid that takes a day is read as it goes. Members of finished grids are in
+    their cells' ``grid`` (``grid_lines``)."""
+    folder = Path(out) / table / "grid"
+    if not folder.is_dir():
+        return []
+    chosen = {(r["method"], r["train_size"]) for r in recs}
+    under_way: dict[tuple[str, int], dict[int, dict[float, float]]] = {}
+    for f in sorted(folder.glob("*.json")):
+        m = json.loads(f.read_text())
+        if (m["method"], m["train_size"]) not in chosen and m.get("dev_metric") is not None:
+            under_way.setdefault((m["method"], m["train_size"]), {}).setdefault(m["seed"], {})[m["lr"]] = m["dev_metric"]
+    if not under_way:
+        return []
+    lines = ["**Grids under way** (dev score per rate of each member finished so far, by seed; no rate chosen yet)", ""]
+    for (row, size), seeds in sorted(under_way.items()):
+        parts = [f"seed {seed}: " + ", ".join(f"{lr:g}: {fmt(v)}" for lr, v in sorted(rates.items()))
+                 for seed, rates in sorted(seeds.items())]
+        n = sum(len(r) for r in seeds.values())
+        lines.append(f"- {row}, n={size} ({n} member{'s' if n != 1 else ''}): " + "; ".join(parts))
+    return [*lines, ""]
+
+
 #: the NER readings of one forward (``fsllm.evaluation.decoding_scores``), the cells' own reading first
 READINGS = ("greedy/first", "greedy/mean", "viterbi/first", "viterbi/mean")
 
@@ -721,6 +745,7 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     lines += decoding_lines(table, recs, out)
     lines += target_lines(table, recs, out)
     lines += grid_lines(recs)
+    lines += grids_under_way_lines(table, recs, out)
     # learned lambdas
     lam = [r for r in recs if r.get("learned_lambdas")]
     for r in lam:

@@ -326,6 +326,25 @@ def test_alias_reuse_and_dev_curve(tmp_path):
     assert RN.dev_curve(log, "f1") == [[5.0, 0.2], [10.0, 0.4]]
 
 
+def test_report_shows_the_members_of_a_grid_still_running_and_not_those_of_a_chosen_one(tmp_path):
+    """A grid that takes a day is read as it goes: its finished members' dev scores by seed and rate; a row
+    whose grid has chosen (a cell of that row and size exists) shows its grid from the cell instead."""
+    out = tmp_path / "out"
+    grid = out / "ner" / "grid"
+    for row, seed, lr, dev in (("hf-native-r16-rslora", 0, 0.0005, 0.9203), ("hf-native-r16-rslora", 0, 0.00025, 0.9073),
+                               ("hf-native-r16-rslora", 1, 0.00025, 0.915), ("fs-r16-rslora", 0, 0.0005, 0.93)):
+        write_json(grid / f"{row}__n4000__s{seed}__lr{lr}.json",
+                   {"method": row, "train_size": 4000, "seed": seed, "lr": lr, "dev_metric": dev})
+    write_json(PL.cell_path(out, "ner", PL.cell_id("fs-r16-rslora", 4000, 0)),
+               {"method": "fs-r16-rslora", "train_size": 4000, "seed": 0})
+    recs = [{"method": "fs-r16-rslora", "train_size": 4000}]
+    assert R.grids_under_way_lines("ner", recs, out) == [
+        "**Grids under way** (dev score per rate of each member finished so far, by seed; no rate chosen yet)", "",
+        "- hf-native-r16-rslora, n=4000 (3 members): seed 0: 0.00025: 90.73, 0.0005: 92.03; seed 1: 0.00025: 91.50",
+        ""]
+    assert R.grids_under_way_lines("ner", recs + [{"method": "hf-native-r16-rslora", "train_size": 4000}], out) == []
+
+
 def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
     monkeypatch.setattr(PL, "_TRAIN_SIZES", {d: 10**5 for d in set(TABLE_DATA.values())})
     out = tmp_path / "out"
