@@ -45,6 +45,7 @@ class StopOnSignal(TrainerCallback):
         self.received: int | None = None  # the signal this process received
         self.signum: int | None = None  # the signal that stopped the run (agreed over the processes)
         self._previous: dict[int, Any] = {}
+        self._group = None  # a gloo group of the processes, for the agreement (see on_train_begin)
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is not None:  # the second signal: stop now, as the signal would have without us
@@ -61,14 +62,12 @@ class StopOnSignal(TrainerCallback):
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
 
-    def _agreed_signal(self, device: torch.device) -> int | None:
+    def _agreed_signal(self) -> int | None:
         """The signal any process received (the largest number, where they received different ones)."""
         received = self.received or 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            # gloo reduces CPU tensors, nccl CUDA ones: the Trainer's device is the one its backend takes
-            flag = torch.tensor([received], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if self._group is not None:
+            flag = torch.tensor([received])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
             received = int(flag.item())
         return received or None
 
@@ -76,9 +75,14 @@ class StopOnSignal(TrainerCallback):
         if threading.current_thread() is threading.main_thread():
             for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # the agreement runs over gloo on CPU tensors, whatever the training's backend: a flag on the GPU
+            # would make every step wait for the device (nccl's all-reduce is on the training's stream)
+            self._group = torch.distributed.new_group(backend="gloo")
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.signum = self._agreed_signal(args.device)
+        self.signum = self._agreed_signal()
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True
@@ -94,6 +98,9 @@ class StopOnSignal(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.restore()
+        if self._group is not None:  # every process ends training together (the same steps, the same stop)
+            torch.distributed.destroy_process_group(self._group)
+            self._group = None
 
     def raise_if_stopped(self, step: int, checkpoint: str | None, resume_hint: str) -> None:
         """Raise :class:`TrainingInterrupted` if a signal stopped the run (after ``trainer.train`` returned)."""
