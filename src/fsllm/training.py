@@ -586,7 +586,8 @@ def build_trainer(
     callbacks: Sequence[TrainerCallback],
 ) -> FSTrainer:
     """The ``FSTrainer`` with the run's callbacks: the log written as training goes, a last evaluation at
-    the final step, early stopping when asked for (and there is a dev split to stop on)."""
+    the final step, a checkpoint and a stop on SIGTERM / Ctrl-C (``StopOnSignal``), early stopping when asked
+    for (and there is a dev split to stop on)."""
     has_dev = bool(data.dev)
     cbs = [JsonlLogCallback(folder.log_path), EvaluateAtEndCallback(), TrainingClock(), StopOnSignal(),
            *lever_callbacks(cfg), *callbacks]
