@@ -612,23 +612,15 @@ def _strip(m: dict | None) -> dict | None:
 def train_on_dev(trainer, run_dir: Path, resume_from: str | None = None) -> dict[str, Any]:
     """Train (or continue from the checkpoint ``resume_from``) a ``baseline_trainer``, which ends on the
     weights of the best dev evaluation; the ``trainable_params`` and ``train`` entries of the run's metrics."""
-    from fsllm.interruption import StopOnSignal
+    from fsllm.interruption import train_stopping_on_signal
     from fsllm.training import train_timing
 
     t0 = time.time()
     if resume_from:
         step = json.loads((Path(resume_from) / TRAINER_STATE_FILE).read_text())["global_step"]
         RunFolder(run_dir).truncate_log(step)  # a resumed run writes them again
-    stop = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal)), None)
-    try:
-        out = trainer.train(resume_from_checkpoint=resume_from)
-    finally:
-        if stop is not None:
-            stop.restore()
-    if stop is not None:  # stopped by a signal: the checkpoint stays for the rerun that resumes it
-        step = trainer.state.global_step
-        saved = Path(trainer.args.output_dir) / f"checkpoint-{step}"
-        stop.raise_if_stopped(step, str(saved) if saved.is_dir() else None, "rerun the cell to continue")
+    # stopped by a signal (resumable runs): the checkpoint stays for the rerun that resumes it
+    out = train_stopping_on_signal(trainer, resume_from, "rerun the cell to continue")
     # the whole run's seconds, resumed or not (fsllm's TrainingClock); the loss covers the resumed part only
     timing = train_timing(trainer, time.time() - t0, resume_from)
     state = trainer.state

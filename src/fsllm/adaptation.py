@@ -48,7 +48,7 @@ from . import attention as fs_attention
 from .backbones import add_lora, decoder_layers, load_tokenizer, lora_config, resolve_backbone_path
 from .config import ATTENTION_MODES, PRECISIONS, FSConfig, parse_fs_layers, parse_names, resolve_precision, setting
 from .errors import ConfigError, DataError, FSLLMError
-from .interruption import StopOnSignal
+from .interruption import StopOnSignal, train_stopping_on_signal
 from .run import (
     CHECKPOINTS_DIR,
     TRAIN_LOG_FILE,
@@ -583,19 +583,14 @@ def adapt(config: AdaptConfig | None = None, *, resume: bool = False, callbacks:
                             FULL_MASKING if cfg.full_masking else BERT_SPLIT, len(tokenizer))
     trainer = MNTPTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
                           callbacks=[JsonlLogCallback(out / TRAIN_LOG_FILE), TrainingClock(), MaskEpoch(collator),
-                                     stop := StopOnSignal(), *callbacks],
+                                     StopOnSignal(), *callbacks],
                           fs_state=state)
     checkpoint = last_adapter_checkpoint(out / CHECKPOINTS_DIR) if resume else None
     if resume and main:
         _truncate_log(out / TRAIN_LOG_FILE, checkpoint_step(checkpoint) if checkpoint else 0)
         logger.info("resuming from %s", checkpoint or "the beginning (no complete checkpoint yet)")
     t0 = time.time()
-    try:
-        trainer.train(resume_from_checkpoint=checkpoint)
-    finally:
-        stop.restore()
-    stop.raise_if_stopped(trainer.state.global_step, last_adapter_checkpoint(out / CHECKPOINTS_DIR),
-                          f"continue with `fsllm adapt --resume --output {out}`")
+    train_stopping_on_signal(trainer, checkpoint, f"continue with `fsllm adapt --resume --output {out}`")
     seconds = time.time() - t0
     timing = train_timing(trainer, seconds, checkpoint)  # the whole run's seconds, resumed or not
     if not main:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,11 +35,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopOnSignal(TrainerCallback):
     """On SIGTERM or SIGINT during training: save a checkpoint at the end of the running step and stop.
 
-    The handlers are installed when training begins and the previous ones restored when it ends (callers
-    also call :meth:`restore` in a ``finally``: a training that raises never reaches its end), so a signal
+    The handlers are installed when training begins and the previous ones restored when it ends (and by
+    :func:`train_stopping_on_signal` when a training raises, which never reaches its end), so a signal
     before training (while the data loads) or after it (during the report) acts as it always did.
     Signal handlers can only be set from the main thread: elsewhere (training run from a worker thread)
-    the callback does nothing. ``signum`` is the signal that stopped the run (on every process), or None.
+    the callback does nothing. Train through :func:`train_stopping_on_signal`. ``signum`` is the signal that stopped the run (on every process), or None.
     """
 
     def __init__(self) -> None:
@@ -102,11 +103,23 @@ class StopOnSignal(TrainerCallback):
             torch.distributed.destroy_process_group(self._group)
             self._group = None
 
-    def raise_if_stopped(self, step: int, checkpoint: str | None, resume_hint: str) -> None:
-        """Raise :class:`TrainingInterrupted` if a signal stopped the run (after ``trainer.train`` returned)."""
-        if self.signum is not None:
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                # no process exits before process 0 has written the checkpoint (torchrun ends the others
-                # as soon as one exits with a failure)
-                torch.distributed.barrier()
-            raise TrainingInterrupted(self.signum, step, checkpoint, resume_hint)
+
+def train_stopping_on_signal(trainer, resume_from_checkpoint: str | None, resume_hint: str):
+    """``trainer.train(...)``, with the handlers of its ``StopOnSignal`` (if it has one) given back even when
+    training raises, and :class:`TrainingInterrupted` raised when a signal stopped it: the stop checkpoint is
+    ``checkpoint-<step>`` in the Trainer's output folder. The one place train, adapt and the baselines call."""
+    stop = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal)), None)
+    try:
+        out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    finally:
+        if stop is not None:
+            stop.restore()
+    if stop is not None and stop.signum is not None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # no process exits before process 0 has written the checkpoint (torchrun ends the others
+            # as soon as one exits with a failure)
+            torch.distributed.barrier()
+        step = trainer.state.global_step
+        saved = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+        raise TrainingInterrupted(stop.signum, step, str(saved) if saved.is_dir() else None, resume_hint)
+    return out

@@ -47,7 +47,7 @@ from .backbones import backbone_num_layers, load_tokenizer, resolve_backbone_pat
 from .config import TrainConfig, resolve_backbone_dtype, resolve_precision, torch_dtype
 from .errors import FSLLMError
 from .evaluation import collapse_message, evaluate_examples
-from .interruption import StopOnSignal
+from .interruption import StopOnSignal, train_stopping_on_signal
 from .metrics import LOWER_IS_BETTER, multilabel_metrics
 from .model_card import model_card_text
 from .modeling import MODEL_CARD_NAME, FSForSequenceClassification, FSForTokenClassification, FSModel
@@ -626,13 +626,7 @@ def fit(trainer: FSTrainer, folder: RunFolder, resume: bool) -> tuple[Any, dict[
     if is_main_process() and trainer.args.device.type == "cpu":  # torch takes MKL_NUM_THREADS over OMP_NUM_THREADS
         logger.info("training on %d torch threads", torch.get_num_threads())
     t0 = time.time()
-    stop = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
-    try:
-        out = trainer.train(resume_from_checkpoint=checkpoint)
-    finally:
-        stop.restore()
-    stop.raise_if_stopped(trainer.state.global_step, folder.last_complete_checkpoint(),
-                          f"continue with `fsllm train --resume --output {folder.path}`")
+    out = train_stopping_on_signal(trainer, checkpoint, f"continue with `fsllm train --resume --output {folder.path}`")
     return out, train_timing(trainer, time.time() - t0, checkpoint)
 
 
