@@ -65,7 +65,8 @@ COMBINED_PAIRS = {
     # and its confirmation: against rank 16 alone and the rows given the same context
     + [("fs-r16-rslora-doc64", o) for o in ("fs-r16-rslora", "hf-native-r16-rslora-doc64", "mpnet-doc64")],
     **{t: [*_R16_PAIRS, ("fs-r16-rslora", "fs-bidirectional"), ("fs-r16-rslora", "minilm"),
-           *[(f"fs-r16-rslora-{p}", o) for p in ("max", "last") for o in ("fs-r16-rslora", "hf-native-r16-rslora")]]
+           *[(f"fs-r16-rslora-{p}", o) for p in ("max", "last", "repeat2-causal")
+             for o in ("fs-r16-rslora", "hf-native-r16-rslora")]]
        for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")},
 }
 

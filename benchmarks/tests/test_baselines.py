@@ -421,7 +421,8 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     out = tmp_path / "out"
     scores = {("fs-r16-rslora", "ner"): (.86, .88), ("hf-native-r16-rslora", "ner"): (.87, .86), ("mpnet", "ner"): (.90, .89),
               ("fs-r16-rslora", "rt-polarity"): (.85, .84), ("hf-native-r16-rslora", "rt-polarity"): (.80, .83),
-              ("minilm", "rt-polarity"): (.81, .80), ("fs-r16-rslora-max", "rt-polarity"): (.86, .87)}
+              ("minilm", "rt-polarity"): (.81, .80), ("fs-r16-rslora-max", "rt-polarity"): (.86, .87),
+              ("fs-r16-rslora-repeat2-causal", "rt-polarity"): (.87, .83)}
     for (row, table), per_seed in scores.items():
         metric = "f1" if table == "ner" else "accuracy"
         for seed, v in enumerate(per_seed):
@@ -437,6 +438,10 @@ def test_the_confirmations_pair_rank_16_with_the_commodity_path_at_its_capacity_
     # FS's other poolings, against rank 16's default reading and the commodity path at its capacity
     assert "fs-r16-rslora-max − fs-r16-rslora, seeds 0,1: test accuracy +2.00 ± 1.00 (+1.0, +3.0)" in rt
     assert "fs-r16-rslora-max − hf-native-r16-rslora, seeds 0,1: test accuracy +5.00 ± 1.00 (+6.0, +4.0)" in rt
+    # and FS's own lever there, repetition with rank 16, against both
+    assert "fs-r16-rslora-repeat2-causal − fs-r16-rslora, seeds 0,1: test accuracy +0.50 ± 1.50 (+2.0, -1.0)" in rt
+    assert ("fs-r16-rslora-repeat2-causal − hf-native-r16-rslora, seeds 0,1: test accuracy +3.50 ± 3.50 (+7.0, +0.0)"
+            in rt)
 
 
 def test_the_ner_report_shows_each_rows_test_f1_per_entity_type(tmp_path):

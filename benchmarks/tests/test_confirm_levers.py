@@ -131,9 +131,13 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
         "fs-bidirectional", "4000", "0,1,2")
     assert _last_flag(default, "--lr-grid") == "5e-4,1e-3,2e-3"
     assert "hf-native-r16-rslora-doc64 at 4,000: no rate chosen for hf-native-r16-rslora yet" in err
+    assert "fs-r16-rslora-repeat2-causal on rt-polarity: no rate chosen for fs-r16-rslora yet; skipped" in err
     cells = tmp_path / "results" / "confirm-4000" / "ner"
     cells.mkdir(parents=True)
     (cells / "hf-native-r16-rslora__n4000__s0.json").write_text(json.dumps({"lr": 5e-4}))
+    sentence_cells = tmp_path / "results" / "confirm-sentences-no-early-stop" / "rt-polarity"
+    sentence_cells.mkdir(parents=True)
+    (sentence_cells / "fs-r16-rslora__n1000__s0.json").write_text(json.dumps({"lr": 2e-4}))
     code, cmds, err = _lane(tmp_path, lane, tmp_path / "results")
     only = [_flag(c, "--only") for c in cmds]
     doc = cmds[only.index("hf-native-r16-rslora-doc64")]
@@ -144,9 +148,15 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     # (the LoRA+ screen between, three seeds at the screen's budget)
     assert [(only[k + i], _flag(cmds[k + i], "--seeds"), _flag(cmds[k + i], "--sizes")) for i in (1, 2, 3)] == [
         ("fs-loraplus", s, "1000") for s in "012"]
-    default = cmds[k + 4]
+    # then FS's own lever on rt-polarity at the rate rank 16's grid chose there, in the no-early-stop folder
+    echo = cmds[k + 4]
+    assert (echo[1], _flag(echo, "--only"), _flag(echo, "--lr"), _flag(echo, "--seeds")) == (
+        "rt-polarity", "fs-r16-rslora-repeat2-causal", "0.0002", "0,1,2")
+    assert "--lr-grid" not in echo and "--patience" not in echo
+    assert _flag(echo, "--out").endswith("/confirm-sentences-no-early-stop")
+    default = cmds[k + 5]
     assert (_flag(default, "--only"), _flag(default, "--sizes")) == ("fs-bidirectional", "4000")
-    full = cmds[k + 5]
+    full = cmds[k + 6]
     assert _flag(full, "--only") == "hf-native-r16-rslora" and _flag(full, "--sizes") == "14041"
     gemma = [c for c in cmds if "--model" in c]
     assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)
