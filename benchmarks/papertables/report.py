@@ -641,9 +641,11 @@ def table_report(table: str, out: Path, seeds: Sequence[int], sizes: Sequence[in
     except Exception:  # noqa: BLE001 - data package missing: plan from the records only
         n_train = 10**9
     # a folder that ran some rows of a table at some sizes (a screen, a confirmation) plans those rows at those
-    # sizes only; the other rows are named once below the table rather than as "not run" lines and entries
+    # sizes only; the other rows are named once below the table rather than as "not run" lines and entries. A
+    # folder with none of the usual sizes (the full set alone) plans the sizes it ran, not the usual ones
     ran = [*recs, *stale]
-    ran_sizes = [n for n in DEFAULT_SIZES[table] if any(r["train_size"] == n for r in ran)]
+    ran_sizes = ([n for n in DEFAULT_SIZES[table] if any(r["train_size"] == n for r in ran)]
+                 or sorted({r["train_size"] for r in ran if r["train_size"]}))
     planned = plan(table, sizes or ran_sizes or DEFAULT_SIZES[table], seeds, n_train=n_train)
     present = {r["method"] for r in ran}
     absent = [row.name for row in TABLE_ROWS[table] if present and row.name not in present]

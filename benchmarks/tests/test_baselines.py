@@ -381,6 +381,17 @@ def test_report_lists_not_run_and_says_when_fs_loses(tmp_path, monkeypatch):
     assert (out / "f1_vs_train_time_ner.png").is_file() and "![test f1 against training time]" in text
 
 
+def test_a_folder_that_ran_the_full_set_only_plans_no_smaller_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(PL, "_TRAIN_SIZES", {d: 14041 for d in set(TABLE_DATA.values())})
+    out = tmp_path / "out"
+    write_json(PL.cell_path(out, "ner", PL.cell_id("fs-r16-rslora-doc64", 14041, 0)), {
+        "cell_id": PL.cell_id("fs-r16-rslora-doc64", 14041, 0), "method": "fs-r16-rslora-doc64", "train_size": 14041,
+        "seed": 0, "test": {"f1": .91}, "dev_metric": .94, "settings": {"lr": 5e-4}})
+    text = R.write_report(out, [0, 1, 2]).read_text()
+    assert "| fs-r16-rslora-doc64 | 14041 | 91.00 | 1/3 |" in text  # seeds 1 and 2 still to run at that size
+    assert "| 1000 |" not in text and "| 4000 |" not in text
+
+
 def _decoded(f1s: dict) -> dict:
     return {k: {"precision": v, "recall": v, "f1": v} for k, v in f1s.items()}
 
