@@ -14,8 +14,8 @@ high-water mark, ``--steps`` timed steps (``timing.time_repeats``), and the step
 (VmHWM - VmRSS before them: what a step allocates on top of what the process already holds).
 The step is ``bench_speed.train_step`` (zero_grad, forward with loss, backward) plus the optimizer
 step, which full fine-tuning makes expensive. A separate head or lambda learning rate, LoRA+'s rate for
-LoRA's B and the lambda schedule change no tensor shape: their cost is the default's (the schedule needs ``attention="decay"``,
-measured as ``decay``).
+LoRA's B and the lambda schedule change no tensor shape: their cost is the default's (the schedule needs
+``attention="decay"``, measured as ``decay``).
 """
 
 from __future__ import annotations

@@ -45,13 +45,17 @@ confirm_ner() {  # ROWS [extra flags]: NER 4,000, the tuned table's budget, rate
     --patience 2 --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 2.5e-4,5e-4,1e-3 \
     --grid-sizes 4000 --grid-seeds 0,1,2 --only "$rows" "$@"
 }
-sentences() {  # TABLE ROWS OUT [extra flags]: 1,000 sentences, the same budget, three-seed grids, every dev
-  # evaluation run and the best kept (early stopping, patience 2, cut FS's rt-polarity runs short and almost none of
-  # hf-native's: FS's dev peaks early and dips before the decaying rate's gains)
-  local table=$1 rows=$2 out=$3; shift 3
+sentence_budget() {  # TABLE OUT [flags]: 1,000 sentences, seeds 0-2, the same budget, every dev evaluation run
+  # and the best kept (early stopping, patience 2, cut FS's rt-polarity runs short and almost none of hf-native's:
+  # FS's dev peaks early and dips before the decaying rate's gains)
+  local table=$1 out=$2; shift 2
   "${tables[@]}" "$table" --out "$out" --runs "$runs/$(basename "$out")" --sizes 1000 --seeds 0,1,2 --epochs 4 \
-    --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 2e-4,5e-4,1e-3 \
-    --encoder-lr-grid 1e-5,2e-5,5e-5,1e-4,2e-4 --grid-sizes 1000 --grid-seeds 0,1,2 --only "$rows" "$@"
+    --evals-per-epoch 2 --dev-subset 500 --precision bf16 "$@"
+}
+sentences() {  # TABLE ROWS OUT [extra flags]: the sentence budget with three-seed grids
+  local table=$1 rows=$2 out=$3; shift 3
+  sentence_budget "$table" "$out" --lr 1e-3 --lr-grid 2e-4,5e-4,1e-3 --encoder-lr-grid 1e-5,2e-5,5e-5,1e-4,2e-4 \
+    --grid-sizes 1000 --grid-seeds 0,1,2 --only "$rows" "$@"
 }
 full_budget() {  # [flags]: the full CoNLL-2003 training set, the tuned table's full-set budget (2 epochs)
   "${tables[@]}" ner --out $res/confirm-full --runs "$runs/confirm-full" --sizes 14041 --seeds 0,1,2 --epochs 2 \
@@ -99,8 +103,7 @@ sentence_lever() {  # TABLE ROW BASE: ROW, BASE with more input (the text read t
     echo "$row on $table: no rate chosen for $base yet; skipped" >&2
     return 0
   fi
-  "${tables[@]}" "$table" --out "$out" --runs "$runs/$(basename "$out")" --sizes 1000 --seeds 0,1,2 --epochs 4 \
-    --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr "$lr" --only "$row"
+  sentence_budget "$table" "$out" --lr "$lr" --only "$row"
 }
 paper() {  # TABLE ROWS: the paper table's own budget (3 epochs, lr 1e-3, fp32), seed 0
   "${tables[@]}" "$1" --out $res/paper --runs "$runs/paper" --sizes 1000 --seeds 0 --dev-subset 500 \

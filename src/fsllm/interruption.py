@@ -39,7 +39,8 @@ class StopOnSignal(TrainerCallback):
     :func:`train_stopping_on_signal` when a training raises, which never reaches its end), so a signal
     before training (while the data loads) or after it (during the report) acts as it always did.
     Signal handlers can only be set from the main thread: elsewhere (training run from a worker thread)
-    the callback does nothing. Train through :func:`train_stopping_on_signal`. ``signum`` is the signal that stopped the run (on every process), or None.
+    the callback does nothing. Train through :func:`train_stopping_on_signal`. ``signum`` is the signal
+    that stopped the run (on every process), or None.
     """
 
     def __init__(self) -> None:
