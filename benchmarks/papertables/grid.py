@@ -8,13 +8,19 @@ seeds, the first rate on a tie), with its rate keys (:func:`fsllm.selection.rate
 ``TrainConfig`` inside one run folder, while a table's grid also covers hf-native, encoder and
 instruction-tuned rows, keeps each member as a cell JSON and run folder of its own (resumable,
 checked against the budget), and hands its chosen rate to the cells of other sizes and seeds.
+
+A member that cannot change the choice is not run (:func:`beaten_rates`): a rate whose mean dev would stay
+below a finished rate's even if its remaining members scored a perfect 100 is out whatever they score.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import baselines
@@ -34,15 +40,84 @@ def grid_members(cell: Cell, budget: Budget) -> list[Cell]:
     return [cell.grid_member(g, s, lr) for s in budget.seeds_of_grid for lr in budget.grid_for(cell.row)]
 
 
+#: the highest dev score a member can reach (F1 and accuracy are fractions of 1): the bound of
+#: :func:`beaten_rates`
+DEV_CEILING = 1.0
+
+
+def beaten_rates(rates: Sequence[float], seeds: Sequence[int],
+                 dev: Mapping[tuple[float, int], float | None]) -> dict[str, dict]:
+    """The rates whose members not run yet cannot change the grid's choice, each with the bound that says so.
+
+    ``dev`` holds the finished members' dev scores by (rate, seed). The choice is the best mean dev over the
+    seeds (:func:`fsllm.selection.choose_rate`). A rate is beaten when, even if each of its pending members
+    scored :data:`DEV_CEILING`, its mean would stay below the mean of a rate whose members have all finished
+    (strictly: a tie could go to it); a rate with a finished member but no dev score never wins either. Its
+    pending members are then not run, and the choice is the one the whole grid would make. Keyed by
+    :func:`fsllm.selection.rate_key`; each entry: the seeds not run, the bound, the finished rate it cannot reach.
+    """
+    from fsllm.selection import choose_rate, rate_key
+
+    def scored(v: float | None) -> bool:
+        return v is not None and math.isfinite(v)
+
+    complete = {lr: [dev[lr, s] for s in seeds] for lr in rates if all((lr, s) in dev for s in seeds)}
+    leader, means = choose_rate(complete) if complete else (None, {})
+    best = means.get(leader) if leader is not None else None
+    beaten: dict[str, dict] = {}
+    for lr in rates:
+        pending = [s for s in seeds if (lr, s) not in dev]
+        if not pending:
+            continue
+        finished = [dev[lr, s] for s in seeds if (lr, s) in dev]
+        if not all(scored(v) for v in finished):
+            beaten[rate_key(lr)] = {"seeds_not_run": pending, "reason": "a finished member has no dev score"}
+            continue
+        bound = (sum(finished) + DEV_CEILING * len(pending)) / len(seeds)
+        if best is not None and bound < best:
+            beaten[rate_key(lr)] = {"seeds_not_run": pending, "upper_bound": bound, "leader": rate_key(leader),
+                                    "leader_dev": best}
+    return beaten
+
+
+def next_member(todo: Sequence[Cell], seeds: Sequence[int], rates: Sequence[float],
+                dev: Mapping[tuple[float, int], float | None]) -> Cell:
+    """The member to run next: the earliest grid seed first and, within it, the rate with the best mean dev
+    so far (the grid's order where none is known), so that on the last seed the leading rate finishes first
+    and the others can be found beaten (:func:`beaten_rates`). The order never changes what a member scores."""
+    first = min(seeds.index(m.seed) for m in todo)
+
+    def so_far(m: Cell) -> tuple[float, int]:
+        got = [v for (lr, _), v in dev.items() if lr == m.lr and v is not None and math.isfinite(v)]
+        return (statistics.fmean(got) if got else -math.inf, -rates.index(m.lr))
+
+    return max((m for m in todo if seeds.index(m.seed) == first), key=so_far)
+
+
 def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, runs: Path, *,
-                  mpnet_dir: str | None, command: str) -> dict[str, dict]:
-    """Run the members not finished yet (dev only; a member is finished when its JSON exists) and
-    return every member's record by cell id."""
-    for k, m in enumerate(members, 1):
-        if not is_done(out, m):
-            logger.info("  grid %d/%d: %s/%s", k, len(members), cell.table, m.id)
-            run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
-    return {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members}
+                  mpnet_dir: str | None, command: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Run the members not finished yet that can still change the choice (dev only; a member is finished
+    when its JSON exists); return every finished member's record by cell id and the beaten rates
+    (:func:`beaten_rates`), whose remaining members were not run."""
+    from fsllm.selection import rate_key
+
+    rates, seeds = budget.grid_for(cell.row), budget.seeds_of_grid
+    while True:
+        done = {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members if is_done(out, m)}
+        dev = {(m.lr, m.seed): done[m.id].get("dev_metric") for m in members if m.id in done}
+        beaten = beaten_rates(rates, seeds, dev)
+        todo = [m for m in members if m.id not in done and rate_key(m.lr) not in beaten]
+        if not todo:
+            break
+        m = next_member(todo, seeds, rates, dev)
+        logger.info("  grid %d/%d: %s/%s", members.index(m) + 1, len(members), cell.table, m.id)
+        run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
+    for lr, why in beaten.items():
+        bound = f"its mean dev is at most {why['upper_bound']:.4f} < {why['leader']}'s {why['leader_dev']:.4f}" \
+            if "upper_bound" in why else why["reason"]
+        logger.info("  grid %s/%s: rate %s cannot win (%s): seeds %s not run", cell.table, cell.id, lr, bound,
+                    ",".join(map(str, why["seeds_not_run"])))
+    return done, beaten
 
 
 def check_members(cell: Cell, members: list[Cell], done: dict[str, dict], budget: Budget, out: Path) -> None:
@@ -53,7 +128,7 @@ def check_members(cell: Cell, members: list[Cell], done: dict[str, dict], budget
         return {k: v for k, v in (settings or {}).items() if k not in GRID_PLAN_KEYS}
 
     mine = training(json.loads(json.dumps(budget.for_row(cell.row))))
-    for m in members:
+    for m in (m for m in members if m.id in done):
         if training(done[m.id].get("settings")) != mine:
             theirs = training(done[m.id].get("settings"))
             diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
@@ -61,23 +136,32 @@ def check_members(cell: Cell, members: list[Cell], done: dict[str, dict], budget
                              f"(differing: {', '.join(diff)}); remove it or write to another --out")
 
 
-def choose(cell: Cell, done: dict[str, dict], budget: Budget) -> dict:
+def choose(cell: Cell, done: dict[str, dict], budget: Budget, beaten: Mapping[str, dict] | None = None) -> dict:
     """The grid's record for the cell JSON: its size and seed(s), each rate's dev score and the chosen rate.
 
     fsllm train's rule (:func:`fsllm.selection.choose_rate`): a rate is scored by its mean dev over the
     grid seeds (one seed's noise can flip a close grid), and the first rate of the grid wins a tie (the
-    grid is written from the smallest rate up)."""
+    grid is written from the smallest rate up). A beaten rate (``beaten``, :func:`beaten_rates`) has
+    members not run: no mean, and it is recorded under ``cannot_win`` with its bound."""
     from fsllm.selection import choose_rate, rate_key
 
+    beaten = dict(beaten or {})
     g = budget.grid_size_for(cell.row, cell.size)
     seeds = budget.seeds_of_grid
     rates = budget.grid_for(cell.row)
-    per_seed = {rate_key(lr): {str(s): done[cell.grid_member(g, s, lr).id]["dev_metric"] for s in seeds} for lr in rates}
-    chosen, means = choose_rate({lr: list(per_seed[rate_key(lr)].values()) for lr in rates})
+    ids = {(lr, s): cell.grid_member(g, s, lr).id for lr in rates for s in seeds}
+    missing = sorted(ids[k] for k in ids if ids[k] not in done and rate_key(k[0]) not in beaten)
+    assert not missing, f"grid members neither finished nor beaten: {missing}"
+    per_seed = {rate_key(lr): {str(s): done[ids[lr, s]]["dev_metric"] for s in seeds if ids[lr, s] in done}
+                for lr in rates}
+    chosen, means = choose_rate({lr: [done[ids[lr, s]]["dev_metric"] if ids[lr, s] in done else None for s in seeds]
+                                 for lr in rates})
     scores = {rate_key(lr): means[lr] for lr in rates}
     grid = {"size": g, "seed": seeds[0], "dev": scores, "chosen_lr": chosen}
     if len(seeds) > 1:
         grid.update(seeds=list(seeds), dev_per_seed=per_seed)
+    if beaten:
+        grid["cannot_win"] = beaten
     return grid
 
 
@@ -88,9 +172,9 @@ def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_di
     itself, scored on test once (:func:`score_chosen_member`); other cells, and instruction-tuned
     cells (whose runs save no model), train at the chosen rate."""
     members = grid_members(cell, budget)
-    done = train_members(cell, members, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
+    done, beaten = train_members(cell, members, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
     check_members(cell, members, done, budget, out)
-    grid = choose(cell, done, budget)
+    grid = choose(cell, done, budget, beaten)
     chosen = grid["chosen_lr"]
     logger.info("%s/%s: grid dev %s -> lr %g", cell.table, cell.id, grid["dev"], chosen)
     earlier = json.loads(cell_path(out, cell.table, cell.id).read_text()) if is_done(out, cell) else None
@@ -153,7 +237,8 @@ def score_chosen_member(cell: Cell, budget: Budget, out: Path, runs: Path, grid:
                chosen_member=str(cell_path(out, cell.table, best.id).relative_to(out)),
                finished_at=time.strftime("%Y-%m-%d %H:%M:%S"), **({"replaces": replaced} if replaced is not None else {}))
     # the members of its own seed are charged to the cell (each grid seed's cell pays for its own runs)
-    own = sum(done[cell.grid_member(g, cell.seed, lr).id]["cell_seconds"] for lr in budget.grid_for(cell.row))
+    own = sum(done[m]["cell_seconds"] for m in (cell.grid_member(g, cell.seed, lr).id for lr in budget.grid_for(cell.row))
+              if m in done)
     rec["cell_seconds"] = round(own + rec["test_seconds"], 1)
     write_json(cell_path(out, cell.table, cell.id), rec)
     return rec

@@ -134,6 +134,13 @@ def entity_type_lines(recs: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def beaten_score(why: dict) -> str:
+    """A grid rate that could not win (``papertables.grid.beaten_rates``): the bound that ruled it out."""
+    n = len(why["seeds_not_run"])
+    bound = f"≤ {fmt(why['upper_bound'])}" if "upper_bound" in why else "no score"
+    return f"{bound} (cannot win: {n} member{'s' if n != 1 else ''} not run)"
+
+
 def grid_lines(recs: list[dict]) -> list[str]:
     """Each row's learning-rate grid as its cells recorded it: dev score per rate, the chosen one bold."""
     grids = {}
@@ -143,11 +150,16 @@ def grid_lines(recs: list[dict]) -> list[str]:
             grids[(r["method"], g["size"], tuple(g.get("seeds") or [g["seed"]]))] = g
     if not grids:
         return []
+    skipped = any(g.get("cannot_win") for g in grids.values())
     lines = ["**Learning-rate grids** (dev score per rate at the grid's size and seed; the chosen rate, in bold, "
-             "trains every seed of the row; only the chosen member meets the test split)", ""]
+             "trains every seed of the row; only the chosen member meets the test split"
+             + ("; a rate whose mean could not reach a finished rate's even at 100 on its remaining seeds has those "
+                "members not run" if skipped else "") + ")", ""]
     for (row, size, seed), g in sorted(grids.items()):
-        cells = [f"**{lr}: {fmt(v)}**" if float(lr) == g["chosen_lr"] else f"{lr}: {fmt(v)}"
-                 for lr, v in sorted(g["dev"].items(), key=lambda kv: float(kv[0]))]
+        beaten = g.get("cannot_win") or {}
+        scores = {lr: beaten_score(beaten[lr]) if lr in beaten else fmt(v) for lr, v in g["dev"].items()}
+        cells = [f"**{lr}: {scores[lr]}**" if float(lr) == g["chosen_lr"] else f"{lr}: {scores[lr]}"
+                 for lr in sorted(g["dev"], key=float)]
         edge = sorted(float(x) for x in g["dev"])
         warn = " (the chosen rate is the grid's edge)" if g["chosen_lr"] in (edge[0], edge[-1]) else ""
         which = f"seed {seed[0]}" if len(seed) == 1 else f"seeds {','.join(map(str, seed))} (mean)"

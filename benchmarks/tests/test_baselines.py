@@ -1268,6 +1268,82 @@ def test_a_grid_over_several_seeds_chooses_on_the_mean_and_each_grid_seed_is_its
     assert PL.Budget(lr_grid=(2e-4,), grid_sizes=(1000,)).seeds_of_grid == (0,)
 
 
+def test_a_grid_runs_no_member_whose_rate_cannot_win_and_says_so(tmp_path, monkeypatch):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    budget = PL.Budget(lr_grid=(2e-4, 5e-4, 1e-3), grid_sizes=(1000,), grid_seeds=(0, 1, 2), patience=2)
+    # after seeds 0 and 1, 5e-4 leads (mean 0.925); on seed 2 it runs first and finishes at 0.93. 1e-3 (0.80, 0.70)
+    # could reach (0.80 + 0.70 + 1.0) / 3 = 0.833 at most: not run. 2e-4 (0.90, 0.91) could still reach 0.937: run.
+    dev = {(0, 2e-4): 0.90, (0, 5e-4): 0.92, (0, 1e-3): 0.80, (1, 2e-4): 0.91, (1, 5e-4): 0.93, (1, 1e-3): 0.70,
+           (2, 2e-4): 0.60, (2, 5e-4): 0.94}
+    calls, scored = [], []
+
+    def fake_run_cell(cell, budget, out, runs, *, mpnet_dir=None, command="", lr=None, grid=None):
+        rate = cell.lr if cell.lr is not None else lr
+        calls.append((cell.seed, rate))
+        rec = {"cell_id": cell.id, "method": cell.row.name, "train_size": cell.size, "seed": cell.seed, "lr": rate,
+               "dev_metric": dev[(cell.seed, rate)], "cell_seconds": 10.0, "settings": budget.for_row(cell.row),
+               "test": None, "grid": grid}
+        write_json(PL.cell_path(out, cell.table, cell.id), rec)
+        (PL.run_dir_of(runs, cell.table, cell.id) / "model").mkdir(parents=True, exist_ok=True)
+        write_json(PL.run_dir_of(runs, cell.table, cell.id) / "metrics.json", {})
+        return rec
+
+    monkeypatch.setattr(G, "run_cell", fake_run_cell)
+    monkeypatch.setattr(B, "score_saved_test", lambda kind, data, run_dir, **kw: (
+        scored.append(Path(run_dir).name), {"test": {"f1": 0.42}, "sizes": {"test": 3453}})[1])
+    cells = {c.id: c for c in PL.plan("ner", [1000], [0, 1, 2], only=["hf-native"], n_train=14041)}
+    s0 = G.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs)
+    # seed by seed; within a seed the best rate so far first (the grid's order where none is known yet)
+    assert calls == [(0, 2e-4), (0, 5e-4), (0, 1e-3), (1, 5e-4), (1, 2e-4), (1, 1e-3), (2, 5e-4), (2, 2e-4)]
+    assert s0["lr"] == 5e-4 and s0["grid"]["dev"]["0.001"] is None
+    assert s0["grid"]["dev"]["0.0005"] == pytest.approx(0.93) and s0["grid"]["dev"]["0.0002"] == pytest.approx(0.8033, abs=1e-4)
+    assert s0["grid"]["dev_per_seed"]["0.001"] == {"0": 0.80, "1": 0.70}
+    assert s0["grid"]["cannot_win"] == {"0.001": {"seeds_not_run": [2], "upper_bound": pytest.approx(2.5 / 3),
+                                                  "leader": "0.0005", "leader_dev": pytest.approx(0.93)}}
+    calls.clear()
+    s2 = G.run_with_grid(cells["hf-native__n1000__s2"], budget, out, runs)
+    assert calls == [] and s2["lr"] == 5e-4 and s2["test"] == {"f1": 0.42}  # its own member; nothing trained again
+    assert s2["cell_seconds"] == pytest.approx(2 * 10.0 + s2["test_seconds"])  # the two members its seed ran
+    line = R.grid_lines([s0])
+    assert "0.001: ≤ 83.33 (cannot win: 1 member not run)" in line[2] and "**0.0005: 93.00**" in line[2]
+    assert "members not run" in line[0]
+
+
+def test_skipping_beaten_members_never_changes_a_grid_s_choice():
+    # the choice with beaten members skipped is the full grid's, over many random grids, ties and near-ties included
+    from fsllm.selection import choose_rate
+
+    rng = np.random.default_rng(0)
+    rates, seeds = (2e-4, 5e-4, 1e-3), (0, 1, 2)
+    skipped_any = 0
+    for _ in range(2000):
+        centre = rng.choice([0.5, 0.9, 0.97], size=3)
+        full = {(lr, s): float(np.round(min(1.0, max(0.0, centre[i] + rng.normal(0, 0.05))), 2))
+                for i, lr in enumerate(rates) for s in seeds}
+        dev = {}
+        while True:
+            beaten = G.beaten_rates(rates, seeds, dev)
+            todo = [SimpleNamespace(lr=lr, seed=s) for s in seeds for lr in rates
+                    if (lr, s) not in dev and f"{lr:g}" not in beaten]
+            if not todo:
+                break
+            m = G.next_member(todo, seeds, rates, dev)
+            dev[m.lr, m.seed] = full[m.lr, m.seed]
+        skipped_any += len(dev) < len(full)
+        chosen = choose_rate({lr: [dev.get((lr, s)) for s in seeds] for lr in rates})[0]
+        assert chosen == choose_rate({lr: [full[lr, s] for s in seeds] for lr in rates})[0]
+    assert skipped_any > 200  # the rule did skip members in many of them
+
+
+def test_a_rate_that_could_still_tie_the_leader_is_not_beaten():
+    # 2e-4 at 1.0 on seed 1 would tie 5e-4's 0.75 and win the tie (first in the grid): it must run
+    assert G.beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.5, (5e-4, 0): 0.75, (5e-4, 1): 0.75}) == {}
+    assert G.beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.5, (5e-4, 0): 0.75, (5e-4, 1): 0.76}) == {
+        "0.0002": {"seeds_not_run": [1], "upper_bound": 0.75, "leader": "0.0005", "leader_dev": pytest.approx(0.755)}}
+    # no rate finished on every seed: nothing to compare with, nothing beaten
+    assert G.beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.1, (5e-4, 0): 0.9}) == {}
+
+
 def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
