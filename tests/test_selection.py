@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from fsllm.cli import build_parser, train_config_from_args
 from fsllm.config import TrainConfig
 from fsllm.errors import ConfigError
-from fsllm.selection import choose_rate, member_config, member_name
+from fsllm.selection import beaten_rates, choose_rate, member_config, member_name, next_member
 
 
 def test_choose_rate_takes_the_best_mean_over_seeds():
@@ -69,3 +70,60 @@ def test_bad_rate_text_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--lr", "1e-3,fast"])
     assert "comma-separated numbers" in capsys.readouterr().err
+
+
+def _run_grid_skipping(full: dict[tuple[float, int], float], rates, seeds, greater: bool) -> dict:
+    """The members a grid trains when it skips the beaten ones, in the order it trains them."""
+    dev: dict[tuple[float, int], float] = {}
+    while True:
+        beaten = beaten_rates(rates, seeds, dev, greater)
+        todo = [(lr, s) for s in seeds for lr in rates if (lr, s) not in dev and lr not in beaten]
+        if not todo:
+            return dev
+        member = next_member(todo, rates, seeds, dev, greater)
+        dev[member] = full[member]
+
+
+@pytest.mark.parametrize("greater", [True, False])
+def test_skipping_beaten_members_never_changes_the_choice(greater):
+    # over many random grids (ties and near-ties included: scores on a 0.01 grid), the choice with the
+    # beaten members skipped is the whole grid's, and the rule does skip in many of them
+    rng = random.Random(0)
+    rates, seeds = (2e-4, 5e-4, 1e-3), (0, 1, 2)
+    skipped = 0
+    for _ in range(2000):
+        centre = [rng.choice([0.5, 0.9, 0.97]) for _ in rates]
+        full = {(lr, s): round(min(1.0, max(0.0, centre[i] + rng.gauss(0, 0.05))), 2)
+                for i, lr in enumerate(rates) for s in seeds}
+        if not greater:  # an error metric: 0 at best
+            full = {k: round(1.0 - v, 2) for k, v in full.items()}
+        dev = _run_grid_skipping(full, rates, seeds, greater)
+        skipped += len(dev) < len(full)
+        partial = choose_rate({lr: [dev.get((lr, s)) for s in seeds] for lr in rates}, greater)[0]
+        assert partial == choose_rate({lr: [full[lr, s] for s in seeds] for lr in rates}, greater)[0]
+    assert skipped > 200
+
+
+def test_a_rate_that_could_still_tie_the_leader_is_not_beaten():
+    # 2e-4 at 1.0 on seed 1 would tie 5e-4's 0.75 and win the tie (first in the grid): it must train
+    assert beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.5, (5e-4, 0): 0.75, (5e-4, 1): 0.75}) == {}
+    assert beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.5, (5e-4, 0): 0.75, (5e-4, 1): 0.76}) == {
+        2e-4: {"seeds_not_run": [1], "bound": 0.75, "leader": 5e-4, "leader_dev": pytest.approx(0.755)}}
+    # lower is better: 0 is the best an error can reach
+    assert beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.9, (5e-4, 0): 0.3, (5e-4, 1): 0.4}, False) == {
+        2e-4: {"seeds_not_run": [1], "bound": 0.45, "leader": 5e-4, "leader_dev": pytest.approx(0.35)}}
+    # no rate finished on every seed: nothing to compare with, nothing beaten
+    assert beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.1, (5e-4, 0): 0.9}) == {}
+    # a finished member without a score: its rate never wins, so its other members need not train
+    assert beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): math.nan}) == {
+        2e-4: {"seeds_not_run": [1], "reason": "a finished member has no dev score"}}
+
+
+def test_the_next_member_is_the_earliest_seed_s_leading_rate():
+    rates, seeds = (2e-4, 5e-4, 1e-3), (0, 1, 2)
+    todo = [(lr, s) for s in (1, 2) for lr in rates]
+    # nothing known: the grid's order
+    assert next_member(todo, rates, seeds, {}) == (2e-4, 1)
+    dev = {(2e-4, 0): 0.7, (5e-4, 0): 0.9, (1e-3, 0): 0.8}
+    assert next_member(todo, rates, seeds, dev) == (5e-4, 1)
+    assert next_member(todo, rates, seeds, dev, greater_is_better=False) == (2e-4, 1)

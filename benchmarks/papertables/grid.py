@@ -9,18 +9,17 @@ seeds, the first rate on a tie), with its rate keys (:func:`fsllm.selection.rate
 instruction-tuned rows, keeps each member as a cell JSON and run folder of its own (resumable,
 checked against the budget), and hands its chosen rate to the cells of other sizes and seeds.
 
-A member that cannot change the choice is not run (:func:`beaten_rates`): a rate whose mean dev would stay
-below a finished rate's even if its remaining members scored a perfect 100 is out whatever they score.
+A member that cannot change the choice is not run (:func:`fsllm.selection.beaten_rates`, the library's rule
+too): a rate whose mean dev would stay below a finished rate's even if its remaining members scored a perfect
+100 is out whatever they score.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import baselines
@@ -40,84 +39,32 @@ def grid_members(cell: Cell, budget: Budget) -> list[Cell]:
     return [cell.grid_member(g, s, lr) for s in budget.seeds_of_grid for lr in budget.grid_for(cell.row)]
 
 
-#: the highest dev score a member can reach (F1 and accuracy are fractions of 1): the bound of
-#: :func:`beaten_rates`
-DEV_CEILING = 1.0
-
-
-def beaten_rates(rates: Sequence[float], seeds: Sequence[int],
-                 dev: Mapping[tuple[float, int], float | None]) -> dict[str, dict]:
-    """The rates whose members not run yet cannot change the grid's choice, each with the bound that says so.
-
-    ``dev`` holds the finished members' dev scores by (rate, seed). The choice is the best mean dev over the
-    seeds (:func:`fsllm.selection.choose_rate`). A rate is beaten when, even if each of its pending members
-    scored :data:`DEV_CEILING`, its mean would stay below the mean of a rate whose members have all finished
-    (strictly: a tie could go to it); a rate with a finished member but no dev score never wins either. Its
-    pending members are then not run, and the choice is the one the whole grid would make. Keyed by
-    :func:`fsllm.selection.rate_key`; each entry: the seeds not run, the bound, the finished rate it cannot reach.
-    """
-    from fsllm.selection import choose_rate, rate_key
-
-    def scored(v: float | None) -> bool:
-        return v is not None and math.isfinite(v)
-
-    complete = {lr: [dev[lr, s] for s in seeds] for lr in rates if all((lr, s) in dev for s in seeds)}
-    leader, means = choose_rate(complete) if complete else (None, {})
-    best = means.get(leader) if leader is not None else None
-    beaten: dict[str, dict] = {}
-    for lr in rates:
-        pending = [s for s in seeds if (lr, s) not in dev]
-        if not pending:
-            continue
-        finished = [dev[lr, s] for s in seeds if (lr, s) in dev]
-        if not all(scored(v) for v in finished):
-            beaten[rate_key(lr)] = {"seeds_not_run": pending, "reason": "a finished member has no dev score"}
-            continue
-        bound = (sum(finished) + DEV_CEILING * len(pending)) / len(seeds)
-        if best is not None and bound < best:
-            beaten[rate_key(lr)] = {"seeds_not_run": pending, "upper_bound": bound, "leader": rate_key(leader),
-                                    "leader_dev": best}
-    return beaten
-
-
-def next_member(todo: Sequence[Cell], seeds: Sequence[int], rates: Sequence[float],
-                dev: Mapping[tuple[float, int], float | None]) -> Cell:
-    """The member to run next: the earliest grid seed first and, within it, the rate with the best mean dev
-    so far (the grid's order where none is known), so that on the last seed the leading rate finishes first
-    and the others can be found beaten (:func:`beaten_rates`). The order never changes what a member scores."""
-    first = min(seeds.index(m.seed) for m in todo)
-
-    def so_far(m: Cell) -> tuple[float, int]:
-        got = [v for (lr, _), v in dev.items() if lr == m.lr and v is not None and math.isfinite(v)]
-        return (statistics.fmean(got) if got else -math.inf, -rates.index(m.lr))
-
-    return max((m for m in todo if seeds.index(m.seed) == first), key=so_far)
-
-
 def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, runs: Path, *,
                   mpnet_dir: str | None, command: str) -> tuple[dict[str, dict], dict[str, dict]]:
     """Run the members not finished yet that can still change the choice (dev only; a member is finished
     when its JSON exists); return every finished member's record by cell id and the beaten rates
-    (:func:`beaten_rates`), whose remaining members were not run."""
-    from fsllm.selection import rate_key
+    (:func:`fsllm.selection.beaten_rates`, keyed by rate key), whose remaining members were not run."""
+    from fsllm.selection import beaten_rates, next_member, rate_key
 
     rates, seeds = budget.grid_for(cell.row), budget.seeds_of_grid
+    by_rate_seed = {(m.lr, m.seed): m for m in members}
     while True:
         done = {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members if is_done(out, m)}
         dev = {(m.lr, m.seed): done[m.id].get("dev_metric") for m in members if m.id in done}
-        beaten = beaten_rates(rates, seeds, dev)
-        todo = [m for m in members if m.id not in done and rate_key(m.lr) not in beaten]
+        beaten = beaten_rates(rates, seeds, dev)  # dev scores are fractions: at most 1, as the library's metrics
+        todo = [(m.lr, m.seed) for m in members if m.id not in done and m.lr not in beaten]
         if not todo:
             break
-        m = next_member(todo, seeds, rates, dev)
+        m = by_rate_seed[next_member(todo, rates, seeds, dev)]
         logger.info("  grid %d/%d: %s/%s", members.index(m) + 1, len(members), cell.table, m.id)
         run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
     for lr, why in beaten.items():
-        bound = f"its mean dev is at most {why['upper_bound']:.4f} < {why['leader']}'s {why['leader_dev']:.4f}" \
-            if "upper_bound" in why else why["reason"]
-        logger.info("  grid %s/%s: rate %s cannot win (%s): seeds %s not run", cell.table, cell.id, lr, bound,
+        bound = f"its mean dev is at most {why['bound']:.4f} < {rate_key(why['leader'])}'s {why['leader_dev']:.4f}" \
+            if "bound" in why else why["reason"]
+        logger.info("  grid %s/%s: rate %s cannot win (%s): seeds %s not run", cell.table, cell.id, rate_key(lr), bound,
                     ",".join(map(str, why["seeds_not_run"])))
-    return done, beaten
+    return done, {rate_key(lr): {**why, **({"leader": rate_key(why["leader"])} if "leader" in why else {})}
+                  for lr, why in beaten.items()}
 
 
 def check_members(cell: Cell, members: list[Cell], done: dict[str, dict], budget: Budget, out: Path) -> None:
@@ -141,7 +88,7 @@ def choose(cell: Cell, done: dict[str, dict], budget: Budget, beaten: Mapping[st
 
     fsllm train's rule (:func:`fsllm.selection.choose_rate`): a rate is scored by its mean dev over the
     grid seeds (one seed's noise can flip a close grid), and the first rate of the grid wins a tie (the
-    grid is written from the smallest rate up). A beaten rate (``beaten``, :func:`beaten_rates`) has
+    grid is written from the smallest rate up). A beaten rate (``beaten``, :func:`train_members`) has
     members not run: no mean, and it is recorded under ``cannot_win`` with its bound."""
     from fsllm.selection import choose_rate, rate_key
 

@@ -135,9 +135,9 @@ def entity_type_lines(recs: list[dict]) -> list[str]:
 
 
 def beaten_score(why: dict) -> str:
-    """A grid rate that could not win (``papertables.grid.beaten_rates``): the bound that ruled it out."""
+    """A grid rate that could not win (``fsllm.selection.beaten_rates``): the bound that ruled it out."""
     n = len(why["seeds_not_run"])
-    bound = f"≤ {fmt(why['upper_bound'])}" if "upper_bound" in why else "no score"
+    bound = f"≤ {fmt(why['bound'])}" if "bound" in why else "no score"
     return f"{bound} (cannot win: {n} member{'s' if n != 1 else ''} not run)"
 
 

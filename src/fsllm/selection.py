@@ -4,8 +4,10 @@
 one member per rate and grid seed, each a plain run folder with its test split left alone, chooses
 the rate whose dev score, averaged over the grid seeds, is best (a tie goes to the rate written
 first), keeps the chosen rate's member of ``--seed`` as the run's model and scores test with it,
-once. The same rule chooses the rate in ``benchmarks/paper_tables.py``, whose grids
-(``benchmarks/papertables/grid.py``) call :func:`choose_rate`.
+once. A member that cannot change the choice is not trained (:func:`beaten_rates`): the seeds train in
+order, the leading rate first within each, and a rate that could not reach a finished rate's mean even if
+its remaining members scored the metric's best is out. The same rules choose the rate in
+``benchmarks/paper_tables.py``, whose grids (``benchmarks/papertables/grid.py``) call these functions.
 
 Layout of a grid run folder (everything else of a run folder is :mod:`fsllm.run`'s)::
 
@@ -118,6 +120,62 @@ def choose_rate(
     return max(order, key=rank), scores
 
 
+def best_possible(greater_is_better: bool = True) -> float:
+    """The best score a grid's selection metric can take: 1 for the greater-is-better ones (accuracy, F1,
+    Spearman: every primary metric), 0 for the lower-is-better ones (rmse, mae)."""
+    return 1.0 if greater_is_better else 0.0
+
+
+def beaten_rates(
+    rates: Sequence[float], seeds: Sequence[int], dev: Mapping[tuple[float, int], float | None],
+    greater_is_better: bool = True,
+) -> dict[float, dict]:
+    """The rates whose members not trained yet cannot change :func:`choose_rate`'s choice, and why.
+
+    ``dev`` holds the finished members' dev scores by ``(rate, seed)``. A rate is beaten when its mean
+    would stay worse than the mean of a rate whose members have all finished even if each of its
+    remaining members scored :func:`best_possible` (strictly: a tie could still go to it), or when one of
+    its finished members has no score (its rate never wins). Its remaining members need not train: the
+    choice is the one the whole grid would make. Each entry: ``seeds_not_run``, and ``bound`` (the best
+    mean it could reach), ``leader`` and ``leader_dev``, or a ``reason``.
+    """
+    sign = 1.0 if greater_is_better else -1.0
+    complete = {lr: [dev[lr, s] for s in seeds] for lr in rates if all((lr, s) in dev for s in seeds)}
+    leader, means = choose_rate(complete, greater_is_better) if complete else (None, {})
+    best = means.get(leader) if leader is not None else None
+    beaten: dict[float, dict] = {}
+    for lr in rates:
+        pending = [s for s in seeds if (lr, s) not in dev]
+        if not pending:
+            continue
+        finished = [dev[lr, s] for s in seeds if (lr, s) in dev]
+        if not all(v is not None and math.isfinite(v) for v in finished):
+            beaten[lr] = {"seeds_not_run": pending, "reason": "a finished member has no dev score"}
+            continue
+        bound = (sum(finished) + best_possible(greater_is_better) * len(pending)) / len(seeds)
+        if best is not None and sign * bound < sign * best:
+            beaten[lr] = {"seeds_not_run": pending, "bound": bound, "leader": leader, "leader_dev": best}
+    return beaten
+
+
+def next_member(
+    todo: Sequence[tuple[float, int]], rates: Sequence[float], seeds: Sequence[int],
+    dev: Mapping[tuple[float, int], float | None], greater_is_better: bool = True,
+) -> tuple[float, int]:
+    """The ``(rate, seed)`` member of ``todo`` to train next: the earliest grid seed first and, within it, the
+    rate with the best mean dev so far (the grid's order where none is known), so that on the last seed the
+    leading rate finishes first and the others can be found beaten (:func:`beaten_rates`). The order
+    changes what is trained, never what a member scores."""
+    sign = 1.0 if greater_is_better else -1.0
+    first = min(seeds.index(s) for _, s in todo)
+
+    def so_far(member: tuple[float, int]) -> tuple[float, int]:
+        got = [v for (lr, _), v in dev.items() if lr == member[0] and v is not None and math.isfinite(v)]
+        return (sign * statistics.fmean(got) if got else -math.inf, -rates.index(member[0]))
+
+    return max((m for m in todo if seeds.index(m[1]) == first), key=so_far)
+
+
 def _member_state(path: Path) -> str:
     """``done`` (its report written), ``started`` (its config written: resume it) or ``new``."""
     folder = RunFolder(path)
@@ -128,7 +186,8 @@ def _member_state(path: Path) -> str:
 
 def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
                callbacks: Sequence[TrainerCallback] = (), train_one: Callable[..., RunResult]) -> RunResult:
-    """Train every member not finished yet, choose the rate on dev, keep its model, score test once.
+    """Train every member not finished yet that can still change the choice, choose the rate on dev, keep
+    its model, score test once.
 
     Called by :func:`fsllm.training.train` when ``cfg.learning_rate`` is a list, with the
     configuration and folder :func:`~fsllm.training.resolve_config` checked, and itself as ``train_one``
@@ -152,14 +211,23 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
     if is_main_process():
         folder.path.mkdir(parents=True, exist_ok=True)
         folder.save_config(cfg)
-    for k, (lr, s, mcfg) in enumerate(members, 1):
-        name = member_name(lr, s)
-        state = states[name]
-        if state == "done":
-            logger.info("grid member %d/%d %s: finished, skipped", k, len(members), name)
+    greater = data.metric not in LOWER_IS_BETTER
+    configs = {(lr, s): mcfg for lr, s, mcfg in members}
+    dev = {(lr, s): _member_dev(mcfg, data.metric) for lr, s, mcfg in members if states[member_name(lr, s)] == "done"}
+    for lr, s, mcfg in members:
+        if states[member_name(lr, s)] == "done":
+            logger.info("grid member %s: finished, skipped", member_name(lr, s))
             _check_member(mcfg)
-            continue
-        logger.info("grid member %d/%d %s: %s", k, len(members), name, "resuming" if state == "started" else "training")
+    while True:
+        beaten = beaten_rates(rates, seeds, dev, greater)
+        todo = [(lr, s) for lr, s, _ in members if (lr, s) not in dev and lr not in beaten]
+        if not todo:
+            break
+        lr, s = next_member(todo, rates, seeds, dev, greater)
+        mcfg, name = configs[lr, s], member_name(lr, s)
+        state = states[name]
+        logger.info("grid member %d/%d %s: %s", len(dev) + 1, len(members), name,
+                    "resuming" if state == "started" else "training")
         try:
             if state == "started":
                 _check_member(mcfg)
@@ -176,12 +244,32 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
                                       f"continue the grid with `fsllm train --resume --output {folder.path}`") from None
         except Exception:
             # a model that does not load leaves nothing behind, as a plain run does
-            if created and k == 1 and not Path(mcfg.output_dir).exists() and is_main_process():
+            if created and not dev and not Path(mcfg.output_dir).exists() and is_main_process():
                 shutil.rmtree(folder.path, ignore_errors=True)
             raise
+        # every process reads the member's score once process 0 has written it, so all choose the same next one
+        _wait_for_every_process()
+        dev[lr, s] = _member_dev(mcfg, data.metric)
+    for lr, why in beaten.items():
+        logger.info("grid rate %s cannot win (%s): seeds %s not trained", rate_key(lr),
+                    f"its mean dev {data.metric} can reach {why['bound']:.4f} at best, rate {rate_key(why['leader'])} "
+                    f"has {why['leader_dev']:.4f}" if "bound" in why else why["reason"],
+                    ",".join(map(str, why["seeds_not_run"])))
     if not is_main_process():
         return RunResult(folder.path, {}, [])
-    return _finish(cfg, folder, members, data.metric)
+    return _finish(cfg, folder, [m for m in members if (m[0], m[1]) in dev], data.metric, beaten)
+
+
+def _member_dev(mcfg: TrainConfig, metric: str) -> float | None:
+    """A finished member's dev score, from its report."""
+    report = json.loads((Path(mcfg.output_dir) / MEMBER_DONE_FILE).read_text())
+    return (report.get("dev") or {}).get(metric)
+
+
+def _wait_for_every_process() -> None:
+    """Under torchrun, wait until every process is here (process 0 has written the member's report)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
 
 
 def _check_member(mcfg: TrainConfig) -> None:
@@ -195,13 +283,19 @@ def _check_member(mcfg: TrainConfig) -> None:
                          "remove it to train it again")
 
 
-def _finish(cfg: TrainConfig, folder: RunFolder, members: list, metric: str) -> RunResult:
-    """Choose on dev, write grid.json, keep the chosen member's model and score it on test."""
+def _finish(cfg: TrainConfig, folder: RunFolder, members: list, metric: str,
+            beaten: Mapping[float, dict]) -> RunResult:
+    """Choose on dev, write grid.json, keep the chosen member's model and score it on test. ``members``: the
+    members trained; the others belong to ``beaten`` rates (:func:`beaten_rates`), which have no mean."""
     greater = metric not in LOWER_IS_BETTER
     reports = {member_name(lr, s): json.loads((Path(m.output_dir) / MEMBER_DONE_FILE).read_text())
                for lr, s, m in members}
-    dev = {lr: [(reports[member_name(lr, s)].get("dev") or {}).get(metric) for s in grid_seeds(cfg)]
-           for lr in cfg.learning_rate}
+
+    def score(lr: float, s: int) -> float | None:
+        report = reports.get(member_name(lr, s))
+        return None if report is None else (report.get("dev") or {}).get(metric)
+
+    dev = {lr: [score(lr, s) for s in grid_seeds(cfg)] for lr in cfg.learning_rate}
     chosen, scores = choose_rate(dev, greater)
     kept = member_name(chosen, cfg.seed)
     grid = {
@@ -216,6 +310,9 @@ def _finish(cfg: TrainConfig, folder: RunFolder, members: list, metric: str) -> 
         "chosen_lr": chosen,
         "chosen_member": f"{GRID_DIR}/{kept}",
     }
+    if beaten:  # the members not trained, and the bound that ruled each rate out
+        grid["cannot_win"] = {rate_key(lr): {**why, **({"leader": rate_key(why["leader"])} if "leader" in why else {})}
+                              for lr, why in beaten.items()}
     logger.info("grid dev %s: %s -> lr %s (member %s)", metric,
                 ", ".join(f"{rate_key(lr)} {v if v is None else round(v, 4)}" for lr, v in scores.items()),
                 rate_key(chosen), kept)

@@ -274,6 +274,27 @@ def test_torchrun_two_processes_share_the_data_and_write_one_run(tmp_path, tiny_
     assert (run / "model" / "fsllm_head.safetensors").is_file()
 
 
+def test_torchrun_grid_processes_read_each_member_s_score_once_process_0_has_written_it(tmp_path, tiny_model_dir):
+    """A learning-rate grid under ``torchrun``: after each member every process reads its dev score (to choose the
+    next member, or skip a beaten rate's), which process 0 alone writes; without waiting for it the others fail."""
+    data = write_conll_dir(tmp_path)
+    run = tmp_path / "run"
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "fsllm.cli", "train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run),
+         "--max-steps", "1", "--batch-size", "2", "--lr", "1e-3,5e-2", "--grid-seeds", "42,7"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    grid = json.loads((run / "grid.json").read_text())
+    trained = {(m["lr"], m["seed"]) for m in grid["members"]}
+    not_run = {(float(lr), s) for lr, why in (grid.get("cannot_win") or {}).items() for s in why["seeds_not_run"]}
+    assert trained | not_run == {(lr, s) for lr in (1e-3, 5e-2) for s in (42, 7)} and not trained & not_run
+    assert all((run / m["dir"] / "metrics.json").is_file() for m in grid["members"])
+    assert proc.stdout.count("test f1:") == 1
+
+
 _DDP_STEP = '''
 import os, sys
 import torch

@@ -90,6 +90,28 @@ def test_grid_chooses_on_the_mean_dev_over_seeds_and_scores_test_once(tmp_path, 
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
 
+def test_grid_trains_no_member_whose_rate_cannot_win(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    # after seed 42, 5e-2 leads and trains first on seed 7 (0.9 again); 1e-3 could then reach (0.2 + 1.0) / 2 = 0.6
+    # at best, below 0.9: its seed-7 member is not trained, and the choice is the one the whole grid would make
+    dev = {(1e-3, 42): 0.2, (5e-2, 42): 0.9, (5e-2, 7): 0.9, (1e-3, 7): 1.0}
+    members = Members(monkeypatch, dev)
+    data, run = write_csv_dir(tmp_path), tmp_path / "run"
+    rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run), *TINY,
+               "--lr", "1e-3,5e-2", "--grid-seeds", "42,7"])
+    assert rc == 0
+    assert members.started == [(1e-3, 42, "new"), (5e-2, 42, "new"), (5e-2, 7, "new")]
+    grid = json.loads((run / "grid.json").read_text())
+    assert grid["chosen_lr"] == 5e-2 and grid["mean_dev"] == {"0.001": None, "0.05": pytest.approx(0.9)}
+    assert [(m["lr"], m["seed"]) for m in grid["members"]] == [(1e-3, 42), (5e-2, 42), (5e-2, 7)]
+    assert grid["cannot_win"] == {"0.001": {"seeds_not_run": [7], "bound": pytest.approx(0.6), "leader": "0.05",
+                                            "leader_dev": pytest.approx(0.9)}}
+    assert not (run / "grid" / "lr0.001-seed7").exists() and members.test_calls == 1
+    # resumed, the finished grid stands: nothing trained, test not scored again
+    members.started.clear()
+    assert main(["train", "--resume", "--output", str(run)]) == 0
+    assert members.started == [] and members.test_calls == 1
+
+
 class StopAfterFirstCheckpoint(TrainerCallback):
     """Raise once, after the first checkpoint of the member trained at ``lr`` (a run killed there)."""
 
