@@ -112,6 +112,8 @@ def test_a_rate_that_could_still_tie_the_leader_is_not_beaten():
     # lower is better: 0 is the best an error can reach
     assert beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.9, (5e-4, 0): 0.3, (5e-4, 1): 0.4}, False) == {
         2e-4: {"seeds_not_run": [1], "bound": 0.45, "leader": 5e-4, "leader_dev": pytest.approx(0.35)}}
+    # scores past the metric's best (percentages): the bound would not hold, so nothing is skipped
+    assert beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 50.0, (5e-4, 0): 75.0, (5e-4, 1): 76.0}) == {}
     # no rate finished on every seed: nothing to compare with, nothing beaten
     assert beaten_rates((2e-4, 5e-4), (0, 1), {(2e-4, 0): 0.1, (5e-4, 0): 0.9}) == {}
     # a finished member without a score: its rate never wins, so its other members need not train

@@ -140,6 +140,8 @@ def beaten_rates(
     mean it could reach), ``leader`` and ``leader_dev``, or a ``reason``.
     """
     sign = 1.0 if greater_is_better else -1.0
+    if any(v is not None and sign * v > sign * best_possible(greater_is_better) for v in dev.values()):
+        return {}  # a score past the metric's best (a percentage, say): the bound does not hold, nothing is skipped
     complete = {lr: [dev[lr, s] for s in seeds] for lr in rates if all((lr, s) in dev for s in seeds)}
     leader, means = choose_rate(complete, greater_is_better) if complete else (None, {})
     best = means.get(leader) if leader is not None else None
