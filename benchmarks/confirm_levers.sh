@@ -23,9 +23,9 @@
 # three seeds each) and of rank 16's update scale at rank 8 (fs-alpha64), FS's max and last poolings on
 # rt-polarity (fs-r16-rslora's rate), rank 16 there again without early stopping and then the whole confirmation
 # so (grids and all), hf-native given the same capacity at NER 4,000 and then with document context there, the
-# screen of LoRA+ (fs-loraplus), rank 16 with repetition on rt-polarity at rank 16's rate there, today's default at
-# 4,000 under the same selection, hf-native on the full set, the sentence confirmation on tweets-3, Gemma-3-270m,
-# the rest of the screen's seeds. Lane gpu: below.
+# screen of LoRA+ (fs-loraplus) and of the lambda schedule with rank 16, rank 16 with repetition on rt-polarity at
+# rank 16's rate there, today's default at 4,000 under the same selection, hf-native on the full set, the sentence
+# confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds. Lane gpu: below.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: confirm_levers.sh a|b|gpu [RUNS_DIR]}
@@ -165,6 +165,11 @@ case $lane in
     confirm_doc hf-native-r16-rslora-doc64 hf-native-r16-rslora
     # the next capacity lever, screened as the others were (about 15 min a seed on one thread)
     for seed in 0 1 2; do screen fs-loraplus $seed; done
+    # FS's own lever with a gain on both its screened seeds, the scheduled release (causal to bidirectional over the first
+    # 30% of the steps), its third seed, then with rank 16 against rank 16 alone: at one capacity and input the released
+    # mask ties `is_causal = False`, and a schedule is a mask the commodity path cannot express (about 20 min a seed)
+    screen fs-lambda-schedule-0.3 2
+    for seed in 0 1 2; do screen fs-r16-rslora-lambda-schedule-0.3 $seed; done
     # rank 16 alone missed the rt-polarity target by 0.5 (paired −0.5 ± 0.5 against hf-native at the same
     # capacity): FS's own lever there, repetition under the causal mask (echo embeddings' reading), at rank 16's
     # rate (3 seeds, about 40 min each on one thread)
@@ -183,7 +188,7 @@ case $lane in
     "${tables[@]}" ner --out $res/gemma3 --runs "$runs/gemma3" --sizes 4000 --seeds 0,1,2 --epochs 4 --patience 2 \
       --evals-per-epoch 2 --dev-subset 500 --precision bf16 --lr 1e-3 --lr-grid 5e-4,1e-3 --grid-sizes 4000 \
       --grid-seeds 0,1,2 --only fs-r16-rslora --model gemma3-270m
-    for cell in fs-lambda-schedule-0.3:2 fs-dora:2 fs-adapt:2 fs-lambda-schedule:2; do
+    for cell in fs-dora:2 fs-adapt:2 fs-lambda-schedule:2; do
       screen "${cell%%:*}" "${cell##*:}"
     done
     ;;

@@ -49,7 +49,7 @@ PAIRED_ROWS = {"ner": ["causal", "hf-native", "fs-bf16", "fs-linear", "fs-decay-
                        # the accuracy levers (docs/levers.md), each alone against the default
                        "fs-repeat2-causal", "fs-repeat2", "fs-lambda-schedule", "fs-lambda-schedule-0.3", "fs-dora",
                        "fs-r16-rslora", "fs-adapt", "fs-full", "fs-doc64", "fs-doc16", "fs-r16-rslora-repeat2-causal",
-                       "hf-native-r16-rslora", "fs-alpha64"],
+                       "hf-native-r16-rslora", "fs-alpha64", "fs-r16-rslora-lambda-schedule-0.3"],
                "ablation": ["fs-linear-mean", "fs-swiglu-last", "fs-swiglu-max"]}
 
 
@@ -61,7 +61,9 @@ COMBINED_PAIRS = {
             ("fs-r16-rslora", "fs-repeat2-causal", "hf-native-r16-rslora", "hf-native", "mpnet")]
     + _R16_PAIRS + [("fs-r16-rslora", "mpnet"),  # fs-bidirectional − fs-r16-rslora is a PAIRED_ROWS pair
                     ("fs-r16-rslora", "fs-alpha64"),  # rank 16 against its update scale alone
-                    ("fs-doc64", "fs-r16-rslora"), ("fs-doc64", "fs-doc16")]  # document context: against rank 16, its size
+                    ("fs-doc64", "fs-r16-rslora"), ("fs-doc64", "fs-doc16"),  # document context: against rank 16, its size
+                    # the scheduled release with rank 16: against each of its parts
+                    *[("fs-r16-rslora-lambda-schedule-0.3", o) for o in ("fs-r16-rslora", "fs-lambda-schedule-0.3")]]
     # and its confirmation: against rank 16 alone and the rows given the same context
     + [("fs-r16-rslora-doc64", o) for o in ("fs-r16-rslora", "hf-native-r16-rslora-doc64", "mpnet-doc64")],
     **{t: [*_R16_PAIRS, ("fs-r16-rslora", "fs-bidirectional"), ("fs-r16-rslora", "minilm"),

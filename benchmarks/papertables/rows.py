@@ -123,6 +123,12 @@ LEVERS = [
 # pair, FS's own lever where rank 16 alone ties the commodity path (rt-polarity).
 COMBINED = _fs("fs-r16-rslora-repeat2-causal", multi=True, attention="causal", repeat=2, lora_r=16, use_rslora=True,
                note="fs-r16-rslora and fs-repeat2-causal together")
+# FS's own lever with a gain on both its screened seeds (the scheduled release, +1.3 ± 0.6 over the default), with
+# rank 16: at rank 16 and one input the released mask ties `is_causal = False`, and a mask that moves from causal to
+# bidirectional during training is one the commodity path cannot express
+R16_SCHEDULE = _fs("fs-r16-rslora-lambda-schedule-0.3", multi=True, lora_r=16, use_rslora=True, attention="decay",
+                   decay_lambda=0.0, train={"lambda_schedule": "linear", "lambda_schedule_fraction": 0.3},
+                   note="fs-r16-rslora and fs-lambda-schedule-0.3 together")
 HF_NATIVE_R16 = Row("hf-native-r16-rslora", "hf-native", lora=(("lora_r", 16), ("use_rslora", True)), multi_seed=True,
                     note="hf-native with fs-r16-rslora's capacity: PEFT LoRA rank 16 with rsLoRA")
 # Sentences: at rank 16 and one selection, hf-native (last token, linear head) led FS (mean pooling, SwiGLU) on
@@ -148,7 +154,7 @@ TABLE_ROWS: dict[str, list[Row]] = {
     "ner": [
         FS_BIDIR,
         _fs("causal", multi=True, primary=True, attention="causal", note="'w/o FS': the backbone's causal mask"),
-        HF_NATIVE, DECAY_01_SEEDS, *DECAYS[1:], LEARNABLE, LAST_HALF, BF16, LINEAR, *LEVERS, COMBINED, HF_NATIVE_R16,
+        HF_NATIVE, DECAY_01_SEEDS, *DECAYS[1:], LEARNABLE, LAST_HALF, BF16, LINEAR, *LEVERS, COMBINED, R16_SCHEDULE, HF_NATIVE_R16,
         *DOC64, ZERO, IT, MINILM, MPNET,
     ],
     **{
