@@ -414,8 +414,9 @@ class TrainConfig:
         trainer=("gradient_checkpointing",))
     grid_seeds: list[int] | None = setting(
         None, "learning-rate grid only: train every rate with each of these seeds and choose the rate on the mean "
-        "dev score (one seed's noise can flip a close grid); must include --seed, whose member at the chosen rate "
-        "is the model kept (default: --seed alone)", parse=parse_ints, metavar="SEED,SEED,...")
+        "dev score (one seed's noise can flip a close grid; a member whose rate cannot win whatever it scores is "
+        "not trained); must include --seed, whose member at the chosen rate is the model kept (default: --seed "
+        "alone)", parse=parse_ints, metavar="SEED,SEED,...")
     # the dtype of the frozen backbone weights (recorded in the model folder as FSLLMConfig.backbone_dtype)
     backbone_dtype: str = setting(
         "fp32", "the dtype the backbone's frozen weights are loaded in: 'fp32' (default, as before the option "
