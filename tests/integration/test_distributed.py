@@ -253,18 +253,23 @@ def test_save_pretrained_of_an_fsdp2_sharded_model_writes_the_whole_trainable_st
     assert rank0["head_same"] and rank0["adapter_same"] and rank0["adapter_tensors"] > 0
 
 
-def test_torchrun_two_processes_share_the_data_and_write_one_run(tmp_path, tiny_model_dir):
-    """``torchrun`` (gloo on CPU): the batches are split between the processes, process 0 writes the run."""
+def _torchrun_train(tmp_path: Path, model_dir, *options: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """``fsllm train`` on a small CoNLL set under ``torchrun`` with two processes (gloo on CPU); the run folder."""
     data = write_conll_dir(tmp_path)
     run = tmp_path / "run"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "fsllm.cli", "train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run),
-         "--epochs", "2", "--batch-size", "2"],
+         "-m", "fsllm.cli", "train", "--data", str(data), "--model", str(model_dir), "--output", str(run), *options],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, run
+
+
+def test_torchrun_two_processes_share_the_data_and_write_one_run(tmp_path, tiny_model_dir):
+    """``torchrun`` (gloo on CPU): the batches are split between the processes, process 0 writes the run."""
+    proc, run = _torchrun_train(tmp_path, tiny_model_dir, "--epochs", "2", "--batch-size", "2")
     metrics = json.loads((run / "metrics.json").read_text())
     # 9 training sentences, 2 per process and step, 2 processes: 3 steps per epoch (5 in one process)
     assert metrics["train"]["steps"] == 6
@@ -277,16 +282,8 @@ def test_torchrun_two_processes_share_the_data_and_write_one_run(tmp_path, tiny_
 def test_torchrun_grid_processes_read_each_member_s_score_once_process_0_has_written_it(tmp_path, tiny_model_dir):
     """A learning-rate grid under ``torchrun``: after each member every process reads its dev score (to choose the
     next member, or skip a beaten rate's), which process 0 alone writes; without waiting for it the others fail."""
-    data = write_conll_dir(tmp_path)
-    run = tmp_path / "run"
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "fsllm.cli", "train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run),
-         "--max-steps", "1", "--batch-size", "2", "--lr", "1e-3,5e-2", "--grid-seeds", "42,7"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, run = _torchrun_train(tmp_path, tiny_model_dir, "--max-steps", "1", "--batch-size", "2", "--lr", "1e-3,5e-2",
+                                "--grid-seeds", "42,7")
     grid = json.loads((run / "grid.json").read_text())
     trained = {(m["lr"], m["seed"]) for m in grid["members"]}
     not_run = {(float(lr), s) for lr, why in (grid.get("cannot_win") or {}).items() for s in why["seeds_not_run"]}

@@ -55,15 +55,20 @@ class Members:
         monkeypatch.setattr(selection, "evaluate_examples", evaluate_examples)
 
 
+def _two_rates_two_seeds(tmp_path, model_dir):
+    """``fsllm train`` of a grid of 1e-3 and 5e-2 over seeds 42 and 7 on a small CSV set; its data and run folder."""
+    data, run = write_csv_dir(tmp_path), tmp_path / "run"
+    assert main(["train", "--data", str(data), "--model", str(model_dir), "--output", str(run), *TINY,
+                 "--lr", "1e-3,5e-2", "--grid-seeds", "42,7"]) == 0
+    return data, run
+
+
 def test_grid_chooses_on_the_mean_dev_over_seeds_and_scores_test_once(tmp_path, tiny_model_dir, monkeypatch, capsys):
     # seed 42 alone would choose 1e-3 (0.9 > 0.6); the mean over seeds 42 and 7 chooses 5e-2 (0.65 > 0.5)
     dev = {(1e-3, 42): 0.9, (5e-2, 42): 0.6, (1e-3, 7): 0.1, (5e-2, 7): 0.7}
     members = Members(monkeypatch, dev)
-    data, run = write_csv_dir(tmp_path), tmp_path / "run"
-    rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run), *TINY,
-               "--lr", "1e-3,5e-2", "--grid-seeds", "42,7"])
+    data, run = _two_rates_two_seeds(tmp_path, tiny_model_dir)
     out = capsys.readouterr().out
-    assert rc == 0
     assert members.test_calls == 1  # the chosen model alone, once; no member touched test
     grid = json.loads((run / "grid.json").read_text())
     assert grid["chosen_lr"] == 5e-2 and grid["chosen_member"] == "grid/lr0.05-seed42"
@@ -95,10 +100,7 @@ def test_grid_trains_no_member_whose_rate_cannot_win(tmp_path, tiny_model_dir, m
     # at best, below 0.9: its seed-7 member is not trained, and the choice is the one the whole grid would make
     dev = {(1e-3, 42): 0.2, (5e-2, 42): 0.9, (5e-2, 7): 0.9, (1e-3, 7): 1.0}
     members = Members(monkeypatch, dev)
-    data, run = write_csv_dir(tmp_path), tmp_path / "run"
-    rc = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(run), *TINY,
-               "--lr", "1e-3,5e-2", "--grid-seeds", "42,7"])
-    assert rc == 0
+    _, run = _two_rates_two_seeds(tmp_path, tiny_model_dir)
     assert members.started == [(1e-3, 42, "new"), (5e-2, 42, "new"), (5e-2, 7, "new")]
     grid = json.loads((run / "grid.json").read_text())
     assert grid["chosen_lr"] == 5e-2 and grid["mean_dev"] == {"0.001": None, "0.05": pytest.approx(0.9)}
