@@ -218,7 +218,7 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
     dev = {(lr, s): _member_dev(mcfg, data.metric) for lr, s, mcfg in members if states[member_name(lr, s)] == "done"}
     for lr, s, mcfg in members:
         if states[member_name(lr, s)] == "done":
-            logger.info("grid member %s: finished, skipped", member_name(lr, s))
+            logger.info("grid member %s: finished, kept", member_name(lr, s))
             _check_member(mcfg)
     while True:
         beaten = beaten_rates(rates, seeds, dev, greater)
