@@ -4,8 +4,8 @@
     python benchmarks/grid_replay.py [--results benchmarks/results] [--out benchmarks/results/grid_replay.md]
 
 Replays every finished multi-seed grid under ``benchmarks/results/*/<table>/grid/`` (the member JSONs, each
-with its dev score and training time) through the rule the grids now follow (``fsllm.selection.beaten_rates``
-and ``next_member``): the members it would train, in its order, and the ones it would skip. It checks that the
+with its dev score and training time) through the rule the grids now follow (``fsllm.selection.next_to_train``):
+the members it would train, in its order, and the ones it would skip. It checks that the
 replay chooses the rate the whole grid chose, and adds up the skipped members' recorded time. The grids ran
 before the rule, with every member, so their times are what the skipped members cost.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import git_commit
 
-from fsllm.selection import beaten_rates, choose_rate, next_member, rate_key
+from fsllm.selection import choose_rate, next_to_train, rate_key
 
 Member = tuple[float, int]
 
@@ -28,13 +28,9 @@ Member = tuple[float, int]
 def replay(rates: tuple[float, ...], seeds: tuple[int, ...], dev: Mapping[Member, float]) -> list[Member]:
     """The members the rule trains, in order, given every member's dev score."""
     seen: dict[Member, float] = {}
-    while True:
-        beaten = beaten_rates(rates, seeds, seen)
-        todo = [(lr, s) for s in seeds for lr in rates if (lr, s) not in seen and lr not in beaten]
-        if not todo:
-            return list(seen)
-        member = next_member(todo, rates, seeds, seen)
+    while (member := next_to_train(rates, seeds, seen)[0]) is not None:
         seen[member] = dev[member]
+    return list(seen)
 
 
 def grids(results: Path) -> dict[tuple[str, str, str, int], dict[Member, dict]]:
@@ -60,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     lines = ["# Grid members that could not change the choice, on the finished grids", "",
              f"`python benchmarks/grid_replay.py` at commit {git_commit()}: every finished multi-seed grid under "
-             "`benchmarks/results/` replayed through `fsllm.selection.beaten_rates` / `next_member` (the grids ran "
+             "`benchmarks/results/` replayed through `fsllm.selection.next_to_train` (the grids ran "
              "every member; the time is what each skipped member took).", "",
              "| folder | table | row | size | members | skipped (rate, seed) | same choice | minutes skipped / all |",
              "|---|---|---|---:|---:|---|---|---:|"]

@@ -10,7 +10,7 @@ import pytest
 from fsllm.cli import build_parser, train_config_from_args
 from fsllm.config import TrainConfig
 from fsllm.errors import ConfigError
-from fsllm.selection import beaten_rates, choose_rate, member_config, member_name, next_member
+from fsllm.selection import beaten_rates, choose_rate, member_config, member_name, next_member, next_to_train
 
 
 def test_choose_rate_takes_the_best_mean_over_seeds():
@@ -75,13 +75,9 @@ def test_bad_rate_text_is_an_argparse_error(capsys):
 def _run_grid_skipping(full: dict[tuple[float, int], float], rates, seeds, greater: bool) -> dict:
     """The members a grid trains when it skips the beaten ones, in the order it trains them."""
     dev: dict[tuple[float, int], float] = {}
-    while True:
-        beaten = beaten_rates(rates, seeds, dev, greater)
-        todo = [(lr, s) for s in seeds for lr in rates if (lr, s) not in dev and lr not in beaten]
-        if not todo:
-            return dev
-        member = next_member(todo, rates, seeds, dev, greater)
+    while (member := next_to_train(rates, seeds, dev, greater)[0]) is not None:
         dev[member] = full[member]
+    return dev
 
 
 @pytest.mark.parametrize("greater", [True, False])

@@ -44,18 +44,17 @@ def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, ru
     """Run the members not finished yet that can still change the choice (dev only; a member is finished
     when its JSON exists); return every finished member's record by cell id and the beaten rates
     (:func:`fsllm.selection.beaten_rates`, keyed by rate key), whose remaining members were not run."""
-    from fsllm.selection import beaten_rates, next_member, rate_key
+    from fsllm.selection import cannot_win_record, next_to_train, rate_key
 
     rates, seeds = budget.grid_for(cell.row), budget.seeds_of_grid
     by_rate_seed = {(m.lr, m.seed): m for m in members}
     while True:
         done = {m.id: json.loads(cell_path(out, cell.table, m.id).read_text()) for m in members if is_done(out, m)}
         dev = {(m.lr, m.seed): done[m.id].get("dev_metric") for m in members if m.id in done}
-        beaten = beaten_rates(rates, seeds, dev)  # dev scores are fractions: at most 1, as the library's metrics
-        todo = [(m.lr, m.seed) for m in members if m.id not in done and m.lr not in beaten]
-        if not todo:
+        member, beaten = next_to_train(rates, seeds, dev)  # dev scores are fractions: at most 1, as the library's
+        if member is None:
             break
-        m = by_rate_seed[next_member(todo, rates, seeds, dev)]
+        m = by_rate_seed[member]
         logger.info("  grid %d/%d: %s/%s", members.index(m) + 1, len(members), cell.table, m.id)
         run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
     for lr, why in beaten.items():
@@ -63,8 +62,7 @@ def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, ru
             if "bound" in why else why["reason"]
         logger.info("  grid %s/%s: rate %s cannot win (%s): seeds %s not run", cell.table, cell.id, rate_key(lr), bound,
                     ",".join(map(str, why["seeds_not_run"])))
-    return done, {rate_key(lr): {**why, **({"leader": rate_key(why["leader"])} if "leader" in why else {})}
-                  for lr, why in beaten.items()}
+    return done, cannot_win_record(beaten)
 
 
 def check_members(cell: Cell, members: list[Cell], done: dict[str, dict], budget: Budget, out: Path) -> None:

@@ -105,6 +105,13 @@ class StopOnSignal(TrainerCallback):
             self._group = None
 
 
+def wait_for_every_process() -> None:
+    """Under torchrun (a process group of several), wait until every process has reached this point: what
+    process 0 writes before it is then there for the others to read."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+
+
 def train_stopping_on_signal(trainer, resume_from_checkpoint: str | None, resume_hint: str):
     """``trainer.train(...)``, with the handlers of its ``StopOnSignal`` (if it has one) given back even when
     training raises, and :class:`TrainingInterrupted` raised when a signal stopped it: the stop checkpoint is
@@ -116,10 +123,9 @@ def train_stopping_on_signal(trainer, resume_from_checkpoint: str | None, resume
         if stop is not None:
             stop.restore()
     if stop is not None and stop.signum is not None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # no process exits before process 0 has written the checkpoint (torchrun ends the others
-            # as soon as one exits with a failure)
-            torch.distributed.barrier()
+        # no process exits before process 0 has written the checkpoint (torchrun ends the others as soon as one
+        # exits with a failure)
+        wait_for_every_process()
         step = trainer.state.global_step
         saved = Path(trainer.args.output_dir) / f"checkpoint-{step}"
         raise TrainingInterrupted(stop.signum, step, str(saved) if saved.is_dir() else None, resume_hint)

@@ -51,6 +51,7 @@ from .backbones import is_quantized, load_tokenizer
 from .config import TrainConfig, torch_dtype
 from .errors import FSLLMError, TrainingInterrupted
 from .evaluation import evaluate_examples
+from .interruption import wait_for_every_process
 from .metrics import LOWER_IS_BETTER
 from .model_card import model_card_text
 from .modeling import MODEL_CARD_NAME, load_model
@@ -178,6 +179,24 @@ def next_member(
     return max((m for m in todo if seeds.index(m[1]) == first), key=so_far)
 
 
+def next_to_train(
+    rates: Sequence[float], seeds: Sequence[int], dev: Mapping[tuple[float, int], float | None],
+    greater_is_better: bool = True,
+) -> tuple[tuple[float, int] | None, dict[float, dict]]:
+    """One step of a grid that skips what cannot change its choice: the ``(rate, seed)`` member to train next
+    (:func:`next_member`; None when every member is finished or beaten) and the beaten rates
+    (:func:`beaten_rates`), given the finished members' dev scores."""
+    beaten = beaten_rates(rates, seeds, dev, greater_is_better)
+    todo = [(lr, s) for s in seeds for lr in rates if (lr, s) not in dev and lr not in beaten]
+    return (next_member(todo, rates, seeds, dev, greater_is_better) if todo else None), beaten
+
+
+def cannot_win_record(beaten: Mapping[float, dict]) -> dict[str, dict]:
+    """:func:`beaten_rates` as a grid's JSON records it (``cannot_win``): rates as :func:`rate_key` writes them."""
+    return {rate_key(lr): {**why, **({"leader": rate_key(why["leader"])} if "leader" in why else {})}
+            for lr, why in beaten.items()}
+
+
 def _member_state(path: Path) -> str:
     """``done`` (its report written), ``started`` (its config written: resume it) or ``new``."""
     folder = RunFolder(path)
@@ -221,11 +240,10 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
             logger.info("grid member %s: finished, kept", member_name(lr, s))
             _check_member(mcfg)
     while True:
-        beaten = beaten_rates(rates, seeds, dev, greater)
-        todo = [(lr, s) for lr, s, _ in members if (lr, s) not in dev and lr not in beaten]
-        if not todo:
+        member, beaten = next_to_train(rates, seeds, dev, greater)
+        if member is None:
             break
-        lr, s = next_member(todo, rates, seeds, dev, greater)
+        lr, s = member
         mcfg, name = configs[lr, s], member_name(lr, s)
         state = states[name]
         logger.info("grid member %d/%d %s: %s", len(dev) + 1, len(members), name,
@@ -250,7 +268,7 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
                 shutil.rmtree(folder.path, ignore_errors=True)
             raise
         # every process reads the member's score once process 0 has written it, so all choose the same next one
-        _wait_for_every_process()
+        wait_for_every_process()
         dev[lr, s] = _member_dev(mcfg, data.metric)
     for lr, why in beaten.items():
         logger.info("grid rate %s cannot win (%s): seeds %s not trained", rate_key(lr),
@@ -266,12 +284,6 @@ def _member_dev(mcfg: TrainConfig, metric: str) -> float | None:
     """A finished member's dev score, from its report."""
     report = json.loads((Path(mcfg.output_dir) / MEMBER_DONE_FILE).read_text())
     return (report.get("dev") or {}).get(metric)
-
-
-def _wait_for_every_process() -> None:
-    """Under torchrun, wait until every process is here (process 0 has written the member's report)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.barrier()
 
 
 def _check_member(mcfg: TrainConfig) -> None:
@@ -313,8 +325,7 @@ def _finish(cfg: TrainConfig, folder: RunFolder, members: list, metric: str,
         "chosen_member": f"{GRID_DIR}/{kept}",
     }
     if beaten:  # the members not trained, and the bound that ruled each rate out
-        grid["cannot_win"] = {rate_key(lr): {**why, **({"leader": rate_key(why["leader"])} if "leader" in why else {})}
-                              for lr, why in beaten.items()}
+        grid["cannot_win"] = cannot_win_record(beaten)
     logger.info("grid dev %s: %s -> lr %s (member %s)", metric,
                 ", ".join(f"{rate_key(lr)} {v if v is None else round(v, 4)}" for lr, v in scores.items()),
                 rate_key(chosen), kept)
