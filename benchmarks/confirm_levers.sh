@@ -22,8 +22,8 @@
 # Lane b: the sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16,
 # three seeds each) and of rank 16's update scale at rank 8 (fs-alpha64), FS's max and last poolings on
 # rt-polarity (fs-r16-rslora's rate), rank 16 there again without early stopping and then the whole confirmation
-# so (grids and all), hf-native given the same capacity at NER 4,000 and then with document context there, the
-# screen of LoRA+ (fs-loraplus) and of the lambda schedule with rank 16, rank 16 with repetition on rt-polarity at
+# so (grids and all), hf-native given the same capacity at NER 4,000, the screen of the lambda schedule with rank 16,
+# hf-native with document context at 4,000, the screen of LoRA+ (fs-loraplus), rank 16 with repetition on rt-polarity at
 # rank 16's rate there, today's default at 4,000 under the same selection, hf-native on the full set, the sentence
 # confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds. Lane gpu: below.
 set -uo pipefail
@@ -160,16 +160,17 @@ case $lane in
     # before the NER runs: a protocol defect is fixed before more cells are run under it
     sentences rt-polarity fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences-no-early-stop
     confirm_ner hf-native-r16-rslora
+    # FS's own lever with a gain on both its screened seeds, the scheduled release (causal to bidirectional over the first
+    # 30% of the steps), its third seed, then with rank 16 against rank 16 alone: at one capacity and input the released
+    # mask ties `is_causal = False`, and a schedule is a mask the commodity path cannot express (about 20 min a seed);
+    # before hf-native's context seeds (3 h each), since only a lever of FS's own can reach the +1.0 target
+    screen fs-lambda-schedule-0.3 2
+    for seed in 0 1 2; do screen fs-r16-rslora-lambda-schedule-0.3 $seed; done
     # the commodity path given FS's NER recipe's context at its rate: the target's pairing at 4,000 (FS's recipe
     # against hf-native at the same capacity and input), before the default's grid, which decides no target
     confirm_doc hf-native-r16-rslora-doc64 hf-native-r16-rslora
     # the next capacity lever, screened as the others were (about 15 min a seed on one thread)
     for seed in 0 1 2; do screen fs-loraplus $seed; done
-    # FS's own lever with a gain on both its screened seeds, the scheduled release (causal to bidirectional over the first
-    # 30% of the steps), its third seed, then with rank 16 against rank 16 alone: at one capacity and input the released
-    # mask ties `is_causal = False`, and a schedule is a mask the commodity path cannot express (about 20 min a seed)
-    screen fs-lambda-schedule-0.3 2
-    for seed in 0 1 2; do screen fs-r16-rslora-lambda-schedule-0.3 $seed; done
     # rank 16 alone missed the rt-polarity target by 0.5 (paired −0.5 ± 0.5 against hf-native at the same
     # capacity): FS's own lever there, repetition under the causal mask (echo embeddings' reading), at rank 16's
     # rate (3 seeds, about 40 min each on one thread)
