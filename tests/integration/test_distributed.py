@@ -253,14 +253,32 @@ def test_save_pretrained_of_an_fsdp2_sharded_model_writes_the_whole_trainable_st
     assert rank0["head_same"] and rank0["adapter_same"] and rank0["adapter_tensors"] > 0
 
 
-def _torchrun_train(tmp_path: Path, model_dir, *options: str) -> tuple[subprocess.CompletedProcess, Path]:
-    """``fsllm train`` on a small CoNLL set under ``torchrun`` with two processes (gloo on CPU); the run folder."""
+_SLOW_REPORTS = '''
+import os, sys, time
+from fsllm.cli import main
+from fsllm.run import RunFolder
+
+if os.environ["RANK"] == "0":  # process 0 writes each report 2 s late: a process that does not wait for it fails
+    _write = RunFolder.write_metrics
+    RunFolder.write_metrics = lambda self, metrics: (time.sleep(2), _write(self, metrics))[1]
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def _torchrun_train(tmp_path: Path, model_dir, *options: str,
+                    slow_reports: bool = False) -> tuple[subprocess.CompletedProcess, Path]:
+    """``fsllm train`` on a small CoNLL set under ``torchrun`` with two processes (gloo on CPU); the run folder.
+    ``slow_reports``: process 0 writes each ``metrics.json`` 2 s late (the same CLI, run from a script)."""
     data = write_conll_dir(tmp_path)
     run = tmp_path / "run"
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    entry = ["-m", "fsllm.cli"]
+    if slow_reports:
+        (tmp_path / "slow_reports.py").write_text(_SLOW_REPORTS)
+        entry = [str(tmp_path / "slow_reports.py")]
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "fsllm.cli", "train", "--data", str(data), "--model", str(model_dir), "--output", str(run), *options],
+         *entry, "train", "--data", str(data), "--model", str(model_dir), "--output", str(run), *options],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -281,9 +299,10 @@ def test_torchrun_two_processes_share_the_data_and_write_one_run(tmp_path, tiny_
 
 def test_torchrun_grid_processes_read_each_member_s_score_once_process_0_has_written_it(tmp_path, tiny_model_dir):
     """A learning-rate grid under ``torchrun``: after each member every process reads its dev score (to choose the
-    next member, or skip a beaten rate's), which process 0 alone writes; without waiting for it the others fail."""
+    next member, or skip a beaten rate's), which process 0 alone writes; without waiting for it the others fail
+    (process 0 writes each report late here, so that a missing wait fails every time, not by a race)."""
     proc, run = _torchrun_train(tmp_path, tiny_model_dir, "--max-steps", "1", "--batch-size", "2", "--lr", "1e-3,5e-2",
-                                "--grid-seeds", "42,7")
+                                "--grid-seeds", "42,7", slow_reports=True)
     grid = json.loads((run / "grid.json").read_text())
     trained = {(m["lr"], m["seed"]) for m in grid["members"]}
     not_run = {(float(lr), s) for lr, why in (grid.get("cannot_win") or {}).items() for s in why["seeds_not_run"]}
