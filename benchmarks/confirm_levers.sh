@@ -160,8 +160,8 @@ case $lane in
     # before the NER runs: a protocol defect is fixed before more cells are run under it
     sentences rt-polarity fs-r16-rslora,hf-native-r16-rslora,minilm $res/confirm-sentences-no-early-stop
     confirm_ner hf-native-r16-rslora
-    # FS's own lever with a gain on both its screened seeds, the scheduled release (causal to bidirectional over the first
-    # 30% of the steps), its third seed, then with rank 16 against rank 16 alone: at one capacity and input the released
+    # FS's own lever queued when it had gained on both its first two seeds, the scheduled release (causal to bidirectional
+    # over the first 30% of the steps), its third seed, then with rank 16 against rank 16 alone: at one capacity and input the released
     # mask ties `is_causal = False`, and a schedule is a mask the commodity path cannot express (about 20 min a seed);
     # before hf-native's context seeds (3 h each), since only a lever of FS's own can reach the +1.0 target
     screen fs-lambda-schedule-0.3 2
