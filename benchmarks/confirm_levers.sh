@@ -23,7 +23,8 @@
 # three seeds each) and of rank 16's update scale at rank 8 (fs-alpha64), FS's max and last poolings on
 # rt-polarity (fs-r16-rslora's rate), rank 16 there again without early stopping and then the whole confirmation
 # so (grids and all), hf-native given the same capacity at NER 4,000, the screen of the lambda schedule with rank 16,
-# hf-native with document context at 4,000, the screen of LoRA+ (fs-loraplus), rank 16 with repetition on rt-polarity at
+# hf-native with document context at 4,000, the screens of LoRA+ (fs-loraplus) and of a linear head (fs-linear), rank
+# 16 with repetition on rt-polarity at
 # rank 16's rate there, today's default at 4,000 under the same selection, hf-native on the full set, the sentence
 # confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds. Lane gpu: below.
 set -uo pipefail
@@ -171,6 +172,9 @@ case $lane in
     confirm_doc hf-native-r16-rslora-doc64 hf-native-r16-rslora
     # the next capacity lever, screened as the others were (about 15 min a seed on one thread)
     for seed in 0 1 2; do screen fs-loraplus $seed; done
+    # the last part of what FS adds to the commodity path that was never screened on NER: its RMSNorm + SwiGLU head
+    # against hf-native's kind (RMSNorm -> linear), paired with the default by seed
+    for seed in 0 1 2; do screen fs-linear $seed; done
     # rank 16 alone missed the rt-polarity target by 0.5 (paired −0.5 ± 0.5 against hf-native at the same
     # capacity): FS's own lever there, repetition under the causal mask (echo embeddings' reading), at rank 16's
     # rate (3 seeds, about 40 min each on one thread)

@@ -126,13 +126,13 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     # then the lambda schedule's third seed and the schedule with rank 16 (three seeds), FS's own lever, and
     # (hf-native's context row waiting for its rate) the LoRA+ screen, at the screen's budget, and today's default
     # under the same selection, on the grid of the same scale x rate as rank 16's
-    assert [(_flag(c, "--only"), _flag(c, "--seeds")) for c in cmds[11:18]] == [
+    assert [(_flag(c, "--only"), _flag(c, "--seeds")) for c in cmds[11:21]] == [
         ("fs-lambda-schedule-0.3", "2"), *[("fs-r16-rslora-lambda-schedule-0.3", s) for s in "012"],
-        *[("fs-loraplus", s) for s in "012"]]
-    assert all(_flag(c, "--out").endswith("/levers-screen") and _flag(c, "--lr") == "1e-3" for c in cmds[11:18])
+        *[("fs-loraplus", s) for s in "012"], *[("fs-linear", s) for s in "012"]]
+    assert all(_flag(c, "--out").endswith("/levers-screen") and _flag(c, "--lr") == "1e-3" for c in cmds[11:21])
     # the schedule's seed 2 is not run twice (once it was in the lane's tail)
     assert [(_flag(c, "--only"), _flag(c, "--seeds")) for c in cmds].count(("fs-lambda-schedule-0.3", "2")) == 1
-    default = cmds[18]
+    default = cmds[21]
     assert (_flag(default, "--only"), _flag(default, "--sizes"), _flag(default, "--grid-seeds")) == (
         "fs-bidirectional", "4000", "0,1,2")
     assert _last_flag(default, "--lr-grid") == "5e-4,1e-3,2e-3"
@@ -155,17 +155,18 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
         ("fs-lambda-schedule-0.3", "2", "1000"), *[("fs-r16-rslora-lambda-schedule-0.3", s, "1000") for s in "012"]]
     k = only.index("hf-native-r16-rslora-doc64")
     assert k == g + 5
-    assert [(only[k + i], _flag(cmds[k + i], "--seeds"), _flag(cmds[k + i], "--sizes")) for i in range(1, 4)] == [
-        ("fs-loraplus", s, "1000") for s in "012"]
+    assert [(only[k + i], _flag(cmds[k + i], "--seeds"), _flag(cmds[k + i], "--sizes")) for i in range(1, 7)] == [
+        *[("fs-loraplus", s, "1000") for s in "012"], *[("fs-linear", s, "1000") for s in "012"]]
+    assert all(_flag(cmds[k + i], "--out").endswith("/levers-screen") for i in range(1, 7))
     # then FS's own lever on rt-polarity at the rate rank 16's grid chose there, in the no-early-stop folder
-    echo = cmds[k + 4]
+    echo = cmds[k + 7]
     assert (echo[1], _flag(echo, "--only"), _flag(echo, "--lr"), _flag(echo, "--seeds")) == (
         "rt-polarity", "fs-r16-rslora-repeat2-causal", "0.0002", "0,1,2")
     assert "--lr-grid" not in echo and "--patience" not in echo
     assert _flag(echo, "--out").endswith("/confirm-sentences-no-early-stop")
-    default = cmds[k + 5]
+    default = cmds[k + 8]
     assert (_flag(default, "--only"), _flag(default, "--sizes")) == ("fs-bidirectional", "4000")
-    full = cmds[k + 6]
+    full = cmds[k + 9]
     assert _flag(full, "--only") == "hf-native-r16-rslora" and _flag(full, "--sizes") == "14041"
     gemma = [c for c in cmds if "--model" in c]
     assert gemma and all(_flag(c, "--model") == "gemma3-270m" for c in gemma)
