@@ -44,7 +44,7 @@ def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, ru
     """Run the members not finished yet that can still change the choice (dev only; a member is finished
     when its JSON exists); return every finished member's record by cell id and the beaten rates
     (:func:`fsllm.selection.beaten_rates`, keyed by rate key), whose remaining members were not run."""
-    from fsllm.selection import cannot_win_record, next_to_train, rate_key
+    from fsllm.selection import cannot_win_reason, cannot_win_record, next_to_train, rate_key
 
     rates, seeds = budget.grid_for(cell.row), budget.seeds_of_grid
     by_rate_seed = {(m.lr, m.seed): m for m in members}
@@ -58,10 +58,8 @@ def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, ru
         logger.info("  grid %d/%d: %s/%s", members.index(m) + 1, len(members), cell.table, m.id)
         run_cell(m, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
     for lr, why in beaten.items():
-        bound = f"its mean dev is at most {why['bound']:.4f} < {rate_key(why['leader'])}'s {why['leader_dev']:.4f}" \
-            if "bound" in why else why["reason"]
-        logger.info("  grid %s/%s: rate %s cannot win (%s): seeds %s not run", cell.table, cell.id, rate_key(lr), bound,
-                    ",".join(map(str, why["seeds_not_run"])))
+        logger.info("  grid %s/%s: rate %s cannot win (%s): seeds %s not run", cell.table, cell.id, rate_key(lr),
+                    cannot_win_reason(why), ",".join(map(str, why["seeds_not_run"])))
     return done, cannot_win_record(beaten)
 
 

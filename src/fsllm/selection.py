@@ -197,6 +197,14 @@ def cannot_win_record(beaten: Mapping[float, dict]) -> dict[str, dict]:
             for lr, why in beaten.items()}
 
 
+def cannot_win_reason(why: Mapping, metric: str = "") -> str:
+    """Why :func:`beaten_rates` ruled a rate out, for a log line: its bound against the leader's mean, or the reason."""
+    if "bound" not in why:
+        return why["reason"]
+    return (f"its mean dev {metric + ' ' if metric else ''}can reach {why['bound']:.4f} at best, "
+            f"rate {rate_key(why['leader'])} has {why['leader_dev']:.4f}")
+
+
 def _member_state(path: Path) -> str:
     """``done`` (its report written), ``started`` (its config written: resume it) or ``new``."""
     folder = RunFolder(path)
@@ -272,9 +280,7 @@ def train_grid(cfg: TrainConfig, folder: RunFolder, *, resume: bool = False,
         dev[lr, s] = _member_dev(mcfg, data.metric)
     for lr, why in beaten.items():
         logger.info("grid rate %s cannot win (%s): seeds %s not trained", rate_key(lr),
-                    f"its mean dev {data.metric} can reach {why['bound']:.4f} at best, rate {rate_key(why['leader'])} "
-                    f"has {why['leader_dev']:.4f}" if "bound" in why else why["reason"],
-                    ",".join(map(str, why["seeds_not_run"])))
+                    cannot_win_reason(why, data.metric), ",".join(map(str, why["seeds_not_run"])))
     if not is_main_process():
         return RunResult(folder.path, {}, [])
     return _finish(cfg, folder, [m for m in members if (m[0], m[1]) in dev], data.metric, beaten)
