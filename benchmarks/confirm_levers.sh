@@ -24,9 +24,9 @@
 # rt-polarity (fs-r16-rslora's rate), rank 16 there again without early stopping and then the whole confirmation
 # so (grids and all), hf-native given the same capacity at NER 4,000, the screen of the lambda schedule with rank 16,
 # hf-native with document context at 4,000, the screens of LoRA+ (fs-loraplus) and of a linear head (fs-linear), rank
-# 16 with repetition on rt-polarity at
-# rank 16's rate there, today's default at 4,000 under the same selection, hf-native on the full set, the sentence
-# confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds. Lane gpu: below.
+# 16 with repetition on rt-polarity at rank 16's rate there, today's default at 4,000 under the same selection,
+# hf-native on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
+# Lane gpu: below.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lane=${1:?usage: confirm_levers.sh a|b|gpu [RUNS_DIR]}

@@ -124,8 +124,8 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     # before the commodity path at 4,000
     assert (cmds[10][1], _flag(cmds[10], "--only"), _flag(cmds[10], "--sizes")) == ("ner", "hf-native-r16-rslora", "4000")
     # then the lambda schedule's third seed and the schedule with rank 16 (three seeds), FS's own lever, and
-    # (hf-native's context row waiting for its rate) the LoRA+ screen, at the screen's budget, and today's default
-    # under the same selection, on the grid of the same scale x rate as rank 16's
+    # (hf-native's context row waiting for its rate) the LoRA+ and linear-head screens, at the screen's budget, and
+    # today's default under the same selection, on the grid of the same scale x rate as rank 16's
     assert [(_flag(c, "--only"), _flag(c, "--seeds")) for c in cmds[11:21]] == [
         ("fs-lambda-schedule-0.3", "2"), *[("fs-r16-rslora-lambda-schedule-0.3", s) for s in "012"],
         *[("fs-loraplus", s) for s in "012"], *[("fs-linear", s) for s in "012"]]
@@ -149,7 +149,8 @@ def test_lane_b_starts_with_rt_polarity_document_context_and_the_poolings_and_an
     doc = cmds[only.index("hf-native-r16-rslora-doc64")]
     assert code == 0 and _flag(doc, "--lr") == "0.0005" and _flag(doc, "--sizes") == "4000"
     # after hf-native's grid the schedule screens (FS's own lever, at the screen's budget), then the context row,
-    # then the LoRA+ screen, the default's grid and hf-native's full set
+    # then the LoRA+ and linear-head screens, rank 16 with repetition on rt-polarity, the default's grid and
+    # hf-native's full set
     g = only.index("hf-native-r16-rslora")
     assert [(only[g + i], _flag(cmds[g + i], "--seeds"), _flag(cmds[g + i], "--sizes")) for i in range(1, 5)] == [
         ("fs-lambda-schedule-0.3", "2", "1000"), *[("fs-r16-rslora-lambda-schedule-0.3", s, "1000") for s in "012"]]
