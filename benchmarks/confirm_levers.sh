@@ -15,16 +15,17 @@
 # A command that fails is reported and the lane goes on to the next one.
 #
 # Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), rank 16 with repetition under the
-# causal mask and with document context (64 sub-tokens a side) at its rate, rank 16 with document context on the
-# full training set, MPNet again under the same three-seed grid (its cells then carry every NER reading) and with
-# document context at the rate chosen there, rank 16 alone and MPNet on the full set at the rates chosen at 4,000,
+# causal mask and with document context (64 sub-tokens a side) at its rate, rank 16 with repetition under the
+# causal mask on rt-polarity (1,000) at rank 16's rate there, rank 16 with document context on the full training
+# set, MPNet again under the same three-seed grid (its cells then carry every NER reading) and with document
+# context at the rate chosen there, rank 16 alone and MPNet on the full set at the rates chosen at 4,000,
 # the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds.
 # Lane b: the sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16,
 # three seeds each) and of rank 16's update scale at rank 8 (fs-alpha64), FS's max and last poolings on
 # rt-polarity (fs-r16-rslora's rate), rank 16 there again without early stopping and then the whole confirmation
 # so (grids and all), hf-native given the same capacity at NER 4,000, the screen of the lambda schedule with rank 16,
-# hf-native with document context at 4,000, the screens of LoRA+ (fs-loraplus) and of a linear head (fs-linear), rank
-# 16 with repetition on rt-polarity at rank 16's rate there, today's default at 4,000 under the same selection,
+# the screens of LoRA+ (fs-loraplus) and of a linear head (fs-linear), hf-native with document context at 4,000,
+# today's default at 4,000 under the same selection,
 # hf-native on the full set, the sentence confirmation on tweets-3, Gemma-3-270m, the rest of the screen's seeds.
 # Lane gpu: below.
 set -uo pipefail
@@ -121,6 +122,11 @@ case $lane in
     # document context (the screen's largest gain) with rank 16, FS's most likely way past MPNet, also before
     # MPNet's grid
     confirm_doc fs-r16-rslora-doc64 fs-r16-rslora
+    # rank 16 alone missed the rt-polarity target by 0.5 (paired −0.5 ± 0.5 against hf-native at the same
+    # capacity): FS's own lever there, repetition under the causal mask (echo embeddings' reading), at rank 16's
+    # rate (3 seeds, about 40 min each on one thread); before the full set's cells, which take 5 h a seed on one
+    # thread, so that it finishes in one sitting
+    sentence_lever rt-polarity fs-r16-rslora-repeat2-causal fs-r16-rslora
     # document context is FS's NER recipe (paired +1.7 ± 0.4 over rank 16 at 4,000, dev ahead on every seed): the
     # full set with it next, at the rate it ran at 4,000 (the 91.0 target; MPNet's 90.7 and hf-native's 88.2 there
     # are cells already), before MPNet's nine-run grid, which refines a comparison at 4,000 the context already ties
@@ -167,18 +173,16 @@ case $lane in
     # before hf-native's context seeds (3 h each), since only a lever of FS's own can reach the +1.0 target
     screen fs-lambda-schedule-0.3 2
     for seed in 0 1 2; do screen fs-r16-rslora-lambda-schedule-0.3 $seed; done
-    # the commodity path given FS's NER recipe's context at its rate: the target's pairing at 4,000 (FS's recipe
-    # against hf-native at the same capacity and input), before the default's grid, which decides no target
-    confirm_doc hf-native-r16-rslora-doc64 hf-native-r16-rslora
     # the next capacity lever, screened as the others were (about 15 min a seed on one thread)
     for seed in 0 1 2; do screen fs-loraplus $seed; done
     # the last part of what FS adds to the commodity path that was never screened on NER: its RMSNorm + SwiGLU head
     # against hf-native's kind (RMSNorm -> linear), paired with the default by seed
     for seed in 0 1 2; do screen fs-linear $seed; done
-    # rank 16 alone missed the rt-polarity target by 0.5 (paired −0.5 ± 0.5 against hf-native at the same
-    # capacity): FS's own lever there, repetition under the causal mask (echo embeddings' reading), at rank 16's
-    # rate (3 seeds, about 40 min each on one thread)
-    sentence_lever rt-polarity fs-r16-rslora-repeat2-causal fs-r16-rslora
+    # the commodity path given FS's NER recipe's context at its rate: the target's pairing at 4,000 (FS's recipe
+    # against hf-native at the same capacity and input), after the screens (about 15 min a seed, so they finish in
+    # one sitting; this row takes about 3 h a seed on one thread), before the default's grid, which decides no
+    # target
+    confirm_doc hf-native-r16-rslora-doc64 hf-native-r16-rslora
     # today's default under the same three-seed selection on this machine, for the default's decision: its grid
     # is rank 16's in scale x rate (rank 8's scale is half rsLoRA's at rank 16; its earlier choice, 1e-3, lay at
     # the lower edge of 1e-3 and 2e-3)
