@@ -12,7 +12,9 @@
 #
 # RUNS_DIR (second argument, default runs/) holds the run folders; RESULTS (environment, default
 # benchmarks/results) the cell JSONs, e.g. a checkout's own when the lanes run from a copy of it.
-# A command that fails is reported and the lane goes on to the next one.
+# A command that fails is reported and the lane goes on to the next one. The cells train under bf16 autocast
+# (the paper's rows excepted): on a CPU without AMX or AVX512-BF16, where bf16 is emulated tens of times slower
+# than fp32, paper_tables.py refuses them, so a lane there runs only its fp32 commands.
 #
 # Lane a: FS with LoRA rank 16 + rsLoRA at NER 4,000 (three-seed rate grid), rank 16 with repetition under the
 # causal mask and with document context (64 sub-tokens a side) at its rate, rank 16 with repetition under the

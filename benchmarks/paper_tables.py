@@ -58,6 +58,7 @@ from papertables.report import fmt, write_report
 from papertables.rows import DEFAULT_SIZES, TABLE_DATA, TABLES
 from papertables.runner import Skip, run_cell, try_reuse
 
+from fsllm.config import emulated_bf16
 from fsllm.errors import TrainingInterrupted
 from fsllm.threads import apply_omp_threads, omp_threads
 
@@ -119,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="autocast of the FS, causal, hf-native and encoder rows (bf16: where the CPU or GPU has bf16 "
                         "matmuls, ~1.7x faster steps; the instruction-tuned row stays fp32) [fp32]")
+    b.add_argument("--allow-emulated-bf16", action="store_true",
+                   help="run bf16 cells on a machine without bf16 matmul hardware (refused otherwise: emulated bf16 "
+                        "trains tens of times slower than fp32 on an AVX2 CPU, and the cells record that time)")
     b.add_argument("--mpnet-dir", default=None, help="folder of all-mpnet-base-v2 (config.json + weights)")
     e = p.add_argument_group("estimates (--dry-run)")
     e.add_argument("--step-seconds", type=float, default=1.5, help="one FS training step of batch 16 [1.5]")
@@ -170,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if a.max_cells is not None:
         todo = todo[: a.max_cells]
+    bf16_cells = [c.id for c in todo  # a row's own precision (fs-bf16) wins over the budget's, as in its run
+                  if c.row.train_overrides.get("precision", budget.for_row(c.row).get("precision")) == "bf16"]
+    if bf16_cells and not a.allow_emulated_bf16 and (slow := emulated_bf16("--precision bf16")):
+        # before any cell starts: a lane goes on to its next command, whose cells may be fp32 ones
+        logger.error("%s; not run: %s (--allow-emulated-bf16 runs them anyway)", slow, ", ".join(bf16_cells))
+        return 2
     apply_omp_threads()  # torch takes MKL_NUM_THREADS over OMP_NUM_THREADS: a lane trains on the threads it is given
     logger.info("table %s: %d cells, %d to run now", a.table, len(cells), len(todo))
     failed, skipped = [], []

@@ -73,6 +73,27 @@ def test_precision_auto_is_bf16_only_where_the_hardware_has_bf16_matmuls(monkeyp
     assert cfg.precision == "fp32"
 
 
+def test_a_training_run_given_bf16_where_it_is_emulated_keeps_it_and_warns(monkeypatch, tmp_path, caplog):
+    import fsllm.config as config
+    from fsllm.training import TrainConfig, resolve_config
+
+    monkeypatch.setattr(config, "bf16_hardware", lambda: None)
+    with caplog.at_level("WARNING", logger="fsllm"):
+        cfg, _ = resolve_config(TrainConfig(precision="bf16", backbone_dtype="bf16", output_dir=str(tmp_path / "a")),
+                                False, {})
+    assert (cfg.precision, cfg.backbone_dtype) == ("bf16", "bf16")  # kept: a run must match its saved config
+    assert "precision bf16: no bf16 matmul hardware here" in caplog.text
+    assert "backbone_dtype bf16: no bf16 matmul hardware here" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fsllm"):  # auto and fp32 run in fp32 here: nothing to say
+        resolve_config(TrainConfig(precision="auto", output_dir=str(tmp_path / "b")), False, {})
+    assert "no bf16 matmul hardware here" not in caplog.text
+    monkeypatch.setattr(config, "bf16_hardware", lambda: "the CPU has AVX512-BF16")
+    with caplog.at_level("WARNING", logger="fsllm"):
+        resolve_config(TrainConfig(precision="bf16", output_dir=str(tmp_path / "c")), False, {})
+    assert "no bf16 matmul hardware here" not in caplog.text
+
+
 def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
     import builtins
 
@@ -95,4 +116,8 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch, tmp_path):
     assert config.native_bf16() is not None
     monkeypatch.setenv("FSLLM_NATIVE_BF16", "0")  # the hardware has it, the environment says fp32
     assert config.native_bf16() is None
+    assert config.bf16_hardware() == "the CPU has AVX512-BF16"  # what a bf16 chosen explicitly runs on
+    assert config.emulated_bf16("precision bf16") is None
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\n")
+    assert "no bf16 matmul hardware" in config.emulated_bf16("precision bf16")
     assert config.TrainConfig().precision == "auto"  # the default

@@ -115,6 +115,23 @@ def test_bf16_predictor_casts_the_weights_and_keeps_the_labels(tiny_seq_model_di
         Predictor.from_pretrained(tiny_seq_model_dir, precision="fp8")
 
 
+def test_bf16_asked_for_where_it_is_emulated_is_kept_with_a_warning(tiny_seq_model_dir, monkeypatch, caplog):
+    """An AVX2 CPU runs bf16 matmuls tens of times slower than fp32: the reader keeps the choice but says so."""
+    import fsllm.config as config
+
+    monkeypatch.setattr(config, "bf16_hardware", lambda: None)
+    with caplog.at_level("WARNING", logger="fsllm"):
+        assert Predictor.from_pretrained(tiny_seq_model_dir, precision="bf16").precision == "bf16"
+    assert "precision bf16: no bf16 matmul hardware here" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(config, "bf16_hardware", lambda: "the CPU has AVX512-BF16")
+    with caplog.at_level("WARNING", logger="fsllm"):
+        Predictor.from_pretrained(tiny_seq_model_dir, precision="bf16")
+        monkeypatch.setattr(config, "bf16_hardware", lambda: None)
+        Predictor.from_pretrained(tiny_seq_model_dir, precision="fp32")  # fp32 needs nothing
+    assert "no bf16 matmul hardware here" not in caplog.text
+
+
 def test_device_auto_picks_the_gpu_when_torch_sees_one_and_a_missing_gpu_is_a_clear_error(tiny_seq_model_dir,
                                                                                            monkeypatch):
     from fsllm.config import resolve_device

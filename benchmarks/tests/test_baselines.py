@@ -290,6 +290,28 @@ def test_a_table_run_trains_on_the_openmp_threads_it_is_given(tmp_path, monkeypa
         torch.set_num_threads(before)
 
 
+def test_bf16_cells_are_refused_where_bf16_is_emulated_and_fp32_cells_still_run(tmp_path, monkeypatch, caplog):
+    """A bf16 budget on a CPU without bf16 matmul hardware would train tens of times slower (and record that
+    time): refused before any cell starts unless asked for; fp32 cells and the dry run are not affected."""
+    import fsllm.config as config
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # main sets it: restored after the test
+    started = []
+    rec = {"primary_metric": "accuracy", "dev_metric": 0.5, "test": None, "cell_seconds": 1.0}
+    monkeypatch.setattr(P, "run_cell", lambda c, *a, **k: started.append(c.id) or rec)
+    monkeypatch.setattr(P, "try_reuse", lambda *a: False)
+    monkeypatch.setattr(config, "bf16_hardware", lambda: None)
+    args = ["ablation", "--sizes", "1000", "--seeds", "0", "--out", str(tmp_path), "--max-cells", "1"]
+    assert P.main([*args, "--precision", "bf16"]) == 2 and not started
+    assert "--precision bf16: no bf16 matmul hardware here" in caplog.text and "not run: fs-" in caplog.text
+    assert P.main([*args, "--precision", "bf16", "--dry-run"]) == 0 and not started
+    assert P.main([*args, "--precision", "bf16", "--allow-emulated-bf16"]) == 0
+    assert P.main(args) == 0  # fp32
+    monkeypatch.setattr(config, "bf16_hardware", lambda: "the CPU has AVX512-BF16")
+    assert P.main([*args, "--precision", "bf16"]) == 0
+    assert len(started) == 3
+
+
 def test_a_signal_ends_the_table_run_at_its_cell_without_marking_it_failed(tmp_path, monkeypatch):
     """A cell stopped by SIGTERM (its run checkpointed) ends the whole table run with 128 + the signal: the
     next cells do not start and the stopped one is not written up as failed, so a rerun resumes it."""

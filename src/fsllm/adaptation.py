@@ -46,7 +46,16 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from . import atomic
 from . import attention as fs_attention
 from .backbones import add_lora, decoder_layers, load_tokenizer, lora_config, resolve_backbone_path
-from .config import ATTENTION_MODES, PRECISIONS, FSConfig, parse_fs_layers, parse_names, resolve_precision, setting
+from .config import (
+    ATTENTION_MODES,
+    PRECISIONS,
+    FSConfig,
+    emulated_bf16,
+    parse_fs_layers,
+    parse_names,
+    resolve_precision,
+    setting,
+)
 from .errors import ConfigError, DataError, FSLLMError
 from .interruption import StopOnSignal, train_stopping_on_signal
 from .run import (
@@ -487,6 +496,8 @@ def resolve_adapt_config(config: AdaptConfig | None, resume: bool, overrides: di
     if cfg.precision == "auto":  # resolved once, so the record says what the run used
         cfg.precision, why = resolve_precision("auto")
         logger.warning("precision auto: %s (%s)", cfg.precision, why)
+    if cfg.precision == "bf16" and (slow := emulated_bf16("precision bf16")):
+        logger.warning(slow)
     if cfg.precision == "fp16" and not torch.cuda.is_available():
         raise FSLLMError("precision fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
     if several_processes() and not cfg.output_dir:

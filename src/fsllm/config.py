@@ -238,18 +238,13 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 INFERENCE_PRECISIONS = ("fp32", "bf16", "auto")
 
 
-def native_bf16() -> str | None:
-    """Why this machine runs bf16 matmuls natively (``None``: it does not), for ``precision="auto"``.
+def bf16_hardware() -> str | None:
+    """What runs bf16 matmuls natively here (``None``: nothing does), whatever the environment says.
 
     A CUDA GPU that supports bf16, or a CPU with AMX or AVX512-BF16 (read from ``/proc/cpuinfo``);
-    elsewhere bf16 autocast is emulated and slower than fp32. ``FSLLM_NATIVE_BF16=0`` in the
-    environment answers ``None`` whatever the hardware, so that ``auto`` means fp32 (runs that must
-    match across machines; the test suite sets it).
+    elsewhere bf16 is emulated: on an AVX2 CPU a bf16 matmul runs tens of times slower than fp32
+    (benchmarks/results/bf16_emulation.json).
     """
-    import torch
-
-    if os.environ.get("FSLLM_NATIVE_BF16", "").strip() == "0":
-        return None
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)} supports bf16" if torch.cuda.is_bf16_supported() else None
     try:
@@ -259,6 +254,26 @@ def native_bf16() -> str | None:
         return None
     found = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
     return f"the CPU has {found[0]}" if found else None
+
+
+def native_bf16() -> str | None:
+    """Why this machine runs bf16 matmuls natively (``None``: it does not), for ``precision="auto"``:
+    :func:`bf16_hardware`, except that ``FSLLM_NATIVE_BF16=0`` in the environment answers ``None``
+    whatever the hardware, so that ``auto`` means fp32 (runs that must match across machines; the
+    test suite sets it)."""
+    if os.environ.get("FSLLM_NATIVE_BF16", "").strip() == "0":
+        return None
+    return bf16_hardware()
+
+
+def emulated_bf16(what: str) -> str | None:
+    """A warning for ``what`` (e.g. ``"precision bf16"``) chosen explicitly where no hardware runs bf16
+    matmuls, or ``None`` where it does: the choice is kept (a run must match its saved config), but a
+    user should not find out from a step taking a minute instead of a second."""
+    if bf16_hardware() is not None:
+        return None
+    return (f"{what}: no bf16 matmul hardware here (no AMX or AVX512-BF16 CPU, no bf16 GPU), so bf16 is emulated "
+            "and much slower than fp32 (tens of times on an AVX2 CPU); 'auto' or 'fp32' would run in fp32")
 
 
 def resolve_precision(precision: str) -> tuple[str, str]:
@@ -389,7 +404,8 @@ class TrainConfig:
     precision: str = setting(
         "auto", "'auto' (default): bf16 autocast where the GPU or CPU has bf16 matmul hardware (AMX / AVX512-BF16), "
         "else fp32; the run prints and saves what it chose (FSLLM_NATIVE_BF16=0 makes it fp32). 'bf16' / 'fp16': "
-        "mixed precision through the Trainer (autocast; weights and LoRA stay fp32); fp16 needs a GPU. 'fp32': no "
+        "mixed precision through the Trainer (autocast; weights and LoRA stay fp32); fp16 needs a GPU; bf16 without "
+        "that hardware is emulated, tens of times slower than fp32, and the run warns. 'fp32': no "
         "autocast. The run's dev evaluations and its test score run under the same autocast; fsllm eval and "
         "predict take their own --precision (fp32 by default)", choices=PRECISIONS)
     quantize: str | None = setting(

@@ -20,7 +20,7 @@ import torch
 from peft import PeftModel
 
 from .backbones import is_quantized, load_tokenizer
-from .config import INFERENCE_PRECISIONS, resolve_device, resolve_precision
+from .config import INFERENCE_PRECISIONS, emulated_bf16, resolve_device, resolve_precision
 from .decoding import check_decoding, decoding_of, entities_from_tags, set_decoding
 from .errors import DataError, FSLLMError, ModelFolderError
 
@@ -105,6 +105,8 @@ class Predictor:
         self.precision, why = resolve_precision(precision)
         if precision == "auto":
             logger.info("precision auto: %s (%s)", self.precision, why)
+        elif precision == "bf16" and (slow := emulated_bf16("precision bf16")):
+            logger.warning(slow)
         self.device = resolve_device(device)  # checked before any work on the model
         quantized = is_quantized(model.backbone)
         if merge and isinstance(model.backbone, PeftModel) and not quantized:

@@ -44,7 +44,7 @@ from transformers.trainer_pt_utils import (
 
 from . import atomic
 from .backbones import backbone_num_layers, load_tokenizer, resolve_backbone_path
-from .config import TrainConfig, resolve_backbone_dtype, resolve_precision, torch_dtype
+from .config import TrainConfig, emulated_bf16, resolve_backbone_dtype, resolve_precision, torch_dtype
 from .errors import FSLLMError
 from .evaluation import collapse_message, evaluate_examples
 from .interruption import StopOnSignal, train_stopping_on_signal
@@ -497,6 +497,9 @@ def resolve_config(config: TrainConfig | None, resume: bool, overrides: dict[str
     if cfg.backbone_dtype == "auto":  # resolved once too; a quantised backbone keeps its own format
         cfg.backbone_dtype, why = ("fp32", "quantised backbone") if cfg.quantize else resolve_backbone_dtype("auto")
         logger.warning("backbone_dtype auto: %s (%s)", cfg.backbone_dtype, why)
+    for what, value in (("precision", cfg.precision), ("backbone_dtype", cfg.backbone_dtype)):
+        if value == "bf16" and (slow := emulated_bf16(f"{what} bf16")):
+            logger.warning(slow)
     if cfg.attn_implementation == "flex_attention" and (cfg.fs.use_lora or cfg.fs.learnable_lambda) \
             and not flex_backward_here():
         # else the first backward fails deep in torch, after the run folder and the model are made
