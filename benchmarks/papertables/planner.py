@@ -307,8 +307,10 @@ class CostModel:
     def calibrated(self, est: Callable[[Cell], float], budget: Budget, table: str,
                    out: Path, threads: int | None = None) -> tuple[Callable[[Cell], float], str]:
         """``est`` scaled by what the finished runs under ``out`` (cells and grid members) took against this
-        model's estimate of each: a row by the median ratio of its own runs, a row with none by the median over
-        all. With ``threads`` (the torch threads the runs to come will train on), only the runs recorded at that
+        model's estimate of each: a row by the median ratio of its own runs, a row with none by the median of
+        the rows that read the same input (document context, repetition: the model's token count for them is
+        the least certain part, e.g. a document's context is cut at its edges), and failing those by the median
+        over all. With ``threads`` (the torch threads the runs to come will train on), only the runs recorded at that
         many threads count where there are any: a run on one thread takes about 1.7x one on two, which the
         median would otherwise mix in. The constants are for two idle threads and one row at a time: runs sharing
         the CPU take longer, and a row's input and eval costs are approximations. Shown estimates only: the run
@@ -351,8 +353,17 @@ class CostModel:
         overall = statistics.median(x for v in ratios.values() for x in v)
         by_row = {name: statistics.median(v) for name, v in ratios.items()}
 
+        def same_input(row: Row) -> float | None:
+            scale = self.input_scale(row, budget, dataset)
+            alike = [x for name, v in ratios.items() if name != row.name
+                     and math.isclose(self.input_scale(rows[name], budget, dataset), scale) for x in v]
+            return statistics.median(alike) if alike else None
+
         def scaled(c: Cell) -> float:
-            return est(c) * by_row.get(c.row.name, overall)
+            if c.row.name in by_row:
+                return est(c) * by_row[c.row.name]
+            alike = same_input(c.row)
+            return est(c) * (alike if alike is not None else overall)
 
         n = sum(map(len, ratios.values()))
         return scaled, (f"calibrated on {n} finished runs {where}: x{overall:.2f} overall; by row "

@@ -869,6 +869,14 @@ def test_the_shown_estimates_are_calibrated_on_the_runs_that_finished_in_the_fol
     shown, line = cost.calibrated(est, budget, "ner", tmp_path, threads=3)
     assert shown(cells["fs-bidirectional"]) == pytest.approx(3 * est(cells["fs-bidirectional"]))
     assert line.startswith("calibrated on 3 finished runs here (none on 3 torch threads")
+    # a row with no run of its own but another reading the same input (document context 64): that row's
+    # median, here half the model, whatever the others took
+    other = next(c for c in PL.plan("ner", [1000], [0], only=["hf-native-r16-rslora-doc64"]))
+    finished(other, 0.5, 126)
+    shown, _ = cost.calibrated(est, budget, "ner", tmp_path)
+    assert shown(cells["fs-doc64"]) == pytest.approx(0.5 * est(cells["fs-doc64"]))
+    assert shown(cells["fs-bidirectional"]) == pytest.approx(3 * est(cells["fs-bidirectional"]))
+    assert shown(cells["mpnet"]) == pytest.approx(2 * est(cells["mpnet"]))  # its own run (now 2x)
 
 
 def test_the_baselines_train_and_score_with_document_context(tmp_path):
