@@ -454,3 +454,18 @@ def test_every_adapt_setting_has_help_and_an_option(tmp_path):
     saved.write_text(json.dumps({"no_such_setting": 1}))
     with pytest.raises(FSLLMError, match="no_such_setting"):
         adapt_config_from_args(build_parser().parse_args(["adapt", "--config", str(saved)]))
+
+
+def test_an_adaptation_given_bf16_where_it_is_emulated_keeps_it_and_warns(tmp_path, monkeypatch, caplog):
+    import fsllm.config as config
+    from fsllm.adaptation import resolve_adapt_config
+
+    monkeypatch.setattr(config, "bf16_hardware", lambda: None)
+    with caplog.at_level("WARNING", logger="fsllm"):
+        cfg = resolve_adapt_config(None, False, {"precision": "bf16", "output_dir": str(tmp_path / "a")})
+    assert cfg.precision == "bf16" and "precision bf16: no bf16 matmul hardware here" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(config, "bf16_hardware", lambda: "the CPU has AMX-BF16")
+    with caplog.at_level("WARNING", logger="fsllm"):
+        resolve_adapt_config(None, False, {"precision": "bf16", "output_dir": str(tmp_path / "b")})
+    assert "no bf16 matmul hardware here" not in caplog.text
