@@ -15,14 +15,12 @@ CoNLL-2003 training sentences, fp32 and bf16 timed in alternation after one unti
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 
 import common
 import torch
 from bench_speed import step_ab_setup, train_step
-from timing import compare_steps
+from timing import compare_steps, time_repeats
 
 from fsllm import FSForTokenClassification
 from fsllm.config import bf16_hardware
@@ -34,14 +32,7 @@ def matmul_gflops(dtype: torch.dtype, repeats: int = 10) -> float:
     """GFLOPS of one (m x k) @ (k x n) matmul in ``dtype``, the median of ``repeats`` after two untimed."""
     m, k, n = SHAPE
     a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * m * k * n / statistics.median(times) / 1e9
+    return 2 * m * k * n / time_repeats(lambda: a @ b, repeats, warmup=2).median / 1e9
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,8 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if a.max_cells is not None:
         todo = todo[: a.max_cells]
-    bf16_cells = [c.id for c in todo  # a row's own precision (fs-bf16) wins over the budget's, as in its run
-                  if c.row.train_overrides.get("precision", budget.for_row(c.row).get("precision")) == "bf16"]
+    bf16_cells = [c.id for c in todo if budget.precision_for(c.row) == "bf16"]
     if bf16_cells and not a.allow_emulated_bf16 and (slow := emulated_bf16("--precision bf16")):
         # before any cell starts: a lane goes on to its next command, whose cells may be fp32 ones
         logger.error("%s; not run: %s (--allow-emulated-bf16 runs them anyway)", slow, ", ".join(bf16_cells))

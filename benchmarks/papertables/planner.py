@@ -74,6 +74,11 @@ class Budget:
         below = [g for g in self.grid_sizes if g <= size]
         return max(below) if below else None
 
+    def precision_for(self, row: Row) -> str:
+        """The precision ``row`` trains at under this budget: its own (``fs-bf16``), else the budget's where the
+        row takes it, else fp32 (the instruction-tuned and zero-shot rows)."""
+        return row.train_overrides.get("precision", self.for_row(row).get("precision", "fp32"))
+
     def for_row(self, row: Row) -> dict:
         """The settings that matter to a row (compared before skipping a finished cell)."""
         d = dataclasses.asdict(self)
@@ -353,17 +358,18 @@ class CostModel:
         overall = statistics.median(x for v in ratios.values() for x in v)
         by_row = {name: statistics.median(v) for name, v in ratios.items()}
 
-        def same_input(row: Row) -> float | None:
-            scale = self.input_scale(row, budget, dataset)
-            alike = [x for name, v in ratios.items() if name != row.name
-                     and math.isclose(self.input_scale(rows[name], budget, dataset), scale) for x in v]
-            return statistics.median(alike) if alike else None
+        def input_of(row: Row) -> float:  # rows reading the same input share a scale
+            return round(self.input_scale(row, budget, dataset), 6)
+
+        by_input: dict[float, list[float]] = {}
+        for name, v in ratios.items():
+            by_input.setdefault(input_of(rows[name]), []).extend(v)
 
         def scaled(c: Cell) -> float:
             if c.row.name in by_row:
                 return est(c) * by_row[c.row.name]
-            alike = same_input(c.row)
-            return est(c) * (alike if alike is not None else overall)
+            alike = by_input.get(input_of(c.row))
+            return est(c) * (statistics.median(alike) if alike else overall)
 
         n = sum(map(len, ratios.values()))
         return scaled, (f"calibrated on {n} finished runs {where}: x{overall:.2f} overall; by row "
