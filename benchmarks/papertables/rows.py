@@ -150,6 +150,19 @@ DOC64 = [
         note="MPNet with the same document context, within the FS rows' max_length"),
 ]
 
+# The instruction-tuned row (the LM writes the label word) led every FS row on rt-polarity at 1,000: the label words
+# carry a prior FS's new head must learn. FS given that prior: a prompt appended inside the forward and a head whose
+# rows start as the label words' output embeddings (the untrained model is the LM's zero-shot reading), under FS's
+# released mask, and under the scheduled release (causal-like first, where the prior holds, bidirectional at the end)
+VERBALIZER = {"pooling": "last", "head": "verbalizer", "prompt": "\nSentiment:"}
+VERBALIZER_ROWS = [
+    _fs("fs-verbalizer", multi=True, **VERBALIZER,
+        note="fs-bidirectional reading '\\nSentiment:' after the text, last token, a verbalizer head (label words' rows)"),
+    _fs("fs-verbalizer-lambda-schedule-0.3", multi=True, **VERBALIZER, attention="decay", decay_lambda=0.0,
+        train={"lambda_schedule": "linear", "lambda_schedule_fraction": 0.3},
+        note="fs-verbalizer with the mask released over the first 30% of the steps (decay lambda 10 -> 0)"),
+]
+
 TABLE_ROWS: dict[str, list[Row]] = {
     "ner": [
         FS_BIDIR,
@@ -165,6 +178,7 @@ TABLE_ROWS: dict[str, list[Row]] = {
             _fs("causal-mean", multi=True, primary=True, attention="causal", pooling="mean",
                 note="causal mask, mean pooling"),
             HF_NATIVE, DECAYS[1], R16, HF_NATIVE_R16, *R16_POOLINGS, COMBINED, ZERO, IT, MINILM,
+            *(VERBALIZER_ROWS if t in ("rt-polarity", "tweets-3") else []),  # sentiment label words
         ]
         for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")
     },

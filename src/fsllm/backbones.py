@@ -495,3 +495,30 @@ def model_config_summary(name_or_path: str) -> dict:
         "hidden_size": getattr(cfg, "hidden_size", None),
         "vocab_size": getattr(cfg, "vocab_size", None),
     }
+
+
+def output_embedding_rows(model: nn.Module, ref: str | None, ids: list[int]) -> torch.Tensor:
+    """Rows ``ids`` of the backbone's output embedding (its LM head's weight), fp32 ``[len(ids), hidden]``.
+
+    A causal LM has its head; a base model (what ``load_backbone`` gives) shares it with the input
+    embedding where the config ties them (SmolLM2, Gemma, Qwen2.5-0.5B); an untied head is read from the
+    checkpoint's ``lm_head.weight`` in the local folder ``ref`` names (a base model does not load it).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return head.weight[ids].detach().float().clone()
+    base = base_model_of(model)
+    if getattr(base.config, "tie_word_embeddings", False):
+        return base.get_input_embeddings().weight[ids].detach().float().clone()
+    folder = Path(resolve_backbone_path(ref)) if ref else None
+    if folder is not None and folder.is_dir():
+        from safetensors import safe_open
+
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as st:
+                key = next((k for k in st.keys() if k == "lm_head.weight" or k.endswith(".lm_head.weight")), None)
+                if key is not None:
+                    return st.get_tensor(key)[ids].float().clone()
+    raise FSLLMError(f"the verbalizer head starts from the backbone's output embedding: {ref or type(model).__name__} "
+                     "does not tie it to the input embedding and no local folder with lm_head.weight (safetensors) "
+                     "was found; pass the backbone as a local folder or use another head")

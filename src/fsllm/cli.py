@@ -177,6 +177,8 @@ def _flag_value(value: Any) -> str:
         return "none"
     if isinstance(value, (list, tuple)):
         return ",".join(_flag_value(v) for v in value)
+    if isinstance(value, dict):  # label_words: label=word pairs
+        return ",".join(f"{k}={v}" for k, v in value.items())
     return repr(value) if isinstance(value, float) else str(value)
 
 

@@ -40,7 +40,7 @@ from .errors import ConfigError, FSLLMError
 ATTENTION_MODES = ("bidirectional", "causal", "decay")
 TASKS = ("sequence", "token")
 POOLINGS = ("mean", "max", "last", "first")
-HEADS = ("swiglu", "linear")
+HEADS = ("swiglu", "linear", "verbalizer")
 PROBLEM_TYPES = (None, "single_label_classification", "multi_label_classification", "regression")
 #: how ``TrainConfig.lambda_schedule`` moves the decay lambda from ``lambda_start`` to ``FSConfig.decay_lambda``
 LAMBDA_SCHEDULES = ("linear", "cosine")
@@ -73,6 +73,19 @@ def parse_fs_layers(text: str) -> str | list[int]:
 def parse_names(text: str) -> list[str]:
     """A comma-separated list of names."""
     return [x for x in text.split(",") if x]
+
+
+def parse_prompt(text: str) -> str:
+    """``prompt`` from the command line: ``\\n`` and ``\\t`` typed in a shell become a newline and a tab."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def parse_label_words(text: str) -> dict[str, str]:
+    """``label_words`` from the command line: comma-separated ``label=word`` pairs."""
+    pairs = [x for x in text.split(",") if x.strip()]
+    if not pairs or not all("=" in x for x in pairs):
+        raise ValueError(f"expected comma-separated label=word pairs (neg=terrible,pos=great), got {text!r}")
+    return {k.strip(): v.strip() for k, v in (x.split("=", 1) for x in pairs)}
 
 
 def parse_rates(text: str) -> float | list[float]:
@@ -117,8 +130,19 @@ class FSConfig:
     pooling: str = setting(
         "mean", "sequence tasks only: 'mean' over real tokens, 'max', 'last' real token (whatever the padding "
         "side), 'first' real token", choices=POOLINGS)
-    head: str = setting("swiglu", "'swiglu' (RMSNorm -> SwiGLU FFN -> linear) or 'linear' (RMSNorm -> linear)",
-                        choices=HEADS)
+    head: str = setting(
+        "swiglu", "'swiglu' (RMSNorm -> SwiGLU FFN -> linear), 'linear' (RMSNorm -> linear) or 'verbalizer' (sequence "
+        "tasks: a linear map of the backbone's final hidden state whose rows start as the backbone's output embeddings "
+        "of the label words, so the untrained model scores each label as the language model scores its word next; "
+        "needs pooling 'last' and is meant with a prompt, see fsllm.prompting)", choices=HEADS)
+    prompt: str | None = setting(
+        None, "sequence tasks: text the model appends to every input inside its forward (after the text's last token), "
+        "e.g. '\\nSentiment:'; its tokens are saved with the model, so pipeline(), predict and serve add it too. With "
+        "pooling 'last' the pooled state is the backbone's reading of what comes next (see head 'verbalizer'). On the "
+        "command line \\n is a newline", parse=parse_prompt)
+    label_words: dict[str, str] | None = setting(
+        None, "head 'verbalizer': the word each label starts from (default: the label name, '_' read as a space); on "
+        "the command line comma-separated label=word pairs", parse=parse_label_words, metavar="LABEL=WORD,...")
     head_hidden_size: int | None = setting(None, "inner size of the SwiGLU FFN (default: the backbone's hidden size)")
     head_dropout: float = setting(0.1, "dropout before the head's final linear map")
     lora_r: int = setting(8, "LoRA rank (the paper's: 8)")
@@ -162,6 +186,17 @@ class FSConfig:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.head == "verbalizer" and self.pooling != "last":
+            raise ConfigError("head 'verbalizer' reads the backbone's next-word scores at the last token: "
+                              f"set pooling='last' (got {self.pooling!r})")
+        if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
+            raise ConfigError(f"prompt must be a non-empty string or None, got {self.prompt!r}")
+        if self.label_words is not None and (
+                not isinstance(self.label_words, dict)
+                or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in self.label_words.items())):
+            raise ConfigError(f"label_words must map label names to non-empty words, got {self.label_words!r}")
+        if self.label_words is not None and self.head != "verbalizer":
+            raise ConfigError("label_words are the verbalizer head's: set head='verbalizer' or drop them")
         if not isinstance(self.decay_lambda, (int, float)) or not math.isfinite(self.decay_lambda) or self.decay_lambda < 0:
             # inf would give inf * 0 = NaN on the current key, NaN every logit
             raise ConfigError(f"decay_lambda must be a finite number >= 0, got {self.decay_lambda}")
@@ -639,6 +674,10 @@ class FSLLMConfig(PreTrainedConfig):
             each side of a sentence (``TrainConfig.document_context``); ``Predictor`` and ``fsllm eval / predict``
             read documents so when they are given them (CoNLL ``-DOCSTART-`` documents, ``documents=``). 0 (also in
             folders written before the field): each sentence alone.
+        prompt_ids: sequence models with ``FSConfig.prompt``: its token ids under the backbone's tokenizer,
+            fixed when the model was built; ``forward`` appends them to every input (``fsllm.prompting``).
+        verbalizer_ids: sequence models with ``FSConfig.head = "verbalizer"``: the token each label's word
+            begins with, whose output-embedding row the head's row started from (a record of the start).
         backbone_dtype: the dtype the backbone's frozen weights were loaded in for training
             (``TrainConfig.backbone_dtype``: ``"fp32"``, ``"bf16"`` or ``"fp16"``); a small folder loads its
             backbone in it again, so predictions use the weights that were evaluated. LoRA and the head
@@ -667,6 +706,8 @@ class FSLLMConfig(PreTrainedConfig):
     max_length: int | None = None
     document_context: int = 0
     backbone_dtype: str | None = None
+    prompt_ids: list | None = None
+    verbalizer_ids: list | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

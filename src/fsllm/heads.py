@@ -60,11 +60,17 @@ class SwiGLU(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """RMSNorm, then (for ``kind="swiglu"``) a SwiGLU FFN, then dropout and a linear map to the labels."""
+    """RMSNorm, then (for ``kind="swiglu"``) a SwiGLU FFN, then dropout and a linear map to the labels.
+
+    ``kind="verbalizer"``: dropout and the linear map alone. The backbone's final hidden state is already
+    normalised by its own final norm, and the map's rows start as the label words' output embeddings
+    (:meth:`start_from_rows`), so the untrained head gives the language model's own next-word scores of
+    the label words; a second norm would change them.
+    """
 
     def __init__(self, dim: int, num_labels: int, kind: str = "swiglu", hidden: int | None = None, dropout: float = 0.1):
         super().__init__()
-        self.norm = RMSNorm(dim)
+        self.norm: nn.Module = nn.Identity() if kind == "verbalizer" else RMSNorm(dim)
         self.ffn = SwiGLU(dim, hidden or dim) if kind == "swiglu" else None
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(dim, num_labels)
@@ -72,12 +78,21 @@ class ClassificationHead(nn.Module):
 
     def reset_parameters(self) -> None:
         """Unit RMSNorm scale, PyTorch's default for the FFN, a small output map (logits start near 0)."""
-        nn.init.ones_(self.norm.weight)
+        if isinstance(self.norm, RMSNorm):
+            nn.init.ones_(self.norm.weight)
         if self.ffn is not None:
             for lin in (self.ffn.w, self.ffn.v, self.ffn.w2):
                 lin.reset_parameters()
         nn.init.normal_(self.out.weight, std=0.02)
         nn.init.zeros_(self.out.bias)
+
+    @torch.no_grad()
+    def start_from_rows(self, rows: torch.Tensor) -> None:
+        """Set the output map's rows to ``rows [num_labels, dim]`` (the label words' output embeddings), bias 0."""
+        if rows.shape != self.out.weight.shape:
+            raise ValueError(f"rows of shape {tuple(rows.shape)} for an output map of {tuple(self.out.weight.shape)}")
+        self.out.weight.copy_(rows)
+        self.out.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x.to(self.out.weight.dtype))  # a 4-bit backbone's bf16 compute meets an fp32 head

@@ -44,7 +44,9 @@ from .backbones import (
     decoder_layers,
     is_quantized,
     load_backbone,
+    load_tokenizer,
     lora_config,
+    output_embedding_rows,
 )
 from .config import ATTENTION_MODES, FSConfig, FSLLMConfig, dtype_name
 from .errors import ConfigError, ModelFolderError
@@ -57,6 +59,7 @@ from .heads import ClassificationHead, pool
 
 # a model folder's saving and loading (FSModel's FolderMixin); these names are importable from here too
 from .persistence import MODEL_CLASSES, FolderMixin, learned_lambdas, load_config, portable_backbone_ref  # noqa: F401
+from .prompting import append_prompt, label_word_ids, prompt_token_ids
 from .repetition import last_copy, repeat_sequence
 
 
@@ -169,6 +172,8 @@ class FSModel(FolderMixin, PreTrainedModel):
             # would draw LoRA B from a normal, so the untrained model would no longer be the backbone).
             for module in base.modules():
                 module._is_hf_initialized = True
+        if fs_config.prompt is not None or fs_config.head == "verbalizer":
+            self._check_prompt_settings(config)
         self.backbone = base
         self.head = ClassificationHead(
             config.decoder_config.hidden_size,
@@ -188,6 +193,21 @@ class FSModel(FolderMixin, PreTrainedModel):
             with torch.no_grad():
                 self.fs_lambda_raw.fill_(_inverse_softplus(float(self.fs_config.decay_lambda)))
 
+    def _check_prompt_settings(self, config: FSLLMConfig) -> None:
+        """A prompt and a verbalizer head are for sequence models, and need their tokens in the config."""
+        fs = config.fs_config
+        what = "a prompt" if fs.prompt is not None else "head 'verbalizer'"
+        if config.task != "sequence":
+            raise ConfigError(f"{what} is for sequence tasks (a token model labels the text's own tokens)")
+        if fs.prompt is not None and not config.prompt_ids:
+            raise ConfigError("the config has a prompt but no prompt_ids: build the model with from_backbone")
+        if fs.head == "verbalizer":
+            if config.problem_type == "regression":
+                raise ConfigError("head 'verbalizer' scores label words: a regression model has none")
+            if not config.verbalizer_ids or len(config.verbalizer_ids) != config.num_labels:
+                raise ConfigError("head 'verbalizer' needs one verbalizer_ids entry per label: build the model with "
+                                  "from_backbone")
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_backbone(
@@ -198,12 +218,15 @@ class FSModel(FolderMixin, PreTrainedModel):
         id2label: dict[int, str] | None = None,
         label2id: dict[str, int] | None = None,
         problem_type: str | None = None,
+        tokenizer: Any = None,
         **load_kwargs: Any,
     ) -> FSModel:
         """Build an FS model on a backbone: a built-in name, a local folder, a hub name or a loaded model.
 
         ``problem_type`` is the config's (``"multi_label_classification"``, ``"regression"``; ``None``:
-        single label). ``load_kwargs`` go to ``load_backbone`` (e.g. ``attn_implementation="eager"``).
+        single label). ``tokenizer``: the backbone's, to fix the tokens of ``fs_config.prompt`` and of the
+        verbalizer's label words (default: loaded from the backbone's name). ``load_kwargs`` go to
+        ``load_backbone`` (e.g. ``attn_implementation="eager"``).
         """
         if cls.task == "":
             raise TypeError("use FSForSequenceClassification or FSForTokenClassification")
@@ -237,7 +260,23 @@ class FSModel(FolderMixin, PreTrainedModel):
             backbone_quantization=load_kwargs.get("quantize") if quantized else None,
             backbone_dtype=None if quantized else dtype_name(base),
         )
-        return cls(config, backbone=backbone)
+        fs = config.fs_config
+        if fs.prompt is None and fs.head != "verbalizer":
+            return cls(config, backbone=backbone)
+        # the prompt's and the label words' tokens are fixed now, with the backbone's tokenizer, and saved
+        if tokenizer is None:
+            if not ref:
+                raise ConfigError("a prompt or a verbalizer head needs the backbone's tokenizer: pass tokenizer=")
+            tokenizer = load_tokenizer(ref)
+        if fs.prompt is not None:
+            config.prompt_ids = prompt_token_ids(tokenizer, fs.prompt)
+        if fs.head == "verbalizer":
+            config.verbalizer_ids = label_word_ids(tokenizer, id2label, fs.label_words)
+            rows = output_embedding_rows(backbone, ref, config.verbalizer_ids)
+        model = cls(config, backbone=backbone)
+        if fs.head == "verbalizer":
+            model.head.start_from_rows(rows)
+        return model
 
     # ------------------------------------------------------------------ views of the config
     @property
@@ -417,6 +456,8 @@ class FSForSequenceClassification(FSModel):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if self.config.prompt_ids:  # the task prompt after each text (fsllm.prompting): pooled with it
+            input_ids, attention_mask = append_prompt(input_ids, attention_mask, self.config.prompt_ids)
         # pooled in the head's dtype: a bf16 backbone's hidden states are summed in fp32 for the fp32 head
         hidden = self.encode(input_ids, attention_mask).to(self.head.out.weight.dtype)
         logits = self.head(pool(hidden, attention_mask, self.fs_config.pooling))

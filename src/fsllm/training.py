@@ -532,7 +532,7 @@ def build_model(cfg: TrainConfig, data: PreparedData) -> tuple[FSModel, Any]:
     model: FSModel = model_cls.from_backbone(
         cfg.model, num_labels=len(data.id2label), fs_config=cfg.fs, id2label=data.id2label, label2id=data.label2id,
         attn_implementation=cfg.attn_implementation, problem_type=data.problem_type, quantize=cfg.quantize,
-        dtype=torch_dtype(cfg.backbone_dtype),
+        dtype=torch_dtype(cfg.backbone_dtype), tokenizer=tokenizer,
     )
     model.config.text_pair = bool(cfg.text_pair_column)
     # the folder reads its inputs at the length it was trained and selected at (Predictor, eval, serve)
