@@ -132,9 +132,9 @@ class FSConfig:
         "side), 'first' real token", choices=POOLINGS)
     head: str = setting(
         "swiglu", "'swiglu' (RMSNorm -> SwiGLU FFN -> linear), 'linear' (RMSNorm -> linear) or 'verbalizer' (sequence "
-        "tasks: a linear map of the backbone's final hidden state whose rows start as the backbone's output embeddings "
-        "of the label words, so the untrained model scores each label as the language model scores its word next; "
-        "needs pooling 'last' and is meant with a prompt, see fsllm.prompting)", choices=HEADS)
+        "tasks: a linear map of the backbone's final hidden state whose rows are the backbone's output embeddings of "
+        "the label words, kept fixed (a bias per label trains), so the untrained model scores each label as the "
+        "language model scores its word next; needs pooling 'last' and is meant with a prompt, see fsllm.prompting)", choices=HEADS)
     prompt: str | None = setting(
         None, "sequence tasks: text the model appends to every input inside its forward (after the text's last token), "
         "e.g. '\\nSentiment:'; its tokens are saved with the model, so pipeline(), predict and serve add it too. With "

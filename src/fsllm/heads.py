@@ -63,9 +63,13 @@ class ClassificationHead(nn.Module):
     """RMSNorm, then (for ``kind="swiglu"``) a SwiGLU FFN, then dropout and a linear map to the labels.
 
     ``kind="verbalizer"``: dropout and the linear map alone. The backbone's final hidden state is already
-    normalised by its own final norm, and the map's rows start as the label words' output embeddings
+    normalised by its own final norm, and the map's rows are the label words' output embeddings
     (:meth:`start_from_rows`), so the untrained head gives the language model's own next-word scores of
-    the label words; a second norm would change them.
+    the label words; a second norm would change them. The rows stay fixed and only the bias trains (LoRA
+    learns to read the rows, as prompt-based fine-tuning keeps the LM head): Adam moves each weight by
+    about the learning rate a step, and against a final hidden state of norm ~40 (SmolLM2) that moves a
+    row's score by about a unit a step at LoRA's rates; trained rows lost the prior and collapsed
+    (docs/levers.md).
     """
 
     def __init__(self, dim: int, num_labels: int, kind: str = "swiglu", hidden: int | None = None, dropout: float = 0.1):
@@ -74,6 +78,8 @@ class ClassificationHead(nn.Module):
         self.ffn = SwiGLU(dim, hidden or dim) if kind == "swiglu" else None
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(dim, num_labels)
+        if kind == "verbalizer":
+            self.out.weight.requires_grad_(False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

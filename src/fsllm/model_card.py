@@ -86,9 +86,11 @@ def model_card_text(config: FSLLMConfig, metrics: dict[str, Any] | None = None, 
         f"[fsllm](https://pypi.org/project/fsllm/): `{fs.attention}` attention"
         + (f" (lambda {fs.decay_lambda})" if fs.attention == "decay" else "")
         + (f", {fs.pooling} pooling" if task == "sequence" else "")
-        + f", an RMSNorm + {'SwiGLU' if fs.head == 'swiglu' else 'linear'} head"
+        + (", a verbalizer head (its rows started as the label words' output embeddings)" if fs.head == "verbalizer"
+           else f", an RMSNorm + {'SwiGLU' if fs.head == 'swiglu' else 'linear'} head")
         + _training_phrase(fs)
         + (f", the text read {fs.repeat} times (sequence repetition)" if fs.repeat > 1 else "")
+        + (f", every text followed by the prompt {fs.prompt!r} (added by the model itself)" if fs.prompt else "")
         + (f", each sentence read with up to {config.document_context} sub-tokens of its document on each side "
            "(`Predictor.predict(words=..., documents=...)`)" if getattr(config, "document_context", 0) else "")
         + ".",

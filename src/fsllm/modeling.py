@@ -272,10 +272,9 @@ class FSModel(FolderMixin, PreTrainedModel):
             config.prompt_ids = prompt_token_ids(tokenizer, fs.prompt)
         if fs.head == "verbalizer":
             config.verbalizer_ids = label_word_ids(tokenizer, id2label, fs.label_words)
-            rows = output_embedding_rows(backbone, ref, config.verbalizer_ids)
-        model = cls(config, backbone=backbone)
-        if fs.head == "verbalizer":
-            model.head.start_from_rows(rows)
+        model = cls(config, backbone=backbone)  # checks the settings first
+        if fs.head == "verbalizer":  # LoRA leaves the embeddings alone: the rows are the backbone's
+            model.head.start_from_rows(output_embedding_rows(backbone, ref, config.verbalizer_ids))
         return model
 
     # ------------------------------------------------------------------ views of the config
