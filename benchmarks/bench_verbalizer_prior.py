@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
-import time
 from pathlib import Path
 
 import torch
 from baselines import load_splits
+from common import git_commit, machine_info, write_json
 
 from fsllm import FSConfig, FSForSequenceClassification
 from fsllm.backbones import load_tokenizer
@@ -59,18 +57,15 @@ def main() -> None:
         fs = FSConfig(attention=mode, pooling="last", head="verbalizer", prompt=a.prompt)
         model = FSForSequenceClassification.from_backbone(a.model, id2label=dict(enumerate(splits.labels)),
                                                           fs_config=fs, tokenizer=tokenizer).eval()
-        start = time.perf_counter()
         acc = prior_accuracy(model, tokenizer, splits.dev, splits.labels, a.max_length)
-        rows.append({"attention": mode, "dev_accuracy": round(100 * acc, 2), "seconds": round(time.perf_counter() - start, 1),
+        rows.append({"attention": mode, "dev_accuracy": round(100 * acc, 2),
                      "label_words": [tokenizer.decode([t]) for t in model.config.verbalizer_ids]})
         print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {"command": "python benchmarks/bench_verbalizer_prior.py " + " ".join(
                   f"--{k.replace('_', '-')} {json.dumps(v) if k == 'prompt' else v}" for k, v in vars(a).items()),
-              "commit": commit, "machine": platform.processor() or platform.machine(), "data": a.data,
-              "model": a.model, "prompt": a.prompt, "dev_examples": len(splits.dev), "rows": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+              "commit": git_commit(), "machine": machine_info(), "data": a.data, "model": a.model, "prompt": a.prompt,
+              "dev_examples": len(splits.dev), "rows": rows}
+    write_json(a.out, result, newline=True)
 
 
 if __name__ == "__main__":
