@@ -15,6 +15,7 @@ from transformers import pipeline
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification, load_model
 from fsllm.cli import build_parser, main, train_config_from_args
+from fsllm.config import FSLLMConfig
 from fsllm.errors import ConfigError, FSLLMError
 from fsllm.inference import Predictor
 from fsllm.prompting import append_prompt, label_word_ids
@@ -130,6 +131,11 @@ def test_bad_prompt_and_verbalizer_settings_are_refused():
     with pytest.raises(ConfigError, match="is for sequence tasks"):
         FSForTokenClassification.from_backbone(tiny_backbone("llama"), num_labels=3, tokenizer=tok,
                                                fs_config=FSConfig(prompt=PROMPT))
+    with pytest.raises(ValueError, match="prompt_ids must be a non-empty list of token ids"):
+        FSLLMConfig(fs=FSConfig(prompt=PROMPT).to_dict(), prompt_ids=["the"])
+    with pytest.raises(ConfigError, match="a prompt but no prompt_ids"):
+        FSForSequenceClassification(FSLLMConfig(fs=FSConfig(prompt=PROMPT).to_dict(), decoder_config=_config("llama", 2),
+                                                num_labels=2))
     with pytest.raises(ConfigError, match="regression"):
         FSForSequenceClassification.from_backbone(tiny_backbone("llama"), id2label={0: "score"}, tokenizer=tok,
                                                   problem_type="regression",

@@ -729,6 +729,10 @@ class FSLLMConfig(PreTrainedConfig):
             raise ValueError(f"max_length must be a positive integer or None, got {self.max_length!r}")
         if not (_is_int(self.document_context) and self.document_context >= 0):
             raise ValueError(f"document_context must be an integer >= 0, got {self.document_context!r}")
+        for name in ("prompt_ids", "verbalizer_ids"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, list) and value and all(_is_int(t) and t >= 0 for t in value)):
+                raise ValueError(f"{name} must be a non-empty list of token ids or None, got {value!r}")
         if self.backbone_dtype is not None and self.backbone_dtype not in BACKBONE_DTYPES[1:]:
             raise ValueError(f"backbone_dtype must be one of {', '.join(BACKBONE_DTYPES[1:])} or None, "
                              f"got {self.backbone_dtype!r}")
