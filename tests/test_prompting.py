@@ -136,6 +136,9 @@ def test_bad_prompt_and_verbalizer_settings_are_refused():
     with pytest.raises(ConfigError, match="a prompt but no prompt_ids"):
         FSForSequenceClassification(FSLLMConfig(fs=FSConfig(prompt=PROMPT).to_dict(), decoder_config=_config("llama", 2),
                                                 num_labels=2))
+    with pytest.raises(ConfigError, match="is for sequence tasks"):  # before its labels' words are looked up
+        FSForTokenClassification.from_backbone(tiny_backbone("llama"), id2label={0: "O", 1: "B-PER"}, tokenizer=tok,
+                                               fs_config=FSConfig(head="verbalizer", pooling="last"))
     with pytest.raises(ConfigError, match="regression"):
         FSForSequenceClassification.from_backbone(tiny_backbone("llama"), id2label={0: "score"}, tokenizer=tok,
                                                   problem_type="regression",

@@ -173,7 +173,7 @@ class FSModel(FolderMixin, PreTrainedModel):
             for module in base.modules():
                 module._is_hf_initialized = True
         if fs_config.prompt is not None or fs_config.head == "verbalizer":
-            self._check_prompt_settings(config)
+            self._check_prompt_settings(config, built=True)
         self.backbone = base
         self.head = ClassificationHead(
             config.decoder_config.hidden_size,
@@ -193,17 +193,20 @@ class FSModel(FolderMixin, PreTrainedModel):
             with torch.no_grad():
                 self.fs_lambda_raw.fill_(_inverse_softplus(float(self.fs_config.decay_lambda)))
 
-    def _check_prompt_settings(self, config: FSLLMConfig) -> None:
-        """A prompt and a verbalizer head are for sequence models, and need their tokens in the config."""
+    @staticmethod
+    def _check_prompt_settings(config: FSLLMConfig, built: bool) -> None:
+        """A prompt and a verbalizer head are for sequence models, and (``built``) need their tokens in the config."""
         fs = config.fs_config
         what = "a prompt" if fs.prompt is not None else "head 'verbalizer'"
         if config.task != "sequence":
             raise ConfigError(f"{what} is for sequence tasks (a token model labels the text's own tokens)")
+        if fs.head == "verbalizer" and config.problem_type == "regression":
+            raise ConfigError("head 'verbalizer' scores label words: a regression model has none")
+        if not built:
+            return
         if fs.prompt is not None and not config.prompt_ids:
             raise ConfigError("the config has a prompt but no prompt_ids: build the model with from_backbone")
         if fs.head == "verbalizer":
-            if config.problem_type == "regression":
-                raise ConfigError("head 'verbalizer' scores label words: a regression model has none")
             if not config.verbalizer_ids or len(config.verbalizer_ids) != config.num_labels:
                 raise ConfigError("head 'verbalizer' needs one verbalizer_ids entry per label: build the model with "
                                   "from_backbone")
@@ -264,6 +267,7 @@ class FSModel(FolderMixin, PreTrainedModel):
         if fs.prompt is None and fs.head != "verbalizer":
             return cls(config, backbone=backbone)
         # the prompt's and the label words' tokens are fixed now, with the backbone's tokenizer, and saved
+        cls._check_prompt_settings(config, built=False)
         if tokenizer is None:
             if not ref:
                 raise ConfigError("a prompt or a verbalizer head needs the backbone's tokenizer: pass tokenizer=")
@@ -272,7 +276,7 @@ class FSModel(FolderMixin, PreTrainedModel):
             config.prompt_ids = prompt_token_ids(tokenizer, fs.prompt)
         if fs.head == "verbalizer":
             config.verbalizer_ids = label_word_ids(tokenizer, id2label, fs.label_words)
-        model = cls(config, backbone=backbone)  # checks the settings first
+        model = cls(config, backbone=backbone)
         if fs.head == "verbalizer":  # LoRA leaves the embeddings alone: the rows are the backbone's
             model.head.start_from_rows(output_embedding_rows(backbone, ref, config.verbalizer_ids))
         return model
