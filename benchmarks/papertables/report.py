@@ -68,7 +68,11 @@ COMBINED_PAIRS = {
     + [("fs-r16-rslora-doc64", o) for o in ("fs-r16-rslora", "hf-native-r16-rslora-doc64", "mpnet-doc64")],
     **{t: [*_R16_PAIRS, ("fs-r16-rslora", "fs-bidirectional"), ("fs-r16-rslora", "minilm"),
            *[(f"fs-r16-rslora-{p}", o) for p in ("max", "last", "repeat2-causal")
-             for o in ("fs-r16-rslora", "hf-native-r16-rslora")]]
+             for o in ("fs-r16-rslora", "hf-native-r16-rslora")],
+           # the verbalizer: against the default it changes, the rows of the sentence confirmation, its variants
+           *[("fs-verbalizer", o) for o in ("fs-bidirectional", "fs-r16-rslora", "hf-native-r16-rslora", "minilm",
+                                            "fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")],
+           *[(v, "fs-bidirectional") for v in ("fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")]]
        for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")},
 }
 
