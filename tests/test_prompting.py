@@ -14,7 +14,7 @@ from conftest import VOCAB, _config, _perturb, build_word_tokenizer, tiny_backbo
 from transformers import pipeline
 
 from fsllm import FSConfig, FSForSequenceClassification, FSForTokenClassification, load_model
-from fsllm.cli import build_parser, main, train_config_from_args
+from fsllm.cli import build_parser, main, train_command, train_config_from_args
 from fsllm.config import FSLLMConfig
 from fsllm.errors import ConfigError, FSLLMError
 from fsllm.inference import Predictor
@@ -184,6 +184,12 @@ def test_cli_trains_a_prompted_verbalizer_model_that_predicts_and_serves(tmp_pat
     assert fs["prompt"] == "\nthe film is" and fs["label_words"] == WORDS  # \n typed in a shell is a newline
     again = train_config_from_args(build_parser().parse_args(["train", "--config", str(run / "config.json")]))
     assert again.fs.prompt == "\nthe film is" and again.fs.head == "verbalizer"
+    # the run's command is one line that gives the same settings back
+    command = train_command(again)
+    assert command[command.index("--prompt") + 1] == "\\nthe film is"
+    assert command[command.index("--label-words") + 1] == "negative=bad,positive=good"
+    rebuilt = train_config_from_args(build_parser().parse_args(command))
+    assert (rebuilt.fs.prompt, rebuilt.fs.label_words) == ("\nthe film is", WORDS)
     capsys.readouterr()
     assert main(["predict", str(run), "loved the movie"]) == 0
     answer = json.loads(capsys.readouterr().out.splitlines()[0])

@@ -179,6 +179,8 @@ def _flag_value(value: Any) -> str:
         return ",".join(_flag_value(v) for v in value)
     if isinstance(value, dict):  # label_words: label=word pairs
         return ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, str):  # a prompt's newline as typed in a shell (its option reads it back): one line
+        return value.replace("\n", "\\n").replace("\t", "\\t")
     return repr(value) if isinstance(value, float) else str(value)
 
 
