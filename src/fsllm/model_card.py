@@ -86,7 +86,7 @@ def model_card_text(config: FSLLMConfig, metrics: dict[str, Any] | None = None, 
         f"[fsllm](https://pypi.org/project/fsllm/): `{fs.attention}` attention"
         + (f" (lambda {fs.decay_lambda})" if fs.attention == "decay" else "")
         + (f", {fs.pooling} pooling" if task == "sequence" else "")
-        + (", a verbalizer head (its rows started as the label words' output embeddings)" if fs.head == "verbalizer"
+        + (", a verbalizer head (its rows the label words' output embeddings, kept fixed)" if fs.head == "verbalizer"
            else f", an RMSNorm + {'SwiGLU' if fs.head == 'swiglu' else 'linear'} head")
         + _training_phrase(fs)
         + (f", the text read {fs.repeat} times (sequence repetition)" if fs.repeat > 1 else "")
