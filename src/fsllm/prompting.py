@@ -21,29 +21,28 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .errors import ConfigError
+from .repetition import repeat_sequence
 
 
 def append_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   prompt_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's real tokens (``attention_mask`` 1, in order), then ``prompt_ids``, right-padded with 0.
 
-    Returns the new ``input_ids`` and ``attention_mask``, ``[B, n_max + len(prompt_ids)]``.
+    Returns the new ``input_ids`` and ``attention_mask``, ``[B, n_max + len(prompt_ids)]``: the real tokens
+    are packed as sequence repetition packs one copy (:func:`fsllm.repetition.repeat_sequence`).
     """
-    mask = attention_mask.bool()
-    batch = input_ids.shape[0]
     prompt = torch.as_tensor(list(prompt_ids), dtype=input_ids.dtype, device=input_ids.device)
-    n = mask.sum(-1)  # real tokens per row
-    width = int(n.max()) + len(prompt) if batch else len(prompt)
-    rank = mask.long().cumsum(-1) - 1  # a real token's index among its row's real tokens
-    ids = input_ids.new_zeros(batch, width + 1)  # the last column takes the padding positions, then goes
-    ids.scatter_(1, torch.where(mask, rank, torch.full_like(rank, width)), input_ids)
+    packed = repeat_sequence(input_ids, attention_mask, 1)  # one copy: each row's real tokens, right-padded
+    n = packed.attention_mask.sum(-1)  # real tokens per row
+    ids = F.pad(packed.input_ids, (0, len(prompt)))
     where = n[:, None] + torch.arange(len(prompt), device=input_ids.device)
-    ids.scatter_(1, where, prompt.expand(batch, -1))
-    columns = torch.arange(width, device=input_ids.device)
+    ids.scatter_(1, where, prompt.expand(ids.shape[0], -1))
+    columns = torch.arange(ids.shape[1], device=input_ids.device)
     new_mask = (columns[None, :] < (n + len(prompt))[:, None]).to(attention_mask.dtype)
-    return ids[:, :width], new_mask
+    return ids, new_mask
 
 
 def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
