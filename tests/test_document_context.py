@@ -238,6 +238,6 @@ def test_an_fsllm_that_predates_document_context_refuses_such_a_folder(context_r
     newer = tmp_path / "newer"
     shutil.copytree(tiny_ner_model_dir, newer)
     raw = json.loads((newer / "config.json").read_text())
-    (newer / "config.json").write_text(json.dumps({**raw, "fsllm_format": 4}))
-    with pytest.raises(ModelFolderError, match=r"written by a newer fsllm \(format 4\)"):
+    (newer / "config.json").write_text(json.dumps({**raw, "fsllm_format": 5}))
+    with pytest.raises(ModelFolderError, match=r"written by a newer fsllm \(format 5\)"):
         persistence.load_config(newer)

@@ -145,6 +145,16 @@ def test_bad_prompt_and_verbalizer_settings_are_refused():
                                                   fs_config=verbalizer_fs(label_words={"score": "good"}))
 
 
+def test_a_label_word_of_several_tokens_is_read_by_its_first_and_logged(caplog):
+    tok = build_word_tokenizer()
+    words = {"negative": "bad film", "positive": "good"}
+    with caplog.at_level("WARNING", logger="fsllm.prompting"):
+        ids = label_word_ids(tok, LABELS, words)
+    assert ids == [lm_word(tok, "bad"), lm_word(tok, "good")]
+    assert [r.getMessage() for r in caplog.records] == ["label 'negative': its word 'bad film' is 2 tokens; "
+                                                        "the verbalizer reads its first, 'bad'"]
+
+
 def test_a_verbalizer_model_saves_loads_and_runs_in_pipeline(tmp_path):
     tok, lm = word_llama_lm()
     lm.save_pretrained(tmp_path / "lm")
@@ -159,6 +169,7 @@ def test_a_verbalizer_model_saves_loads_and_runs_in_pipeline(tmp_path):
     model.save_pretrained(tmp_path / "m", tokenizer=tok)
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["fs"]["prompt"] == PROMPT and saved["prompt_ids"] == model.config.prompt_ids
+    assert saved["fsllm_format"] == 4  # an fsllm that reads format 3 at most says "upgrade" (test_document_context)
     card = (tmp_path / "m" / "README.md").read_text()
     assert "a verbalizer head" in card and "followed by the prompt ' the film is'" in card
     loaded = load_model(tmp_path / "m").eval()

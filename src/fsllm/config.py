@@ -621,7 +621,7 @@ def _is_number(value: Any) -> bool:
 
 
 #: the newest model-folder format this fsllm reads (``FSLLMConfig.fsllm_format``)
-FSLLM_FORMAT = 3
+FSLLM_FORMAT = 4
 
 
 class FSLLMConfig(PreTrainedConfig):
@@ -639,9 +639,11 @@ class FSLLMConfig(PreTrainedConfig):
             or ``flex_attention``).
         merged: the folder holds the whole model with LoRA merged into the backbone weights
             (``model.safetensors``), instead of a LoRA adapter and a backbone reference.
-        fsllm_format: the folder's format: 2, or 3 where ``document_context`` is set, so that an fsllm
-            that predates the field refuses the folder instead of reading each sentence alone; this fsllm
-            reads formats up to ``FSLLM_FORMAT``.
+        fsllm_format: the folder's format: 2; 3 where ``document_context`` is set, so that an fsllm that
+            predates the field refuses the folder instead of reading each sentence alone; 4 where the model
+            appends a prompt or has a verbalizer head (``prompt_ids``, ``verbalizer_ids``), so that an fsllm
+            that predates them says "upgrade" instead of failing on an unknown field; this fsllm reads
+            formats up to ``FSLLM_FORMAT``.
         problem_type: the standard transformers field: ``"single_label_classification"`` (softmax +
             cross-entropy; ``None`` means the same), ``"multi_label_classification"`` (one sigmoid per
             label, binary cross-entropy) or ``"regression"`` (``num_labels=1``, MSE). ``pipeline()``
@@ -693,7 +695,7 @@ class FSLLMConfig(PreTrainedConfig):
     decoder_config: dict | PreTrainedConfig | None = None
     backbone_attn_implementation: str = "sdpa"
     merged: bool = False
-    fsllm_format: int = 2  # 3 where document_context is set (see to_dict); FSLLM_FORMAT is the newest read
+    fsllm_format: int = 2  # 3 with document_context, 4 with a prompt or verbalizer (see to_dict); FSLLM_FORMAT: newest read
     multi_label_threshold: float = 0.5
     label_thresholds: dict | None = None
     target_mean: float = 0.0
@@ -738,13 +740,17 @@ class FSLLMConfig(PreTrainedConfig):
                              f"got {self.backbone_dtype!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The saved config, as format 3 where document context is set.
+        """The saved config, as format 3 where document context is set, 4 with a prompt or a verbalizer.
 
-        An fsllm that predates the field refuses such a folder ("written by a newer fsllm") instead of
-        reading each sentence alone without a word."""
+        An fsllm that predates the fields refuses such a folder ("written by a newer fsllm") instead of
+        reading each sentence alone without a word, or failing on an unknown field."""
         d = super().to_dict()
+        fmt = int(d.get("fsllm_format") or 2)
         if d.get("document_context"):
-            d["fsllm_format"] = max(int(d.get("fsllm_format") or 2), 3)
+            fmt = max(fmt, 3)
+        if d.get("prompt_ids") or d.get("verbalizer_ids"):
+            fmt = max(fmt, 4)
+        d["fsllm_format"] = fmt
         return d
 
     def threshold_of(self, label: str) -> float:

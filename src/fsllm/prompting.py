@@ -18,6 +18,7 @@ prompt-based fine-tuning (PET, LM-BFF), here under FS's released mask.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .repetition import repeat_sequence
+
+logger = logging.getLogger(__name__)
 
 
 def append_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -58,7 +61,9 @@ def label_word_ids(tokenizer, id2label: Mapping[int, str], label_words: Mapping[
 
     The word is ``label_words[label]`` where given, else the label name with ``_`` read as a space; it is
     tokenized with a leading space, as a word after ``"Sentiment:"`` is written. Two labels whose words
-    begin with the same token would start with the same scores: refused.
+    begin with the same token would start with the same scores: refused. A word of several tokens is
+    read by its first alone (one forward scores one next token): logged, so that a user can pick a word
+    the tokenizer keeps whole.
     """
     words = dict(label_words or {})
     unknown = sorted(set(words) - set(id2label.values()))
@@ -75,5 +80,8 @@ def label_word_ids(tokenizer, id2label: Mapping[int, str], label_words: Mapping[
             raise ConfigError(f"labels {owner[tokens[0]]!r} and {label!r} begin with the same token "
                               f"({tokenizer.decode([tokens[0]])!r}): give them distinct words with label_words")
         owner[tokens[0]] = label
+        if len(tokens) > 1:
+            logger.warning("label %r: its word %r is %d tokens; the verbalizer reads its first, %r",
+                           label, word, len(tokens), tokenizer.decode([tokens[0]]))
         ids.append(int(tokens[0]))
     return ids
