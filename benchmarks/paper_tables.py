@@ -168,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", "benchmarks/paper_tables.py", *(argv if argv is not None else sys.argv[1:])])
     # the threads the runs will train on (apply_omp_threads below), for the estimates shown
     threads = omp_threads() or torch.get_num_threads()
-    shown, calibration = cost.calibrated(est, budget, a.table, a.out, threads)
+    # shown: what is left of each cell (a grid's finished members are not charged again), calibrated
+    shown, calibration = cost.calibrated(cost.estimator(budget, TABLE_DATA[a.table], out=a.out), budget, a.table,
+                                         a.out, threads)
     if a.dry_run:
         print_plan(a.table, cells, todo, a.out, budget, cost, shown, mpnet_missing, calibration)
         return 0

@@ -294,8 +294,18 @@ class CostModel:
         evals = budget.epochs * max(1, budget.it_evals_per_epoch)
         return self.load_s + steps * self.step_s * lf * pf * 1.25 + (evals * n_dev + n_test) * per
 
-    def estimator(self, budget: Budget, dataset: str) -> Callable[[Cell], float]:
-        """Seconds per cell of a table on ``dataset``: a grid-seed cell at a grid size pays for its grid."""
+    def test_seconds(self, cell: Cell, budget: Budget, n_test: int) -> float:
+        """Estimated wall-clock of loading a trained cell and scoring it on test alone (a finished grid's
+        chosen member)."""
+        e = self.per_example_eval(cell.dataset) * self.input_scale(cell.row, budget, cell.dataset)
+        return self.load_s + n_test * e * (self.ENC_EVAL[cell.row.encoder] if cell.row.kind == "encoder" else 1.0)
+
+    def estimator(self, budget: Budget, dataset: str, out: Path | None = None) -> Callable[[Cell], float]:
+        """Seconds per cell of a table on ``dataset``: a grid-seed cell at a grid size pays for its grid.
+
+        With ``out`` (the cells' folder) it pays only for the grid members not finished there, and once all
+        are, for scoring the chosen one on test: what is left to run. Without it, the whole grid: the run
+        order is planned on that, so that it does not move as members finish."""
         n_dev, n_test, n_labels = split_info(dataset)
         n_dev = min(n_dev, budget.dev_subset) if budget.dev_subset else n_dev
         n_test = min(n_test, budget.test_subset) if budget.test_subset else n_test
@@ -303,9 +313,13 @@ class CostModel:
         def est(c: Cell) -> float:
             one = self.seconds(c, budget, n_dev, n_test, n_labels)
             g = budget.grid_size_for(c.row, c.size)
-            if g is not None and c.size == g and c.seed in budget.seeds_of_grid:  # its grid runs are charged to it
-                return one * len(budget.grid_for(c.row))
-            return one
+            if g is None or c.size != g or c.seed not in budget.seeds_of_grid:
+                return one
+            rates = budget.grid_for(c.row)  # its grid runs are charged to it
+            if out is None:
+                return one * len(rates)
+            left = sum(not is_done(out, c.grid_member(g, c.seed, lr)) for lr in rates)
+            return one * left if left else self.test_seconds(c, budget, n_test)
 
         return est
 

@@ -827,6 +827,24 @@ def test_the_dry_run_estimate_counts_the_tokens_repetition_and_document_context_
     assert secs("mpnet-doc64") == pytest.approx(128 / 22 * secs("mpnet"))
 
 
+def test_a_grid_seed_cell_is_charged_only_the_grid_members_left_to_run(tmp_path):
+    budget, cost = PL.Budget(lr_grid=(1e-4, 2e-4, 5e-4), grid_sizes=(1000,), grid_seeds=(0, 1)), PL.CostModel()
+    cells = {(c.row.name, c.seed): c for c in PL.plan("ner", [1000], [0, 1, 2], only=["fs-bidirectional", "mpnet"])}
+    fs0, fs2 = cells[("fs-bidirectional", 0)], cells[("fs-bidirectional", 2)]
+    n_dev, n_test, n_labels = PL.split_info("conll2003")
+    one = cost.seconds(fs0, budget, min(n_dev, budget.dev_subset), n_test, n_labels)
+    planned, left = cost.estimator(budget, "conll2003"), cost.estimator(budget, "conll2003", out=tmp_path)
+    assert planned(fs0) == pytest.approx(3 * one) == left(fs0)  # nothing finished: its whole grid
+    assert planned(fs2) == pytest.approx(one) == left(fs2)  # not a grid seed: one run
+    for lr in (1e-4, 5e-4):
+        write_json(PL.cell_path(tmp_path, "ner", fs0.grid_member(1000, 0, lr).id), {"dev_metric": 0.5})
+    assert left(fs0) == pytest.approx(one) and planned(fs0) == pytest.approx(3 * one)  # the order does not move
+    write_json(PL.cell_path(tmp_path, "ner", fs0.grid_member(1000, 0, 2e-4).id), {"dev_metric": 0.5})
+    assert left(fs0) == pytest.approx(cost.test_seconds(fs0, budget, n_test))  # the chosen member's test
+    assert left(fs0) < one
+    assert left(cells[("fs-bidirectional", 1)]) == pytest.approx(3 * one)  # seed 1's grid is its own
+
+
 def test_the_shown_estimates_are_calibrated_on_the_runs_that_finished_in_the_folder(tmp_path):
     budget, cost = PL.Budget(epochs=2.0), PL.CostModel()
     est = cost.estimator(budget, "conll2003")
