@@ -7,6 +7,10 @@ The dev subset is the one the paper table's cells draw (``--dev-subset``, seed).
 
     python benchmarks/bench_verbalizer_prior.py --data rt-polarity --dev-subset 500 \\
         --out benchmarks/results/verbalizer_prior.json
+
+``--label-words`` compares verbalizers on dev (``;`` between sets, each ``label=word,...``; ``-`` alone: the
+label names): how a data set's words are chosen without touching test, e.g. rt-5's five labels, whose names
+"very negative" and "very positive" begin with the same token.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from common import git_commit, machine_info, write_json
 
 from fsllm import FSConfig, FSForSequenceClassification
 from fsllm.backbones import load_tokenizer
+from fsllm.config import parse_label_words
 
 
 def prior_accuracy(model: FSForSequenceClassification, tokenizer, examples: list[dict], labels: list[str],
@@ -46,6 +51,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--attention", default="causal,bidirectional", help="comma-separated attention modes")
+    p.add_argument("--label-words", default="-", help="';'-separated verbalizers, each label=word,... ('-': label names)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
@@ -53,16 +59,19 @@ def main() -> None:
     splits = load_splits(a.data, None, a.dev_subset, None, a.seed)
     tokenizer = load_tokenizer(a.model)
     rows = []
-    for mode in a.attention.split(","):
-        fs = FSConfig(attention=mode, pooling="last", head="verbalizer", prompt=a.prompt)
-        model = FSForSequenceClassification.from_backbone(a.model, id2label=dict(enumerate(splits.labels)),
-                                                          fs_config=fs, tokenizer=tokenizer).eval()
-        acc = prior_accuracy(model, tokenizer, splits.dev, splits.labels, a.max_length)
-        rows.append({"attention": mode, "dev_accuracy": round(100 * acc, 2),
-                     "label_words": [tokenizer.decode([t]) for t in model.config.verbalizer_ids]})
-        print(json.dumps(rows[-1]), flush=True)
+    verbalizers = [None if v.strip() == "-" else parse_label_words(v) for v in a.label_words.split(";")]
+    for words in verbalizers:
+        for mode in a.attention.split(","):
+            fs = FSConfig(attention=mode, pooling="last", head="verbalizer", prompt=a.prompt, label_words=words)
+            model = FSForSequenceClassification.from_backbone(a.model, id2label=dict(enumerate(splits.labels)),
+                                                              fs_config=fs, tokenizer=tokenizer).eval()
+            acc = prior_accuracy(model, tokenizer, splits.dev, splits.labels, a.max_length)
+            rows.append({"attention": mode, "dev_accuracy": round(100 * acc, 2),
+                         "label_words": [tokenizer.decode([t]) for t in model.config.verbalizer_ids]})
+            print(json.dumps(rows[-1]), flush=True)
+    quoted = ("prompt", "label_words")
     result = {"command": "python benchmarks/bench_verbalizer_prior.py " + " ".join(
-                  f"--{k.replace('_', '-')} {json.dumps(v) if k == 'prompt' else v}" for k, v in vars(a).items()),
+                  f"--{k.replace('_', '-')} {json.dumps(v) if k in quoted else v}" for k, v in vars(a).items()),
               "commit": git_commit(), "machine": machine_info(), "data": a.data, "model": a.model, "prompt": a.prompt,
               "dev_examples": len(splits.dev), "rows": rows}
     write_json(a.out, result, newline=True)

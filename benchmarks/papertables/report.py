@@ -72,7 +72,9 @@ COMBINED_PAIRS = {
            # the verbalizer: against the default it changes, the rows of the sentence confirmation, its variants
            *[("fs-verbalizer", o) for o in ("fs-bidirectional", "fs-r16-rslora", "hf-native-r16-rslora", "minilm",
                                             "fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")],
-           *[(v, "fs-bidirectional") for v in ("fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")]]
+           *[(v, "fs-bidirectional") for v in ("fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")],
+           # the scheduled verbalizer (the variant dev chose on rt-polarity) against the paper table's other rows
+           *[("fs-verbalizer-lambda-schedule-0.3", o) for o in ("causal-last", "hf-native", "minilm")]]
        for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")},
 }
 

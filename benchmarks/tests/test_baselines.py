@@ -1656,6 +1656,19 @@ def test_every_fs_row_builds_its_train_config_and_a_row_may_set_its_own_warmup(t
     assert {(c.fs.ner_decoding, c.fs.word_scores) for c in cfgs.values()} == {("greedy", "first")}
 
 
+def test_a_verbalizer_rows_label_words_reach_its_train_config_settings_and_command(tmp_path):
+    budget = PL.Budget()
+    cells = {(c.table, c.row.name): c for t in ("rt-polarity", "rt-5") for c in PL.plan(t, [1000], [0])
+             if c.row.kind == "fs"}
+    rt5 = cells[("rt-5", "fs-verbalizer-lambda-schedule-0.3")]
+    words = {"very negative": "terrible", "very positive": "great"}  # rt-5's names share their first token
+    cfg = RN.fs_train_config(rt5, budget, tmp_path / "r")
+    assert cfg.fs.label_words == words and budget.for_row(rt5.row)["fs"]["label_words"] == words
+    assert "--label-words 'very negative=terrible,very positive=great'" in RN.fsllm_command(cfg)
+    assert RN.fs_train_config(cells[("rt-polarity", "fs-verbalizer")], budget, tmp_path / "p").fs.label_words is None
+    assert len({*cells.values()}) == len(cells)  # rows stay hashable
+
+
 def test_the_report_shows_an_absolute_out_inside_a_checkouts_results_from_the_repository_root():
     lane = "python benchmarks/paper_tables.py ner --out /srv/main/benchmarks/results/confirm-4000 --runs /srv/runs/x --only 'a b'"
     assert R.portable(lane) == ("python benchmarks/paper_tables.py ner --out benchmarks/results/confirm-4000 "
