@@ -74,7 +74,8 @@ COMBINED_PAIRS = {
                                             "fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")],
            *[(v, "fs-bidirectional") for v in ("fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")],
            # the scheduled verbalizer (the variant dev chose on rt-polarity) against the paper table's other rows
-           *[("fs-verbalizer-lambda-schedule-0.3", o) for o in ("causal-last", "hf-native", "minilm")]]
+           *[(v, o) for v in ("fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")
+             for o in ("causal-last", "hf-native", "minilm", "fs-r16-rslora", "hf-native-r16-rslora")]]
        for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")},
 }
 

@@ -55,7 +55,7 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     assert "fs-r16-rslora-repeat2-causal on rt-polarity: no rate chosen for fs-r16-rslora yet; skipped" in err
     # the verbalizer's sentence confirmation has a grid of its own: it runs whatever NER has chosen
     assert [(c[1], _flag(c, "--only"), _flag(c, "--sizes")) for c in cmds[:3]] == [
-        ("ner", "fs-r16-rslora", "4000"), ("rt-polarity", "fs-verbalizer-lambda-schedule-0.3", "1000"),
+        ("ner", "fs-r16-rslora", "4000"), ("rt-polarity", "fs-verbalizer-causal,fs-verbalizer-lambda-schedule-0.3", "1000"),
         ("ner", "mpnet", "4000")]
     assert _flag(cmds[0], "--grid-seeds") == "0,1,2" and _flag(cmds[0], "--out") == f"{results}/confirm-4000"
     assert _flag(cmds[0], "--lr-grid") == "2.5e-4,5e-4,1e-3"  # extended below the edge two seeds preferred
@@ -91,7 +91,7 @@ def test_lane_a_runs_the_confirmations_in_order_and_the_full_set_at_the_rate_cho
     # then the verbalizer under the sentence confirmation's own three-seed grid, in the same folder
     verbalizer = cmds[cmds.index(echo) + 1]
     assert (verbalizer[1], _flag(verbalizer, "--only"), _flag(verbalizer, "--grid-seeds")) == (
-        "rt-polarity", "fs-verbalizer-lambda-schedule-0.3", "0,1,2")
+        "rt-polarity", "fs-verbalizer-causal,fs-verbalizer-lambda-schedule-0.3", "0,1,2")
     assert _flag(verbalizer, "--out") == f"{results}/confirm-sentences-no-early-stop"
     assert cmds.index(verbalizer) + 1 == cmds.index(full["fs-r16-rslora-doc64"]) < mpnet_grid
     # rank 16 alone and MPNet on the full set after MPNet's cells at 4,000
