@@ -21,7 +21,8 @@
 # causal mask on rt-polarity (1,000) at rank 16's rate there, rank 16 with document context on the full training
 # set, MPNet again under the same three-seed grid (its cells then carry every NER reading) and with document
 # context at the rate chosen there, rank 16 alone and MPNet on the full set at the rates chosen at 4,000,
-# the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds; the verbalizer released by a schedule (fs-verbalizer-lambda-schedule-0.3)
+# the paper's instruction-tuned and zero-shot rows, the screen's remaining seeds; the verbalizer under the causal mask
+# (fs-verbalizer-causal) and released by a schedule (fs-verbalizer-lambda-schedule-0.3)
 # under the sentence confirmation's selection on rt-polarity, after rank 16's repetition there.
 # Lane b: the sentence confirmation on rt-polarity (1,000), the screen of document context (fs-doc64 and fs-doc16,
 # three seeds each) and of rank 16's update scale at rank 8 (fs-alpha64), FS's max and last poolings on

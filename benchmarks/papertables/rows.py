@@ -167,8 +167,8 @@ def verbalizer_rows(**words: str) -> list[Row]:
         _fs("fs-verbalizer-lambda-schedule-0.3", multi=True, **v, attention="decay", decay_lambda=0.0,
             train={"lambda_schedule": "linear", "lambda_schedule_fraction": 0.3},
             note="fs-verbalizer with the mask released over the first 30% of the steps (decay lambda 10 -> 0)"),
-        # its 'w/o FS' ablation: the prior read under the mask it was pre-trained with (75.2 % zero-shot on dev
-        # against 61.8 % under the released mask)
+        # its 'w/o FS' ablation: the prior read under the mask it was pre-trained with (on rt-polarity 75.2 % zero-shot
+        # on dev against 61.8 % under the released mask)
         _fs("fs-verbalizer-causal", multi=True, **v, attention="causal",
             note="fs-verbalizer under the backbone's causal mask"),
     ]
