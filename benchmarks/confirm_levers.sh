@@ -132,11 +132,11 @@ case $lane in
     # rate (3 seeds, about 40 min each on one thread); before the full set's cells, which take 5 h a seed on one
     # thread, so that it finishes in one sitting
     sentence_lever rt-polarity fs-r16-rslora-repeat2-causal fs-r16-rslora
-    # the verbalizer (a prompt the model adds, the label words' output-embedding rows kept fixed, rank 8) with the
-    # mask released over the first 30% of the steps: three seeds' dev chose it at the paper table's budget on
-    # rt-polarity (docs/levers.md; released from the start it collapsed on a seed); under the sentence
-    # confirmation's own three-seed selection, against the rank-16 rows there; first the verbalizer under the causal
-    # mask throughout, the steadiest row at that budget (85.75 ± 0.29 on rt-polarity, docs/results.md)
+    # the verbalizer (a prompt the model adds, the label words' output-embedding rows kept fixed, rank 8) under the
+    # sentence confirmation's own three-seed selection, against the rank-16 rows there: first under the causal mask
+    # throughout, the row with the best three-seed dev at the paper table's budget on rt-polarity (85.75 ± 0.29 test,
+    # docs/results.md; `fsllm train --recipe sentiment`), then with the mask released over the first 30% of the
+    # steps, the better released reading there (released from the start it collapsed on a seed)
     sentences rt-polarity fs-verbalizer-causal,fs-verbalizer-lambda-schedule-0.3 $res/confirm-sentences-no-early-stop
     # document context is FS's NER recipe (paired +1.7 ± 0.4 over rank 16 at 4,000, dev ahead on every seed): the
     # full set with it next, at the rate it ran at 4,000 (the 91.0 target; MPNet's 90.7 and hf-native's 88.2 there

@@ -73,7 +73,7 @@ COMBINED_PAIRS = {
            *[("fs-verbalizer", o) for o in ("fs-bidirectional", "fs-r16-rslora", "hf-native-r16-rslora", "minilm",
                                             "fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")],
            *[(v, "fs-bidirectional") for v in ("fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")],
-           # the scheduled verbalizer (the variant dev chose on rt-polarity) against the paper table's other rows
+           # both steady verbalizers (scheduled release, causal mask) against the paper table's other rows
            *[(v, o) for v in ("fs-verbalizer-lambda-schedule-0.3", "fs-verbalizer-causal")
              for o in ("causal-last", "hf-native", "minilm", "fs-r16-rslora", "hf-native-r16-rslora")]]
        for t in ("rt-polarity", "rt-5", "bbc-news", "tweets-3")},
