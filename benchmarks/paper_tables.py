@@ -23,7 +23,8 @@ the larger sizes train at the chosen rate (of the largest grid size not above th
 records the grid's dev scores and the chosen rate. Where one seed's dev noise could flip a close
 grid, ``--grid-seeds 0,1,2`` trains every rate with each of those seeds and chooses on the mean dev
 score; each grid seed's cell is then its own chosen member (use its own ``--out``: the choice can
-differ from a one-seed grid's). The choice is ``fsllm train --lr A,B,...``'s (``fsllm.selection.choose_rate``). ``--patience N`` stops a run after N dev
+differ from a one-seed grid's; ``--fixed-rate-cells`` adopts the members that finished fixed-rate cells of
+another ``--out`` already are, instead of training them again). The choice is ``fsllm train --lr A,B,...``'s (``fsllm.selection.choose_rate``). ``--patience N`` stops a run after N dev
 evaluations without a new best (the same rule for every row), so ``--epochs`` is a ceiling.
 
     python benchmarks/paper_tables.py ner --out benchmarks/results/tuned --runs runs/tuned \
@@ -90,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cells", type=int, default=None, help="run at most N pending cells")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="cell JSONs and REPORT.md [benchmarks/results/paper]")
     p.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="run folders [runs/paper]")
+    p.add_argument("--fixed-rate-cells", type=Path, default=None,
+                   help="an --out of cells that ran at one fixed rate (e.g. benchmarks/results/paper): a grid member "
+                        "that one of its cells already is (same row, size, seed, settings, at the member's rate) is "
+                        "adopted from it instead of trained again")
     b = p.add_argument_group("budget (the same for every row of a table)")
     b.add_argument("--model", default="smollm2-135m", help="decoder backbone [smollm2-135m]")
     b.add_argument("--epochs", type=float, default=3.0, help="[3]")
@@ -191,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = cell_path(a.out, a.table, c.id).with_suffix(".error.txt")
         try:
             if budget.grid_size_for(c.row, c.size) is not None:
-                rec = run_with_grid(c, budget, a.out, a.runs, mpnet_dir=a.mpnet_dir, command=command)
+                rec = run_with_grid(c, budget, a.out, a.runs, mpnet_dir=a.mpnet_dir, command=command,
+                                    fixed_rate_cells=a.fixed_rate_cells)
             else:
                 rec = run_cell(c, budget, a.out, a.runs, mpnet_dir=a.mpnet_dir, command=command)
         except Skip as s:

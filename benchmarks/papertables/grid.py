@@ -11,13 +11,16 @@ checked against the budget), and hands its chosen rate to the cells of other siz
 
 A member that cannot change the choice is not run (:func:`fsllm.selection.beaten_rates`, the library's rule
 too): a rate whose mean dev would stay below a finished rate's even if its remaining members scored a perfect
-100 is out whatever they score.
+100 is out whatever they score. Nor is a member that a finished fixed-rate cell already is (``--fixed-rate-cells``,
+:func:`adopt_fixed_rate_cells`): the same row, size and seed trained at the member's rate under the same settings,
+e.g. a table's cells at the one rate it fixed, which a grid over that rate and others would otherwise train again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,7 +28,7 @@ from pathlib import Path
 import baselines
 from common import write_json
 
-from .planner import GRID_PLAN_KEYS, Budget, Cell, cell_path, is_done, run_dir_of
+from .planner import GRID_PLAN_KEYS, Budget, Cell, cell_id, cell_path, is_done, run_dir_of
 from .runner import cell_command, loss_curves, run_cell, scalars, score_fs_test
 
 logger = logging.getLogger("paper")
@@ -63,13 +66,50 @@ def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, ru
     return done, cannot_win_record(beaten)
 
 
+def training(settings: dict | None) -> dict:
+    """The settings that say how a run trained: a cell's ``settings`` less the grid's plan (which rates, sizes
+    and seeds it covers)."""
+    return {k: v for k, v in (settings or {}).items() if k not in GRID_PLAN_KEYS}
+
+
+def adopt_fixed_rate_cells(cell: Cell, members: list[Cell], budget: Budget, out: Path, source: Path) -> list[str]:
+    """Write the JSON of each unfinished member that a finished cell of ``source`` (a table folder's parent, as
+    ``--out``) already is: the same row, size and seed, trained at the member's rate with the same settings but
+    the budget's rate, and chosen by no grid. It is the same training, not run twice; the member keeps the
+    cell's dev record, run folder and cost, refers to it (``fixed_rate_cell``, relative to ``out``) and holds no
+    test scores, like every member (they come back from that cell if the grid chooses the member). Returns the
+    ids adopted; a cell that differs is left alone and logged with what differs."""
+    from fsllm.selection import rate_key
+
+    mine = {k: v for k, v in training(json.loads(json.dumps(budget.for_row(cell.row)))).items() if k != "lr"}
+    adopted = []
+    for m in members:
+        src = cell_path(source, m.table, cell_id(m.row.name, m.size, m.seed))
+        if is_done(out, m) or not src.is_file():
+            continue
+        rec = json.loads(src.read_text())
+        theirs = {k: v for k, v in training(rec.get("settings")).items() if k != "lr"}
+        if rec.get("lr") is None or rate_key(rec["lr"]) != rate_key(m.lr):
+            continue  # a cell at another rate: the member of that rate, if the grid has it
+        diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
+        if rec.get("grid") or rec.get("reused_from") or diff or rec.get("dev_metric") is None:
+            logger.info("  grid %s/%s: %s not adopted (%s)", cell.table, m.id, src,
+                        f"settings differ: {', '.join(diff)}" if diff else "chosen by a grid, reused or without dev")
+            continue
+        member = {**rec, "cell_id": m.id, "settings": budget.for_row(cell.row), "test": None,
+                  "fixed_rate_cell": os.path.relpath(src, out), "adopted_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for k in ("sizes", "test_ms_per_sentence", "test_seconds"):
+            member.pop(k, None)
+        write_json(cell_path(out, cell.table, m.id), member)
+        logger.info("  grid %s/%s: the fixed-rate cell %s, adopted (dev %s)", cell.table, m.id, src, rec["dev_metric"])
+        adopted.append(m.id)
+    return adopted
+
+
 def check_members(cell: Cell, members: list[Cell], done: dict[str, dict], budget: Budget, out: Path) -> None:
     """Refuse a member that trained under another budget: a grid compares members trained alike, and
     one from another budget would bias the choice (the grid's own plan, which rates and sizes it
     covers, does not change how a member trained)."""
-    def training(settings: dict | None) -> dict:
-        return {k: v for k, v in (settings or {}).items() if k not in GRID_PLAN_KEYS}
-
     mine = training(json.loads(json.dumps(budget.for_row(cell.row))))
     for m in (m for m in members if m.id in done):
         if training(done[m.id].get("settings")) != mine:
@@ -109,12 +149,15 @@ def choose(cell: Cell, done: dict[str, dict], budget: Budget, beaten: Mapping[st
 
 
 def run_with_grid(cell: Cell, budget: Budget, out: Path, runs: Path, *, mpnet_dir: str | None = None,
-                  command: str = "") -> dict:
+                  command: str = "", fixed_rate_cells: Path | None = None) -> dict:
     """Run a cell whose row has a learning-rate grid: the grid first (dev only, resumable member by
-    member), then the cell at the chosen rate. A grid-seed cell at a grid size is its chosen member
+    member; members that a cell of ``fixed_rate_cells`` already is adopted, :func:`adopt_fixed_rate_cells`),
+    then the cell at the chosen rate. A grid-seed cell at a grid size is its chosen member
     itself, scored on test once (:func:`score_chosen_member`); other cells, and instruction-tuned
     cells (whose runs save no model), train at the chosen rate."""
     members = grid_members(cell, budget)
+    if fixed_rate_cells is not None:
+        adopt_fixed_rate_cells(cell, members, budget, out, Path(fixed_rate_cells))
     done, beaten = train_members(cell, members, budget, out, runs, mpnet_dir=mpnet_dir, command=command)
     check_members(cell, members, done, budget, out)
     grid = choose(cell, done, budget, beaten)
@@ -150,6 +193,8 @@ def score_chosen_member(cell: Cell, budget: Budget, out: Path, runs: Path, grid:
     g, chosen = grid["size"], grid["chosen_lr"]
     best = cell.grid_member(g, cell.seed, chosen)
     rec = dict(done[best.id])
+    if rec.get("fixed_rate_cell"):
+        return adopted_cell(cell, budget, out, runs, grid, done, best, replaced)
     run_dir = run_dir_of(runs, cell.table, best.id)
     if not (run_dir / "model").is_dir() or not (run_dir / "metrics.json").is_file():
         # Its JSON survived but its run folder did not (another machine, a cleaned runs/): train the
@@ -179,9 +224,28 @@ def score_chosen_member(cell: Cell, budget: Budget, out: Path, runs: Path, grid:
                test_seconds=round(time.time() - t0, 1), cell_command=cell_command(cell, budget, out, runs),
                chosen_member=str(cell_path(out, cell.table, best.id).relative_to(out)),
                finished_at=time.strftime("%Y-%m-%d %H:%M:%S"), **({"replaces": replaced} if replaced is not None else {}))
-    # the members of its own seed are charged to the cell (each grid seed's cell pays for its own runs)
-    own = sum(done[m]["cell_seconds"] for m in (cell.grid_member(g, cell.seed, lr).id for lr in budget.grid_for(cell.row))
-              if m in done)
-    rec["cell_seconds"] = round(own + rec["test_seconds"], 1)
+    rec["cell_seconds"] = round(own_members_seconds(cell, budget, g, done) + rec["test_seconds"], 1)
+    write_json(cell_path(out, cell.table, cell.id), rec)
+    return rec
+
+
+def own_members_seconds(cell: Cell, budget: Budget, g: int, done: dict[str, dict]) -> float:
+    """The members of the cell's own seed, charged to it (each grid seed's cell pays for its own runs)."""
+    return sum(done[m]["cell_seconds"] for m in (cell.grid_member(g, cell.seed, lr).id for lr in budget.grid_for(cell.row))
+               if m in done)
+
+
+def adopted_cell(cell: Cell, budget: Budget, out: Path, runs: Path, grid: dict, done: dict[str, dict], best: Cell,
+                 replaced: dict | None) -> dict:
+    """The cell when its chosen member is an adopted fixed-rate cell: that cell's record, whose test scores
+    were taken once, from this very model, when it ran (nothing is scored again), with the grid's record."""
+    member = done[best.id]
+    fixed = json.loads((Path(out) / member["fixed_rate_cell"]).read_text())
+    rec = {**fixed, "table": cell.table, "cell_id": cell.id, "settings": budget.for_row(cell.row), "grid": grid,
+           "fixed_rate_cell": member["fixed_rate_cell"], "test_seconds": 0.0,
+           "cell_command": cell_command(cell, budget, out, runs),
+           "chosen_member": str(cell_path(out, cell.table, best.id).relative_to(out)),
+           "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), **({"replaces": replaced} if replaced is not None else {})}
+    rec["cell_seconds"] = round(own_members_seconds(cell, budget, grid["size"], done), 1)
     write_json(cell_path(out, cell.table, cell.id), rec)
     return rec

@@ -1357,6 +1357,45 @@ def test_a_grid_runs_no_member_whose_rate_cannot_win_and_says_so(tmp_path, monke
     assert "members not run" in line[0]
 
 
+def test_a_grid_adopts_the_members_that_fixed_rate_cells_already_are(tmp_path, monkeypatch):
+    """A table's cells at its one fixed rate stand in for a grid's members at that rate: not trained again,
+    their test scores hidden from the choice and given back only for the member the grid chooses."""
+    fixed_out, out, runs = tmp_path / "paper", tmp_path / "grid", tmp_path / "runs"
+    fixed = PL.Budget(lr=1e-3)
+    budget = dataclasses.replace(fixed, lr_grid=(5e-4, 1e-3), grid_sizes=(1000,), grid_seeds=(0, 1))
+    cells = {c.id: c for c in PL.plan("ner", [1000], [0, 1], only=["hf-native"], n_train=14041)}
+    row = cells["hf-native__n1000__s0"].row
+    for seed, settings in ((0, fixed.for_row(row)), (1, dataclasses.replace(fixed, epochs=4).for_row(row))):
+        write_json(PL.cell_path(fixed_out, "ner", f"hf-native__n1000__s{seed}"),
+                   {"cell_id": f"hf-native__n1000__s{seed}", "lr": 1e-3, "settings": settings, "dev_metric": 0.9,
+                    "test": {"f1": 0.55 + seed}, "sizes": {"test": 3453}, "cell_seconds": 100.0,
+                    "run_dir": f"/elsewhere/hf-native__n1000__s{seed}", "machine": {"commit": "abc"}})
+    dev = {(0, 5e-4): 0.80, (1, 5e-4): 0.82, (1, 1e-3): 0.88}
+    calls = []
+
+    def fake_run_cell(cell, budget, out, runs, *, mpnet_dir=None, command="", lr=None, grid=None):
+        calls.append((cell.seed, cell.lr))
+        rec = {"cell_id": cell.id, "lr": cell.lr, "dev_metric": dev[(cell.seed, cell.lr)], "cell_seconds": 10.0,
+               "settings": budget.for_row(cell.row), "test": None}
+        write_json(PL.cell_path(out, cell.table, cell.id), rec)
+        (PL.run_dir_of(runs, cell.table, cell.id) / "model").mkdir(parents=True, exist_ok=True)
+        write_json(PL.run_dir_of(runs, cell.table, cell.id) / "metrics.json", {})
+        return rec
+
+    monkeypatch.setattr(G, "run_cell", fake_run_cell)
+    monkeypatch.setattr(B, "score_saved_test", lambda *a, **k: pytest.fail("an adopted member is not scored again"))
+    s0 = G.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs, fixed_rate_cells=fixed_out)
+    # seed 0 at 1e-3 is the fixed-rate cell; seed 1's cell trained 4 epochs, so its member trains
+    assert sorted(calls) == [(0, 5e-4), (1, 5e-4), (1, 1e-3)]
+    member = json.loads(PL.cell_path(out, "ner", "hf-native__n1000__s0__lr0.001").read_text())
+    assert member["test"] is None and "sizes" not in member and member["dev_metric"] == 0.9
+    assert member["fixed_rate_cell"] == "../paper/ner/hf-native__n1000__s0.json" and member["cell_seconds"] == 100.0
+    assert s0["grid"]["chosen_lr"] == 1e-3 and s0["grid"]["dev"]["0.001"] == pytest.approx(0.89)
+    assert s0["test"] == {"f1": 0.55} and s0["cell_id"] == "hf-native__n1000__s0" and s0["settings"] == budget.for_row(row)
+    assert s0["cell_seconds"] == pytest.approx(110.0) and s0["chosen_member"] == "ner/grid/hf-native__n1000__s0__lr0.001.json"
+    assert s0["machine"] == {"commit": "abc"}  # the commit the adopted model trained at
+
+
 def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
