@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the threads the runs will train on (apply_omp_threads below), for the estimates shown
     threads = omp_threads() or torch.get_num_threads()
     # shown: what is left of each cell (a grid's finished members are not charged again), calibrated
-    shown, calibration = cost.calibrated(cost.estimator(budget, TABLE_DATA[a.table], out=a.out), budget, a.table,
+    shown, calibration = cost.calibrated(cost.estimator(budget, TABLE_DATA[a.table], out=a.out,
+                                                        fixed_rate_cells=a.fixed_rate_cells), budget, a.table,
                                          a.out, threads)
     if a.dry_run:
         print_plan(a.table, cells, todo, a.out, budget, cost, shown, mpnet_missing, calibration)

@@ -28,7 +28,7 @@ from pathlib import Path
 import baselines
 from common import write_json
 
-from .planner import GRID_PLAN_KEYS, Budget, Cell, cell_id, cell_path, is_done, run_dir_of
+from .planner import Budget, Cell, cell_path, fixed_rate_twin, is_done, run_dir_of, training
 from .runner import cell_command, loss_curves, run_cell, scalars, score_fs_test
 
 logger = logging.getLogger("paper")
@@ -66,35 +66,20 @@ def train_members(cell: Cell, members: list[Cell], budget: Budget, out: Path, ru
     return done, cannot_win_record(beaten)
 
 
-def training(settings: dict | None) -> dict:
-    """The settings that say how a run trained: a cell's ``settings`` less the grid's plan (which rates, sizes
-    and seeds it covers)."""
-    return {k: v for k, v in (settings or {}).items() if k not in GRID_PLAN_KEYS}
-
-
 def adopt_fixed_rate_cells(cell: Cell, members: list[Cell], budget: Budget, out: Path, source: Path) -> list[str]:
-    """Write the JSON of each unfinished member that a finished cell of ``source`` (a table folder's parent, as
-    ``--out``) already is: the same row, size and seed, trained at the member's rate with the same settings but
-    the budget's rate, and chosen by no grid. It is the same training, not run twice; the member keeps the
-    cell's dev record, run folder and cost, refers to it (``fixed_rate_cell``, relative to ``out``) and holds no
-    test scores, like every member (they come back from that cell if the grid chooses the member). Returns the
-    ids adopted; a cell that differs is left alone and logged with what differs."""
-    from fsllm.selection import rate_key
-
-    mine = {k: v for k, v in training(json.loads(json.dumps(budget.for_row(cell.row)))).items() if k != "lr"}
+    """Write the JSON of each unfinished member that a finished cell of ``source`` (an ``--out`` of cells run at
+    one fixed rate) already is (:func:`~papertables.planner.fixed_rate_twin`): the same training, not run twice.
+    The member keeps the cell's dev record, run folder and cost, refers to it (``fixed_rate_cell``, relative to
+    ``out``) and holds no test scores, like every member (they come back from that cell if the grid chooses the
+    member). Returns the ids adopted; a cell that differs is left alone and logged with what differs."""
     adopted = []
     for m in members:
-        src = cell_path(source, m.table, cell_id(m.row.name, m.size, m.seed))
-        if is_done(out, m) or not src.is_file():
+        if is_done(out, m):
             continue
-        rec = json.loads(src.read_text())
-        theirs = {k: v for k, v in training(rec.get("settings")).items() if k != "lr"}
-        if rec.get("lr") is None or rate_key(rec["lr"]) != rate_key(m.lr):
-            continue  # a cell at another rate: the member of that rate, if the grid has it
-        diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
-        if rec.get("grid") or rec.get("reused_from") or diff or rec.get("dev_metric") is None:
-            logger.info("  grid %s/%s: %s not adopted (%s)", cell.table, m.id, src,
-                        f"settings differ: {', '.join(diff)}" if diff else "chosen by a grid, reused or without dev")
+        src, rec, why = fixed_rate_twin(m, budget, source)
+        if rec is None:
+            if why not in ("none", "other rate"):
+                logger.info("  grid %s/%s: %s not adopted (%s)", cell.table, m.id, src, why)
             continue
         member = {**rec, "cell_id": m.id, "settings": budget.for_row(cell.row), "test": None,
                   "fixed_rate_cell": os.path.relpath(src, out), "adopted_at": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -162,6 +162,36 @@ def is_done(out: Path, cell: Cell) -> bool:
     return cell_path(out, cell.table, cell.id).is_file()
 
 
+def training(settings: dict | None) -> dict:
+    """The settings that say how a run trained: a cell's ``settings`` less the grid's plan (which rates, sizes
+    and seeds it covers)."""
+    return {k: v for k, v in (settings or {}).items() if k not in GRID_PLAN_KEYS}
+
+
+def fixed_rate_twin(member: Cell, budget: Budget, source: Path) -> tuple[Path, dict | None, str]:
+    """The cell of ``source`` (an ``--out`` of cells run at one fixed rate) that grid ``member`` already is:
+    the same row, size and seed, trained at the member's rate with every other setting equal (the budget's
+    rate and the grid's plan aside), chosen by no grid and not itself a copy. Returns its path, its record
+    (None: no such cell) and, where a cell exists but is not the member, why ("" where it is; "other rate"
+    for a cell of another rate, the member of that rate)."""
+    from fsllm.selection import rate_key
+
+    src = cell_path(source, member.table, cell_id(member.row.name, member.size, member.seed))
+    if not src.is_file():
+        return src, None, "none"
+    rec = json.loads(src.read_text())
+    if rec.get("lr") is None or member.lr is None or rate_key(rec["lr"]) != rate_key(member.lr):
+        return src, None, "other rate"
+    mine = {k: v for k, v in training(json.loads(json.dumps(budget.for_row(member.row)))).items() if k != "lr"}
+    theirs = {k: v for k, v in training(rec.get("settings")).items() if k != "lr"}
+    diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))
+    if diff:
+        return src, None, f"settings differ: {', '.join(diff)}"
+    if rec.get("grid") or rec.get("reused_from") or rec.get("dev_metric") is None:
+        return src, None, "chosen by a grid, reused or without dev"
+    return src, rec, ""
+
+
 def grid_extended(out: Path, cell: Cell, budget: Budget) -> bool:
     """Is ``cell`` finished under a learning-rate grid that lacks some of the budget's rates (a grid
     whose choice was its top or bottom rate, extended)? Then its grid runs the new members and the
@@ -300,12 +330,14 @@ class CostModel:
         e = self.per_example_eval(cell.dataset) * self.input_scale(cell.row, budget, cell.dataset)
         return self.load_s + n_test * e * (self.ENC_EVAL[cell.row.encoder] if cell.row.kind == "encoder" else 1.0)
 
-    def estimator(self, budget: Budget, dataset: str, out: Path | None = None) -> Callable[[Cell], float]:
+    def estimator(self, budget: Budget, dataset: str, out: Path | None = None,
+                  fixed_rate_cells: Path | None = None) -> Callable[[Cell], float]:
         """Seconds per cell of a table on ``dataset``: a grid-seed cell at a grid size pays for its grid.
 
-        With ``out`` (the cells' folder) it pays only for the grid members not finished there, and once all
-        are, for scoring the chosen one on test: what is left to run. Without it, the whole grid: the run
-        order is planned on that, so that it does not move as members finish."""
+        With ``out`` (the cells' folder) it pays only for the grid members not finished there nor to be adopted
+        from ``fixed_rate_cells`` (:func:`fixed_rate_twin`), and once all are, for scoring the chosen one on
+        test: what is left to run. Without it, the whole grid: the run order is planned on that, so that it
+        does not move as members finish."""
         n_dev, n_test, n_labels = split_info(dataset)
         n_dev = min(n_dev, budget.dev_subset) if budget.dev_subset else n_dev
         n_test = min(n_test, budget.test_subset) if budget.test_subset else n_test
@@ -318,7 +350,8 @@ class CostModel:
             rates = budget.grid_for(c.row)  # its grid runs are charged to it
             if out is None:
                 return one * len(rates)
-            left = sum(not is_done(out, c.grid_member(g, c.seed, lr)) for lr in rates)
+            left = sum(not is_done(out, m) and not (fixed_rate_cells and fixed_rate_twin(m, budget, fixed_rate_cells)[1])
+                       for m in (c.grid_member(g, c.seed, lr) for lr in rates))
             return one * left if left else self.test_seconds(c, budget, n_test)
 
         return est

@@ -1382,6 +1382,11 @@ def test_a_grid_adopts_the_members_that_fixed_rate_cells_already_are(tmp_path, m
         write_json(PL.run_dir_of(runs, cell.table, cell.id) / "metrics.json", {})
         return rec
 
+    cost = PL.CostModel()
+    left = cost.estimator(budget, "conll2003", out=out)
+    adopting = cost.estimator(budget, "conll2003", out=out, fixed_rate_cells=fixed_out)
+    c0, c1 = cells["hf-native__n1000__s0"], cells["hf-native__n1000__s1"]
+    assert adopting(c0) == pytest.approx(left(c0) / 2) and adopting(c1) == pytest.approx(left(c1))  # the dry run
     monkeypatch.setattr(G, "run_cell", fake_run_cell)
     monkeypatch.setattr(B, "score_saved_test", lambda *a, **k: pytest.fail("an adopted member is not scored again"))
     s0 = G.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs, fixed_rate_cells=fixed_out)
