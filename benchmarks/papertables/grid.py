@@ -179,7 +179,7 @@ def score_chosen_member(cell: Cell, budget: Budget, out: Path, runs: Path, grid:
     best = cell.grid_member(g, cell.seed, chosen)
     rec = dict(done[best.id])
     if rec.get("fixed_rate_cell"):
-        return adopted_cell(cell, budget, out, runs, grid, done, best, replaced)
+        return adopted_cell(cell, budget, out, runs, grid, done, best, replaced, command=command)
     run_dir = run_dir_of(runs, cell.table, best.id)
     if not (run_dir / "model").is_dir() or not (run_dir / "metrics.json").is_file():
         # Its JSON survived but its run folder did not (another machine, a cleaned runs/): train the
@@ -221,13 +221,14 @@ def own_members_seconds(cell: Cell, budget: Budget, g: int, done: dict[str, dict
 
 
 def adopted_cell(cell: Cell, budget: Budget, out: Path, runs: Path, grid: dict, done: dict[str, dict], best: Cell,
-                 replaced: dict | None) -> dict:
+                 replaced: dict | None, *, command: str) -> dict:
     """The cell when its chosen member is an adopted fixed-rate cell: that cell's record, whose test scores
-    were taken once, from this very model, when it ran (nothing is scored again), with the grid's record."""
+    were taken once, from this very model, when it ran (nothing is scored again), with the grid's record and
+    ``command`` (the grid's, which wrote this cell; the member keeps the command that trained the model)."""
     member = done[best.id]
     fixed = json.loads((Path(out) / member["fixed_rate_cell"]).read_text())
     rec = {**fixed, "table": cell.table, "cell_id": cell.id, "settings": budget.for_row(cell.row), "grid": grid,
-           "fixed_rate_cell": member["fixed_rate_cell"], "test_seconds": 0.0,
+           "fixed_rate_cell": member["fixed_rate_cell"], "test_seconds": 0.0, "command": command,
            "cell_command": cell_command(cell, budget, out, runs),
            "chosen_member": str(cell_path(out, cell.table, best.id).relative_to(out)),
            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), **({"replaces": replaced} if replaced is not None else {})}

@@ -1369,7 +1369,7 @@ def test_a_grid_adopts_the_members_that_fixed_rate_cells_already_are(tmp_path, m
         write_json(PL.cell_path(fixed_out, "ner", f"hf-native__n1000__s{seed}"),
                    {"cell_id": f"hf-native__n1000__s{seed}", "lr": 1e-3, "settings": settings, "dev_metric": 0.9,
                     "test": {"f1": 0.55 + seed}, "sizes": {"test": 3453}, "cell_seconds": 100.0,
-                    "run_dir": f"/elsewhere/hf-native__n1000__s{seed}", "machine": {"commit": "abc"}})
+                    "run_dir": f"/elsewhere/hf-native__n1000__s{seed}", "machine": {"commit": "abc"}, "command": "paper"})
     dev = {(0, 5e-4): 0.80, (1, 5e-4): 0.82, (1, 1e-3): 0.88}
     calls = []
 
@@ -1389,7 +1389,7 @@ def test_a_grid_adopts_the_members_that_fixed_rate_cells_already_are(tmp_path, m
     assert adopting(c0) == pytest.approx(left(c0) / 2) and adopting(c1) == pytest.approx(left(c1))  # the dry run
     monkeypatch.setattr(G, "run_cell", fake_run_cell)
     monkeypatch.setattr(B, "score_saved_test", lambda *a, **k: pytest.fail("an adopted member is not scored again"))
-    s0 = G.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs, fixed_rate_cells=fixed_out)
+    s0 = G.run_with_grid(cells["hf-native__n1000__s0"], budget, out, runs, fixed_rate_cells=fixed_out, command="grid")
     # seed 0 at 1e-3 is the fixed-rate cell; seed 1's cell trained 4 epochs, so its member trains
     assert sorted(calls) == [(0, 5e-4), (1, 5e-4), (1, 1e-3)]
     member = json.loads(PL.cell_path(out, "ner", "hf-native__n1000__s0__lr0.001").read_text())
@@ -1399,6 +1399,7 @@ def test_a_grid_adopts_the_members_that_fixed_rate_cells_already_are(tmp_path, m
     assert s0["test"] == {"f1": 0.55} and s0["cell_id"] == "hf-native__n1000__s0" and s0["settings"] == budget.for_row(row)
     assert s0["cell_seconds"] == pytest.approx(110.0) and s0["chosen_member"] == "ner/grid/hf-native__n1000__s0__lr0.001.json"
     assert s0["machine"] == {"commit": "abc"}  # the commit the adopted model trained at
+    assert s0["command"] == "grid" and member["command"] == "paper"  # what wrote the cell; what trained the model
 
 
 def test_hf_native_resumes_an_interrupted_run_to_the_same_selected_weights(tmp_path, monkeypatch):
@@ -1717,6 +1718,8 @@ def test_the_report_shows_an_absolute_out_inside_a_checkouts_results_from_the_re
     lane = "python benchmarks/paper_tables.py ner --out /srv/main/benchmarks/results/confirm-4000 --runs /srv/runs/x --only 'a b'"
     assert R.portable(lane) == ("python benchmarks/paper_tables.py ner --out benchmarks/results/confirm-4000 "
                                 "--runs /srv/runs/x --only 'a b'")
+    grid = lane + " --fixed-rate-cells /srv/main/benchmarks/results/paper"
+    assert R.portable(grid).endswith("--only 'a b' --fixed-rate-cells benchmarks/results/paper")
     for kept in ("python benchmarks/paper_tables.py ner --out benchmarks/results/tuned",  # already relative
                  "python benchmarks/paper_tables.py ner --out /data/tables --runs /srv/benchmarks/results/r"):
         assert R.portable(kept) == kept
