@@ -78,7 +78,7 @@ def adopt_fixed_rate_cells(cell: Cell, members: list[Cell], budget: Budget, out:
             continue
         src, rec, why = fixed_rate_twin(m, budget, source)
         if rec is None:
-            if why not in ("none", "other rate"):
+            if why:
                 logger.info("  grid %s/%s: %s not adopted (%s)", cell.table, m.id, src, why)
             continue
         member = {**rec, "cell_id": m.id, "settings": budget.for_row(cell.row), "test": None,

@@ -172,16 +172,16 @@ def fixed_rate_twin(member: Cell, budget: Budget, source: Path) -> tuple[Path, d
     """The cell of ``source`` (an ``--out`` of cells run at one fixed rate) that grid ``member`` already is:
     the same row, size and seed, trained at the member's rate with every other setting equal (the budget's
     rate and the grid's plan aside), chosen by no grid and not itself a copy. Returns its path, its record
-    (None: no such cell) and, where a cell exists but is not the member, why ("" where it is; "other rate"
-    for a cell of another rate, the member of that rate)."""
+    (None: not the member) and why a cell at the member's rate is not the member ("" where there is nothing
+    to say: it is, or there is no cell, or the cell ran at another rate and is that rate's member)."""
     from fsllm.selection import rate_key
 
     src = cell_path(source, member.table, cell_id(member.row.name, member.size, member.seed))
     if not src.is_file():
-        return src, None, "none"
+        return src, None, ""
     rec = json.loads(src.read_text())
     if rec.get("lr") is None or member.lr is None or rate_key(rec["lr"]) != rate_key(member.lr):
-        return src, None, "other rate"
+        return src, None, ""
     mine = {k: v for k, v in training(json.loads(json.dumps(budget.for_row(member.row)))).items() if k != "lr"}
     theirs = {k: v for k, v in training(rec.get("settings")).items() if k != "lr"}
     diff = sorted(k for k in {*theirs, *mine} if theirs.get(k) != mine.get(k))

@@ -630,8 +630,9 @@ RESULTS_DIR = "benchmarks/results/"
 
 def portable(command: str) -> str:
     """``command`` as run from a checkout's root: an absolute ``--out`` (or ``--fixed-rate-cells``) inside a
-    checkout's ``benchmarks/results/`` is written from there. A cell records the path its process was given, absolute where a lane ran from one
-    checkout and wrote into another; the cell keeps it, the report shows what a reader would type."""
+    checkout's ``benchmarks/results/`` is written from there. A cell records the path its process was given,
+    absolute where a lane ran from one checkout and wrote into another; the cell keeps it, the report shows what
+    a reader would type."""
     parts = shlex.split(command)
     for k in range(len(parts) - 1):
         if parts[k] in ("--out", "--fixed-rate-cells") and parts[k + 1].startswith("/") and f"/{RESULTS_DIR}" in parts[k + 1]:
